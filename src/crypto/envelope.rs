@@ -1,0 +1,320 @@
+//! The sealed-blob byte format (version 1), documented byte by byte in `docs/FORMAT.md`:
+//!
+//! ```text
+//! version(1) | flags(1) | backend id(1) | wrapped-DEK length(2, BE) | wrapped DEK | nonce(12) | commitment(32) | ciphertext+tag
+//! ```
+//!
+//! The wrapped-DEK section starts with the master key's id (`len(1) | id`) followed by the
+//! backend's own wrapped bytes.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use hmac::{Hmac, Mac};
+use secrecy::SecretBox;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+use super::{fill_random, BackendId, DataKey, KeyWrapper};
+use crate::error::{Error, Result};
+use crate::model::RecordIdentity;
+
+/// The only format version this crate writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Flag bit 0: a key commitment follows the nonce and is checked before decryption.
+pub const FLAG_KEY_COMMITTED: u8 = 0x01;
+/// Length of the fixed header (version, flags, backend id, wrapped-DEK length).
+pub const HEADER_LEN: usize = 5;
+/// AES-GCM nonce length.
+pub const NONCE_LEN: usize = 12;
+/// AES-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// Key commitment length.
+pub const COMMITMENT_LEN: usize = 32;
+
+const WRAP_AAD_LABEL: &[u8] = b"strongroom/wrap/v1";
+const DATA_AAD_LABEL: &[u8] = b"strongroom/data/v1";
+const COMMIT_LABEL: &[u8] = b"strongroom/commit/v1";
+
+/// A freshly sealed blob and the id of the master key that wraps its data key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The blob bytes (safe to store: contains no plaintext).
+    pub bytes: Vec<u8>,
+    /// The wrapping key's id, also written inside the blob.
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("len", &self.bytes.len())
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+/// A blob split into its parts, without any cryptographic check.
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedBlob<'a> {
+    /// Format version byte.
+    pub version: u8,
+    /// Flags byte.
+    pub flags: u8,
+    /// Backend id byte.
+    pub backend: u8,
+    /// The master key's id.
+    pub key_id: &'a str,
+    /// The backend's wrapped data key.
+    pub wrapped_key: &'a [u8],
+    /// The AES-GCM nonce.
+    pub nonce: &'a [u8; NONCE_LEN],
+    /// The key commitment.
+    pub commitment: &'a [u8; COMMITMENT_LEN],
+    /// Ciphertext followed by the 16-byte tag.
+    pub ciphertext: &'a [u8],
+}
+
+impl ParsedBlob<'_> {
+    /// The three leading header bytes that the wrap's associated data binds.
+    pub fn header3(&self) -> [u8; 3] {
+        [self.version, self.flags, self.backend]
+    }
+}
+
+/// Splits a blob into its parts, checking structure only (lengths, version, flags, key id).
+pub fn parse<'a>(blob: &'a [u8], what: &dyn Fn() -> String) -> Result<ParsedBlob<'a>> {
+    let bad = |reason: &str| Error::corrupt(what(), format!("sealed blob: {reason}"));
+    if blob.len() < HEADER_LEN {
+        return Err(bad("shorter than the 5-byte header"));
+    }
+    let (version, flags, backend) = (blob[0], blob[1], blob[2]);
+    if version != FORMAT_VERSION {
+        return Err(bad(&format!(
+            "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
+        )));
+    }
+    if flags != FLAG_KEY_COMMITTED {
+        return Err(bad(&format!(
+            "flags {flags:#04x} are not supported (version 1 requires exactly the key-commitment flag 0x01)"
+        )));
+    }
+    let wrapped_len = u16::from_be_bytes([blob[3], blob[4]]) as usize;
+    let rest = &blob[HEADER_LEN..];
+    if rest.len() < wrapped_len + NONCE_LEN + COMMITMENT_LEN + TAG_LEN {
+        return Err(bad("truncated"));
+    }
+    let (wrapped, rest) = rest.split_at(wrapped_len);
+    let Some((&id_len, after_len)) = wrapped.split_first() else {
+        return Err(bad("empty wrapped-key section"));
+    };
+    let id_len = id_len as usize;
+    if id_len == 0 || after_len.len() < id_len {
+        return Err(bad("key id length out of range"));
+    }
+    let (id_bytes, wrapped_key) = after_len.split_at(id_len);
+    let key_id = std::str::from_utf8(id_bytes).map_err(|_| bad("key id is not UTF-8"))?;
+    let (nonce, rest) = rest.split_at(NONCE_LEN);
+    let (commitment, ciphertext) = rest.split_at(COMMITMENT_LEN);
+    Ok(ParsedBlob {
+        version,
+        flags,
+        backend,
+        key_id,
+        wrapped_key,
+        nonce: nonce.try_into().map_err(|_| bad("nonce"))?,
+        commitment: commitment.try_into().map_err(|_| bad("commitment"))?,
+        ciphertext,
+    })
+}
+
+fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn push_identity(out: &mut Vec<u8>, id: &RecordIdentity<'_>) {
+    push_lp(out, id.credential_id.as_bytes());
+    push_lp(out, id.scope.kind().as_str().as_bytes());
+    push_lp(out, id.scope.owner().as_bytes());
+    out.extend_from_slice(&id.version.to_be_bytes());
+}
+
+/// Associated data for wrapping the data key: label, the three header bytes, the identity.
+pub fn wrap_aad(header3: [u8; 3], id: &RecordIdentity<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + id.credential_id.len());
+    out.extend_from_slice(WRAP_AAD_LABEL);
+    out.extend_from_slice(&header3);
+    push_identity(&mut out, id);
+    out
+}
+
+/// Associated data for the payload: label, version and flags bytes, the identity. The
+/// backend id and wrapped key are left out on purpose so re-wrapping never touches payloads;
+/// they are bound by the wrap's own associated data instead.
+pub fn data_aad(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + id.credential_id.len());
+    out.extend_from_slice(DATA_AAD_LABEL);
+    out.push(version);
+    out.push(flags);
+    push_identity(&mut out, id);
+    out
+}
+
+/// The key commitment: HMAC-SHA256(key = DEK, "strongroom/commit/v1" || nonce).
+pub fn commitment(dek: &DataKey, nonce: &[u8; NONCE_LEN]) -> [u8; COMMITMENT_LEN] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(dek.expose_secret())
+        .expect("HMAC accepts any key length");
+    mac.update(COMMIT_LABEL);
+    mac.update(nonce);
+    mac.finalize().into_bytes().into()
+}
+
+/// The wrapped-DEK section: `len(key id) | key id | backend bytes`.
+fn wrapped_section_len(key_id: &str, wrapped_key: &[u8]) -> Result<usize> {
+    if key_id.is_empty() || key_id.len() > 255 {
+        return Err(Error::config(format!(
+            "master key id `{key_id}` must be 1 to 255 bytes long"
+        )));
+    }
+    let len = 1 + key_id.len() + wrapped_key.len();
+    if len > u16::MAX as usize {
+        return Err(Error::config(format!(
+            "the wrapped data key from master key `{key_id}` is {len} bytes; at most 65535 fit"
+        )));
+    }
+    Ok(len)
+}
+
+/// Assembles a blob from its parts and encrypts `plaintext` into it. Deterministic given
+/// its inputs; [`seal`] supplies fresh randomness.
+pub(crate) fn assemble(
+    header3: [u8; 3],
+    key_id: &str,
+    wrapped_key: &[u8],
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    id: &RecordIdentity<'_>,
+) -> Result<Vec<u8>> {
+    let section = wrapped_section_len(key_id, wrapped_key)?;
+    let total = HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + plaintext.len() + TAG_LEN;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&header3);
+    out.extend_from_slice(&(section as u16).to_be_bytes());
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(wrapped_key);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(&commitment(dek, nonce));
+    let ct_start = out.len();
+    out.extend_from_slice(plaintext);
+    let cipher = Aes256Gcm::new(dek.expose_secret().into());
+    let aad = data_aad(header3[0], header3[1], id);
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut out[ct_start..])
+        .map_err(|_| {
+            out[ct_start..].zeroize();
+            Error::invalid("plaintext", "too long for AES-GCM")
+        })?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Seals `plaintext` for the record `id` under `wrapper`: a fresh data key and nonce, the
+/// data key wrapped with the record's identity as associated data.
+pub async fn seal(
+    wrapper: &dyn KeyWrapper,
+    plaintext: &[u8],
+    id: &RecordIdentity<'_>,
+) -> Result<Sealed> {
+    let dek = DataKey::generate()?;
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let header3 = [FORMAT_VERSION, FLAG_KEY_COMMITTED, wrapper.backend_id().to_byte()];
+    let wrapped = wrapper.wrap(&dek, &wrap_aad(header3, id)).await?;
+    let key_id = wrapper.key_id();
+    let bytes = assemble(header3, key_id, &wrapped, &dek, &nonce, plaintext, id)?;
+    Ok(Sealed {
+        bytes,
+        key_id: key_id.to_string(),
+    })
+}
+
+/// Describes a record for error messages (never its contents).
+pub(crate) fn describe(id: &RecordIdentity<'_>) -> String {
+    format!(
+        "credential {} version {} ({})",
+        id.credential_id, id.version, id.scope
+    )
+}
+
+/// Unwraps the data key of a parsed blob and checks its commitment.
+pub(crate) async fn unwrap_key(
+    wrapper: &dyn KeyWrapper,
+    parsed: &ParsedBlob<'_>,
+    id: &RecordIdentity<'_>,
+) -> Result<DataKey> {
+    if BackendId::from_byte(parsed.backend) != Some(wrapper.backend_id()) {
+        return Err(Error::decrypt(describe(id)));
+    }
+    let dek = wrapper
+        .unwrap(parsed.wrapped_key, &wrap_aad(parsed.header3(), id))
+        .await
+        .map_err(|e| match e {
+            Error::DecryptFailed { .. } => Error::decrypt(describe(id)),
+            other => other,
+        })?;
+    if !bool::from(commitment(&dek, parsed.nonce).ct_eq(parsed.commitment)) {
+        return Err(Error::decrypt(describe(id)));
+    }
+    Ok(dek)
+}
+
+/// Decrypts the payload of a parsed blob with its (already unwrapped and committed) key.
+pub(crate) fn decrypt_payload(
+    dek: &DataKey,
+    parsed: &ParsedBlob<'_>,
+    id: &RecordIdentity<'_>,
+) -> Result<SecretBox<[u8]>> {
+    let ct_len = parsed.ciphertext.len() - TAG_LEN;
+    let (ct, tag) = parsed.ciphertext.split_at(ct_len);
+    let mut buf = vec![0u8; ct_len];
+    buf.copy_from_slice(ct);
+    let cipher = Aes256Gcm::new(dek.expose_secret().into());
+    let aad = data_aad(parsed.version, parsed.flags, id);
+    match cipher.decrypt_in_place_detached(
+        Nonce::from_slice(parsed.nonce),
+        &aad,
+        &mut buf,
+        Tag::from_slice(tag),
+    ) {
+        Ok(()) => Ok(SecretBox::new(buf.into_boxed_slice())),
+        Err(_) => {
+            buf.zeroize();
+            Err(Error::decrypt(describe(id)))
+        }
+    }
+}
+
+/// Replaces the wrapped-key section of a blob, keeping nonce, commitment and payload.
+pub(crate) fn rebuild_with_wrapped(
+    parsed: &ParsedBlob<'_>,
+    backend: BackendId,
+    key_id: &str,
+    wrapped_key: &[u8],
+) -> Result<Vec<u8>> {
+    let section = wrapped_section_len(key_id, wrapped_key)?;
+    let mut out = Vec::with_capacity(
+        HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + parsed.ciphertext.len(),
+    );
+    out.extend_from_slice(&[parsed.version, parsed.flags, backend.to_byte()]);
+    out.extend_from_slice(&(section as u16).to_be_bytes());
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(wrapped_key);
+    out.extend_from_slice(parsed.nonce);
+    out.extend_from_slice(parsed.commitment);
+    out.extend_from_slice(parsed.ciphertext);
+    Ok(out)
+}

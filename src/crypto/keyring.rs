@@ -1,0 +1,236 @@
+//! The key ring: the active master key and retired ones, by id. Seals with the active key,
+//! opens with whichever key a blob names, and re-wraps data keys onto the active key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use secrecy::SecretBox;
+
+use super::envelope::{self, Sealed};
+use super::KeyWrapper;
+use crate::audit::{AuditEvent, AuditTarget, Outcome};
+use crate::error::{Error, Result};
+use crate::model::{RecordIdentity, Timestamp};
+use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
+
+/// The active master key plus older ones still named by stored blobs.
+#[derive(Clone)]
+pub struct KeyRing {
+    active: Arc<dyn KeyWrapper>,
+    keys: HashMap<String, Arc<dyn KeyWrapper>>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ids: Vec<&String> = self.keys.keys().collect();
+        ids.sort();
+        f.debug_struct("KeyRing")
+            .field("active", &self.active.key_id())
+            .field("keys", &ids)
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring whose only (and active) key is `active`.
+    pub fn new(active: Arc<dyn KeyWrapper>) -> KeyRing {
+        let mut keys = HashMap::new();
+        keys.insert(active.key_id().to_string(), active.clone());
+        KeyRing { active, keys }
+    }
+
+    /// Adds a retired key that can still open (and be re-wrapped away from) old blobs.
+    pub fn with_retired(mut self, key: Arc<dyn KeyWrapper>) -> KeyRing {
+        self.keys.entry(key.key_id().to_string()).or_insert(key);
+        self
+    }
+
+    /// The key new blobs are sealed with.
+    pub fn active(&self) -> &Arc<dyn KeyWrapper> {
+        &self.active
+    }
+
+    /// The key with this id, if the ring holds it.
+    pub fn key(&self, key_id: &str) -> Option<&Arc<dyn KeyWrapper>> {
+        self.keys.get(key_id)
+    }
+
+    /// Ids of every key in the ring, sorted.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Seals `plaintext` for the record `id` under the active key, with a fresh data key.
+    pub async fn seal(&self, plaintext: &[u8], id: &RecordIdentity<'_>) -> Result<Sealed> {
+        envelope::seal(self.active.as_ref(), plaintext, id).await
+    }
+
+    /// Opens a blob sealed for the record `id`, with whichever key of the ring it names.
+    /// Any tampering, a blob from another record, or a wrong key fails with a typed error
+    /// and yields no plaintext.
+    pub async fn open(&self, blob: &[u8], id: &RecordIdentity<'_>) -> Result<SecretBox<[u8]>> {
+        let parsed = envelope::parse(blob, &|| envelope::describe(id))?;
+        let wrapper = self.lookup(parsed.key_id, id)?;
+        let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
+        envelope::decrypt_payload(&dek, &parsed, id)
+    }
+
+    fn lookup(&self, key_id: &str, id: &RecordIdentity<'_>) -> Result<&Arc<dyn KeyWrapper>> {
+        self.keys.get(key_id).ok_or_else(|| Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!(
+                "{} is wrapped by a master key this key ring does not hold; add that key as a \
+                 retired key (the ring holds {})",
+                envelope::describe(id),
+                self.key_ids().join(", ")
+            ),
+        })
+    }
+
+    /// Re-wraps one blob's data key under the active key without touching its payload.
+    /// Returns `None` when it is already wrapped by the active key.
+    pub async fn rewrap_blob(&self, blob: &[u8], id: &RecordIdentity<'_>) -> Result<Option<Sealed>> {
+        let parsed = envelope::parse(blob, &|| envelope::describe(id))?;
+        if parsed.key_id == self.active.key_id() {
+            return Ok(None);
+        }
+        let old = self.lookup(parsed.key_id, id)?;
+        let dek = envelope::unwrap_key(old.as_ref(), &parsed, id).await?;
+        let backend = self.active.backend_id();
+        let header3 = [parsed.version, parsed.flags, backend.to_byte()];
+        let wrapped = self
+            .active
+            .wrap(&dek, &envelope::wrap_aad(header3, id))
+            .await?;
+        let key_id = self.active.key_id();
+        let bytes = envelope::rebuild_with_wrapped(&parsed, backend, key_id, &wrapped)?;
+        Ok(Some(Sealed {
+            bytes,
+            key_id: key_id.to_string(),
+        }))
+    }
+
+    /// Moves every stored data key onto the active master key, in atomic batches of
+    /// `options.batch_size` records (each batch also writes one audit event). Payloads are
+    /// untouched. Safe to re-run after a crash or an error: it picks up whatever still names
+    /// another key. A record updated concurrently is simply re-read on the next pass (its new
+    /// version is sealed with the active key already).
+    pub async fn rewrap(&self, store: &dyn Store, options: &RewrapOptions) -> Result<RewrapReport> {
+        let batch_size = options.batch_size.max(1);
+        let active = self.active.key_id().to_string();
+        let mut report = RewrapReport::default();
+        loop {
+            if options.max_batches.is_some_and(|max| report.batches >= max) {
+                break;
+            }
+            let filter = ListFilter {
+                key_id_not: Some(active.clone()),
+                limit: Some(batch_size),
+                ..ListFilter::default()
+            };
+            let records = store.list(&filter).await?;
+            if records.is_empty() {
+                report.complete = true;
+                break;
+            }
+            let mut mutations = Vec::with_capacity(records.len());
+            let mut from_keys: Vec<String> = Vec::new();
+            for mut record in records {
+                let Some(sealed) = self.rewrap_blob(&record.sealed, &record.identity()).await? else {
+                    continue;
+                };
+                if !from_keys.contains(&record.key_id) {
+                    from_keys.push(record.key_id.clone());
+                }
+                let expected = record.version;
+                record.sealed = sealed.bytes;
+                record.key_id = sealed.key_id;
+                mutations.push(Mutation::Put {
+                    record,
+                    precondition: Precondition::IfVersion(expected),
+                });
+            }
+            let count = mutations.len();
+            from_keys.sort();
+            let event = AuditEvent::new(&options.actor, "keys.rewrap", AuditTarget::none())
+                .outcome(Outcome::Success)
+                .detail("records", count.to_string())
+                .detail("from_keys", from_keys.join(","))
+                .detail("to_key", active.clone())
+                .at(Timestamp::now());
+            match store
+                .commit(Batch {
+                    mutations,
+                    events: vec![event],
+                })
+                .await
+            {
+                Ok(_) => {
+                    report.rewrapped += count as u64;
+                    report.batches += 1;
+                }
+                // Someone updated one of these records meanwhile; its new version is sealed
+                // with the active key, so the next listing no longer returns it.
+                Err(Error::VersionConflict { .. }) | Err(Error::NotFound { .. }) => {
+                    report.conflicts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+            if let Some(progress) = &options.progress {
+                progress(&report);
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Settings for [`KeyRing::rewrap`].
+#[derive(Clone)]
+pub struct RewrapOptions {
+    /// Records per atomic batch (default 500).
+    pub batch_size: usize,
+    /// The principal written into the audit events.
+    pub actor: String,
+    /// Stop after this many batches (for stepwise operation); `None` runs to the end.
+    pub max_batches: Option<usize>,
+    /// Called after each batch with the running totals (drives a progress bar).
+    pub progress: Option<Arc<dyn Fn(&RewrapReport) + Send + Sync>>,
+}
+
+impl Default for RewrapOptions {
+    fn default() -> Self {
+        RewrapOptions {
+            batch_size: 500,
+            actor: "system".into(),
+            max_batches: None,
+            progress: None,
+        }
+    }
+}
+
+impl fmt::Debug for RewrapOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RewrapOptions")
+            .field("batch_size", &self.batch_size)
+            .field("actor", &self.actor)
+            .field("max_batches", &self.max_batches)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`KeyRing::rewrap`] run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RewrapReport {
+    /// Records moved onto the active key.
+    pub rewrapped: u64,
+    /// Batches committed.
+    pub batches: usize,
+    /// Batches dropped because a record changed underneath (they are retried).
+    pub conflicts: usize,
+    /// True when nothing is left that names another key.
+    pub complete: bool,
+}

@@ -1,0 +1,321 @@
+//! Local master keys (`env`, `file`, in memory) and the `STRONGROOM_KMS` selection rule.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use async_trait::async_trait;
+use base64::Engine;
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{fill_random, BackendId, DataKey, KeyWrapper};
+use crate::error::{Error, Result};
+
+/// Selects the master-key backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`, `vault`.
+pub const ENV_KMS: &str = "STRONGROOM_KMS";
+/// A 32-byte master key, base64url (padding optional). Selects `env` when `STRONGROOM_KMS`
+/// is unset.
+pub const ENV_MASTER_KEY: &str = "STRONGROOM_MASTER_KEY";
+/// The strongroom home folder (default `~/.strongroom`); the `file` key is `master.key` in it.
+pub const ENV_HOME: &str = "STRONGROOM_HOME";
+
+const KEY_ID_LABEL: &[u8] = b"strongroom/key-id/v1";
+const HKDF_SALT: &[u8] = b"strongroom/derive/v1";
+const WRAP_NONCE_LEN: usize = 12;
+const WRAPPED_LEN: usize = WRAP_NONCE_LEN + 32 + 16;
+
+/// A local 256-bit master key. Wraps data keys with AES-256-GCM under a random nonce,
+/// authenticating the record's associated data. Its id is a fingerprint of the key
+/// (`local:` and 16 hex digits), so the same key has the same id wherever it is loaded from.
+pub struct LocalKey {
+    key_id: String,
+    source: String,
+    cipher: Aes256Gcm,
+    derive: Hkdf<Sha256>,
+}
+
+impl fmt::Debug for LocalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalKey")
+            .field("key_id", &self.key_id)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalKey {
+    /// Builds a key from its 32 bytes; `source` says where it came from (for messages).
+    pub fn from_bytes(bytes: &[u8; 32], source: impl Into<String>) -> LocalKey {
+        let digest = Sha256::new()
+            .chain_update(KEY_ID_LABEL)
+            .chain_update(bytes)
+            .finalize();
+        LocalKey {
+            key_id: format!("local:{}", hex::encode(&digest[..8])),
+            source: source.into(),
+            cipher: Aes256Gcm::new(bytes.into()),
+            derive: Hkdf::<Sha256>::new(Some(HKDF_SALT), bytes),
+        }
+    }
+
+    /// A fresh random key held only in memory (for test suites).
+    pub fn generate() -> Result<LocalKey> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        fill_random(bytes.as_mut())?;
+        Ok(LocalKey::from_bytes(&bytes, "in-memory"))
+    }
+
+    /// Parses a base64url key (padding optional, surrounding whitespace ignored);
+    /// `source` names the variable or file in errors.
+    pub fn from_base64(text: &str, source: &str) -> Result<LocalKey> {
+        let trimmed = text.trim().trim_end_matches('=');
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(trimmed)
+                .map_err(|_| {
+                    Error::config(format!(
+                        "{source} is not valid base64url; it must hold 32 random bytes encoded \
+                         as base64url (generate one with `openssl rand 32 | basenc --base64url`)"
+                    ))
+                })?,
+        );
+        let bytes: Zeroizing<[u8; 32]> =
+            Zeroizing::new(decoded.as_slice().try_into().map_err(|_| {
+                Error::config(format!(
+                    "{source} decodes to {} bytes; a master key is exactly 32 bytes",
+                    decoded.len()
+                ))
+            })?);
+        Ok(LocalKey::from_bytes(&bytes, source))
+    }
+
+    /// Encodes fresh key bytes as base64url text (how `master.key` and
+    /// `STRONGROOM_MASTER_KEY` hold a key).
+    pub fn generate_base64() -> Result<Zeroizing<String>> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        fill_random(bytes.as_mut())?;
+        Ok(Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()),
+        ))
+    }
+
+    /// Loads the key from `STRONGROOM_MASTER_KEY`-style text.
+    pub fn from_env_value(value: &str) -> Result<LocalKey> {
+        LocalKey::from_base64(value, ENV_MASTER_KEY)
+    }
+
+    /// Loads `path`, creating it with a fresh key (mode 0600, folder 0700) when absent, and
+    /// refusing a file that group or others can read or write.
+    pub fn load_or_create_file(path: &Path) -> Result<LocalKey> {
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                check_private(path, &meta)?;
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?,
+                );
+                LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(path),
+            Err(e) => Err(Error::io(path.display(), e)),
+        }
+    }
+
+    /// Where the key came from (`STRONGROOM_MASTER_KEY`, a file path, `in-memory`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Wraps with a given nonce; [`KeyWrapper::wrap`] draws a random one. Used by the
+    /// known-answer tests.
+    pub(crate) fn wrap_with_nonce(
+        &self,
+        dek: &DataKey,
+        aad: &[u8],
+        nonce: &[u8; WRAP_NONCE_LEN],
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(dek.expose_secret());
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut out[WRAP_NONCE_LEN..])
+            .map_err(|_| Error::invalid("data key", "could not be wrapped"))?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::KeyUnavailable {
+            key_id: "file".into(),
+            reason: format!(
+                "refusing master key file {} with mode {mode:04o}: group or others can access it; \
+                 run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<()> {
+    Ok(())
+}
+
+fn create_key_file(path: &Path) -> Result<LocalKey> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder
+                .create(dir)
+                .map_err(|e| Error::io(dir.display(), e))?;
+        }
+    }
+    let text = LocalKey::generate_base64()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.write_all(b"\n"))
+                .and_then(|()| file.sync_all())
+                .map_err(|e| Error::io(path.display(), e))?;
+            tracing::info!(path = %path.display(), "created a new master key file");
+            LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => LocalKey::load_or_create_file(path),
+        Err(e) => Err(Error::io(path.display(), e)),
+    }
+}
+
+#[async_trait]
+impl KeyWrapper for LocalKey {
+    fn backend_id(&self) -> BackendId {
+        BackendId::Local
+    }
+
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; WRAP_NONCE_LEN];
+        fill_random(&mut nonce)?;
+        self.wrap_with_nonce(dek, aad, &nonce)
+    }
+
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
+        let fail = || Error::decrypt(format!("data key wrapped by {}", self.key_id));
+        if wrapped.len() != WRAPPED_LEN {
+            return Err(fail());
+        }
+        let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
+        let (ct, tag) = rest.split_at(32);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ct);
+        match self.cipher.decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            &mut key,
+            Tag::from_slice(tag),
+        ) {
+            Ok(()) => Ok(DataKey::from_bytes(key)),
+            Err(_) => {
+                key.zeroize();
+                Err(fail())
+            }
+        }
+    }
+
+    async fn derive_key(&self, purpose: &str) -> Result<DataKey> {
+        let mut out = [0u8; 32];
+        self.derive
+            .expand(purpose.as_bytes(), &mut out)
+            .map_err(|_| Error::invalid("derived key", "length out of range"))?;
+        Ok(DataKey::from_bytes(out))
+    }
+}
+
+/// Picks the master-key backend from the process environment (see [`key_wrapper_from_vars`]).
+pub fn key_wrapper_from_env() -> Result<Arc<dyn KeyWrapper>> {
+    key_wrapper_from_vars(|name| std::env::var(name).ok())
+}
+
+/// Picks the master-key backend from variables looked up through `var`:
+///
+/// - `STRONGROOM_KMS` names the backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`,
+///   `vault`.
+/// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise.
+/// - `file` reads `$STRONGROOM_HOME/master.key` (home `~/.strongroom` by default), creating
+///   it with mode 0600 on first use.
+pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn KeyWrapper>> {
+    let master = var(ENV_MASTER_KEY).filter(|v| !v.is_empty()).map(Zeroizing::new);
+    let selected = var(ENV_KMS)
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty());
+    let backend = match (&selected, &master) {
+        (Some(name), _) => name.as_str(),
+        (None, Some(_)) => "env",
+        (None, None) => "file",
+    };
+    match backend {
+        "env" => {
+            let value = master.ok_or_else(|| {
+                Error::config(format!(
+                    "{ENV_KMS}=env but {ENV_MASTER_KEY} is not set; set it to 32 random bytes \
+                     encoded as base64url"
+                ))
+            })?;
+            Ok(Arc::new(LocalKey::from_env_value(&value)?))
+        }
+        "file" => {
+            let path = default_home(&var)?.join("master.key");
+            Ok(Arc::new(LocalKey::load_or_create_file(&path)?))
+        }
+        "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => Err(Error::config(format!(
+            "{ENV_KMS}={backend} is not available in this build of strongroom yet; use `env` or \
+             `file`, or pass your own KeyWrapper to the builder"
+        ))),
+        other => Err(Error::config(format!(
+            "{ENV_KMS}=`{other}` is not a known backend; use one of env, file, aws_kms, gcp_kms, \
+             azure_kv, vault"
+        ))),
+    }
+}
+
+/// `$STRONGROOM_HOME`, or `~/.strongroom`.
+pub(crate) fn default_home(var: &impl Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    if let Some(home) = var(ENV_HOME).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    match var("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".strongroom")),
+        None => Err(Error::config(format!(
+            "neither {ENV_HOME} nor HOME is set, so there is no place for master.key; set \
+             {ENV_HOME}"
+        ))),
+    }
+}

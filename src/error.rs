@@ -1,0 +1,267 @@
+//! The crate's one error type. Every variant names the thing that failed and, where there is
+//! one, the fix; no variant ever carries a secret value.
+
+use std::fmt;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. Match on the variant (or on [`Error::kind`]), never on message text.
+///
+/// Messages are written for an operator: they name the credential, key, file or variable
+/// involved and say how to fix the problem. They never contain secret material; a failed
+/// decryption deliberately says nothing about *why* it failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The thing asked for does not exist.
+    #[error("{what} not found{}", hint_suffix(.hint))]
+    NotFound {
+        /// What was looked for, e.g. "credential `openai_main` (per_user, user u1)".
+        what: String,
+        /// How to fix it, when there is something to say.
+        hint: Option<String>,
+    },
+
+    /// A create-only write met an existing record.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What collided.
+        what: String,
+    },
+
+    /// An if-version precondition failed: someone else changed the record first.
+    #[error("version conflict on {what}: expected version {expected}, found {}; re-read it and retry", found_text(.found))]
+    VersionConflict {
+        /// The record.
+        what: String,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version actually stored (`None` when the record is gone).
+        found: Option<u64>,
+    },
+
+    /// The acting principal may not do this. Denials are audited by the caller.
+    #[error("permission denied: {actor} may not {action} {target}")]
+    PermissionDenied {
+        /// Who asked.
+        actor: String,
+        /// What they asked to do.
+        action: String,
+        /// What they asked to do it to.
+        target: String,
+    },
+
+    /// A sealed blob failed to open: wrong key, tampered bytes, or a blob that belongs to
+    /// another record. Deliberately carries no detail beyond which record it was.
+    #[error("decryption failed for {what}: the data was tampered with, belongs to another record, or the master key is wrong")]
+    DecryptFailed {
+        /// Which record (never its contents).
+        what: String,
+    },
+
+    /// A master key is missing or cannot be used.
+    #[error("master key {key_id} unavailable: {reason}")]
+    KeyUnavailable {
+        /// The key id (or backend name) involved.
+        key_id: String,
+        /// Why, and how to fix it.
+        reason: String,
+    },
+
+    /// Stored data could not be decoded (a corrupt row or a malformed blob).
+    #[error("corrupt data in {what}: {reason}")]
+    Corrupt {
+        /// Which row or blob.
+        what: String,
+        /// What was wrong with it (structure only, never values).
+        reason: String,
+    },
+
+    /// An audit row could not be decoded at all (its columns were edited into nonsense).
+    #[error("corrupt audit row {seq}: {reason}")]
+    CorruptAuditRow {
+        /// The row's sequence number.
+        seq: u64,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// Input from the caller was malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// Which field or argument.
+        field: String,
+        /// The rule it broke and how to fix it.
+        reason: String,
+    },
+
+    /// Configuration (environment variables, files, builder settings) is wrong.
+    #[error("configuration error: {message}")]
+    Config {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// The store failed.
+    #[error("store error ({kind}): {message}")]
+    Store {
+        /// A portable classification of the failure.
+        kind: StoreErrorKind,
+        /// What happened.
+        message: String,
+        /// The backend's own error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+
+    /// A network peer (KMS, provider API) failed.
+    #[error("transport error talking to {peer}: {message}")]
+    Transport {
+        /// Which peer.
+        peer: String,
+        /// What happened.
+        message: String,
+    },
+
+    /// Reading or writing a local file failed.
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A portable classification of store failures, so callers can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The database is busy or locked; retrying may succeed.
+    Busy,
+    /// The connection to the database failed or was lost.
+    Connection,
+    /// The database file or schema is unusable (corrupt, too new, wrong format).
+    Schema,
+    /// The store has been closed or its writer has stopped.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreErrorKind::Busy => "busy",
+            StoreErrorKind::Connection => "connection",
+            StoreErrorKind::Schema => "schema",
+            StoreErrorKind::Closed => "closed",
+            StoreErrorKind::Other => "other",
+        })
+    }
+}
+
+/// The variant of an [`Error`], without its payload; handy for assertions and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::NotFound`]
+    NotFound,
+    /// [`Error::AlreadyExists`]
+    AlreadyExists,
+    /// [`Error::VersionConflict`]
+    VersionConflict,
+    /// [`Error::PermissionDenied`]
+    PermissionDenied,
+    /// [`Error::DecryptFailed`]
+    DecryptFailed,
+    /// [`Error::KeyUnavailable`]
+    KeyUnavailable,
+    /// [`Error::Corrupt`]
+    Corrupt,
+    /// [`Error::InvalidInput`]
+    InvalidInput,
+    /// [`Error::Config`]
+    Config,
+    /// [`Error::Store`]
+    Store,
+    /// [`Error::Transport`]
+    Transport,
+    /// [`Error::Io`]
+    Io,
+}
+
+impl Error {
+    /// The variant, without its payload.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::VersionConflict { .. } => ErrorKind::VersionConflict,
+            Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            Error::DecryptFailed { .. } => ErrorKind::DecryptFailed,
+            Error::KeyUnavailable { .. } => ErrorKind::KeyUnavailable,
+            Error::Corrupt { .. } | Error::CorruptAuditRow { .. } => ErrorKind::Corrupt,
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::Config { .. } => ErrorKind::Config,
+            Error::Store { .. } => ErrorKind::Store,
+            Error::Transport { .. } => ErrorKind::Transport,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn decrypt(what: impl Into<String>) -> Self {
+        Error::DecryptFailed { what: what.into() }
+    }
+
+    pub(crate) fn store(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Error::Store {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    match hint {
+        Some(h) => format!("; {h}"),
+        None => String::new(),
+    }
+}
+
+fn found_text(found: &Option<u64>) -> String {
+    match found {
+        Some(v) => v.to_string(),
+        None => "no record".to_string(),
+    }
+}

@@ -1,0 +1,407 @@
+//! The core data model shared by every layer: scopes, credential ids, lifecycle states,
+//! timestamps and the stored credential record.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest identifier (app, user, agent id, credential name) accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Checks an identifier used inside a scope or as a credential name: non-empty, at most
+/// [`MAX_ID_LEN`] bytes, no `/` (the owner separator) and no control characters.
+pub fn validate_id(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes long; at most {MAX_ID_LEN} are allowed", value.len()),
+        ));
+    }
+    if value.contains('/') {
+        return Err(Error::invalid(field, "must not contain `/`"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Where a credential lives and who owns it. Lookup is scope-strict: a reference names one
+/// scope and is resolved in that scope only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Scope {
+    /// One credential for the whole installation.
+    SystemWide,
+    /// Shared by every user of one app.
+    PerAppShared {
+        /// The app id.
+        app: String,
+    },
+    /// Owned by one user, usable in apps the user has granted.
+    PerUser {
+        /// The user id.
+        user: String,
+    },
+    /// Owned by one user for one app only.
+    PerAppPerUser {
+        /// The app id.
+        app: String,
+        /// The user id.
+        user: String,
+    },
+    /// Owned by one agent (per-agent integrations and secrets).
+    PerAgent {
+        /// The agent id.
+        agent: String,
+    },
+}
+
+/// The kind of a [`Scope`], without its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ScopeKind {
+    /// [`Scope::SystemWide`]
+    SystemWide,
+    /// [`Scope::PerAppShared`]
+    PerAppShared,
+    /// [`Scope::PerUser`]
+    PerUser,
+    /// [`Scope::PerAppPerUser`]
+    PerAppPerUser,
+    /// [`Scope::PerAgent`]
+    PerAgent,
+}
+
+impl ScopeKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [ScopeKind; 5] = [
+        ScopeKind::SystemWide,
+        ScopeKind::PerAppShared,
+        ScopeKind::PerUser,
+        ScopeKind::PerAppPerUser,
+        ScopeKind::PerAgent,
+    ];
+
+    /// The stable text form (`system_wide`, `per_app_shared`, …) used in storage, the
+    /// canonical encodings and configuration files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::SystemWide => "system_wide",
+            ScopeKind::PerAppShared => "per_app_shared",
+            ScopeKind::PerUser => "per_user",
+            ScopeKind::PerAppPerUser => "per_app_per_user",
+            ScopeKind::PerAgent => "per_agent",
+        }
+    }
+
+    /// Parses the text form.
+    pub fn parse(text: &str) -> Result<ScopeKind> {
+        ScopeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "scope",
+                    format!(
+                        "unknown scope `{text}`; use one of system_wide, per_app_shared, per_user, per_app_per_user, per_agent"
+                    ),
+                )
+            })
+    }
+}
+
+impl fmt::Display for ScopeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Scope {
+    /// A per-app-shared scope, checking the app id.
+    pub fn per_app_shared(app: impl Into<String>) -> Result<Scope> {
+        let app = app.into();
+        validate_id("app id", &app)?;
+        Ok(Scope::PerAppShared { app })
+    }
+
+    /// A per-user scope, checking the user id.
+    pub fn per_user(user: impl Into<String>) -> Result<Scope> {
+        let user = user.into();
+        validate_id("user id", &user)?;
+        Ok(Scope::PerUser { user })
+    }
+
+    /// A per-app-per-user scope, checking both ids.
+    pub fn per_app_per_user(app: impl Into<String>, user: impl Into<String>) -> Result<Scope> {
+        let (app, user) = (app.into(), user.into());
+        validate_id("app id", &app)?;
+        validate_id("user id", &user)?;
+        Ok(Scope::PerAppPerUser { app, user })
+    }
+
+    /// A per-agent scope, checking the agent id.
+    pub fn per_agent(agent: impl Into<String>) -> Result<Scope> {
+        let agent = agent.into();
+        validate_id("agent id", &agent)?;
+        Ok(Scope::PerAgent { agent })
+    }
+
+    /// The scope's kind.
+    pub fn kind(&self) -> ScopeKind {
+        match self {
+            Scope::SystemWide => ScopeKind::SystemWide,
+            Scope::PerAppShared { .. } => ScopeKind::PerAppShared,
+            Scope::PerUser { .. } => ScopeKind::PerUser,
+            Scope::PerAppPerUser { .. } => ScopeKind::PerAppPerUser,
+            Scope::PerAgent { .. } => ScopeKind::PerAgent,
+        }
+    }
+
+    /// The owner in its stored text form: empty for system-wide, the app, user or agent id,
+    /// or `app/user` for per-app-per-user (ids never contain `/`).
+    pub fn owner(&self) -> String {
+        match self {
+            Scope::SystemWide => String::new(),
+            Scope::PerAppShared { app } => app.clone(),
+            Scope::PerUser { user } => user.clone(),
+            Scope::PerAppPerUser { app, user } => format!("{app}/{user}"),
+            Scope::PerAgent { agent } => agent.clone(),
+        }
+    }
+
+    /// Rebuilds a scope from its stored kind and owner text.
+    pub fn from_parts(kind: ScopeKind, owner: &str) -> Result<Scope> {
+        match kind {
+            ScopeKind::SystemWide if owner.is_empty() => Ok(Scope::SystemWide),
+            ScopeKind::SystemWide => Err(Error::invalid(
+                "scope owner",
+                "a system_wide scope has no owner",
+            )),
+            ScopeKind::PerAppShared => Scope::per_app_shared(owner),
+            ScopeKind::PerUser => Scope::per_user(owner),
+            ScopeKind::PerAgent => Scope::per_agent(owner),
+            ScopeKind::PerAppPerUser => match owner.split_once('/') {
+                Some((app, user)) => Scope::per_app_per_user(app, user),
+                None => Err(Error::invalid(
+                    "scope owner",
+                    "a per_app_per_user owner is written `app/user`",
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::SystemWide => f.write_str("system_wide"),
+            Scope::PerAppShared { app } => write!(f, "per_app_shared, app {app}"),
+            Scope::PerUser { user } => write!(f, "per_user, user {user}"),
+            Scope::PerAppPerUser { app, user } => {
+                write!(f, "per_app_per_user, app {app}, user {user}")
+            }
+            Scope::PerAgent { agent } => write!(f, "per_agent, agent {agent}"),
+        }
+    }
+}
+
+/// A credential's stable id (a UUIDv7 string by default: time-ordered, so new rows land at
+/// the end of the index).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CredentialId(String);
+
+impl CredentialId {
+    /// A fresh, time-ordered id.
+    pub fn generate() -> CredentialId {
+        CredentialId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// Wraps an existing id, checking its form.
+    pub fn new(id: impl Into<String>) -> Result<CredentialId> {
+        let id = id.into();
+        validate_id("credential id", &id)?;
+        Ok(CredentialId(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a credential stands in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LifecycleState {
+    /// Fields stored, never verified.
+    Filled,
+    /// Verified live or refreshed successfully.
+    Valid,
+    /// TTL passed, refresh failed, or an admin marked it.
+    Expired,
+    /// Revoked or rejected by the remote service; never resolved.
+    Invalid,
+    /// An OAuth flow is in progress.
+    Pending,
+}
+
+impl LifecycleState {
+    /// Every state.
+    pub const ALL: [LifecycleState; 5] = [
+        LifecycleState::Filled,
+        LifecycleState::Valid,
+        LifecycleState::Expired,
+        LifecycleState::Invalid,
+        LifecycleState::Pending,
+    ];
+
+    /// The stable text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleState::Filled => "filled",
+            LifecycleState::Valid => "valid",
+            LifecycleState::Expired => "expired",
+            LifecycleState::Invalid => "invalid",
+            LifecycleState::Pending => "pending",
+        }
+    }
+
+    /// Parses the text form.
+    pub fn parse(text: &str) -> Result<LifecycleState> {
+        LifecycleState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "state",
+                    format!("unknown state `{text}`; use filled, valid, expired, invalid or pending"),
+                )
+            })
+    }
+}
+
+impl fmt::Display for LifecycleState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Milliseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Timestamp {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+}
+
+/// The identity a sealed blob is bound to: moving the blob to another credential, scope,
+/// owner or version makes it fail to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordIdentity<'a> {
+    /// The credential id.
+    pub credential_id: &'a str,
+    /// The scope (kind and owner).
+    pub scope: &'a Scope,
+    /// The credential version the blob was sealed for.
+    pub version: u64,
+}
+
+/// A credential as the store keeps it: non-secret columns in the clear, secret fields in
+/// one sealed envelope blob (see `docs/FORMAT.md`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// Stable id.
+    pub id: CredentialId,
+    /// The `ref` name, unique within scope and owner.
+    pub name: String,
+    /// Where it lives.
+    pub scope: Scope,
+    /// Provider name from the catalog (`openai`, `github_app`, …).
+    pub provider: String,
+    /// Handler type (`api_key`, `oauth2`, …).
+    pub handler_type: String,
+    /// Lifecycle state.
+    pub state: LifecycleState,
+    /// Non-secret metadata (labels, account name, external ids, `expires_at`).
+    pub metadata: BTreeMap<String, String>,
+    /// Whether agents may use it directly.
+    pub agent_accessible: bool,
+    /// Version for optimistic concurrency; the sealed blob is bound to it.
+    pub version: u64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// Id of the master key that wraps this version's data key (from the blob; kept in a
+    /// column so rotation can find what still needs re-wrapping).
+    pub key_id: String,
+    /// The sealed secret fields.
+    pub sealed: Vec<u8>,
+}
+
+impl CredentialRecord {
+    /// The identity its sealed blob is bound to.
+    pub fn identity(&self) -> RecordIdentity<'_> {
+        RecordIdentity {
+            credential_id: self.id.as_str(),
+            scope: &self.scope,
+            version: self.version,
+        }
+    }
+
+    /// A short description for messages: `credential `name` (scope)`.
+    pub fn describe(&self) -> String {
+        format!("credential `{}` ({}, id {})", self.name, self.scope, self.id)
+    }
+}
+
+impl fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("scope", &self.scope)
+            .field("provider", &self.provider)
+            .field("handler_type", &self.handler_type)
+            .field("state", &self.state)
+            .field("metadata", &self.metadata)
+            .field("agent_accessible", &self.agent_accessible)
+            .field("version", &self.version)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("key_id", &self.key_id)
+            .field("sealed", &format_args!("<{} sealed bytes>", self.sealed.len()))
+            .finish()
+    }
+}

@@ -1,0 +1,216 @@
+//! `MemoryStore`: everything in process memory, for test suites. Fast, no disk, same
+//! semantics as the durable stores (it runs the same conformance suite).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{Batch, CommitReceipt, ListFilter, Mutation, Precondition, Store};
+use crate::audit::{AuditRecord, ChainHead};
+use crate::error::{Error, Result};
+use crate::model::{CredentialId, CredentialRecord, ScopeKind};
+
+type NameKey = (ScopeKind, String, String);
+
+#[derive(Default)]
+struct State {
+    credentials: BTreeMap<CredentialId, CredentialRecord>,
+    names: HashMap<NameKey, CredentialId>,
+    audit: Vec<AuditRecord>,
+    head: Option<ChainHead>,
+}
+
+fn name_key(record: &CredentialRecord) -> NameKey {
+    (
+        record.scope.kind(),
+        record.scope.owner(),
+        record.name.clone(),
+    )
+}
+
+impl State {
+    /// Sets `id` to `value`, keeping the name index in step; returns the old value.
+    fn set(&mut self, id: &CredentialId, value: Option<CredentialRecord>) -> Option<CredentialRecord> {
+        let old = match value {
+            Some(record) => {
+                self.names.insert(name_key(&record), id.clone());
+                self.credentials.insert(id.clone(), record)
+            }
+            None => self.credentials.remove(id),
+        };
+        if let Some(old) = &old {
+            let key = name_key(old);
+            let still_ours = self.credentials.get(id).map(name_key) == Some(key.clone());
+            if !still_ours && self.names.get(&key) == Some(id) {
+                self.names.remove(&key);
+            }
+        }
+        old
+    }
+
+    fn apply(&mut self, mutation: Mutation, undo: &mut Vec<(CredentialId, Option<CredentialRecord>)>) -> Result<()> {
+        match mutation {
+            Mutation::Put {
+                record,
+                precondition,
+            } => {
+                let existing = self.credentials.get(&record.id);
+                check_precondition(precondition, existing, &record.describe(), true)?;
+                if let Some(other) = self.names.get(&name_key(&record)) {
+                    if *other != record.id {
+                        return Err(Error::AlreadyExists {
+                            what: format!("a credential named `{}` in {}", record.name, record.scope),
+                        });
+                    }
+                }
+                let id = record.id.clone();
+                let old = self.set(&id, Some(record));
+                undo.push((id, old));
+            }
+            Mutation::Delete { id, precondition } => {
+                let existing = self.credentials.get(&id);
+                check_precondition(precondition, existing, &format!("credential {id}"), false)?;
+                let old = self.set(&id, None);
+                undo.push((id, old));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a precondition against the stored record; shared by the stores so they agree.
+pub(crate) fn check_precondition(
+    precondition: Precondition,
+    existing: Option<&CredentialRecord>,
+    what: &str,
+    is_put: bool,
+) -> Result<()> {
+    check_version(precondition, existing.map(|r| r.version), what, is_put)
+}
+
+/// [`check_precondition`] on the stored version alone (`None` when there is no record).
+pub(crate) fn check_version(
+    precondition: Precondition,
+    stored: Option<u64>,
+    what: &str,
+    is_put: bool,
+) -> Result<()> {
+    match (precondition, stored) {
+        (Precondition::CreateOnly, _) if !is_put => Err(Error::invalid(
+            "precondition",
+            "create-only applies to puts, not deletes",
+        )),
+        (Precondition::CreateOnly, Some(_)) => Err(Error::AlreadyExists {
+            what: what.to_string(),
+        }),
+        (Precondition::IfVersion(expected), found) if found != Some(expected) => {
+            Err(Error::VersionConflict {
+                what: what.to_string(),
+                expected,
+                found,
+            })
+        }
+        (Precondition::None, None) if !is_put => Err(Error::NotFound {
+            what: what.to_string(),
+            hint: None,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An in-memory store for test suites.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied batch (commit undoes
+        // before returning an error), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Test hook: replaces audit row `seq` as a tamperer with write access would.
+    #[doc(hidden)]
+    pub fn tamper_audit(&self, f: impl FnOnce(&mut Vec<AuditRecord>)) {
+        let mut state = self.lock();
+        f(&mut state.audit);
+        state.head = state.audit.last().map(|r| ChainHead {
+            seq: r.seq,
+            hash: r.hash,
+        });
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
+        Ok(self.lock().credentials.get(id).cloned())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
+        let state = self.lock();
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let range = match &filter.after_id {
+            Some(after) => state
+                .credentials
+                .range((std::ops::Bound::Excluded(after.clone()), std::ops::Bound::Unbounded)),
+            None => state.credentials.range(..),
+        };
+        Ok(range
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let state = self.lock();
+        let start = state.audit.partition_point(|r| r.seq < from);
+        Ok(state.audit[start..]
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn chain_head(&self) -> Result<Option<ChainHead>> {
+        Ok(self.lock().head)
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
+        let mut state = self.lock();
+        let mut undo = Vec::with_capacity(batch.mutations.len());
+        for mutation in batch.mutations {
+            if let Err(e) = state.apply(mutation, &mut undo) {
+                for (id, old) in undo.into_iter().rev() {
+                    state.set(&id, old);
+                }
+                return Err(e);
+            }
+        }
+        let mut seqs = None;
+        let mut head = state.head;
+        for event in batch.events {
+            let record = ChainHead::append(&mut head, event);
+            seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
+            state.audit.push(record);
+        }
+        state.head = head;
+        Ok(CommitReceipt { seqs, head })
+    }
+}

@@ -1,0 +1,151 @@
+//! Storage: the small async `Store` trait (read a credential, list, read the audit range and
+//! head, commit an atomic batch) and its implementations.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::audit::{AuditEvent, AuditRecord, ChainHead};
+use crate::error::Result;
+use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind};
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// What must hold for a mutation to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Precondition {
+    /// Nothing: a put creates or replaces, a delete removes whatever is there.
+    None,
+    /// The record must not exist yet (puts only).
+    CreateOnly,
+    /// The stored record must exist and have exactly this version.
+    IfVersion(u64),
+}
+
+/// One change to the stored credentials.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Mutation {
+    /// Create or replace a credential (its `version` field is written as given).
+    Put {
+        /// The full record to store.
+        record: CredentialRecord,
+        /// What must hold first.
+        precondition: Precondition,
+    },
+    /// Remove a credential.
+    Delete {
+        /// Which one.
+        id: CredentialId,
+        /// What must hold first.
+        precondition: Precondition,
+    },
+}
+
+/// Mutations and the audit events that record them, applied together or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Changes, applied in order.
+    pub mutations: Vec<Mutation>,
+    /// Audit events, chained in order after the current head.
+    pub events: Vec<AuditEvent>,
+}
+
+impl Batch {
+    /// A batch with only audit events (audited reads, denials).
+    pub fn events(events: Vec<AuditEvent>) -> Batch {
+        Batch {
+            mutations: Vec::new(),
+            events,
+        }
+    }
+}
+
+/// What a successful commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitReceipt {
+    /// Sequence numbers given to this batch's events (`None` when it had none).
+    pub seqs: Option<(u64, u64)>,
+    /// The chain head right after this batch (it may have moved on since).
+    pub head: Option<ChainHead>,
+}
+
+/// Which credentials to list. Every set field must match; results come in id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListFilter {
+    /// Exactly this scope (kind and owner).
+    pub scope: Option<Scope>,
+    /// Any scope of this kind.
+    pub scope_kind: Option<ScopeKind>,
+    /// This name (`ref`).
+    pub name: Option<String>,
+    /// This provider.
+    pub provider: Option<String>,
+    /// This lifecycle state.
+    pub state: Option<LifecycleState>,
+    /// Wrapped by this master key.
+    pub key_id: Option<String>,
+    /// Wrapped by any master key but this one (what re-wrapping still has to do).
+    pub key_id_not: Option<String>,
+    /// Only ids greater than this one (for paging).
+    pub after_id: Option<CredentialId>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// Does `record` match every set field (except `limit`)?
+    pub fn matches(&self, record: &CredentialRecord) -> bool {
+        self.scope.as_ref().is_none_or(|s| *s == record.scope)
+            && self.scope_kind.is_none_or(|k| k == record.scope.kind())
+            && self.name.as_ref().is_none_or(|n| *n == record.name)
+            && self.provider.as_ref().is_none_or(|p| *p == record.provider)
+            && self.state.is_none_or(|s| s == record.state)
+            && self.key_id.as_ref().is_none_or(|k| *k == record.key_id)
+            && self.key_id_not.as_ref().is_none_or(|k| *k != record.key_id)
+            && self.after_id.as_ref().is_none_or(|a| record.id > *a)
+    }
+
+    /// Only this scope.
+    pub fn in_scope(scope: Scope) -> ListFilter {
+        ListFilter {
+            scope: Some(scope),
+            ..ListFilter::default()
+        }
+    }
+}
+
+/// Where credentials and the audit chain live.
+///
+/// The core is deliberately small. `commit` is the only write: it checks every mutation's
+/// precondition, applies the mutations, and appends the events to the audit chain — all in
+/// one atomic step, or nothing at all. Names are unique within a scope: a put that would
+/// give two credentials of one scope the same name fails with
+/// [`crate::Error::AlreadyExists`]. Run [`crate::conformance`] (feature `conformance`)
+/// against any new implementation.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// One credential by id.
+    async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>>;
+
+    /// Credentials matching `filter`, in id order.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>>;
+
+    /// Up to `limit` audit rows with `seq >= from`, in sequence order.
+    async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+
+    /// The last audit row's sequence number and hash; `None` while the chain is empty.
+    async fn chain_head(&self) -> Result<Option<ChainHead>>;
+
+    /// Applies `batch` atomically (see the trait's documentation). Returns once the batch is
+    /// durable.
+    async fn commit(&self, batch: Batch) -> Result<CommitReceipt>;
+}

@@ -1,0 +1,688 @@
+//! `SqliteStore`: the embedded default. One file, WAL, `synchronous=FULL` by default, schema
+//! migrations with a version table, and group commit — one writer thread folds every batch
+//! waiting at the moment into one transaction and one sync.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::memory::check_version;
+use super::{Batch, CommitReceipt, ListFilter, Mutation, Store};
+use crate::audit::{AuditEvent, AuditRecord, AuditTarget, ChainHead, Outcome};
+use crate::error::{Error, Result, StoreErrorKind};
+use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind, Timestamp};
+
+/// The schema, one entry per version. Never edit an entry that has shipped: add one.
+const MIGRATIONS: &[&str] = &[
+    // 1: credentials and the audit chain.
+    "CREATE TABLE credentials (
+        id               TEXT PRIMARY KEY NOT NULL,
+        name             TEXT NOT NULL,
+        scope_kind       TEXT NOT NULL,
+        owner            TEXT NOT NULL,
+        provider         TEXT NOT NULL,
+        handler_type     TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        metadata         TEXT NOT NULL,
+        agent_accessible INTEGER NOT NULL,
+        version          INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        key_id           TEXT NOT NULL,
+        sealed           BLOB NOT NULL,
+        UNIQUE (scope_kind, owner, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX credentials_key_id ON credentials (key_id);
+    CREATE INDEX credentials_provider ON credentials (provider);
+    CREATE TABLE audit (
+        seq           INTEGER PRIMARY KEY NOT NULL,
+        time          INTEGER NOT NULL,
+        actor         TEXT NOT NULL,
+        action        TEXT NOT NULL,
+        credential_id TEXT NOT NULL,
+        scope_kind    TEXT NOT NULL,
+        owner         TEXT NOT NULL,
+        outcome       TEXT NOT NULL,
+        details       TEXT NOT NULL,
+        prev_hash     BLOB NOT NULL,
+        hash          BLOB NOT NULL
+    );",
+];
+
+/// SQLite's `synchronous` setting for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// Every commit is on disk before it is acknowledged (the default).
+    Full,
+    /// WAL `NORMAL`: a power loss may drop the last commits (never corrupts).
+    Normal,
+}
+
+/// Settings for [`SqliteStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// Durability (default [`Synchronous::Full`]).
+    pub synchronous: Synchronous,
+    /// Most batches folded into one transaction (default 1024).
+    pub max_group: usize,
+    /// Read connections kept open (default 4).
+    pub readers: usize,
+    /// How long to wait on a lock held by another process (default 5 s).
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            max_group: 1024,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Request {
+    batch: Batch,
+    reply: oneshot::Sender<Result<CommitReceipt>>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: mpsc::Sender<Request>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// The embedded SQLite store. Cheap to clone (clones share the connection set).
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+fn sql_error(context: &str, e: rusqlite::Error) -> Error {
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => StoreErrorKind::Busy,
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => StoreErrorKind::Schema,
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
+            StoreErrorKind::Connection
+        }
+        _ => StoreErrorKind::Other,
+    };
+    let hint = match kind {
+        StoreErrorKind::Schema => " (the file is not a strongroom SQLite database, or it is damaged)",
+        StoreErrorKind::Busy => " (another process holds the database lock; retry)",
+        _ => "",
+    };
+    Error::Store {
+        kind,
+        message: format!("{context}{hint}"),
+        source: Some(Box::new(e)),
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::ConstraintViolation
+            && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `path`, migrating its schema.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+            }
+        }
+        let mut conn = Connection::open(&path)
+            .map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
+        configure(&conn, &options).map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
+        migrate(&mut conn, &shown)?;
+        let head = load_head(&conn).map_err(|e| sql_error("cannot read the audit head", e))?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let max_group = options.max_group.max(1);
+        std::thread::Builder::new()
+            .name("strongroom-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, head, rx, max_group))
+            .map_err(|e| Error::io(&shown, e))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                writer: tx,
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.take_reader()?;
+            let out = f(&conn);
+            inner.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| Error::store(StoreErrorKind::Other, format!("read task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn take_reader(&self) -> Result<Connection> {
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        if let Some(conn) = pooled {
+            return Ok(conn);
+        }
+        let shown = self.path.display().to_string();
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_error(&format!("cannot open {shown} for reading"), e))?;
+        conn.busy_timeout(self.options.busy_timeout)
+            .map_err(|e| sql_error("cannot configure a reader", e))?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.options.readers.max(1) {
+            pool.push(conn);
+        }
+    }
+}
+
+fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
+    conn.busy_timeout(options.busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, shown: &str) -> Result<()> {
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |e| sql_error(&format!("{what} ({shown})"), e)
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail("cannot start the schema migration"))?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS strongroom_schema (version INTEGER NOT NULL)")
+        .map_err(fail("cannot create the schema version table"))?;
+    let current: Option<i64> = tx
+        .query_row("SELECT max(version) FROM strongroom_schema", [], |r| r.get(0))
+        .map_err(fail("cannot read the schema version"))?;
+    let current = current.unwrap_or(0) as usize;
+    if current > MIGRATIONS.len() {
+        return Err(Error::store(
+            StoreErrorKind::Schema,
+            format!(
+                "{shown} has schema version {current}, but this build of strongroom knows only up \
+                 to {}; upgrade strongroom",
+                MIGRATIONS.len()
+            ),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(sql)
+            .map_err(fail(&format!("schema migration {} failed", i + 1)))?;
+        tx.execute("DELETE FROM strongroom_schema", [])
+            .and_then(|_| tx.execute("INSERT INTO strongroom_schema (version) VALUES (?1)", [i as i64 + 1]))
+            .map_err(fail("cannot record the schema version"))?;
+    }
+    tx.commit().map_err(fail("cannot commit the schema migration"))
+}
+
+fn load_head(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
+    conn.query_row(
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| {
+            let seq: i64 = r.get(0)?;
+            let hash: Vec<u8> = r.get(1)?;
+            Ok((seq, hash))
+        },
+    )
+    .optional()
+    .map(|row| {
+        row.and_then(|(seq, hash)| {
+            Some(ChainHead {
+                seq: seq as u64,
+                hash: hash.try_into().ok()?,
+            })
+        })
+    })
+}
+
+/// The single writer: waits for one batch, takes every other batch already waiting (up to
+/// `max_group`), and commits them all in one transaction — one sync for the group. Each
+/// batch runs inside its own savepoint so a failed precondition undoes only that batch.
+fn writer_loop(
+    mut conn: Connection,
+    mut head: Option<ChainHead>,
+    rx: mpsc::Receiver<Request>,
+    max_group: usize,
+) {
+    let mut group: Vec<Request> = Vec::with_capacity(max_group);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(req) => group.push(req),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut conn, &mut head, &mut group);
+    }
+}
+
+fn run_group(conn: &mut Connection, head: &mut Option<ChainHead>, group: &mut Vec<Request>) {
+    let start_head = *head;
+    let mut results: Vec<(oneshot::Sender<Result<CommitReceipt>>, Result<CommitReceipt>)> =
+        Vec::with_capacity(group.len());
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = format!("cannot start a write transaction: {e}");
+            for req in group.drain(..) {
+                let _ = req.reply.send(Err(Error::store(StoreErrorKind::Busy, message.clone())));
+            }
+            return;
+        }
+    };
+    for req in group.drain(..) {
+        let before = *head;
+        let outcome = match tx.savepoint() {
+            Ok(mut sp) => match apply_batch(&sp, req.batch, head) {
+                Ok(receipt) => sp
+                    .commit()
+                    .map(|()| receipt)
+                    .map_err(|e| sql_error("cannot release a savepoint", e)),
+                Err(e) => {
+                    let _ = sp.rollback();
+                    Err(e)
+                }
+            },
+            Err(e) => Err(sql_error("cannot open a savepoint", e)),
+        };
+        if outcome.is_err() {
+            *head = before;
+        }
+        results.push((req.reply, outcome));
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (reply, outcome) in results {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            // Nothing of the group is on disk; restore the head from the database.
+            *head = load_head(conn).unwrap_or(start_head);
+            let message = format!("commit failed, nothing was written: {e}");
+            for (reply, outcome) in results {
+                let _ = reply.send(outcome.and(Err(Error::store(
+                    StoreErrorKind::Other,
+                    message.clone(),
+                ))));
+            }
+        }
+    }
+}
+
+fn apply_batch(conn: &Connection, batch: Batch, head: &mut Option<ChainHead>) -> Result<CommitReceipt> {
+    for mutation in batch.mutations {
+        apply_mutation(conn, mutation)?;
+    }
+    let mut seqs = None;
+    if !batch.events.is_empty() {
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO audit (seq, time, actor, action, credential_id, scope_kind, owner,
+                    outcome, details, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(|e| sql_error("cannot prepare the audit insert", e))?;
+        for event in batch.events {
+            let record = ChainHead::append(head, event);
+            let (credential_id, scope_kind, owner) = record.event.target.columns();
+            let details = serde_json::to_string(&record.event.details)
+                .map_err(|e| Error::invalid("audit details", e.to_string()))?;
+            insert
+                .execute(params![
+                    record.seq as i64,
+                    record.event.time.0,
+                    record.event.actor,
+                    record.event.action,
+                    credential_id,
+                    scope_kind,
+                    owner,
+                    record.event.outcome.as_str(),
+                    details,
+                    &record.prev_hash[..],
+                    &record.hash[..],
+                ])
+                .map_err(|e| sql_error("cannot append an audit row", e))?;
+            seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
+        }
+    }
+    Ok(CommitReceipt { seqs, head: *head })
+}
+
+fn stored_version(conn: &Connection, id: &CredentialId) -> Result<Option<u64>> {
+    conn.prepare_cached("SELECT version FROM credentials WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([id.as_str()], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|v| v.map(|v| v as u64))
+        .map_err(|e| sql_error("cannot read a credential's version", e))
+}
+
+fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
+    match mutation {
+        Mutation::Put {
+            record,
+            precondition,
+        } => {
+            let stored = stored_version(conn, &record.id)?;
+            check_version(precondition, stored, &record.describe(), true)?;
+            let metadata = serde_json::to_string(&record.metadata)
+                .map_err(|e| Error::invalid("metadata", e.to_string()))?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "INSERT INTO credentials (id, name, scope_kind, owner, provider, handler_type,
+                        state, metadata, agent_accessible, version, created_at, updated_at, key_id,
+                        sealed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                        scope_kind = excluded.scope_kind, owner = excluded.owner,
+                        provider = excluded.provider, handler_type = excluded.handler_type,
+                        state = excluded.state, metadata = excluded.metadata,
+                        agent_accessible = excluded.agent_accessible, version = excluded.version,
+                        created_at = excluded.created_at, updated_at = excluded.updated_at,
+                        key_id = excluded.key_id, sealed = excluded.sealed",
+                )
+                .map_err(|e| sql_error("cannot prepare the credential upsert", e))?;
+            let result = stmt.execute(params![
+                record.id.as_str(),
+                record.name,
+                record.scope.kind().as_str(),
+                record.scope.owner(),
+                record.provider,
+                record.handler_type,
+                record.state.as_str(),
+                metadata,
+                record.agent_accessible,
+                record.version as i64,
+                record.created_at.0,
+                record.updated_at.0,
+                record.key_id,
+                record.sealed,
+            ]);
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+                    what: format!("a credential named `{}` in {}", record.name, record.scope),
+                }),
+                Err(e) => Err(sql_error("cannot write a credential", e)),
+            }
+        }
+        Mutation::Delete { id, precondition } => {
+            let stored = stored_version(conn, &id)?;
+            check_version(precondition, stored, &format!("credential {id}"), false)?;
+            conn.prepare_cached("DELETE FROM credentials WHERE id = ?1")
+                .and_then(|mut s| s.execute([id.as_str()]))
+                .map_err(|e| sql_error("cannot delete a credential", e))?;
+            Ok(())
+        }
+    }
+}
+
+const CREDENTIAL_COLUMNS: &str = "id, name, scope_kind, owner, provider, handler_type, state, \
+    metadata, agent_accessible, version, created_at, updated_at, key_id, sealed";
+
+/// Decodes a credential row; a row that does not decode is reported as corrupt by id, so
+/// one bad row never hides the others.
+fn decode_credential(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialRecord>> {
+    let id: String = row.get(0)?;
+    let name: String = row.get(1)?;
+    let scope_kind: String = row.get(2)?;
+    let owner: String = row.get(3)?;
+    let provider: String = row.get(4)?;
+    let handler_type: String = row.get(5)?;
+    let state: String = row.get(6)?;
+    let metadata: String = row.get(7)?;
+    let agent_accessible: bool = row.get(8)?;
+    let version: i64 = row.get(9)?;
+    let created_at: i64 = row.get(10)?;
+    let updated_at: i64 = row.get(11)?;
+    let key_id: String = row.get(12)?;
+    let sealed: Vec<u8> = row.get(13)?;
+    let what = || format!("credential row {id}");
+    let decode = || -> Result<CredentialRecord> {
+        let scope = ScopeKind::parse(&scope_kind)
+            .and_then(|k| Scope::from_parts(k, &owner))
+            .map_err(|e| Error::corrupt(what(), format!("bad scope: {e}")))?;
+        let state = LifecycleState::parse(&state)
+            .map_err(|e| Error::corrupt(what(), format!("bad state: {e}")))?;
+        let metadata: BTreeMap<String, String> = serde_json::from_str(&metadata)
+            .map_err(|e| Error::corrupt(what(), format!("metadata is not a JSON object of strings: {e}")))?;
+        Ok(CredentialRecord {
+            id: CredentialId::new(id.clone()).map_err(|e| Error::corrupt(what(), e.to_string()))?,
+            name: name.clone(),
+            scope,
+            provider: provider.clone(),
+            handler_type: handler_type.clone(),
+            state,
+            metadata,
+            agent_accessible,
+            version: u64::try_from(version)
+                .map_err(|_| Error::corrupt(what(), "negative version"))?,
+            created_at: Timestamp(created_at),
+            updated_at: Timestamp(updated_at),
+            key_id: key_id.clone(),
+            sealed: sealed.clone(),
+        })
+    };
+    Ok(decode())
+}
+
+fn decode_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>> {
+    let seq: i64 = row.get(0)?;
+    let seq = seq as u64;
+    let time: i64 = row.get(1)?;
+    let actor: String = row.get(2)?;
+    let action: String = row.get(3)?;
+    let credential_id: String = row.get(4)?;
+    let scope_kind: String = row.get(5)?;
+    let owner: String = row.get(6)?;
+    let outcome: String = row.get(7)?;
+    let details: String = row.get(8)?;
+    let prev_hash: Vec<u8> = row.get(9)?;
+    let hash: Vec<u8> = row.get(10)?;
+    let bad = |reason: String| Error::CorruptAuditRow { seq, reason };
+    let decode = || -> Result<AuditRecord> {
+        let target = AuditTarget::from_columns(&credential_id, &scope_kind, &owner)
+            .map_err(|e| bad(format!("bad target: {e}")))?;
+        let outcome = Outcome::parse(&outcome).map_err(|e| bad(e.to_string()))?;
+        let details: BTreeMap<String, String> = serde_json::from_str(&details)
+            .map_err(|e| bad(format!("details are not a JSON object of strings: {e}")))?;
+        Ok(AuditRecord {
+            seq,
+            event: AuditEvent {
+                time: Timestamp(time),
+                actor,
+                action,
+                target,
+                outcome,
+                details,
+            },
+            prev_hash: prev_hash
+                .try_into()
+                .map_err(|_| bad("prev_hash is not 32 bytes".into()))?,
+            hash: hash
+                .try_into()
+                .map_err(|_| bad("hash is not 32 bytes".into()))?,
+        })
+    };
+    Ok(decode())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
+        let id = id.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"))
+                .map_err(|e| sql_error("cannot prepare a credential read", e))?;
+            match stmt
+                .query_row([id.as_str()], decode_credential)
+                .optional()
+                .map_err(|e| sql_error("cannot read a credential", e))?
+            {
+                Some(record) => record.map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE 1");
+            let mut values: Vec<Value> = Vec::new();
+            let mut add = |clause: &str, value: Value| {
+                values.push(value);
+                sql.push_str(&format!(" AND {clause} ?{}", values.len()));
+            };
+            if let Some(scope) = &filter.scope {
+                add("scope_kind =", Value::Text(scope.kind().as_str().into()));
+                add("owner =", Value::Text(scope.owner()));
+            }
+            if let Some(kind) = filter.scope_kind {
+                add("scope_kind =", Value::Text(kind.as_str().into()));
+            }
+            if let Some(name) = &filter.name {
+                add("name =", Value::Text(name.clone()));
+            }
+            if let Some(provider) = &filter.provider {
+                add("provider =", Value::Text(provider.clone()));
+            }
+            if let Some(state) = filter.state {
+                add("state =", Value::Text(state.as_str().into()));
+            }
+            if let Some(key_id) = &filter.key_id {
+                add("key_id =", Value::Text(key_id.clone()));
+            }
+            if let Some(key_id) = &filter.key_id_not {
+                add("key_id <>", Value::Text(key_id.clone()));
+            }
+            if let Some(after) = &filter.after_id {
+                add("id >", Value::Text(after.as_str().into()));
+            }
+            sql.push_str(" ORDER BY id");
+            if let Some(limit) = filter.limit {
+                sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+            }
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| sql_error("cannot prepare a credential listing", e))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), decode_credential)
+                .map_err(|e| sql_error("cannot list credentials", e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(|e| sql_error("cannot list credentials", e))??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, time, actor, action, credential_id, scope_kind, owner, outcome,
+                        details, prev_hash, hash
+                     FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(|e| sql_error("cannot prepare an audit read", e))?;
+            let rows = stmt
+                .query_map(params![from.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64], decode_audit)
+                .map_err(|e| sql_error("cannot read the audit log", e))?;
+            let mut out = Vec::with_capacity(limit.min(16_384));
+            for row in rows {
+                out.push(row.map_err(|e| sql_error("cannot read the audit log", e))??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn chain_head(&self) -> Result<Option<ChainHead>> {
+        self.read(|conn| load_head(conn).map_err(|e| sql_error("cannot read the audit head", e)))
+            .await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
+        let (reply, wait) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Request { batch, reply })
+            .map_err(|_| Error::store(StoreErrorKind::Closed, "the SQLite writer has stopped"))?;
+        wait.await.map_err(|_| {
+            Error::store(
+                StoreErrorKind::Closed,
+                "the SQLite writer stopped before answering; the batch may not have been written",
+            )
+        })?
+    }
+}
