@@ -79,7 +79,6 @@ pub struct CommitReceipt {
 
 /// Which credentials to list. Every set field must match; results come in id order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct ListFilter {
     /// Exactly this scope (kind and owner).
     pub scope: Option<Scope>,

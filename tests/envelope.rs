@@ -1,0 +1,368 @@
+//! Envelope encryption: known answers, every tamper, wrong keys, moved blobs, re-wrapping.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use strongroom::crypto::{envelope, BackendId, KeyWrapper, RewrapOptions};
+use strongroom::{
+    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, RecordIdentity,
+    Scope, ScopeKind, Store,
+};
+
+const CANARY: &[u8] = b"sk-live-CANARY-7f3a9d2e-do-not-leak-0123456789abcdefghijklmnopqrstu";
+
+fn ring() -> KeyRing {
+    KeyRing::new(Arc::new(LocalKey::generate().expect("key")))
+}
+
+fn ident<'a>(cid: &'a str, scope: &'a Scope, version: u64) -> RecordIdentity<'a> {
+    RecordIdentity {
+        credential_id: cid,
+        scope,
+        version,
+    }
+}
+
+fn assert_refused(result: strongroom::Result<strongroom::SecretBox<[u8]>>, what: &str) -> Error {
+    match result {
+        Ok(_) => panic!("{what}: opened, but must have been refused"),
+        Err(e) => {
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::DecryptFailed | ErrorKind::Corrupt | ErrorKind::KeyUnavailable
+                ),
+                "{what}: unexpected error kind {:?}: {e}",
+                e.kind()
+            );
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("CANARY"), "{what}: the error leaks plaintext: {shown}");
+            e
+        }
+    }
+}
+
+#[tokio::test]
+async fn known_answer_vectors_open() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/envelope_vectors.json"
+    ))
+    .expect("vectors");
+    let doc: Value = serde_json::from_str(&text).expect("json");
+    let vectors = doc["vectors"].as_array().expect("array");
+    assert!(vectors.len() >= 4);
+    for v in vectors {
+        let mut master = [0u8; 32];
+        hex::decode_to_slice(v["master_key_hex"].as_str().expect("hex"), &mut master).expect("hex");
+        let key = LocalKey::from_bytes(&master, "vector");
+        assert_eq!(key.key_id(), v["master_key_id"].as_str().expect("id"));
+        let ring = KeyRing::new(Arc::new(key));
+        let scope = Scope::from_parts(
+            ScopeKind::parse(v["scope_kind"].as_str().expect("kind")).expect("kind"),
+            v["owner"].as_str().expect("owner"),
+        )
+        .expect("scope");
+        let id = ident(v["credential_id"].as_str().expect("cid"), &scope, v["version"].as_u64().expect("version"));
+        let blob = hex::decode(v["blob_hex"].as_str().expect("blob")).expect("hex");
+        let plain = ring.open(&blob, &id).await.expect("vector opens");
+        assert_eq!(
+            hex::encode(plain.expose_secret()),
+            v["plaintext_hex"].as_str().expect("plaintext"),
+            "vector {}",
+            v["name"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn seal_then_open_round_trips_and_each_seal_is_fresh() {
+    let ring = ring();
+    let scope = Scope::per_user("alice").expect("scope");
+    let id = ident("c1", &scope, 1);
+    let a = ring.seal(CANARY, &id).await.expect("seal");
+    let b = ring.seal(CANARY, &id).await.expect("seal");
+    assert_ne!(a.bytes, b.bytes, "fresh data key and nonce per seal");
+    assert!(!a.bytes.windows(8).any(|w| CANARY.windows(8).any(|c| c == w)), "no plaintext in blob");
+    assert_eq!(a.key_id, ring.active().key_id());
+    assert_eq!(ring.open(&a.bytes, &id).await.expect("open").expose_secret(), CANARY);
+    let empty = ring.seal(b"", &id).await.expect("seal empty");
+    assert!(ring.open(&empty.bytes, &id).await.expect("open").expose_secret().is_empty());
+}
+
+#[tokio::test]
+async fn every_flipped_bit_is_refused() {
+    let ring = ring();
+    let scope = Scope::per_app_per_user("crm", "bob").expect("scope");
+    let id = ident("c-flip", &scope, 7);
+    let blob = ring.seal(CANARY, &id).await.expect("seal").bytes;
+    for byte in 0..blob.len() {
+        for bit in 0..8 {
+            let mut t = blob.clone();
+            t[byte] ^= 1 << bit;
+            assert_refused(ring.open(&t, &id).await, &format!("bit {bit} of byte {byte}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_truncation_and_extension_is_refused() {
+    let ring = ring();
+    let scope = Scope::SystemWide;
+    let id = ident("c-trunc", &scope, 1);
+    let blob = ring.seal(CANARY, &id).await.expect("seal").bytes;
+    for len in 0..blob.len() {
+        assert_refused(ring.open(&blob[..len], &id).await, &format!("truncated to {len}"));
+    }
+    let mut longer = blob.clone();
+    longer.push(0);
+    assert_refused(ring.open(&longer, &id).await, "one byte appended");
+}
+
+#[tokio::test]
+async fn a_blob_moved_to_another_record_is_refused() {
+    let ring = ring();
+    let u1 = Scope::per_user("u1").expect("scope");
+    let blob = ring.seal(CANARY, &ident("c1", &u1, 3)).await.expect("seal").bytes;
+    let others = [
+        ("another credential", "c2".to_string(), u1.clone(), 3),
+        ("another version", "c1".into(), u1.clone(), 4),
+        ("an older version", "c1".into(), u1.clone(), 2),
+        ("another owner", "c1".into(), Scope::per_user("u2").expect("scope"), 3),
+        ("another scope", "c1".into(), Scope::per_app_shared("u1").expect("scope"), 3),
+        ("system_wide", "c1".into(), Scope::SystemWide, 3),
+        ("per_agent", "c1".into(), Scope::per_agent("u1").expect("scope"), 3),
+    ];
+    for (label, cid, scope, version) in &others {
+        let e = assert_refused(ring.open(&blob, &ident(cid, scope, *version)).await, label);
+        assert_eq!(e.kind(), ErrorKind::DecryptFailed, "{label}");
+    }
+    // Owner strings that concatenate the same way still differ.
+    let pau = Scope::per_app_per_user("a", "b").expect("scope");
+    let blob = ring.seal(CANARY, &ident("c1", &pau, 1)).await.expect("seal").bytes;
+    let e = assert_refused(
+        ring.open(&blob, &ident("c1", &Scope::per_app_shared("a").expect("s"), 1)).await,
+        "per_app_shared a",
+    );
+    assert_eq!(e.kind(), ErrorKind::DecryptFailed);
+}
+
+#[tokio::test]
+async fn a_wrapped_key_swapped_between_records_is_refused() {
+    let ring = ring();
+    let scope = Scope::SystemWide;
+    let (ida, idb) = (ident("a", &scope, 1), ident("b", &scope, 1));
+    let a = ring.seal(CANARY, &ida).await.expect("seal").bytes;
+    let b = ring.seal(b"other secret", &idb).await.expect("seal").bytes;
+    let w = u16::from_be_bytes([a[3], a[4]]) as usize;
+    assert_eq!(w, u16::from_be_bytes([b[3], b[4]]) as usize);
+    // b's payload with a's wrapped key, opened as a and as b.
+    let mut mixed = b.clone();
+    mixed[5..5 + w].copy_from_slice(&a[5..5 + w]);
+    assert_refused(ring.open(&mixed, &ida).await, "swapped wrapped key as a");
+    assert_refused(ring.open(&mixed, &idb).await, "swapped wrapped key as b");
+    // a's wrapped key and commitment, b's payload.
+    let mut mixed = b.clone();
+    mixed[..5 + w + 12 + 32].copy_from_slice(&a[..5 + w + 12 + 32]);
+    assert_refused(ring.open(&mixed, &ida).await, "a's key and commitment over b's payload");
+}
+
+/// A key that claims another key's id: the wrong master key behind the right name.
+#[derive(Debug)]
+struct Impostor {
+    inner: LocalKey,
+    claimed: String,
+}
+
+#[async_trait]
+impl KeyWrapper for Impostor {
+    fn backend_id(&self) -> BackendId {
+        BackendId::Local
+    }
+    fn key_id(&self) -> &str {
+        &self.claimed
+    }
+    async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> strongroom::Result<Vec<u8>> {
+        self.inner.wrap(dek, aad).await
+    }
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> strongroom::Result<DataKey> {
+        self.inner.unwrap(wrapped, aad).await
+    }
+    async fn derive_key(&self, purpose: &str) -> strongroom::Result<DataKey> {
+        self.inner.derive_key(purpose).await
+    }
+}
+
+#[tokio::test]
+async fn the_wrong_master_key_is_refused() {
+    let right = ring();
+    let scope = Scope::SystemWide;
+    let id = ident("c", &scope, 1);
+    let blob = right.seal(CANARY, &id).await.expect("seal").bytes;
+
+    let e = assert_refused(ring().open(&blob, &id).await, "a ring without the key");
+    assert_eq!(e.kind(), ErrorKind::KeyUnavailable);
+    assert!(e.to_string().contains(right.active().key_id()), "names the missing key: {e}");
+
+    let impostor = KeyRing::new(Arc::new(Impostor {
+        inner: LocalKey::generate().expect("key"),
+        claimed: right.active().key_id().to_string(),
+    }));
+    let e = assert_refused(impostor.open(&blob, &id).await, "another key under the same id");
+    assert_eq!(e.kind(), ErrorKind::DecryptFailed);
+}
+
+#[tokio::test]
+async fn parse_rejects_unknown_versions_and_flags() {
+    let ring = ring();
+    let scope = Scope::SystemWide;
+    let id = ident("c", &scope, 1);
+    let blob = ring.seal(CANARY, &id).await.expect("seal").bytes;
+    let mut v2 = blob.clone();
+    v2[0] = 2;
+    let e = assert_refused(ring.open(&v2, &id).await, "version 2");
+    assert!(e.to_string().contains("version 2"), "{e}");
+    let mut uncommitted = blob.clone();
+    uncommitted[1] = 0;
+    assert_eq!(assert_refused(ring.open(&uncommitted, &id).await, "flags 0").kind(), ErrorKind::Corrupt);
+    let parsed = envelope::parse(&blob, &|| "test".into()).expect("parse");
+    assert_eq!(parsed.key_id, ring.active().key_id());
+    assert_eq!(parsed.ciphertext.len(), CANARY.len() + envelope::TAG_LEN);
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_debug_output() {
+    let key = LocalKey::generate().expect("key");
+    let dek = DataKey::generate().expect("dek");
+    let ring = KeyRing::new(Arc::new(LocalKey::from_base64(
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "test",
+    ).expect("key")));
+    let scope = Scope::SystemWide;
+    let sealed = ring.seal(CANARY, &ident("c", &scope, 1)).await.expect("seal");
+    let plain = ring.open(&sealed.bytes, &ident("c", &scope, 1)).await.expect("open");
+    let shown = format!("{key:?} {dek:?} {ring:?} {sealed:?} {plain:?}");
+    assert!(!shown.contains("CANARY"), "{shown}");
+    assert!(!shown.contains("AAECAwQFBgcI"), "{shown}");
+    assert!(!shown.contains(&hex::encode(dek.expose_secret())), "{shown}");
+    assert!(shown.contains("REDACTED"), "{shown}");
+}
+
+/// A wrapper that works `budget` times and then fails, as a KMS outage or a crash would.
+#[derive(Debug)]
+struct Failing {
+    inner: Arc<dyn KeyWrapper>,
+    budget: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyWrapper for Failing {
+    fn backend_id(&self) -> BackendId {
+        self.inner.backend_id()
+    }
+    fn key_id(&self) -> &str {
+        self.inner.key_id()
+    }
+    async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> strongroom::Result<Vec<u8>> {
+        if self.budget.fetch_sub(1, Ordering::SeqCst) == 0 {
+            self.budget.store(0, Ordering::SeqCst);
+            return Err(Error::Transport {
+                peer: "test kms".into(),
+                message: "connection reset".into(),
+            });
+        }
+        self.inner.wrap(dek, aad).await
+    }
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> strongroom::Result<DataKey> {
+        self.inner.unwrap(wrapped, aad).await
+    }
+    async fn derive_key(&self, purpose: &str) -> strongroom::Result<DataKey> {
+        self.inner.derive_key(purpose).await
+    }
+}
+
+async fn fill(store: &dyn Store, ring: &KeyRing, n: usize) -> Vec<strongroom::CredentialRecord> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut r = strongroom::conformance::sample_record(&format!("c{i}"), Scope::SystemWide);
+        let secret = format!("secret-{i}");
+        let sealed = ring.seal(secret.as_bytes(), &r.identity()).await.expect("seal");
+        r.sealed = sealed.bytes;
+        r.key_id = sealed.key_id;
+        store
+            .commit(strongroom::Batch {
+                mutations: vec![strongroom::Mutation::Put {
+                    record: r.clone(),
+                    precondition: strongroom::Precondition::CreateOnly,
+                }],
+                events: vec![],
+            })
+            .await
+            .expect("store");
+        out.push(r);
+    }
+    out
+}
+
+#[tokio::test]
+async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
+    let store = MemoryStore::new();
+    let old: Arc<dyn KeyWrapper> = Arc::new(LocalKey::generate().expect("key"));
+    let new: Arc<dyn KeyWrapper> = Arc::new(LocalKey::generate().expect("key"));
+    let records = fill(&store, &KeyRing::new(old.clone()), 250).await;
+
+    // The new key fails after 120 wraps: the run stops with an error part way through.
+    let failing = KeyRing::new(Arc::new(Failing {
+        inner: new.clone(),
+        budget: AtomicUsize::new(120),
+    }))
+    .with_retired(old.clone());
+    let options = RewrapOptions {
+        batch_size: 50,
+        actor: "operator".into(),
+        ..RewrapOptions::default()
+    };
+    let err = failing.rewrap(&store, &options).await.expect_err("the outage stops it");
+    assert_eq!(err.kind(), ErrorKind::Transport);
+    let moved = store
+        .list(&strongroom::ListFilter {
+            key_id: Some(new.key_id().to_string()),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .len();
+    assert_eq!(moved, 100, "two whole batches landed, the third left nothing half-done");
+
+    // Every record still opens with a ring that holds both keys.
+    let both = KeyRing::new(new.clone()).with_retired(old.clone());
+    for r in &records {
+        let stored = store.get(&r.id).await.expect("get").expect("present");
+        both.open(&stored.sealed, &stored.identity()).await.expect("opens mid-rotation");
+    }
+
+    // Re-run: finishes the job; a third run has nothing to do.
+    let report = both.rewrap(&store, &options).await.expect("rerun");
+    assert!(report.complete);
+    assert_eq!(report.rewrapped, 150);
+    let again = both.rewrap(&store, &options).await.expect("third run");
+    assert_eq!((again.rewrapped, again.complete), (0, true));
+
+    // The old key can now be retired: a ring with only the new key opens everything, and the
+    // payload bytes are unchanged.
+    let only_new = KeyRing::new(new.clone());
+    for (i, r) in records.iter().enumerate() {
+        let stored = store.get(&r.id).await.expect("get").expect("present");
+        assert_eq!(stored.key_id, new.key_id());
+        assert_eq!(stored.version, r.version, "re-wrapping does not bump versions");
+        assert_eq!(stored.sealed[stored.sealed.len() - 40..], r.sealed[r.sealed.len() - 40..], "payload untouched");
+        let plain = only_new.open(&stored.sealed, &stored.identity()).await.expect("opens");
+        assert_eq!(plain.expose_secret(), format!("secret-{i}").as_bytes());
+    }
+    // Each committed batch was audited.
+    let rows = store.audit_range(1, 100).await.expect("audit");
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r.event.action == "keys.rewrap" && r.event.actor == "operator"));
+}
