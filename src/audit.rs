@@ -281,6 +281,8 @@ pub enum ProblemKind {
     PrevHashMismatch,
     /// A row's `hash` does not match its contents (the row was edited).
     HashMismatch,
+    /// A row's columns were edited into values that cannot even be decoded.
+    Undecodable,
     /// The chain ends before a checkpoint's sequence number (tail truncated).
     Truncated,
     /// The row at a checkpoint's sequence number no longer has the checkpointed hash (rows
@@ -408,20 +410,50 @@ pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport> {
         .map(|(report, _)| report)
 }
 
+/// Reads one page; a row that cannot be decoded ends the page just before it and is
+/// returned as the page's bad row.
+async fn fetch_page(store: &dyn Store, from: u64) -> Result<(Vec<AuditRecord>, Option<(u64, String)>)> {
+    match store.audit_range(from, VERIFY_PAGE).await {
+        Ok(rows) => Ok((rows, None)),
+        Err(Error::CorruptAuditRow { seq, reason }) if seq >= from => {
+            // Read the good rows before it. Rows may be missing below `seq`, so the count is
+            // not known: find the largest limit that stops short of the bad row.
+            let (mut lo, mut hi) = (0usize, (seq - from) as usize);
+            let mut best = Vec::new();
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                match store.audit_range(from, mid).await {
+                    Ok(rows) => {
+                        best = rows;
+                        lo = mid;
+                    }
+                    Err(Error::CorruptAuditRow { .. }) => hi = mid - 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            if best.len() != lo {
+                best = store.audit_range(from, lo).await?;
+            }
+            Ok((best, Some((seq, reason))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn verify_rows(
     store: &dyn Store,
     watch: Vec<u64>,
 ) -> Result<(VerifyReport, BTreeMap<u64, [u8; 32]>)> {
     let mut v = Verifier::new(watch);
-    let mut page = store.audit_range(1, VERIFY_PAGE).await?;
+    let (mut page, mut bad_row) = fetch_page(store, 1).await?;
     let mut problem = None;
-    'pages: while !page.is_empty() {
-        let full = page.len() == VERIFY_PAGE;
+    loop {
+        let more = bad_row.is_none() && page.len() == VERIFY_PAGE;
         let next_from = page.last().map(|r| r.seq + 1).unwrap_or(1);
         // Fetch the next page while hashing this one.
         let fetch = async {
-            if full {
-                store.audit_range(next_from, VERIFY_PAGE).await.map(Some)
+            if more {
+                fetch_page(store, next_from).await.map(Some)
             } else {
                 Ok(None)
             }
@@ -435,12 +467,31 @@ async fn verify_rows(
             None
         };
         let (next, found) = tokio::join!(fetch, check);
-        if let Some(p) = found {
-            problem = Some(p);
-            break 'pages;
+        if found.is_some() {
+            problem = found;
+            break;
+        }
+        if let Some((seq, reason)) = bad_row.take() {
+            problem = Some(if v.expected_seq < seq {
+                ChainProblem {
+                    seq: v.expected_seq,
+                    kind: ProblemKind::Missing,
+                    detail: format!("row {} is missing", v.expected_seq),
+                }
+            } else {
+                ChainProblem {
+                    seq,
+                    kind: ProblemKind::Undecodable,
+                    detail: format!("row {seq} cannot be decoded (it was edited): {reason}"),
+                }
+            });
+            break;
         }
         match next? {
-            Some(next) => page = next,
+            Some((rows, bad)) => {
+                page = rows;
+                bad_row = bad;
+            }
             None => break,
         }
     }
@@ -591,6 +642,11 @@ impl AuditChain {
         Ok(Some(cp))
     }
 
+    /// The key ring checkpoints are made and checked with.
+    pub fn key_ring(&self) -> &KeyRing {
+        &self.keys
+    }
+
     /// Checks a checkpoint's authentication code with the key ring.
     pub async fn check_checkpoint(&self, cp: &Checkpoint) -> Result<bool> {
         let Some(wrapper) = self.keys.key(&cp.key_id) else {
@@ -687,5 +743,35 @@ mod hex_bytes {
         let mut out = [0u8; 32];
         hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of `docs/AUDIT.md`; the doc quotes these exact bytes.
+    pub(crate) fn worked_example() -> AuditEvent {
+        AuditEvent {
+            time: Timestamp(1_764_000_000_000),
+            actor: "alice".into(),
+            action: "credential.create".into(),
+            target: AuditTarget::credential(
+                &CredentialId::new("cred-1").expect("id"),
+                &Scope::per_user("alice").expect("scope"),
+            ),
+            outcome: Outcome::Success,
+            details: BTreeMap::from([("provider".to_string(), "openai".to_string())]),
+        }
+    }
+
+    #[test]
+    fn worked_example_matches_the_documentation() {
+        let event = worked_example();
+        let canonical = canonical_encoding(1, &event);
+        let hash = chain_hash(&GENESIS_HASH, 1, &event);
+        let doc = include_str!("../docs/AUDIT.md");
+        assert!(doc.contains(&hex::encode(&canonical)), "canonical hex {}", hex::encode(&canonical));
+        assert!(doc.contains(&hex::encode(hash)), "hash {}", hex::encode(hash));
     }
 }

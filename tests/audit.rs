@@ -1,0 +1,317 @@
+//! The audit chain: every kind of tampering is found at its first bad sequence number,
+//! checkpoints catch truncation and rewrites, and an outside tool verifies the SQLite file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection};
+use strongroom::audit::{chain_hash, verify_chain, ProblemKind};
+use strongroom::{
+    AuditChain, AuditEvent, AuditTarget, Batch, Checkpoint, CredentialId, KeyRing, LocalKey,
+    MemoryStore, Outcome, Scope, SqliteStore, Store,
+};
+
+fn event(i: u64) -> AuditEvent {
+    let scope = match i % 3 {
+        0 => Scope::SystemWide,
+        1 => Scope::per_user(format!("user{}", i % 7)).expect("scope"),
+        _ => Scope::per_app_per_user("crm", "bob").expect("scope"),
+    };
+    let target = if i % 5 == 0 {
+        AuditTarget::none()
+    } else {
+        AuditTarget::credential(&CredentialId::new(format!("cred-{i}")).expect("id"), &scope)
+    };
+    AuditEvent::new(format!("actor{}", i % 4), "credential.reveal", target)
+        .outcome(if i % 11 == 0 { Outcome::Denied } else { Outcome::Success })
+        .detail("n", i.to_string())
+        .detail("ünïcode", "värde \"quoted\"")
+}
+
+async fn chain(n: u64) -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path().join("audit.db")).expect("open");
+    let mut i = 1;
+    while i <= n {
+        let end = (i + 499).min(n);
+        store
+            .commit(Batch::events((i..=end).map(event).collect()))
+            .await
+            .expect("commit");
+        i = end + 1;
+    }
+    (dir, store)
+}
+
+fn db(store: &SqliteStore) -> Connection {
+    Connection::open(store.path()).expect("open for tampering")
+}
+
+fn python_verify(path: &Path) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_audit_sqlite.py"))
+        .arg(path)
+        .output()
+        .expect("python3 runs (CI installs it)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn first_bad(store: &SqliteStore) -> (Option<u64>, Option<ProblemKind>) {
+    let report = verify_chain(store).await.expect("verify runs");
+    (report.first_bad_seq(), report.problem.map(|p| p.kind))
+}
+
+#[tokio::test]
+async fn an_intact_chain_verifies_here_and_with_the_outside_tool() {
+    let (_dir, store) = chain(1200).await;
+    let report = verify_chain(&store).await.expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problem);
+    assert_eq!(report.rows, 1200);
+    let head = report.head.expect("head");
+    let (ok, out) = python_verify(store.path());
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), format!("ok 1200 rows, head 1200 {}", hex::encode(head.hash)));
+}
+
+#[tokio::test]
+async fn an_edited_row_is_the_first_bad_sequence_number() {
+    let (_dir, store) = chain(100).await;
+    db(&store)
+        .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 40", [])
+        .expect("tamper");
+    assert_eq!(first_bad(&store).await, (Some(40), Some(ProblemKind::HashMismatch)));
+    let (ok, out) = python_verify(store.path());
+    assert!(!ok && out.contains("first bad sequence number 40"), "{out}");
+    // Editing a detail's value or the time is caught the same way.
+    let (_dir, store) = chain(100).await;
+    db(&store)
+        .execute("UPDATE audit SET details = '{\"n\":\"78\",\"ünïcode\":\"värde \\\"quoted\\\"\"}' WHERE seq = 77", [])
+        .expect("tamper");
+    assert_eq!(first_bad(&store).await.0, Some(77));
+    let (_dir, store) = chain(100).await;
+    db(&store).execute("UPDATE audit SET time = time + 1 WHERE seq = 3", []).expect("tamper");
+    assert_eq!(first_bad(&store).await.0, Some(3));
+}
+
+#[tokio::test]
+async fn a_deleted_row_is_reported_as_missing() {
+    let (_dir, store) = chain(100).await;
+    db(&store).execute("DELETE FROM audit WHERE seq = 40", []).expect("tamper");
+    assert_eq!(first_bad(&store).await, (Some(40), Some(ProblemKind::Missing)));
+    let (ok, out) = python_verify(store.path());
+    assert!(!ok && out.contains("first bad sequence number 40"), "{out}");
+}
+
+fn shift_up_from(conn: &Connection, seq: i64) {
+    conn.execute("UPDATE audit SET seq = -seq - 1 WHERE seq >= ?1", [seq]).expect("shift");
+    conn.execute("UPDATE audit SET seq = -seq WHERE seq < 0", []).expect("shift");
+}
+
+#[tokio::test]
+async fn an_inserted_row_is_caught() {
+    // A crude insertion: the row's hash is copied from elsewhere.
+    let (_dir, store) = chain(100).await;
+    let conn = db(&store);
+    shift_up_from(&conn, 40);
+    conn.execute(
+        "INSERT INTO audit SELECT 40, time, 'mallory', action, credential_id, scope_kind, owner,
+            outcome, details, prev_hash, hash FROM audit WHERE seq = 41",
+        [],
+    )
+    .expect("insert");
+    assert_eq!(first_bad(&store).await.0, Some(40));
+
+    // A careful insertion that links and hashes correctly: the next row's link breaks.
+    let (_dir, store) = chain(100).await;
+    let rows = store.audit_range(39, 1).await.expect("row 39");
+    let forged = AuditEvent::new("mallory", "credential.reveal", AuditTarget::none());
+    let hash = chain_hash(&rows[0].hash, 40, &forged);
+    let conn = db(&store);
+    shift_up_from(&conn, 40);
+    conn.execute(
+        "INSERT INTO audit VALUES (40, ?1, 'mallory', 'credential.reveal', '', '', '', 'success', '{}', ?2, ?3)",
+        params![forged.time.0, &rows[0].hash[..], &hash[..]],
+    )
+    .expect("insert");
+    assert_eq!(first_bad(&store).await, (Some(41), Some(ProblemKind::PrevHashMismatch)));
+}
+
+#[tokio::test]
+async fn reordered_rows_are_caught_at_the_lower_one() {
+    let (_dir, store) = chain(100).await;
+    let conn = db(&store);
+    conn.execute("UPDATE audit SET seq = -1 WHERE seq = 40", []).expect("swap");
+    conn.execute("UPDATE audit SET seq = 40 WHERE seq = 41", []).expect("swap");
+    conn.execute("UPDATE audit SET seq = 41 WHERE seq = -1", []).expect("swap");
+    assert_eq!(first_bad(&store).await.0, Some(40));
+    let (ok, out) = python_verify(store.path());
+    assert!(!ok && out.contains("first bad sequence number 40"), "{out}");
+}
+
+#[tokio::test]
+async fn an_undecodable_row_is_reported_not_fatal() {
+    for (column, value) in [
+        ("outcome", "'hacked'"),
+        ("details", "'not json'"),
+        ("scope_kind", "'galaxy_wide'"),
+        ("hash", "x'00'"),
+    ] {
+        let (_dir, store) = chain(100).await;
+        db(&store)
+            .execute(&format!("UPDATE audit SET {column} = {value} WHERE seq = 60"), [])
+            .expect("tamper");
+        assert_eq!(
+            first_bad(&store).await,
+            (Some(60), Some(ProblemKind::Undecodable)),
+            "{column}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn problems_past_the_first_page_are_found_exactly() {
+    let (_dir, store) = chain(10_000).await;
+    db(&store).execute("DELETE FROM audit WHERE seq = 9000", []).expect("tamper");
+    db(&store)
+        .execute("UPDATE audit SET outcome = 'x' WHERE seq = 9500", [])
+        .expect("tamper");
+    assert_eq!(first_bad(&store).await, (Some(9000), Some(ProblemKind::Missing)));
+    let (_dir, store) = chain(10_000).await;
+    db(&store)
+        .execute("UPDATE audit SET outcome = 'x' WHERE seq = 8200", [])
+        .expect("tamper");
+    db(&store).execute("UPDATE audit SET actor = 'm' WHERE seq = 8193", []).expect("tamper");
+    assert_eq!(first_bad(&store).await, (Some(8193), Some(ProblemKind::HashMismatch)));
+}
+
+fn keys() -> KeyRing {
+    KeyRing::new(Arc::new(LocalKey::generate().expect("key")))
+}
+
+#[tokio::test]
+async fn checkpoints_catch_tail_truncation() {
+    let (_dir, store) = chain(100).await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let chain = AuditChain::new(store.clone(), keys());
+    let cp = chain.checkpoint().await.expect("checkpoint").expect("non-empty");
+    assert_eq!(cp.seq, 100);
+    assert!(chain.verify_against(&[cp.clone()]).await.expect("verify").is_ok());
+    let path = format!("{store:?}");
+    let path = path.split('"').nth(1).expect("path in debug output").to_string();
+    Connection::open(&path)
+        .expect("open")
+        .execute("DELETE FROM audit WHERE seq > 90", [])
+        .expect("truncate");
+    let plain = chain.verify().await.expect("verify");
+    assert!(plain.is_ok(), "the chain alone cannot see a cut tail");
+    let report = chain.verify_against(&[cp]).await.expect("verify");
+    let problem = report.problem.expect("truncation found");
+    assert_eq!((problem.seq, problem.kind), (91, ProblemKind::Truncated));
+}
+
+#[tokio::test]
+async fn checkpoints_catch_a_rewrite_with_recomputed_hashes() {
+    let (_dir, sqlite) = chain(100).await;
+    let conn = db(&sqlite);
+    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let chain = AuditChain::new(store.clone(), keys());
+    let mut cps: Vec<Checkpoint> = Vec::new();
+    // Checkpoints at rows 30 and 100 (made as the chain passed them).
+    let at30 = store.audit_range(30, 1).await.expect("row")[0].clone();
+    cps.push(sign_at(&chain, &store, at30.seq).await);
+    cps.push(chain.checkpoint().await.expect("cp").expect("non-empty"));
+
+    // Rewrite row 50 and recompute every later hash: the chain alone looks intact.
+    let mut rows = store.audit_range(1, 1000).await.expect("rows");
+    rows[49].event.actor = "mallory".into();
+    let mut prev = rows[48].hash;
+    for row in rows.iter_mut().skip(49) {
+        row.prev_hash = prev;
+        row.hash = chain_hash(&prev, row.seq, &row.event);
+        prev = row.hash;
+        conn.execute(
+            "UPDATE audit SET actor = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            params![row.event.actor, &row.prev_hash[..], &row.hash[..], row.seq as i64],
+        )
+        .expect("rewrite");
+    }
+    assert!(chain.verify().await.expect("verify").is_ok());
+    let report = chain.verify_against(&cps).await.expect("verify");
+    let problem = report.problem.expect("rewrite found");
+    assert_eq!((problem.seq, problem.kind), (31, ProblemKind::CheckpointMismatch));
+}
+
+/// A checkpoint of the chain as it stood at `seq` (what a sink would have received then).
+async fn sign_at(chain: &AuditChain, store: &Arc<dyn Store>, seq: u64) -> Checkpoint {
+    let mem: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let rows = store.audit_range(1, seq as usize).await.expect("rows");
+    mem.commit(Batch::events(rows.into_iter().map(|r| r.event).collect()))
+        .await
+        .expect("copy");
+    let _ = chain;
+    AuditChain::new(mem, keys_of(chain))
+        .checkpoint()
+        .await
+        .expect("cp")
+        .expect("non-empty")
+}
+
+fn keys_of(chain: &AuditChain) -> KeyRing {
+    chain.key_ring().clone()
+}
+
+#[tokio::test]
+async fn forged_checkpoints_are_refused() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store
+        .commit(Batch::events((1..=10).map(event).collect()))
+        .await
+        .expect("commit");
+    let chain = AuditChain::new(store.clone(), keys());
+    let cp = chain.checkpoint().await.expect("cp").expect("non-empty");
+    assert!(chain.check_checkpoint(&cp).await.expect("check"));
+    let mut forged = cp.clone();
+    forged.seq = 5;
+    assert!(!chain.check_checkpoint(&forged).await.expect("check"));
+    let report = chain.verify_against(&[forged]).await.expect("verify");
+    assert_eq!(report.problem.map(|p| p.kind), Some(ProblemKind::ForgedCheckpoint));
+    // A checkpoint made under another master key does not authenticate either.
+    let other = AuditChain::new(store.clone(), keys());
+    let err = other.check_checkpoint(&cp).await.expect_err("unknown key");
+    assert_eq!(err.kind(), strongroom::ErrorKind::KeyUnavailable);
+}
+
+#[tokio::test]
+async fn the_sink_receives_a_checkpoint_every_interval() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let seen: Arc<Mutex<Vec<Checkpoint>>> = Arc::default();
+    let sink_seen = seen.clone();
+    let chain = AuditChain::new(store.clone(), keys()).with_sink(
+        Arc::new(move |cp: &Checkpoint| sink_seen.lock().expect("lock").push(cp.clone())),
+        10,
+    );
+    for i in 1..=35 {
+        let receipt = store.commit(Batch::events(vec![event(i)])).await.expect("commit");
+        chain.after_commit(&receipt).await.expect("after commit");
+    }
+    let seqs: Vec<u64> = seen.lock().expect("lock").iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![10, 20, 30]);
+    let cps = seen.lock().expect("lock").clone();
+    assert!(chain.verify_against(&cps).await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn memory_store_chains_verify_the_same_way() {
+    let store = MemoryStore::new();
+    store
+        .commit(Batch::events((1..=50).map(event).collect()))
+        .await
+        .expect("commit");
+    assert!(verify_chain(&store).await.expect("verify").is_ok());
+    store.tamper_audit(|rows| rows[19].event.action = "credential.delete".into());
+    assert_eq!(verify_chain(&store).await.expect("verify").first_bad_seq(), Some(20));
+    store.tamper_audit(|rows| {
+        rows.remove(9);
+    });
+    assert_eq!(verify_chain(&store).await.expect("verify").first_bad_seq(), Some(10));
+}
