@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
@@ -486,91 +486,111 @@ fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
 const CREDENTIAL_COLUMNS: &str = "id, name, scope_kind, owner, provider, handler_type, state, \
     metadata, agent_accessible, version, created_at, updated_at, key_id, sealed";
 
+/// Reads one column of a row that may have been edited by hand: a missing value or a value
+/// of the wrong type becomes a message, not a failed query.
+struct Cols<'r, 's> {
+    row: &'r rusqlite::Row<'s>,
+}
+
+impl Cols<'_, '_> {
+    fn text(&self, i: usize, name: &str) -> std::result::Result<String, String> {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Text(t)) => String::from_utf8(t.to_vec())
+                .map_err(|_| format!("column `{name}` is not valid UTF-8")),
+            Ok(other) => Err(format!("column `{name}` holds {:?}, not text", other.data_type())),
+            Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
+        }
+    }
+
+    fn int(&self, i: usize, name: &str) -> std::result::Result<i64, String> {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Integer(v)) => Ok(v),
+            Ok(other) => Err(format!("column `{name}` holds {:?}, not an integer", other.data_type())),
+            Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
+        }
+    }
+
+    /// Bytes; text is taken as its bytes, so a mangled blob fails later, at decryption.
+    fn bytes(&self, i: usize, name: &str) -> std::result::Result<Vec<u8>, String> {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Blob(b)) | Ok(ValueRef::Text(b)) => Ok(b.to_vec()),
+            Ok(other) => Err(format!("column `{name}` holds {:?}, not bytes", other.data_type())),
+            Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
+        }
+    }
+}
+
 /// Decodes a credential row; a row that does not decode is reported as corrupt by id, so
 /// one bad row never hides the others.
 fn decode_credential(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialRecord>> {
-    let id: String = row.get(0)?;
-    let name: String = row.get(1)?;
-    let scope_kind: String = row.get(2)?;
-    let owner: String = row.get(3)?;
-    let provider: String = row.get(4)?;
-    let handler_type: String = row.get(5)?;
-    let state: String = row.get(6)?;
-    let metadata: String = row.get(7)?;
-    let agent_accessible: bool = row.get(8)?;
-    let version: i64 = row.get(9)?;
-    let created_at: i64 = row.get(10)?;
-    let updated_at: i64 = row.get(11)?;
-    let key_id: String = row.get(12)?;
-    let sealed: Vec<u8> = row.get(13)?;
+    let c = Cols { row };
+    let id = c.text(0, "id").unwrap_or_else(|_| "<unreadable id>".to_string());
     let what = || format!("credential row {id}");
-    let decode = || -> Result<CredentialRecord> {
+    let decode = || -> std::result::Result<CredentialRecord, String> {
+        let scope_kind = c.text(2, "scope_kind")?;
+        let owner = c.text(3, "owner")?;
         let scope = ScopeKind::parse(&scope_kind)
             .and_then(|k| Scope::from_parts(k, &owner))
-            .map_err(|e| Error::corrupt(what(), format!("bad scope: {e}")))?;
-        let state = LifecycleState::parse(&state)
-            .map_err(|e| Error::corrupt(what(), format!("bad state: {e}")))?;
-        let metadata: BTreeMap<String, String> = serde_json::from_str(&metadata)
-            .map_err(|e| Error::corrupt(what(), format!("metadata is not a JSON object of strings: {e}")))?;
+            .map_err(|e| format!("bad scope: {e}"))?;
+        let state = LifecycleState::parse(&c.text(6, "state")?).map_err(|e| format!("bad state: {e}"))?;
+        let metadata: BTreeMap<String, String> = serde_json::from_str(&c.text(7, "metadata")?)
+            .map_err(|e| format!("metadata is not a JSON object of strings: {e}"))?;
         Ok(CredentialRecord {
-            id: CredentialId::new(id.clone()).map_err(|e| Error::corrupt(what(), e.to_string()))?,
-            name: name.clone(),
+            id: CredentialId::new(id.clone()).map_err(|e| e.to_string())?,
+            name: c.text(1, "name")?,
             scope,
-            provider: provider.clone(),
-            handler_type: handler_type.clone(),
+            provider: c.text(4, "provider")?,
+            handler_type: c.text(5, "handler_type")?,
             state,
             metadata,
-            agent_accessible,
-            version: u64::try_from(version)
-                .map_err(|_| Error::corrupt(what(), "negative version"))?,
-            created_at: Timestamp(created_at),
-            updated_at: Timestamp(updated_at),
-            key_id: key_id.clone(),
-            sealed: sealed.clone(),
+            agent_accessible: c.int(8, "agent_accessible")? != 0,
+            version: u64::try_from(c.int(9, "version")?).map_err(|_| "negative version".to_string())?,
+            created_at: Timestamp(c.int(10, "created_at")?),
+            updated_at: Timestamp(c.int(11, "updated_at")?),
+            key_id: c.text(12, "key_id")?,
+            sealed: c.bytes(13, "sealed")?,
         })
     };
-    Ok(decode())
+    Ok(decode().map_err(|reason| Error::corrupt(what(), reason)))
 }
 
 fn decode_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>> {
-    let seq: i64 = row.get(0)?;
-    let seq = seq as u64;
-    let time: i64 = row.get(1)?;
-    let actor: String = row.get(2)?;
-    let action: String = row.get(3)?;
-    let credential_id: String = row.get(4)?;
-    let scope_kind: String = row.get(5)?;
-    let owner: String = row.get(6)?;
-    let outcome: String = row.get(7)?;
-    let details: String = row.get(8)?;
-    let prev_hash: Vec<u8> = row.get(9)?;
-    let hash: Vec<u8> = row.get(10)?;
-    let bad = |reason: String| Error::CorruptAuditRow { seq, reason };
-    let decode = || -> Result<AuditRecord> {
-        let target = AuditTarget::from_columns(&credential_id, &scope_kind, &owner)
-            .map_err(|e| bad(format!("bad target: {e}")))?;
-        let outcome = Outcome::parse(&outcome).map_err(|e| bad(e.to_string()))?;
-        let details: BTreeMap<String, String> = serde_json::from_str(&details)
-            .map_err(|e| bad(format!("details are not a JSON object of strings: {e}")))?;
+    let c = Cols { row };
+    let seq = match c.int(0, "seq") {
+        Ok(seq) => seq as u64,
+        Err(reason) => return Ok(Err(Error::corrupt("an audit row", reason))),
+    };
+    let decode = || -> std::result::Result<AuditRecord, String> {
+        let target = AuditTarget::from_columns(
+            &c.text(4, "credential_id")?,
+            &c.text(5, "scope_kind")?,
+            &c.text(6, "owner")?,
+        )
+        .map_err(|e| format!("bad target: {e}"))?;
+        let outcome = Outcome::parse(&c.text(7, "outcome")?).map_err(|e| e.to_string())?;
+        let details: BTreeMap<String, String> = serde_json::from_str(&c.text(8, "details")?)
+            .map_err(|e| format!("details are not a JSON object of strings: {e}"))?;
         Ok(AuditRecord {
             seq,
             event: AuditEvent {
-                time: Timestamp(time),
-                actor,
-                action,
+                time: Timestamp(c.int(1, "time")?),
+                actor: c.text(2, "actor")?,
+                action: c.text(3, "action")?,
                 target,
                 outcome,
                 details,
             },
-            prev_hash: prev_hash
+            prev_hash: c
+                .bytes(9, "prev_hash")?
                 .try_into()
-                .map_err(|_| bad("prev_hash is not 32 bytes".into()))?,
-            hash: hash
+                .map_err(|_| "prev_hash is not 32 bytes".to_string())?,
+            hash: c
+                .bytes(10, "hash")?
                 .try_into()
-                .map_err(|_| bad("hash is not 32 bytes".into()))?,
+                .map_err(|_| "hash is not 32 bytes".to_string())?,
         })
     };
-    Ok(decode())
+    Ok(decode().map_err(|reason| Error::CorruptAuditRow { seq, reason }))
 }
 
 #[async_trait]

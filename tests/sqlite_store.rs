@@ -1,0 +1,186 @@
+//! SqliteStore specifics: no plaintext in the file, a corrupt row fails alone, a wrong key
+//! loses nothing, and bad files give clear errors.
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use strongroom::conformance::sample_record;
+use strongroom::{
+    Batch, CredentialRecord, ErrorKind, ExposeSecret, KeyRing, LocalKey, Mutation, Precondition,
+    Scope, SqliteStore, StoreErrorKind, Store,
+};
+
+fn canary(i: usize) -> String {
+    format!("CANARY-sk-live-{i:04}-8d1f0c2b9e7a")
+}
+
+async fn filled(dir: &std::path::Path, ring: &KeyRing, n: usize) -> (SqliteStore, Vec<CredentialRecord>) {
+    let store = SqliteStore::open(dir.join("vault.db")).expect("open");
+    let mut records = Vec::new();
+    for i in 0..n {
+        let mut r = sample_record(&format!("cred{i}"), Scope::per_user("alice").expect("scope"));
+        let sealed = ring.seal(canary(i).as_bytes(), &r.identity()).await.expect("seal");
+        r.sealed = sealed.bytes;
+        r.key_id = sealed.key_id;
+        store
+            .commit(Batch {
+                mutations: vec![Mutation::Put {
+                    record: r.clone(),
+                    precondition: Precondition::CreateOnly,
+                }],
+                events: vec![strongroom::AuditEvent::new(
+                    "alice",
+                    "credential.create",
+                    strongroom::AuditTarget::credential(&r.id, &r.scope),
+                )],
+            })
+            .await
+            .expect("commit");
+        records.push(r);
+    }
+    (store, records)
+}
+
+fn ring() -> KeyRing {
+    KeyRing::new(Arc::new(LocalKey::generate().expect("key")))
+}
+
+#[tokio::test]
+async fn no_plaintext_reaches_the_database_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring();
+    let (store, records) = filled(dir.path(), &ring, 25).await;
+    for r in &records {
+        let got = store.get(&r.id).await.expect("get").expect("present");
+        let plain = ring.open(&got.sealed, &got.identity()).await.expect("open");
+        assert!(plain.expose_secret().starts_with(b"CANARY"));
+        assert!(!format!("{got:?}").contains("CANARY"), "Debug of a record shows no secret");
+    }
+    let scan = || {
+        for entry in std::fs::read_dir(dir.path()).expect("dir") {
+            let path = entry.expect("entry").path();
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            assert!(
+                !bytes.windows(6).any(|w| w == b"CANARY"),
+                "{} contains a plaintext canary",
+                path.display()
+            );
+        }
+    };
+    scan(); // with the write-ahead log still open
+    drop(store);
+    scan(); // and after the store closed
+}
+
+#[tokio::test]
+async fn a_corrupt_row_fails_alone_and_the_others_still_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = ring();
+    let (store, records) = filled(dir.path(), &ring, 6).await;
+    let conn = Connection::open(store.path()).expect("open");
+    // Row 1: a flipped byte in the sealed blob. Row 2: a sealed blob cut short.
+    // Row 3: metadata that is not JSON. Row 4: an unknown state.
+    conn.execute(
+        "UPDATE credentials SET sealed = substr(sealed, 1, 100) || x'ff' || substr(sealed, 102) WHERE id = ?1",
+        [records[1].id.as_str()],
+    )
+    .expect("tamper");
+    conn.execute("UPDATE credentials SET sealed = substr(sealed, 1, 30) WHERE id = ?1", [records[2].id.as_str()])
+        .expect("tamper");
+    conn.execute("UPDATE credentials SET metadata = '{oops' WHERE id = ?1", [records[3].id.as_str()])
+        .expect("tamper");
+    conn.execute("UPDATE credentials SET state = 'haunted' WHERE id = ?1", [records[4].id.as_str()])
+        .expect("tamper");
+
+    let got = store.get(&records[1].id).await.expect("get").expect("present");
+    let err = ring.open(&got.sealed, &got.identity()).await.expect_err("flipped byte");
+    assert_eq!(err.kind(), ErrorKind::DecryptFailed);
+    assert!(err.to_string().contains(records[1].id.as_str()), "{err}");
+    let got = store.get(&records[2].id).await.expect("get").expect("present");
+    let err = ring.open(&got.sealed, &got.identity()).await.expect_err("cut short");
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    for r in &records[3..5] {
+        let err = store.get(&r.id).await.expect_err("undecodable row");
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(err.to_string().contains(r.id.as_str()), "names the row: {err}");
+    }
+    for i in [0, 5] {
+        let got = store.get(&records[i].id).await.expect("get").expect("present");
+        let plain = ring.open(&got.sealed, &got.identity()).await.expect("the others open");
+        assert_eq!(plain.expose_secret(), canary(i).as_bytes());
+    }
+    // A corrupt row can still be deleted by id, so an operator can clear it.
+    store
+        .commit(Batch {
+            mutations: vec![Mutation::Delete {
+                id: records[3].id.clone(),
+                precondition: Precondition::None,
+            }],
+            events: vec![],
+        })
+        .await
+        .expect("delete corrupt row");
+}
+
+#[tokio::test]
+async fn the_wrong_master_key_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let right = ring();
+    let (store, records) = filled(dir.path(), &right, 3).await;
+    let wrong = ring();
+    for r in &records {
+        let got = store.get(&r.id).await.expect("get").expect("present");
+        let err = wrong.open(&got.sealed, &got.identity()).await.expect_err("wrong key");
+        assert_eq!(err.kind(), ErrorKind::KeyUnavailable);
+    }
+    drop(store);
+    let store = SqliteStore::open(dir.path().join("vault.db")).expect("reopen");
+    for (i, r) in records.iter().enumerate() {
+        let got = store.get(&r.id).await.expect("get").expect("present");
+        let plain = right.open(&got.sealed, &got.identity()).await.expect("right key opens");
+        assert_eq!(plain.expose_secret(), canary(i).as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_a_clear_error_and_is_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notes.db");
+    let content = b"these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &content).expect("write");
+    let err = SqliteStore::open(&path).expect_err("not a database");
+    match &err {
+        strongroom::Error::Store { kind, .. } => assert_eq!(*kind, StoreErrorKind::Schema),
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("notes.db"), "{err}");
+    assert_eq!(std::fs::read(&path).expect("read"), content, "the file is untouched");
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_with_advice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v.db");
+    drop(SqliteStore::open(&path).expect("create"));
+    Connection::open(&path)
+        .expect("open")
+        .execute("UPDATE strongroom_schema SET version = 99", [])
+        .expect("bump");
+    let err = SqliteStore::open(&path).expect_err("too new");
+    let msg = err.to_string();
+    assert!(msg.contains("schema version 99") && msg.contains("upgrade strongroom"), "{msg}");
+}
+
+#[tokio::test]
+async fn the_database_is_in_wal_mode_with_a_schema_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.db");
+    let _store = SqliteStore::open(&path).expect("create");
+    let conn = Connection::open(&path).expect("open");
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("pragma");
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("SELECT version FROM strongroom_schema", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 1);
+}
