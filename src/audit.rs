@@ -412,7 +412,10 @@ pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport> {
 
 /// Reads one page; a row that cannot be decoded ends the page just before it and is
 /// returned as the page's bad row.
-async fn fetch_page(store: &dyn Store, from: u64) -> Result<(Vec<AuditRecord>, Option<(u64, String)>)> {
+async fn fetch_page(
+    store: &dyn Store,
+    from: u64,
+) -> Result<(Vec<AuditRecord>, Option<(u64, String)>)> {
     match store.audit_range(from, VERIFY_PAGE).await {
         Ok(rows) => Ok((rows, None)),
         Err(Error::CorruptAuditRow { seq, reason }) if seq >= from => {
@@ -526,7 +529,13 @@ pub struct Checkpoint {
     pub mac: [u8; 32],
 }
 
-fn checkpoint_mac(key: &crate::crypto::DataKey, seq: u64, hash: &[u8; 32], time: Timestamp, key_id: &str) -> [u8; 32] {
+fn checkpoint_mac(
+    key: &crate::crypto::DataKey,
+    seq: u64,
+    hash: &[u8; 32],
+    time: Timestamp,
+    key_id: &str,
+) -> [u8; 32] {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret()).expect("HMAC takes any key");
     mac.update(CHECKPOINT_LABEL);
@@ -771,7 +780,15 @@ mod tests {
         let canonical = canonical_encoding(1, &event);
         let hash = chain_hash(&GENESIS_HASH, 1, &event);
         let doc = include_str!("../docs/AUDIT.md");
-        assert!(doc.contains(&hex::encode(&canonical)), "canonical hex {}", hex::encode(&canonical));
-        assert!(doc.contains(&hex::encode(hash)), "hash {}", hex::encode(hash));
+        assert!(
+            doc.contains(&hex::encode(&canonical)),
+            "canonical hex {}",
+            hex::encode(&canonical)
+        );
+        assert!(
+            doc.contains(&hex::encode(hash)),
+            "hash {}",
+            hex::encode(hash)
+        );
     }
 }

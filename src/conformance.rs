@@ -36,8 +36,12 @@ pub fn sample_record(name: &str, scope: Scope) -> CredentialRecord {
 }
 
 fn event(action: &str, record: &CredentialRecord) -> AuditEvent {
-    AuditEvent::new("conformance", action, AuditTarget::credential(&record.id, &record.scope))
-        .detail("name", record.name.clone())
+    AuditEvent::new(
+        "conformance",
+        action,
+        AuditTarget::credential(&record.id, &record.scope),
+    )
+    .detail("name", record.name.clone())
 }
 
 fn put(record: CredentialRecord, precondition: Precondition) -> Batch {
@@ -108,7 +112,11 @@ pub async fn round_trip(store: Arc<dyn Store>) {
         store.get(&record.id).await.expect("get").is_none(),
         "a deleted record is gone"
     );
-    assert!(store.get(&CredentialId::generate()).await.expect("get").is_none());
+    assert!(store
+        .get(&CredentialId::generate())
+        .await
+        .expect("get")
+        .is_none());
 }
 
 /// Every filter field, and paging with `after_id` + `limit`.
@@ -122,7 +130,11 @@ pub async fn list_filters(store: Arc<dyn Store>) {
         };
         let mut r = sample_record(&format!("cred{i}"), scope);
         r.provider = if i % 2 == 0 { "openai" } else { "stripe" }.into();
-        r.state = if i < 6 { LifecycleState::Filled } else { LifecycleState::Valid };
+        r.state = if i < 6 {
+            LifecycleState::Filled
+        } else {
+            LifecycleState::Valid
+        };
         r.key_id = if i < 4 { "old-key" } else { "new-key" }.into();
         all.push(r.clone());
         store
@@ -171,7 +183,10 @@ pub async fn list_filters(store: Arc<dyn Store>) {
             .cloned()
             .collect();
         let got = store.list(&filter).await.expect("list");
-        assert_eq!(got, expected, "list({filter:?}) returns matching records in id order");
+        assert_eq!(
+            got, expected,
+            "list({filter:?}) returns matching records in id order"
+        );
     }
 }
 
@@ -207,7 +222,10 @@ pub async fn precondition_conflicts(store: Arc<dyn Store>) {
         .commit(put(missing.clone(), Precondition::IfVersion(1)))
         .await
         .expect_err("if-version on a missing record fails");
-    assert!(matches!(err, Error::VersionConflict { found: None, .. }), "{err}");
+    assert!(
+        matches!(err, Error::VersionConflict { found: None, .. }),
+        "{err}"
+    );
 
     let err = store
         .commit(Batch {
@@ -252,7 +270,10 @@ pub async fn names_unique_within_scope(store: Arc<dyn Store>) {
         .await
         .expect("create");
     let err = store
-        .commit(put(sample_record("main", u1.clone()), Precondition::CreateOnly))
+        .commit(put(
+            sample_record("main", u1.clone()),
+            Precondition::CreateOnly,
+        ))
         .await
         .expect_err("a second `main` in the same scope fails");
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
@@ -264,7 +285,10 @@ pub async fn names_unique_within_scope(store: Arc<dyn Store>) {
         Scope::per_agent("u1").expect("scope"),
     ] {
         store
-            .commit(put(sample_record("main", scope.clone()), Precondition::CreateOnly))
+            .commit(put(
+                sample_record("main", scope.clone()),
+                Precondition::CreateOnly,
+            ))
             .await
             .unwrap_or_else(|e| panic!("`main` in {scope} is allowed: {e}"));
     }
@@ -315,17 +339,27 @@ pub async fn atomicity(store: Arc<dyn Store>) {
         .await
         .expect_err("the batch fails on its last precondition");
     assert_eq!(err.kind(), ErrorKind::VersionConflict, "{err}");
-    assert!(store.get(&fresh.id).await.expect("get").is_none(), "first put undone");
+    assert!(
+        store.get(&fresh.id).await.expect("get").is_none(),
+        "first put undone"
+    );
     assert_eq!(
         store.get(&existing.id).await.expect("get"),
         Some(existing.clone()),
         "delete undone"
     );
-    assert_eq!(store.chain_head().await.expect("head"), head_before, "no audit rows");
+    assert_eq!(
+        store.chain_head().await.expect("head"),
+        head_before,
+        "no audit rows"
+    );
     assert_eq!(store.audit_range(1, 100).await.expect("audit").len(), 1);
     // The name taken by the undone put is free.
     store
-        .commit(put(sample_record("fresh", Scope::SystemWide), Precondition::CreateOnly))
+        .commit(put(
+            sample_record("fresh", Scope::SystemWide),
+            Precondition::CreateOnly,
+        ))
         .await
         .expect("name of an undone put is free");
 }
@@ -339,7 +373,11 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
         let events = (0..n).map(|i| event(&format!("e{i}"), &r)).collect();
         let receipt = store.commit(Batch::events(events)).await.expect("commit");
         let (first, end) = receipt.seqs.expect("seqs");
-        assert_eq!((first, end), (last + 1, last + n as u64), "consecutive seqs");
+        assert_eq!(
+            (first, end),
+            (last + 1, last + n as u64),
+            "consecutive seqs"
+        );
         assert_eq!(receipt.head.map(|h| h.seq), Some(end));
         last = end;
     }
@@ -348,8 +386,15 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
     let all = store.audit_range(1, 1000).await.expect("audit");
     assert_eq!(all.len(), 15);
     assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
-    assert_eq!(store.audit_range(4, 3).await.expect("range"), all[3..6].to_vec());
-    assert!(store.audit_range(16, 10).await.expect("past end").is_empty());
+    assert_eq!(
+        store.audit_range(4, 3).await.expect("range"),
+        all[3..6].to_vec()
+    );
+    assert!(store
+        .audit_range(16, 10)
+        .await
+        .expect("past end")
+        .is_empty());
     let head = store.chain_head().await.expect("head").expect("non-empty");
     assert_eq!((head.seq, head.hash), (15, all[14].hash));
     let report = verify_chain(store.as_ref()).await.expect("verify");
@@ -378,8 +423,13 @@ pub async fn concurrent_commits(store: Arc<dyn Store>, tasks: usize, rounds: usi
                     let count: u64 = current.metadata["label"].parse().unwrap_or(0);
                     let mut next = current.clone();
                     next.version += 1;
-                    next.metadata.insert("label".into(), (count + 1).to_string());
-                    let ev = AuditEvent::new(format!("task{t}"), "counter.increment", AuditTarget::none());
+                    next.metadata
+                        .insert("label".into(), (count + 1).to_string());
+                    let ev = AuditEvent::new(
+                        format!("task{t}"),
+                        "counter.increment",
+                        AuditTarget::none(),
+                    );
                     match store
                         .commit(Batch {
                             mutations: vec![Mutation::Put {

@@ -9,10 +9,14 @@ mod error;
 pub mod model;
 pub mod store;
 
-pub use audit::{AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport};
+pub use audit::{
+    AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,
+};
 pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};
-pub use model::{CredentialId, CredentialRecord, LifecycleState, RecordIdentity, Scope, ScopeKind, Timestamp};
+pub use model::{
+    CredentialId, CredentialRecord, LifecycleState, RecordIdentity, Scope, ScopeKind, Timestamp,
+};
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::{Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, Store};
 #[cfg(feature = "sqlite")]

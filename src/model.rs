@@ -21,7 +21,10 @@ pub fn validate_id(field: &str, value: &str) -> Result<()> {
     if value.len() > MAX_ID_LEN {
         return Err(Error::invalid(
             field,
-            format!("is {} bytes long; at most {MAX_ID_LEN} are allowed", value.len()),
+            format!(
+                "is {} bytes long; at most {MAX_ID_LEN} are allowed",
+                value.len()
+            ),
         ));
     }
     if value.contains('/') {
@@ -292,7 +295,9 @@ impl LifecycleState {
             .ok_or_else(|| {
                 Error::invalid(
                     "state",
-                    format!("unknown state `{text}`; use filled, valid, expired, invalid or pending"),
+                    format!(
+                        "unknown state `{text}`; use filled, valid, expired, invalid or pending"
+                    ),
                 )
             })
     }
@@ -382,7 +387,10 @@ impl CredentialRecord {
 
     /// A short description for messages: `credential `name` (scope)`.
     pub fn describe(&self) -> String {
-        format!("credential `{}` ({}, id {})", self.name, self.scope, self.id)
+        format!(
+            "credential `{}` ({}, id {})",
+            self.name, self.scope, self.id
+        )
     }
 }
 
@@ -401,7 +409,10 @@ impl fmt::Debug for CredentialRecord {
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
             .field("key_id", &self.key_id)
-            .field("sealed", &format_args!("<{} sealed bytes>", self.sealed.len()))
+            .field(
+                "sealed",
+                &format_args!("<{} sealed bytes>", self.sealed.len()),
+            )
             .finish()
     }
 }

@@ -23,7 +23,11 @@ fn event(i: u64) -> AuditEvent {
         AuditTarget::credential(&CredentialId::new(format!("cred-{i}")).expect("id"), &scope)
     };
     AuditEvent::new(format!("actor{}", i % 4), "credential.reveal", target)
-        .outcome(if i % 11 == 0 { Outcome::Denied } else { Outcome::Success })
+        .outcome(if i % 11 == 0 {
+            Outcome::Denied
+        } else {
+            Outcome::Success
+        })
         .detail("n", i.to_string())
         .detail("ünïcode", "värde \"quoted\"")
 }
@@ -49,11 +53,17 @@ fn db(store: &SqliteStore) -> Connection {
 
 fn python_verify(path: &Path) -> (bool, String) {
     let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_audit_sqlite.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/verify_audit_sqlite.py"
+        ))
         .arg(path)
         .output()
         .expect("python3 runs (CI installs it)");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 async fn first_bad(store: &SqliteStore) -> (Option<u64>, Option<ProblemKind>) {
@@ -70,7 +80,10 @@ async fn an_intact_chain_verifies_here_and_with_the_outside_tool() {
     let head = report.head.expect("head");
     let (ok, out) = python_verify(store.path());
     assert!(ok, "{out}");
-    assert_eq!(out.trim(), format!("ok 1200 rows, head 1200 {}", hex::encode(head.hash)));
+    assert_eq!(
+        out.trim(),
+        format!("ok 1200 rows, head 1200 {}", hex::encode(head.hash))
+    );
 }
 
 #[tokio::test]
@@ -79,7 +92,10 @@ async fn an_edited_row_is_the_first_bad_sequence_number() {
     db(&store)
         .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 40", [])
         .expect("tamper");
-    assert_eq!(first_bad(&store).await, (Some(40), Some(ProblemKind::HashMismatch)));
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(40), Some(ProblemKind::HashMismatch))
+    );
     let (ok, out) = python_verify(store.path());
     assert!(!ok && out.contains("first bad sequence number 40"), "{out}");
     // Editing a detail's value or the time is caught the same way.
@@ -89,22 +105,31 @@ async fn an_edited_row_is_the_first_bad_sequence_number() {
         .expect("tamper");
     assert_eq!(first_bad(&store).await.0, Some(77));
     let (_dir, store) = chain(100).await;
-    db(&store).execute("UPDATE audit SET time = time + 1 WHERE seq = 3", []).expect("tamper");
+    db(&store)
+        .execute("UPDATE audit SET time = time + 1 WHERE seq = 3", [])
+        .expect("tamper");
     assert_eq!(first_bad(&store).await.0, Some(3));
 }
 
 #[tokio::test]
 async fn a_deleted_row_is_reported_as_missing() {
     let (_dir, store) = chain(100).await;
-    db(&store).execute("DELETE FROM audit WHERE seq = 40", []).expect("tamper");
-    assert_eq!(first_bad(&store).await, (Some(40), Some(ProblemKind::Missing)));
+    db(&store)
+        .execute("DELETE FROM audit WHERE seq = 40", [])
+        .expect("tamper");
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(40), Some(ProblemKind::Missing))
+    );
     let (ok, out) = python_verify(store.path());
     assert!(!ok && out.contains("first bad sequence number 40"), "{out}");
 }
 
 fn shift_up_from(conn: &Connection, seq: i64) {
-    conn.execute("UPDATE audit SET seq = -seq - 1 WHERE seq >= ?1", [seq]).expect("shift");
-    conn.execute("UPDATE audit SET seq = -seq WHERE seq < 0", []).expect("shift");
+    conn.execute("UPDATE audit SET seq = -seq - 1 WHERE seq >= ?1", [seq])
+        .expect("shift");
+    conn.execute("UPDATE audit SET seq = -seq WHERE seq < 0", [])
+        .expect("shift");
 }
 
 #[tokio::test]
@@ -133,16 +158,22 @@ async fn an_inserted_row_is_caught() {
         params![forged.time.0, &rows[0].hash[..], &hash[..]],
     )
     .expect("insert");
-    assert_eq!(first_bad(&store).await, (Some(41), Some(ProblemKind::PrevHashMismatch)));
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(41), Some(ProblemKind::PrevHashMismatch))
+    );
 }
 
 #[tokio::test]
 async fn reordered_rows_are_caught_at_the_lower_one() {
     let (_dir, store) = chain(100).await;
     let conn = db(&store);
-    conn.execute("UPDATE audit SET seq = -1 WHERE seq = 40", []).expect("swap");
-    conn.execute("UPDATE audit SET seq = 40 WHERE seq = 41", []).expect("swap");
-    conn.execute("UPDATE audit SET seq = 41 WHERE seq = -1", []).expect("swap");
+    conn.execute("UPDATE audit SET seq = -1 WHERE seq = 40", [])
+        .expect("swap");
+    conn.execute("UPDATE audit SET seq = 40 WHERE seq = 41", [])
+        .expect("swap");
+    conn.execute("UPDATE audit SET seq = 41 WHERE seq = -1", [])
+        .expect("swap");
     assert_eq!(first_bad(&store).await.0, Some(40));
     let (ok, out) = python_verify(store.path());
     assert!(!ok && out.contains("first bad sequence number 40"), "{out}");
@@ -158,7 +189,10 @@ async fn an_undecodable_row_is_reported_not_fatal() {
     ] {
         let (_dir, store) = chain(100).await;
         db(&store)
-            .execute(&format!("UPDATE audit SET {column} = {value} WHERE seq = 60"), [])
+            .execute(
+                &format!("UPDATE audit SET {column} = {value} WHERE seq = 60"),
+                [],
+            )
             .expect("tamper");
         assert_eq!(
             first_bad(&store).await,
@@ -171,17 +205,27 @@ async fn an_undecodable_row_is_reported_not_fatal() {
 #[tokio::test]
 async fn problems_past_the_first_page_are_found_exactly() {
     let (_dir, store) = chain(10_000).await;
-    db(&store).execute("DELETE FROM audit WHERE seq = 9000", []).expect("tamper");
+    db(&store)
+        .execute("DELETE FROM audit WHERE seq = 9000", [])
+        .expect("tamper");
     db(&store)
         .execute("UPDATE audit SET outcome = 'x' WHERE seq = 9500", [])
         .expect("tamper");
-    assert_eq!(first_bad(&store).await, (Some(9000), Some(ProblemKind::Missing)));
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(9000), Some(ProblemKind::Missing))
+    );
     let (_dir, store) = chain(10_000).await;
     db(&store)
         .execute("UPDATE audit SET outcome = 'x' WHERE seq = 8200", [])
         .expect("tamper");
-    db(&store).execute("UPDATE audit SET actor = 'm' WHERE seq = 8193", []).expect("tamper");
-    assert_eq!(first_bad(&store).await, (Some(8193), Some(ProblemKind::HashMismatch)));
+    db(&store)
+        .execute("UPDATE audit SET actor = 'm' WHERE seq = 8193", [])
+        .expect("tamper");
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(8193), Some(ProblemKind::HashMismatch))
+    );
 }
 
 fn keys() -> KeyRing {
@@ -193,11 +237,23 @@ async fn checkpoints_catch_tail_truncation() {
     let (_dir, store) = chain(100).await;
     let store: Arc<dyn Store> = Arc::new(store);
     let chain = AuditChain::new(store.clone(), keys());
-    let cp = chain.checkpoint().await.expect("checkpoint").expect("non-empty");
+    let cp = chain
+        .checkpoint()
+        .await
+        .expect("checkpoint")
+        .expect("non-empty");
     assert_eq!(cp.seq, 100);
-    assert!(chain.verify_against(&[cp.clone()]).await.expect("verify").is_ok());
+    assert!(chain
+        .verify_against(&[cp.clone()])
+        .await
+        .expect("verify")
+        .is_ok());
     let path = format!("{store:?}");
-    let path = path.split('"').nth(1).expect("path in debug output").to_string();
+    let path = path
+        .split('"')
+        .nth(1)
+        .expect("path in debug output")
+        .to_string();
     Connection::open(&path)
         .expect("open")
         .execute("DELETE FROM audit WHERE seq > 90", [])
@@ -231,14 +287,22 @@ async fn checkpoints_catch_a_rewrite_with_recomputed_hashes() {
         prev = row.hash;
         conn.execute(
             "UPDATE audit SET actor = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
-            params![row.event.actor, &row.prev_hash[..], &row.hash[..], row.seq as i64],
+            params![
+                row.event.actor,
+                &row.prev_hash[..],
+                &row.hash[..],
+                row.seq as i64
+            ],
         )
         .expect("rewrite");
     }
     assert!(chain.verify().await.expect("verify").is_ok());
     let report = chain.verify_against(&cps).await.expect("verify");
     let problem = report.problem.expect("rewrite found");
-    assert_eq!((problem.seq, problem.kind), (31, ProblemKind::CheckpointMismatch));
+    assert_eq!(
+        (problem.seq, problem.kind),
+        (31, ProblemKind::CheckpointMismatch)
+    );
 }
 
 /// A checkpoint of the chain as it stood at `seq` (what a sink would have received then).
@@ -274,7 +338,10 @@ async fn forged_checkpoints_are_refused() {
     forged.seq = 5;
     assert!(!chain.check_checkpoint(&forged).await.expect("check"));
     let report = chain.verify_against(&[forged]).await.expect("verify");
-    assert_eq!(report.problem.map(|p| p.kind), Some(ProblemKind::ForgedCheckpoint));
+    assert_eq!(
+        report.problem.map(|p| p.kind),
+        Some(ProblemKind::ForgedCheckpoint)
+    );
     // A checkpoint made under another master key does not authenticate either.
     let other = AuditChain::new(store.clone(), keys());
     let err = other.check_checkpoint(&cp).await.expect_err("unknown key");
@@ -291,7 +358,10 @@ async fn the_sink_receives_a_checkpoint_every_interval() {
         10,
     );
     for i in 1..=35 {
-        let receipt = store.commit(Batch::events(vec![event(i)])).await.expect("commit");
+        let receipt = store
+            .commit(Batch::events(vec![event(i)]))
+            .await
+            .expect("commit");
         chain.after_commit(&receipt).await.expect("after commit");
     }
     let seqs: Vec<u64> = seen.lock().expect("lock").iter().map(|c| c.seq).collect();
@@ -309,9 +379,15 @@ async fn memory_store_chains_verify_the_same_way() {
         .expect("commit");
     assert!(verify_chain(&store).await.expect("verify").is_ok());
     store.tamper_audit(|rows| rows[19].event.action = "credential.delete".into());
-    assert_eq!(verify_chain(&store).await.expect("verify").first_bad_seq(), Some(20));
+    assert_eq!(
+        verify_chain(&store).await.expect("verify").first_bad_seq(),
+        Some(20)
+    );
     store.tamper_audit(|rows| {
         rows.remove(9);
     });
-    assert_eq!(verify_chain(&store).await.expect("verify").first_bad_seq(), Some(10));
+    assert_eq!(
+        verify_chain(&store).await.expect("verify").first_bad_seq(),
+        Some(10)
+    );
 }

@@ -57,14 +57,18 @@ async fn sqlite_store_survives_reopen_with_its_chain() {
     let head = store.chain_head().await.expect("head").expect("non-empty");
     assert_eq!(head.seq, 15);
     let receipt = store
-        .commit(strongroom::Batch::events(vec![strongroom::AuditEvent::new(
-            "t",
-            "after.reopen",
-            strongroom::AuditTarget::none(),
-        )]))
+        .commit(strongroom::Batch::events(vec![
+            strongroom::AuditEvent::new("t", "after.reopen", strongroom::AuditTarget::none()),
+        ]))
         .await
         .expect("commit");
-    assert_eq!(receipt.seqs, Some((16, 16)), "the chain continues after a reopen");
-    let report = strongroom::audit::verify_chain(&store).await.expect("verify");
+    assert_eq!(
+        receipt.seqs,
+        Some((16, 16)),
+        "the chain continues after a reopen"
+    );
+    let report = strongroom::audit::verify_chain(&store)
+        .await
+        .expect("verify");
     assert!(report.is_ok());
 }

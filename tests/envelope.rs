@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use strongroom::crypto::{envelope, BackendId, KeyWrapper, RewrapOptions};
 use strongroom::{
-    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, RecordIdentity,
-    Scope, ScopeKind, Store,
+    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, RecordIdentity, Scope,
+    ScopeKind, Store,
 };
 
 const CANARY: &[u8] = b"sk-live-CANARY-7f3a9d2e-do-not-leak-0123456789abcdefghijklmnopqrstu";
@@ -38,7 +38,10 @@ fn assert_refused(result: strongroom::Result<strongroom::SecretBox<[u8]>>, what:
                 e.kind()
             );
             let shown = format!("{e} {e:?}");
-            assert!(!shown.contains("CANARY"), "{what}: the error leaks plaintext: {shown}");
+            assert!(
+                !shown.contains("CANARY"),
+                "{what}: the error leaks plaintext: {shown}"
+            );
             e
         }
     }
@@ -65,7 +68,11 @@ async fn known_answer_vectors_open() {
             v["owner"].as_str().expect("owner"),
         )
         .expect("scope");
-        let id = ident(v["credential_id"].as_str().expect("cid"), &scope, v["version"].as_u64().expect("version"));
+        let id = ident(
+            v["credential_id"].as_str().expect("cid"),
+            &scope,
+            v["version"].as_u64().expect("version"),
+        );
         let blob = hex::decode(v["blob_hex"].as_str().expect("blob")).expect("hex");
         let plain = ring.open(&blob, &id).await.expect("vector opens");
         assert_eq!(
@@ -85,11 +92,27 @@ async fn seal_then_open_round_trips_and_each_seal_is_fresh() {
     let a = ring.seal(CANARY, &id).await.expect("seal");
     let b = ring.seal(CANARY, &id).await.expect("seal");
     assert_ne!(a.bytes, b.bytes, "fresh data key and nonce per seal");
-    assert!(!a.bytes.windows(8).any(|w| CANARY.windows(8).any(|c| c == w)), "no plaintext in blob");
+    assert!(
+        !a.bytes
+            .windows(8)
+            .any(|w| CANARY.windows(8).any(|c| c == w)),
+        "no plaintext in blob"
+    );
     assert_eq!(a.key_id, ring.active().key_id());
-    assert_eq!(ring.open(&a.bytes, &id).await.expect("open").expose_secret(), CANARY);
+    assert_eq!(
+        ring.open(&a.bytes, &id)
+            .await
+            .expect("open")
+            .expose_secret(),
+        CANARY
+    );
     let empty = ring.seal(b"", &id).await.expect("seal empty");
-    assert!(ring.open(&empty.bytes, &id).await.expect("open").expose_secret().is_empty());
+    assert!(ring
+        .open(&empty.bytes, &id)
+        .await
+        .expect("open")
+        .expose_secret()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -102,7 +125,10 @@ async fn every_flipped_bit_is_refused() {
         for bit in 0..8 {
             let mut t = blob.clone();
             t[byte] ^= 1 << bit;
-            assert_refused(ring.open(&t, &id).await, &format!("bit {bit} of byte {byte}"));
+            assert_refused(
+                ring.open(&t, &id).await,
+                &format!("bit {bit} of byte {byte}"),
+            );
         }
     }
 }
@@ -114,7 +140,10 @@ async fn every_truncation_and_extension_is_refused() {
     let id = ident("c-trunc", &scope, 1);
     let blob = ring.seal(CANARY, &id).await.expect("seal").bytes;
     for len in 0..blob.len() {
-        assert_refused(ring.open(&blob[..len], &id).await, &format!("truncated to {len}"));
+        assert_refused(
+            ring.open(&blob[..len], &id).await,
+            &format!("truncated to {len}"),
+        );
     }
     let mut longer = blob.clone();
     longer.push(0);
@@ -125,15 +154,34 @@ async fn every_truncation_and_extension_is_refused() {
 async fn a_blob_moved_to_another_record_is_refused() {
     let ring = ring();
     let u1 = Scope::per_user("u1").expect("scope");
-    let blob = ring.seal(CANARY, &ident("c1", &u1, 3)).await.expect("seal").bytes;
+    let blob = ring
+        .seal(CANARY, &ident("c1", &u1, 3))
+        .await
+        .expect("seal")
+        .bytes;
     let others = [
         ("another credential", "c2".to_string(), u1.clone(), 3),
         ("another version", "c1".into(), u1.clone(), 4),
         ("an older version", "c1".into(), u1.clone(), 2),
-        ("another owner", "c1".into(), Scope::per_user("u2").expect("scope"), 3),
-        ("another scope", "c1".into(), Scope::per_app_shared("u1").expect("scope"), 3),
+        (
+            "another owner",
+            "c1".into(),
+            Scope::per_user("u2").expect("scope"),
+            3,
+        ),
+        (
+            "another scope",
+            "c1".into(),
+            Scope::per_app_shared("u1").expect("scope"),
+            3,
+        ),
         ("system_wide", "c1".into(), Scope::SystemWide, 3),
-        ("per_agent", "c1".into(), Scope::per_agent("u1").expect("scope"), 3),
+        (
+            "per_agent",
+            "c1".into(),
+            Scope::per_agent("u1").expect("scope"),
+            3,
+        ),
     ];
     for (label, cid, scope, version) in &others {
         let e = assert_refused(ring.open(&blob, &ident(cid, scope, *version)).await, label);
@@ -141,9 +189,17 @@ async fn a_blob_moved_to_another_record_is_refused() {
     }
     // Owner strings that concatenate the same way still differ.
     let pau = Scope::per_app_per_user("a", "b").expect("scope");
-    let blob = ring.seal(CANARY, &ident("c1", &pau, 1)).await.expect("seal").bytes;
+    let blob = ring
+        .seal(CANARY, &ident("c1", &pau, 1))
+        .await
+        .expect("seal")
+        .bytes;
     let e = assert_refused(
-        ring.open(&blob, &ident("c1", &Scope::per_app_shared("a").expect("s"), 1)).await,
+        ring.open(
+            &blob,
+            &ident("c1", &Scope::per_app_shared("a").expect("s"), 1),
+        )
+        .await,
         "per_app_shared a",
     );
     assert_eq!(e.kind(), ErrorKind::DecryptFailed);
@@ -166,7 +222,10 @@ async fn a_wrapped_key_swapped_between_records_is_refused() {
     // a's wrapped key and commitment, b's payload.
     let mut mixed = b.clone();
     mixed[..5 + w + 12 + 32].copy_from_slice(&a[..5 + w + 12 + 32]);
-    assert_refused(ring.open(&mixed, &ida).await, "a's key and commitment over b's payload");
+    assert_refused(
+        ring.open(&mixed, &ida).await,
+        "a's key and commitment over b's payload",
+    );
 }
 
 /// A key that claims another key's id: the wrong master key behind the right name.
@@ -204,13 +263,19 @@ async fn the_wrong_master_key_is_refused() {
 
     let e = assert_refused(ring().open(&blob, &id).await, "a ring without the key");
     assert_eq!(e.kind(), ErrorKind::KeyUnavailable);
-    assert!(e.to_string().contains(right.active().key_id()), "names the missing key: {e}");
+    assert!(
+        e.to_string().contains(right.active().key_id()),
+        "names the missing key: {e}"
+    );
 
     let impostor = KeyRing::new(Arc::new(Impostor {
         inner: LocalKey::generate().expect("key"),
         claimed: right.active().key_id().to_string(),
     }));
-    let e = assert_refused(impostor.open(&blob, &id).await, "another key under the same id");
+    let e = assert_refused(
+        impostor.open(&blob, &id).await,
+        "another key under the same id",
+    );
     assert_eq!(e.kind(), ErrorKind::DecryptFailed);
 }
 
@@ -226,7 +291,10 @@ async fn parse_rejects_unknown_versions_and_flags() {
     assert!(e.to_string().contains("version 2"), "{e}");
     let mut uncommitted = blob.clone();
     uncommitted[1] = 0;
-    assert_eq!(assert_refused(ring.open(&uncommitted, &id).await, "flags 0").kind(), ErrorKind::Corrupt);
+    assert_eq!(
+        assert_refused(ring.open(&uncommitted, &id).await, "flags 0").kind(),
+        ErrorKind::Corrupt
+    );
     let parsed = envelope::parse(&blob, &|| "test".into()).expect("parse");
     assert_eq!(parsed.key_id, ring.active().key_id());
     assert_eq!(parsed.ciphertext.len(), CANARY.len() + envelope::TAG_LEN);
@@ -236,17 +304,25 @@ async fn parse_rejects_unknown_versions_and_flags() {
 async fn secrets_stay_out_of_debug_output() {
     let key = LocalKey::generate().expect("key");
     let dek = DataKey::generate().expect("dek");
-    let ring = KeyRing::new(Arc::new(LocalKey::from_base64(
-        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
-        "test",
-    ).expect("key")));
+    let ring = KeyRing::new(Arc::new(
+        LocalKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8", "test").expect("key"),
+    ));
     let scope = Scope::SystemWide;
-    let sealed = ring.seal(CANARY, &ident("c", &scope, 1)).await.expect("seal");
-    let plain = ring.open(&sealed.bytes, &ident("c", &scope, 1)).await.expect("open");
+    let sealed = ring
+        .seal(CANARY, &ident("c", &scope, 1))
+        .await
+        .expect("seal");
+    let plain = ring
+        .open(&sealed.bytes, &ident("c", &scope, 1))
+        .await
+        .expect("open");
     let shown = format!("{key:?} {dek:?} {ring:?} {sealed:?} {plain:?}");
     assert!(!shown.contains("CANARY"), "{shown}");
     assert!(!shown.contains("AAECAwQFBgcI"), "{shown}");
-    assert!(!shown.contains(&hex::encode(dek.expose_secret())), "{shown}");
+    assert!(
+        !shown.contains(&hex::encode(dek.expose_secret())),
+        "{shown}"
+    );
     assert!(shown.contains("REDACTED"), "{shown}");
 }
 
@@ -288,7 +364,10 @@ async fn fill(store: &dyn Store, ring: &KeyRing, n: usize) -> Vec<strongroom::Cr
     for i in 0..n {
         let mut r = strongroom::conformance::sample_record(&format!("c{i}"), Scope::SystemWide);
         let secret = format!("secret-{i}");
-        let sealed = ring.seal(secret.as_bytes(), &r.identity()).await.expect("seal");
+        let sealed = ring
+            .seal(secret.as_bytes(), &r.identity())
+            .await
+            .expect("seal");
         r.sealed = sealed.bytes;
         r.key_id = sealed.key_id;
         store
@@ -324,7 +403,10 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
         actor: "operator".into(),
         ..RewrapOptions::default()
     };
-    let err = failing.rewrap(&store, &options).await.expect_err("the outage stops it");
+    let err = failing
+        .rewrap(&store, &options)
+        .await
+        .expect_err("the outage stops it");
     assert_eq!(err.kind(), ErrorKind::Transport);
     let moved = store
         .list(&strongroom::ListFilter {
@@ -334,13 +416,18 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
         .await
         .expect("list")
         .len();
-    assert_eq!(moved, 100, "two whole batches landed, the third left nothing half-done");
+    assert_eq!(
+        moved, 100,
+        "two whole batches landed, the third left nothing half-done"
+    );
 
     // Every record still opens with a ring that holds both keys.
     let both = KeyRing::new(new.clone()).with_retired(old.clone());
     for r in &records {
         let stored = store.get(&r.id).await.expect("get").expect("present");
-        both.open(&stored.sealed, &stored.identity()).await.expect("opens mid-rotation");
+        both.open(&stored.sealed, &stored.identity())
+            .await
+            .expect("opens mid-rotation");
     }
 
     // Re-run: finishes the job; a third run has nothing to do.
@@ -356,13 +443,25 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
     for (i, r) in records.iter().enumerate() {
         let stored = store.get(&r.id).await.expect("get").expect("present");
         assert_eq!(stored.key_id, new.key_id());
-        assert_eq!(stored.version, r.version, "re-wrapping does not bump versions");
-        assert_eq!(stored.sealed[stored.sealed.len() - 40..], r.sealed[r.sealed.len() - 40..], "payload untouched");
-        let plain = only_new.open(&stored.sealed, &stored.identity()).await.expect("opens");
+        assert_eq!(
+            stored.version, r.version,
+            "re-wrapping does not bump versions"
+        );
+        assert_eq!(
+            stored.sealed[stored.sealed.len() - 40..],
+            r.sealed[r.sealed.len() - 40..],
+            "payload untouched"
+        );
+        let plain = only_new
+            .open(&stored.sealed, &stored.identity())
+            .await
+            .expect("opens");
         assert_eq!(plain.expose_secret(), format!("secret-{i}").as_bytes());
     }
     // Each committed batch was audited.
     let rows = store.audit_range(1, 100).await.expect("audit");
     assert_eq!(rows.len(), 5);
-    assert!(rows.iter().all(|r| r.event.action == "keys.rewrap" && r.event.actor == "operator"));
+    assert!(rows
+        .iter()
+        .all(|r| r.event.action == "keys.rewrap" && r.event.actor == "operator"));
 }

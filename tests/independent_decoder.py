@@ -43,7 +43,12 @@ def decode(blob: bytes, master: bytes, ident: bytes):
         raise ValueError("not wrapped by this local key")
     wrap_aad = b"strongroom/wrap/v1" + bytes([version, flags, backend]) + ident
     dek = AESGCM(master).decrypt(backend_bytes[:12], backend_bytes[12:], wrap_aad)
-    mine = hmac.new(dek, b"strongroom/commit/v1" + nonce, hashlib.sha256).digest()
+    # A writer derives the wrap nonce (SIV); check it, proving the writer rule is documented too.
+    prk = hmac.new(b"strongroom/derive/v1", master, hashlib.sha256).digest()
+    nonce_key = hmac.new(prk, b"strongroom local wrap nonce v1" + b"\x01", hashlib.sha256).digest()
+    if hmac.new(nonce_key, wrap_aad + dek, hashlib.sha256).digest()[:12] != backend_bytes[:12]:
+        raise ValueError("wrap nonce is not the documented synthetic nonce")
+    mine = hashlib.sha256(b"strongroom/commit/v1" + dek + nonce).digest()
     if not hmac.compare_digest(mine, commitment):
         raise ValueError("commitment mismatch")
     data_aad = b"strongroom/data/v1" + bytes([version, flags]) + ident

@@ -21,10 +21,14 @@ fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 fn master_key_variable_selects_env_when_kms_is_unset() {
     let home = tempfile::tempdir().expect("tempdir");
     let home_s = home.path().to_str().expect("utf8");
-    let key = key_wrapper_from_vars(vars(&[(ENV_MASTER_KEY, KEY_B64), (ENV_HOME, home_s)])).expect("env key");
+    let key = key_wrapper_from_vars(vars(&[(ENV_MASTER_KEY, KEY_B64), (ENV_HOME, home_s)]))
+        .expect("env key");
     let expected = LocalKey::from_env_value(KEY_B64).expect("key");
     assert_eq!(key.key_id(), expected.key_id());
-    assert!(!home.path().join("master.key").exists(), "env selection creates no file");
+    assert!(
+        !home.path().join("master.key").exists(),
+        "env selection creates no file"
+    );
     // Padded base64url and surrounding whitespace are accepted too.
     let padded = format!(" {KEY_B64}=\n");
     let key = key_wrapper_from_vars(vars(&[(ENV_MASTER_KEY, &padded)])).expect("padded");
@@ -38,14 +42,27 @@ fn file_is_the_default_and_is_created_private() {
     let v = vars(&[(ENV_HOME, sr_home.to_str().expect("utf8"))]);
     let first = key_wrapper_from_vars(&v).expect("creates the key file");
     let path = sr_home.join("master.key");
-    let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&path)
+        .expect("exists")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "key file mode");
-    let dir_mode = std::fs::metadata(&sr_home).expect("dir").permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(&sr_home)
+        .expect("dir")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(dir_mode, 0o700, "key folder mode");
     let again = key_wrapper_from_vars(&v).expect("reloads");
-    assert_eq!(first.key_id(), again.key_id(), "the same key on the second load");
+    assert_eq!(
+        first.key_id(),
+        again.key_id(),
+        "the same key on the second load"
+    );
     // HOME/.strongroom when STRONGROOM_HOME is unset.
-    let from_home = key_wrapper_from_vars(vars(&[("HOME", home.path().to_str().expect("utf8"))])).expect("home");
+    let from_home = key_wrapper_from_vars(vars(&[("HOME", home.path().to_str().expect("utf8"))]))
+        .expect("home");
     assert!(home.path().join(".strongroom/master.key").exists());
     assert_ne!(from_home.key_id(), first.key_id());
     // STRONGROOM_KMS=file wins over a set master key variable.
@@ -69,7 +86,10 @@ fn a_group_or_world_readable_key_file_is_refused() {
         let err = key_wrapper_from_vars(&v).expect_err("refused");
         assert_eq!(err.kind(), ErrorKind::KeyUnavailable, "mode {mode:o}");
         let msg = err.to_string();
-        assert!(msg.contains("chmod 600") && msg.contains("master.key"), "{msg}");
+        assert!(
+            msg.contains("chmod 600") && msg.contains("master.key"),
+            "{msg}"
+        );
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
     key_wrapper_from_vars(&v).expect("owner-only read is fine");
@@ -77,28 +97,44 @@ fn a_group_or_world_readable_key_file_is_refused() {
 
 #[test]
 fn malformed_keys_name_their_source() {
-    let cases = [("not base64 !!!", "not valid base64url"), ("AAEC", "3 bytes")];
+    let cases = [
+        ("not base64 !!!", "not valid base64url"),
+        ("AAEC", "3 bytes"),
+    ];
     for (value, expect) in cases {
         let err = key_wrapper_from_vars(vars(&[(ENV_MASTER_KEY, value)])).expect_err("bad key");
         assert_eq!(err.kind(), ErrorKind::Config);
         let msg = err.to_string();
-        assert!(msg.contains(ENV_MASTER_KEY) && msg.contains(expect), "{msg}");
+        assert!(
+            msg.contains(ENV_MASTER_KEY) && msg.contains(expect),
+            "{msg}"
+        );
     }
     let home = tempfile::tempdir().expect("tempdir");
     let path = home.path().join("master.key");
     std::fs::write(&path, format!("{KEY_B64}AAAA\n")).expect("write");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let err = key_wrapper_from_vars(vars(&[(ENV_HOME, home.path().to_str().expect("utf8"))])).expect_err("bad file");
+    let err = key_wrapper_from_vars(vars(&[(ENV_HOME, home.path().to_str().expect("utf8"))]))
+        .expect_err("bad file");
     let msg = err.to_string();
-    assert!(msg.contains(path.to_str().expect("utf8")) && msg.contains("35 bytes"), "{msg}");
-    assert!(!msg.contains(KEY_B64), "the error must not echo the key: {msg}");
+    assert!(
+        msg.contains(path.to_str().expect("utf8")) && msg.contains("35 bytes"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains(KEY_B64),
+        "the error must not echo the key: {msg}"
+    );
 }
 
 #[test]
 fn unknown_and_unbuilt_backends_are_clear_errors() {
     let err = key_wrapper_from_vars(vars(&[(ENV_KMS, "hsm")])).expect_err("unknown");
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.to_string().contains("`hsm` is not a known backend"), "{err}");
+    assert!(
+        err.to_string().contains("`hsm` is not a known backend"),
+        "{err}"
+    );
     for name in ["aws_kms", "gcp_kms", "azure_kv", "vault"] {
         let err = key_wrapper_from_vars(vars(&[(ENV_KMS, name)])).expect_err("unbuilt");
         assert_eq!(err.kind(), ErrorKind::Config);

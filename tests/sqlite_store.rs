@@ -7,19 +7,29 @@ use rusqlite::Connection;
 use strongroom::conformance::sample_record;
 use strongroom::{
     Batch, CredentialRecord, ErrorKind, ExposeSecret, KeyRing, LocalKey, Mutation, Precondition,
-    Scope, SqliteStore, StoreErrorKind, Store,
+    Scope, SqliteStore, Store, StoreErrorKind,
 };
 
 fn canary(i: usize) -> String {
     format!("CANARY-sk-live-{i:04}-8d1f0c2b9e7a")
 }
 
-async fn filled(dir: &std::path::Path, ring: &KeyRing, n: usize) -> (SqliteStore, Vec<CredentialRecord>) {
+async fn filled(
+    dir: &std::path::Path,
+    ring: &KeyRing,
+    n: usize,
+) -> (SqliteStore, Vec<CredentialRecord>) {
     let store = SqliteStore::open(dir.join("vault.db")).expect("open");
     let mut records = Vec::new();
     for i in 0..n {
-        let mut r = sample_record(&format!("cred{i}"), Scope::per_user("alice").expect("scope"));
-        let sealed = ring.seal(canary(i).as_bytes(), &r.identity()).await.expect("seal");
+        let mut r = sample_record(
+            &format!("cred{i}"),
+            Scope::per_user("alice").expect("scope"),
+        );
+        let sealed = ring
+            .seal(canary(i).as_bytes(), &r.identity())
+            .await
+            .expect("seal");
         r.sealed = sealed.bytes;
         r.key_id = sealed.key_id;
         store
@@ -54,12 +64,17 @@ async fn no_plaintext_reaches_the_database_file() {
         let got = store.get(&r.id).await.expect("get").expect("present");
         let plain = ring.open(&got.sealed, &got.identity()).await.expect("open");
         assert!(plain.expose_secret().starts_with(b"CANARY"));
-        assert!(!format!("{got:?}").contains("CANARY"), "Debug of a record shows no secret");
+        assert!(
+            !format!("{got:?}").contains("CANARY"),
+            "Debug of a record shows no secret"
+        );
     }
     let scan = || {
         for entry in std::fs::read_dir(dir.path()).expect("dir") {
             let path = entry.expect("entry").path();
-            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
             assert!(
                 !bytes.windows(6).any(|w| w == b"CANARY"),
                 "{} contains a plaintext canary",
@@ -85,28 +100,61 @@ async fn a_corrupt_row_fails_alone_and_the_others_still_open() {
         [records[1].id.as_str()],
     )
     .expect("tamper");
-    conn.execute("UPDATE credentials SET sealed = substr(sealed, 1, 30) WHERE id = ?1", [records[2].id.as_str()])
-        .expect("tamper");
-    conn.execute("UPDATE credentials SET metadata = '{oops' WHERE id = ?1", [records[3].id.as_str()])
-        .expect("tamper");
-    conn.execute("UPDATE credentials SET state = 'haunted' WHERE id = ?1", [records[4].id.as_str()])
-        .expect("tamper");
+    conn.execute(
+        "UPDATE credentials SET sealed = substr(sealed, 1, 30) WHERE id = ?1",
+        [records[2].id.as_str()],
+    )
+    .expect("tamper");
+    conn.execute(
+        "UPDATE credentials SET metadata = '{oops' WHERE id = ?1",
+        [records[3].id.as_str()],
+    )
+    .expect("tamper");
+    conn.execute(
+        "UPDATE credentials SET state = 'haunted' WHERE id = ?1",
+        [records[4].id.as_str()],
+    )
+    .expect("tamper");
 
-    let got = store.get(&records[1].id).await.expect("get").expect("present");
-    let err = ring.open(&got.sealed, &got.identity()).await.expect_err("flipped byte");
+    let got = store
+        .get(&records[1].id)
+        .await
+        .expect("get")
+        .expect("present");
+    let err = ring
+        .open(&got.sealed, &got.identity())
+        .await
+        .expect_err("flipped byte");
     assert_eq!(err.kind(), ErrorKind::DecryptFailed);
     assert!(err.to_string().contains(records[1].id.as_str()), "{err}");
-    let got = store.get(&records[2].id).await.expect("get").expect("present");
-    let err = ring.open(&got.sealed, &got.identity()).await.expect_err("cut short");
+    let got = store
+        .get(&records[2].id)
+        .await
+        .expect("get")
+        .expect("present");
+    let err = ring
+        .open(&got.sealed, &got.identity())
+        .await
+        .expect_err("cut short");
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     for r in &records[3..5] {
         let err = store.get(&r.id).await.expect_err("undecodable row");
         assert_eq!(err.kind(), ErrorKind::Corrupt);
-        assert!(err.to_string().contains(r.id.as_str()), "names the row: {err}");
+        assert!(
+            err.to_string().contains(r.id.as_str()),
+            "names the row: {err}"
+        );
     }
     for i in [0, 5] {
-        let got = store.get(&records[i].id).await.expect("get").expect("present");
-        let plain = ring.open(&got.sealed, &got.identity()).await.expect("the others open");
+        let got = store
+            .get(&records[i].id)
+            .await
+            .expect("get")
+            .expect("present");
+        let plain = ring
+            .open(&got.sealed, &got.identity())
+            .await
+            .expect("the others open");
         assert_eq!(plain.expose_secret(), canary(i).as_bytes());
     }
     // A corrupt row can still be deleted by id, so an operator can clear it.
@@ -130,14 +178,20 @@ async fn the_wrong_master_key_loses_nothing() {
     let wrong = ring();
     for r in &records {
         let got = store.get(&r.id).await.expect("get").expect("present");
-        let err = wrong.open(&got.sealed, &got.identity()).await.expect_err("wrong key");
+        let err = wrong
+            .open(&got.sealed, &got.identity())
+            .await
+            .expect_err("wrong key");
         assert_eq!(err.kind(), ErrorKind::KeyUnavailable);
     }
     drop(store);
     let store = SqliteStore::open(dir.path().join("vault.db")).expect("reopen");
     for (i, r) in records.iter().enumerate() {
         let got = store.get(&r.id).await.expect("get").expect("present");
-        let plain = right.open(&got.sealed, &got.identity()).await.expect("right key opens");
+        let plain = right
+            .open(&got.sealed, &got.identity())
+            .await
+            .expect("right key opens");
         assert_eq!(plain.expose_secret(), canary(i).as_bytes());
     }
 }
@@ -154,7 +208,11 @@ async fn a_file_that_is_not_a_database_is_a_clear_error_and_is_left_alone() {
         other => panic!("expected a store error, got {other:?}"),
     }
     assert!(err.to_string().contains("notes.db"), "{err}");
-    assert_eq!(std::fs::read(&path).expect("read"), content, "the file is untouched");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        content,
+        "the file is untouched"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +226,10 @@ async fn a_newer_schema_is_refused_with_advice() {
         .expect("bump");
     let err = SqliteStore::open(&path).expect_err("too new");
     let msg = err.to_string();
-    assert!(msg.contains("schema version 99") && msg.contains("upgrade strongroom"), "{msg}");
+    assert!(
+        msg.contains("schema version 99") && msg.contains("upgrade strongroom"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +238,9 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
     let path = dir.path().join("w.db");
     let _store = SqliteStore::open(&path).expect("create");
     let conn = Connection::open(&path).expect("open");
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("pragma");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("pragma");
     assert_eq!(mode, "wal");
     let version: i64 = conn
         .query_row("SELECT version FROM strongroom_schema", [], |r| r.get(0))

@@ -9,9 +9,8 @@
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
-use hmac::{Hmac, Mac};
 use secrecy::SecretBox;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -161,13 +160,14 @@ pub fn data_aad(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
     out
 }
 
-/// The key commitment: HMAC-SHA256(key = DEK, "strongroom/commit/v1" || nonce).
+/// The key commitment: `SHA-256("strongroom/commit/v1" || DEK || nonce)`.
 pub fn commitment(dek: &DataKey, nonce: &[u8; NONCE_LEN]) -> [u8; COMMITMENT_LEN] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(dek.expose_secret())
-        .expect("HMAC accepts any key length");
-    mac.update(COMMIT_LABEL);
-    mac.update(nonce);
-    mac.finalize().into_bytes().into()
+    Sha256::new()
+        .chain_update(COMMIT_LABEL)
+        .chain_update(dek.expose_secret())
+        .chain_update(nonce)
+        .finalize()
+        .into()
 }
 
 /// The wrapped-DEK section: `len(key id) | key id | backend bytes`.
@@ -228,10 +228,20 @@ pub async fn seal(
     plaintext: &[u8],
     id: &RecordIdentity<'_>,
 ) -> Result<Sealed> {
-    let dek = DataKey::generate()?;
+    // One draw from the OS for both the data key and the nonce (each draw is a syscall).
+    let mut random = zeroize::Zeroizing::new([0u8; 32 + NONCE_LEN]);
+    fill_random(random.as_mut())?;
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&random[..32]);
+    let dek = DataKey::from_bytes(key);
+    key.zeroize();
     let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
-    let header3 = [FORMAT_VERSION, FLAG_KEY_COMMITTED, wrapper.backend_id().to_byte()];
+    nonce.copy_from_slice(&random[32..]);
+    let header3 = [
+        FORMAT_VERSION,
+        FLAG_KEY_COMMITTED,
+        wrapper.backend_id().to_byte(),
+    ];
     let wrapped = wrapper.wrap(&dek, &wrap_aad(header3, id)).await?;
     let key_id = wrapper.key_id();
     let bytes = assemble(header3, key_id, &wrapped, &dek, &nonce, plaintext, id)?;
@@ -337,7 +347,6 @@ mod known_answers {
         owner: String,
         version: u64,
         dek_hex: String,
-        wrap_nonce_hex: String,
         nonce_hex: String,
         plaintext_hex: String,
         blob_hex: String,
@@ -366,10 +375,12 @@ mod known_answers {
             version: v.version,
         };
         let dek = DataKey::from_bytes(arr::<32>(&v.dek_hex));
-        let header3 = [FORMAT_VERSION, FLAG_KEY_COMMITTED, BackendId::Local.to_byte()];
-        let wrapped = master
-            .wrap_with_nonce(&dek, &wrap_aad(header3, &id), &arr::<12>(&v.wrap_nonce_hex))
-            .expect("wrap");
+        let header3 = [
+            FORMAT_VERSION,
+            FLAG_KEY_COMMITTED,
+            BackendId::Local.to_byte(),
+        ];
+        let wrapped = master.wrap_sync(&dek, &wrap_aad(header3, &id)).expect("wrap");
         let plaintext = hex::decode(&v.plaintext_hex).expect("hex");
         let blob = assemble(
             header3,
@@ -384,7 +395,10 @@ mod known_answers {
         hex::encode(blob)
     }
 
-    const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/envelope_vectors.json");
+    const PATH: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/envelope_vectors.json"
+    );
 
     #[test]
     fn encoder_reproduces_the_known_answer_vectors() {
@@ -405,7 +419,14 @@ mod known_answers {
         let master = LocalKey::from_bytes(&arr::<32>(master_hex), "vector");
         let key_id = crate::crypto::KeyWrapper::key_id(&master).to_string();
         let cases: [(&str, &str, &str, &str, u64, Vec<u8>); 4] = [
-            ("empty payload, system_wide", "cred-0001", "system_wide", "", 1, vec![]),
+            (
+                "empty payload, system_wide",
+                "cred-0001",
+                "system_wide",
+                "",
+                1,
+                vec![],
+            ),
             (
                 "64-byte secret, per_user",
                 "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
@@ -422,7 +443,14 @@ mod known_answers {
                 42,
                 br#"{"api_key":"sk_live_51Hxyz","webhook_secret":"whsec_\u00e9t\u00e9"}"#.to_vec(),
             ),
-            ("binary payload, per_agent", "cred-0004", "per_agent", "agent-7", u64::MAX, (0..=255u8).collect()),
+            (
+                "binary payload, per_agent",
+                "cred-0004",
+                "per_agent",
+                "agent-7",
+                u64::MAX,
+                (0..=255u8).collect(),
+            ),
         ];
         let vectors = cases
             .into_iter()
@@ -438,7 +466,6 @@ mod known_answers {
                     owner: owner.into(),
                     version,
                     dek_hex: hex::encode([0xA0 + b; 32]),
-                    wrap_nonce_hex: hex::encode([0xB0 + b; 12]),
                     nonce_hex: hex::encode([0xC0 + b; 12]),
                     plaintext_hex: hex::encode(plaintext),
                     blob_hex: String::new(),
@@ -449,11 +476,14 @@ mod known_answers {
             .collect();
         let doc = Vectors {
             description: "strongroom envelope format v1 known-answer vectors; see docs/FORMAT.md. \
-                          dek, wrap_nonce and nonce are the random values the encoder drew."
+                          dek and nonce are the random values the encoder drew."
                 .into(),
             vectors,
         };
-        std::fs::write(PATH, serde_json::to_string_pretty(&doc).expect("json") + "\n")
-            .expect("write vectors");
+        std::fs::write(
+            PATH,
+            serde_json::to_string_pretty(&doc).expect("json") + "\n",
+        )
+        .expect("write vectors");
     }
 }

@@ -92,7 +92,11 @@ impl KeyRing {
 
     /// Re-wraps one blob's data key under the active key without touching its payload.
     /// Returns `None` when it is already wrapped by the active key.
-    pub async fn rewrap_blob(&self, blob: &[u8], id: &RecordIdentity<'_>) -> Result<Option<Sealed>> {
+    pub async fn rewrap_blob(
+        &self,
+        blob: &[u8],
+        id: &RecordIdentity<'_>,
+    ) -> Result<Option<Sealed>> {
         let parsed = envelope::parse(blob, &|| envelope::describe(id))?;
         if parsed.key_id == self.active.key_id() {
             return Ok(None);
@@ -139,7 +143,8 @@ impl KeyRing {
             let mut mutations = Vec::with_capacity(records.len());
             let mut from_keys: Vec<String> = Vec::new();
             for mut record in records {
-                let Some(sealed) = self.rewrap_blob(&record.sealed, &record.identity()).await? else {
+                let Some(sealed) = self.rewrap_blob(&record.sealed, &record.identity()).await?
+                else {
                     continue;
                 };
                 if !from_keys.contains(&record.key_id) {

@@ -10,6 +10,7 @@ use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use async_trait::async_trait;
 use base64::Engine;
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -26,17 +27,24 @@ pub const ENV_HOME: &str = "STRONGROOM_HOME";
 
 const KEY_ID_LABEL: &[u8] = b"strongroom/key-id/v1";
 const HKDF_SALT: &[u8] = b"strongroom/derive/v1";
+/// HKDF info for the key that derives local wrap nonces.
+const WRAP_NONCE_INFO: &[u8] = b"strongroom local wrap nonce v1";
 const WRAP_NONCE_LEN: usize = 12;
 const WRAPPED_LEN: usize = WRAP_NONCE_LEN + 32 + 16;
 
-/// A local 256-bit master key. Wraps data keys with AES-256-GCM under a random nonce,
-/// authenticating the record's associated data. Its id is a fingerprint of the key
-/// (`local:` and 16 hex digits), so the same key has the same id wherever it is loaded from.
+/// A local 256-bit master key. Wraps data keys with AES-256-GCM, authenticating the
+/// record's associated data, under a synthetic nonce
+/// `HMAC-SHA256(nonce key, aad || DEK)[..12]` (the SIV construction: distinct inputs get
+/// distinct nonces without a random draw, and a repeated input only repeats its own output).
+/// Its id is a fingerprint of the key (`local:` and 16 hex digits), so the same key has the
+/// same id wherever it is loaded from.
 pub struct LocalKey {
     key_id: String,
     source: String,
     cipher: Aes256Gcm,
     derive: Hkdf<Sha256>,
+    /// HMAC keyed with the nonce key, cloned per wrap so the key pads are hashed once.
+    nonce_mac: Hmac<Sha256>,
 }
 
 impl fmt::Debug for LocalKey {
@@ -55,11 +63,19 @@ impl LocalKey {
             .chain_update(KEY_ID_LABEL)
             .chain_update(bytes)
             .finalize();
+        let derive = Hkdf::<Sha256>::new(Some(HKDF_SALT), bytes);
+        let mut nonce_key = Zeroizing::new([0u8; 32]);
+        derive
+            .expand(WRAP_NONCE_INFO, nonce_key.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let nonce_mac = <Hmac<Sha256> as Mac>::new_from_slice(nonce_key.as_ref())
+            .expect("HMAC takes any key length");
         LocalKey {
             key_id: format!("local:{}", hex::encode(&digest[..8])),
             source: source.into(),
             cipher: Aes256Gcm::new(bytes.into()),
-            derive: Hkdf::<Sha256>::new(Some(HKDF_SALT), bytes),
+            derive,
+            nonce_mac,
         }
     }
 
@@ -130,20 +146,20 @@ impl LocalKey {
         &self.source
     }
 
-    /// Wraps with a given nonce; [`KeyWrapper::wrap`] draws a random one. Used by the
-    /// known-answer tests.
-    pub(crate) fn wrap_with_nonce(
-        &self,
-        dek: &DataKey,
-        aad: &[u8],
-        nonce: &[u8; WRAP_NONCE_LEN],
-    ) -> Result<Vec<u8>> {
+    /// Wraps `dek` for `aad` (what [`KeyWrapper::wrap`] does, without the future): the
+    /// output is `nonce(12) || ciphertext(32) || tag(16)`.
+    pub(crate) fn wrap_sync(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
+        let mut mac = self.nonce_mac.clone();
+        mac.update(aad);
+        mac.update(dek.expose_secret());
+        let digest = mac.finalize().into_bytes();
         let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.extend_from_slice(nonce);
+        out.extend_from_slice(&digest[..WRAP_NONCE_LEN]);
         out.extend_from_slice(dek.expose_secret());
+        let (nonce, key) = out.split_at_mut(WRAP_NONCE_LEN);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut out[WRAP_NONCE_LEN..])
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, key)
             .map_err(|_| Error::invalid("data key", "could not be wrapped"))?;
         out.extend_from_slice(&tag);
         Ok(out)
@@ -206,7 +222,9 @@ fn create_key_file(path: &Path) -> Result<LocalKey> {
             LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
         }
         // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => LocalKey::load_or_create_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            LocalKey::load_or_create_file(path)
+        }
         Err(e) => Err(Error::io(path.display(), e)),
     }
 }
@@ -222,9 +240,7 @@ impl KeyWrapper for LocalKey {
     }
 
     async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; WRAP_NONCE_LEN];
-        fill_random(&mut nonce)?;
-        self.wrap_with_nonce(dek, aad, &nonce)
+        self.wrap_sync(dek, aad)
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
@@ -272,7 +288,9 @@ pub fn key_wrapper_from_env() -> Result<Arc<dyn KeyWrapper>> {
 /// - `file` reads `$STRONGROOM_HOME/master.key` (home `~/.strongroom` by default), creating
 ///   it with mode 0600 on first use.
 pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn KeyWrapper>> {
-    let master = var(ENV_MASTER_KEY).filter(|v| !v.is_empty()).map(Zeroizing::new);
+    let master = var(ENV_MASTER_KEY)
+        .filter(|v| !v.is_empty())
+        .map(Zeroizing::new);
     let selected = var(ENV_KMS)
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty());

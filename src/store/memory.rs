@@ -31,7 +31,11 @@ fn name_key(record: &CredentialRecord) -> NameKey {
 
 impl State {
     /// Sets `id` to `value`, keeping the name index in step; returns the old value.
-    fn set(&mut self, id: &CredentialId, value: Option<CredentialRecord>) -> Option<CredentialRecord> {
+    fn set(
+        &mut self,
+        id: &CredentialId,
+        value: Option<CredentialRecord>,
+    ) -> Option<CredentialRecord> {
         let old = match value {
             Some(record) => {
                 self.names.insert(name_key(&record), id.clone());
@@ -49,7 +53,11 @@ impl State {
         old
     }
 
-    fn apply(&mut self, mutation: Mutation, undo: &mut Vec<(CredentialId, Option<CredentialRecord>)>) -> Result<()> {
+    fn apply(
+        &mut self,
+        mutation: Mutation,
+        undo: &mut Vec<(CredentialId, Option<CredentialRecord>)>,
+    ) -> Result<()> {
         match mutation {
             Mutation::Put {
                 record,
@@ -60,7 +68,10 @@ impl State {
                 if let Some(other) = self.names.get(&name_key(&record)) {
                     if *other != record.id {
                         return Err(Error::AlreadyExists {
-                            what: format!("a credential named `{}` in {}", record.name, record.scope),
+                            what: format!(
+                                "a credential named `{}` in {}",
+                                record.name, record.scope
+                            ),
                         });
                     }
                 }
@@ -165,9 +176,10 @@ impl Store for MemoryStore {
         let state = self.lock();
         let limit = filter.limit.unwrap_or(usize::MAX);
         let range = match &filter.after_id {
-            Some(after) => state
-                .credentials
-                .range((std::ops::Bound::Excluded(after.clone()), std::ops::Bound::Unbounded)),
+            Some(after) => state.credentials.range((
+                std::ops::Bound::Excluded(after.clone()),
+                std::ops::Bound::Unbounded,
+            )),
             None => state.credentials.range(..),
         };
         Ok(range
@@ -181,11 +193,7 @@ impl Store for MemoryStore {
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let state = self.lock();
         let start = state.audit.partition_point(|r| r.seq < from);
-        Ok(state.audit[start..]
-            .iter()
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(state.audit[start..].iter().take(limit).cloned().collect())
     }
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {

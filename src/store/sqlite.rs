@@ -127,7 +127,9 @@ fn sql_error(context: &str, e: rusqlite::Error) -> Error {
         _ => StoreErrorKind::Other,
     };
     let hint = match kind {
-        StoreErrorKind::Schema => " (the file is not a strongroom SQLite database, or it is damaged)",
+        StoreErrorKind::Schema => {
+            " (the file is not a strongroom SQLite database, or it is damaged)"
+        }
         StoreErrorKind::Busy => " (another process holds the database lock; retry)",
         _ => "",
     };
@@ -159,9 +161,10 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
             }
         }
-        let mut conn = Connection::open(&path)
-            .map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
-        configure(&conn, &options).map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
+        let mut conn =
+            Connection::open(&path).map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
+        configure(&conn, &options)
+            .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
         migrate(&mut conn, &shown)?;
         let head = load_head(&conn).map_err(|e| sql_error("cannot read the audit head", e))?;
         let (tx, rx) = mpsc::channel::<Request>();
@@ -204,11 +207,7 @@ impl SqliteStore {
 
 impl Inner {
     fn take_reader(&self) -> Result<Connection> {
-        let pooled = self
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(conn) = pooled {
             return Ok(conn);
         }
@@ -254,7 +253,9 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<()> {
     tx.execute_batch("CREATE TABLE IF NOT EXISTS strongroom_schema (version INTEGER NOT NULL)")
         .map_err(fail("cannot create the schema version table"))?;
     let current: Option<i64> = tx
-        .query_row("SELECT max(version) FROM strongroom_schema", [], |r| r.get(0))
+        .query_row("SELECT max(version) FROM strongroom_schema", [], |r| {
+            r.get(0)
+        })
         .map_err(fail("cannot read the schema version"))?;
     let current = current.unwrap_or(0) as usize;
     if current > MIGRATIONS.len() {
@@ -271,10 +272,16 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<()> {
         tx.execute_batch(sql)
             .map_err(fail(&format!("schema migration {} failed", i + 1)))?;
         tx.execute("DELETE FROM strongroom_schema", [])
-            .and_then(|_| tx.execute("INSERT INTO strongroom_schema (version) VALUES (?1)", [i as i64 + 1]))
+            .and_then(|_| {
+                tx.execute(
+                    "INSERT INTO strongroom_schema (version) VALUES (?1)",
+                    [i as i64 + 1],
+                )
+            })
             .map_err(fail("cannot record the schema version"))?;
     }
-    tx.commit().map_err(fail("cannot commit the schema migration"))
+    tx.commit()
+        .map_err(fail("cannot commit the schema migration"))
 }
 
 fn load_head(conn: &Connection) -> rusqlite::Result<Option<ChainHead>> {
@@ -322,14 +329,18 @@ fn writer_loop(
 
 fn run_group(conn: &mut Connection, head: &mut Option<ChainHead>, group: &mut Vec<Request>) {
     let start_head = *head;
-    let mut results: Vec<(oneshot::Sender<Result<CommitReceipt>>, Result<CommitReceipt>)> =
-        Vec::with_capacity(group.len());
+    let mut results: Vec<(
+        oneshot::Sender<Result<CommitReceipt>>,
+        Result<CommitReceipt>,
+    )> = Vec::with_capacity(group.len());
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let message = format!("cannot start a write transaction: {e}");
             for req in group.drain(..) {
-                let _ = req.reply.send(Err(Error::store(StoreErrorKind::Busy, message.clone())));
+                let _ = req
+                    .reply
+                    .send(Err(Error::store(StoreErrorKind::Busy, message.clone())));
             }
             return;
         }
@@ -365,16 +376,18 @@ fn run_group(conn: &mut Connection, head: &mut Option<ChainHead>, group: &mut Ve
             *head = load_head(conn).unwrap_or(start_head);
             let message = format!("commit failed, nothing was written: {e}");
             for (reply, outcome) in results {
-                let _ = reply.send(outcome.and(Err(Error::store(
-                    StoreErrorKind::Other,
-                    message.clone(),
-                ))));
+                let _ = reply
+                    .send(outcome.and(Err(Error::store(StoreErrorKind::Other, message.clone()))));
             }
         }
     }
 }
 
-fn apply_batch(conn: &Connection, batch: Batch, head: &mut Option<ChainHead>) -> Result<CommitReceipt> {
+fn apply_batch(
+    conn: &Connection,
+    batch: Batch,
+    head: &mut Option<ChainHead>,
+) -> Result<CommitReceipt> {
     for mutation in batch.mutations {
         apply_mutation(conn, mutation)?;
     }
@@ -497,7 +510,10 @@ impl Cols<'_, '_> {
         match self.row.get_ref(i) {
             Ok(ValueRef::Text(t)) => String::from_utf8(t.to_vec())
                 .map_err(|_| format!("column `{name}` is not valid UTF-8")),
-            Ok(other) => Err(format!("column `{name}` holds {:?}, not text", other.data_type())),
+            Ok(other) => Err(format!(
+                "column `{name}` holds {:?}, not text",
+                other.data_type()
+            )),
             Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
         }
     }
@@ -505,7 +521,10 @@ impl Cols<'_, '_> {
     fn int(&self, i: usize, name: &str) -> std::result::Result<i64, String> {
         match self.row.get_ref(i) {
             Ok(ValueRef::Integer(v)) => Ok(v),
-            Ok(other) => Err(format!("column `{name}` holds {:?}, not an integer", other.data_type())),
+            Ok(other) => Err(format!(
+                "column `{name}` holds {:?}, not an integer",
+                other.data_type()
+            )),
             Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
         }
     }
@@ -514,7 +533,10 @@ impl Cols<'_, '_> {
     fn bytes(&self, i: usize, name: &str) -> std::result::Result<Vec<u8>, String> {
         match self.row.get_ref(i) {
             Ok(ValueRef::Blob(b)) | Ok(ValueRef::Text(b)) => Ok(b.to_vec()),
-            Ok(other) => Err(format!("column `{name}` holds {:?}, not bytes", other.data_type())),
+            Ok(other) => Err(format!(
+                "column `{name}` holds {:?}, not bytes",
+                other.data_type()
+            )),
             Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
         }
     }
@@ -524,7 +546,9 @@ impl Cols<'_, '_> {
 /// one bad row never hides the others.
 fn decode_credential(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CredentialRecord>> {
     let c = Cols { row };
-    let id = c.text(0, "id").unwrap_or_else(|_| "<unreadable id>".to_string());
+    let id = c
+        .text(0, "id")
+        .unwrap_or_else(|_| "<unreadable id>".to_string());
     let what = || format!("credential row {id}");
     let decode = || -> std::result::Result<CredentialRecord, String> {
         let scope_kind = c.text(2, "scope_kind")?;
@@ -532,7 +556,8 @@ fn decode_credential(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Credent
         let scope = ScopeKind::parse(&scope_kind)
             .and_then(|k| Scope::from_parts(k, &owner))
             .map_err(|e| format!("bad scope: {e}"))?;
-        let state = LifecycleState::parse(&c.text(6, "state")?).map_err(|e| format!("bad state: {e}"))?;
+        let state =
+            LifecycleState::parse(&c.text(6, "state")?).map_err(|e| format!("bad state: {e}"))?;
         let metadata: BTreeMap<String, String> = serde_json::from_str(&c.text(7, "metadata")?)
             .map_err(|e| format!("metadata is not a JSON object of strings: {e}"))?;
         Ok(CredentialRecord {
@@ -544,7 +569,8 @@ fn decode_credential(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Credent
             state,
             metadata,
             agent_accessible: c.int(8, "agent_accessible")? != 0,
-            version: u64::try_from(c.int(9, "version")?).map_err(|_| "negative version".to_string())?,
+            version: u64::try_from(c.int(9, "version")?)
+                .map_err(|_| "negative version".to_string())?,
             created_at: Timestamp(c.int(10, "created_at")?),
             updated_at: Timestamp(c.int(11, "updated_at")?),
             key_id: c.text(12, "key_id")?,
@@ -599,7 +625,9 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(&format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"))
+                .prepare_cached(&format!(
+                    "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"
+                ))
                 .map_err(|e| sql_error("cannot prepare a credential read", e))?;
             match stmt
                 .query_row([id.as_str()], decode_credential)
@@ -676,7 +704,13 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| sql_error("cannot prepare an audit read", e))?;
             let rows = stmt
-                .query_map(params![from.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64], decode_audit)
+                .query_map(
+                    params![
+                        from.min(i64::MAX as u64) as i64,
+                        limit.min(i64::MAX as usize) as i64
+                    ],
+                    decode_audit,
+                )
                 .map_err(|e| sql_error("cannot read the audit log", e))?;
             let mut out = Vec::with_capacity(limit.min(16_384));
             for row in rows {
