@@ -109,6 +109,35 @@ impl AuditTarget {
         )
     }
 
+    /// Checks stored columns the way [`AuditTarget::from_columns`] does, without building
+    /// anything (for stores that hash rows straight from their columns).
+    pub fn check_columns(credential_id: &str, scope_kind: &str, owner: &str) -> Result<()> {
+        if !credential_id.is_empty() {
+            crate::model::validate_id("credential id", credential_id)?;
+        }
+        if scope_kind.is_empty() {
+            return Ok(());
+        }
+        match crate::model::ScopeKind::parse(scope_kind)? {
+            crate::model::ScopeKind::SystemWide if owner.is_empty() => Ok(()),
+            crate::model::ScopeKind::SystemWide => Err(Error::invalid(
+                "scope owner",
+                "a system_wide scope has no owner",
+            )),
+            crate::model::ScopeKind::PerAppPerUser => match owner.split_once('/') {
+                Some((app, user)) => {
+                    crate::model::validate_id("app id", app)?;
+                    crate::model::validate_id("user id", user)
+                }
+                None => Err(Error::invalid(
+                    "scope owner",
+                    "a per_app_per_user owner is written `app/user`",
+                )),
+            },
+            _ => crate::model::validate_id("scope owner", owner),
+        }
+    }
+
     /// Rebuilds a target from its stored columns.
     pub fn from_columns(credential_id: &str, scope_kind: &str, owner: &str) -> Result<AuditTarget> {
         let credential_id = if credential_id.is_empty() {
@@ -224,9 +253,122 @@ impl ChainHead {
     }
 }
 
-fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
+/// Where canonical bytes go: a buffer (to show them) or a hasher (to hash them in place).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_lp(&mut self, text: &str) {
+        self.put(&(text.len() as u32).to_be_bytes());
+        self.put(text.as_bytes());
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+/// A row's fields exactly as the canonical encoding reads them, borrowed. Stores use it to
+/// hash rows straight from their columns; `details` must be in ascending byte order of keys.
+#[derive(Debug, Clone, Copy)]
+pub struct CanonicalRow<'a, D> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+    /// Actor.
+    pub actor: &'a str,
+    /// Action.
+    pub action: &'a str,
+    /// Credential id or `""`.
+    pub credential_id: &'a str,
+    /// Scope kind or `""`.
+    pub scope_kind: &'a str,
+    /// Owner or `""`.
+    pub owner: &'a str,
+    /// Outcome text.
+    pub outcome: &'a str,
+    /// Details, sorted by key.
+    pub details: D,
+}
+
+impl<'a, D> CanonicalRow<'a, D>
+where
+    D: ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    fn encode(&self, sink: &mut impl Sink) {
+        sink.put(CANONICAL_LABEL);
+        sink.put(&self.seq.to_be_bytes());
+        sink.put(&self.time.to_be_bytes());
+        for field in [
+            self.actor,
+            self.action,
+            self.credential_id,
+            self.scope_kind,
+            self.owner,
+            self.outcome,
+        ] {
+            sink.put_lp(field);
+        }
+        sink.put(&(self.details.len() as u32).to_be_bytes());
+        for (k, v) in self.details.clone() {
+            sink.put_lp(k);
+            sink.put_lp(v);
+        }
+    }
+
+    /// The canonical encoding as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        self.encode(&mut out);
+        out
+    }
+
+    /// `SHA-256(prev_hash || canonical encoding)`.
+    pub fn hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(prev_hash);
+        self.encode(&mut hasher);
+        hasher.finalize().into()
+    }
+}
+
+fn event_owner(event: &AuditEvent) -> String {
+    event.target.scope.as_ref().map(Scope::owner).unwrap_or_default()
+}
+
+fn canonical_row<'a>(
+    seq: u64,
+    event: &'a AuditEvent,
+    owner: &'a str,
+) -> CanonicalRow<'a, impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone + 'a> {
+    CanonicalRow {
+        seq,
+        time: event.time.0,
+        actor: &event.actor,
+        action: &event.action,
+        credential_id: event
+            .target
+            .credential_id
+            .as_ref()
+            .map(|c| c.as_str())
+            .unwrap_or(""),
+        scope_kind: event
+            .target
+            .scope
+            .as_ref()
+            .map(|s| s.kind().as_str())
+            .unwrap_or(""),
+        owner,
+        outcome: event.outcome.as_str(),
+        details: event.details.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    }
 }
 
 /// The canonical encoding of a row (see `docs/AUDIT.md`): the label, `seq` (u64 BE), time
@@ -234,38 +376,83 @@ fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
 /// owner, outcome, then the detail count (u32 BE) and each key and value length-prefixed,
 /// in byte order of the keys.
 pub fn canonical_encoding(seq: u64, event: &AuditEvent) -> Vec<u8> {
-    let (credential_id, scope_kind, owner) = event.target.columns();
-    let mut out = Vec::with_capacity(
-        64 + event.actor.len()
-            + event.action.len()
-            + credential_id.len()
-            + owner.len()
-            + event.details.len() * 24,
-    );
-    out.extend_from_slice(CANONICAL_LABEL);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&event.time.0.to_be_bytes());
-    push_lp(&mut out, event.actor.as_bytes());
-    push_lp(&mut out, event.action.as_bytes());
-    push_lp(&mut out, credential_id.as_bytes());
-    push_lp(&mut out, scope_kind.as_bytes());
-    push_lp(&mut out, owner.as_bytes());
-    push_lp(&mut out, event.outcome.as_str().as_bytes());
-    out.extend_from_slice(&(event.details.len() as u32).to_be_bytes());
-    for (k, v) in &event.details {
-        push_lp(&mut out, k.as_bytes());
-        push_lp(&mut out, v.as_bytes());
-    }
-    out
+    let owner = event_owner(event);
+    let bytes = canonical_row(seq, event, &owner).to_bytes();
+    bytes
 }
 
 /// `SHA-256(prev_hash || canonical_encoding(seq, event))`.
 pub fn chain_hash(prev_hash: &[u8; 32], seq: u64, event: &AuditEvent) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(prev_hash)
-        .chain_update(canonical_encoding(seq, event))
-        .finalize()
-        .into()
+    let owner = event_owner(event);
+    let hash = canonical_row(seq, event, &owner).hash(prev_hash);
+    hash
+}
+
+/// What chain verification needs of one row: its number, its stored links, and the hash
+/// recomputed from its contents (or why its contents cannot be decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDigest {
+    /// Sequence number.
+    pub seq: u64,
+    /// The stored `prev_hash`.
+    pub prev_hash: [u8; 32],
+    /// The stored `hash`.
+    pub hash: [u8; 32],
+    /// `SHA-256(stored prev_hash || canonical(contents))`, or why the row does not decode.
+    pub computed: std::result::Result<[u8; 32], String>,
+}
+
+impl AuditDigest {
+    /// The digest of a decoded row.
+    pub fn of(record: &AuditRecord) -> AuditDigest {
+        AuditDigest {
+            seq: record.seq,
+            prev_hash: record.prev_hash,
+            hash: record.hash,
+            computed: Ok(chain_hash(&record.prev_hash, record.seq, &record.event)),
+        }
+    }
+}
+
+/// The default [`Store::audit_digests`]: reads rows with [`Store::audit_range`] and hashes
+/// them. A row the store cannot decode ends the page as an undecodable digest.
+pub async fn digests_from_records<S: Store + ?Sized>(
+    store: &S,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<AuditDigest>> {
+    match store.audit_range(from, limit).await {
+        Ok(rows) => Ok(rows.iter().map(AuditDigest::of).collect()),
+        Err(Error::CorruptAuditRow { seq, reason }) if seq >= from => {
+            // Read the good rows before it. Rows may be missing below `seq`, so their count
+            // is unknown: find the largest limit that stops short of the bad row.
+            let (mut lo, mut hi) = (0usize, ((seq - from) as usize).min(limit));
+            let mut best = Vec::new();
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                match store.audit_range(from, mid).await {
+                    Ok(rows) => {
+                        best = rows;
+                        lo = mid;
+                    }
+                    Err(Error::CorruptAuditRow { .. }) => hi = mid - 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            if best.len() != lo {
+                best = store.audit_range(from, lo).await?;
+            }
+            let mut out: Vec<AuditDigest> = best.iter().map(AuditDigest::of).collect();
+            out.push(AuditDigest {
+                seq,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+                computed: Err(reason),
+            });
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What is wrong with a chain.
@@ -353,7 +540,7 @@ impl Verifier {
         }
     }
 
-    fn check(&mut self, row: &AuditRecord) -> Option<ChainProblem> {
+    fn check(&mut self, row: &AuditDigest) -> Option<ChainProblem> {
         let seq = self.expected_seq;
         if row.seq != seq {
             let (kind, detail) = if row.seq > seq {
@@ -369,6 +556,16 @@ impl Verifier {
             };
             return Some(ChainProblem { seq, kind, detail });
         }
+        let computed = match &row.computed {
+            Ok(hash) => hash,
+            Err(reason) => {
+                return Some(ChainProblem {
+                    seq,
+                    kind: ProblemKind::Undecodable,
+                    detail: format!("row {seq} cannot be decoded (it was edited): {reason}"),
+                })
+            }
+        };
         if row.prev_hash != self.prev_hash {
             return Some(ChainProblem {
                 seq,
@@ -379,7 +576,7 @@ impl Verifier {
                 ),
             });
         }
-        if chain_hash(&row.prev_hash, row.seq, &row.event) != row.hash {
+        if *computed != row.hash {
             return Some(ChainProblem {
                 seq,
                 kind: ProblemKind::HashMismatch,
@@ -410,37 +607,18 @@ pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport> {
         .map(|(report, _)| report)
 }
 
-/// Reads one page; a row that cannot be decoded ends the page just before it and is
-/// returned as the page's bad row.
-async fn fetch_page(
-    store: &dyn Store,
-    from: u64,
-) -> Result<(Vec<AuditRecord>, Option<(u64, String)>)> {
-    match store.audit_range(from, VERIFY_PAGE).await {
-        Ok(rows) => Ok((rows, None)),
-        Err(Error::CorruptAuditRow { seq, reason }) if seq >= from => {
-            // Read the good rows before it. Rows may be missing below `seq`, so the count is
-            // not known: find the largest limit that stops short of the bad row.
-            let (mut lo, mut hi) = (0usize, (seq - from) as usize);
-            let mut best = Vec::new();
-            while lo < hi {
-                let mid = lo + (hi - lo).div_ceil(2);
-                match store.audit_range(from, mid).await {
-                    Ok(rows) => {
-                        best = rows;
-                        lo = mid;
-                    }
-                    Err(Error::CorruptAuditRow { .. }) => hi = mid - 1,
-                    Err(e) => return Err(e),
-                }
-            }
-            if best.len() != lo {
-                best = store.audit_range(from, lo).await?;
-            }
-            Ok((best, Some((seq, reason))))
-        }
-        Err(e) => Err(e),
-    }
+/// Reads two consecutive pages at once (the second speculatively from `from + VERIFY_PAGE`,
+/// which is right whenever the first page is whole and intact — and when it is not, the
+/// first page's problem is reported before the second is looked at).
+async fn fetch_pair(store: &dyn Store, from: u64) -> (Result<Vec<AuditDigest>>, Result<Vec<AuditDigest>>) {
+    tokio::join!(
+        store.audit_digests(from, VERIFY_PAGE),
+        store.audit_digests(from + VERIFY_PAGE as u64, VERIFY_PAGE)
+    )
+}
+
+fn is_whole(page: &[AuditDigest]) -> bool {
+    page.len() == VERIFY_PAGE && page.iter().all(|d| d.computed.is_ok())
 }
 
 async fn verify_rows(
@@ -448,53 +626,37 @@ async fn verify_rows(
     watch: Vec<u64>,
 ) -> Result<(VerifyReport, BTreeMap<u64, [u8; 32]>)> {
     let mut v = Verifier::new(watch);
-    let (mut page, mut bad_row) = fetch_page(store, 1).await?;
     let mut problem = None;
+    let mut from = 1u64;
+    let mut pair = fetch_pair(store, from).await;
     loop {
-        let more = bad_row.is_none() && page.len() == VERIFY_PAGE;
-        let next_from = page.last().map(|r| r.seq + 1).unwrap_or(1);
-        // Fetch the next page while hashing this one.
+        let first = pair.0?;
+        if let Some(p) = first.iter().find_map(|row| v.check(row)) {
+            problem = Some(p);
+            break;
+        }
+        if !is_whole(&first) {
+            break;
+        }
+        let second = pair.1?;
+        let more = is_whole(&second);
+        from += 2 * VERIFY_PAGE as u64;
+        // Hash the next two pages while checking the second.
         let fetch = async {
             if more {
-                fetch_page(store, next_from).await.map(Some)
+                Some(fetch_pair(store, from).await)
             } else {
-                Ok(None)
+                None
             }
         };
-        let check = async {
-            for row in &page {
-                if let Some(p) = v.check(row) {
-                    return Some(p);
-                }
-            }
-            None
-        };
+        let check = async { second.iter().find_map(|row| v.check(row)) };
         let (next, found) = tokio::join!(fetch, check);
         if found.is_some() {
             problem = found;
             break;
         }
-        if let Some((seq, reason)) = bad_row.take() {
-            problem = Some(if v.expected_seq < seq {
-                ChainProblem {
-                    seq: v.expected_seq,
-                    kind: ProblemKind::Missing,
-                    detail: format!("row {} is missing", v.expected_seq),
-                }
-            } else {
-                ChainProblem {
-                    seq,
-                    kind: ProblemKind::Undecodable,
-                    detail: format!("row {seq} cannot be decoded (it was edited): {reason}"),
-                }
-            });
-            break;
-        }
-        match next? {
-            Some((rows, bad)) => {
-                page = rows;
-                bad_row = bad;
-            }
+        match next {
+            Some(next) => pair = next,
             None => break,
         }
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::audit::{verify_chain, AuditEvent, AuditTarget};
+use crate::audit::{verify_chain, AuditDigest, AuditEvent, AuditTarget};
 use crate::error::{Error, ErrorKind};
 use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind, Timestamp};
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
@@ -400,6 +400,9 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
     let report = verify_chain(store.as_ref()).await.expect("verify");
     assert!(report.is_ok(), "{:?}", report.problem);
     assert_eq!(report.rows, 15);
+    let digests = store.audit_digests(3, 10).await.expect("digests");
+    let expected: Vec<AuditDigest> = all[2..12].iter().map(AuditDigest::of).collect();
+    assert_eq!(digests, expected, "audit_digests agrees with audit_range");
 }
 
 /// `tasks` tasks each make `rounds` read-modify-write increments of one shared counter

@@ -5,7 +5,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditEvent, AuditRecord, ChainHead};
+use crate::audit::{AuditDigest, AuditEvent, AuditRecord, ChainHead};
 use crate::error::Result;
 use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind};
 
@@ -147,4 +147,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Applies `batch` atomically (see the trait's documentation). Returns once the batch is
     /// durable.
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt>;
+
+    /// Up to `limit` rows from `from`, reduced to what chain verification needs (see
+    /// [`AuditDigest`]). The provided implementation decodes rows with
+    /// [`Store::audit_range`] and hashes them; a store may override it with a faster path
+    /// that hashes rows straight from storage (it must agree with the provided one).
+    async fn audit_digests(&self, from: u64, limit: usize) -> Result<Vec<AuditDigest>> {
+        crate::audit::digests_from_records(self, from, limit).await
+    }
 }
