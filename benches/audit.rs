@@ -17,8 +17,12 @@ const WRITERS: usize = 64;
 fn event(i: u64) -> AuditEvent {
     let id = CredentialId::new(format!("cred-{}", i % 1000)).expect("id");
     let scope = Scope::per_user(format!("user{}", i % 50)).expect("scope");
-    AuditEvent::new("app:crm", "credential.resolve", AuditTarget::credential(&id, &scope))
-        .detail("slot", "brain.api_key")
+    AuditEvent::new(
+        "app:crm",
+        "credential.resolve",
+        AuditTarget::credential(&id, &scope),
+    )
+    .detail("slot", "brain.api_key")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -1,6 +1,7 @@
 //! Envelope seal + open of a 64-byte secret against raw AES-256-GCM on the same bytes.
 //!
 //! `cargo bench --bench envelope`
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use std::hint::black_box;
 use std::sync::Arc;

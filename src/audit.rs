@@ -340,7 +340,12 @@ where
 }
 
 fn event_owner(event: &AuditEvent) -> String {
-    event.target.scope.as_ref().map(Scope::owner).unwrap_or_default()
+    event
+        .target
+        .scope
+        .as_ref()
+        .map(Scope::owner)
+        .unwrap_or_default()
 }
 
 fn canonical_row<'a>(
@@ -610,7 +615,10 @@ pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport> {
 /// Reads two consecutive pages at once (the second speculatively from `from + VERIFY_PAGE`,
 /// which is right whenever the first page is whole and intact — and when it is not, the
 /// first page's problem is reported before the second is looked at).
-async fn fetch_pair(store: &dyn Store, from: u64) -> (Result<Vec<AuditDigest>>, Result<Vec<AuditDigest>>) {
+async fn fetch_pair(
+    store: &dyn Store,
+    from: u64,
+) -> (Result<Vec<AuditDigest>>, Result<Vec<AuditDigest>>) {
     tokio::join!(
         store.audit_digests(from, VERIFY_PAGE),
         store.audit_digests(from + VERIFY_PAGE as u64, VERIFY_PAGE)

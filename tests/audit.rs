@@ -234,8 +234,9 @@ fn keys() -> KeyRing {
 
 #[tokio::test]
 async fn checkpoints_catch_tail_truncation() {
-    let (_dir, store) = chain(100).await;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let (_dir, sqlite) = chain(100).await;
+    let path = sqlite.path().to_path_buf();
+    let store: Arc<dyn Store> = Arc::new(sqlite);
     let chain = AuditChain::new(store.clone(), keys());
     let cp = chain
         .checkpoint()
@@ -244,16 +245,10 @@ async fn checkpoints_catch_tail_truncation() {
         .expect("non-empty");
     assert_eq!(cp.seq, 100);
     assert!(chain
-        .verify_against(&[cp.clone()])
+        .verify_against(std::slice::from_ref(&cp))
         .await
         .expect("verify")
         .is_ok());
-    let path = format!("{store:?}");
-    let path = path
-        .split('"')
-        .nth(1)
-        .expect("path in debug output")
-        .to_string();
     Connection::open(&path)
         .expect("open")
         .execute("DELETE FROM audit WHERE seq > 90", [])
@@ -312,16 +307,11 @@ async fn sign_at(chain: &AuditChain, store: &Arc<dyn Store>, seq: u64) -> Checkp
     mem.commit(Batch::events(rows.into_iter().map(|r| r.event).collect()))
         .await
         .expect("copy");
-    let _ = chain;
-    AuditChain::new(mem, keys_of(chain))
+    AuditChain::new(mem, chain.key_ring().clone())
         .checkpoint()
         .await
         .expect("cp")
         .expect("non-empty")
-}
-
-fn keys_of(chain: &AuditChain) -> KeyRing {
-    chain.key_ring().clone()
 }
 
 #[tokio::test]

@@ -247,3 +247,37 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
         .expect("version");
     assert_eq!(version, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commits_share_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("g.db")).expect("open"));
+    let mut handles = Vec::new();
+    for t in 0..64 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let ev = strongroom::AuditEvent::new(
+                    format!("w{t}"),
+                    "credential.resolve",
+                    strongroom::AuditTarget::none(),
+                )
+                .detail("i", i.to_string());
+                store.commit(Batch::events(vec![ev])).await.expect("commit");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("writer");
+    }
+    let stats = store.writer_stats();
+    assert_eq!(stats.batches, 64 * 20);
+    assert!(
+        stats.transactions * 4 < stats.batches,
+        "64 concurrent writers should share transactions: {stats:?}"
+    );
+    let report = strongroom::audit::verify_chain(store.as_ref())
+        .await
+        .expect("verify");
+    assert!(report.is_ok() && report.rows == 1280);
+}

@@ -380,7 +380,9 @@ mod known_answers {
             FLAG_KEY_COMMITTED,
             BackendId::Local.to_byte(),
         ];
-        let wrapped = master.wrap_sync(&dek, &wrap_aad(header3, &id)).expect("wrap");
+        let wrapped = master
+            .wrap_sync(&dek, &wrap_aad(header3, &id))
+            .expect("wrap");
         let plaintext = hex::decode(&v.plaintext_hex).expect("hex");
         let blob = assemble(
             header3,
@@ -418,7 +420,15 @@ mod known_answers {
         let master_hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
         let master = LocalKey::from_bytes(&arr::<32>(master_hex), "vector");
         let key_id = crate::crypto::KeyWrapper::key_id(&master).to_string();
-        let cases: [(&str, &str, &str, &str, u64, Vec<u8>); 4] = [
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            u64,
+            Vec<u8>,
+        );
+        let cases: [Case; 4] = [
             (
                 "empty payload, system_wide",
                 "cred-0001",

@@ -192,6 +192,9 @@ impl KeyRing {
     }
 }
 
+/// A callback that receives the running totals after each re-wrap batch.
+pub type RewrapProgress = Arc<dyn Fn(&RewrapReport) + Send + Sync>;
+
 /// Settings for [`KeyRing::rewrap`].
 #[derive(Clone)]
 pub struct RewrapOptions {
@@ -202,7 +205,7 @@ pub struct RewrapOptions {
     /// Stop after this many batches (for stepwise operation); `None` runs to the end.
     pub max_batches: Option<usize>,
     /// Called after each batch with the running totals (drives a progress bar).
-    pub progress: Option<Arc<dyn Fn(&RewrapReport) + Send + Sync>>,
+    pub progress: Option<RewrapProgress>,
 }
 
 impl Default for RewrapOptions {

@@ -13,7 +13,7 @@ pub mod envelope;
 mod keyring;
 mod local;
 
-pub use keyring::{KeyRing, RewrapOptions, RewrapReport};
+pub use keyring::{KeyRing, RewrapOptions, RewrapProgress, RewrapReport};
 pub use local::{
     key_wrapper_from_env, key_wrapper_from_vars, LocalKey, ENV_HOME, ENV_KMS, ENV_MASTER_KEY,
 };

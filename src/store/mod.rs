@@ -15,7 +15,7 @@ mod sqlite;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
 
 /// What must hold for a mutation to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub enum Precondition {
 }
 
 /// One change to the stored credentials.
+// Batches are short-lived and `Put` is by far the common variant, so boxing the record
+// would cost an allocation per write for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Mutation {

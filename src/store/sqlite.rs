@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -97,8 +98,25 @@ struct Request {
     reply: oneshot::Sender<Result<CommitReceipt>>,
 }
 
+/// Counters of the group-commit writer, for observability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriterStats {
+    /// Write transactions committed or attempted (one sync each).
+    pub transactions: u64,
+    /// Batches handled (each caller's `commit` is one batch).
+    pub batches: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    batches: AtomicU64,
+}
+
 struct Inner {
     path: PathBuf,
+    counters: Arc<Counters>,
     options: SqliteOptions,
     writer: mpsc::Sender<Request>,
     readers: Mutex<Vec<Connection>>,
@@ -171,13 +189,16 @@ impl SqliteStore {
         let head = load_head(&conn).map_err(|e| sql_error("cannot read the audit head", e))?;
         let (tx, rx) = mpsc::channel::<Request>();
         let max_group = options.max_group.max(1);
+        let counters = Arc::new(Counters::default());
+        let writer_counters = counters.clone();
         std::thread::Builder::new()
             .name("strongroom-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, head, rx, max_group))
+            .spawn(move || writer_loop(conn, head, rx, max_group, &writer_counters))
             .map_err(|e| Error::io(&shown, e))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
+                counters,
                 options,
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
@@ -188,6 +209,15 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How many transactions the writer has run for how many batches: with concurrent
+    /// callers, group commit makes the first much smaller than the second.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            transactions: self.inner.counters.transactions.load(Ordering::Relaxed),
+            batches: self.inner.counters.batches.load(Ordering::Relaxed),
+        }
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -319,6 +349,7 @@ fn writer_loop(
     mut head: Option<ChainHead>,
     rx: mpsc::Receiver<Request>,
     max_group: usize,
+    counters: &Counters,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(max_group);
     while let Ok(first) = rx.recv() {
@@ -329,17 +360,24 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
+        counters
+            .batches
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         run_group(&mut conn, &mut head, &mut group);
     }
 }
 
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+type Reply = oneshot::Sender<Result<CommitReceipt>>;
+
 fn run_group(conn: &mut Connection, head: &mut Option<ChainHead>, group: &mut Vec<Request>) {
     let start_head = *head;
-    let mut results: Vec<(
-        oneshot::Sender<Result<CommitReceipt>>,
-        Result<CommitReceipt>,
-    )> = Vec::with_capacity(group.len());
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let mut results: Vec<(Reply, Result<CommitReceipt>)> = Vec::with_capacity(group.len());
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let message = format!("cannot start a write transaction: {e}");
@@ -351,36 +389,72 @@ fn run_group(conn: &mut Connection, head: &mut Option<ChainHead>, group: &mut Ve
             return;
         }
     };
+    // Set when something fails outside a savepoint: then the whole group rolls back.
+    let mut poisoned: Option<String> = None;
     for req in group.drain(..) {
+        if poisoned.is_some() {
+            results.push((
+                req.reply,
+                Err(Error::store(StoreErrorKind::Other, "not written")),
+            ));
+            continue;
+        }
         let before = *head;
-        let outcome = match tx.savepoint() {
-            Ok(mut sp) => match apply_batch(&sp, req.batch, head) {
-                Ok(receipt) => sp
-                    .commit()
-                    .map(|()| receipt)
-                    .map_err(|e| sql_error("cannot release a savepoint", e)),
+        let outcome = if req.batch.mutations.is_empty() {
+            // Appending events cannot fail a precondition; an error here is an I/O-level
+            // failure that dooms the transaction anyway, so no savepoint is needed.
+            apply_batch(&tx, req.batch, head).inspect_err(|e| poisoned = Some(e.to_string()))
+        } else {
+            match exec_cached(&tx, "SAVEPOINT batch") {
                 Err(e) => {
-                    let _ = sp.rollback();
-                    Err(e)
+                    poisoned = Some(e.to_string());
+                    Err(sql_error("cannot open a savepoint", e))
                 }
-            },
-            Err(e) => Err(sql_error("cannot open a savepoint", e)),
+                Ok(()) => match apply_batch(&tx, req.batch, head) {
+                    Ok(receipt) => {
+                        exec_cached(&tx, "RELEASE batch")
+                            .map(|()| receipt)
+                            .map_err(|e| {
+                                poisoned = Some(e.to_string());
+                                sql_error("cannot release a savepoint", e)
+                            })
+                    }
+                    Err(e) => {
+                        if let Err(undo) = exec_cached(&tx, "ROLLBACK TO batch")
+                            .and_then(|()| exec_cached(&tx, "RELEASE batch"))
+                        {
+                            poisoned = Some(undo.to_string());
+                        }
+                        Err(e)
+                    }
+                },
+            }
         };
         if outcome.is_err() {
             *head = before;
         }
         results.push((req.reply, outcome));
     }
-    match tx.commit() {
+    let committed = match poisoned {
+        Some(reason) => {
+            drop(tx); // rolls back
+            Err(format!(
+                "the group transaction failed and was rolled back, nothing was written: {reason}"
+            ))
+        }
+        None => tx
+            .commit()
+            .map_err(|e| format!("commit failed, nothing was written: {e}")),
+    };
+    match committed {
         Ok(()) => {
             for (reply, outcome) in results {
                 let _ = reply.send(outcome);
             }
         }
-        Err(e) => {
+        Err(message) => {
             // Nothing of the group is on disk; restore the head from the database.
             *head = load_head(conn).unwrap_or(start_head);
-            let message = format!("commit failed, nothing was written: {e}");
             for (reply, outcome) in results {
                 let _ = reply
                     .send(outcome.and(Err(Error::store(StoreErrorKind::Other, message.clone()))));
@@ -595,7 +669,10 @@ impl Cols<'_, '_> {
             Ok(ValueRef::Text(t)) => {
                 std::str::from_utf8(t).map_err(|_| format!("column `{name}` is not valid UTF-8"))
             }
-            Ok(other) => Err(format!("column `{name}` holds {:?}, not text", other.data_type())),
+            Ok(other) => Err(format!(
+                "column `{name}` holds {:?}, not text",
+                other.data_type()
+            )),
             Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
         }
     }
@@ -626,16 +703,21 @@ fn digest_row(row: &rusqlite::Row<'_>) -> AuditDigest {
         let outcome = c.str(7, "outcome")?;
         Outcome::parse(outcome).map_err(|e| e.to_string())?;
         let details_text = c.str(8, "details")?;
-        let not_object = |e: serde_json::Error| format!("details are not a JSON object of strings: {e}");
+        let not_object =
+            |e: serde_json::Error| format!("details are not a JSON object of strings: {e}");
         // Borrow the strings when they need no unescaping; otherwise decode them owned.
         let owned: BTreeMap<String, String>;
-        let pairs: Vec<(&str, &str)> = match serde_json::from_str::<BTreeMap<&str, &str>>(details_text) {
-            Ok(map) => map.into_iter().collect(),
-            Err(_) => {
-                owned = serde_json::from_str(details_text).map_err(not_object)?;
-                owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-            }
-        };
+        let pairs: Vec<(&str, &str)> =
+            match serde_json::from_str::<BTreeMap<&str, &str>>(details_text) {
+                Ok(map) => map.into_iter().collect(),
+                Err(_) => {
+                    owned = serde_json::from_str(details_text).map_err(not_object)?;
+                    owned
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect()
+                }
+            };
         let prev = prev_hash.clone()?;
         hash.clone()?;
         Ok(CanonicalRow {
