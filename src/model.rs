@@ -27,11 +27,16 @@ pub fn validate_id(field: &str, value: &str) -> Result<()> {
             ),
         ));
     }
-    if value.contains('/') {
-        return Err(Error::invalid(field, "must not contain `/`"));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+    // One pass over the bytes: `/`, C0 controls and DEL are single bytes; C1 controls
+    // (U+0080..=U+009F) are encoded as 0xC2 0x80..=0x9F.
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            return Err(Error::invalid(field, "must not contain `/`"));
+        }
+        if b < 0x20 || b == 0x7f || (b == 0xc2 && matches!(bytes.get(i + 1), Some(0x80..=0x9f))) {
+            return Err(Error::invalid(field, "must not contain control characters"));
+        }
     }
     Ok(())
 }
@@ -126,6 +131,28 @@ impl ScopeKind {
 impl fmt::Display for ScopeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_id_rejects_exactly_slashes_and_control_characters() {
+        for c in (0u32..0x250).filter_map(char::from_u32) {
+            let id = format!("a{c}b");
+            let expected_ok = c != '/' && !c.is_control();
+            assert_eq!(
+                validate_id("id", &id).is_ok(),
+                expected_ok,
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        assert!(validate_id("id", "").is_err());
+        assert!(validate_id("id", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+        assert!(validate_id("id", "bob@example.com").is_ok());
     }
 }
 
