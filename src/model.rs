@@ -209,6 +209,18 @@ impl Scope {
         }
     }
 
+    /// The owner's parts without allocating: `(app, Some(user))` for per-app-per-user,
+    /// `(id, None)` otherwise (`("", None)` for system-wide).
+    pub fn owner_parts(&self) -> (&str, Option<&str>) {
+        match self {
+            Scope::SystemWide => ("", None),
+            Scope::PerAppShared { app } => (app, None),
+            Scope::PerUser { user } => (user, None),
+            Scope::PerAppPerUser { app, user } => (app, Some(user)),
+            Scope::PerAgent { agent } => (agent, None),
+        }
+    }
+
     /// Rebuilds a scope from its stored kind and owner text.
     pub fn from_parts(kind: ScopeKind, owner: &str) -> Result<Scope> {
         match kind {

@@ -135,7 +135,17 @@ fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
 fn push_identity(out: &mut Vec<u8>, id: &RecordIdentity<'_>) {
     push_lp(out, id.credential_id.as_bytes());
     push_lp(out, id.scope.kind().as_str().as_bytes());
-    push_lp(out, id.scope.owner().as_bytes());
+    // The owner as `Scope::owner` spells it, written without building the string.
+    let (first, second) = id.scope.owner_parts();
+    match second {
+        None => push_lp(out, first.as_bytes()),
+        Some(second) => {
+            out.extend_from_slice(&((first.len() + 1 + second.len()) as u32).to_be_bytes());
+            out.extend_from_slice(first.as_bytes());
+            out.push(b'/');
+            out.extend_from_slice(second.as_bytes());
+        }
+    }
     out.extend_from_slice(&id.version.to_be_bytes());
 }
 
