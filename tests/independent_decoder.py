@@ -82,7 +82,7 @@ def main():
             print(f"{'ok  ' if ok else 'FAIL'} {v['name']}: {label}")
             passed += ok
             failed += not ok
-    print(f"independent decoder: {passed} passed, {failed} failed")
+    print(f"decoder: {passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
 
