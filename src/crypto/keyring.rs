@@ -11,7 +11,7 @@ use super::envelope::{self, Sealed};
 use super::KeyWrapper;
 use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
-use crate::model::{RecordIdentity, Timestamp};
+use crate::model::RecordIdentity;
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
 
 /// The active master key plus older ones still named by stored blobs.
@@ -126,6 +126,7 @@ impl KeyRing {
         let batch_size = options.batch_size.max(1);
         let active = self.active.key_id().to_string();
         let mut report = RewrapReport::default();
+        let mut conflicts_in_a_row = 0;
         loop {
             if options.max_batches.is_some_and(|max| report.batches >= max) {
                 break;
@@ -164,8 +165,7 @@ impl KeyRing {
                 .outcome(Outcome::Success)
                 .detail("records", count.to_string())
                 .detail("from_keys", from_keys.join(","))
-                .detail("to_key", active.clone())
-                .at(Timestamp::now());
+                .detail("to_key", active.clone());
             match store
                 .commit(Batch {
                     mutations,
@@ -176,11 +176,21 @@ impl KeyRing {
                 Ok(_) => {
                     report.rewrapped += count as u64;
                     report.batches += 1;
+                    conflicts_in_a_row = 0;
                 }
                 // Someone updated one of these records meanwhile; its new version is sealed
                 // with the active key, so the next listing no longer returns it.
                 Err(Error::VersionConflict { .. }) | Err(Error::NotFound { .. }) => {
                     report.conflicts += 1;
+                    conflicts_in_a_row += 1;
+                    if conflicts_in_a_row >= MAX_CONFLICTS_IN_A_ROW {
+                        return Err(Error::store(
+                            crate::StoreErrorKind::Busy,
+                            format!(
+                                "re-wrapping gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a row                                  conflicted with concurrent updates; run it again (it resumes), or                                  with a smaller batch size"
+                            ),
+                        ));
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -191,6 +201,9 @@ impl KeyRing {
         Ok(report)
     }
 }
+
+/// Consecutive conflicting batches after which [`KeyRing::rewrap`] stops with an error.
+const MAX_CONFLICTS_IN_A_ROW: usize = 100;
 
 /// A callback that receives the running totals after each re-wrap batch.
 pub type RewrapProgress = Arc<dyn Fn(&RewrapReport) + Send + Sync>;
