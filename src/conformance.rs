@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::audit::{verify_chain, AuditDigest, AuditEvent, AuditTarget};
 use crate::error::{Error, ErrorKind};
-use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind, Timestamp};
+use crate::model::{
+    CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+};
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
 
 /// A plausible record (its `sealed` bytes are opaque to stores, so they are not real).
@@ -67,7 +69,98 @@ where
     names_unique_within_scope(make().await).await;
     atomicity(make().await).await;
     audit_chain(make().await).await;
+    grants(make().await).await;
     concurrent_commits(make().await, 32, 20).await;
+}
+
+/// Grants: put, revoke (kept), hard delete, cascade on credential delete, atomic undo.
+pub async fn grants(store: Arc<dyn Store>) {
+    let record = sample_record("shared_key", Scope::per_user("u1").expect("scope"));
+    store
+        .commit(put(record.clone(), Precondition::CreateOnly))
+        .await
+        .expect("create");
+    let grant = |app: &str| Grant {
+        credential_id: record.id.clone(),
+        app: app.to_string(),
+        granted_by: "u1".into(),
+        granted_at: Timestamp(1_000),
+        revoked_at: None,
+        revoked_by: None,
+    };
+    let commit = |mutations: Vec<Mutation>| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(Batch {
+                    mutations,
+                    events: vec![],
+                })
+                .await
+        }
+    };
+    commit(vec![
+        Mutation::PutGrant {
+            grant: grant("crm"),
+        },
+        Mutation::PutGrant {
+            grant: grant("blog"),
+        },
+    ])
+    .await
+    .expect("grants");
+    let mut revoked = grant("crm");
+    revoked.revoked_at = Some(Timestamp(2_000));
+    revoked.revoked_by = Some("u1".into());
+    commit(vec![Mutation::PutGrant {
+        grant: revoked.clone(),
+    }])
+    .await
+    .expect("revoke");
+    assert_eq!(
+        store.grants(&record.id).await.expect("grants"),
+        vec![grant("blog"), revoked],
+        "grants list in app order, revoked ones kept"
+    );
+    let missing = CredentialId::generate();
+    let mut orphan = grant("crm");
+    orphan.credential_id = missing.clone();
+    let err = commit(vec![Mutation::PutGrant { grant: orphan }])
+        .await
+        .expect_err("a grant needs its credential");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // A failing batch undoes its grant changes.
+    let err = commit(vec![
+        Mutation::DeleteGrant {
+            credential_id: record.id.clone(),
+            app: "blog".into(),
+        },
+        Mutation::DeleteGrant {
+            credential_id: record.id.clone(),
+            app: "nope".into(),
+        },
+    ])
+    .await
+    .expect_err("deleting a missing grant fails");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(store.grants(&record.id).await.expect("grants").len(), 2);
+    commit(vec![Mutation::DeleteGrant {
+        credential_id: record.id.clone(),
+        app: "blog".into(),
+    }])
+    .await
+    .expect("hard revoke");
+    assert_eq!(store.grants(&record.id).await.expect("grants").len(), 1);
+    commit(vec![Mutation::Delete {
+        id: record.id.clone(),
+        precondition: Precondition::None,
+    }])
+    .await
+    .expect("delete credential");
+    assert!(
+        store.grants(&record.id).await.expect("grants").is_empty(),
+        "deleting a credential deletes its grants"
+    );
 }
 
 /// Create, read back, update with if-version, delete.

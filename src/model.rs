@@ -455,3 +455,28 @@ impl fmt::Debug for CredentialRecord {
             .finish()
     }
 }
+
+/// An app's permission to use a per-user credential. Revoking keeps the row (history);
+/// a hard revoke deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The credential.
+    pub credential_id: CredentialId,
+    /// The app allowed to use it.
+    pub app: String,
+    /// Who granted it.
+    pub granted_by: String,
+    /// When.
+    pub granted_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+impl Grant {
+    /// True while the grant is in force.
+    pub fn is_active(&self) -> bool {
+        self.revoked_at.is_none()
+    }
+}

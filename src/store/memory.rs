@@ -9,13 +9,20 @@ use async_trait::async_trait;
 use super::{Batch, CommitReceipt, ListFilter, Mutation, Precondition, Store};
 use crate::audit::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
-use crate::model::{CredentialId, CredentialRecord, ScopeKind};
+use crate::model::{CredentialId, CredentialRecord, Grant, ScopeKind};
 
 type NameKey = (ScopeKind, String, String);
+
+/// What to put back if a batch fails part way.
+enum Undo {
+    Credential(CredentialId, Option<CredentialRecord>),
+    Grant((CredentialId, String), Option<Grant>),
+}
 
 #[derive(Default)]
 struct State {
     credentials: BTreeMap<CredentialId, CredentialRecord>,
+    grants: BTreeMap<(CredentialId, String), Grant>,
     names: HashMap<NameKey, CredentialId>,
     audit: Vec<AuditRecord>,
     head: Option<ChainHead>,
@@ -53,11 +60,7 @@ impl State {
         old
     }
 
-    fn apply(
-        &mut self,
-        mutation: Mutation,
-        undo: &mut Vec<(CredentialId, Option<CredentialRecord>)>,
-    ) -> Result<()> {
+    fn apply(&mut self, mutation: Mutation, undo: &mut Vec<Undo>) -> Result<()> {
         match mutation {
             Mutation::Put {
                 record,
@@ -77,16 +80,55 @@ impl State {
                 }
                 let id = record.id.clone();
                 let old = self.set(&id, Some(record));
-                undo.push((id, old));
+                undo.push(Undo::Credential(id, old));
             }
             Mutation::Delete { id, precondition } => {
                 let existing = self.credentials.get(&id);
                 check_precondition(precondition, existing, &format!("credential {id}"), false)?;
+                let keys: Vec<_> = self
+                    .grants
+                    .range((id.clone(), String::new())..)
+                    .take_while(|((cid, _), _)| *cid == id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in keys {
+                    let old = self.grants.remove(&key);
+                    undo.push(Undo::Grant(key, old));
+                }
                 let old = self.set(&id, None);
-                undo.push((id, old));
+                undo.push(Undo::Credential(id, old));
+            }
+            Mutation::PutGrant { grant } => {
+                if !self.credentials.contains_key(&grant.credential_id) {
+                    return Err(grant_target_missing(&grant.credential_id));
+                }
+                let key = (grant.credential_id.clone(), grant.app.clone());
+                let old = self.grants.insert(key.clone(), grant);
+                undo.push(Undo::Grant(key, old));
+            }
+            Mutation::DeleteGrant { credential_id, app } => {
+                let key = (credential_id, app);
+                match self.grants.remove(&key) {
+                    Some(old) => undo.push(Undo::Grant(key, Some(old))),
+                    None => return Err(grant_missing(&key.0, &key.1)),
+                }
             }
         }
         Ok(())
+    }
+}
+
+pub(crate) fn grant_target_missing(id: &CredentialId) -> Error {
+    Error::NotFound {
+        what: format!("credential {id}"),
+        hint: Some("a grant needs an existing credential".into()),
+    }
+}
+
+pub(crate) fn grant_missing(id: &CredentialId, app: &str) -> Error {
+    Error::NotFound {
+        what: format!("grant of credential {id} to app `{app}`"),
+        hint: None,
     }
 }
 
@@ -190,6 +232,16 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
+        let state = self.lock();
+        Ok(state
+            .grants
+            .range((credential_id.clone(), String::new())..)
+            .take_while(|((cid, _), _)| cid == credential_id)
+            .map(|(_, g)| g.clone())
+            .collect())
+    }
+
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let state = self.lock();
         let start = state.audit.partition_point(|r| r.seq < from);
@@ -205,8 +257,18 @@ impl Store for MemoryStore {
         let mut undo = Vec::with_capacity(batch.mutations.len());
         for mutation in batch.mutations {
             if let Err(e) = state.apply(mutation, &mut undo) {
-                for (id, old) in undo.into_iter().rev() {
-                    state.set(&id, old);
+                for step in undo.into_iter().rev() {
+                    match step {
+                        Undo::Credential(id, old) => {
+                            state.set(&id, old);
+                        }
+                        Undo::Grant(key, Some(old)) => {
+                            state.grants.insert(key, old);
+                        }
+                        Undo::Grant(key, None) => {
+                            state.grants.remove(&key);
+                        }
+                    }
                 }
                 return Err(e);
             }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditDigest, AuditEvent, AuditRecord, ChainHead};
 use crate::error::Result;
-use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind};
+use crate::model::{CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind};
 
 mod memory;
 #[cfg(feature = "sqlite")]
@@ -43,12 +43,25 @@ pub enum Mutation {
         /// What must hold first.
         precondition: Precondition,
     },
-    /// Remove a credential.
+    /// Remove a credential (and its grants).
     Delete {
         /// Which one.
         id: CredentialId,
         /// What must hold first.
         precondition: Precondition,
+    },
+    /// Create or replace the grant of `grant.app` on `grant.credential_id`; the credential
+    /// must exist.
+    PutGrant {
+        /// The grant as it should be stored.
+        grant: Grant,
+    },
+    /// Delete a grant row (a hard revoke); it must exist.
+    DeleteGrant {
+        /// The credential.
+        credential_id: CredentialId,
+        /// The app.
+        app: String,
     },
 }
 
@@ -140,6 +153,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Credentials matching `filter`, in id order.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>>;
+
+    /// Every grant row (active and revoked) of a credential, in app order.
+    async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>>;
 
     /// Up to `limit` audit rows with `seq >= from`, in sequence order.
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>>;

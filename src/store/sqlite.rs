@@ -13,13 +13,15 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::memory::check_version;
+use super::memory::{check_version, grant_missing, grant_target_missing};
 use super::{Batch, CommitReceipt, ListFilter, Mutation, Store};
 use crate::audit::{
     AuditDigest, AuditEvent, AuditRecord, AuditTarget, CanonicalRow, ChainHead, Outcome,
 };
 use crate::error::{Error, Result, StoreErrorKind};
-use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind, Timestamp};
+use crate::model::{
+    CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+};
 
 /// The schema, one entry per version. Never edit an entry that has shipped: add one.
 const MIGRATIONS: &[&str] = &[
@@ -56,6 +58,16 @@ const MIGRATIONS: &[&str] = &[
         prev_hash     BLOB NOT NULL,
         hash          BLOB NOT NULL
     );",
+    // 2: grants of per-user credentials to apps.
+    "CREATE TABLE grants (
+        credential_id TEXT NOT NULL,
+        app           TEXT NOT NULL,
+        granted_by    TEXT NOT NULL,
+        granted_at    INTEGER NOT NULL,
+        revoked_at    INTEGER,
+        revoked_by    TEXT,
+        PRIMARY KEY (credential_id, app)
+    ) WITHOUT ROWID;",
 ];
 
 /// SQLite's `synchronous` setting for the store.
@@ -595,7 +607,43 @@ fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
             check_version(precondition, stored, &format!("credential {id}"), false)?;
             conn.prepare_cached("DELETE FROM credentials WHERE id = ?1")
                 .and_then(|mut s| s.execute([id.as_str()]))
+                .and_then(|_| conn.prepare_cached("DELETE FROM grants WHERE credential_id = ?1"))
+                .and_then(|mut s| s.execute([id.as_str()]))
                 .map_err(|e| sql_error("cannot delete a credential", e))?;
+            Ok(())
+        }
+        Mutation::PutGrant { grant } => {
+            if stored_version(conn, &grant.credential_id)?.is_none() {
+                return Err(grant_target_missing(&grant.credential_id));
+            }
+            conn.prepare_cached(
+                "INSERT INTO grants (credential_id, app, granted_by, granted_at, revoked_at, revoked_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (credential_id, app) DO UPDATE SET granted_by = excluded.granted_by,
+                    granted_at = excluded.granted_at, revoked_at = excluded.revoked_at,
+                    revoked_by = excluded.revoked_by",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    grant.credential_id.as_str(),
+                    grant.app,
+                    grant.granted_by,
+                    grant.granted_at.0,
+                    grant.revoked_at.map(|t| t.0),
+                    grant.revoked_by,
+                ])
+            })
+            .map_err(|e| sql_error("cannot write a grant", e))?;
+            Ok(())
+        }
+        Mutation::DeleteGrant { credential_id, app } => {
+            let deleted = conn
+                .prepare_cached("DELETE FROM grants WHERE credential_id = ?1 AND app = ?2")
+                .and_then(|mut s| s.execute(params![credential_id.as_str(), app]))
+                .map_err(|e| sql_error("cannot delete a grant", e))?;
+            if deleted == 0 {
+                return Err(grant_missing(&credential_id, &app));
+            }
             Ok(())
         }
     }
@@ -906,6 +954,33 @@ impl Store for SqliteStore {
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
         self.read(|conn| load_head(conn).map_err(|e| sql_error("cannot read the audit head", e)))
             .await
+    }
+
+    async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
+        let id = credential_id.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT app, granted_by, granted_at, revoked_at, revoked_by FROM grants
+                     WHERE credential_id = ?1 ORDER BY app",
+                )
+                .map_err(|e| sql_error("cannot prepare a grant listing", e))?;
+            let rows = stmt
+                .query_map([id.as_str()], |r| {
+                    Ok(Grant {
+                        credential_id: id.clone(),
+                        app: r.get(0)?,
+                        granted_by: r.get(1)?,
+                        granted_at: Timestamp(r.get(2)?),
+                        revoked_at: r.get::<_, Option<i64>>(3)?.map(Timestamp),
+                        revoked_by: r.get(4)?,
+                    })
+                })
+                .map_err(|e| sql_error("cannot list grants", e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| sql_error(&format!("cannot decode the grants of credential {id}"), e))
+        })
+        .await
     }
 
     async fn audit_digests(&self, from: u64, limit: usize) -> Result<Vec<AuditDigest>> {
