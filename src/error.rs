@@ -52,6 +52,16 @@ pub enum Error {
         target: String,
     },
 
+    /// The credential exists but its lifecycle state forbids using it (expired, invalid,
+    /// pending).
+    #[error("{what} is {state} and cannot be used; update or re-verify it")]
+    Unusable {
+        /// Which credential.
+        what: String,
+        /// Its state.
+        state: String,
+    },
+
     /// A sealed blob failed to open: wrong key, tampered bytes, or a blob that belongs to
     /// another record. Deliberately carries no detail beyond which record it was.
     #[error("decryption failed for {what}: the data was tampered with, belongs to another record, or the master key is wrong")]
@@ -177,6 +187,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// [`Error::DecryptFailed`]
     DecryptFailed,
+    /// [`Error::Unusable`]
+    Unusable,
     /// [`Error::KeyUnavailable`]
     KeyUnavailable,
     /// [`Error::Corrupt`]
@@ -202,6 +214,7 @@ impl Error {
             Error::VersionConflict { .. } => ErrorKind::VersionConflict,
             Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             Error::DecryptFailed { .. } => ErrorKind::DecryptFailed,
+            Error::Unusable { .. } => ErrorKind::Unusable,
             Error::KeyUnavailable { .. } => ErrorKind::KeyUnavailable,
             Error::Corrupt { .. } | Error::CorruptAuditRow { .. } => ErrorKind::Corrupt,
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,

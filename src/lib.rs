@@ -8,12 +8,14 @@ pub mod crypto;
 mod error;
 pub mod model;
 pub mod store;
+pub mod vault;
 
 pub use audit::{
     AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,
 };
 pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};
+pub use model::Grant;
 pub use model::{
     CredentialId, CredentialRecord, LifecycleState, RecordIdentity, Scope, ScopeKind, Timestamp,
 };
@@ -21,3 +23,7 @@ pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::{Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, Store};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
+pub use vault::{
+    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, NewCredential, Principal,
+    ResolveContext, RevealedCredential, Vault, VaultBuilder,
+};

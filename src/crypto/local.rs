@@ -324,6 +324,11 @@ pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc
     }
 }
 
+/// `$STRONGROOM_HOME`, or `~/.strongroom`, from the process environment.
+pub fn default_home_from_env() -> Result<PathBuf> {
+    default_home(&|name: &str| std::env::var(name).ok())
+}
+
 /// `$STRONGROOM_HOME`, or `~/.strongroom`.
 pub(crate) fn default_home(var: &impl Fn(&str) -> Option<String>) -> Result<PathBuf> {
     if let Some(home) = var(ENV_HOME).filter(|v| !v.is_empty()) {

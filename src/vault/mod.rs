@@ -1,0 +1,991 @@
+//! The `Vault` façade: every call names the acting principal, is decided by the policy
+//! table, and becomes one atomic batch (the change and its audit event). Reads that release
+//! secret values are audited before the values are handed back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditChain, AuditEvent, AuditTarget, Outcome, VerifyReport};
+use crate::crypto::{key_wrapper_from_env, KeyRing, KeyWrapper, LocalKey};
+use crate::error::{Error, Result};
+use crate::model::{
+    validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+};
+use crate::store::{Batch, ListFilter, MemoryStore, Mutation, Precondition, Store};
+
+pub mod policy;
+
+pub use policy::{Action, Principal, Relation, Role};
+
+/// Metadata key under which `expires_at` (milliseconds since the epoch) is kept.
+pub const EXPIRES_AT: &str = "expires_at";
+
+/// What `create` needs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct NewCredential {
+    /// The `ref` name, unique within scope and owner.
+    pub name: String,
+    /// Where it lives.
+    pub scope: Scope,
+    /// Provider name (`openai`, …).
+    pub provider: String,
+    /// Handler type (`api_key`, …).
+    pub handler_type: String,
+    /// Secret fields.
+    pub fields: BTreeMap<String, SecretString>,
+    /// Non-secret metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Whether agents may use it directly.
+    pub agent_accessible: bool,
+    /// When it stops being usable.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl NewCredential {
+    /// A credential with these secret fields and no metadata.
+    pub fn new(
+        name: impl Into<String>,
+        scope: Scope,
+        provider: impl Into<String>,
+        handler_type: impl Into<String>,
+        fields: BTreeMap<String, SecretString>,
+    ) -> NewCredential {
+        NewCredential {
+            name: name.into(),
+            scope,
+            provider: provider.into(),
+            handler_type: handler_type.into(),
+            fields,
+            metadata: BTreeMap::new(),
+            agent_accessible: false,
+            expires_at: None,
+        }
+    }
+}
+
+/// Changes for `update`; unset parts stay as they are. New fields make a new version with a
+/// new data key and put the credential back to `filled`.
+#[derive(Debug, Default)]
+pub struct CredentialUpdate {
+    /// Replacement secret fields.
+    pub fields: Option<BTreeMap<String, SecretString>>,
+    /// Replacement metadata.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// New `agent_accessible`.
+    pub agent_accessible: Option<bool>,
+    /// New expiry (`Some(None)` clears it).
+    pub expires_at: Option<Option<Timestamp>>,
+}
+
+/// A credential's metadata as a caller sees it (never secret values).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CredentialInfo {
+    /// Stable id.
+    pub id: CredentialId,
+    /// The `ref` name.
+    pub name: String,
+    /// Where it lives.
+    pub scope: Scope,
+    /// Provider name.
+    pub provider: String,
+    /// Handler type.
+    pub handler_type: String,
+    /// Lifecycle state as of now (`expired` once `expires_at` has passed).
+    pub state: LifecycleState,
+    /// Non-secret metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Whether agents may use it directly.
+    pub agent_accessible: bool,
+    /// Version (pass it back to `update`/`delete`).
+    pub version: u64,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// Expiry, if any.
+    pub expires_at: Option<Timestamp>,
+    /// Names of the secret fields (not their values).
+    pub field_names: Vec<String>,
+}
+
+/// A credential with its secret values. `Debug` shows field names only.
+pub struct RevealedCredential {
+    /// Its metadata.
+    pub info: CredentialInfo,
+    /// Its secret fields.
+    pub fields: BTreeMap<String, SecretString>,
+}
+
+impl fmt::Debug for RevealedCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevealedCredential")
+            .field("info", &self.info)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A reference from an app config: `{ref, scope, provider?}`. The compact form (a bare
+/// name) means `per_user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRef {
+    /// The credential's name.
+    pub name: String,
+    /// The one scope kind it is looked up in.
+    pub scope: ScopeKind,
+    /// When given, the stored credential's provider must match.
+    pub provider: Option<String>,
+}
+
+impl CredentialRef {
+    /// The compact form: `per_user`, any provider.
+    pub fn compact(name: impl Into<String>) -> CredentialRef {
+        CredentialRef {
+            name: name.into(),
+            scope: ScopeKind::PerUser,
+            provider: None,
+        }
+    }
+
+    /// The explicit form.
+    pub fn explicit(
+        name: impl Into<String>,
+        scope: ScopeKind,
+        provider: Option<String>,
+    ) -> CredentialRef {
+        CredentialRef {
+            name: name.into(),
+            scope,
+            provider,
+        }
+    }
+}
+
+/// Where a reference is resolved: the app and the user of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveContext {
+    /// The app.
+    pub app: String,
+    /// The session's user.
+    pub user: String,
+}
+
+impl ResolveContext {
+    /// The concrete scope a reference of kind `kind` names in this context.
+    pub fn scope_for(&self, kind: ScopeKind) -> Result<Scope> {
+        match kind {
+            ScopeKind::SystemWide => Ok(Scope::SystemWide),
+            ScopeKind::PerAppShared => Scope::per_app_shared(self.app.clone()),
+            ScopeKind::PerUser => Scope::per_user(self.user.clone()),
+            ScopeKind::PerAppPerUser => {
+                Scope::per_app_per_user(self.app.clone(), self.user.clone())
+            }
+            ScopeKind::PerAgent => Err(Error::invalid(
+                "scope",
+                "per_agent credentials are not resolved through app references",
+            )),
+        }
+    }
+}
+
+/// Which credentials `list` returns; each set field must match. Results hold only what the
+/// principal may see.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialFilter {
+    /// Exactly this scope.
+    pub scope: Option<Scope>,
+    /// Any scope of this kind.
+    pub scope_kind: Option<ScopeKind>,
+    /// This provider.
+    pub provider: Option<String>,
+    /// This state (as of now).
+    pub state: Option<LifecycleState>,
+}
+
+/// Is `from → to` a lifecycle transition the vault allows?
+pub fn transition_allowed(from: LifecycleState, to: LifecycleState) -> bool {
+    use LifecycleState::*;
+    matches!(
+        (from, to),
+        (Filled, Valid | Expired | Invalid | Pending)
+            | (Pending, Valid | Expired | Invalid)
+            | (Valid, Expired | Invalid | Pending)
+            | (Expired, Valid | Invalid | Pending)
+    )
+}
+
+/// Builds a [`Vault`].
+#[derive(Default)]
+pub struct VaultBuilder {
+    store: Option<Arc<dyn Store>>,
+    key: Option<Arc<dyn KeyWrapper>>,
+    retired: Vec<Arc<dyn KeyWrapper>>,
+}
+
+impl fmt::Debug for VaultBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultBuilder")
+            .field("store", &self.store)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultBuilder {
+    /// Uses this store (default: SQLite at `$STRONGROOM_HOME/vault.db`).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Uses this master key (default: the `STRONGROOM_KMS` selection).
+    pub fn key_wrapper(mut self, key: Arc<dyn KeyWrapper>) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Adds a retired master key that still opens older blobs.
+    pub fn retired_key(mut self, key: Arc<dyn KeyWrapper>) -> Self {
+        self.retired.push(key);
+        self
+    }
+
+    /// Builds the vault.
+    pub async fn build(self) -> Result<Vault> {
+        let key = match self.key {
+            Some(key) => key,
+            None => key_wrapper_from_env()?,
+        };
+        let store = match self.store {
+            Some(store) => store,
+            None => default_store()?,
+        };
+        let keys = self
+            .retired
+            .into_iter()
+            .fold(KeyRing::new(key), KeyRing::with_retired);
+        Ok(Vault {
+            inner: Arc::new(Inner {
+                audit: AuditChain::new(store.clone(), keys.clone()),
+                store,
+                keys,
+            }),
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn default_store() -> Result<Arc<dyn Store>> {
+    let home = crate::crypto::default_home_from_env()?;
+    Ok(Arc::new(crate::store::SqliteStore::open(
+        home.join("vault.db"),
+    )?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn default_store() -> Result<Arc<dyn Store>> {
+    Err(Error::config(
+        "no store given and the `sqlite` feature is off; pass one with VaultBuilder::store",
+    ))
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    keys: KeyRing,
+    audit: AuditChain,
+}
+
+/// The credential vault. Cheap to clone.
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("store", &self.inner.store)
+            .field("keys", &self.inner.keys)
+            .finish()
+    }
+}
+
+fn effective_state(record: &CredentialRecord, now: Timestamp) -> LifecycleState {
+    match (record.state, expires_at(record)) {
+        (LifecycleState::Filled | LifecycleState::Valid, Some(at)) if at <= now => {
+            LifecycleState::Expired
+        }
+        (state, _) => state,
+    }
+}
+
+fn expires_at(record: &CredentialRecord) -> Option<Timestamp> {
+    record
+        .metadata
+        .get(EXPIRES_AT)
+        .and_then(|v| v.parse().ok())
+        .map(Timestamp)
+}
+
+fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
+    CredentialInfo {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        scope: record.scope.clone(),
+        provider: record.provider.clone(),
+        handler_type: record.handler_type.clone(),
+        state: effective_state(record, Timestamp::now()),
+        metadata: record.metadata.clone(),
+        agent_accessible: record.agent_accessible,
+        version: record.version,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        expires_at: expires_at(record),
+        field_names,
+    }
+}
+
+/// Serialises secret fields as a JSON object into a buffer sized up front (so no copy is
+/// left behind by growth) and wiped on drop.
+fn encode_fields(fields: &BTreeMap<String, SecretString>) -> Result<Zeroizing<Vec<u8>>> {
+    let worst: usize = fields
+        .iter()
+        .map(|(k, v)| 6 * (k.len() + v.expose_secret().len()) + 8)
+        .sum::<usize>()
+        + 2;
+    let mut buf = Zeroizing::new(Vec::with_capacity(worst));
+    let view: BTreeMap<&str, &str> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.expose_secret()))
+        .collect();
+    serde_json::to_writer(&mut *buf, &view).map_err(|e| Error::invalid("fields", e.to_string()))?;
+    Ok(buf)
+}
+
+fn decode_fields(plain: &[u8], what: &str) -> Result<BTreeMap<String, SecretString>> {
+    let map: BTreeMap<String, String> = serde_json::from_slice(plain)
+        .map_err(|_| Error::corrupt(what, "the sealed fields are not a JSON object of strings"))?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, SecretString::from(v)))
+        .collect())
+}
+
+fn check_fields(fields: &BTreeMap<String, SecretString>) -> Result<()> {
+    if fields.is_empty() {
+        return Err(Error::invalid(
+            "fields",
+            "a credential needs at least one secret field (for example -f api_key=...)",
+        ));
+    }
+    for name in fields.keys() {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::invalid(
+                "field name",
+                format!("`{name}` must be non-empty and use only letters, digits, `_` and `-`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Vault {
+    /// A builder (defaults: SQLite under `$STRONGROOM_HOME`, key from `STRONGROOM_KMS`).
+    pub fn builder() -> VaultBuilder {
+        VaultBuilder::default()
+    }
+
+    /// A vault in memory with a random key, for test suites.
+    pub async fn in_memory() -> Result<Vault> {
+        Vault::builder()
+            .store(Arc::new(MemoryStore::new()))
+            .key_wrapper(Arc::new(LocalKey::generate()?))
+            .build()
+            .await
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The audit chain (checkpoints, verification).
+    pub fn audit(&self) -> &AuditChain {
+        &self.inner.audit
+    }
+
+    fn event(actor: &Principal, action: Action, target: AuditTarget) -> AuditEvent {
+        AuditEvent::new(actor.to_string(), action.audit_name(), target)
+    }
+
+    /// Checks the policy; a denial is audited (durably) before the error is returned.
+    async fn authorize(
+        &self,
+        actor: &Principal,
+        action: Action,
+        scope: Option<&Scope>,
+        target: AuditTarget,
+        what: &str,
+    ) -> Result<()> {
+        let relation = Relation::of(actor, scope);
+        if policy::allows(actor.role(), action, relation) {
+            return Ok(());
+        }
+        let event = Vault::event(actor, action, target).outcome(Outcome::Denied);
+        self.inner.store.commit(Batch::events(vec![event])).await?;
+        Err(Error::PermissionDenied {
+            actor: actor.to_string(),
+            action: action.audit_name().to_string(),
+            target: what.to_string(),
+        })
+    }
+
+    async fn load(&self, id: &CredentialId) -> Result<CredentialRecord> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("credential {id}"),
+                hint: None,
+            })
+    }
+
+    /// Loads a credential and authorises `action` on it (a denial is audited).
+    async fn load_for(
+        &self,
+        actor: &Principal,
+        action: Action,
+        id: &CredentialId,
+    ) -> Result<CredentialRecord> {
+        let record = self.load(id).await?;
+        let target = AuditTarget::credential(&record.id, &record.scope);
+        self.authorize(
+            actor,
+            action,
+            Some(&record.scope),
+            target,
+            &record.describe(),
+        )
+        .await?;
+        Ok(record)
+    }
+
+    /// Creates a credential (version 1, state `filled`).
+    pub async fn create(&self, actor: &Principal, new: NewCredential) -> Result<CredentialInfo> {
+        validate_id("credential name", &new.name)?;
+        validate_id("provider", &new.provider)?;
+        validate_id("handler type", &new.handler_type)?;
+        check_fields(&new.fields)?;
+        let what = format!("credential `{}` ({})", new.name, new.scope);
+        self.authorize(
+            actor,
+            Action::Create,
+            Some(&new.scope),
+            AuditTarget::scope(&new.scope),
+            &what,
+        )
+        .await?;
+        let now = Timestamp::now();
+        let mut metadata = new.metadata;
+        match new.expires_at {
+            Some(at) => metadata.insert(EXPIRES_AT.into(), at.0.to_string()),
+            None => metadata.remove(EXPIRES_AT),
+        };
+        let mut record = CredentialRecord {
+            id: CredentialId::generate(),
+            name: new.name,
+            scope: new.scope,
+            provider: new.provider,
+            handler_type: new.handler_type,
+            state: LifecycleState::Filled,
+            metadata,
+            agent_accessible: new.agent_accessible,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            key_id: String::new(),
+            sealed: Vec::new(),
+        };
+        let plain = encode_fields(&new.fields)?;
+        let sealed = self.inner.keys.seal(&plain, &record.identity()).await?;
+        record.key_id = sealed.key_id;
+        record.sealed = sealed.bytes;
+        let event = Vault::event(
+            actor,
+            Action::Create,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("name", record.name.clone())
+        .detail("provider", record.provider.clone());
+        let field_names = new.fields.keys().cloned().collect();
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![Mutation::Put {
+                    record: record.clone(),
+                    precondition: Precondition::CreateOnly,
+                }],
+                events: vec![event],
+            })
+            .await?;
+        Ok(info(&record, field_names))
+    }
+
+    /// Updates a credential at `expected_version`, making a new version (new fields get a
+    /// new data key; the blob is re-sealed for the new version either way).
+    pub async fn update(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        expected_version: u64,
+        update: CredentialUpdate,
+    ) -> Result<CredentialInfo> {
+        let mut record = self.load_for(actor, Action::Update, id).await?;
+        if record.version != expected_version {
+            return Err(Error::VersionConflict {
+                what: record.describe(),
+                expected: expected_version,
+                found: Some(record.version),
+            });
+        }
+        let fields = match update.fields {
+            Some(fields) => {
+                check_fields(&fields)?;
+                record.state = LifecycleState::Filled;
+                fields
+            }
+            None => {
+                let plain = self
+                    .inner
+                    .keys
+                    .open(&record.sealed, &record.identity())
+                    .await?;
+                decode_fields(plain.expose_secret(), &record.describe())?
+            }
+        };
+        if let Some(metadata) = update.metadata {
+            let expiry = record.metadata.remove(EXPIRES_AT);
+            record.metadata = metadata;
+            if let Some(expiry) = expiry {
+                record.metadata.insert(EXPIRES_AT.into(), expiry);
+            }
+        }
+        if let Some(flag) = update.agent_accessible {
+            record.agent_accessible = flag;
+        }
+        match update.expires_at {
+            Some(Some(at)) => {
+                record.metadata.insert(EXPIRES_AT.into(), at.0.to_string());
+            }
+            Some(None) => {
+                record.metadata.remove(EXPIRES_AT);
+            }
+            None => {}
+        }
+        record.version += 1;
+        record.updated_at = Timestamp::now();
+        let plain = encode_fields(&fields)?;
+        let sealed = self.inner.keys.seal(&plain, &record.identity()).await?;
+        record.key_id = sealed.key_id;
+        record.sealed = sealed.bytes;
+        let event = Vault::event(
+            actor,
+            Action::Update,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("version", record.version.to_string());
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![Mutation::Put {
+                    record: record.clone(),
+                    precondition: Precondition::IfVersion(expected_version),
+                }],
+                events: vec![event],
+            })
+            .await?;
+        Ok(info(&record, fields.keys().cloned().collect()))
+    }
+
+    /// Deletes a credential (and its grants); `expected_version` guards against deleting a
+    /// version the caller has not seen.
+    pub async fn delete(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        expected_version: Option<u64>,
+    ) -> Result<()> {
+        let record = self.load_for(actor, Action::Delete, id).await?;
+        let event = Vault::event(
+            actor,
+            Action::Delete,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("name", record.name.clone());
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![Mutation::Delete {
+                    id: record.id.clone(),
+                    precondition: Precondition::IfVersion(
+                        expected_version.unwrap_or(record.version),
+                    ),
+                }],
+                events: vec![event],
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A credential's metadata.
+    pub async fn get(&self, actor: &Principal, id: &CredentialId) -> Result<CredentialInfo> {
+        let record = self.load_for(actor, Action::ReadMetadata, id).await?;
+        Ok(info(&record, Vec::new()))
+    }
+
+    /// Credentials matching `filter` that `actor` may see, in id order.
+    pub async fn list(
+        &self,
+        actor: &Principal,
+        filter: &CredentialFilter,
+    ) -> Result<Vec<CredentialInfo>> {
+        let store_filter = ListFilter {
+            scope: filter.scope.clone(),
+            scope_kind: filter.scope_kind,
+            provider: filter.provider.clone(),
+            ..ListFilter::default()
+        };
+        let records = self.inner.store.list(&store_filter).await?;
+        Ok(records
+            .iter()
+            .filter(|r| {
+                policy::allows(
+                    actor.role(),
+                    Action::ReadMetadata,
+                    Relation::of(actor, Some(&r.scope)),
+                )
+            })
+            .map(|r| info(r, Vec::new()))
+            .filter(|i| filter.state.is_none_or(|s| s == i.state))
+            .collect())
+    }
+
+    /// Opens a record's fields and audits the release before returning them; a blob that
+    /// does not open is audited as a failure.
+    async fn release(
+        &self,
+        actor: &Principal,
+        action: Action,
+        record: &CredentialRecord,
+        detail: Option<(&str, String)>,
+    ) -> Result<RevealedCredential> {
+        let target = AuditTarget::credential(&record.id, &record.scope);
+        let opened = match self
+            .inner
+            .keys
+            .open(&record.sealed, &record.identity())
+            .await
+        {
+            Ok(plain) => decode_fields(plain.expose_secret(), &record.describe()),
+            Err(e) => Err(e),
+        };
+        let mut event = Vault::event(actor, action, target);
+        if let Some((k, v)) = detail {
+            event = event.detail(k, v);
+        }
+        match opened {
+            Ok(fields) => {
+                self.inner.store.commit(Batch::events(vec![event])).await?;
+                let names = fields.keys().cloned().collect();
+                Ok(RevealedCredential {
+                    info: info(record, names),
+                    fields,
+                })
+            }
+            Err(e) => {
+                let event = event
+                    .outcome(Outcome::Failure)
+                    .detail("error", format!("{:?}", e.kind()));
+                self.inner.store.commit(Batch::events(vec![event])).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// A credential's secret values, for a person allowed to read them. Audited.
+    pub async fn reveal(&self, actor: &Principal, id: &CredentialId) -> Result<RevealedCredential> {
+        let record = self.load_for(actor, Action::Reveal, id).await?;
+        self.release(actor, Action::Reveal, &record, None).await
+    }
+
+    /// Resolves an app reference in a session context: looks the name up in exactly the
+    /// scope the reference names (no fallback), checks the provider, the grant of a per-user
+    /// credential to the app, and the lifecycle state. Audited.
+    pub async fn resolve(
+        &self,
+        actor: &Principal,
+        reference: &CredentialRef,
+        ctx: &ResolveContext,
+    ) -> Result<RevealedCredential> {
+        let scope = ctx.scope_for(reference.scope)?;
+        let what = format!("credential `{}` ({scope})", reference.name);
+        self.authorize(
+            actor,
+            Action::Resolve,
+            Some(&scope),
+            AuditTarget::scope(&scope),
+            &what,
+        )
+        .await?;
+        let found = self
+            .inner
+            .store
+            .list(&ListFilter {
+                scope: Some(scope.clone()),
+                name: Some(reference.name.clone()),
+                limit: Some(1),
+                ..ListFilter::default()
+            })
+            .await?;
+        let Some(record) = found.into_iter().next() else {
+            return Err(Error::NotFound {
+                what,
+                hint: Some(format!(
+                    "scopes are strict — create it in {} or change the ref's scope",
+                    reference.scope
+                )),
+            });
+        };
+        if let Some(provider) = &reference.provider {
+            if *provider != record.provider {
+                return Err(Error::invalid(
+                    "provider",
+                    format!(
+                        "the ref asks for provider `{provider}` but {} is a `{}` credential",
+                        record.describe(),
+                        record.provider
+                    ),
+                ));
+            }
+        }
+        if matches!(record.scope, Scope::PerUser { .. }) {
+            let grants = self.inner.store.grants(&record.id).await?;
+            if !grants.iter().any(|g| g.app == ctx.app && g.is_active()) {
+                let event = Vault::event(
+                    actor,
+                    Action::Resolve,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .outcome(Outcome::Denied)
+                .detail("reason", "no grant");
+                self.inner.store.commit(Batch::events(vec![event])).await?;
+                return Err(Error::PermissionDenied {
+                    actor: actor.to_string(),
+                    action: Action::Resolve.audit_name().into(),
+                    target: format!(
+                        "{}: app `{}` holds no grant (the user adds one with grant-add)",
+                        record.describe(),
+                        ctx.app
+                    ),
+                });
+            }
+        }
+        let state = effective_state(&record, Timestamp::now());
+        if !matches!(state, LifecycleState::Filled | LifecycleState::Valid) {
+            return Err(Error::Unusable {
+                what: record.describe(),
+                state: state.as_str().into(),
+            });
+        }
+        self.release(
+            actor,
+            Action::Resolve,
+            &record,
+            Some(("app", ctx.app.clone())),
+        )
+        .await
+    }
+
+    /// Moves a credential through its lifecycle (see [`transition_allowed`]). Audited.
+    pub async fn set_state(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        expected_version: u64,
+        to: LifecycleState,
+        reason: &str,
+    ) -> Result<CredentialInfo> {
+        let mut record = self.load_for(actor, Action::SetState, id).await?;
+        if record.version != expected_version {
+            return Err(Error::VersionConflict {
+                what: record.describe(),
+                expected: expected_version,
+                found: Some(record.version),
+            });
+        }
+        let from = effective_state(&record, Timestamp::now());
+        if !transition_allowed(from, to) {
+            return Err(Error::invalid(
+                "state",
+                format!("{} cannot go from {from} to {to}", record.describe()),
+            ));
+        }
+        // The blob is bound to the version: re-seal it for the new one.
+        let plain = self
+            .inner
+            .keys
+            .open(&record.sealed, &record.identity())
+            .await?;
+        record.state = to;
+        record.version += 1;
+        record.updated_at = Timestamp::now();
+        let sealed = self
+            .inner
+            .keys
+            .seal(plain.expose_secret(), &record.identity())
+            .await?;
+        record.key_id = sealed.key_id;
+        record.sealed = sealed.bytes;
+        let event = Vault::event(
+            actor,
+            Action::SetState,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("from", from.as_str())
+        .detail("to", to.as_str())
+        .detail("reason", reason);
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![Mutation::Put {
+                    record: record.clone(),
+                    precondition: Precondition::IfVersion(expected_version),
+                }],
+                events: vec![event],
+            })
+            .await?;
+        Ok(info(&record, Vec::new()))
+    }
+
+    /// The grant rows of a per-user credential (active and revoked).
+    pub async fn grants(&self, actor: &Principal, id: &CredentialId) -> Result<Vec<Grant>> {
+        let record = self.load_for(actor, Action::GrantList, id).await?;
+        self.inner.store.grants(&record.id).await
+    }
+
+    fn per_user_only(record: &CredentialRecord) -> Result<()> {
+        match record.scope {
+            Scope::PerUser { .. } => Ok(()),
+            _ => Err(Error::invalid(
+                "credential",
+                format!(
+                    "{} is not per_user; only per_user credentials take grants",
+                    record.describe()
+                ),
+            )),
+        }
+    }
+
+    /// Grants `app` the use of a per-user credential. Audited.
+    pub async fn grant_add(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        app: &str,
+    ) -> Result<Grant> {
+        validate_id("app id", app)?;
+        let record = self.load_for(actor, Action::GrantAdd, id).await?;
+        Vault::per_user_only(&record)?;
+        let grant = Grant {
+            credential_id: record.id.clone(),
+            app: app.to_string(),
+            granted_by: actor.to_string(),
+            granted_at: Timestamp::now(),
+            revoked_at: None,
+            revoked_by: None,
+        };
+        let event = Vault::event(
+            actor,
+            Action::GrantAdd,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("app", app);
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![Mutation::PutGrant {
+                    grant: grant.clone(),
+                }],
+                events: vec![event],
+            })
+            .await?;
+        Ok(grant)
+    }
+
+    /// Revokes `app`'s grant: kept as history, or deleted with `hard`. Audited.
+    pub async fn grant_revoke(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        app: &str,
+        hard: bool,
+    ) -> Result<()> {
+        let record = self.load_for(actor, Action::GrantRevoke, id).await?;
+        Vault::per_user_only(&record)?;
+        let grants = self.inner.store.grants(&record.id).await?;
+        let Some(mut grant) = grants.into_iter().find(|g| g.app == app) else {
+            return Err(Error::NotFound {
+                what: format!("grant of {} to app `{app}`", record.describe()),
+                hint: None,
+            });
+        };
+        let mutation = if hard {
+            Mutation::DeleteGrant {
+                credential_id: record.id.clone(),
+                app: app.to_string(),
+            }
+        } else {
+            grant.revoked_at = Some(Timestamp::now());
+            grant.revoked_by = Some(actor.to_string());
+            Mutation::PutGrant { grant }
+        };
+        let event = Vault::event(
+            actor,
+            Action::GrantRevoke,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("app", app)
+        .detail("hard", hard.to_string());
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![mutation],
+                events: vec![event],
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Verifies the audit chain (system admins and viewers).
+    pub async fn verify_audit(&self, actor: &Principal) -> Result<VerifyReport> {
+        self.authorize(
+            actor,
+            Action::AuditVerify,
+            None,
+            AuditTarget::none(),
+            "the audit chain",
+        )
+        .await?;
+        self.inner.audit.verify().await
+    }
+}

@@ -1,0 +1,375 @@
+//! Principals, roles, actions, and the one policy table that decides every action: a row
+//! allows a role some actions on credentials standing in some relation to the principal.
+//! Anything no row allows is denied.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::model::{validate_id, Scope};
+
+/// Who is acting. Every `Vault` call names one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Principal {
+    /// Runs the installation: system-wide, app-shared and agent credentials; can see (not
+    /// read) users' credentials and remove them or their grants.
+    SystemAdmin {
+        /// The admin's id.
+        id: String,
+    },
+    /// Manages one app's shared credentials; never reads users' secrets.
+    AppAdmin {
+        /// The admin's id.
+        id: String,
+        /// The app.
+        app: String,
+    },
+    /// A user of one app, managing their own credentials and grants.
+    AppUser {
+        /// The user's id.
+        id: String,
+        /// The app.
+        app: String,
+    },
+    /// Sees metadata, never secret values.
+    Viewer {
+        /// The viewer's id.
+        id: String,
+    },
+    /// An app's runtime acting for one user's session: resolves credentials, nothing else.
+    AppRuntime {
+        /// The app.
+        app: String,
+        /// The user whose session it serves.
+        user: String,
+    },
+}
+
+impl Principal {
+    /// The principal's role.
+    pub fn role(&self) -> Role {
+        match self {
+            Principal::SystemAdmin { .. } => Role::SystemAdmin,
+            Principal::AppAdmin { .. } => Role::AppAdmin,
+            Principal::AppUser { .. } => Role::AppUser,
+            Principal::Viewer { .. } => Role::Viewer,
+            Principal::AppRuntime { .. } => Role::AppRuntime,
+        }
+    }
+
+    /// The app the principal acts in, if any.
+    pub fn app(&self) -> Option<&str> {
+        match self {
+            Principal::AppAdmin { app, .. }
+            | Principal::AppUser { app, .. }
+            | Principal::AppRuntime { app, .. } => Some(app),
+            _ => None,
+        }
+    }
+
+    /// The user whose own credentials the principal acts on, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Principal::AppUser { id, .. } => Some(id),
+            Principal::AppRuntime { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// Parses `system_admin:ID`, `app_admin:APP:ID`, `app_user:APP:ID`, `viewer:ID` or
+    /// `runtime:APP:USER` (the CLI's `--as` and `STRONGROOM_ACTOR`).
+    pub fn parse(text: &str) -> Result<Principal> {
+        let parts: Vec<&str> = text.split(':').collect();
+        let p = match parts.as_slice() {
+            ["system_admin", id] => Principal::SystemAdmin { id: id.to_string() },
+            ["app_admin", app, id] => Principal::AppAdmin {
+                id: id.to_string(),
+                app: app.to_string(),
+            },
+            ["app_user", app, id] => Principal::AppUser {
+                id: id.to_string(),
+                app: app.to_string(),
+            },
+            ["viewer", id] => Principal::Viewer { id: id.to_string() },
+            ["runtime", app, user] => Principal::AppRuntime {
+                app: app.to_string(),
+                user: user.to_string(),
+            },
+            _ => {
+                return Err(Error::invalid(
+                    "principal",
+                    format!(
+                        "`{text}` is not a principal; write system_admin:ID, app_admin:APP:ID, \
+                         app_user:APP:ID, viewer:ID or runtime:APP:USER"
+                    ),
+                ))
+            }
+        };
+        for part in &parts[1..] {
+            validate_id("principal", part)?;
+        }
+        Ok(p)
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::SystemAdmin { id } => write!(f, "system_admin:{id}"),
+            Principal::AppAdmin { id, app } => write!(f, "app_admin:{app}:{id}"),
+            Principal::AppUser { id, app } => write!(f, "app_user:{app}:{id}"),
+            Principal::Viewer { id } => write!(f, "viewer:{id}"),
+            Principal::AppRuntime { app, user } => write!(f, "runtime:{app}:{user}"),
+        }
+    }
+}
+
+/// A principal's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Role {
+    /// [`Principal::SystemAdmin`]
+    SystemAdmin,
+    /// [`Principal::AppAdmin`]
+    AppAdmin,
+    /// [`Principal::AppUser`]
+    AppUser,
+    /// [`Principal::Viewer`]
+    Viewer,
+    /// [`Principal::AppRuntime`]
+    AppRuntime,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::SystemAdmin,
+        Role::AppAdmin,
+        Role::AppUser,
+        Role::Viewer,
+        Role::AppRuntime,
+    ];
+}
+
+/// Something a principal asks to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Action {
+    /// Create a credential.
+    Create,
+    /// Update its fields or metadata.
+    Update,
+    /// Delete it.
+    Delete,
+    /// See its metadata (never secret values); listing shows only these.
+    ReadMetadata,
+    /// See its secret values (a person, through `reveal`).
+    Reveal,
+    /// Get its secret values for injection (an app runtime, through `resolve`).
+    Resolve,
+    /// Move it through its lifecycle.
+    SetState,
+    /// List the apps granted a per-user credential.
+    GrantList,
+    /// Grant an app a per-user credential.
+    GrantAdd,
+    /// Revoke a grant.
+    GrantRevoke,
+    /// Verify the audit chain.
+    AuditVerify,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 11] = [
+        Action::Create,
+        Action::Update,
+        Action::Delete,
+        Action::ReadMetadata,
+        Action::Reveal,
+        Action::Resolve,
+        Action::SetState,
+        Action::GrantList,
+        Action::GrantAdd,
+        Action::GrantRevoke,
+        Action::AuditVerify,
+    ];
+
+    /// The audit action name (`credential.create`, …).
+    pub fn audit_name(self) -> &'static str {
+        match self {
+            Action::Create => "credential.create",
+            Action::Update => "credential.update",
+            Action::Delete => "credential.delete",
+            Action::ReadMetadata => "credential.read_metadata",
+            Action::Reveal => "credential.reveal",
+            Action::Resolve => "credential.resolve",
+            Action::SetState => "credential.set_state",
+            Action::GrantList => "grant.list",
+            Action::GrantAdd => "grant.add",
+            Action::GrantRevoke => "grant.revoke",
+            Action::AuditVerify => "audit.verify",
+        }
+    }
+}
+
+/// How a credential's scope stands to the acting principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Relation {
+    /// `system_wide`.
+    SystemWide,
+    /// `per_app_shared` of the principal's app.
+    OwnAppShared,
+    /// `per_app_shared` of another app (or the principal has no app).
+    OtherAppShared,
+    /// `per_user` of the principal's user.
+    OwnUser,
+    /// `per_user` of someone else.
+    OtherUser,
+    /// `per_app_per_user` of the principal's user in the principal's app.
+    OwnUserOwnApp,
+    /// `per_app_per_user` of the principal's user in another app.
+    OwnUserOtherApp,
+    /// `per_app_per_user` of another user in the principal's app.
+    OtherUserOwnApp,
+    /// `per_app_per_user` of another user in another app.
+    OtherUserOtherApp,
+    /// `per_agent`.
+    Agent,
+    /// Not about a credential (audit verification).
+    NoScope,
+}
+
+impl Relation {
+    /// Every relation.
+    pub const ALL: [Relation; 11] = [
+        Relation::SystemWide,
+        Relation::OwnAppShared,
+        Relation::OtherAppShared,
+        Relation::OwnUser,
+        Relation::OtherUser,
+        Relation::OwnUserOwnApp,
+        Relation::OwnUserOtherApp,
+        Relation::OtherUserOwnApp,
+        Relation::OtherUserOtherApp,
+        Relation::Agent,
+        Relation::NoScope,
+    ];
+
+    /// How `scope` stands to `principal` (`None` scope: [`Relation::NoScope`]).
+    pub fn of(principal: &Principal, scope: Option<&Scope>) -> Relation {
+        let own_app = |a: &str| principal.app() == Some(a);
+        let own_user = |u: &str| principal.user() == Some(u);
+        match scope {
+            None => Relation::NoScope,
+            Some(Scope::SystemWide) => Relation::SystemWide,
+            Some(Scope::PerAppShared { app }) if own_app(app) => Relation::OwnAppShared,
+            Some(Scope::PerAppShared { .. }) => Relation::OtherAppShared,
+            Some(Scope::PerUser { user }) if own_user(user) => Relation::OwnUser,
+            Some(Scope::PerUser { .. }) => Relation::OtherUser,
+            Some(Scope::PerAppPerUser { app, user }) => match (own_user(user), own_app(app)) {
+                (true, true) => Relation::OwnUserOwnApp,
+                (true, false) => Relation::OwnUserOtherApp,
+                (false, true) => Relation::OtherUserOwnApp,
+                (false, false) => Relation::OtherUserOtherApp,
+            },
+            Some(Scope::PerAgent { .. }) => Relation::Agent,
+        }
+    }
+}
+
+use Action as A;
+use Relation as R;
+
+const MANAGE: &[Action] = &[
+    A::Create,
+    A::Update,
+    A::Delete,
+    A::ReadMetadata,
+    A::Reveal,
+    A::SetState,
+];
+const CREDENTIAL_SCOPES: &[Relation] = &[
+    R::SystemWide,
+    R::OwnAppShared,
+    R::OtherAppShared,
+    R::OwnUser,
+    R::OtherUser,
+    R::OwnUserOwnApp,
+    R::OwnUserOtherApp,
+    R::OtherUserOwnApp,
+    R::OtherUserOtherApp,
+    R::Agent,
+];
+
+/// The policy: each row allows a role these actions on credentials in these relations.
+/// Nothing else is allowed.
+pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
+    // System admins run the installation's own credentials…
+    (
+        Role::SystemAdmin,
+        MANAGE,
+        &[R::SystemWide, R::OtherAppShared, R::Agent],
+    ),
+    // …and can see, disable and remove users' credentials and cut their grants, but never
+    // read them.
+    (
+        Role::SystemAdmin,
+        &[
+            A::ReadMetadata,
+            A::Delete,
+            A::SetState,
+            A::GrantList,
+            A::GrantRevoke,
+        ],
+        &[R::OtherUser, R::OtherUserOtherApp],
+    ),
+    (Role::SystemAdmin, &[A::AuditVerify], &[R::NoScope]),
+    // App admins manage their app's shared credentials; they may see that system-wide ones
+    // and their users' app credentials exist, not read them.
+    (Role::AppAdmin, MANAGE, &[R::OwnAppShared]),
+    (
+        Role::AppAdmin,
+        &[A::ReadMetadata],
+        &[R::SystemWide, R::OtherUserOwnApp],
+    ),
+    // Users own their credentials, in any app, and decide which apps get them.
+    (
+        Role::AppUser,
+        &[
+            A::Create,
+            A::Update,
+            A::Delete,
+            A::ReadMetadata,
+            A::Reveal,
+            A::SetState,
+            A::GrantList,
+            A::GrantAdd,
+            A::GrantRevoke,
+        ],
+        &[R::OwnUser],
+    ),
+    (
+        Role::AppUser,
+        MANAGE,
+        &[R::OwnUserOwnApp, R::OwnUserOtherApp],
+    ),
+    (Role::AppUser, &[A::ReadMetadata], &[R::OwnAppShared]),
+    // Viewers see metadata of everything and may verify the audit chain.
+    (Role::Viewer, &[A::ReadMetadata], CREDENTIAL_SCOPES),
+    (Role::Viewer, &[A::AuditVerify], &[R::NoScope]),
+    // An app runtime resolves what its app and its session's user may use.
+    (
+        Role::AppRuntime,
+        &[A::Resolve],
+        &[R::SystemWide, R::OwnAppShared, R::OwnUser, R::OwnUserOwnApp],
+    ),
+];
+
+/// Does the policy allow `role` to do `action` on a credential in `relation`?
+pub fn allows(role: Role, action: Action, relation: Relation) -> bool {
+    POLICY.iter().any(|(r, actions, relations)| {
+        *r == role && actions.contains(&action) && relations.contains(&relation)
+    })
+}
