@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+pub mod catalog;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod crypto;

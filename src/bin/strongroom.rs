@@ -1,0 +1,571 @@
+//! `strongroom`: the operator command-line tool.
+//!
+//! Exit codes: 0 success, 1 other failure, 2 bad input or configuration, 3 not found,
+//! 4 permission denied, 5 conflict (already exists, stale version), 6 integrity failure
+//! (a broken audit chain, a blob that does not decrypt).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use strongroom::catalog::{handler_type_of, BUILTIN_PROVIDERS};
+use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
+use strongroom::{
+    CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret, LifecycleState,
+    NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore, Store, Timestamp, Vault,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "strongroom",
+    version,
+    about = "Operate a strongroom credential vault"
+)]
+struct Cli {
+    /// Where the vault lives: `sqlite:PATH` (default `$STRONGROOM_HOME/vault.db`) or
+    /// `postgres://…`.
+    #[arg(long, global = true, env = "STRONGROOM_STORE")]
+    store: Option<String>,
+    /// The acting principal: system_admin:ID, app_admin:APP:ID, app_user:APP:ID, viewer:ID
+    /// or runtime:APP:USER.
+    #[arg(long = "as", global = true, env = "STRONGROOM_ACTOR")]
+    actor: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Inspect the audit chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain; exits 6 if it is broken.
+    Verify,
+}
+
+#[derive(Args)]
+struct ScopeArgs {
+    /// system_wide, per_app_shared, per_user (default), per_app_per_user or per_agent.
+    #[arg(long)]
+    scope: Option<String>,
+    /// The app (default: the acting principal's).
+    #[arg(long)]
+    app: Option<String>,
+    /// The user (default: the acting principal's).
+    #[arg(long)]
+    user: Option<String>,
+    /// The agent, for per_agent.
+    #[arg(long)]
+    agent: Option<String>,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Provider name (see the bundled list in the error for an unknown one).
+    #[arg(long)]
+    provider: String,
+    /// The `ref` name (default: `<provider>_main`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Secret field as name=value; name=- reads the value from stdin, name=? prompts.
+    #[arg(short = 'f', long = "field", required = true)]
+    fields: Vec<String>,
+    /// Expiry, in milliseconds since the epoch.
+    #[arg(long)]
+    expires_at: Option<i64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// List credentials you may see.
+    List {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show one credential; --reveal prints its secret values (if you may read them).
+    Show {
+        /// Credential id.
+        id: String,
+        /// Print the secret values.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Create a credential (per_user of the acting user unless --scope says otherwise).
+    Create(CreateArgs),
+    /// Delete a credential.
+    Delete {
+        /// Credential id.
+        id: String,
+        /// Only if it is still at this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// List the apps granted a per-user credential.
+    Grants {
+        /// Credential id.
+        id: String,
+    },
+    /// Grant an app the use of a per-user credential.
+    GrantAdd {
+        /// Credential id.
+        id: String,
+        /// App id.
+        app: String,
+    },
+    /// Revoke an app's grant (kept as history; --hard deletes it).
+    GrantRevoke {
+        /// Credential id.
+        id: String,
+        /// App id.
+        app: String,
+        /// Delete the grant row instead of marking it revoked.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// List every credential (administrators).
+    AdminList,
+    /// Create a system_wide credential, or per_app_shared with --app (administrators).
+    AdminCreate {
+        /// Provider name.
+        #[arg(long)]
+        provider: String,
+        /// The `ref` name (default: `<provider>_main`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Secret field as name=value; name=- reads stdin, name=? prompts.
+        #[arg(short = 'f', long = "field", required = true)]
+        fields: Vec<String>,
+        /// Make it per_app_shared for this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Delete any credential (administrators).
+    AdminDelete {
+        /// Credential id.
+        id: String,
+    },
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Config => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::PermissionDenied => 4,
+        ErrorKind::AlreadyExists | ErrorKind::VersionConflict => 5,
+        ErrorKind::DecryptFailed | ErrorKind::Corrupt => 6,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn store_path(spec: Option<&str>) -> Result<PathBuf, Error> {
+    match spec {
+        None => Ok(default_home_from_env()?.join("vault.db")),
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => Err(invalid(
+            "--store",
+            "PostgreSQL stores are not in this build of strongroom yet; use sqlite:PATH",
+        )),
+        Some(s) => match s.strip_prefix("sqlite:") {
+            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+            _ => Err(invalid(
+                "--store",
+                &format!("`{s}` is not a store; write sqlite:PATH or postgres://…"),
+            )),
+        },
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> Error {
+    Error::InvalidInput {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Error> {
+    let actor = Principal::parse(cli.actor.as_deref().ok_or_else(|| {
+        invalid(
+            "--as",
+            "name the acting principal with --as or STRONGROOM_ACTOR (for example app_user:crm:alice)",
+        )
+    })?)?;
+    let path = store_path(cli.store.as_deref())?;
+    let creates = matches!(
+        cli.command,
+        Command::Credentials(
+            CredentialsCommand::Create(_) | CredentialsCommand::AdminCreate { .. }
+        )
+    );
+    if !creates && !path.exists() {
+        return Err(Error::NotFound {
+            what: format!("vault {}", path.display()),
+            hint: Some("check --store (or STRONGROOM_HOME); a vault is created by the first `credentials create`".into()),
+        });
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
+    let vault = Vault::builder()
+        .store(store)
+        .key_wrapper(key_wrapper_from_env()?)
+        .build()
+        .await?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Audit(AuditCommand::Verify) => {
+            let report = vault.verify_audit(&actor).await?;
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else if let Some(problem) = &report.problem {
+                println!(
+                    "audit chain BROKEN after {} good rows: {problem}",
+                    report.rows
+                );
+            } else {
+                println!("audit chain intact: {} rows", report.rows);
+            }
+            Ok(if report.is_ok() { 0 } else { 6 })
+        }
+        Command::Credentials(cmd) => credentials(&vault, &actor, cmd, &out).await.map(|()| 0),
+    }
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn infos(&self, infos: &[CredentialInfo]) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(infos).unwrap_or_default()
+            );
+            return;
+        }
+        println!(
+            "{:<36}  {:<20}  {:<14}  {:<34}  {:<8}  VER",
+            "ID", "NAME", "PROVIDER", "SCOPE", "STATE"
+        );
+        for i in infos {
+            println!(
+                "{:<36}  {:<20}  {:<14}  {:<34}  {:<8}  {}",
+                i.id,
+                i.name,
+                i.provider,
+                i.scope.to_string(),
+                i.state,
+                i.version
+            );
+        }
+    }
+
+    fn info(&self, info: &CredentialInfo, fields: Option<&BTreeMap<String, SecretString>>) {
+        if self.json {
+            let mut value = serde_json::to_value(info).unwrap_or_default();
+            if let Some(fields) = fields {
+                let shown: BTreeMap<&str, &str> = fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.expose_secret()))
+                    .collect();
+                value["fields"] = serde_json::to_value(shown).unwrap_or_default();
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            return;
+        }
+        println!("id:          {}", info.id);
+        println!("name:        {}", info.name);
+        println!("provider:    {} ({})", info.provider, info.handler_type);
+        println!("scope:       {}", info.scope);
+        println!("state:       {}", info.state);
+        println!("version:     {}", info.version);
+        if let Some(at) = info.expires_at {
+            println!("expires_at:  {}", at.0);
+        }
+        for (k, v) in &info.metadata {
+            println!("meta {k}: {v}");
+        }
+        match fields {
+            Some(fields) => {
+                for (k, v) in fields {
+                    println!("field {k}: {}", v.expose_secret());
+                }
+            }
+            None => println!("fields:      (hidden; --reveal to print them)"),
+        }
+    }
+}
+
+fn scope_from(args: &ScopeArgs, actor: &Principal) -> Result<Option<Scope>, Error> {
+    let Some(kind) = &args.scope else {
+        return Ok(None);
+    };
+    let kind = ScopeKind::parse(kind)?;
+    let app = || {
+        args.app
+            .clone()
+            .or_else(|| actor.app().map(str::to_string))
+            .ok_or_else(|| invalid("--app", "this scope needs an app: pass --app"))
+    };
+    let user = || {
+        args.user
+            .clone()
+            .or_else(|| actor.user().map(str::to_string))
+            .ok_or_else(|| invalid("--user", "this scope needs a user: pass --user"))
+    };
+    Ok(Some(match kind {
+        ScopeKind::SystemWide => Scope::SystemWide,
+        ScopeKind::PerAppShared => Scope::per_app_shared(app()?)?,
+        ScopeKind::PerUser => Scope::per_user(user()?)?,
+        ScopeKind::PerAppPerUser => Scope::per_app_per_user(app()?, user()?)?,
+        ScopeKind::PerAgent => Scope::per_agent(
+            args.agent
+                .clone()
+                .ok_or_else(|| invalid("--agent", "per_agent needs --agent"))?,
+        )?,
+        _ => return Err(invalid("--scope", "unsupported scope")),
+    }))
+}
+
+fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretString>, Error> {
+    let mut out = BTreeMap::new();
+    for item in raw {
+        let Some((name, value)) = item.split_once('=') else {
+            let name = item.chars().take(40).collect::<String>();
+            return Err(invalid(
+                "-f",
+                &format!(
+                    "`{name}` must be written name=value (name=- reads stdin, name=? prompts)"
+                ),
+            ));
+        };
+        if name.is_empty() {
+            return Err(invalid("-f", "a field needs a name before `=`"));
+        }
+        let value = match value {
+            "-" => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| invalid("-f", &format!("cannot read `{name}` from stdin: {e}")))?;
+                let trimmed = line.trim_end_matches(['\r', '\n']).to_string();
+                zeroize::Zeroize::zeroize(&mut line);
+                trimmed
+            }
+            "?" => {
+                if !std::io::stdin().is_terminal() {
+                    return Err(invalid(
+                        "-f",
+                        &format!(
+                            "cannot prompt for `{name}`: stdin is not a terminal; use {name}=-"
+                        ),
+                    ));
+                }
+                rpassword::prompt_password(format!("{name}: "))
+                    .map_err(|e| invalid("-f", &format!("cannot read `{name}`: {e}")))?
+            }
+            v => v.to_string(),
+        };
+        if out
+            .insert(name.to_string(), SecretString::from(value))
+            .is_some()
+        {
+            return Err(invalid("-f", &format!("field `{name}` is given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn new_credential(
+    provider: &str,
+    name: Option<String>,
+    scope: Scope,
+    fields: &[String],
+) -> Result<NewCredential, Error> {
+    let handler = handler_type_of(provider).ok_or_else(|| {
+        let known: Vec<&str> = BUILTIN_PROVIDERS.iter().map(|(n, _)| *n).collect();
+        invalid(
+            "--provider",
+            &format!(
+                "unknown provider `{provider}`; known providers: {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let fields = parse_fields(fields)?;
+    Ok(NewCredential::new(
+        name.unwrap_or_else(|| format!("{provider}_main")),
+        scope,
+        provider,
+        handler,
+        fields,
+    ))
+}
+
+fn id(text: &str) -> Result<CredentialId, Error> {
+    CredentialId::new(text)
+}
+
+async fn credentials(
+    vault: &Vault,
+    actor: &Principal,
+    cmd: CredentialsCommand,
+    out: &Output,
+) -> Result<(), Error> {
+    match cmd {
+        CredentialsCommand::List {
+            scope,
+            provider,
+            state,
+        } => {
+            let filter = CredentialFilter {
+                scope: scope_from(&scope, actor)?,
+                provider,
+                state: state.as_deref().map(LifecycleState::parse).transpose()?,
+                ..CredentialFilter::default()
+            };
+            out.infos(&vault.list(actor, &filter).await?);
+        }
+        CredentialsCommand::AdminList => {
+            if !matches!(actor, Principal::SystemAdmin { .. }) {
+                return Err(Error::PermissionDenied {
+                    actor: actor.to_string(),
+                    action: "admin-list".into(),
+                    target: "every credential (system administrators only)".into(),
+                });
+            }
+            out.infos(&vault.list(actor, &CredentialFilter::default()).await?);
+        }
+        CredentialsCommand::Show { id: raw, reveal } => {
+            let id = id(&raw)?;
+            if reveal {
+                let revealed = vault.reveal(actor, &id).await?;
+                out.info(&revealed.info, Some(&revealed.fields));
+            } else {
+                out.info(&vault.get(actor, &id).await?, None);
+            }
+        }
+        CredentialsCommand::Create(args) => {
+            let scope = match scope_from(&args.scope, actor)? {
+                Some(scope) => scope,
+                None => Scope::per_user(
+                    args.scope
+                        .user
+                        .clone()
+                        .or_else(|| actor.user().map(str::to_string))
+                        .ok_or_else(|| {
+                            invalid(
+                                "--scope",
+                                "the acting principal has no user; pass --scope (and --app/--user)",
+                            )
+                        })?,
+                )?,
+            };
+            let mut new = new_credential(&args.provider, args.name, scope, &args.fields)?;
+            new.expires_at = args.expires_at.map(Timestamp);
+            out.info(&vault.create(actor, new).await?, None);
+        }
+        CredentialsCommand::AdminCreate {
+            provider,
+            name,
+            fields,
+            app,
+        } => {
+            let scope = match app {
+                Some(app) => Scope::per_app_shared(app)?,
+                None => Scope::SystemWide,
+            };
+            let new = new_credential(&provider, name, scope, &fields)?;
+            out.info(&vault.create(actor, new).await?, None);
+        }
+        CredentialsCommand::Delete { id: raw, version } => {
+            vault.delete(actor, &id(&raw)?, version).await?;
+            if !out.json {
+                println!("deleted {raw}");
+            }
+        }
+        CredentialsCommand::AdminDelete { id: raw } => {
+            vault.delete(actor, &id(&raw)?, None).await?;
+            if !out.json {
+                println!("deleted {raw}");
+            }
+        }
+        CredentialsCommand::Grants { id: raw } => {
+            let grants = vault.grants(actor, &id(&raw)?).await?;
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&grants).unwrap_or_default()
+                );
+            } else {
+                println!("{:<20}  {:<28}  STATUS", "APP", "GRANTED BY");
+                for g in grants {
+                    let status = if g.is_active() { "active" } else { "revoked" };
+                    println!("{:<20}  {:<28}  {status}", g.app, g.granted_by);
+                }
+            }
+        }
+        CredentialsCommand::GrantAdd { id: raw, app } => {
+            vault.grant_add(actor, &id(&raw)?, &app).await?;
+            if !out.json {
+                println!("granted {raw} to app {app}");
+            }
+        }
+        CredentialsCommand::GrantRevoke { id: raw, app, hard } => {
+            vault.grant_revoke(actor, &id(&raw)?, &app, hard).await?;
+            if !out.json {
+                println!(
+                    "revoked app {app}'s grant of {raw}{}",
+                    if hard { " (deleted)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The `strongroom` CLI end to end against a real SQLite file.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const CANARY: &str = "sk-CANARY-cli-0d9f3a";
+
+struct Env {
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn db(&self) -> String {
+        format!("sqlite:{}", self.home.path().join("vault.db").display())
+    }
+
+    fn cmd(&self, actor: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_strongroom"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STRONGROOM_HOME", self.home.path())
+            .arg("--store")
+            .arg(self.db())
+            .arg("--as")
+            .arg(actor)
+            .args(args);
+        c
+    }
+
+    fn run(&self, actor: &str, args: &[&str]) -> Output {
+        self.cmd(actor, args).output().expect("runs")
+    }
+
+    fn run_stdin(&self, actor: &str, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .cmd(actor, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("wait")
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).expect("json output")
+}
+
+const ALICE: &str = "app_user:crm:alice";
+
+#[test]
+fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
+    let env = Env::new();
+    // Create from stdin, so the secret never sits in the command line.
+    let created = env.run_stdin(
+        ALICE,
+        &[
+            "--json",
+            "credentials",
+            "create",
+            "--provider",
+            "openai",
+            "-f",
+            "api_key=-",
+        ],
+        &format!("{CANARY}\n"),
+    );
+    let created = json(&created);
+    let id = created["id"].as_str().expect("id").to_string();
+    assert_eq!(created["name"], "openai_main");
+    assert_eq!(created["state"], "filled");
+
+    let list = ok(&env.run(ALICE, &["credentials", "list"]));
+    assert!(list.contains(&id) && list.contains("openai_main"), "{list}");
+    assert!(!list.contains("CANARY"));
+    let others = ok(&env.run("app_user:crm:bob", &["credentials", "list"]));
+    assert!(!others.contains(&id), "bob does not see alice's credential");
+
+    let shown = ok(&env.run(ALICE, &["credentials", "show", &id]));
+    assert!(
+        shown.contains("hidden") && !shown.contains("CANARY"),
+        "{shown}"
+    );
+    let revealed = ok(&env.run(ALICE, &["credentials", "show", &id, "--reveal"]));
+    assert!(
+        revealed.contains(CANARY),
+        "the owner may reveal: {revealed}"
+    );
+    fails(
+        &env.run("viewer:vera", &["credentials", "show", &id, "--reveal"]),
+        4,
+        "permission denied",
+    );
+    fails(
+        &env.run(
+            "app_admin:crm:adam",
+            &["credentials", "show", &id, "--reveal"],
+        ),
+        4,
+        "permission denied",
+    );
+    ok(&env.run("viewer:vera", &["credentials", "show", &id]));
+
+    ok(&env.run(ALICE, &["credentials", "grant-add", &id, "crm"]));
+    ok(&env.run(ALICE, &["credentials", "grant-add", &id, "blog"]));
+    ok(&env.run(ALICE, &["credentials", "grant-revoke", &id, "blog"]));
+    let grants = json(&env.run(ALICE, &["--json", "credentials", "grants", &id]));
+    let grants = grants.as_array().expect("array");
+    assert_eq!(grants.len(), 2);
+    assert!(grants
+        .iter()
+        .any(|g| g["app"] == "blog" && !g["revoked_at"].is_null()));
+    ok(&env.run(
+        ALICE,
+        &["credentials", "grant-revoke", &id, "blog", "--hard"],
+    ));
+    let grants = json(&env.run(ALICE, &["--json", "credentials", "grants", &id]));
+    assert_eq!(grants.as_array().expect("array").len(), 1);
+
+    // Admin commands.
+    let admin = "system_admin:root";
+    let sys = json(&env.run(
+        admin,
+        &[
+            "--json",
+            "credentials",
+            "admin-create",
+            "--provider",
+            "stripe",
+            "-f",
+            "secret_key=sk_test_x",
+        ],
+    ));
+    assert_eq!(sys["scope"]["kind"], "system_wide");
+    let all = ok(&env.run(admin, &["credentials", "admin-list"]));
+    assert!(all.contains(&id) && all.contains("stripe_main"), "{all}");
+    fails(
+        &env.run(ALICE, &["credentials", "admin-list"]),
+        4,
+        "system administrators only",
+    );
+    fails(
+        &env.run(
+            ALICE,
+            &[
+                "credentials",
+                "admin-delete",
+                sys["id"].as_str().expect("id"),
+            ],
+        ),
+        4,
+        "permission denied",
+    );
+    ok(&env.run(
+        admin,
+        &[
+            "credentials",
+            "admin-delete",
+            sys["id"].as_str().expect("id"),
+        ],
+    ));
+
+    fails(
+        &env.run(ALICE, &["credentials", "delete", &id, "--version", "7"]),
+        5,
+        "version conflict",
+    );
+    ok(&env.run(ALICE, &["credentials", "delete", &id]));
+    fails(
+        &env.run(ALICE, &["credentials", "show", &id]),
+        3,
+        "not found",
+    );
+
+    let verified = ok(&env.run(admin, &["audit", "verify"]));
+    assert!(verified.contains("audit chain intact"), "{verified}");
+    fails(
+        &env.run(ALICE, &["audit", "verify"]),
+        4,
+        "permission denied",
+    );
+
+    // Nothing secret in the database file.
+    let db = std::fs::read(env.home.path().join("vault.db")).expect("db");
+    assert!(!db.windows(6).any(|w| w == b"CANARY"));
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_exit_codes() {
+    let env = Env::new();
+    let create = |args: &[&str]| {
+        let mut all = vec!["credentials", "create"];
+        all.extend_from_slice(args);
+        env.run(ALICE, &all)
+    };
+    fails(
+        &create(&["--provider", "nosuch", "-f", "k=v"]),
+        2,
+        "unknown provider `nosuch`",
+    );
+    fails(
+        &create(&["--provider", "openai", "-f", "api_key"]),
+        2,
+        "must be written name=value",
+    );
+    fails(
+        &create(&["--provider", "openai", "-f", "=v"]),
+        2,
+        "needs a name",
+    );
+    fails(
+        &create(&["--provider", "openai", "-f", "bad name=v"]),
+        2,
+        "`bad name`",
+    );
+    fails(
+        &create(&["--provider", "openai", "-f", "a=1", "--scope", "galaxy"]),
+        2,
+        "unknown scope `galaxy`",
+    );
+    fails(
+        &create(&["--provider", "openai", "-f", "a=1", "-f", "a=2"]),
+        2,
+        "given twice",
+    );
+    ok(&create(&["--provider", "openai", "-f", "api_key=x"]));
+    fails(
+        &create(&["--provider", "openai", "-f", "api_key=y"]),
+        5,
+        "already exists",
+    );
+
+    // A missing store, a bad store spec, a missing principal.
+    let missing = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .env_clear()
+        .env("STRONGROOM_HOME", env.home.path())
+        .args([
+            "--store",
+            "sqlite:/nonexistent/nowhere.db",
+            "--as",
+            ALICE,
+            "credentials",
+            "list",
+        ])
+        .output()
+        .expect("runs");
+    fails(&missing, 3, "vault /nonexistent/nowhere.db not found");
+    let pg = env
+        .cmd(ALICE, &["credentials", "list"])
+        .arg("--store")
+        .arg("postgres://x")
+        .output()
+        .expect("runs");
+    fails(&pg, 2, "PostgreSQL stores are not in this build");
+    let bad_spec = env
+        .cmd(ALICE, &["credentials", "list"])
+        .arg("--store")
+        .arg("mysql:x")
+        .output()
+        .expect("runs");
+    fails(&bad_spec, 2, "is not a store");
+    let no_actor = Command::new(env!("CARGO_BIN_EXE_strongroom"))
+        .env_clear()
+        .env("STRONGROOM_HOME", env.home.path())
+        .args(["credentials", "list"])
+        .output()
+        .expect("runs");
+    fails(&no_actor, 2, "--as");
+    fails(
+        &env.run("wizard:merlin", &["credentials", "list"]),
+        2,
+        "not a principal",
+    );
+    // A malformed id and an unknown command.
+    fails(
+        &env.run(ALICE, &["credentials", "show", "a/b"]),
+        2,
+        "credential id",
+    );
+    let unknown = env.run(ALICE, &["credentials", "frobnicate"]);
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn a_tampered_audit_chain_fails_verification_with_exit_6() {
+    let env = Env::new();
+    ok(&env.run(
+        ALICE,
+        &[
+            "credentials",
+            "create",
+            "--provider",
+            "openai",
+            "-f",
+            "api_key=x",
+        ],
+    ));
+    ok(&env.run(ALICE, &["credentials", "list"]));
+    let db: &Path = &env.home.path().join("vault.db");
+    rusqlite::Connection::open(db)
+        .expect("open")
+        .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 1", [])
+        .expect("tamper");
+    let out = env.run("system_admin:root", &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("first bad sequence number 1"));
+}
