@@ -1,5 +1,6 @@
-//! Quickstart: a vault in a temporary folder on SQLite with a file master key. Stores one
-//! credential, reads it back, and verifies the audit chain.
+//! Quickstart: a vault in a temporary folder on SQLite with a file master key. Stores
+//! credentials in two scopes, grants one to an app, resolves it from the app's runtime,
+//! shows a denied read, and verifies the audit chain.
 //!
 //! Run it with `cargo run --example quickstart`.
 
@@ -8,9 +9,18 @@ use std::sync::Arc;
 
 use strongroom::crypto::{key_wrapper_from_vars, ENV_HOME};
 use strongroom::{
-    AuditChain, AuditEvent, AuditTarget, Batch, CredentialId, CredentialRecord, ExposeSecret,
-    KeyRing, LifecycleState, Mutation, Precondition, Scope, SqliteStore, Store, Timestamp,
+    CredentialRef, ExposeSecret, NewCredential, Principal, ResolveContext, Scope, SecretString,
+    SqliteStore, Vault,
 };
+
+fn secret(name: &str, value: &str) -> BTreeMap<String, SecretString> {
+    BTreeMap::from([(name.to_string(), SecretString::from(value.to_string()))])
+}
+
+fn masked(value: &str) -> String {
+    let head: String = value.chars().take(6).collect();
+    format!("{head}… ({} characters)", value.chars().count())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,108 +28,94 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let home = tempfile::tempdir()?;
     let home_path = home.path().to_string_lossy().into_owned();
     let master = key_wrapper_from_vars(|name| (name == ENV_HOME).then(|| home_path.clone()))?;
-    let keys = KeyRing::new(master);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(home.path().join("vault.db"))?);
+    let vault = Vault::builder()
+        .store(Arc::new(SqliteStore::open(home.path().join("vault.db"))?))
+        .key_wrapper(master)
+        .build()
+        .await?;
     println!("vault at {}", home.path().display());
+
+    // 2. Alice stores her own OpenAI key (per_user); an admin stores a shared one.
+    let alice = Principal::parse("app_user:crm:alice")?;
+    let admin = Principal::parse("system_admin:root")?;
+    let mine = vault
+        .create(
+            &alice,
+            NewCredential::new(
+                "openai_main",
+                Scope::per_user("alice")?,
+                "openai",
+                "api_key",
+                secret("api_key", "sk-proj-alice-0123456789"),
+            ),
+        )
+        .await?;
+    vault
+        .create(
+            &admin,
+            NewCredential::new(
+                "openai_main",
+                Scope::SystemWide,
+                "openai",
+                "api_key",
+                secret("api_key", "sk-proj-shared-9876543210"),
+            ),
+        )
+        .await?;
     println!(
-        "master key {} (file {}/master.key)",
-        keys.active().key_id(),
-        home_path
+        "stored {} ({}) and a system_wide one of the same name",
+        mine.name, mine.scope
     );
 
-    // 2. Seal a credential's secret fields for its identity and store it with its audit row.
-    let scope = Scope::per_user("alice")?;
-    let now = Timestamp::now();
-    let mut record = CredentialRecord {
-        id: CredentialId::generate(),
-        name: "openai_main".into(),
-        scope,
-        provider: "openai".into(),
-        handler_type: "api_key".into(),
-        state: LifecycleState::Filled,
-        metadata: BTreeMap::from([("label".into(), "Alice's OpenAI key".into())]),
-        agent_accessible: false,
-        version: 1,
-        created_at: now,
-        updated_at: now,
-        key_id: String::new(),
-        sealed: Vec::new(),
+    // 3. The crm app's runtime resolves `openai_main` for Alice's session: the compact ref
+    //    means per_user, so it finds hers (never the system-wide one), once she grants crm.
+    let runtime = Principal::parse("runtime:crm:alice")?;
+    let session = ResolveContext {
+        app: "crm".into(),
+        user: "alice".into(),
     };
-    let fields = serde_json::json!({ "api_key": "sk-proj-quickstart-0123456789abcdef" });
-    let sealed = keys
-        .seal(fields.to_string().as_bytes(), &record.identity())
-        .await?;
-    record.key_id = sealed.key_id;
-    record.sealed = sealed.bytes;
-    let created = AuditEvent::new(
-        "alice",
-        "credential.create",
-        AuditTarget::credential(&record.id, &record.scope),
-    )
-    .detail("provider", "openai");
-    store
-        .commit(Batch {
-            mutations: vec![Mutation::Put {
-                record: record.clone(),
-                precondition: Precondition::CreateOnly,
-            }],
-            events: vec![created],
-        })
-        .await?;
+    let reference = CredentialRef::compact("openai_main");
+    match vault.resolve(&runtime, &reference, &session).await {
+        Err(e) => println!("before the grant: {e}"),
+        Ok(_) => println!("unexpected: resolved without a grant"),
+    }
+    vault.grant_add(&alice, &mine.id, "crm").await?;
+    let resolved = vault.resolve(&runtime, &reference, &session).await?;
     println!(
-        "stored {} ({} sealed bytes)",
-        record.describe(),
-        record.sealed.len()
+        "after the grant: api_key = {}",
+        masked(resolved.fields["api_key"].expose_secret())
     );
 
-    // 3. Read it back: the audit row for the read is durable before the secret is opened.
-    let stored = store
-        .get(&record.id)
-        .await?
-        .ok_or("the credential vanished")?;
-    let revealed = AuditEvent::new(
-        "alice",
-        "credential.reveal",
-        AuditTarget::credential(&stored.id, &stored.scope),
-    );
-    store.commit(Batch::events(vec![revealed])).await?;
-    let plaintext = keys.open(&stored.sealed, &stored.identity()).await?;
-    let fields: serde_json::Value = serde_json::from_slice(plaintext.expose_secret())?;
-    let api_key = fields["api_key"].as_str().unwrap_or_default();
+    // 4. A viewer may see that it exists, never its value.
+    let viewer = Principal::parse("viewer:vera")?;
     println!(
-        "read back api_key = {}… ({} characters)",
-        &api_key[..8.min(api_key.len())],
-        api_key.len()
+        "viewer sees: {} ({})",
+        vault.get(&viewer, &mine.id).await?.name,
+        mine.scope
     );
+    match vault.reveal(&viewer, &mine.id).await {
+        Err(e) => println!("viewer reveal: {e}"),
+        Ok(_) => println!("unexpected: a viewer read a secret"),
+    }
 
-    // 4. Verify the audit chain and sign a checkpoint of its head.
-    let chain = AuditChain::new(store.clone(), keys.clone());
-    let report = chain.verify().await?;
-    for row in store.audit_range(1, 100).await? {
+    // 5. Every step, including the denials, is in the hash-chained audit log.
+    for row in vault.store().audit_range(1, 100).await? {
         println!(
-            "  audit #{} {} {} by {} -> {}",
+            "  audit #{:<2} {} {:<24} {:<20} {}",
             row.seq,
-            hex::encode(&row.hash[..6]),
+            hex::encode(&row.hash[..4]),
             row.event.action,
             row.event.actor,
             row.event.outcome.as_str()
         );
     }
+    let report = vault.verify_audit(&admin).await?;
     match &report.problem {
         None => println!("audit chain verified: {} rows, intact", report.rows),
         Some(problem) => println!("audit chain BROKEN: {problem}"),
     }
-    if let Some(cp) = chain.checkpoint().await? {
-        println!(
-            "checkpoint: seq {} head {} (authenticated with {})",
-            cp.seq,
-            hex::encode(&cp.head_hash[..8]),
-            cp.key_id
-        );
-        println!(
-            "checkpoint verifies: {}",
-            chain.verify_against(&[cp]).await?.is_ok()
-        );
+    if let Some(cp) = vault.audit().checkpoint().await? {
+        println!("checkpoint at row {} signed with {}", cp.seq, cp.key_id);
     }
     Ok(())
 }
