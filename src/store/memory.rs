@@ -217,6 +217,18 @@ impl Store for MemoryStore {
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
         let state = self.lock();
         let limit = filter.limit.unwrap_or(usize::MAX);
+        // A name in one scope is unique: answer from the name index.
+        if let (Some(scope), Some(name)) = (&filter.scope, &filter.name) {
+            let key = (scope.kind(), scope.owner(), name.clone());
+            return Ok(state
+                .names
+                .get(&key)
+                .and_then(|id| state.credentials.get(id))
+                .filter(|r| filter.matches(r) && limit > 0)
+                .cloned()
+                .into_iter()
+                .collect());
+        }
         let range = match &filter.after_id {
             Some(after) => state.credentials.range((
                 std::ops::Bound::Excluded(after.clone()),

@@ -88,7 +88,7 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Most batches folded into one transaction (default 1024).
     pub max_group: usize,
-    /// Read connections kept open (default 4).
+    /// Read connections kept open for reuse (default 64, one per concurrent reader).
     pub readers: usize,
     /// How long to wait on a lock held by another process (default 5 s).
     pub busy_timeout: Duration,
@@ -99,7 +99,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             synchronous: Synchronous::Full,
             max_group: 1024,
-            readers: 4,
+            readers: 64,
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -232,6 +232,17 @@ impl SqliteStore {
         }
     }
 
+    /// Runs a point read (one row or a handful) on the calling thread with a pooled
+    /// connection: in WAL mode readers never wait for the writer, and a lookup of a few
+    /// microseconds costs less than handing it to another thread and back.
+    fn read_point<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.inner.take_reader()?;
+        let out = f(&conn);
+        self.inner.give_back(conn);
+        out
+    }
+
+    /// Runs a read that may scan many rows on the blocking thread pool.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -262,11 +273,6 @@ impl Inner {
         )
         .map_err(|e| sql_error(&format!("cannot open {shown} for reading"), e))?;
         conn.busy_timeout(self.options.busy_timeout)
-            .and_then(|()| {
-                // Memory-mapped reads skip a copy per page on long scans (verification);
-                // SQLite caps this at its own compile-time maximum.
-                conn.pragma_update(None, "mmap_size", 2_000_000_000i64)
-            })
             .map_err(|e| sql_error("cannot configure a reader", e))?;
         Ok(conn)
     }
@@ -391,7 +397,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        expected = group.len();
+        // Remember the concurrency seen lately: jump up at once, decay slowly, so one
+        // short group (a straggler cut off by the time limit) does not shrink the next.
+        expected = group.len().max(expected - expected / 8);
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         counters
             .batches
@@ -853,11 +861,77 @@ fn decode_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>
     Ok(decode().map_err(|reason| Error::CorruptAuditRow { seq, reason }))
 }
 
+/// Turns on memory-mapped reads for one scan and off again afterwards.
+struct MappedScan<'c>(&'c Connection);
+
+impl<'c> MappedScan<'c> {
+    fn new(conn: &'c Connection) -> MappedScan<'c> {
+        // SQLite caps the size at its own compile-time maximum; failure only costs speed.
+        let _ = conn.pragma_update(None, "mmap_size", 2_000_000_000i64);
+        MappedScan(conn)
+    }
+}
+
+impl Drop for MappedScan<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.pragma_update(None, "mmap_size", 0i64);
+    }
+}
+
+/// Lists credentials matching `filter` on `conn`, in id order.
+fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
+    let mut sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE 1");
+    let mut values: Vec<Value> = Vec::new();
+    let mut add = |clause: &str, value: Value| {
+        values.push(value);
+        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
+    };
+    if let Some(scope) = &filter.scope {
+        add("scope_kind =", Value::Text(scope.kind().as_str().into()));
+        add("owner =", Value::Text(scope.owner()));
+    }
+    if let Some(kind) = filter.scope_kind {
+        add("scope_kind =", Value::Text(kind.as_str().into()));
+    }
+    if let Some(name) = &filter.name {
+        add("name =", Value::Text(name.clone()));
+    }
+    if let Some(provider) = &filter.provider {
+        add("provider =", Value::Text(provider.clone()));
+    }
+    if let Some(state) = filter.state {
+        add("state =", Value::Text(state.as_str().into()));
+    }
+    if let Some(key_id) = &filter.key_id {
+        add("key_id =", Value::Text(key_id.clone()));
+    }
+    if let Some(key_id) = &filter.key_id_not {
+        add("key_id <>", Value::Text(key_id.clone()));
+    }
+    if let Some(after) = &filter.after_id {
+        add("id >", Value::Text(after.as_str().into()));
+    }
+    sql.push_str(" ORDER BY id");
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+    }
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .map_err(|e| sql_error("cannot prepare a credential listing", e))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(values), decode_credential)
+        .map_err(|e| sql_error("cannot list credentials", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(|e| sql_error("cannot list credentials", e))??);
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
-        let id = id.clone();
-        self.read(move |conn| {
+        self.read_point(|conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"
@@ -872,60 +946,15 @@ impl Store for SqliteStore {
                 None => Ok(None),
             }
         })
-        .await
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
+        // A name within one scope is unique: a point read.
+        if filter.scope.is_some() && filter.name.is_some() {
+            return self.read_point(|conn| list_sync(conn, filter));
+        }
         let filter = filter.clone();
-        self.read(move |conn| {
-            let mut sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE 1");
-            let mut values: Vec<Value> = Vec::new();
-            let mut add = |clause: &str, value: Value| {
-                values.push(value);
-                sql.push_str(&format!(" AND {clause} ?{}", values.len()));
-            };
-            if let Some(scope) = &filter.scope {
-                add("scope_kind =", Value::Text(scope.kind().as_str().into()));
-                add("owner =", Value::Text(scope.owner()));
-            }
-            if let Some(kind) = filter.scope_kind {
-                add("scope_kind =", Value::Text(kind.as_str().into()));
-            }
-            if let Some(name) = &filter.name {
-                add("name =", Value::Text(name.clone()));
-            }
-            if let Some(provider) = &filter.provider {
-                add("provider =", Value::Text(provider.clone()));
-            }
-            if let Some(state) = filter.state {
-                add("state =", Value::Text(state.as_str().into()));
-            }
-            if let Some(key_id) = &filter.key_id {
-                add("key_id =", Value::Text(key_id.clone()));
-            }
-            if let Some(key_id) = &filter.key_id_not {
-                add("key_id <>", Value::Text(key_id.clone()));
-            }
-            if let Some(after) = &filter.after_id {
-                add("id >", Value::Text(after.as_str().into()));
-            }
-            sql.push_str(" ORDER BY id");
-            if let Some(limit) = filter.limit {
-                sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
-            }
-            let mut stmt = conn
-                .prepare_cached(&sql)
-                .map_err(|e| sql_error("cannot prepare a credential listing", e))?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(values), decode_credential)
-                .map_err(|e| sql_error("cannot list credentials", e))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(row.map_err(|e| sql_error("cannot list credentials", e))??);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| list_sync(conn, &filter)).await
     }
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
@@ -952,13 +981,14 @@ impl Store for SqliteStore {
     }
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
-        self.read(|conn| load_head(conn).map_err(|e| sql_error("cannot read the audit head", e)))
-            .await
+        self.read_point(|conn| {
+            load_head(conn).map_err(|e| sql_error("cannot read the audit head", e))
+        })
     }
 
     async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
         let id = credential_id.clone();
-        self.read(move |conn| {
+        self.read_point(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT app, granted_by, granted_at, revoked_at, revoked_by FROM grants
@@ -980,11 +1010,14 @@ impl Store for SqliteStore {
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(|e| sql_error(&format!("cannot decode the grants of credential {id}"), e))
         })
-        .await
     }
 
     async fn audit_digests(&self, from: u64, limit: usize) -> Result<Vec<AuditDigest>> {
         self.read(move |conn| {
+            // Memory-mapped reads skip a copy per page on this long scan. Only here: under
+            // concurrent writes a mapped reader remaps as the file grows, which costs point
+            // reads more than the copy saves (measured).
+            let _map = MappedScan::new(conn);
             let mut stmt = conn
                 .prepare_cached(AUDIT_SELECT)
                 .map_err(|e| sql_error("cannot prepare an audit read", e))?;

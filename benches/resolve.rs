@@ -1,0 +1,187 @@
+//! Audited resolves by reference (scope-strict lookup, decrypt, a durable audit row) with 64
+//! concurrent callers, on `SqliteStore` (`synchronous=FULL`) and `MemoryStore`, with 1,000
+//! and 1,000,000 stored credentials. Prints one JSON object.
+//!
+//! `cargo bench --bench resolve`  (`STRONGROOM_BENCH_QUICK=1` for a short smoke run)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strongroom::{
+    Batch, CredentialId, CredentialRecord, CredentialRef, KeyRing, LifecycleState, LocalKey,
+    MemoryStore, Mutation, Precondition, Principal, ResolveContext, Scope, SqliteStore, Store,
+    Timestamp, Vault,
+};
+
+const CALLERS: usize = 64;
+
+/// Stores `n` credentials named `openai_main`, one per (crm, user{i}) scope.
+async fn seed(store: &Arc<dyn Store>, keys: &KeyRing, n: usize) {
+    let now = Timestamp::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 5_000).min(n);
+        let mut mutations = Vec::with_capacity(end - i);
+        for u in i..end {
+            let mut record = CredentialRecord {
+                id: CredentialId::generate(),
+                name: "openai_main".into(),
+                scope: Scope::per_app_per_user("crm", format!("user{u}")).expect("scope"),
+                provider: "openai".into(),
+                handler_type: "api_key".into(),
+                state: LifecycleState::Valid,
+                metadata: BTreeMap::new(),
+                agent_accessible: false,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                key_id: String::new(),
+                sealed: Vec::new(),
+            };
+            let sealed = keys
+                .seal(
+                    br#"{"api_key":"sk-proj-0123456789abcdefghijklmnopqrstuvwxyz"}"#,
+                    &record.identity(),
+                )
+                .await
+                .expect("seal");
+            record.key_id = sealed.key_id;
+            record.sealed = sealed.bytes;
+            mutations.push(Mutation::Put {
+                record,
+                precondition: Precondition::CreateOnly,
+            });
+        }
+        store
+            .commit(Batch {
+                mutations,
+                events: vec![],
+            })
+            .await
+            .expect("seed");
+        i = end;
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    (sorted[i].as_secs_f64() * 1e6 * 10.0).round() / 10.0
+}
+
+/// `CALLERS` tasks resolve random users' references for `secs`; (resolves/s, p50 µs, p99 µs).
+async fn run(vault: &Vault, users: usize, secs: f64) -> (f64, f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..CALLERS {
+        let vault = vault.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut x = (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let reference = CredentialRef::explicit(
+                "openai_main",
+                strongroom::ScopeKind::PerAppPerUser,
+                Some("openai".into()),
+            );
+            while Instant::now() < deadline {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let user = format!("user{}", x % users as u64);
+                let actor = Principal::AppRuntime {
+                    app: "crm".into(),
+                    user: user.clone(),
+                };
+                let ctx = ResolveContext {
+                    app: "crm".into(),
+                    user,
+                };
+                let t = Instant::now();
+                let got = vault
+                    .resolve(&actor, &reference, &ctx)
+                    .await
+                    .expect("resolve");
+                lat.push(t.elapsed());
+                std::hint::black_box(got.fields.len());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.await.expect("caller"));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort();
+    (
+        (lat.len() as f64 / elapsed).round(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::var("STRONGROOM_BENCH_QUICK").is_ok();
+    let sizes: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 1_000_000]
+    };
+    let secs = if quick { 1.0 } else { 5.0 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut results = serde_json::Map::new();
+    for &n in sizes {
+        for kind in ["sqlite_full", "memory"] {
+            // STRONGROOM_BENCH_ONLY=sqlite (or memory) runs one store only.
+            if std::env::var("STRONGROOM_BENCH_ONLY").is_ok_and(|only| !kind.starts_with(&only)) {
+                continue;
+            }
+            let key = Arc::new(LocalKey::generate().expect("key"));
+            let keys = KeyRing::new(key.clone());
+            let sqlite = (kind == "sqlite_full")
+                .then(|| SqliteStore::open(dir.path().join(format!("r{n}.db"))).expect("open"));
+            let store: Arc<dyn Store> = match &sqlite {
+                Some(sqlite) => Arc::new(sqlite.clone()),
+                None => Arc::new(MemoryStore::new()),
+            };
+            let seeding = Instant::now();
+            seed(&store, &keys, n).await;
+            let seeded_s = seeding.elapsed().as_secs_f64();
+            let vault = Vault::builder()
+                .store(store)
+                .key_wrapper(key)
+                .build()
+                .await
+                .expect("vault");
+            run(&vault, n, 0.5).await; // warm up
+            let before = sqlite.as_ref().map(|s| s.writer_stats());
+            let (rate, p50, p99) = run(&vault, n, secs).await;
+            let batches_per_sync = match (&sqlite, before) {
+                (Some(s), Some(b)) => {
+                    let a = s.writer_stats();
+                    ((a.batches - b.batches) as f64
+                        / (a.transactions - b.transactions).max(1) as f64
+                        * 10.0)
+                        .round()
+                        / 10.0
+                }
+                _ => 0.0,
+            };
+            results.insert(
+                format!("{kind}_{n}"),
+                serde_json::json!({
+                    "credentials": n,
+                    "resolves_per_s": rate,
+                    "p50_us": p50,
+                    "p99_us": p99,
+                    "seed_s": (seeded_s * 10.0).round() / 10.0,
+                    "batches_per_sync": batches_per_sync,
+                }),
+            );
+        }
+    }
+    results.insert("callers".into(), CALLERS.into());
+    println!("{}", serde_json::to_string_pretty(&results).expect("json"));
+}
