@@ -381,3 +381,27 @@ async fn memory_store_chains_verify_the_same_way() {
         Some(10)
     );
 }
+
+#[tokio::test]
+async fn memory_store_ranges_cross_its_internal_chunks() {
+    let store = MemoryStore::new();
+    for start in (1..=40_000u64).step_by(5_000) {
+        store
+            .commit(Batch::events((start..start + 5_000).map(event).collect()))
+            .await
+            .expect("commit");
+    }
+    let rows = store.audit_range(16_380, 10).await.expect("range");
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (16_380..16_390).collect::<Vec<_>>()
+    );
+    assert_eq!(store.audit_range(39_999, 10).await.expect("tail").len(), 2);
+    let report = verify_chain(&store).await.expect("verify");
+    assert!(report.is_ok() && report.rows == 40_000);
+    store.tamper_audit(|rows| rows[20_000].event.actor = "m".into());
+    assert_eq!(
+        verify_chain(&store).await.expect("verify").first_bad_seq(),
+        Some(20_001)
+    );
+}

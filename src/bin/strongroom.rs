@@ -296,7 +296,7 @@ impl Output {
                 i.name,
                 i.provider,
                 i.scope.to_string(),
-                i.state,
+                i.state.as_str(),
                 i.version
             );
         }

@@ -13,6 +13,57 @@ use crate::model::{CredentialId, CredentialRecord, Grant, ScopeKind};
 
 type NameKey = (ScopeKind, String, String);
 
+/// The audit rows in fixed-size chunks, so a long-running store never copies its whole log
+/// to grow it (a copy that would hold the lock for as long as it takes).
+#[derive(Default)]
+struct AuditLog {
+    chunks: Vec<Vec<AuditRecord>>,
+}
+
+const AUDIT_CHUNK: usize = 1 << 14;
+
+impl AuditLog {
+    fn push(&mut self, record: AuditRecord) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < AUDIT_CHUNK => chunk.push(record),
+            _ => {
+                let mut chunk = Vec::with_capacity(AUDIT_CHUNK);
+                chunk.push(record);
+                self.chunks.push(chunk);
+            }
+        }
+    }
+
+    fn last(&self) -> Option<&AuditRecord> {
+        self.chunks.last().and_then(|c| c.last())
+    }
+
+    /// Rows with `seq >= from` (rows are in sequence order), at most `limit`.
+    fn range(&self, from: u64, limit: usize) -> Vec<AuditRecord> {
+        let first_chunk = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(|r| r.seq < from));
+        let mut out = Vec::new();
+        for chunk in &self.chunks[first_chunk..] {
+            let start = chunk.partition_point(|r| r.seq < from);
+            for row in &chunk[start..] {
+                if out.len() == limit {
+                    return out;
+                }
+                out.push(row.clone());
+            }
+        }
+        out
+    }
+
+    fn flatten(&mut self) -> Vec<AuditRecord> {
+        std::mem::take(&mut self.chunks)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
 /// What to put back if a batch fails part way.
 enum Undo {
     Credential(CredentialId, Option<CredentialRecord>),
@@ -24,7 +75,7 @@ struct State {
     credentials: BTreeMap<CredentialId, CredentialRecord>,
     grants: BTreeMap<(CredentialId, String), Grant>,
     names: HashMap<NameKey, CredentialId>,
-    audit: Vec<AuditRecord>,
+    audit: AuditLog,
     head: Option<ChainHead>,
 }
 
@@ -200,7 +251,11 @@ impl MemoryStore {
     #[doc(hidden)]
     pub fn tamper_audit(&self, f: impl FnOnce(&mut Vec<AuditRecord>)) {
         let mut state = self.lock();
-        f(&mut state.audit);
+        let mut rows = state.audit.flatten();
+        f(&mut rows);
+        for row in rows {
+            state.audit.push(row);
+        }
         state.head = state.audit.last().map(|r| ChainHead {
             seq: r.seq,
             hash: r.hash,
@@ -256,8 +311,7 @@ impl Store for MemoryStore {
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let state = self.lock();
-        let start = state.audit.partition_point(|r| r.seq < from);
-        Ok(state.audit[start..].iter().take(limit).cloned().collect())
+        Ok(state.audit.range(from, limit))
     }
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
