@@ -427,6 +427,26 @@ impl Vault {
         AuditEvent::new(actor.to_string(), action.audit_name(), target)
     }
 
+    /// Commits one mutation with the audit event that records it.
+    async fn commit_one(&self, mutation: Mutation, event: AuditEvent) -> Result<()> {
+        self.inner
+            .store
+            .commit(Batch {
+                mutations: vec![mutation],
+                events: vec![event],
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Seals `plain` into `record` for its current identity (version), with a fresh data key.
+    async fn seal_into(&self, record: &mut CredentialRecord, plain: &[u8]) -> Result<()> {
+        let sealed = self.inner.keys.seal(plain, &record.identity()).await?;
+        record.key_id = sealed.key_id;
+        record.sealed = sealed.bytes;
+        Ok(())
+    }
+
     /// Checks the policy; a denial is audited (durably) before the error is returned.
     async fn authorize(
         &self,
@@ -517,9 +537,7 @@ impl Vault {
             sealed: Vec::new(),
         };
         let plain = encode_fields(&new.fields)?;
-        let sealed = self.inner.keys.seal(&plain, &record.identity()).await?;
-        record.key_id = sealed.key_id;
-        record.sealed = sealed.bytes;
+        self.seal_into(&mut record, &plain).await?;
         let event = Vault::event(
             actor,
             Action::Create,
@@ -528,16 +546,14 @@ impl Vault {
         .detail("name", record.name.clone())
         .detail("provider", record.provider.clone());
         let field_names = new.fields.keys().cloned().collect();
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![Mutation::Put {
-                    record: record.clone(),
-                    precondition: Precondition::CreateOnly,
-                }],
-                events: vec![event],
-            })
-            .await?;
+        self.commit_one(
+            Mutation::Put {
+                record: record.clone(),
+                precondition: Precondition::CreateOnly,
+            },
+            event,
+        )
+        .await?;
         Ok(info(&record, field_names))
     }
 
@@ -595,25 +611,21 @@ impl Vault {
         record.version += 1;
         record.updated_at = Timestamp::now();
         let plain = encode_fields(&fields)?;
-        let sealed = self.inner.keys.seal(&plain, &record.identity()).await?;
-        record.key_id = sealed.key_id;
-        record.sealed = sealed.bytes;
+        self.seal_into(&mut record, &plain).await?;
         let event = Vault::event(
             actor,
             Action::Update,
             AuditTarget::credential(&record.id, &record.scope),
         )
         .detail("version", record.version.to_string());
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![Mutation::Put {
-                    record: record.clone(),
-                    precondition: Precondition::IfVersion(expected_version),
-                }],
-                events: vec![event],
-            })
-            .await?;
+        self.commit_one(
+            Mutation::Put {
+                record: record.clone(),
+                precondition: Precondition::IfVersion(expected_version),
+            },
+            event,
+        )
+        .await?;
         Ok(info(&record, fields.keys().cloned().collect()))
     }
 
@@ -632,18 +644,14 @@ impl Vault {
             AuditTarget::credential(&record.id, &record.scope),
         )
         .detail("name", record.name.clone());
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![Mutation::Delete {
-                    id: record.id.clone(),
-                    precondition: Precondition::IfVersion(
-                        expected_version.unwrap_or(record.version),
-                    ),
-                }],
-                events: vec![event],
-            })
-            .await?;
+        self.commit_one(
+            Mutation::Delete {
+                id: record.id.clone(),
+                precondition: Precondition::IfVersion(expected_version.unwrap_or(record.version)),
+            },
+            event,
+        )
+        .await?;
         Ok(())
     }
 
@@ -849,13 +857,7 @@ impl Vault {
         record.state = to;
         record.version += 1;
         record.updated_at = Timestamp::now();
-        let sealed = self
-            .inner
-            .keys
-            .seal(plain.expose_secret(), &record.identity())
-            .await?;
-        record.key_id = sealed.key_id;
-        record.sealed = sealed.bytes;
+        self.seal_into(&mut record, plain.expose_secret()).await?;
         let event = Vault::event(
             actor,
             Action::SetState,
@@ -864,16 +866,14 @@ impl Vault {
         .detail("from", from.as_str())
         .detail("to", to.as_str())
         .detail("reason", reason);
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![Mutation::Put {
-                    record: record.clone(),
-                    precondition: Precondition::IfVersion(expected_version),
-                }],
-                events: vec![event],
-            })
-            .await?;
+        self.commit_one(
+            Mutation::Put {
+                record: record.clone(),
+                precondition: Precondition::IfVersion(expected_version),
+            },
+            event,
+        )
+        .await?;
         Ok(info(&record, Vec::new()))
     }
 
@@ -920,15 +920,13 @@ impl Vault {
             AuditTarget::credential(&record.id, &record.scope),
         )
         .detail("app", app);
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![Mutation::PutGrant {
-                    grant: grant.clone(),
-                }],
-                events: vec![event],
-            })
-            .await?;
+        self.commit_one(
+            Mutation::PutGrant {
+                grant: grant.clone(),
+            },
+            event,
+        )
+        .await?;
         Ok(grant)
     }
 
@@ -966,13 +964,7 @@ impl Vault {
         )
         .detail("app", app)
         .detail("hard", hard.to_string());
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![mutation],
-                events: vec![event],
-            })
-            .await?;
+        self.commit_one(mutation, event).await?;
         Ok(())
     }
 
