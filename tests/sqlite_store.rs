@@ -245,7 +245,7 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
     let version: i64 = conn
         .query_row("SELECT version FROM strongroom_schema", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,4 +280,102 @@ async fn concurrent_commits_share_transactions() {
         .await
         .expect("verify");
     assert!(report.is_ok() && report.rows == 1280);
+}
+
+#[tokio::test]
+async fn cached_point_reads_see_changes_made_by_another_store_on_the_same_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    let a = SqliteStore::open(&path).expect("open a");
+    let b = SqliteStore::open(&path).expect("open b (another process would look the same)");
+    let scope = Scope::per_user("alice").expect("scope");
+    let record = sample_record("k", scope.clone());
+    a.commit(Batch {
+        mutations: vec![Mutation::Put {
+            record: record.clone(),
+            precondition: Precondition::CreateOnly,
+        }],
+        events: vec![],
+    })
+    .await
+    .expect("create");
+    let by_name = strongroom::ListFilter {
+        scope: Some(scope.clone()),
+        name: Some("k".into()),
+        ..Default::default()
+    };
+    let grant = strongroom::Grant {
+        credential_id: record.id.clone(),
+        app: "crm".into(),
+        granted_by: "alice".into(),
+        granted_at: strongroom::Timestamp(1),
+        revoked_at: None,
+        revoked_by: None,
+    };
+    a.commit(Batch {
+        mutations: vec![Mutation::PutGrant {
+            grant: grant.clone(),
+        }],
+        events: vec![],
+    })
+    .await
+    .expect("grant");
+    // Warm a's cache.
+    for _ in 0..3 {
+        assert_eq!(a.list(&by_name).await.expect("list")[0].version, 1);
+        assert!(a.grants(&record.id).await.expect("grants")[0].is_active());
+        assert!(a.get(&record.id).await.expect("get").is_some());
+    }
+    // b revokes the grant and updates the credential.
+    let mut revoked = grant.clone();
+    revoked.revoked_at = Some(strongroom::Timestamp(2));
+    let mut v2 = record.clone();
+    v2.version = 2;
+    b.commit(Batch {
+        mutations: vec![
+            Mutation::PutGrant { grant: revoked },
+            Mutation::Put {
+                record: v2,
+                precondition: Precondition::IfVersion(1),
+            },
+        ],
+        events: vec![],
+    })
+    .await
+    .expect("b's change");
+    assert!(
+        !a.grants(&record.id).await.expect("grants")[0].is_active(),
+        "a sees the revocation at once"
+    );
+    assert_eq!(a.list(&by_name).await.expect("list")[0].version, 2);
+    assert_eq!(
+        a.get(&record.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .version,
+        2
+    );
+    // And a deletion.
+    b.commit(Batch {
+        mutations: vec![Mutation::Delete {
+            id: record.id.clone(),
+            precondition: Precondition::None,
+        }],
+        events: vec![],
+    })
+    .await
+    .expect("delete");
+    assert!(a.get(&record.id).await.expect("get").is_none());
+    assert!(a.list(&by_name).await.expect("list").is_empty());
+    assert!(a.grants(&record.id).await.expect("grants").is_empty());
+    // Audit-only commits do not disturb cached reads' correctness either.
+    a.commit(Batch::events(vec![strongroom::AuditEvent::new(
+        "x",
+        "y",
+        strongroom::AuditTarget::none(),
+    )]))
+    .await
+    .expect("event");
+    assert!(a.get(&record.id).await.expect("get").is_none());
 }

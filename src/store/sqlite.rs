@@ -68,6 +68,13 @@ const MIGRATIONS: &[&str] = &[
         revoked_by    TEXT,
         PRIMARY KEY (credential_id, app)
     ) WITHOUT ROWID;",
+    // 3: a counter bumped by every batch that changes credentials or grants, in the same
+    //    transaction; a cached point read is valid exactly while it is unchanged.
+    "CREATE TABLE strongroom_generation (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO strongroom_generation (id, value) VALUES (1, 0);",
 ];
 
 /// SQLite's `synchronous` setting for the store.
@@ -132,7 +139,38 @@ struct Inner {
     options: SqliteOptions,
     writer: mpsc::Sender<Request>,
     readers: Mutex<Vec<Connection>>,
+    cache: Mutex<PointCache>,
 }
+
+/// What a point read asked for.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PointKey {
+    /// A credential by scope kind, owner and name.
+    Name(ScopeKind, String, String),
+    /// A credential by id.
+    Id(CredentialId),
+    /// The grants of a credential.
+    Grants(CredentialId),
+}
+
+#[derive(Clone)]
+enum PointValue {
+    Credentials(Vec<CredentialRecord>),
+    Credential(Option<Box<CredentialRecord>>),
+    Grants(Vec<Grant>),
+}
+
+/// Results of point reads, valid for one data generation. Every credential or grant change
+/// (from this process or any other) bumps the generation in the same transaction, so an
+/// entry read at generation G is exactly what any snapshot at generation G would return.
+#[derive(Default)]
+struct PointCache {
+    generation: i64,
+    entries: std::collections::HashMap<PointKey, PointValue>,
+}
+
+/// Most entries kept before the cache starts over.
+const POINT_CACHE_MAX: usize = 100_000;
 
 /// The embedded SQLite store. Cheap to clone (clones share the connection set).
 #[derive(Clone)]
@@ -214,6 +252,7 @@ impl SqliteStore {
                 options,
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
+                cache: Mutex::new(PointCache::default()),
             }),
         })
     }
@@ -240,6 +279,48 @@ impl SqliteStore {
         let out = f(&conn);
         self.inner.give_back(conn);
         out
+    }
+
+    /// A point read through the generation-checked cache: one read transaction reads the
+    /// generation and, on a miss, the data; a hit costs only the generation read.
+    fn read_cached(
+        &self,
+        key: PointKey,
+        f: impl FnOnce(&Connection) -> Result<PointValue>,
+    ) -> Result<PointValue> {
+        self.read_point(|conn| {
+            exec_cached(conn, "BEGIN").map_err(|e| sql_error("cannot start a read", e))?;
+            let out = (|| {
+                let generation: i64 = conn
+                    .prepare_cached("SELECT value FROM strongroom_generation WHERE id = 1")
+                    .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                    .map_err(|e| sql_error("cannot read the data generation", e))?;
+                {
+                    let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.generation == generation {
+                        if let Some(value) = cache.entries.get(&key) {
+                            return Ok(value.clone());
+                        }
+                    }
+                }
+                let value = f(conn)?;
+                let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.generation != generation || cache.entries.len() >= POINT_CACHE_MAX {
+                    // Keep only the newest generation's entries.
+                    if generation >= cache.generation {
+                        cache.entries.clear();
+                        cache.generation = generation;
+                    }
+                }
+                if cache.generation == generation {
+                    cache.entries.insert(key, value.clone());
+                }
+                Ok(value)
+            })();
+            // A read-only transaction: ending it cannot lose anything.
+            let _ = exec_cached(conn, "COMMIT");
+            out
+        })
     }
 
     /// Runs a read that may scan many rows on the blocking thread pool.
@@ -513,6 +594,13 @@ fn apply_batch(
     batch: Batch,
     head: &mut Option<ChainHead>,
 ) -> Result<CommitReceipt> {
+    if !batch.mutations.is_empty() {
+        exec_cached(
+            conn,
+            "UPDATE strongroom_generation SET value = value + 1 WHERE id = 1",
+        )
+        .map_err(|e| sql_error("cannot bump the data generation", e))?;
+    }
     for mutation in batch.mutations {
         apply_mutation(conn, mutation)?;
     }
@@ -931,7 +1019,7 @@ fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRec
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
-        self.read_point(|conn| {
+        let value = self.read_cached(PointKey::Id(id.clone()), |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"
@@ -942,16 +1030,45 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(|e| sql_error("cannot read a credential", e))?
             {
-                Some(record) => record.map(Some),
-                None => Ok(None),
+                Some(record) => record.map(|r| PointValue::Credential(Some(Box::new(r)))),
+                None => Ok(PointValue::Credential(None)),
             }
-        })
+        })?;
+        match value {
+            PointValue::Credential(record) => Ok(record.map(|r| *r)),
+            _ => Err(Error::store(
+                StoreErrorKind::Other,
+                "point cache kind mismatch",
+            )),
+        }
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
         // A name within one scope is unique: a point read.
-        if filter.scope.is_some() && filter.name.is_some() {
-            return self.read_point(|conn| list_sync(conn, filter));
+        if let (Some(scope), Some(name)) = (&filter.scope, &filter.name) {
+            let key = PointKey::Name(scope.kind(), scope.owner(), name.clone());
+            let found = match self.read_cached(key, |conn| {
+                let only = ListFilter {
+                    scope: Some(scope.clone()),
+                    name: Some(name.clone()),
+                    ..ListFilter::default()
+                };
+                list_sync(conn, &only).map(PointValue::Credentials)
+            })? {
+                PointValue::Credentials(found) => found,
+                _ => {
+                    return Err(Error::store(
+                        StoreErrorKind::Other,
+                        "point cache kind mismatch",
+                    ))
+                }
+            };
+            let limit = filter.limit.unwrap_or(usize::MAX);
+            return Ok(found
+                .into_iter()
+                .filter(|r| filter.matches(r))
+                .take(limit)
+                .collect());
         }
         let filter = filter.clone();
         self.read(move |conn| list_sync(conn, &filter)).await
@@ -988,7 +1105,7 @@ impl Store for SqliteStore {
 
     async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
         let id = credential_id.clone();
-        self.read_point(move |conn| {
+        let value = self.read_cached(PointKey::Grants(id.clone()), move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT app, granted_by, granted_at, revoked_at, revoked_by FROM grants
@@ -1008,8 +1125,16 @@ impl Store for SqliteStore {
                 })
                 .map_err(|e| sql_error("cannot list grants", e))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map(PointValue::Grants)
                 .map_err(|e| sql_error(&format!("cannot decode the grants of credential {id}"), e))
-        })
+        })?;
+        match value {
+            PointValue::Grants(grants) => Ok(grants),
+            _ => Err(Error::store(
+                StoreErrorKind::Other,
+                "point cache kind mismatch",
+            )),
+        }
     }
 
     async fn audit_digests(&self, from: u64, limit: usize) -> Result<Vec<AuditDigest>> {
