@@ -72,8 +72,9 @@ struct ScopeArgs {
     agent: Option<String>,
 }
 
+/// What every create command takes: provider, name and secret fields.
 #[derive(Args)]
-struct CreateArgs {
+struct CredentialSource {
     /// Provider name (see the bundled list in the error for an unknown one).
     #[arg(long)]
     provider: String,
@@ -83,6 +84,12 @@ struct CreateArgs {
     /// Secret field as name=value; name=- reads the value from stdin, name=? prompts.
     #[arg(short = 'f', long = "field", required = true)]
     fields: Vec<String>,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    source: CredentialSource,
     /// Expiry, in milliseconds since the epoch.
     #[arg(long)]
     expires_at: Option<i64>,
@@ -147,15 +154,8 @@ enum CredentialsCommand {
     AdminList,
     /// Create a system_wide credential, or per_app_shared with --app (administrators).
     AdminCreate {
-        /// Provider name.
-        #[arg(long)]
-        provider: String,
-        /// The `ref` name (default: `<provider>_main`).
-        #[arg(long)]
-        name: Option<String>,
-        /// Secret field as name=value; name=- reads stdin, name=? prompts.
-        #[arg(short = 'f', long = "field", required = true)]
-        fields: Vec<String>,
+        #[command(flatten)]
+        source: CredentialSource,
         /// Make it per_app_shared for this app.
         #[arg(long)]
         app: Option<String>,
@@ -422,13 +422,13 @@ fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretString>, Error>
     Ok(out)
 }
 
-fn new_credential(
-    provider: &str,
-    name: Option<String>,
-    scope: Scope,
-    fields: &[String],
-) -> Result<NewCredential, Error> {
-    let handler = handler_type_of(provider).ok_or_else(|| {
+fn new_credential(source: CredentialSource, scope: Scope) -> Result<NewCredential, Error> {
+    let CredentialSource {
+        provider,
+        name,
+        fields,
+    } = source;
+    let handler = handler_type_of(&provider).ok_or_else(|| {
         let known: Vec<&str> = BUILTIN_PROVIDERS.iter().map(|(n, _)| *n).collect();
         invalid(
             "--provider",
@@ -438,7 +438,7 @@ fn new_credential(
             ),
         )
     })?;
-    let fields = parse_fields(fields)?;
+    let fields = parse_fields(&fields)?;
     Ok(NewCredential::new(
         name.unwrap_or_else(|| format!("{provider}_main")),
         scope,
@@ -507,21 +507,16 @@ async fn credentials(
                         })?,
                 )?,
             };
-            let mut new = new_credential(&args.provider, args.name, scope, &args.fields)?;
+            let mut new = new_credential(args.source, scope)?;
             new.expires_at = args.expires_at.map(Timestamp);
             out.info(&vault.create(actor, new).await?, None);
         }
-        CredentialsCommand::AdminCreate {
-            provider,
-            name,
-            fields,
-            app,
-        } => {
+        CredentialsCommand::AdminCreate { source, app } => {
             let scope = match app {
                 Some(app) => Scope::per_app_shared(app)?,
                 None => Scope::SystemWide,
             };
-            let new = new_credential(&provider, name, scope, &fields)?;
+            let new = new_credential(source, scope)?;
             out.info(&vault.create(actor, new).await?, None);
         }
         CredentialsCommand::Delete { id: raw, version } => {
