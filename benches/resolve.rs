@@ -124,15 +124,19 @@ async fn run(vault: &Vault, users: usize, secs: f64) -> (f64, f64, f64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::var("STRONGROOM_BENCH_QUICK").is_ok();
-    let sizes: &[usize] = if quick {
-        &[1_000, 10_000]
-    } else {
-        &[1_000, 1_000_000]
+    // STRONGROOM_BENCH_SIZES=1000,1000000 picks the store sizes.
+    let sizes: Vec<usize> = match std::env::var("STRONGROOM_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse().expect("STRONGROOM_BENCH_SIZES: numbers"))
+            .collect(),
+        Err(_) if quick => vec![1_000, 10_000],
+        Err(_) => vec![1_000, 1_000_000],
     };
     let secs = if quick { 1.0 } else { 5.0 };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut results = serde_json::Map::new();
-    for &n in sizes {
+    for &n in &sizes {
         for kind in ["sqlite_full", "memory"] {
             // STRONGROOM_BENCH_ONLY=sqlite (or memory) runs one store only.
             if std::env::var("STRONGROOM_BENCH_ONLY").is_ok_and(|only| !kind.starts_with(&only)) {

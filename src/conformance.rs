@@ -71,6 +71,101 @@ where
     audit_chain(make().await).await;
     grants(make().await).await;
     concurrent_commits(make().await, 32, 20).await;
+    stamped_reads(make().await).await;
+}
+
+/// Stamped reads: a checked commit lands while nothing changed since the reads, and fails
+/// as stale, writing nothing, after a credential or grant change. (A store whose reads are
+/// never stale may stamp nothing; then checked commits always land.)
+pub async fn stamped_reads(store: Arc<dyn Store>) {
+    let scope = Scope::per_user("u1").expect("scope");
+    let record = sample_record("stamped", scope.clone());
+    store
+        .commit(put(record.clone(), Precondition::CreateOnly))
+        .await
+        .expect("create");
+    let (found, stamp) = store.find_named(&scope, "stamped").await.expect("find");
+    assert_eq!(
+        found.as_ref().map(|r| &r.id),
+        Some(&record.id),
+        "find_named finds it"
+    );
+    let (none, _) = store
+        .find_named(&Scope::SystemWide, "stamped")
+        .await
+        .expect("find");
+    assert!(none.is_none(), "find_named is scope-strict");
+    store
+        .commit_checked(Batch::events(vec![event("read", &record)]), stamp)
+        .await
+        .expect("nothing changed: the checked commit lands");
+    if stamp.current_at(i64::MIN).is_none() {
+        return; // this store stamps nothing
+    }
+    let mut updated = record.clone();
+    updated.version = 2;
+    store
+        .commit(put(updated.clone(), Precondition::IfVersion(1)))
+        .await
+        .expect("update");
+    let head = store.chain_head().await.expect("head");
+    let err = store
+        .commit_checked(Batch::events(vec![event("read", &record)]), stamp)
+        .await
+        .expect_err("a credential changed after the read: the checked commit must fail");
+    assert!(
+        matches!(
+            err,
+            Error::Store {
+                kind: crate::StoreErrorKind::Stale,
+                ..
+            }
+        ),
+        "stale reads fail with StoreErrorKind::Stale, got {err:?}"
+    );
+    assert_eq!(
+        store.chain_head().await.expect("head"),
+        head,
+        "a stale commit writes nothing"
+    );
+    let (found, stamp) = store.find_named(&scope, "stamped").await.expect("find");
+    assert_eq!(
+        found.map(|r| r.version),
+        Some(2),
+        "a read after the change sees it"
+    );
+    let (_, grants_stamp) = store.grants_stamped(&record.id).await.expect("grants");
+    let both = stamp.and(grants_stamp);
+    store
+        .commit(Batch {
+            mutations: vec![Mutation::PutGrant {
+                grant: Grant {
+                    credential_id: record.id.clone(),
+                    app: "crm".into(),
+                    granted_by: "u1".into(),
+                    granted_at: Timestamp(1_000),
+                    revoked_at: None,
+                    revoked_by: None,
+                },
+            }],
+            events: vec![],
+        })
+        .await
+        .expect("grant");
+    let err = store
+        .commit_checked(Batch::events(vec![event("read", &record)]), both)
+        .await
+        .expect_err("a grant changed after the read: the checked commit must fail");
+    assert!(
+        matches!(
+            err,
+            Error::Store {
+                kind: crate::StoreErrorKind::Stale,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// Grants: put, revoke (kept), hard delete, cascade on credential delete, atomic undo.

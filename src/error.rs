@@ -157,6 +157,8 @@ pub enum StoreErrorKind {
     Schema,
     /// The store has been closed or its writer has stopped.
     Closed,
+    /// A checked commit found that the data it was based on changed; read again.
+    Stale,
     /// Anything else.
     Other,
 }
@@ -168,6 +170,7 @@ impl fmt::Display for StoreErrorKind {
             StoreErrorKind::Connection => "connection",
             StoreErrorKind::Schema => "schema",
             StoreErrorKind::Closed => "closed",
+            StoreErrorKind::Stale => "stale",
             StoreErrorKind::Other => "other",
         })
     }

@@ -21,7 +21,10 @@ pub use model::{
     CredentialId, CredentialRecord, LifecycleState, RecordIdentity, Scope, ScopeKind, Timestamp,
 };
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
-pub use store::{Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, Store};
+pub use store::{
+    stale_read, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp,
+    Store,
+};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
 pub use vault::{

@@ -379,3 +379,141 @@ async fn cached_point_reads_see_changes_made_by_another_store_on_the_same_file()
     .expect("event");
     assert!(a.get(&record.id).await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn a_checked_commit_on_a_stale_cached_read_fails_and_a_resolve_sees_the_new_value() {
+    use std::collections::BTreeMap;
+    use strongroom::{
+        CredentialRef, CredentialUpdate, NewCredential, Principal, ResolveContext, SecretString,
+        Vault,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    let key = Arc::new(LocalKey::generate().expect("key"));
+    let a = SqliteStore::open(&path).expect("open a");
+    let b = SqliteStore::open(&path).expect("open b (another process would look the same)");
+    let vault_a = Vault::builder()
+        .store(Arc::new(a.clone()))
+        .key_wrapper(key.clone())
+        .build()
+        .await
+        .expect("vault a");
+    let vault_b = Vault::builder()
+        .store(Arc::new(b.clone()))
+        .key_wrapper(key)
+        .build()
+        .await
+        .expect("vault b");
+    let owner = Principal::parse("app_user:crm:alice").expect("principal");
+    let runtime = Principal::parse("runtime:crm:alice").expect("principal");
+    let fields = |v: &str| BTreeMap::from([("api_key".to_string(), SecretString::from(v))]);
+    let scope = Scope::per_app_per_user("crm", "alice").expect("scope");
+    let created = vault_a
+        .create(
+            &owner,
+            NewCredential::new("main", scope.clone(), "openai", "api_key", fields("sk-one")),
+        )
+        .await
+        .expect("create");
+    let reference = CredentialRef::explicit("main", strongroom::ScopeKind::PerAppPerUser, None);
+    let ctx = ResolveContext {
+        app: "crm".into(),
+        user: "alice".into(),
+    };
+    let value = |r: strongroom::RevealedCredential| r.fields["api_key"].expose_secret().to_string();
+    for _ in 0..3 {
+        let got = vault_a
+            .resolve(&runtime, &reference, &ctx)
+            .await
+            .expect("resolve");
+        assert_eq!(value(got), "sk-one");
+    }
+    // The store level: a stamped (cached) read, then b changes the credential.
+    let (_, stamp) = a.find_named(&scope, "main").await.expect("find");
+    vault_b
+        .update(
+            &owner,
+            &created.id,
+            created.version,
+            CredentialUpdate {
+                fields: Some(fields("sk-two")),
+                ..CredentialUpdate::default()
+            },
+        )
+        .await
+        .expect("update through b");
+    let head = a.chain_head().await.expect("head");
+    let err = a
+        .commit_checked(
+            Batch::events(vec![strongroom::AuditEvent::new(
+                "x",
+                "read",
+                strongroom::AuditTarget::none(),
+            )]),
+            stamp,
+        )
+        .await
+        .expect_err("b changed the data after a's read");
+    assert!(
+        matches!(
+            err,
+            strongroom::Error::Store {
+                kind: StoreErrorKind::Stale,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(a.chain_head().await.expect("head"), head, "nothing written");
+    // The vault level: a's next resolve returns b's value, never the cached one.
+    let got = vault_a
+        .resolve(&runtime, &reference, &ctx)
+        .await
+        .expect("resolve");
+    assert_eq!(value(got), "sk-two");
+    // b deletes it: a's resolve says not found, although its cache still has the row.
+    let current = vault_b.get(&owner, &created.id).await.expect("get");
+    vault_b
+        .delete(&owner, &created.id, Some(current.version))
+        .await
+        .expect("delete");
+    let err = vault_a
+        .resolve(&runtime, &reference, &ctx)
+        .await
+        .expect_err("deleted through b");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+#[tokio::test]
+async fn two_stores_on_one_file_append_to_one_unbroken_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    let a = SqliteStore::open(&path).expect("open a");
+    let b = SqliteStore::open(&path).expect("open b (another process would look the same)");
+    let mut handles = Vec::new();
+    for (i, store) in [a.clone(), b.clone()]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        handles.push(tokio::spawn(async move {
+            for j in 0..25 {
+                store
+                    .commit(Batch::events(vec![strongroom::AuditEvent::new(
+                        format!("writer{i}"),
+                        format!("event{j}"),
+                        strongroom::AuditTarget::none(),
+                    )]))
+                    .await
+                    .expect("every append lands, whichever store makes it");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("writer");
+    }
+    let report = strongroom::audit::verify_chain(&a).await.expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.rows, 200);
+}

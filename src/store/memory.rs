@@ -2,14 +2,16 @@
 //! semantics as the durable stores (it runs the same conformance suite).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{Batch, CommitReceipt, ListFilter, Mutation, Precondition, Store};
+use super::{
+    stale_read, Batch, CommitReceipt, ListFilter, Mutation, Precondition, ReadStamp, Store,
+};
 use crate::audit::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
-use crate::model::{CredentialId, CredentialRecord, Grant, ScopeKind};
+use crate::model::{CredentialId, CredentialRecord, Grant, Scope, ScopeKind};
 
 type NameKey = (ScopeKind, String, String);
 
@@ -66,17 +68,19 @@ impl AuditLog {
 
 /// What to put back if a batch fails part way.
 enum Undo {
-    Credential(CredentialId, Option<CredentialRecord>),
+    Credential(CredentialId, Option<Arc<CredentialRecord>>),
     Grant((CredentialId, String), Option<Grant>),
 }
 
 #[derive(Default)]
 struct State {
-    credentials: BTreeMap<CredentialId, CredentialRecord>,
+    credentials: BTreeMap<CredentialId, Arc<CredentialRecord>>,
     grants: BTreeMap<(CredentialId, String), Grant>,
-    names: HashMap<NameKey, CredentialId>,
+    names: HashMap<NameKey, Arc<CredentialRecord>>,
     audit: AuditLog,
     head: Option<ChainHead>,
+    /// Bumped by every batch that changes credentials or grants (see [`ReadStamp`]).
+    generation: i64,
 }
 
 fn name_key(record: &CredentialRecord) -> NameKey {
@@ -92,19 +96,19 @@ impl State {
     fn set(
         &mut self,
         id: &CredentialId,
-        value: Option<CredentialRecord>,
-    ) -> Option<CredentialRecord> {
+        value: Option<Arc<CredentialRecord>>,
+    ) -> Option<Arc<CredentialRecord>> {
         let old = match value {
             Some(record) => {
-                self.names.insert(name_key(&record), id.clone());
+                self.names.insert(name_key(&record), record.clone());
                 self.credentials.insert(id.clone(), record)
             }
             None => self.credentials.remove(id),
         };
         if let Some(old) = &old {
             let key = name_key(old);
-            let still_ours = self.credentials.get(id).map(name_key) == Some(key.clone());
-            if !still_ours && self.names.get(&key) == Some(id) {
+            let still_ours = self.credentials.get(id).map(|r| name_key(r)) == Some(key.clone());
+            if !still_ours && self.names.get(&key).is_some_and(|r| r.id == *id) {
                 self.names.remove(&key);
             }
         }
@@ -117,10 +121,10 @@ impl State {
                 record,
                 precondition,
             } => {
-                let existing = self.credentials.get(&record.id);
+                let existing = self.credentials.get(&record.id).map(|r| &**r);
                 check_precondition(precondition, existing, &record.describe(), true)?;
                 if let Some(other) = self.names.get(&name_key(&record)) {
-                    if *other != record.id {
+                    if other.id != record.id {
                         return Err(Error::AlreadyExists {
                             what: format!(
                                 "a credential named `{}` in {}",
@@ -130,11 +134,11 @@ impl State {
                     }
                 }
                 let id = record.id.clone();
-                let old = self.set(&id, Some(record));
+                let old = self.set(&id, Some(Arc::new(record)));
                 undo.push(Undo::Credential(id, old));
             }
             Mutation::Delete { id, precondition } => {
-                let existing = self.credentials.get(&id);
+                let existing = self.credentials.get(&id).map(|r| &**r);
                 check_precondition(precondition, existing, &format!("credential {id}"), false)?;
                 let keys: Vec<_> = self
                     .grants
@@ -266,7 +270,7 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
-        Ok(self.lock().credentials.get(id).cloned())
+        Ok(self.lock().credentials.get(id).map(|r| (**r).clone()))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
@@ -278,9 +282,8 @@ impl Store for MemoryStore {
             return Ok(state
                 .names
                 .get(&key)
-                .and_then(|id| state.credentials.get(id))
                 .filter(|r| filter.matches(r) && limit > 0)
-                .cloned()
+                .map(|r| (**r).clone())
                 .into_iter()
                 .collect());
         }
@@ -295,7 +298,7 @@ impl Store for MemoryStore {
             .map(|(_, r)| r)
             .filter(|r| filter.matches(r))
             .take(limit)
-            .cloned()
+            .map(|r| (**r).clone())
             .collect())
     }
 
@@ -318,8 +321,47 @@ impl Store for MemoryStore {
         Ok(self.lock().head)
     }
 
+    async fn find_named(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<(Option<Arc<CredentialRecord>>, ReadStamp)> {
+        let key = (scope.kind(), scope.owner(), name.to_string());
+        let state = self.lock();
+        let found = state.names.get(&key).cloned();
+        Ok((found, ReadStamp::at(state.generation)))
+    }
+
+    async fn grants_stamped(
+        &self,
+        credential_id: &CredentialId,
+    ) -> Result<(Vec<Grant>, ReadStamp)> {
+        let state = self.lock();
+        let grants = state
+            .grants
+            .range((credential_id.clone(), String::new())..)
+            .take_while(|((cid, _), _)| cid == credential_id)
+            .map(|(_, g)| g.clone())
+            .collect();
+        Ok((grants, ReadStamp::at(state.generation)))
+    }
+
+    async fn commit_checked(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
+        let state = self.lock();
+        if stamp.current_at(state.generation) == Some(false) {
+            return Err(stale_read());
+        }
+        Self::commit_locked(state, batch)
+    }
+
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
-        let mut state = self.lock();
+        Self::commit_locked(self.lock(), batch)
+    }
+}
+
+impl MemoryStore {
+    fn commit_locked(mut state: MutexGuard<'_, State>, batch: Batch) -> Result<CommitReceipt> {
+        let changes = !batch.mutations.is_empty();
         let mut undo = Vec::with_capacity(batch.mutations.len());
         for mutation in batch.mutations {
             if let Err(e) = state.apply(mutation, &mut undo) {
@@ -347,6 +389,9 @@ impl Store for MemoryStore {
             state.audit.push(record);
         }
         state.head = head;
+        if changes {
+            state.generation += 1;
+        }
         Ok(CommitReceipt { seqs, head })
     }
 }

@@ -2,6 +2,7 @@
 //! head, commit an atomic batch) and its implementations.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -82,6 +83,61 @@ impl Batch {
             events,
         }
     }
+}
+
+/// The data generation a read saw. Passed back to [`Store::commit_checked`], it makes the
+/// commit fail with a [`StoreErrorKind::Stale`](crate::StoreErrorKind::Stale) error when any
+/// credential or grant changed after the read, so a caller can act on a read (audit it,
+/// return it) knowing the read was still current when the commit landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadStamp(Stamp);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Stamp {
+    /// The store does not stamp reads; nothing is checked.
+    #[default]
+    Unchecked,
+    /// Read at this generation.
+    At(i64),
+    /// Reads at different generations: one of them is already stale.
+    Mixed,
+}
+
+impl ReadStamp {
+    /// A stamp that checks nothing (stores whose reads are never stale use it).
+    pub const UNCHECKED: ReadStamp = ReadStamp(Stamp::Unchecked);
+
+    /// A read at data generation `generation`.
+    pub fn at(generation: i64) -> ReadStamp {
+        ReadStamp(Stamp::At(generation))
+    }
+
+    /// The stamp of two reads together: current only if both saw the same generation.
+    pub fn and(self, other: ReadStamp) -> ReadStamp {
+        ReadStamp(match (self.0, other.0) {
+            (Stamp::Unchecked, s) | (s, Stamp::Unchecked) => s,
+            (Stamp::At(a), Stamp::At(b)) if a == b => Stamp::At(a),
+            _ => Stamp::Mixed,
+        })
+    }
+
+    /// Is the stamp still current when the data generation is `current`? `None` when
+    /// the stamp checks nothing.
+    pub fn current_at(self, current: i64) -> Option<bool> {
+        match self.0 {
+            Stamp::Unchecked => None,
+            Stamp::At(g) => Some(g == current),
+            Stamp::Mixed => Some(false),
+        }
+    }
+}
+
+/// The error [`Store::commit_checked`] returns when a stamped read went stale.
+pub fn stale_read() -> crate::Error {
+    crate::Error::store(
+        crate::StoreErrorKind::Stale,
+        "the data changed after it was read; read again and retry",
+    )
 }
 
 /// What a successful commit did.
@@ -166,6 +222,41 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Applies `batch` atomically (see the trait's documentation). Returns once the batch is
     /// durable.
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt>;
+
+    /// The credential named `name` in exactly `scope`, and the stamp of the read. The
+    /// provided implementation uses [`Store::list`] and stamps nothing.
+    async fn find_named(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<(Option<Arc<CredentialRecord>>, ReadStamp)> {
+        let found = self
+            .list(&ListFilter {
+                scope: Some(scope.clone()),
+                name: Some(name.to_string()),
+                limit: Some(1),
+                ..ListFilter::default()
+            })
+            .await?;
+        Ok((found.into_iter().next().map(Arc::new), ReadStamp::UNCHECKED))
+    }
+
+    /// [`Store::grants`] with the stamp of the read. The provided implementation stamps
+    /// nothing.
+    async fn grants_stamped(
+        &self,
+        credential_id: &CredentialId,
+    ) -> Result<(Vec<Grant>, ReadStamp)> {
+        Ok((self.grants(credential_id).await?, ReadStamp::UNCHECKED))
+    }
+
+    /// [`Store::commit`], but only if no credential or grant changed since the reads that
+    /// produced `stamp`; otherwise nothing is written and the error is [`stale_read`]. The
+    /// provided implementation (for stores that stamp nothing) commits unconditionally.
+    async fn commit_checked(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
+        let _ = stamp;
+        self.commit(batch).await
+    }
 
     /// Up to `limit` rows from `from`, reduced to what chain verification needs (see
     /// [`AuditDigest`]). The provided implementation decodes rows with

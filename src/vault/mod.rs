@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::model::{
     validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
 };
-use crate::store::{Batch, ListFilter, MemoryStore, Mutation, Precondition, Store};
+use crate::store::{
+    stale_read, Batch, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Store,
+};
 
 pub mod policy;
 
@@ -315,6 +317,19 @@ impl fmt::Debug for Vault {
     }
 }
 
+/// How many times a resolve starts over because what it read changed under it.
+const STALE_RETRIES: u32 = 16;
+
+fn is_stale(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store {
+            kind: crate::StoreErrorKind::Stale,
+            ..
+        }
+    )
+}
+
 fn effective_state(record: &CredentialRecord, now: Timestamp) -> LifecycleState {
     match (record.state, expires_at(record)) {
         (LifecycleState::Filled | LifecycleState::Valid, Some(at)) if at <= now => {
@@ -367,9 +382,16 @@ fn encode_fields(fields: &BTreeMap<String, SecretString>) -> Result<Zeroizing<Ve
     Ok(buf)
 }
 
-fn decode_fields(plain: &[u8], what: &str) -> Result<BTreeMap<String, SecretString>> {
-    let map: BTreeMap<String, String> = serde_json::from_slice(plain)
-        .map_err(|_| Error::corrupt(what, "the sealed fields are not a JSON object of strings"))?;
+fn decode_fields(
+    plain: &[u8],
+    record: &CredentialRecord,
+) -> Result<BTreeMap<String, SecretString>> {
+    let map: BTreeMap<String, String> = serde_json::from_slice(plain).map_err(|_| {
+        Error::corrupt(
+            record.describe(),
+            "the sealed fields are not a JSON object of strings",
+        )
+    })?;
     Ok(map
         .into_iter()
         .map(|(k, v)| (k, SecretString::from(v)))
@@ -586,7 +608,7 @@ impl Vault {
                     .keys
                     .open(&record.sealed, &record.identity())
                     .await?;
-                decode_fields(plain.expose_secret(), &record.describe())?
+                decode_fields(plain.expose_secret(), &record)?
             }
         };
         if let Some(metadata) = update.metadata {
@@ -696,6 +718,7 @@ impl Vault {
         action: Action,
         record: &CredentialRecord,
         detail: Option<(&str, String)>,
+        stamp: ReadStamp,
     ) -> Result<RevealedCredential> {
         let target = AuditTarget::credential(&record.id, &record.scope);
         let opened = match self
@@ -704,7 +727,7 @@ impl Vault {
             .open(&record.sealed, &record.identity())
             .await
         {
-            Ok(plain) => decode_fields(plain.expose_secret(), &record.describe()),
+            Ok(plain) => decode_fields(plain.expose_secret(), record),
             Err(e) => Err(e),
         };
         let mut event = Vault::event(actor, action, target);
@@ -713,7 +736,10 @@ impl Vault {
         }
         match opened {
             Ok(fields) => {
-                self.inner.store.commit(Batch::events(vec![event])).await?;
+                self.inner
+                    .store
+                    .commit_checked(Batch::events(vec![event]), stamp)
+                    .await?;
                 let names = fields.keys().cloned().collect();
                 Ok(RevealedCredential {
                     info: info(record, names),
@@ -724,7 +750,10 @@ impl Vault {
                 let event = event
                     .outcome(Outcome::Failure)
                     .detail("error", format!("{:?}", e.kind()));
-                self.inner.store.commit(Batch::events(vec![event])).await?;
+                self.inner
+                    .store
+                    .commit_checked(Batch::events(vec![event]), stamp)
+                    .await?;
                 Err(e)
             }
         }
@@ -733,12 +762,18 @@ impl Vault {
     /// A credential's secret values, for a person allowed to read them. Audited.
     pub async fn reveal(&self, actor: &Principal, id: &CredentialId) -> Result<RevealedCredential> {
         let record = self.load_for(actor, Action::Reveal, id).await?;
-        self.release(actor, Action::Reveal, &record, None).await
+        self.release(actor, Action::Reveal, &record, None, ReadStamp::UNCHECKED)
+            .await
     }
 
     /// Resolves an app reference in a session context: looks the name up in exactly the
     /// scope the reference names (no fallback), checks the provider, the grant of a per-user
     /// credential to the app, and the lifecycle state. Audited.
+    ///
+    /// The lookups may be answered from the store's cache; the audit row is committed only
+    /// if nothing they read has changed since (see [`ReadStamp`]), and the resolve starts
+    /// over when something has, so a resolve never returns a value that was already
+    /// replaced, revoked or deleted when it was called.
     pub async fn resolve(
         &self,
         actor: &Principal,
@@ -746,48 +781,85 @@ impl Vault {
         ctx: &ResolveContext,
     ) -> Result<RevealedCredential> {
         let scope = ctx.scope_for(reference.scope)?;
-        let what = format!("credential `{}` ({scope})", reference.name);
-        self.authorize(
-            actor,
-            Action::Resolve,
-            Some(&scope),
-            AuditTarget::scope(&scope),
-            &what,
-        )
-        .await?;
-        let found = self
-            .inner
-            .store
-            .list(&ListFilter {
-                scope: Some(scope.clone()),
-                name: Some(reference.name.clone()),
-                limit: Some(1),
-                ..ListFilter::default()
-            })
+        let relation = Relation::of(actor, Some(&scope));
+        if !policy::allows(actor.role(), Action::Resolve, relation) {
+            let what = format!("credential `{}` ({scope})", reference.name);
+            self.authorize(
+                actor,
+                Action::Resolve,
+                Some(&scope),
+                AuditTarget::scope(&scope),
+                &what,
+            )
             .await?;
-        let Some(record) = found.into_iter().next() else {
-            return Err(Error::NotFound {
-                what,
+        }
+        // The first attempt may read from the store's cache; after that, every read is
+        // fresh. An error that writes no audit row (not found, wrong provider, unusable)
+        // is never given on a cached read alone: it sends the resolve round again.
+        let mut attempts = 0;
+        loop {
+            match self
+                .resolve_once(actor, reference, ctx, &scope, attempts > 0)
+                .await
+            {
+                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn resolve_once(
+        &self,
+        actor: &Principal,
+        reference: &CredentialRef,
+        ctx: &ResolveContext,
+        scope: &Scope,
+        fresh: bool,
+    ) -> Result<RevealedCredential> {
+        let store = &self.inner.store;
+        let (found, mut stamp) = if fresh {
+            let found = store
+                .list(&ListFilter {
+                    scope: Some(scope.clone()),
+                    name: Some(reference.name.clone()),
+                    limit: Some(1),
+                    ..ListFilter::default()
+                })
+                .await?;
+            (found.into_iter().next().map(Arc::new), ReadStamp::UNCHECKED)
+        } else {
+            store.find_named(scope, &reference.name).await?
+        };
+        // Errors below that write no audit row are confirmed by a fresh read first.
+        let unconfirmed = |e: Error| if fresh { e } else { stale_read() };
+        let Some(record) = found else {
+            return Err(unconfirmed(Error::NotFound {
+                what: format!("credential `{}` ({scope})", reference.name),
                 hint: Some(format!(
                     "scopes are strict — create it in {} or change the ref's scope",
                     reference.scope
                 )),
-            });
+            }));
         };
         if let Some(provider) = &reference.provider {
             if *provider != record.provider {
-                return Err(Error::invalid(
+                return Err(unconfirmed(Error::invalid(
                     "provider",
                     format!(
                         "the ref asks for provider `{provider}` but {} is a `{}` credential",
                         record.describe(),
                         record.provider
                     ),
-                ));
+                )));
             }
         }
         if matches!(record.scope, Scope::PerUser { .. }) {
-            let grants = self.inner.store.grants(&record.id).await?;
+            let (grants, grants_stamp) = if fresh {
+                (store.grants(&record.id).await?, ReadStamp::UNCHECKED)
+            } else {
+                store.grants_stamped(&record.id).await?
+            };
+            stamp = stamp.and(grants_stamp);
             if !grants.iter().any(|g| g.app == ctx.app && g.is_active()) {
                 let event = Vault::event(
                     actor,
@@ -796,7 +868,10 @@ impl Vault {
                 )
                 .outcome(Outcome::Denied)
                 .detail("reason", "no grant");
-                self.inner.store.commit(Batch::events(vec![event])).await?;
+                self.inner
+                    .store
+                    .commit_checked(Batch::events(vec![event]), stamp)
+                    .await?;
                 return Err(Error::PermissionDenied {
                     actor: actor.to_string(),
                     action: Action::Resolve.audit_name().into(),
@@ -810,16 +885,17 @@ impl Vault {
         }
         let state = effective_state(&record, Timestamp::now());
         if !matches!(state, LifecycleState::Filled | LifecycleState::Valid) {
-            return Err(Error::Unusable {
+            return Err(unconfirmed(Error::Unusable {
                 what: record.describe(),
                 state: state.as_str().into(),
-            });
+            }));
         }
         self.release(
             actor,
             Action::Resolve,
             &record,
             Some(("app", ctx.app.clone())),
+            stamp,
         )
         .await
     }
