@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod conformance;
 pub mod crypto;
 mod error;
+pub mod handlers;
 pub mod model;
 pub mod store;
 pub mod vault;
