@@ -1,36 +1,656 @@
-//! The names of the bundled providers and their handler types. The TOML provider catalog
-//! (with field schemas and live verification) replaces this list; until then it lets the
-//! CLI refuse a provider it has never heard of and pick the handler type.
+//! The provider catalog: one TOML file per provider (name, display name, handler type, field
+//! labels and prefix checks, and how to verify a credential live). The bundled files in
+//! `providers/` are compiled in; a drop-in folder adds or overrides providers and can be
+//! reloaded while the host runs.
+//!
+//! ```toml
+//! [provider]
+//! name = "stripe"
+//! display_name = "Stripe"
+//! handler_type = "multi_field"
+//! icon = "stripe"
+//! category = "payments"
+//!
+//! [[fields]]
+//! name = "secret_key"
+//! label = "Secret key"
+//! prefix_check = "sk_"
+//! required = true
+//!
+//! [verify]
+//! endpoint = "https://api.stripe.com/v1/balance"
+//! method = "GET"
+//! auth_template = "Authorization: Bearer {secret_key}"
+//! success_codes = [200]
+//! ```
 
-/// `(provider, handler type)` for every bundled provider.
-pub const BUILTIN_PROVIDERS: &[(&str, &str)] = &[
-    ("anthropic", "api_key"),
-    ("aws", "aws_access_key"),
-    ("azure_openai", "multi_field"),
-    ("deepseek", "api_key"),
-    ("discord_oauth", "oauth2"),
-    ("gcp", "gcp_service_account"),
-    ("github_app", "multi_field"),
-    ("github_copilot", "device_code"),
-    ("github_oauth", "oauth2"),
-    ("github_pat", "bearer_token"),
-    ("gitlab", "bearer_token"),
-    ("google_oauth", "oauth2_pkce"),
-    ("mockprovider", "api_key"),
-    ("mongodb", "connection_string"),
-    ("notion", "oauth2"),
-    ("openai", "api_key"),
-    ("postgres", "database_fields"),
-    ("redis", "connection_string"),
-    ("slack_oauth", "oauth2"),
-    ("stripe", "multi_field"),
-    ("telegram", "bearer_token"),
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::handlers::{FieldFormat, FieldSpec, Fields, HandlerRegistry};
+
+/// The bundled provider files, compiled into the crate.
+const BUNDLED: &[(&str, &str)] = &[
+    (
+        "anthropic.toml",
+        include_str!("../providers/anthropic.toml"),
+    ),
+    ("aws.toml", include_str!("../providers/aws.toml")),
+    (
+        "azure_openai.toml",
+        include_str!("../providers/azure_openai.toml"),
+    ),
+    ("deepseek.toml", include_str!("../providers/deepseek.toml")),
+    (
+        "discord_oauth.toml",
+        include_str!("../providers/discord_oauth.toml"),
+    ),
+    ("gcp.toml", include_str!("../providers/gcp.toml")),
+    (
+        "github_app.toml",
+        include_str!("../providers/github_app.toml"),
+    ),
+    (
+        "github_copilot.toml",
+        include_str!("../providers/github_copilot.toml"),
+    ),
+    (
+        "github_oauth.toml",
+        include_str!("../providers/github_oauth.toml"),
+    ),
+    (
+        "github_pat.toml",
+        include_str!("../providers/github_pat.toml"),
+    ),
+    ("gitlab.toml", include_str!("../providers/gitlab.toml")),
+    (
+        "google_oauth.toml",
+        include_str!("../providers/google_oauth.toml"),
+    ),
+    (
+        "mockprovider.toml",
+        include_str!("../providers/mockprovider.toml"),
+    ),
+    ("mongodb.toml", include_str!("../providers/mongodb.toml")),
+    ("notion.toml", include_str!("../providers/notion.toml")),
+    ("openai.toml", include_str!("../providers/openai.toml")),
+    ("postgres.toml", include_str!("../providers/postgres.toml")),
+    ("redis.toml", include_str!("../providers/redis.toml")),
+    (
+        "slack_oauth.toml",
+        include_str!("../providers/slack_oauth.toml"),
+    ),
+    ("stripe.toml", include_str!("../providers/stripe.toml")),
+    ("telegram.toml", include_str!("../providers/telegram.toml")),
 ];
 
-/// The handler type of a bundled provider.
-pub fn handler_type_of(provider: &str) -> Option<&'static str> {
-    BUILTIN_PROVIDERS
+/// The names of the bundled provider files (`openai.toml`, ...).
+pub fn bundled_files() -> impl Iterator<Item = &'static str> {
+    BUNDLED.iter().map(|(name, _)| *name)
+}
+
+/// A field as a provider presents it: the handler's field with the provider's label,
+/// requirement and prefix check.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderField {
+    /// The field (name, label, secret, required, format).
+    #[serde(flatten)]
+    pub spec: FieldSpec,
+    /// Prefixes the value must start with (any one of them); empty for no check. Only a
+    /// prefix is checked, never a length: token formats change.
+    pub prefix_check: Vec<String>,
+}
+
+/// How to check a credential against the provider's API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifySpec {
+    /// The URL; `{field}` placeholders take the credential's field values.
+    pub endpoint: String,
+    /// `GET`, `POST` or `HEAD`.
+    pub method: String,
+    /// Header lines (`Name: value`, one per line) with `{field}` placeholders, and
+    /// `{basic:user_field:password_field}` for an HTTP Basic value.
+    pub auth_template: String,
+    /// Status codes that mean the credential works.
+    pub success_codes: Vec<u16>,
+    /// When set, a success also needs the response body to contain this text (for APIs
+    /// that answer 200 with an error inside, like Slack's `"ok":false`).
+    pub success_contains: Option<String>,
+}
+
+/// One provider of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Provider {
+    /// The provider name credentials carry (`openai`).
+    pub name: String,
+    /// What a person is shown (`OpenAI`).
+    pub display_name: String,
+    /// The credential type (`api_key`).
+    pub handler_type: String,
+    /// An icon name for user interfaces.
+    pub icon: Option<String>,
+    /// A category (`llm`, `payments`, ...).
+    pub category: Option<String>,
+    /// The fields, in the handler's order, then any the provider adds (open-schema types).
+    pub fields: Vec<ProviderField>,
+    /// Live verification, when the provider's API allows it with a plain HTTP call.
+    pub verify: Option<VerifySpec>,
+    /// Where it was loaded from (`bundled:openai.toml` or a file path).
+    pub source: String,
+}
+
+impl Provider {
+    /// Checks a field set against this provider: required fields and prefix checks (the
+    /// handler checks the rest). Errors name the field and the expected prefix, never the
+    /// value.
+    pub fn check_fields(&self, fields: &Fields) -> Result<()> {
+        for field in &self.fields {
+            match fields.get(&field.spec.name) {
+                None if field.spec.required => {
+                    return Err(Error::invalid(
+                        field.spec.name.clone(),
+                        format!(
+                            "{} is required for {} credentials",
+                            field.spec.label, self.display_name
+                        ),
+                    ))
+                }
+                None => {}
+                Some(value) => {
+                    let value = value.expose_secret();
+                    if !field.prefix_check.is_empty()
+                        && !field
+                            .prefix_check
+                            .iter()
+                            .any(|p| value.starts_with(p.as_str()))
+                    {
+                        return Err(Error::invalid(
+                            field.spec.name.clone(),
+                            format!(
+                                "{} keys start with {}; check that the value is a {} {}",
+                                self.display_name,
+                                field
+                                    .prefix_check
+                                    .iter()
+                                    .map(|p| format!("`{p}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(" or "),
+                                self.display_name,
+                                field.spec.label
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A problem found while loading a provider file: the file, the line and column (1-based),
+/// and what is wrong. The other providers stay usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogProblem {
+    /// The file (`providers/stripe.toml`, `bundled:stripe.toml`).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for CatalogProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl From<CatalogProblem> for Error {
+    fn from(p: CatalogProblem) -> Error {
+        Error::config(p.to_string())
+    }
+}
+
+/// The providers a vault knows.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    providers: BTreeMap<String, Arc<Provider>>,
+    problems: Vec<CatalogProblem>,
+}
+
+impl Catalog {
+    /// The bundled providers only.
+    pub fn bundled(registry: &HandlerRegistry) -> Catalog {
+        let mut catalog = Catalog::default();
+        for (file, text) in BUNDLED {
+            catalog.add_text(registry, &format!("bundled:{file}"), text, false);
+        }
+        catalog
+    }
+
+    /// The bundled providers, then every `*.toml` file of `dir` (in name order), which may
+    /// add providers or override bundled ones. A file that cannot be used is recorded in
+    /// [`Catalog::problems`] and skipped; a missing folder is an error.
+    pub fn load(registry: &HandlerRegistry, dir: Option<&Path>) -> Result<Catalog> {
+        let mut catalog = Catalog::bundled(registry);
+        if let Some(dir) = dir {
+            catalog.add_dir(registry, dir)?;
+        }
+        Ok(catalog)
+    }
+
+    fn add_dir(&mut self, registry: &HandlerRegistry, dir: &Path) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        // Names defined by an earlier drop-in file: a second definition is a mistake,
+        // while overriding a bundled provider is the point of the folder.
+        let mut seen = std::collections::BTreeSet::new();
+        for path in files {
+            let shown = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Some(name) = self.add_text_checked(registry, &shown, &text, &seen) {
+                        seen.insert(name);
+                    }
+                }
+                Err(e) => self.problems.push(CatalogProblem {
+                    file: shown,
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read the file: {e}"),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    fn add_text(&mut self, registry: &HandlerRegistry, file: &str, text: &str, _dropin: bool) {
+        let seen = std::collections::BTreeSet::new();
+        self.add_text_checked(registry, file, text, &seen);
+    }
+
+    /// Parses and adds one file; `taken` holds names an earlier drop-in file defined.
+    fn add_text_checked(
+        &mut self,
+        registry: &HandlerRegistry,
+        file: &str,
+        text: &str,
+        taken: &std::collections::BTreeSet<String>,
+    ) -> Option<String> {
+        match parse_provider(registry, file, text) {
+            Ok((provider, name_span)) => {
+                if taken.contains(&provider.name) {
+                    let (line, column) = line_col(text, name_span.start);
+                    self.problems.push(CatalogProblem {
+                        file: file.to_string(),
+                        line,
+                        column,
+                        message: format!(
+                            "provider `{}` is already defined by another file of this folder; \
+                             give one of them another name",
+                            provider.name
+                        ),
+                    });
+                    return None;
+                }
+                let name = provider.name.clone();
+                self.providers.insert(name.clone(), Arc::new(provider));
+                Some(name)
+            }
+            Err(problem) => {
+                self.problems.push(problem);
+                None
+            }
+        }
+    }
+
+    /// A provider by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(name)
+    }
+
+    /// A provider by name, or an error that says how to see the known ones.
+    pub fn require(&self, name: &str) -> Result<&Arc<Provider>> {
+        self.get(name).ok_or_else(|| {
+            Error::invalid(
+                "provider",
+                format!(
+                    "`{name}` is not in the provider catalog (`strongroom providers list` shows \
+                     the known ones; a TOML file in the providers folder adds one)"
+                ),
+            )
+        })
+    }
+
+    /// Every provider, by name.
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.values()
+    }
+
+    /// Files that could not be used, each with file, line and reason.
+    pub fn problems(&self) -> &[CatalogProblem] {
+        &self.problems
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    provider: Spanned<ProviderToml>,
+    #[serde(default)]
+    fields: Vec<Spanned<FieldToml>>,
+    verify: Option<Spanned<VerifyToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderToml {
+    name: Spanned<String>,
+    display_name: String,
+    handler_type: Spanned<String>,
+    icon: Option<String>,
+    category: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prefixes {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldToml {
+    name: Spanned<String>,
+    label: Option<String>,
+    prefix_check: Option<Spanned<Prefixes>>,
+    required: Option<bool>,
+    secret: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyToml {
+    endpoint: Spanned<String>,
+    method: Option<Spanned<String>>,
+    auth_template: Option<Spanned<String>>,
+    success_codes: Option<Spanned<Vec<u16>>>,
+    success_contains: Option<String>,
+}
+
+fn parse_provider(
+    registry: &HandlerRegistry,
+    file: &str,
+    text: &str,
+) -> std::result::Result<(Provider, std::ops::Range<usize>), CatalogProblem> {
+    let at = |span: std::ops::Range<usize>, message: String| {
+        let (line, column) = line_col(text, span.start);
+        CatalogProblem {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let parsed: FileToml = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim().replace('\n', " "),
+        )
+    })?;
+    let p = parsed.provider.into_inner();
+    let name = p.name.get_ref().clone();
+    crate::model::validate_id("provider name", &name)
+        .map_err(|e| at(p.name.span(), e.to_string()))?;
+    let handler_type = p.handler_type.get_ref().clone();
+    let Some(handler) = registry.get(&handler_type) else {
+        return Err(at(
+            p.handler_type.span(),
+            format!(
+                "unknown handler type `{handler_type}`; known types are {}",
+                registry.type_ids().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
+    let mut fields: Vec<ProviderField> = handler
+        .fields()
         .iter()
-        .find(|(name, _)| *name == provider)
-        .map(|(_, handler)| *handler)
+        .map(|spec| ProviderField {
+            spec: spec.clone(),
+            prefix_check: Vec::new(),
+        })
+        .collect();
+    let mut named = std::collections::BTreeSet::new();
+    for f in parsed.fields {
+        let span = f.span();
+        let f = f.into_inner();
+        let field_name = f.name.get_ref().clone();
+        if !named.insert(field_name.clone()) {
+            return Err(at(
+                f.name.span(),
+                format!("field `{field_name}` is listed twice"),
+            ));
+        }
+        let prefixes = match f.prefix_check.as_ref().map(|p| p.get_ref()) {
+            None => Vec::new(),
+            Some(Prefixes::One(p)) => vec![p.clone()],
+            Some(Prefixes::Many(ps)) => ps.clone(),
+        };
+        if let Some(p) = &f.prefix_check {
+            if prefixes.iter().any(String::is_empty) || prefixes.is_empty() {
+                return Err(at(
+                    p.span(),
+                    "prefix_check must be a non-empty prefix (or a list of them)".into(),
+                ));
+            }
+        }
+        let existing = fields.iter_mut().find(|x| x.spec.name == field_name);
+        match existing {
+            Some(field) => {
+                if let Some(label) = f.label {
+                    field.spec.label = label;
+                }
+                if let Some(required) = f.required {
+                    field.spec.required = required;
+                }
+                if let Some(secret) = f.secret {
+                    field.spec.secret = secret;
+                }
+                field.prefix_check = prefixes;
+            }
+            None if handler.open_schema() => {
+                crate::model::validate_id("field name", &field_name)
+                    .map_err(|e| at(f.name.span(), e.to_string()))?;
+                fields.push(ProviderField {
+                    spec: FieldSpec {
+                        label: f.label.unwrap_or_else(|| field_name.clone()),
+                        name: field_name,
+                        secret: f.secret.unwrap_or(true),
+                        required: f.required.unwrap_or(false),
+                        format: FieldFormat::Text,
+                    },
+                    prefix_check: prefixes,
+                });
+            }
+            None => {
+                return Err(at(
+                    span,
+                    format!(
+                        "`{field_name}` is not a field of handler type `{handler_type}`; its \
+                         fields are {}",
+                        handler
+                            .fields()
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+    let verify = match parsed.verify {
+        None => None,
+        Some(v) => {
+            let v = v.into_inner();
+            let known: Vec<&str> = fields.iter().map(|f| f.spec.name.as_str()).collect();
+            let method = match &v.method {
+                None => "GET".to_string(),
+                Some(m) => {
+                    let upper = m.get_ref().to_ascii_uppercase();
+                    if !["GET", "POST", "HEAD"].contains(&upper.as_str()) {
+                        return Err(at(m.span(), "method must be GET, POST or HEAD".into()));
+                    }
+                    upper
+                }
+            };
+            check_template(v.endpoint.get_ref(), &known, false)
+                .map_err(|m| at(v.endpoint.span(), m))?;
+            // A placeholder may stand for the whole base URL (`{base_url}/v1/verify`).
+            let filler = if v.endpoint.get_ref().starts_with('{') {
+                "https://example.invalid"
+            } else {
+                "x"
+            };
+            let sample = crate::verify::render(v.endpoint.get_ref(), &|_| {
+                Some(zeroize::Zeroizing::new(filler.to_string()))
+            })
+            .map_err(|m| at(v.endpoint.span(), m))?;
+            url::Url::parse(sample.as_str())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    at(
+                        v.endpoint.span(),
+                        "endpoint must be an http or https URL".into(),
+                    )
+                })?;
+            let auth_template = match &v.auth_template {
+                None => String::new(),
+                Some(t) => {
+                    check_template(t.get_ref(), &known, true).map_err(|m| at(t.span(), m))?;
+                    t.get_ref().clone()
+                }
+            };
+            let success_codes = match &v.success_codes {
+                None => vec![200],
+                Some(codes) => {
+                    if codes.get_ref().is_empty()
+                        || codes.get_ref().iter().any(|c| !(100..=599).contains(c))
+                    {
+                        return Err(at(
+                            codes.span(),
+                            "success_codes must list HTTP status codes (100-599)".into(),
+                        ));
+                    }
+                    codes.get_ref().clone()
+                }
+            };
+            Some(VerifySpec {
+                endpoint: v.endpoint.into_inner(),
+                method,
+                auth_template,
+                success_codes,
+                success_contains: v.success_contains,
+            })
+        }
+    };
+    let name_span = p.name.span();
+    Ok((
+        Provider {
+            name,
+            display_name: p.display_name,
+            handler_type,
+            icon: p.icon,
+            category: p.category,
+            fields,
+            verify,
+            source: file.to_string(),
+        },
+        name_span,
+    ))
+}
+
+/// Checks a template's placeholders against the provider's fields, and (for header
+/// templates) that every line is `Name: value` with a valid header name.
+fn check_template(
+    template: &str,
+    known: &[&str],
+    headers: bool,
+) -> std::result::Result<(), String> {
+    for name in crate::verify::placeholders(template)? {
+        if !known.contains(&name.as_str()) {
+            return Err(format!(
+                "placeholder `{{{name}}}` is not a field of this provider; its fields are {}",
+                known.join(", ")
+            ));
+        }
+    }
+    if headers {
+        for line in template.lines().filter(|l| !l.trim().is_empty()) {
+            let Some((name, _)) = line.split_once(':') else {
+                return Err(format!(
+                    "auth_template line `{line}` must be `Header-Name: value`"
+                ));
+            };
+            http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("`{}` is not a valid HTTP header name", name.trim()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bundled_file_is_compiled_in() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("providers");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .expect("providers/")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        on_disk.sort();
+        let bundled: Vec<String> = bundled_files().map(String::from).collect();
+        assert_eq!(
+            on_disk, bundled,
+            "providers/*.toml and BUNDLED must list the same files"
+        );
+    }
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
 }

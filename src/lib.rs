@@ -10,7 +10,9 @@ mod error;
 pub mod handlers;
 pub mod model;
 pub mod store;
+pub mod transport;
 pub mod vault;
+mod verify;
 
 pub use audit::{
     AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,
@@ -30,5 +32,5 @@ pub use store::{
 pub use store::{SqliteOptions, SqliteStore};
 pub use vault::{
     CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, NewCredential, Principal,
-    ResolveContext, RevealedCredential, Vault, VaultBuilder,
+    ResolveContext, RevealedCredential, Vault, VaultBuilder, Verification, VerifyResult,
 };

@@ -228,7 +228,7 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
     fails(
         &create(&["--provider", "nosuch", "-f", "k=v"]),
         2,
-        "unknown provider `nosuch`",
+        "`nosuch` is not in the provider catalog",
     );
     fails(
         &create(&["--provider", "openai", "-f", "api_key"]),
@@ -255,11 +255,50 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
         2,
         "given twice",
     );
-    ok(&create(&["--provider", "openai", "-f", "api_key=x"]));
+    ok(&create(&["--provider", "openai", "-f", "api_key=sk-x1"]));
     fails(
-        &create(&["--provider", "openai", "-f", "api_key=y"]),
+        &create(&["--provider", "openai", "-f", "api_key=sk-y1"]),
         5,
         "already exists",
+    );
+    // The provider's prefix check and the handler's schema.
+    fails(
+        &create(&[
+            "--provider",
+            "openai",
+            "--name",
+            "o2",
+            "-f",
+            "api_key=pk-CANARY-1",
+        ]),
+        2,
+        "start with `sk-`",
+    );
+    fails(
+        &create(&[
+            "--provider",
+            "openai",
+            "--name",
+            "o3",
+            "-f",
+            "api_key=sk-1",
+            "-f",
+            "colour=blue",
+        ]),
+        2,
+        "invalid colour",
+    );
+    fails(
+        &create(&[
+            "--provider",
+            "postgres",
+            "-f",
+            "host=db",
+            "-f",
+            "port=99999",
+        ]),
+        2,
+        "invalid port",
     );
 
     // A missing store, a bad store spec, a missing principal.
@@ -324,7 +363,7 @@ fn a_tampered_audit_chain_fails_verification_with_exit_6() {
             "--provider",
             "openai",
             "-f",
-            "api_key=x",
+            "api_key=sk-x1",
         ],
     ));
     ok(&env.run(ALICE, &["credentials", "list"]));
@@ -336,4 +375,65 @@ fn a_tampered_audit_chain_fails_verification_with_exit_6() {
     let out = env.run("system_admin:root", &["audit", "verify"]);
     assert_eq!(out.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&out.stdout).contains("first bad sequence number 1"));
+}
+
+#[test]
+fn providers_list_and_show_the_catalog_and_a_drop_in_folder_adds_and_reports() {
+    let env = Env::new();
+    let out = ok(&env.run(ALICE, &["providers", "list"]));
+    for name in [
+        "anthropic",
+        "openai",
+        "stripe",
+        "telegram",
+        "github_app",
+        "gitlab",
+        "mockprovider",
+    ] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    let shown = json(&env.run(ALICE, &["--json", "providers", "show", "stripe"]));
+    assert_eq!(shown["handler_type"], "multi_field");
+    assert_eq!(
+        shown["verify"]["endpoint"],
+        "https://api.stripe.com/v1/balance"
+    );
+    let missing = env.run(ALICE, &["providers", "show", "nosuch"]);
+    fails(&missing, 2, "`nosuch` is not in the provider catalog");
+    // A drop-in folder: one good file, one broken one (reported with file and line).
+    let dir = env.home.path().join("providers");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("acme.toml"),
+        "[provider]\nname = \"acme\"\ndisplay_name = \"Acme\"\nhandler_type = \"api_key\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("broken.toml"),
+        "[provider]\nname = \"broken\"\ndisplay_name = \"Broken\"\nhandler_type = \"api_kye\"\n",
+    )
+    .expect("write");
+    let out = env.run(ALICE, &["providers", "list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("acme") && stdout.contains("openai"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("broken.toml:4:16: unknown handler type `api_kye`"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(2));
+    ok(&env.run(
+        ALICE,
+        &[
+            "credentials",
+            "create",
+            "--provider",
+            "acme",
+            "-f",
+            "api_key=acme-1",
+        ],
+    ));
 }

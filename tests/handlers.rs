@@ -84,9 +84,12 @@ fn accepts(handler: &dyn CredentialHandler, f: &Fields) {
     }
 }
 
+/// Changes to the first good set (`None` removes a field), and the field the error must name.
+type BadCase = (Vec<(&'static str, Option<String>)>, &'static str);
+
 struct Case {
     good: Vec<Vec<(&'static str, String)>>,
-    bad: Vec<(Vec<(&'static str, Option<String>)>, &'static str)>,
+    bad: Vec<BadCase>,
 }
 
 fn s(v: &str) -> String {

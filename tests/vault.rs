@@ -17,7 +17,13 @@ use strongroom::{
 const CANARY: &str = "sk-CANARY-vault-5c2e9b1d";
 
 fn fields(value: &str) -> BTreeMap<String, SecretString> {
-    BTreeMap::from([("api_key".to_string(), SecretString::from(value.to_string()))])
+    // OpenAI keys start with `sk-` (the provider's prefix check).
+    let value = if value.starts_with("sk-") {
+        value.to_string()
+    } else {
+        format!("sk-{value}")
+    };
+    BTreeMap::from([("api_key".to_string(), SecretString::from(value))])
 }
 
 fn sysadmin() -> Principal {
@@ -170,13 +176,7 @@ async fn references_resolve_in_their_own_scope_only() {
 async fn grants_gate_per_user_credentials() {
     let vault = Vault::in_memory().await.expect("vault");
     let owner = user("crm", "u1");
-    let id = seed(
-        &vault,
-        "gh",
-        &Scope::per_user("u1").expect("s"),
-        "github_pat",
-    )
-    .await;
+    let id = seed(&vault, "gh", &Scope::per_user("u1").expect("s"), "deepseek").await;
     let r = CredentialRef::compact("gh");
     let denied = |e: Error| assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     denied(
@@ -582,7 +582,7 @@ async fn stale_versions_conflict_and_concurrent_updates_lose_nothing() {
     let revealed = vault.reveal(&owner, &id).await.expect("reveal");
     assert_eq!(
         revealed.fields["api_key"].expose_secret(),
-        "v2",
+        "sk-v2",
         "fields kept across metadata updates"
     );
 }

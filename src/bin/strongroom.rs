@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use strongroom::catalog::{handler_type_of, BUILTIN_PROVIDERS};
+use strongroom::catalog::{Catalog, Provider};
 use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
+use strongroom::handlers::HandlerRegistry;
 use strongroom::{
     CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret, LifecycleState,
     NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore, Store, Timestamp, Vault,
@@ -36,6 +37,10 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// A folder of provider TOML files that add to or override the bundled catalog
+    /// (default: `$STRONGROOM_HOME/providers` when it exists).
+    #[arg(long, global = true, env = "STRONGROOM_PROVIDERS_DIR")]
+    providers_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +53,20 @@ enum Command {
     /// Inspect the audit chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Browse the provider catalog.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+}
+
+#[derive(Subcommand)]
+enum ProvidersCommand {
+    /// List the providers (bundled and drop-in), and any provider file that could not be used.
+    List,
+    /// Show one provider: its credential type, fields, prefix checks and verification.
+    Show {
+        /// Provider name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +184,12 @@ enum CredentialsCommand {
         /// Credential id.
         id: String,
     },
+    /// Test a credential against its provider's API; moves it to valid or invalid. Exits 0
+    /// when valid, 7 when the provider rejected it, 8 when there was no verdict.
+    Verify {
+        /// Credential id.
+        id: String,
+    },
 }
 
 fn exit_code(e: &Error) -> u8 {
@@ -223,7 +248,104 @@ fn invalid(field: &str, reason: &str) -> Error {
     }
 }
 
+/// The drop-in providers folder: the flag or variable, else `$STRONGROOM_HOME/providers`
+/// when it exists.
+fn providers_dir(flag: Option<PathBuf>) -> Result<Option<PathBuf>, Error> {
+    match flag {
+        Some(dir) => Ok(Some(dir)),
+        None => {
+            let dir = default_home_from_env()?.join("providers");
+            Ok(dir.is_dir().then_some(dir))
+        }
+    }
+}
+
+fn providers(catalog: &Catalog, cmd: ProvidersCommand, out: &Output) -> Result<u8, Error> {
+    match cmd {
+        ProvidersCommand::List => {
+            let all: Vec<&Provider> = catalog.providers().map(|p| p.as_ref()).collect();
+            if out.json {
+                let problems: Vec<String> =
+                    catalog.problems().iter().map(|p| p.to_string()).collect();
+                let doc = serde_json::json!({ "providers": all, "problems": problems });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                println!(
+                    "{:<16}  {:<28}  {:<20}  {:<12}  VERIFY",
+                    "NAME", "DISPLAY NAME", "HANDLER", "CATEGORY"
+                );
+                for p in &all {
+                    println!(
+                        "{:<16}  {:<28}  {:<20}  {:<12}  {}",
+                        p.name,
+                        p.display_name,
+                        p.handler_type,
+                        p.category.as_deref().unwrap_or("-"),
+                        if p.verify.is_some() { "yes" } else { "no" }
+                    );
+                }
+                for problem in catalog.problems() {
+                    eprintln!("skipped: {problem}");
+                }
+            }
+            Ok(if catalog.problems().is_empty() { 0 } else { 2 })
+        }
+        ProvidersCommand::Show { name } => {
+            let p = catalog.require(&name)?;
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(p.as_ref()).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            println!("{} ({})", p.display_name, p.name);
+            println!("  handler type: {}", p.handler_type);
+            if let Some(c) = &p.category {
+                println!("  category:     {c}");
+            }
+            println!("  source:       {}", p.source);
+            println!("  fields:");
+            for f in &p.fields {
+                let mut notes = vec![if f.spec.required {
+                    "required"
+                } else {
+                    "optional"
+                }];
+                if f.spec.secret {
+                    notes.push("secret");
+                }
+                let prefix = if f.prefix_check.is_empty() {
+                    String::new()
+                } else {
+                    format!(", starts with {}", f.prefix_check.join(" or "))
+                };
+                println!(
+                    "    {:<22} {} ({}{prefix})",
+                    f.spec.name,
+                    f.spec.label,
+                    notes.join(", ")
+                );
+            }
+            match &p.verify {
+                Some(v) => println!(
+                    "  verify:       {} {} (success: {:?})",
+                    v.method, v.endpoint, v.success_codes
+                ),
+                None => println!("  verify:       none"),
+            }
+            Ok(0)
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<u8, Error> {
+    let dir = providers_dir(cli.providers_dir.clone())?;
+    let out = Output { json: cli.json };
+    if let Command::Providers(cmd) = cli.command {
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        return providers(&catalog, cmd, &out);
+    }
     let actor = Principal::parse(cli.actor.as_deref().ok_or_else(|| {
         invalid(
             "--as",
@@ -237,6 +359,14 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             CredentialsCommand::Create(_) | CredentialsCommand::AdminCreate { .. }
         )
     );
+    if let Command::Credentials(
+        CredentialsCommand::Create(CreateArgs { source, .. })
+        | CredentialsCommand::AdminCreate { source, .. },
+    ) = &cli.command
+    {
+        // Refuse an unknown provider before a vault file is created for it.
+        Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?.require(&source.provider)?;
+    }
     if !creates && !path.exists() {
         return Err(Error::NotFound {
             what: format!("vault {}", path.display()),
@@ -244,12 +374,14 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         });
     }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
-    let vault = Vault::builder()
+    let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key_wrapper_from_env()?)
-        .build()
-        .await?;
-    let out = Output { json: cli.json };
+        .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+    if let Some(dir) = dir {
+        builder = builder.providers_dir(dir);
+    }
+    let vault = builder.build().await?;
     match cli.command {
         Command::Audit(AuditCommand::Verify) => {
             let report = vault.verify_audit(&actor).await?;
@@ -268,7 +400,32 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(if report.is_ok() { 0 } else { 6 })
         }
+        Command::Credentials(CredentialsCommand::Verify { id: text }) => {
+            let v = vault.test_live_connection(&actor, &id(&text)?).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                let status = v
+                    .http_status
+                    .map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+                println!(
+                    "{:?}: {status}; credential is now {} (version {})",
+                    v.result,
+                    v.state.as_str(),
+                    v.version
+                );
+                if let Some(reason) = &v.reason {
+                    println!("  {reason}");
+                }
+            }
+            Ok(match v.result {
+                strongroom::VerifyResult::Valid => 0,
+                strongroom::VerifyResult::Invalid => 7,
+                _ => 8,
+            })
+        }
         Command::Credentials(cmd) => credentials(&vault, &actor, cmd, &out).await.map(|()| 0),
+        Command::Providers(_) => Ok(0),
     }
 }
 
@@ -428,22 +585,13 @@ fn new_credential(source: CredentialSource, scope: Scope) -> Result<NewCredentia
         name,
         fields,
     } = source;
-    let handler = handler_type_of(&provider).ok_or_else(|| {
-        let known: Vec<&str> = BUILTIN_PROVIDERS.iter().map(|(n, _)| *n).collect();
-        invalid(
-            "--provider",
-            &format!(
-                "unknown provider `{provider}`; known providers: {}",
-                known.join(", ")
-            ),
-        )
-    })?;
     let fields = parse_fields(&fields)?;
+    // The handler type comes from the provider's catalog entry.
     Ok(NewCredential::new(
         name.unwrap_or_else(|| format!("{provider}_main")),
         scope,
         provider,
-        handler,
+        "",
         fields,
     ))
 }
@@ -525,6 +673,8 @@ async fn credentials(
                 println!("deleted {raw}");
             }
         }
+        // Handled in `run`, which sets the exit code from the verdict.
+        CredentialsCommand::Verify { .. } => {}
         CredentialsCommand::AdminDelete { id: raw } => {
             vault.delete(actor, &id(&raw)?, None).await?;
             if !out.json {

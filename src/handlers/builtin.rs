@@ -10,6 +10,8 @@ use super::{check_schema, keys, CredentialHandler, ExpiryRule, FieldSpec, Fields
 use crate::error::{Error, Result};
 
 type Rule = fn(&Fields) -> Result<()>;
+/// `(field, path template)` pairs.
+type Injection = fn() -> Vec<(String, String)>;
 
 /// A built-in type: a schema, extra rules, default injection and expiry.
 struct Builtin {
@@ -18,7 +20,7 @@ struct Builtin {
     fields: Vec<FieldSpec>,
     open: bool,
     rule: Rule,
-    inject: Option<fn() -> Vec<(String, String)>>,
+    inject: Option<Injection>,
     expiry: ExpiryRule,
 }
 

@@ -4,22 +4,29 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditChain, AuditEvent, AuditTarget, Outcome, VerifyReport};
+use crate::catalog::{Catalog, CatalogProblem, Provider};
 use crate::crypto::{key_wrapper_from_env, KeyRing, KeyWrapper, LocalKey};
 use crate::error::{Error, Result};
+use crate::handlers::{CredentialHandler, HandlerRegistry};
 use crate::model::{
     validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
 };
 use crate::store::{
     stale_read, Batch, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Store,
 };
+use crate::transport::HttpTransport;
 
 pub mod policy;
+mod verify;
+
+pub use verify::{Verification, VerifyResult};
 
 pub use policy::{Action, Principal, Relation, Role};
 
@@ -227,6 +234,9 @@ pub struct VaultBuilder {
     store: Option<Arc<dyn Store>>,
     key: Option<Arc<dyn KeyWrapper>>,
     retired: Vec<Arc<dyn KeyWrapper>>,
+    handlers: Vec<Arc<dyn CredentialHandler>>,
+    providers_dir: Option<PathBuf>,
+    http: Option<Arc<dyn HttpTransport>>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -257,6 +267,25 @@ impl VaultBuilder {
         self
     }
 
+    /// Registers a credential type of the host's own, next to the 19 built-in ones.
+    pub fn handler(mut self, handler: Arc<dyn CredentialHandler>) -> Self {
+        self.handlers.push(handler);
+        self
+    }
+
+    /// A folder of provider TOML files that add to or override the bundled catalog
+    /// ([`Vault::reload_providers`] re-reads it while the host runs).
+    pub fn providers_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.providers_dir = Some(dir.into());
+        self
+    }
+
+    /// The HTTP client for live verification (and, later, OAuth and cloud KMS calls).
+    pub fn http(mut self, transport: Arc<dyn HttpTransport>) -> Self {
+        self.http = Some(transport);
+        self
+    }
+
     /// Builds the vault.
     pub async fn build(self) -> Result<Vault> {
         let key = match self.key {
@@ -271,11 +300,23 @@ impl VaultBuilder {
             .retired
             .into_iter()
             .fold(KeyRing::new(key), KeyRing::with_retired);
+        let mut handlers = HandlerRegistry::builtin();
+        for handler in self.handlers {
+            handlers.register(handler)?;
+        }
+        let catalog = Catalog::load(&handlers, self.providers_dir.as_deref())?;
+        for problem in catalog.problems() {
+            tracing::warn!(%problem, "provider file skipped");
+        }
         Ok(Vault {
             inner: Arc::new(Inner {
                 audit: AuditChain::new(store.clone(), keys.clone()),
                 store,
                 keys,
+                handlers,
+                catalog: RwLock::new(Arc::new(catalog)),
+                providers_dir: self.providers_dir,
+                http: self.http,
             }),
         })
     }
@@ -300,6 +341,10 @@ struct Inner {
     store: Arc<dyn Store>,
     keys: KeyRing,
     audit: AuditChain,
+    handlers: HandlerRegistry,
+    catalog: RwLock<Arc<Catalog>>,
+    providers_dir: Option<PathBuf>,
+    http: Option<Arc<dyn HttpTransport>>,
 }
 
 /// The credential vault. Cheap to clone.
@@ -435,6 +480,82 @@ impl Vault {
             .await
     }
 
+    /// The credential types this vault knows.
+    pub fn handlers(&self) -> &HandlerRegistry {
+        &self.inner.handlers
+    }
+
+    /// The provider catalog as loaded now (bundled providers plus the drop-in folder).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A provider by name.
+    pub fn provider(&self, name: &str) -> Result<Arc<Provider>> {
+        self.catalog().require(name).cloned()
+    }
+
+    /// Re-reads the drop-in providers folder, replacing the catalog in one step (no restart
+    /// of the host). Files that cannot be used are returned, each with file and line, and
+    /// skipped; every other provider stays usable. With no folder configured, this reloads
+    /// the bundled providers only.
+    pub fn reload_providers(&self) -> Result<Vec<CatalogProblem>> {
+        let catalog = Catalog::load(&self.inner.handlers, self.inner.providers_dir.as_deref())?;
+        let problems = catalog.problems().to_vec();
+        *self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        Ok(problems)
+    }
+
+    /// Checks a field set against its provider (known, prefix checks, required fields) and
+    /// the provider's handler; returns the handler type to store. An empty `handler_type`
+    /// means the provider's.
+    fn check_against_catalog(
+        &self,
+        provider: &str,
+        handler_type: &str,
+        fields: &BTreeMap<String, SecretString>,
+    ) -> Result<String> {
+        let catalog = self.catalog();
+        let provider = catalog.require(provider)?;
+        if !handler_type.is_empty() && handler_type != provider.handler_type {
+            return Err(Error::invalid(
+                "handler type",
+                format!(
+                    "provider `{}` takes `{}` credentials, not `{handler_type}`",
+                    provider.name, provider.handler_type
+                ),
+            ));
+        }
+        let handler = self.inner.handlers.require(&provider.handler_type)?;
+        handler.validate(fields)?;
+        provider.check_fields(fields)?;
+        Ok(provider.handler_type.clone())
+    }
+
+    /// The expiry a token type carries in its fields (Unix seconds), as a timestamp.
+    fn expiry_from_fields(
+        &self,
+        handler_type: &str,
+        fields: &BTreeMap<String, SecretString>,
+    ) -> Option<Timestamp> {
+        let handler = self.inner.handlers.get(handler_type)?;
+        let rule = handler.expiry();
+        let seconds: i64 = fields
+            .get(rule.expiry_field()?)?
+            .expose_secret()
+            .parse()
+            .ok()?;
+        Some(Timestamp(seconds.checked_mul(1000)?))
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
@@ -526,7 +647,9 @@ impl Vault {
     pub async fn create(&self, actor: &Principal, new: NewCredential) -> Result<CredentialInfo> {
         validate_id("credential name", &new.name)?;
         validate_id("provider", &new.provider)?;
-        validate_id("handler type", &new.handler_type)?;
+        if !new.handler_type.is_empty() {
+            validate_id("handler type", &new.handler_type)?;
+        }
         check_fields(&new.fields)?;
         let what = format!("credential `{}` ({})", new.name, new.scope);
         self.authorize(
@@ -537,9 +660,14 @@ impl Vault {
             &what,
         )
         .await?;
+        let handler_type =
+            self.check_against_catalog(&new.provider, &new.handler_type, &new.fields)?;
         let now = Timestamp::now();
         let mut metadata = new.metadata;
-        match new.expires_at {
+        match new
+            .expires_at
+            .or_else(|| self.expiry_from_fields(&handler_type, &new.fields))
+        {
             Some(at) => metadata.insert(EXPIRES_AT.into(), at.0.to_string()),
             None => metadata.remove(EXPIRES_AT),
         };
@@ -548,7 +676,7 @@ impl Vault {
             name: new.name,
             scope: new.scope,
             provider: new.provider,
-            handler_type: new.handler_type,
+            handler_type,
             state: LifecycleState::Filled,
             metadata,
             agent_accessible: new.agent_accessible,
@@ -599,6 +727,12 @@ impl Vault {
         let fields = match update.fields {
             Some(fields) => {
                 check_fields(&fields)?;
+                self.check_against_catalog(&record.provider, &record.handler_type, &fields)?;
+                if update.expires_at.is_none() {
+                    if let Some(at) = self.expiry_from_fields(&record.handler_type, &fields) {
+                        record.metadata.insert(EXPIRES_AT.into(), at.0.to_string());
+                    }
+                }
                 record.state = LifecycleState::Filled;
                 fields
             }
