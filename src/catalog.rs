@@ -236,7 +236,7 @@ impl Catalog {
     pub fn bundled(registry: &HandlerRegistry) -> Catalog {
         let mut catalog = Catalog::default();
         for (file, text) in BUNDLED {
-            catalog.add_text(registry, &format!("bundled:{file}"), text, false);
+            catalog.add_text(registry, &format!("bundled:{file}"), text);
         }
         catalog
     }
@@ -281,7 +281,7 @@ impl Catalog {
         Ok(())
     }
 
-    fn add_text(&mut self, registry: &HandlerRegistry, file: &str, text: &str, _dropin: bool) {
+    fn add_text(&mut self, registry: &HandlerRegistry, file: &str, text: &str) {
         let seen = std::collections::BTreeSet::new();
         self.add_text_checked(registry, file, text, &seen);
     }
