@@ -321,6 +321,24 @@ impl Catalog {
         }
     }
 
+    /// Keeps the definitions `previous` loaded from files that now have a problem, so a
+    /// file broken by an edit does not take its provider away; each such problem says so.
+    pub(crate) fn carry_over(&mut self, previous: &Catalog) {
+        for problem in &mut self.problems {
+            for old in previous
+                .providers
+                .values()
+                .filter(|p| p.source == problem.file)
+            {
+                self.providers.insert(old.name.clone(), old.clone());
+                problem.message.push_str(&format!(
+                    " (the previous definition of `{}` stays in use until the file is fixed)",
+                    old.name
+                ));
+            }
+        }
+    }
+
     /// A provider by name.
     pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.get(name)
@@ -427,8 +445,19 @@ fn parse_provider(
     })?;
     let p = parsed.provider.into_inner();
     let name = p.name.get_ref().clone();
-    crate::model::validate_id("provider name", &name)
-        .map_err(|e| at(p.name.span(), e.to_string()))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(at(
+            p.name.span(),
+            "a provider name is 1 to 64 lowercase ASCII letters, digits, `_` or `-` \
+             (`my_provider`)"
+                .into(),
+        ));
+    }
     let handler_type = p.handler_type.get_ref().clone();
     let Some(handler) = registry.get(&handler_type) else {
         return Err(at(

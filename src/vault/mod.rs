@@ -501,16 +501,21 @@ impl Vault {
 
     /// Re-reads the drop-in providers folder, replacing the catalog in one step (no restart
     /// of the host). Files that cannot be used are returned, each with file and line, and
-    /// skipped; every other provider stays usable. With no folder configured, this reloads
-    /// the bundled providers only.
+    /// skipped; every other provider stays usable. A provider whose file has become unusable
+    /// since the last load keeps its previous definition until the file is fixed (its
+    /// credentials stay usable). With no folder configured, this reloads the bundled
+    /// providers only. A folder that cannot be read is an error and keeps the catalog as it
+    /// was.
     pub fn reload_providers(&self) -> Result<Vec<CatalogProblem>> {
-        let catalog = Catalog::load(&self.inner.handlers, self.inner.providers_dir.as_deref())?;
-        let problems = catalog.problems().to_vec();
-        *self
+        let mut catalog = Catalog::load(&self.inner.handlers, self.inner.providers_dir.as_deref())?;
+        let mut slot = self
             .inner
             .catalog
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+            .unwrap_or_else(|p| p.into_inner());
+        catalog.carry_over(&slot);
+        let problems = catalog.problems().to_vec();
+        *slot = Arc::new(catalog);
         Ok(problems)
     }
 

@@ -1,0 +1,460 @@
+//! Live verification against a real HTTP server on 127.0.0.1 that speaks the mock provider's
+//! documented API (`GET {base_url}/v1/verify` with `Authorization: Bearer <key>`): success,
+//! 401, 403, 500, a closed port, and proof that a request carries only the verified
+//! credential's own fields.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use strongroom::audit::Outcome;
+use strongroom::model::LifecycleState;
+use strongroom::transport::ReqwestTransport;
+use strongroom::{
+    CredentialId, CredentialUpdate, Error, LocalKey, MemoryStore, NewCredential, Principal, Scope,
+    SecretString, Vault, VerifyResult,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The key the mock API accepts.
+const GOOD_KEY: &str = "mock-good-4f1a9c";
+/// A key it rejects.
+const BAD_KEY: &str = "mock-revoked-77d0e2";
+/// A second credential's key, which must never reach the server when the first is verified.
+const OTHER_CANARY: &str = "mock-OTHER-CANARY-b3e8a1";
+
+/// A minimal HTTP/1.1 server for the mock provider's verify API. Paths:
+/// `/v1/verify` checks the bearer key (200 or 401); `/forbidden/v1/verify` answers 403;
+/// `/down/v1/verify` answers 500; `/teapot/v1/verify` answers 418. Every request's head is
+/// recorded.
+struct MockApi {
+    base: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl MockApi {
+    async fn start() -> MockApi {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    log.lock().expect("log").push(text.clone());
+                    let path = text
+                        .lines()
+                        .next()
+                        .and_then(|l| l.split(' ').nth(1))
+                        .unwrap_or("")
+                        .to_string();
+                    let auth = text
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("authorization")
+                                .then(|| value.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    let (status, body) = match path.as_str() {
+                        "/v1/verify" if auth == format!("Bearer {GOOD_KEY}") => {
+                            ("200 OK", r#"{"ok":true}"#)
+                        }
+                        "/v1/verify" => ("401 Unauthorized", r#"{"error":"bad key"}"#),
+                        "/forbidden/v1/verify" => ("403 Forbidden", r#"{"error":"no"}"#),
+                        "/down/v1/verify" => ("500 Internal Server Error", "oops"),
+                        "/teapot/v1/verify" => ("418 I'm a teapot", ""),
+                        _ => ("404 Not Found", ""),
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        MockApi {
+            base: format!("http://{addr}"),
+            seen,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().expect("log").clone()
+    }
+}
+
+fn admin() -> Principal {
+    Principal::parse("system_admin:root").expect("principal")
+}
+
+async fn vault_with(providers: Option<&std::path::Path>) -> Vault {
+    let mut builder = Vault::builder()
+        .store(Arc::new(MemoryStore::new()))
+        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
+        .http(Arc::new(ReqwestTransport::new().expect("client")));
+    if let Some(dir) = providers {
+        builder = builder.providers_dir(dir);
+    }
+    builder.build().await.expect("vault")
+}
+
+fn fields(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretString> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
+        .collect()
+}
+
+async fn mock_credential(vault: &Vault, name: &str, key: &str, base_url: &str) -> CredentialId {
+    vault
+        .create(
+            &admin(),
+            NewCredential::new(
+                name,
+                Scope::SystemWide,
+                "mockprovider",
+                "",
+                fields(&[("api_key", key), ("base_url", base_url)]),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
+        .id
+}
+
+async fn last_verify_event(vault: &Vault) -> strongroom::audit::AuditEvent {
+    let events = vault
+        .store()
+        .audit_range(1, usize::MAX)
+        .await
+        .expect("audit rows");
+    events
+        .into_iter()
+        .rev()
+        .find(|e| e.event.action == "credential.verify")
+        .expect("a credential.verify row")
+        .event
+}
+
+#[tokio::test]
+async fn a_success_code_makes_the_credential_valid_and_is_audited() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    let id = mock_credential(&vault, "good", GOOD_KEY, &api.base).await;
+    let before = vault.get(&admin(), &id).await.expect("get");
+    assert_eq!(before.state, LifecycleState::Filled);
+
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    assert_eq!(v.result, VerifyResult::Valid);
+    assert_eq!(v.http_status, Some(200));
+    assert_eq!(v.state, LifecycleState::Valid);
+    assert_eq!(v.version, before.version + 1);
+    assert_eq!(v.reason, None);
+    let after = vault.get(&admin(), &id).await.expect("get");
+    assert_eq!(after.state, LifecycleState::Valid);
+
+    // The server saw exactly one request, on the documented path, with the bearer key.
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].starts_with("GET /v1/verify HTTP/1.1\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(seen[0].contains(&format!("Bearer {GOOD_KEY}")));
+
+    let event = last_verify_event(&vault).await;
+    assert_eq!(event.outcome, Outcome::Success);
+    assert_eq!(
+        event.details.get("result").map(String::as_str),
+        Some("valid")
+    );
+    assert_eq!(event.details.get("to").map(String::as_str), Some("valid"));
+    assert_eq!(
+        event.details.get("http_status").map(String::as_str),
+        Some("200")
+    );
+    let row = format!("{event:?}");
+    assert!(!row.contains(GOOD_KEY), "the audit row holds the key");
+    assert!(!row.contains(&api.base), "the audit row holds the URL");
+
+    // The credential still resolves and decrypts after the re-seal for the new version.
+    let revealed = vault.reveal(&admin(), &id).await.expect("reveal");
+    use strongroom::ExposeSecret;
+    assert_eq!(revealed.fields["api_key"].expose_secret(), GOOD_KEY);
+}
+
+#[tokio::test]
+async fn a_401_makes_the_credential_invalid() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    let id = mock_credential(&vault, "bad", BAD_KEY, &api.base).await;
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    assert_eq!(v.result, VerifyResult::Invalid);
+    assert_eq!(v.http_status, Some(401));
+    assert_eq!(v.state, LifecycleState::Invalid);
+    assert_eq!(
+        vault.get(&admin(), &id).await.expect("get").state,
+        LifecycleState::Invalid
+    );
+    let event = last_verify_event(&vault).await;
+    assert_eq!(event.outcome, Outcome::Failure);
+    assert_eq!(event.details.get("to").map(String::as_str), Some("invalid"));
+}
+
+#[tokio::test]
+async fn a_403_makes_the_credential_invalid() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    let base = format!("{}/forbidden", api.base);
+    let id = mock_credential(&vault, "forbidden", GOOD_KEY, &base).await;
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    assert_eq!(v.result, VerifyResult::Invalid);
+    assert_eq!(v.http_status, Some(403));
+    assert_eq!(v.state, LifecycleState::Invalid);
+}
+
+#[tokio::test]
+async fn a_500_leaves_the_credential_as_it_was_with_the_reason() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    // First make it valid, so "unchanged" is visible as staying valid.
+    let id = mock_credential(&vault, "flaky", GOOD_KEY, &api.base).await;
+    let valid = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    assert_eq!(valid.state, LifecycleState::Valid);
+    let down = format!("{}/down", api.base);
+    let version = vault.get(&admin(), &id).await.expect("get").version;
+    let updated = vault
+        .update(
+            &admin(),
+            &id,
+            version,
+            CredentialUpdate {
+                fields: Some(fields(&[("api_key", GOOD_KEY), ("base_url", &down)])),
+                ..CredentialUpdate::default()
+            },
+        )
+        .await
+        .expect("update");
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    assert_eq!(v.result, VerifyResult::Inconclusive);
+    assert_eq!(v.http_status, Some(500));
+    assert_eq!(v.state, updated.state, "state unchanged");
+    assert_eq!(v.version, updated.version, "no new version");
+    let reason = v.reason.expect("a reason");
+    assert!(reason.contains("500"), "{reason}");
+    assert!(reason.contains("127.0.0.1"), "names the peer: {reason}");
+    assert!(!reason.contains("/down"), "no path in the reason: {reason}");
+    let event = last_verify_event(&vault).await;
+    assert_eq!(event.outcome, Outcome::Failure);
+    assert_eq!(
+        event.details.get("result").map(String::as_str),
+        Some("inconclusive")
+    );
+}
+
+#[tokio::test]
+async fn a_status_that_says_neither_changes_nothing() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    let base = format!("{}/teapot", api.base);
+    let id = mock_credential(&vault, "teapot", GOOD_KEY, &base).await;
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    assert_eq!(v.result, VerifyResult::Inconclusive);
+    assert_eq!(v.http_status, Some(418));
+    assert_eq!(v.state, LifecycleState::Filled);
+    assert!(v.reason.expect("reason").contains("418"));
+}
+
+#[tokio::test]
+async fn a_closed_port_leaves_the_credential_as_it_was() {
+    // Bind, note the port, and close it: nothing listens there any more.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let vault = vault_with(None).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let id = mock_credential(&vault, "nobody", GOOD_KEY, &base).await;
+    let before = vault.get(&admin(), &id).await.expect("get");
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify returns a verdict, not an error");
+    assert_eq!(v.result, VerifyResult::Inconclusive);
+    assert_eq!(v.http_status, None);
+    assert_eq!(v.state, before.state);
+    assert_eq!(v.version, before.version);
+    let reason = v.reason.expect("a reason");
+    assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+    assert!(!reason.contains(GOOD_KEY), "{reason}");
+    let event = last_verify_event(&vault).await;
+    assert_eq!(
+        event.details.get("result").map(String::as_str),
+        Some("inconclusive")
+    );
+}
+
+#[tokio::test]
+async fn the_request_carries_only_the_verified_credentials_own_fields() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    // Two credentials of the same provider, one of them holding the canary.
+    let _other = mock_credential(&vault, "other", OTHER_CANARY, &api.base).await;
+    let id = mock_credential(&vault, "mine", GOOD_KEY, &api.base).await;
+    vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("verify");
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        !seen[0].contains(OTHER_CANARY),
+        "another credential's key was sent"
+    );
+    assert!(
+        !seen[0].contains("OTHER"),
+        "another credential's key was sent"
+    );
+    // The key appears once, in the Authorization header the template names.
+    assert_eq!(seen[0].matches(GOOD_KEY).count(), 1, "{}", seen[0]);
+    assert!(seen[0]
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {GOOD_KEY}"))));
+}
+
+#[tokio::test]
+async fn a_template_naming_a_field_the_credential_lacks_is_refused_not_filled_in() {
+    let api = MockApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A drop-in provider whose template also asks for `organization`, which the credential
+    // below does not have (while another credential of the same provider does).
+    std::fs::write(
+        dir.path().join("orgapi.toml"),
+        r#"
+[provider]
+name = "orgapi"
+display_name = "Org API"
+handler_type = "api_key"
+
+[[fields]]
+name = "api_key"
+label = "Key"
+prefix_check = "mock-"
+required = true
+
+[verify]
+endpoint = "{base_url}/v1/verify"
+auth_template = """
+Authorization: Bearer {api_key}
+X-Org: {organization}
+"""
+success_codes = [200]
+"#,
+    )
+    .expect("write provider");
+    let vault = vault_with(Some(dir.path())).await;
+    assert!(
+        vault.catalog().problems().is_empty(),
+        "{:?}",
+        vault.catalog().problems()
+    );
+    vault
+        .create(
+            &admin(),
+            NewCredential::new(
+                "with-org",
+                Scope::SystemWide,
+                "orgapi",
+                "",
+                fields(&[
+                    ("api_key", OTHER_CANARY),
+                    ("organization", "org-OTHER-CANARY"),
+                    ("base_url", &api.base),
+                ]),
+            ),
+        )
+        .await
+        .expect("create with org");
+    let id = vault
+        .create(
+            &admin(),
+            NewCredential::new(
+                "without-org",
+                Scope::SystemWide,
+                "orgapi",
+                "",
+                fields(&[("api_key", GOOD_KEY), ("base_url", &api.base)]),
+            ),
+        )
+        .await
+        .expect("create without org")
+        .id;
+    let err = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect_err("a template field the credential lacks");
+    let message = err.to_string();
+    assert!(message.contains("organization"), "{message}");
+    assert!(!message.contains("OTHER"), "{message}");
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    assert!(api.requests().is_empty(), "nothing may be sent");
+}
+
+#[tokio::test]
+async fn verification_needs_the_right_to_change_state_and_a_transport() {
+    let api = MockApi::start().await;
+    let vault = vault_with(None).await;
+    let id = mock_credential(&vault, "guarded", GOOD_KEY, &api.base).await;
+    let viewer = Principal::parse("viewer:v").expect("principal");
+    let err = vault
+        .test_live_connection(&viewer, &id)
+        .await
+        .expect_err("a viewer cannot verify");
+    assert_eq!(err.kind(), strongroom::ErrorKind::PermissionDenied, "{err}");
+    assert!(api.requests().is_empty());
+
+    // A vault without an HTTP client says how to give it one.
+    let plain = Vault::in_memory().await.expect("vault");
+    let id = mock_credential(&plain, "no-http", GOOD_KEY, &api.base).await;
+    let err = plain
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect_err("no transport");
+    assert!(err.to_string().contains("VaultBuilder::http"), "{err}");
+}
