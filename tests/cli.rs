@@ -437,3 +437,102 @@ fn providers_list_and_show_the_catalog_and_a_drop_in_folder_adds_and_reports() {
         ],
     ));
 }
+
+/// A one-thread HTTP server on 127.0.0.1 for the mock provider's verify API: a bearer key
+/// `mock-good` gets 200, any other 401; paths under `/down` get 503.
+fn mock_api() -> String {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut lines = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                lines.push(line.trim_end().to_string());
+            }
+            let path = lines
+                .first()
+                .and_then(|l| l.split(' ').nth(1))
+                .unwrap_or("")
+                .to_string();
+            let good = lines
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case("authorization: Bearer mock-good"));
+            let status = if path.starts_with("/down") {
+                "503 Service Unavailable"
+            } else if good {
+                "200 OK"
+            } else {
+                "401 Unauthorized"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    base
+}
+
+#[test]
+fn verify_sets_the_state_and_the_exit_code_from_the_providers_answer() {
+    let env = Env::new();
+    let base = mock_api();
+    let admin = "system_admin:root";
+    let create = |name: &str, key: &str, url: &str| -> String {
+        let out = env.run(
+            admin,
+            &[
+                "--json",
+                "credentials",
+                "admin-create",
+                "--provider",
+                "mockprovider",
+                "--name",
+                name,
+                "-f",
+                &format!("api_key={key}"),
+                "-f",
+                &format!("base_url={url}"),
+            ],
+        );
+        json(&out)["id"].as_str().expect("id").to_string()
+    };
+    let good = create("good", "mock-good", &base);
+    let bad = create("bad", "mock-CANARY-rejected", &base);
+    let down = create("down", "mock-good", &format!("{base}/down"));
+
+    let out = env.run(admin, &["credentials", "verify", &good]);
+    let text = ok(&out);
+    assert!(text.contains("Valid: HTTP 200"), "{text}");
+    assert!(text.contains("now valid"), "{text}");
+
+    let out = env.run(admin, &["--json", "credentials", "verify", &bad]);
+    assert_eq!(out.status.code(), Some(7));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["result"], "invalid");
+    assert_eq!(v["state"], "invalid");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("CANARY"));
+
+    let out = env.run(admin, &["credentials", "verify", &down]);
+    assert_eq!(out.status.code(), Some(8));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HTTP 503"), "{text}");
+    assert!(text.contains("now filled"), "unchanged: {text}");
+
+    // The states stick, and the audit chain holds the three checks.
+    let out = env.run(admin, &["--json", "credentials", "show", &bad]);
+    assert_eq!(json(&out)["state"], "invalid");
+    let out = env.run(admin, &["audit", "verify"]);
+    ok(&out);
+
+    // A viewer may not verify.
+    let out = env.run("viewer:v", &["credentials", "verify", &good]);
+    fails(&out, 4, "permission denied");
+}

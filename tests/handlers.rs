@@ -377,6 +377,11 @@ fn cases() -> BTreeMap<&'static str, Case> {
                     ("certificate", key("ec_cert.pem")),
                     ("private_key", key("ec_pkcs8.pem")),
                 ],
+                // A SEC1 key without its public point: the point is derived from the scalar.
+                vec![
+                    ("certificate", key("ec_cert.pem")),
+                    ("private_key", key("ec_sec1_nopub.pem")),
+                ],
                 vec![
                     ("certificate", key("ed25519_cert.pem")),
                     ("private_key", key("ed25519_pkcs8.pem")),
@@ -395,6 +400,21 @@ fn cases() -> BTreeMap<&'static str, Case> {
                 ),
                 (
                     vec![("private_key", Some(key("ec_pkcs8.pem")))],
+                    "private_key",
+                ),
+                // Another P-256 key against the P-256 certificate.
+                (
+                    vec![
+                        ("certificate", Some(key("ec_cert.pem"))),
+                        ("private_key", Some(key("ec2_pkcs8.pem"))),
+                    ],
+                    "private_key",
+                ),
+                (
+                    vec![
+                        ("certificate", Some(key("rsa_cert.pem"))),
+                        ("private_key", Some(key("ec_sec1_nopub.pem"))),
+                    ],
                     "private_key",
                 ),
                 (
@@ -676,4 +696,64 @@ fn a_host_registers_its_own_type_and_cannot_shadow_a_builtin_by_accident() {
     let err = registry.register(Arc::new(Fake)).expect_err("duplicate");
     assert_eq!(err.kind(), strongroom::ErrorKind::AlreadyExists);
     assert!(registry.require("nope").is_err());
+}
+
+/// The table of built-in types in docs/HANDLERS.md, as the registry describes them.
+fn handler_table() -> String {
+    let registry = HandlerRegistry::builtin();
+    let mut out = String::from(
+        "| type | fields (`*` required, `🔒` secret) | expiry | what for |\n|---|---|---|---|\n",
+    );
+    for id in registry.type_ids() {
+        let h = registry.get(id).expect("registered");
+        let mut fields: Vec<String> = h
+            .fields()
+            .iter()
+            .map(|f| {
+                format!(
+                    "`{}`{}{}",
+                    f.name,
+                    if f.required { "*" } else { "" },
+                    if f.secret { " 🔒" } else { "" }
+                )
+            })
+            .collect();
+        if h.open_schema() {
+            fields.push("any others".into());
+        }
+        let expiry = match h.expiry() {
+            ExpiryRule::Never => "—".to_string(),
+            ExpiryRule::AtField { field } => format!("at `{field}`"),
+            ExpiryRule::Refreshable {
+                expires_at,
+                refresh_token,
+            } => format!("at `{expires_at}`, renewed with `{refresh_token}`"),
+            _ => "other".to_string(),
+        };
+        out.push_str(&format!(
+            "| `{id}` | {} | {expiry} | {} |\n",
+            if fields.is_empty() {
+                "any".to_string()
+            } else {
+                fields.join(", ")
+            },
+            h.description()
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_handler_table_in_the_docs_matches_the_registry() {
+    let table = handler_table();
+    if std::env::var_os("STRONGROOM_PRINT_HANDLER_TABLE").is_some() {
+        println!("{table}");
+    }
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/HANDLERS.md"))
+        .expect("docs/HANDLERS.md");
+    assert!(
+        doc.contains(&table),
+        "docs/HANDLERS.md is out of step with the registry; its table should be:\n{table}\n\
+         (STRONGROOM_PRINT_HANDLER_TABLE=1 cargo test --test handlers -- --nocapture the_handler_table prints it)"
+    );
 }

@@ -85,7 +85,11 @@ impl FieldFormat {
                     Err("must be PEM text starting with a `-----BEGIN ...-----` line".into())
                 }
             }
-            FieldFormat::Base64 => base64_decode(value).map(drop),
+            FieldFormat::Base64 => {
+                // 16 MiB of text: over 12 MB once decoded, above any base64 field's limit.
+                max_len(value, 16 * KIB * KIB)?;
+                base64_decode(value).map(drop)
+            }
             FieldFormat::Host => host(value),
             FieldFormat::Uuid => uuid::Uuid::try_parse(value)
                 .map(drop)
@@ -145,6 +149,15 @@ pub(crate) fn base64_decode(value: &str) -> std::result::Result<Vec<u8>, String>
     Err("must be base64 (standard or URL-safe alphabet)".into())
 }
 
+/// The number of bytes valid base64 text decodes to (whitespace and padding ignored).
+pub(crate) fn base64_decoded_len(value: &str) -> usize {
+    let symbols = value
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .count();
+    symbols / 4 * 3 + (symbols % 4).saturating_sub(1)
+}
+
 pub(crate) fn host(value: &str) -> std::result::Result<(), String> {
     if value.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
@@ -183,6 +196,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_decoded_length_is_exact_for_every_padding() {
+        use base64::Engine;
+        for n in 0..40usize {
+            let bytes = vec![0xa5u8; n];
+            for engine in [
+                &base64::engine::general_purpose::STANDARD,
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            ] {
+                let text = engine.encode(&bytes);
+                assert_eq!(base64_decoded_len(&text), n, "{text}");
+                let wrapped: String = text
+                    .as_bytes()
+                    .chunks(7)
+                    .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+                    .collect();
+                assert_eq!(base64_decoded_len(&wrapped), n, "{wrapped}");
+            }
+        }
+    }
+
+    #[test]
     fn formats_accept_and_reject() {
         let cases: &[(FieldFormat, &str, bool)] = &[
             (FieldFormat::Token, "sk-abc", true),
@@ -209,6 +243,7 @@ mod tests {
             ),
             (FieldFormat::Pem, "MIIB", false),
             (FieldFormat::Base64, "aGVsbG8=", true),
+            (FieldFormat::Base64, "aGVsbG8", true),
             (FieldFormat::Base64, "aGVsbG8", true),
             (FieldFormat::Base64, "!!!", false),
             (FieldFormat::Host, "db.internal", true),

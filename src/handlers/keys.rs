@@ -110,7 +110,7 @@ fn private_key_public_part(
                     ))
                 }
             };
-            ec_public_part(field, curve, key.private_key)
+            ec_public_part(field, curve, key.private_key, key.public_key)
         }
         "DSA PRIVATE KEY" => Err(bad(
             field,
@@ -147,7 +147,7 @@ fn pkcs8_public_part(field: &str, der: &[u8]) -> Result<PublicPart> {
             .map_err(|_| bad(field, "is an EC key without a named curve"))?;
         let key = sec1::EcPrivateKey::from_der(info.private_key)
             .map_err(|_| bad(field, "holds a malformed EC private key"))?;
-        ec_public_part(field, curve, key.private_key)
+        ec_public_part(field, curve, key.private_key, key.public_key)
     } else if oid == ED25519 {
         // CurvePrivateKey ::= OCTET STRING (RFC 8410).
         let seed = der::asn1::OctetStringRef::from_der(info.private_key)
@@ -186,16 +186,37 @@ fn rsa_public_part(field: &str, der: &[u8]) -> Result<PublicPart> {
     })
 }
 
-fn ec_public_part(field: &str, curve: ObjectIdentifier, scalar: &[u8]) -> Result<PublicPart> {
-    use p256::elliptic_curve::sec1::ToEncodedPoint;
+/// The public point of an EC private key, uncompressed. When the key carries its public
+/// point (OpenSSL and most tools write it), that point is checked to lie on the curve and
+/// used, as OpenSSL's `X509_check_private_key` does; only a key without one pays for the
+/// scalar multiplication that derives it.
+fn ec_public_part(
+    field: &str,
+    curve: ObjectIdentifier,
+    scalar: &[u8],
+    embedded: Option<&[u8]>,
+) -> Result<PublicPart> {
+    macro_rules! point {
+        ($curve:ident, $name:literal) => {{
+            use $curve::elliptic_curve::sec1::ToEncodedPoint;
+            let key = $curve::SecretKey::from_slice(scalar).map_err(|_| {
+                bad(
+                    field,
+                    concat!("holds an invalid ", $name, " private scalar"),
+                )
+            })?;
+            let public = match embedded {
+                Some(bytes) => $curve::PublicKey::from_sec1_bytes(bytes)
+                    .map_err(|_| bad(field, concat!("holds an invalid ", $name, " public key")))?,
+                None => key.public_key(),
+            };
+            public.to_encoded_point(false).as_bytes().to_vec()
+        }};
+    }
     let point = if curve == P256 {
-        let key = p256::SecretKey::from_slice(scalar)
-            .map_err(|_| bad(field, "holds an invalid P-256 private scalar"))?;
-        key.public_key().to_encoded_point(false).as_bytes().to_vec()
+        point!(p256, "P-256")
     } else if curve == P384 {
-        let key = p384::SecretKey::from_slice(scalar)
-            .map_err(|_| bad(field, "holds an invalid P-384 private scalar"))?;
-        key.public_key().to_encoded_point(false).as_bytes().to_vec()
+        point!(p384, "P-384")
     } else {
         return Err(bad(
             field,
