@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod crypto;

@@ -23,9 +23,11 @@ use crate::store::{
 };
 use crate::transport::HttpTransport;
 
+mod batch;
 pub mod policy;
 mod verify;
 
+pub(crate) use batch::{BatchItem, Released};
 pub use verify::{Verification, VerifyResult};
 
 pub use policy::{Action, Principal, Relation, Role};
@@ -955,6 +957,29 @@ impl Vault {
         scope: &Scope,
         fresh: bool,
     ) -> Result<RevealedCredential> {
+        let (record, stamp) = self.lookup(actor, reference, ctx, scope, fresh).await?;
+        self.release(
+            actor,
+            Action::Resolve,
+            &record,
+            Some(("app", ctx.app.clone())),
+            stamp,
+        )
+        .await
+    }
+
+    /// The checks of a resolve (scope-strict lookup, provider, grant, state) without the
+    /// release: the record and the stamp of what was read. A missing grant is audited here.
+    /// On a cached read (`fresh` false), errors that write no audit row come back as stale
+    /// reads, so the caller confirms them with fresh reads.
+    pub(crate) async fn lookup(
+        &self,
+        actor: &Principal,
+        reference: &CredentialRef,
+        ctx: &ResolveContext,
+        scope: &Scope,
+        fresh: bool,
+    ) -> Result<(Arc<CredentialRecord>, ReadStamp)> {
         let store = &self.inner.store;
         let (found, mut stamp) = if fresh {
             let found = store
@@ -1029,14 +1054,7 @@ impl Vault {
                 state: state.as_str().into(),
             }));
         }
-        self.release(
-            actor,
-            Action::Resolve,
-            &record,
-            Some(("app", ctx.app.clone())),
-            stamp,
-        )
-        .await
+        Ok((record, stamp))
     }
 
     /// Moves a credential through its lifecycle (see [`transition_allowed`]). Audited.

@@ -1,0 +1,135 @@
+//! Resolving many references at once (a session start): every lookup, every decryption,
+//! and one commit that holds one audit row per reference, checked against what was read.
+
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+
+use super::{decode_fields, is_stale, policy, Action, Principal, Relation, Vault, STALE_RETRIES};
+use crate::audit::{AuditEvent, AuditTarget, Outcome};
+use crate::error::Error;
+use crate::handlers::Fields;
+use crate::model::CredentialRecord;
+use crate::store::{Batch, ReadStamp};
+use crate::vault::{CredentialRef, ResolveContext};
+
+/// One reference of a batch, with the details its audit row carries (block, slot).
+pub(crate) struct BatchItem<'a> {
+    pub reference: &'a CredentialRef,
+    pub details: Vec<(&'static str, String)>,
+}
+
+/// A resolved reference: the record read and its fields.
+pub(crate) struct Released {
+    pub record: Arc<CredentialRecord>,
+    pub fields: Arc<Fields>,
+}
+
+/// Decrypted fields a caller already holds for a record (same id and version), so the
+/// batch need not open the blob again.
+pub(crate) type Reuse<'a> = &'a (dyn Fn(usize, &CredentialRecord) -> Option<Arc<Fields>> + Sync);
+
+impl Vault {
+    /// Resolves every item for `actor` in `ctx` with the checks of [`Vault::resolve`], then
+    /// commits one audit row per item (`action`, with the item's details) in one batch,
+    /// checked against every read. On an error, the index of the item that failed.
+    pub(crate) async fn resolve_batch(
+        &self,
+        actor: &Principal,
+        ctx: &ResolveContext,
+        action: &'static str,
+        items: &[BatchItem<'_>],
+        reuse: Reuse<'_>,
+    ) -> std::result::Result<Vec<Released>, (usize, Error)> {
+        let mut scopes = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let scope = ctx.scope_for(item.reference.scope).map_err(|e| (i, e))?;
+            let relation = Relation::of(actor, Some(&scope));
+            if !policy::allows(actor.role(), Action::Resolve, relation) {
+                let what = format!("credential `{}` ({scope})", item.reference.name);
+                self.authorize(
+                    actor,
+                    Action::Resolve,
+                    Some(&scope),
+                    AuditTarget::scope(&scope),
+                    &what,
+                )
+                .await
+                .map_err(|e| (i, e))?;
+            }
+            scopes.push(scope);
+        }
+        let mut attempts = 0;
+        'attempt: loop {
+            let fresh = attempts > 0;
+            let mut stamp = ReadStamp::UNCHECKED;
+            let mut records = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                match self
+                    .lookup(actor, item.reference, ctx, &scopes[i], fresh)
+                    .await
+                {
+                    Ok((record, s)) => {
+                        stamp = stamp.and(s);
+                        records.push(record);
+                    }
+                    Err(e) if is_stale(&e) && attempts < STALE_RETRIES => {
+                        attempts += 1;
+                        continue 'attempt;
+                    }
+                    Err(e) => return Err((i, e)),
+                }
+            }
+            let mut out = Vec::with_capacity(items.len());
+            let mut events = Vec::with_capacity(items.len());
+            for (i, (item, record)) in items.iter().zip(records).enumerate() {
+                let target = AuditTarget::credential(&record.id, &record.scope);
+                let mut event = AuditEvent::new(actor.to_string(), action, target)
+                    .detail("app", ctx.app.clone());
+                for (k, v) in &item.details {
+                    event = event.detail(*k, v.clone());
+                }
+                let fields = match reuse(i, &record) {
+                    Some(fields) => fields,
+                    None => {
+                        let opened = match self
+                            .inner
+                            .keys
+                            .open(&record.sealed, &record.identity())
+                            .await
+                        {
+                            Ok(plain) => decode_fields(plain.expose_secret(), &record),
+                            Err(e) => Err(e),
+                        };
+                        match opened {
+                            Ok(fields) => Arc::new(fields),
+                            Err(e) => {
+                                let event = event
+                                    .outcome(Outcome::Failure)
+                                    .detail("error", format!("{:?}", e.kind()));
+                                self.inner
+                                    .store
+                                    .commit_checked(Batch::events(vec![event]), stamp)
+                                    .await
+                                    .map_err(|e| (i, e))?;
+                                return Err((i, e));
+                            }
+                        }
+                    }
+                };
+                events.push(event);
+                out.push(Released { record, fields });
+            }
+            match self
+                .inner
+                .store
+                .commit_checked(Batch::events(events), stamp)
+                .await
+            {
+                Ok(_) => return Ok(out),
+                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
+                Err(e) => return Err((0, e)),
+            }
+        }
+    }
+}
