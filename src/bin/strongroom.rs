@@ -56,6 +56,35 @@ enum Command {
     /// Browse the provider catalog.
     #[command(subcommand)]
     Providers(ProvidersCommand),
+    /// Work on app config YAML files.
+    #[command(subcommand)]
+    Yaml(YamlCommand),
+}
+
+#[derive(Subcommand)]
+enum YamlCommand {
+    /// Add `credential:` blocks where inline {{secret.X}} / {{env.X}} templates are used
+    /// (keeping each template as the development fallback). Prints a unified diff unless
+    /// --write is given.
+    MigrateCredentials {
+        /// A YAML file, or a folder of *.yaml / *.yml files.
+        path: PathBuf,
+        /// Rewrite the files in place.
+        #[arg(long)]
+        write: bool,
+        /// Also walk the folder's subfolders.
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// Compile an app config: list the blocks that name credentials, and every error and
+    /// warning with file:line:column. Exits 2 when there are errors.
+    Check {
+        /// The app config.
+        file: PathBuf,
+        /// The app id (default: the file name without extension).
+        #[arg(long)]
+        app: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -346,6 +375,10 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
         return providers(&catalog, cmd, &out);
     }
+    if let Command::Yaml(cmd) = cli.command {
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        return yaml(&catalog, cmd, &out);
+    }
     let actor = Principal::parse(cli.actor.as_deref().ok_or_else(|| {
         invalid(
             "--as",
@@ -425,7 +458,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             })
         }
         Command::Credentials(cmd) => credentials(&vault, &actor, cmd, &out).await.map(|()| 0),
-        Command::Providers(_) => Ok(0),
+        Command::Providers(_) | Command::Yaml(_) => Ok(0),
     }
 }
 
@@ -713,4 +746,114 @@ async fn credentials(
         }
     }
     Ok(())
+}
+
+fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<u8, Error> {
+    use strongroom::config::migrate::{migrate_file, yaml_files, FileOutcome};
+    match cmd {
+        YamlCommand::MigrateCredentials {
+            path,
+            write,
+            recursive,
+        } => {
+            let files = yaml_files(&path, recursive).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let bar = indicatif::ProgressBar::new(files.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let (mut changed, mut failed, mut report) = (0usize, 0usize, Vec::new());
+            for file in &files {
+                match migrate_file(file, write) {
+                    FileOutcome::Changed(m) => {
+                        changed += 1;
+                        if !write && !out.json {
+                            // A closed pipe (`| head`) ends the output, not the run.
+                            bar.suspend(|| {
+                                use std::io::Write;
+                                let _ = write!(std::io::stdout(), "{}", m.diff());
+                            });
+                        }
+                        for s in &m.skipped {
+                            bar.suspend(|| eprintln!("{s}"));
+                        }
+                        report.push(serde_json::json!({
+                            "file": m.file, "status": "changed", "blocks": m.blocks,
+                            "skipped": m.skipped.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                        }));
+                    }
+                    FileOutcome::Unchanged(m) => {
+                        for s in &m.skipped {
+                            bar.suspend(|| eprintln!("{s}"));
+                        }
+                        report.push(serde_json::json!({
+                            "file": m.file, "status": "unchanged",
+                            "skipped": m.skipped.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                        }));
+                    }
+                    FileOutcome::Failed(message) => {
+                        failed += 1;
+                        bar.suspend(|| eprintln!("error: {message}"));
+                        report.push(serde_json::json!({
+                            "file": file.display().to_string(), "status": "failed", "error": message,
+                        }));
+                    }
+                }
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            }
+            eprintln!(
+                "{} file(s): {changed} {}, {failed} could not be migrated",
+                files.len(),
+                if write { "migrated" } else { "would change (run again with --write)" }
+            );
+            Ok(if failed > 0 { 2 } else { 0 })
+        }
+        YamlCommand::Check { file, app } => {
+            let config = strongroom::config::AppConfig::load(&file)?;
+            let app = app.unwrap_or_else(|| {
+                file.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let slots = strongroom::config::Slots::new();
+            match strongroom::config::compile(&app, &config, &slots, catalog) {
+                Ok(manifest) => {
+                    if out.json {
+                        let entries: Vec<_> = manifest
+                            .entries
+                            .iter()
+                            .map(|e| {
+                                serde_json::json!({
+                                    "block": e.block.to_string(), "slot": e.slot.id,
+                                    "ref": e.reference.name, "scope": e.reference.scope.as_str(),
+                                    "provider": e.reference.provider,
+                                })
+                            })
+                            .collect();
+                        let doc = serde_json::json!({ "entries": entries, "warnings": manifest.warnings });
+                        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                    } else {
+                        for e in &manifest.entries {
+                            println!("{}", e.describe());
+                        }
+                        for w in &manifest.warnings {
+                            eprintln!("{w}");
+                        }
+                    }
+                    Ok(0)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(2)
+                }
+            }
+        }
+    }
 }
