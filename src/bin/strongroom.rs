@@ -806,12 +806,19 @@ fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<u8, Error> 
             }
             bar.finish_and_clear();
             if out.json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             }
             eprintln!(
                 "{} file(s): {changed} {}, {failed} could not be migrated",
                 files.len(),
-                if write { "migrated" } else { "would change (run again with --write)" }
+                if write {
+                    "migrated"
+                } else {
+                    "would change (run again with --write)"
+                }
             );
             Ok(if failed > 0 { 2 } else { 0 })
         }

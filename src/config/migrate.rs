@@ -104,7 +104,7 @@ pub fn migrate_text(file: &str, text: &str) -> Result<Migration, YamlError> {
         }
     }
     // Apply from the end so earlier offsets stay valid; at one offset, keep their order.
-    edits.sort_by(|a, b| b.at.cmp(&a.at));
+    edits.sort_by_key(|e| std::cmp::Reverse(e.at));
     let mut migrated = text.to_string();
     for e in &edits {
         migrated.insert_str(e.at, &e.text);

@@ -440,13 +440,15 @@ fn read_ref(node: &Node) -> std::result::Result<(CredentialRef, Option<String>),
             for (k, _) in entries {
                 match k.as_str() {
                     Some("ref" | "scope" | "provider" | "slot") => {}
-                    _ => return Err((
-                        k.start,
-                        format!(
+                    _ => {
+                        return Err((
+                            k.start,
+                            format!(
                             "unknown key `{}` in credential (expected ref, scope, provider, slot)",
                             k.as_str().unwrap_or("?")
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             let text = |key: &str| -> std::result::Result<Option<(String, Pos)>, (Pos, String)> {
