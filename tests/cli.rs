@@ -536,3 +536,77 @@ fn verify_sets_the_state_and_the_exit_code_from_the_providers_answer() {
     let out = env.run("viewer:v", &["credentials", "verify", &good]);
     fails(&out, 4, "permission denied");
 }
+
+#[test]
+fn yaml_migrate_credentials_prints_a_diff_writes_with_write_and_reports_bad_files() {
+    let env = Env::new();
+    let root = env.home.path().join("apps");
+    std::fs::create_dir_all(root.join("team")).expect("mkdir");
+    let legacy =
+        "# legacy\nbrain:\n  provider: openai\n  config:\n    api_key: '{{env.OPENAI_API_KEY}}'\n";
+    std::fs::write(root.join("a.yaml"), legacy).expect("write");
+    std::fs::write(root.join("team").join("b.yml"), legacy).expect("write");
+    std::fs::write(root.join("broken.yaml"), "brain: [\n").expect("write");
+    let dir = root.display().to_string();
+
+    // Without --write: a diff for the top folder only, files untouched, exit 2 (a bad file).
+    let out = env.run("viewer:v", &["yaml", "migrate-credentials", &dir]);
+    assert_eq!(out.status.code(), Some(2));
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        diff.contains("+  credential:\n+    ref: openai_main\n"),
+        "{diff}"
+    );
+    assert!(!diff.contains("b.yml"), "not recursive: {diff}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.yaml:2:1"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("a.yaml")).expect("read"),
+        legacy
+    );
+
+    // --write --recursive: both migrated, the bad file left as it was.
+    let out = env.run(
+        "viewer:v",
+        &[
+            "yaml",
+            "migrate-credentials",
+            &dir,
+            "--recursive",
+            "--write",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    for f in [root.join("a.yaml"), root.join("team").join("b.yml")] {
+        let text = std::fs::read_to_string(&f).expect("read");
+        assert!(
+            text.contains("  credential:\n    ref: openai_main\n    scope: per_user\n"),
+            "{text}"
+        );
+        assert!(text.starts_with("# legacy\n"), "{text}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("broken.yaml")).expect("read"),
+        "brain: [\n"
+    );
+
+    // A second run changes nothing; check compiles the migrated file.
+    std::fs::remove_file(root.join("broken.yaml")).expect("rm");
+    let out = env.run(
+        "viewer:v",
+        &["yaml", "migrate-credentials", &dir, "--recursive"],
+    );
+    assert!(ok(&out).is_empty(), "no diff the second time");
+    let a = root.join("a.yaml").display().to_string();
+    let out = env.run("viewer:v", &["yaml", "check", &a]);
+    assert!(ok(&out).contains("block brain, slot default, ref openai_main (per_user)"));
+    // A file that does not compile exits 2 with file:line:column.
+    std::fs::write(
+        root.join("c.yaml"),
+        "brain:\n  credential: {ref: k, scope: global}\n",
+    )
+    .expect("write");
+    let c = root.join("c.yaml").display().to_string();
+    let out = env.run("viewer:v", &["yaml", "check", &c]);
+    fails(&out, 2, "c.yaml:2:");
+}

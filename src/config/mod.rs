@@ -287,6 +287,8 @@ impl fmt::Display for CompileErrors {
     }
 }
 
+impl std::error::Error for CompileErrors {}
+
 impl From<CompileErrors> for Error {
     fn from(e: CompileErrors) -> Error {
         Error::config(format!("the app config does not compile:\n{e}"))
