@@ -29,6 +29,8 @@ pub use store::{
     stale_read, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp,
     Store,
 };
+#[cfg(feature = "postgres")]
+pub use store::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
 pub use vault::{

@@ -11,10 +11,14 @@ use crate::error::Result;
 use crate::model::{CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
 
