@@ -253,21 +253,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn store_path(spec: Option<&str>) -> Result<PathBuf, Error> {
+/// Where the vault lives.
+enum StoreSpec {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+fn store_spec(spec: Option<&str>) -> Result<StoreSpec, Error> {
     match spec {
-        None => Ok(default_home_from_env()?.join("vault.db")),
-        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => Err(invalid(
-            "--store",
-            "PostgreSQL stores are not in this build of strongroom yet; use sqlite:PATH",
-        )),
+        None => Ok(StoreSpec::Sqlite(default_home_from_env()?.join("vault.db"))),
+        Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+            Ok(StoreSpec::Postgres(s.to_string()))
+        }
         Some(s) => match s.strip_prefix("sqlite:") {
-            Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+            Some(path) if !path.is_empty() => Ok(StoreSpec::Sqlite(PathBuf::from(path))),
             _ => Err(invalid(
                 "--store",
-                &format!("`{s}` is not a store; write sqlite:PATH or postgres://…"),
+                "is not a store; write sqlite:PATH or postgres://USER@HOST:PORT/DATABASE",
             )),
         },
     }
+}
+
+/// Opens the store (`STRONGROOM_PG_SCHEMA` picks the PostgreSQL schema, default
+/// `strongroom`).
+async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn Store>, Error> {
+    Ok(match spec {
+        StoreSpec::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StoreSpec::Postgres(url) => {
+            let mut options = strongroom::PostgresOptions::default();
+            if let Ok(schema) = std::env::var("STRONGROOM_PG_SCHEMA") {
+                options = options.schema(schema);
+            }
+            Arc::new(strongroom::PostgresStore::connect_with(url, options).await?)
+        }
+    })
 }
 
 fn invalid(field: &str, reason: &str) -> Error {
@@ -385,7 +405,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             "name the acting principal with --as or STRONGROOM_ACTOR (for example app_user:crm:alice)",
         )
     })?)?;
-    let path = store_path(cli.store.as_deref())?;
+    let spec = store_spec(cli.store.as_deref())?;
     let creates = matches!(
         cli.command,
         Command::Credentials(
@@ -400,13 +420,15 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         // Refuse an unknown provider before a vault file is created for it.
         Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?.require(&source.provider)?;
     }
-    if !creates && !path.exists() {
-        return Err(Error::NotFound {
-            what: format!("vault {}", path.display()),
-            hint: Some("check --store (or STRONGROOM_HOME); a vault is created by the first `credentials create`".into()),
-        });
+    if let StoreSpec::Sqlite(path) = &spec {
+        if !creates && !path.exists() {
+            return Err(Error::NotFound {
+                what: format!("vault {}", path.display()),
+                hint: Some("check --store (or STRONGROOM_HOME); a vault is created by the first `credentials create`".into()),
+            });
+        }
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
+    let store = open_store(&spec).await?;
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key_wrapper_from_env()?)
