@@ -238,6 +238,17 @@ pub async fn seal(
     plaintext: &[u8],
     id: &RecordIdentity<'_>,
 ) -> Result<Sealed> {
+    seal_keeping_key(wrapper, plaintext, id)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// [`seal`], also returning the data key (for the data-key cache).
+pub(crate) async fn seal_keeping_key(
+    wrapper: &dyn KeyWrapper,
+    plaintext: &[u8],
+    id: &RecordIdentity<'_>,
+) -> Result<(Sealed, DataKey)> {
     // One draw from the OS for both the data key and the nonce (each draw is a syscall).
     let mut random = zeroize::Zeroizing::new([0u8; 32 + NONCE_LEN]);
     fill_random(random.as_mut())?;
@@ -255,10 +266,13 @@ pub async fn seal(
     let wrapped = wrapper.wrap(&dek, &wrap_aad(header3, id)).await?;
     let key_id = wrapper.key_id();
     let bytes = assemble(header3, key_id, &wrapped, &dek, &nonce, plaintext, id)?;
-    Ok(Sealed {
-        bytes,
-        key_id: key_id.to_string(),
-    })
+    Ok((
+        Sealed {
+            bytes,
+            key_id: key_id.to_string(),
+        },
+        dek,
+    ))
 }
 
 /// Describes a record for error messages (never its contents).
@@ -289,6 +303,18 @@ pub(crate) async fn unwrap_key(
         return Err(Error::decrypt(describe(id)));
     }
     Ok(dek)
+}
+
+/// Checks a (cached) key against the blob's commitment, then decrypts the payload.
+pub(crate) fn check_and_decrypt(
+    dek: &DataKey,
+    parsed: &ParsedBlob<'_>,
+    id: &RecordIdentity<'_>,
+) -> Result<SecretBox<[u8]>> {
+    if !bool::from(commitment(dek, parsed.nonce).ct_eq(parsed.commitment)) {
+        return Err(Error::decrypt(describe(id)));
+    }
+    decrypt_payload(dek, parsed, id)
 }
 
 /// Decrypts the payload of a parsed blob with its (already unwrapped and committed) key.

@@ -7,18 +7,21 @@ use std::sync::Arc;
 
 use secrecy::SecretBox;
 
+use super::cache::{cache_key, DekCache};
 use super::envelope::{self, Sealed};
-use super::KeyWrapper;
+use super::{DekCacheConfig, DekCacheStats, KeyWrapper};
 use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
 use crate::model::RecordIdentity;
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
 
-/// The active master key plus older ones still named by stored blobs.
+/// The active master key plus older ones still named by stored blobs, and an optional
+/// cache of unwrapped data keys (see [`KeyRing::with_dek_cache`]).
 #[derive(Clone)]
 pub struct KeyRing {
     active: Arc<dyn KeyWrapper>,
     keys: HashMap<String, Arc<dyn KeyWrapper>>,
+    cache: Option<Arc<DekCache>>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -37,7 +40,31 @@ impl KeyRing {
     pub fn new(active: Arc<dyn KeyWrapper>) -> KeyRing {
         let mut keys = HashMap::new();
         keys.insert(active.key_id().to_string(), active.clone());
-        KeyRing { active, keys }
+        KeyRing {
+            active,
+            keys,
+            cache: None,
+        }
+    }
+
+    /// Keeps unwrapped data keys in memory within `config`'s limits, so opening a blob
+    /// whose key was unwrapped (or sealed) recently does not call the master-key backend.
+    /// Worth it for remote backends (a KMS round trip per resolve otherwise).
+    pub fn with_dek_cache(mut self, config: DekCacheConfig) -> KeyRing {
+        self.cache = Some(Arc::new(DekCache::new(config)));
+        self
+    }
+
+    /// The cache's counters, when there is a cache.
+    pub fn dek_cache_stats(&self) -> Option<DekCacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// Drops every cached data key (zeroising it).
+    pub fn clear_dek_cache(&self) {
+        if let Some(c) = &self.cache {
+            c.clear();
+        }
     }
 
     /// Adds a retired key that can still open (and be re-wrapped away from) old blobs.
@@ -65,7 +92,16 @@ impl KeyRing {
 
     /// Seals `plaintext` for the record `id` under the active key, with a fresh data key.
     pub async fn seal(&self, plaintext: &[u8], id: &RecordIdentity<'_>) -> Result<Sealed> {
-        envelope::seal(self.active.as_ref(), plaintext, id).await
+        let Some(cache) = &self.cache else {
+            return envelope::seal(self.active.as_ref(), plaintext, id).await;
+        };
+        let (sealed, dek) = envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
+        // The record is usually read soon after it is written: keep its key.
+        if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| envelope::describe(id)) {
+            let aad = envelope::wrap_aad(parsed.header3(), id);
+            cache.put(cache_key(parsed.key_id, &aad, parsed.wrapped_key), &dek);
+        }
+        Ok(sealed)
     }
 
     /// Opens a blob sealed for the record `id`, with whichever key of the ring it names.
@@ -74,8 +110,22 @@ impl KeyRing {
     pub async fn open(&self, blob: &[u8], id: &RecordIdentity<'_>) -> Result<SecretBox<[u8]>> {
         let parsed = envelope::parse(blob, &|| envelope::describe(id))?;
         let wrapper = self.lookup(parsed.key_id, id)?;
+        let Some(cache) = &self.cache else {
+            let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
+            return envelope::decrypt_payload(&dek, &parsed, id);
+        };
+        let aad = envelope::wrap_aad(parsed.header3(), id);
+        let k = cache_key(parsed.key_id, &aad, parsed.wrapped_key);
+        if let Some(dek) = cache.get(&k) {
+            // The commitment and the payload's tag are still checked with the cached key.
+            if let Ok(plain) = envelope::check_and_decrypt(&dek, &parsed, id) {
+                return Ok(plain);
+            }
+        }
         let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
-        envelope::decrypt_payload(&dek, &parsed, id)
+        let plain = envelope::decrypt_payload(&dek, &parsed, id)?;
+        cache.put(k, &dek);
+        Ok(plain)
     }
 
     fn lookup(&self, key_id: &str, id: &RecordIdentity<'_>) -> Result<&Arc<dyn KeyWrapper>> {
@@ -187,7 +237,9 @@ impl KeyRing {
                         return Err(Error::store(
                             crate::StoreErrorKind::Busy,
                             format!(
-                                "re-wrapping gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a row                                  conflicted with concurrent updates; run it again (it resumes), or                                  with a smaller batch size"
+                                "re-wrapping gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a row \
+                                 conflicted with concurrent updates; run it again (it resumes), \
+                                 or with a smaller batch size"
                             ),
                         ));
                     }

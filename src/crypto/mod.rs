@@ -9,10 +9,12 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::Result;
 
+mod cache;
 pub mod envelope;
 mod keyring;
 mod local;
 
+pub use cache::{DekCacheConfig, DekCacheStats};
 pub use keyring::{KeyRing, RewrapOptions, RewrapProgress, RewrapReport};
 pub use local::{
     default_home_from_env, key_wrapper_from_env, key_wrapper_from_vars, LocalKey, ENV_HOME,

@@ -239,6 +239,7 @@ pub struct VaultBuilder {
     handlers: Vec<Arc<dyn CredentialHandler>>,
     providers_dir: Option<PathBuf>,
     http: Option<Arc<dyn HttpTransport>>,
+    dek_cache: Option<Option<crate::crypto::DekCacheConfig>>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -251,6 +252,20 @@ impl fmt::Debug for VaultBuilder {
 }
 
 impl VaultBuilder {
+    /// Caches unwrapped data keys within `config`'s limits. The default is a cache with
+    /// [`crate::crypto::DekCacheConfig::default`] when the master key is remote (a KMS), and
+    /// none for a local key (its unwrap costs less than a lookup).
+    pub fn dek_cache(mut self, config: crate::crypto::DekCacheConfig) -> Self {
+        self.dek_cache = Some(Some(config));
+        self
+    }
+
+    /// No data-key cache, whatever the master key: every open unwraps.
+    pub fn no_dek_cache(mut self) -> Self {
+        self.dek_cache = Some(None);
+        self
+    }
+
     /// Uses this store (default: SQLite at `$STRONGROOM_HOME/vault.db`).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
@@ -298,10 +313,17 @@ impl VaultBuilder {
             Some(store) => store,
             None => default_store()?,
         };
-        let keys = self
+        let remote = key.backend_id() != crate::crypto::BackendId::Local;
+        let cache = self
+            .dek_cache
+            .unwrap_or_else(|| remote.then(crate::crypto::DekCacheConfig::default));
+        let mut keys = self
             .retired
             .into_iter()
             .fold(KeyRing::new(key), KeyRing::with_retired);
+        if let Some(config) = cache {
+            keys = keys.with_dek_cache(config);
+        }
         let mut handlers = HandlerRegistry::builtin();
         for handler in self.handlers {
             handlers.register(handler)?;
@@ -561,6 +583,11 @@ impl Vault {
             .parse()
             .ok()?;
         Some(Timestamp(seconds.checked_mul(1000)?))
+    }
+
+    /// The key ring (active and retired master keys, data-key cache counters).
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
     }
 
     /// The store.
