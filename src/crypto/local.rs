@@ -287,6 +287,8 @@ pub fn key_wrapper_from_env() -> Result<Arc<dyn KeyWrapper>> {
 /// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise.
 /// - `file` reads `$STRONGROOM_HOME/master.key` (home `~/.strongroom` by default), creating
 ///   it with mode 0600 on first use.
+/// - The cloud backends (features `kms` and `reqwest`) read the variables
+///   [`crate::crypto::kms::from_vars`] documents.
 pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn KeyWrapper>> {
     let master = var(ENV_MASTER_KEY)
         .filter(|v| !v.is_empty())
@@ -313,9 +315,15 @@ pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc
             let path = default_home(&var)?.join("master.key");
             Ok(Arc::new(LocalKey::load_or_create_file(&path)?))
         }
+        #[cfg(all(feature = "kms", feature = "reqwest"))]
+        "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => {
+            let http = Arc::new(crate::transport::ReqwestTransport::new()?);
+            crate::crypto::kms::from_vars(backend, &var, http)
+        }
+        #[cfg(not(all(feature = "kms", feature = "reqwest")))]
         "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => Err(Error::config(format!(
-            "{ENV_KMS}={backend} is not available in this build of strongroom yet; use `env` or \
-             `file`, or pass your own KeyWrapper to the builder"
+            "{ENV_KMS}={backend} needs strongroom built with the `kms` and `reqwest` features \
+             (or build the key with strongroom::crypto::kms and your own HttpTransport)"
         ))),
         other => Err(Error::config(format!(
             "{ENV_KMS}=`{other}` is not a known backend; use one of env, file, aws_kms, gcp_kms, \

@@ -12,6 +12,8 @@ use crate::error::Result;
 mod cache;
 pub mod envelope;
 mod keyring;
+#[cfg(feature = "kms")]
+pub mod kms;
 mod local;
 
 pub use cache::{DekCacheConfig, DekCacheStats};

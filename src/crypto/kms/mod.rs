@@ -1,0 +1,256 @@
+//! Cloud master keys (feature `kms`): AWS KMS, Google Cloud KMS, Azure Key Vault and
+//! HashiCorp Vault transit. Each speaks its service's documented REST API through the host's
+//! [`HttpTransport`] and binds the record's associated data to the wrapped key (AWS
+//! encryption context, GCP additional authenticated data, Vault transit context; for Azure,
+//! whose RSA key wrap takes no associated data, a local AES-256-GCM layer under a key that
+//! Key Vault wraps), so a wrapped key moved to another record does not unwrap.
+//!
+//! [`from_vars`] builds one from the `STRONGROOM_KMS` selection and the variables the
+//! backend documents (see `docs/DEPLOYMENT.md`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{DataKey, KeyWrapper};
+use crate::error::{Error, Result};
+use crate::transport::{peer_of, Bytes, HttpTransport};
+
+mod aws;
+mod azure;
+mod gcp;
+mod vault;
+
+pub use aws::AwsKmsKey;
+pub use azure::AzureKeyVaultKey;
+pub use gcp::GcpKmsKey;
+pub use vault::VaultTransitKey;
+
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+pub(crate) const B64URL: base64::engine::GeneralPurpose =
+    base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// A secret string that never prints.
+#[derive(Clone)]
+pub(crate) struct Hidden(pub SecretString);
+
+impl fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl Hidden {
+    pub(crate) fn new(s: impl Into<String>) -> Hidden {
+        Hidden(SecretString::from(s.into()))
+    }
+    pub(crate) fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+/// Why a KMS call failed, turned into the vault's errors: rejected associated data or a
+/// wrapped key that is not this key's is [`Error::DecryptFailed`]; access denied, a missing
+/// key or an unreachable service is [`Error::KeyUnavailable`] naming the key and the reason.
+pub(crate) fn answer_error(key_id: &str, status: u16, body: &[u8], unwrapping: bool) -> Error {
+    // Services put a short reason in JSON; never echo more than a line of it.
+    let text = String::from_utf8_lossy(body);
+    let reason: String = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.pointer("/message"))
+                .or_else(|| v.pointer("/Message"))
+                .or_else(|| v.pointer("/errors/0"))
+                .or_else(|| v.pointer("/__type"))
+                .and_then(|m| m.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect();
+    match status {
+        400 | 422 if unwrapping => Error::DecryptFailed {
+            what: format!("a data key wrapped by {key_id} ({reason})"),
+        },
+        401 | 403 => Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!(
+                "access denied ({status}): {reason}; check the credentials and the key's policy"
+            ),
+        },
+        404 => Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!("the key was not found (404): {reason}"),
+        },
+        _ => Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!("the service answered {status}: {reason}"),
+        },
+    }
+}
+
+/// Sends a JSON request and returns the JSON answer of a 2xx; other answers become errors.
+pub(crate) async fn call_json(
+    http: &dyn HttpTransport,
+    key_id: &str,
+    request: http::Request<Bytes>,
+    unwrapping: bool,
+) -> Result<serde_json::Value> {
+    let peer = peer_of(request.uri());
+    let response = http
+        .send(request)
+        .await
+        .map_err(|e| Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!("no answer from {peer}: {e}"),
+        })?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(answer_error(key_id, status, response.body(), unwrapping));
+    }
+    serde_json::from_slice(response.body()).map_err(|_| Error::KeyUnavailable {
+        key_id: key_id.to_string(),
+        reason: format!("{peer} answered with a body that is not JSON"),
+    })
+}
+
+pub(crate) fn json_request(
+    method: http::Method,
+    url: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Result<http::Request<Bytes>> {
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let mut request = builder
+        .body(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))
+        .map_err(|_| Error::config(format!("`{url}` is not a usable URL")))?;
+    for v in request.headers_mut().values_mut() {
+        v.set_sensitive(true);
+    }
+    Ok(request)
+}
+
+pub(crate) fn b64_field(v: &serde_json::Value, pointer: &str, key_id: &str) -> Result<Vec<u8>> {
+    v.pointer(pointer)
+        .and_then(|s| s.as_str())
+        .and_then(|s| B64.decode(s).ok())
+        .ok_or_else(|| Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!("the answer has no base64 `{pointer}`"),
+        })
+}
+
+pub(crate) fn to_dek(bytes: Vec<u8>, key_id: &str) -> Result<DataKey> {
+    let mut bytes = zeroize::Zeroizing::new(bytes);
+    let arr: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::DecryptFailed {
+            what: format!("a data key wrapped by {key_id} (it did not unwrap to 32 bytes)"),
+        })?;
+    bytes.iter_mut().for_each(|b| *b = 0);
+    Ok(DataKey::from_bytes(arr))
+}
+
+pub(crate) fn no_derive(key_id: &str) -> Error {
+    Error::KeyUnavailable {
+        key_id: key_id.to_string(),
+        reason: "a cloud master key cannot derive local keys (audit checkpoints need a local \
+                 key: give the audit chain its own key)"
+            .into(),
+    }
+}
+
+/// Builds the master key `STRONGROOM_KMS` names, for the cloud backends, from the variables
+/// `var` returns (the process environment in [`crate::key_wrapper_from_env`]), talking
+/// through `http`.
+pub fn from_vars(
+    backend: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+    http: Arc<dyn HttpTransport>,
+) -> Result<Arc<dyn KeyWrapper>> {
+    let need = |name: &str| -> Result<String> {
+        var(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+            Error::config(format!(
+                "STRONGROOM_KMS={backend} needs {name} (see docs/DEPLOYMENT.md)"
+            ))
+        })
+    };
+    Ok(match backend {
+        "aws_kms" => {
+            let region = var("AWS_REGION")
+                .or_else(|| var("AWS_DEFAULT_REGION"))
+                .ok_or_else(|| {
+                    Error::config("STRONGROOM_KMS=aws_kms needs AWS_REGION (or AWS_DEFAULT_REGION)")
+                })?;
+            let mut key = AwsKmsKey::new(
+                need("STRONGROOM_AWS_KMS_KEY_ID")?,
+                region,
+                need("AWS_ACCESS_KEY_ID")?,
+                need("AWS_SECRET_ACCESS_KEY")?,
+                var("AWS_SESSION_TOKEN"),
+                http,
+            )?;
+            if let Some(endpoint) = var("STRONGROOM_AWS_KMS_ENDPOINT") {
+                key = key.with_endpoint(endpoint);
+            }
+            Arc::new(key)
+        }
+        "gcp_kms" => {
+            let name = need("STRONGROOM_GCP_KMS_KEY")?;
+            let mut key = match var("STRONGROOM_GCP_ACCESS_TOKEN") {
+                Some(token) => GcpKmsKey::with_access_token(name, token, http)?,
+                None => {
+                    let path = need("GOOGLE_APPLICATION_CREDENTIALS")?;
+                    let json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                    GcpKmsKey::with_service_account(name, &json, http)?
+                }
+            };
+            if let Some(endpoint) = var("STRONGROOM_GCP_KMS_ENDPOINT") {
+                key = key.with_endpoint(endpoint);
+            }
+            Arc::new(key)
+        }
+        "azure_kv" => {
+            let mut key = AzureKeyVaultKey::new(
+                &need("STRONGROOM_AZURE_KEY_ID")?,
+                need("AZURE_TENANT_ID")?,
+                need("AZURE_CLIENT_ID")?,
+                need("AZURE_CLIENT_SECRET")?,
+                http,
+            )?;
+            if let Some(authority) = var("STRONGROOM_AZURE_AUTHORITY") {
+                key = key.with_authority(authority);
+            }
+            Arc::new(key)
+        }
+        "vault" => {
+            let mut key = VaultTransitKey::new(
+                need("VAULT_ADDR")?,
+                need("STRONGROOM_VAULT_TRANSIT_KEY")?,
+                need("VAULT_TOKEN")?,
+                http,
+            )?;
+            if let Some(mount) = var("STRONGROOM_VAULT_TRANSIT_MOUNT") {
+                key = key.with_mount(mount);
+            }
+            Arc::new(key)
+        }
+        other => {
+            return Err(Error::config(format!(
+                "`{other}` is not a cloud master-key backend (aws_kms, gcp_kms, azure_kv, vault)"
+            )))
+        }
+    })
+}

@@ -1,0 +1,149 @@
+//! HashiCorp Vault transit: `POST /v1/{mount}/encrypt/{key}` and `/decrypt/{key}` with a
+//! `context` (the SHA-256 of the record's associated data). The transit key must be
+//! created with `derived=true`, so the context selects the key and a wrapped key does not
+//! decrypt under another record's context.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::{call_json, json_request, no_derive, to_dek, Hidden, B64};
+use crate::crypto::{BackendId, DataKey, KeyWrapper};
+use crate::error::{Error, Result};
+use crate::transport::HttpTransport;
+
+/// A transit key in HashiCorp Vault.
+pub struct VaultTransitKey {
+    addr: String,
+    mount: String,
+    key: String,
+    id: String,
+    token: Hidden,
+    http: Arc<dyn HttpTransport>,
+}
+
+impl fmt::Debug for VaultTransitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultTransitKey")
+            .field("addr", &self.addr)
+            .field("mount", &self.mount)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultTransitKey {
+    /// The transit key `key` at Vault `addr` (`https://vault.example.com:8200`), called
+    /// with `token`.
+    pub fn new(
+        addr: impl Into<String>,
+        key: impl Into<String>,
+        token: impl Into<String>,
+        http: Arc<dyn HttpTransport>,
+    ) -> Result<VaultTransitKey> {
+        let addr = addr.into().trim_end_matches('/').to_string();
+        let key = key.into();
+        if url::Url::parse(&addr).is_err() {
+            return Err(Error::invalid(
+                "VAULT_ADDR",
+                "must be a URL such as https://vault:8200",
+            ));
+        }
+        if key.is_empty() || key.contains('/') {
+            return Err(Error::invalid(
+                "transit key",
+                "must be a key name without `/`",
+            ));
+        }
+        Ok(VaultTransitKey {
+            id: format!("vault:{addr}/transit/{key}"),
+            addr,
+            mount: "transit".into(),
+            key,
+            token: Hidden::new(token),
+            http,
+        })
+    }
+
+    /// Uses the transit engine mounted at `mount` (default `transit`).
+    pub fn with_mount(mut self, mount: impl Into<String>) -> VaultTransitKey {
+        self.mount = mount.into().trim_matches('/').to_string();
+        self.id = format!("vault:{}/{}/{}", self.addr, self.mount, self.key);
+        self
+    }
+
+    fn context(aad: &[u8]) -> String {
+        B64.encode(Sha256::digest(aad))
+    }
+
+    async fn call(
+        &self,
+        op: &str,
+        body: serde_json::Value,
+        unwrapping: bool,
+    ) -> Result<serde_json::Value> {
+        let url = format!("{}/v1/{}/{op}/{}", self.addr, self.mount, self.key);
+        let request = json_request(
+            http::Method::POST,
+            &url,
+            &body,
+            &[("x-vault-token", self.token.expose())],
+        )?;
+        call_json(self.http.as_ref(), &self.id, request, unwrapping).await
+    }
+}
+
+#[async_trait]
+impl KeyWrapper for VaultTransitKey {
+    fn backend_id(&self) -> BackendId {
+        BackendId::Vault
+    }
+
+    fn key_id(&self) -> &str {
+        &self.id
+    }
+
+    async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
+        let plaintext = zeroize::Zeroizing::new(B64.encode(dek.expose_secret()));
+        let answer = self
+            .call(
+                "encrypt",
+                serde_json::json!({ "plaintext": plaintext.as_str(), "context": Self::context(aad) }),
+                false,
+            )
+            .await?;
+        answer
+            .pointer("/data/ciphertext")
+            .and_then(|c| c.as_str())
+            .filter(|c| c.starts_with("vault:"))
+            .map(|c| c.as_bytes().to_vec())
+            .ok_or_else(|| Error::KeyUnavailable {
+                key_id: self.id.clone(),
+                reason: "the answer has no data.ciphertext".into(),
+            })
+    }
+
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
+        let ciphertext = std::str::from_utf8(wrapped).map_err(|_| Error::DecryptFailed {
+            what: format!("a data key wrapped by {}", self.id),
+        })?;
+        let answer = self
+            .call(
+                "decrypt",
+                serde_json::json!({ "ciphertext": ciphertext, "context": Self::context(aad) }),
+                true,
+            )
+            .await?;
+        to_dek(
+            super::b64_field(&answer, "/data/plaintext", &self.id)?,
+            &self.id,
+        )
+    }
+
+    async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {
+        Err(no_derive(&self.id))
+    }
+}

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Local stand-ins for the cloud key services, for tests/kms.rs. Everything listens on
+127.0.0.1 only.
+
+- AWS KMS: moto's server (`pip install 'moto[server]'`) with IAM checks on (it verifies the
+  SigV4 signatures), a key, a user allowed to use it and a user with no policy.
+- Google Cloud KMS, Azure Key Vault and HashiCorp Vault transit: one small HTTP server that
+  speaks the documented endpoints used by strongroom (cryptoKeys.encrypt/decrypt with
+  additionalAuthenticatedData and the JWT-bearer token grant; wrapkey/unwrapkey with
+  RSA-OAEP-256 and the client-credentials token grant; transit encrypt/decrypt with a
+  derived key and a context). It checks tokens, signatures and associated data, and answers
+  access denied and wrong-context requests the way the services document.
+
+Prints one JSON line with the endpoints and credentials, then serves until stdin closes.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+GCP_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/k"
+GCP_DENIED_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/denied"
+AZURE_TENANT = "tenant-1"
+AZURE_CLIENT = "client-1"
+AZURE_SECRET = "azure-client-secret-CANARY"
+VAULT_TOKEN = "vault-token-CANARY"
+
+gcp_master = AESGCM.generate_key(bit_length=256)
+vault_master = os.urandom(32)
+azure_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+issued_tokens = set()
+lock = threading.Lock()
+
+
+def b64d(s):
+    s = s + "=" * (-len(s) % 4)
+    return base64.urlsafe_b64decode(s.replace("+", "-").replace("/", "_"))
+
+
+def b64e(b):
+    return base64.b64encode(b).decode()
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def verify_jwt(assertion, token_uri):
+    header_b64, claims_b64, sig_b64 = assertion.split(".")
+    header = json.loads(b64d(header_b64))
+    claims = json.loads(b64d(claims_b64))
+    if header.get("alg") != "RS256":
+        return "alg must be RS256"
+    sa_key.public_key().verify(
+        b64d(sig_b64),
+        (header_b64 + "." + claims_b64).encode(),
+        padding.PKCS1v15(),
+        hashes.SHA256(),
+    )
+    if claims.get("aud") != token_uri:
+        return "aud must be the token URI"
+    if "cloudkms" not in claims.get("scope", ""):
+        return "scope must include cloudkms"
+    if claims.get("exp", 0) < time.time():
+        return "assertion expired"
+    return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n)
+
+    def bearer_ok(self):
+        auth = self.headers.get("Authorization", "")
+        with lock:
+            return auth.startswith("Bearer ") and auth[7:] in issued_tokens
+
+    def do_POST(self):
+        url = urllib.parse.urlparse(self.path)
+        path = url.path
+        raw = self.body()
+        try:
+            # --- Google: token endpoint (RFC 7523 JWT bearer grant)
+            if path == "/gcp/token":
+                form = urllib.parse.parse_qs(raw.decode())
+                if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+                    return self.answer(400, {"error": "unsupported_grant_type"})
+                try:
+                    why = verify_jwt(form["assertion"][0], self.server.base + "/gcp/token")
+                except Exception:
+                    why = "bad signature"
+                if why:
+                    return self.answer(400, {"error": "invalid_grant", "error_description": why})
+                token = "ya29." + os.urandom(16).hex()
+                with lock:
+                    issued_tokens.add(token)
+                return self.answer(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+            # --- Google: cryptoKeys.encrypt / decrypt
+            if path.startswith("/gcp/v1/"):
+                name, _, verb = path[len("/gcp/v1/"):].rpartition(":")
+                if not self.bearer_ok():
+                    return self.answer(401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})
+                if name == GCP_DENIED_KEY:
+                    return self.answer(403, {"error": {"code": 403, "message": "Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on resource", "status": "PERMISSION_DENIED"}})
+                if name != GCP_KEY:
+                    return self.answer(404, {"error": {"code": 404, "message": "CryptoKey not found.", "status": "NOT_FOUND"}})
+                req = json.loads(raw)
+                aad = base64.b64decode(req.get("additionalAuthenticatedData", ""))
+                if verb == "encrypt":
+                    nonce = os.urandom(12)
+                    ct = AESGCM(gcp_master).encrypt(nonce, base64.b64decode(req["plaintext"]), aad)
+                    return self.answer(200, {"name": name + "/cryptoKeyVersions/1", "ciphertext": b64e(nonce + ct)})
+                if verb == "decrypt":
+                    blob = base64.b64decode(req["ciphertext"])
+                    try:
+                        pt = AESGCM(gcp_master).decrypt(blob[:12], blob[12:], aad)
+                    except Exception:
+                        return self.answer(400, {"error": {"code": 400, "message": "Decryption failed: the ciphertext is invalid.", "status": "INVALID_ARGUMENT"}})
+                    return self.answer(200, {"plaintext": b64e(pt)})
+            # --- Azure: client-credentials token
+            if path == "/azure/" + AZURE_TENANT + "/oauth2/v2.0/token":
+                form = urllib.parse.parse_qs(raw.decode())
+                if form.get("client_id") != [AZURE_CLIENT] or form.get("client_secret") != [AZURE_SECRET]:
+                    return self.answer(401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."})
+                if form.get("grant_type") != ["client_credentials"] or form.get("scope") != ["https://vault.azure.net/.default"]:
+                    return self.answer(400, {"error": "invalid_request"})
+                token = "eyJ0" + os.urandom(16).hex()
+                with lock:
+                    issued_tokens.add(token)
+                return self.answer(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": token})
+            # --- Azure Key Vault: wrapkey / unwrapkey
+            if path.startswith("/keys/"):
+                parts = path.strip("/").split("/")
+                if urllib.parse.parse_qs(url.query).get("api-version") != ["7.4"]:
+                    return self.answer(400, {"error": {"code": "BadParameter", "message": "api-version is required"}})
+                if not self.bearer_ok():
+                    return self.answer(401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}})
+                if parts[1] == "forbidden":
+                    return self.answer(403, {"error": {"code": "Forbidden", "message": "The user, group or application does not have keys wrapKey permission on key vault"}})
+                if parts[1] != "master":
+                    return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
+                req = json.loads(raw)
+                if req.get("alg") != "RSA-OAEP-256":
+                    return self.answer(400, {"error": {"code": "BadParameter", "message": "alg"}})
+                oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+                value = b64d(req["value"])
+                kid = self.server.base + "/keys/master/v1"
+                if parts[-1] == "wrapkey":
+                    return self.answer(200, {"kid": kid, "value": b64url(azure_rsa.public_key().encrypt(value, oaep))})
+                if parts[-1] == "unwrapkey":
+                    try:
+                        pt = azure_rsa.decrypt(value, oaep)
+                    except Exception:
+                        return self.answer(400, {"error": {"code": "BadParameter", "message": "The parameter is incorrect."}})
+                    return self.answer(200, {"kid": kid, "value": b64url(pt)})
+            # --- Vault transit (derived key: the context selects the key)
+            if path.startswith("/v1/transit/"):
+                if self.headers.get("X-Vault-Token") != VAULT_TOKEN:
+                    return self.answer(403, {"errors": ["permission denied"]})
+                _, _, op, key = path.strip("/").split("/")
+                if key != "strongroom":
+                    return self.answer(400, {"errors": ["encryption key not found"]})
+                req = json.loads(raw)
+                if "context" not in req:
+                    return self.answer(400, {"errors": ["missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key"]})
+                ctx = base64.b64decode(req["context"])
+                k = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ctx).derive(vault_master)
+                if op == "encrypt":
+                    nonce = os.urandom(12)
+                    ct = AESGCM(k).encrypt(nonce, base64.b64decode(req["plaintext"]), None)
+                    return self.answer(200, {"data": {"ciphertext": "vault:v1:" + b64e(nonce + ct), "key_version": 1}})
+                if op == "decrypt":
+                    blob = base64.b64decode(req["ciphertext"].split(":", 2)[2])
+                    try:
+                        pt = AESGCM(k).decrypt(blob[:12], blob[12:], None)
+                    except Exception:
+                        return self.answer(400, {"errors": ["cipher: message authentication failed"]})
+                    return self.answer(200, {"data": {"plaintext": b64e(pt)}})
+            return self.answer(404, {"error": "no such endpoint"})
+        except Exception as e:  # a malformed request is the client's fault
+            return self.answer(400, {"error": {"message": "bad request: " + type(e).__name__}})
+
+
+def start_moto():
+    # moto checks SigV4 signatures and IAM policies once its first few (setup) actions are
+    # done: the key and two users are made unauthenticated, then every call is checked.
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "6"
+    from moto.server import ThreadedMotoServer
+    import boto3
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    setup = dict(endpoint_url=endpoint, region_name="eu-west-1",
+                 aws_access_key_id="AKIASETUP0000000000", aws_secret_access_key="setup")
+    key = boto3.client("kms", **setup).create_key(Description="strongroom test")["KeyMetadata"]["KeyId"]
+    iam = boto3.client("iam", **setup)
+    iam.create_user(UserName="strongroom")
+    iam.create_user(UserName="nobody")
+    allowed = iam.create_access_key(UserName="strongroom")["AccessKey"]
+    denied = iam.create_access_key(UserName="nobody")["AccessKey"]
+    iam.put_user_policy(UserName="strongroom", PolicyName="kms", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"}],
+    }))
+    return server, {"endpoint": endpoint, "key": key, "region": "eu-west-1",
+                    "access_key_id": allowed["AccessKeyId"], "secret_access_key": allowed["SecretAccessKey"],
+                    "denied_access_key_id": denied["AccessKeyId"], "denied_secret_access_key": denied["SecretAccessKey"]}
+
+
+def main():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    sa = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "kid-1",
+        "private_key": sa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "client_email": "strongroom@p.iam.gserviceaccount.com",
+        "token_uri": httpd.base + "/gcp/token",
+    }
+    info = {
+        "base": httpd.base,
+        "gcp": {"endpoint": httpd.base + "/gcp", "key": GCP_KEY, "denied_key": GCP_DENIED_KEY, "service_account": sa},
+        "azure": {"key_url": httpd.base + "/keys/master/v1", "forbidden_key_url": httpd.base + "/keys/forbidden/v1",
+                  "authority": httpd.base + "/azure", "tenant": AZURE_TENANT, "client_id": AZURE_CLIENT,
+                  "client_secret": AZURE_SECRET},
+        "vault": {"addr": httpd.base, "key": "strongroom", "token": VAULT_TOKEN},
+    }
+    moto = None
+    if "--no-aws" not in sys.argv:
+        try:
+            moto, info["aws"] = start_moto()
+        except ImportError as e:
+            info["aws_error"] = f"moto is not installed ({e}); pip install 'moto[server]'"
+    print(json.dumps(info), flush=True)
+    sys.stdin.read()  # serve until the test closes our stdin
+    httpd.shutdown()
+    if moto:
+        moto.stop()
+
+
+if __name__ == "__main__":
+    main()
