@@ -657,3 +657,110 @@ fn the_cli_runs_on_postgres_too() {
         .output();
     let _ = drop; // best effort: the test database is scratch space
 }
+
+#[test]
+fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
+    let env = Env::new();
+    let admin = "system_admin:root";
+    // 30 credentials under the first key (the file key in STRONGROOM_HOME).
+    for i in 0..30 {
+        let mut args: Vec<String> = vec![
+            "credentials".into(),
+            "admin-create".into(),
+            "--provider".into(),
+            "openai".into(),
+            "--name".into(),
+            format!("k{i}"),
+            "-f".into(),
+            format!("api_key=sk-rot-{i}"),
+        ];
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&env.run(admin, &refs));
+    }
+    let status = ok(&env.run(admin, &["--json", "keys", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let old_key = status["active"].as_str().expect("active").to_string();
+    assert_eq!(status["records"][&old_key], 30);
+
+    let new_path = env.home.path().join("new.key");
+    let to = format!("file:{}", new_path.display());
+    // A first run stopped after one batch of 7 (as if it had crashed).
+    let out = env.run(
+        admin,
+        &[
+            "keys",
+            "rotate",
+            "--to",
+            &to,
+            "--batch-size",
+            "7",
+            "--max-batches",
+            "1",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "incomplete: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A second run killed without warning, wherever it is.
+    let mut child = env
+        .cmd(admin, &["keys", "rotate", "--to", &to, "--batch-size", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Resumed to the end.
+    let done = ok(&env.run(admin, &["keys", "rotate", "--to", &to]));
+    assert!(done.contains("complete"), "{done}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&env.run(admin, &["--json", "keys", "status"]))).expect("json");
+    let records = status["records"].as_object().expect("map");
+    assert_eq!(records.len(), 1, "everything on one key: {records:?}");
+    let (new_key, n) = records.iter().next().expect("one");
+    assert_ne!(new_key, &old_key);
+    assert_eq!(n, 30);
+
+    // Every record opens with the new key alone: make it the active key, drop the old one.
+    let new_value = std::fs::read_to_string(&new_path).expect("new key");
+    std::fs::remove_file(env.home.path().join("master.key")).expect("retire the old key");
+    let list = |extra: &[&str]| -> Output {
+        let mut args = vec!["--json", "credentials", "admin-list"];
+        args.extend_from_slice(extra);
+        env.cmd(admin, &args)
+            .env("STRONGROOM_MASTER_KEY", new_value.trim())
+            .output()
+            .expect("runs")
+    };
+    let listed: serde_json::Value = serde_json::from_slice(&list(&[]).stdout).expect("json");
+    let ids: Vec<String> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 30);
+    for id in ids {
+        let out = env
+            .cmd(admin, &["--json", "credentials", "show", &id, "--reveal"])
+            .env("STRONGROOM_MASTER_KEY", new_value.trim())
+            .output()
+            .expect("runs");
+        let shown = ok(&out);
+        assert!(shown.contains("sk-rot-"), "{shown}");
+    }
+    // The audit chain records the re-wrap batches and still verifies.
+    let out = env
+        .cmd(admin, &["audit", "verify"])
+        .env("STRONGROOM_MASTER_KEY", new_value.trim())
+        .output()
+        .expect("runs");
+    assert!(ok(&out).contains("intact"));
+    // Only a system admin manages keys.
+    let out = env.run("viewer:v", &["keys", "status"]);
+    fails(&out, 4, "permission denied");
+}

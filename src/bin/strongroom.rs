@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 other failure, 2 bad input or configuration, 3 not found,
 //! 4 permission denied, 5 conflict (already exists, stale version), 6 integrity failure
-//! (a broken audit chain, a blob that does not decrypt).
+//! (a broken audit chain, a blob that does not decrypt), 7 a credential the provider rejected,
+//! 8 verification inconclusive, 9 a key rotation that is not complete yet.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
@@ -59,6 +60,36 @@ enum Command {
     /// Work on app config YAML files.
     #[command(subcommand)]
     Yaml(YamlCommand),
+    /// Master keys: how many records each wraps, and rotation onto a new key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Count the records each master key wraps.
+    Status,
+    /// Move every data key onto a new master key while the vault keeps serving: atomic
+    /// batches, resumable (run it again after a crash), with a final check that nothing
+    /// still needs the old key. The current key (`STRONGROOM_KMS`…) and any `--retired`
+    /// keys open the old blobs.
+    Rotate {
+        /// The new key: `file:PATH` (created when missing), `env:VAR` (a base64url key in
+        /// variable VAR), or a cloud backend (`aws_kms`, `gcp_kms`, `azure_kv`, `vault`)
+        /// configured by its usual variables, each overridable with a `STRONGROOM_TO_`
+        /// prefix (`STRONGROOM_TO_AWS_KMS_KEY_ID`).
+        #[arg(long)]
+        to: String,
+        /// More keys that old blobs may name (same forms as --to).
+        #[arg(long)]
+        retired: Vec<String>,
+        /// Records per atomic batch.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Stop after this many batches (run again to continue).
+        #[arg(long)]
+        max_batches: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -429,6 +460,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
     }
     let store = open_store(&spec).await?;
+    if let Command::Keys(cmd) = cli.command {
+        return keys(store, &actor, cmd, &out).await;
+    }
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key_wrapper_from_env()?)
@@ -480,7 +514,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             })
         }
         Command::Credentials(cmd) => credentials(&vault, &actor, cmd, &out).await.map(|()| 0),
-        Command::Providers(_) | Command::Yaml(_) => Ok(0),
+        Command::Providers(_) | Command::Yaml(_) | Command::Keys(_) => Ok(0),
     }
 }
 
@@ -883,6 +917,163 @@ fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<u8, Error> 
                     Ok(2)
                 }
             }
+        }
+    }
+}
+
+/// A key named on the command line: `file:PATH`, `env:VAR` or a cloud backend.
+fn key_from_spec(spec: &str) -> Result<Arc<dyn strongroom::KeyWrapper>, Error> {
+    if let Some(path) = spec.strip_prefix("file:") {
+        return Ok(Arc::new(strongroom::LocalKey::load_or_create_file(
+            std::path::Path::new(path),
+        )?));
+    }
+    if let Some(var) = spec.strip_prefix("env:") {
+        let value = std::env::var(var)
+            .map_err(|_| invalid("--to", &format!("variable {var} is not set")))?;
+        return Ok(Arc::new(strongroom::LocalKey::from_base64(
+            &value,
+            &format!("variable {var}"),
+        )?));
+    }
+    match spec {
+        "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => {
+            let backend = spec.to_string();
+            strongroom::crypto::key_wrapper_from_vars(move |name| {
+                if name == "STRONGROOM_KMS" {
+                    return Some(backend.clone());
+                }
+                std::env::var(format!("STRONGROOM_TO_{name}"))
+                    .or_else(|_| std::env::var(name))
+                    .ok()
+            })
+        }
+        _ => Err(invalid(
+            "--to",
+            "name the key as file:PATH, env:VAR, aws_kms, gcp_kms, azure_kv or vault",
+        )),
+    }
+}
+
+/// Counts records per master key, paging through the store.
+async fn key_counts(store: &dyn Store) -> Result<BTreeMap<String, u64>, Error> {
+    let mut counts = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&strongroom::ListFilter {
+                after_id: after.clone(),
+                limit: Some(5_000),
+                ..strongroom::ListFilter::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for r in &page {
+            *counts.entry(r.key_id.clone()).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+async fn keys(
+    store: Arc<dyn Store>,
+    actor: &Principal,
+    cmd: KeysCommand,
+    out: &Output,
+) -> Result<u8, Error> {
+    if !matches!(actor, Principal::SystemAdmin { .. }) {
+        return Err(Error::PermissionDenied {
+            actor: actor.to_string(),
+            action: "keys".into(),
+            target: "the master keys (only a system_admin manages them)".into(),
+        });
+    }
+    let current = key_wrapper_from_env()?;
+    match cmd {
+        KeysCommand::Status => {
+            let counts = key_counts(store.as_ref()).await?;
+            if out.json {
+                let doc = serde_json::json!({ "active": current.key_id(), "records": counts });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                println!("{:<64}  {:>10}", "KEY", "RECORDS");
+                for (key, n) in &counts {
+                    let mark = if key == current.key_id() {
+                        "  (active)"
+                    } else {
+                        ""
+                    };
+                    println!("{key:<64}  {n:>10}{mark}");
+                }
+                if counts.is_empty() {
+                    println!("(no records)");
+                }
+            }
+            Ok(0)
+        }
+        KeysCommand::Rotate {
+            to,
+            retired,
+            batch_size,
+            max_batches,
+        } => {
+            let new = key_from_spec(&to)?;
+            let mut ring = strongroom::KeyRing::new(new.clone()).with_retired(current);
+            for spec in &retired {
+                ring = ring.with_retired(key_from_spec(spec)?);
+            }
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            let progress_bar = bar.clone();
+            let options = strongroom::crypto::RewrapOptions {
+                batch_size,
+                actor: actor.to_string(),
+                max_batches,
+                progress: Some(Arc::new(move |r: &strongroom::crypto::RewrapReport| {
+                    progress_bar.set_message(format!("{} records re-wrapped", r.rewrapped));
+                    progress_bar.tick();
+                })),
+            };
+            let report = ring.rewrap(store.as_ref(), &options).await;
+            bar.finish_and_clear();
+            let report = report?;
+            // The final check: does anything still name another key?
+            let left = store
+                .list(&strongroom::ListFilter {
+                    key_id_not: Some(new.key_id().to_string()),
+                    limit: Some(1),
+                    ..strongroom::ListFilter::default()
+                })
+                .await?;
+            let done = left.is_empty();
+            if out.json {
+                let doc = serde_json::json!({
+                    "to": new.key_id(), "rewrapped": report.rewrapped, "batches": report.batches,
+                    "conflicts": report.conflicts, "complete": done,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                println!(
+                    "re-wrapped {} records in {} batches onto {}",
+                    report.rewrapped,
+                    report.batches,
+                    new.key_id()
+                );
+                if done {
+                    println!(
+                        "complete: no record needs the old keys any more; make {} the active \
+                         key everywhere, then retire the old ones",
+                        new.key_id()
+                    );
+                } else {
+                    println!("not complete: run the command again to continue");
+                }
+            }
+            Ok(if done { 0 } else { 9 })
         }
     }
 }
