@@ -664,7 +664,7 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
     let admin = "system_admin:root";
     // 30 credentials under the first key (the file key in STRONGROOM_HOME).
     for i in 0..30 {
-        let mut args: Vec<String> = vec![
+        let args: Vec<String> = vec![
             "credentials".into(),
             "admin-create".into(),
             "--provider".into(),
