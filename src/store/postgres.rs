@@ -501,7 +501,11 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         Ok(tx) => tx,
         Err(e) => return fail_all(group, db_error("cannot start a write transaction", &e)),
     };
-    let state = match tx.query_one(&sql.lock_state, &[]).await {
+    let lock = match prepared(&tx, &sql.lock_state).await {
+        Ok(stmt) => stmt,
+        Err(e) => return fail_all(group, e),
+    };
+    let state = match tx.query_one(&lock, &[]).await {
         Ok(row) => row,
         Err(e) => return fail_all(group, db_error("cannot lock the chain head", &e)),
     };
@@ -588,7 +592,8 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
                 &audit.prev_hash,
                 &audit.hash,
             ];
-            tx.execute(&sql.insert_audit, &params)
+            let stmt = prepared(&tx, &sql.insert_audit).await?;
+            tx.execute(&stmt, &params)
                 .await
                 .map_err(|e| db_error("cannot append the audit rows", &e))?;
         }
@@ -597,7 +602,8 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
                 Some(h) => (h.seq as i64, Some(h.hash.to_vec())),
                 None => (0, None),
             };
-            tx.execute(&sql.update_state, &[&generation, &seq, &hash])
+            let stmt = prepared(&tx, &sql.update_state).await?;
+            tx.execute(&stmt, &[&generation, &seq, &hash])
                 .await
                 .map_err(|e| db_error("cannot move the chain head", &e))?;
         }
@@ -657,12 +663,23 @@ fn decode_state(row: &Row) -> Result<(i64, Option<ChainHead>)> {
     Ok((generation, head))
 }
 
+/// A statement prepared once per connection (one round trip per use instead of two).
+async fn prepared(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    tx.prepare_cached(sql)
+        .await
+        .map_err(|e| db_error("cannot prepare a statement", &e))
+}
+
 async fn stored_version(
     tx: &deadpool_postgres::Transaction<'_>,
     sql: &Sql,
     id: &CredentialId,
 ) -> Result<Option<u64>> {
-    tx.query_opt(&sql.version_of, &[&id.as_str()])
+    let stmt = prepared(tx, &sql.version_of).await?;
+    tx.query_opt(&stmt, &[&id.as_str()])
         .await
         .map_err(|e| db_error("cannot read a credential's version", &e))?
         .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64))
@@ -684,9 +701,10 @@ async fn apply_mutation(
             check_version(precondition, stored, &record.describe(), true)?;
             let metadata = serde_json::to_string(&record.metadata)
                 .map_err(|e| Error::invalid("metadata", e.to_string()))?;
+            let upsert = prepared(tx, &sql.upsert).await?;
             let result = tx
                 .execute(
-                    &sql.upsert,
+                    &upsert,
                     &[
                         &record.id.as_str(),
                         &record.name,
