@@ -493,21 +493,23 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             let _ = req.reply.send(Err(clone_error(&error)));
         }
     };
-    let mut client = match pool.get().await {
+    let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => return fail_all(group, pool_error(e)),
     };
-    let tx = match client.transaction().await {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(group, db_error("cannot start a write transaction", &e)),
-    };
-    let lock = match prepared(&tx, &sql.lock_state).await {
+    let tx: &deadpool_postgres::ClientWrapper = &client;
+    let lock = match prepared(tx, &sql.lock_state).await {
         Ok(stmt) => stmt,
         Err(e) => return fail_all(group, e),
     };
-    let state = match tx.query_one(&lock, &[]).await {
-        Ok(row) => row,
-        Err(e) => return fail_all(group, db_error("cannot lock the chain head", &e)),
+    // BEGIN and the lock on the state row go out together (one round trip).
+    let (begun, state) = tokio::join!(tx.batch_execute("BEGIN"), tx.query_one(&lock, &[]));
+    let state = match (begun, state) {
+        (Ok(()), Ok(row)) => row,
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = tx.batch_execute("ROLLBACK").await;
+            return fail_all(group, db_error("cannot lock the chain head", &e));
+        }
     };
     let (mut generation, mut head) = match decode_state(&state) {
         Ok(s) => s,
@@ -578,47 +580,68 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         if let Some(e) = poisoned {
             return Err(e);
         }
-        if !audit.seq.is_empty() {
-            let params: [&(dyn ToSql + Sync); 11] = [
-                &audit.seq,
-                &audit.time,
-                &audit.actor,
-                &audit.action,
-                &audit.credential_id,
-                &audit.scope_kind,
-                &audit.owner,
-                &audit.outcome,
-                &audit.details,
-                &audit.prev_hash,
-                &audit.hash,
-            ];
-            let stmt = prepared(&tx, &sql.insert_audit).await?;
-            tx.execute(&stmt, &params)
-                .await
-                .map_err(|e| db_error("cannot append the audit rows", &e))?;
+        let insert = prepared(tx, &sql.insert_audit).await?;
+        let update = prepared(tx, &sql.update_state).await?;
+        let (seq, hash) = match &head {
+            Some(h) => (h.seq as i64, Some(h.hash.to_vec())),
+            None => (0, None),
+        };
+        let params: [&(dyn ToSql + Sync); 11] = [
+            &audit.seq,
+            &audit.time,
+            &audit.actor,
+            &audit.action,
+            &audit.credential_id,
+            &audit.scope_kind,
+            &audit.owner,
+            &audit.outcome,
+            &audit.details,
+            &audit.prev_hash,
+            &audit.hash,
+        ];
+        let moved = !audit.seq.is_empty() || generation != start_generation;
+        // The audit rows, the new head and COMMIT go out together (one round trip). A
+        // failed statement aborts the transaction, and COMMIT then rolls it back, so
+        // success needs all three.
+        let (inserted, updated, commit) = tokio::join!(
+            async {
+                if audit.seq.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&insert, &params).await
+                }
+            },
+            async {
+                if moved {
+                    tx.execute(&update, &[&generation, &seq, &hash]).await
+                } else {
+                    Ok(0)
+                }
+            },
+            tx.batch_execute("COMMIT")
+        );
+        inserted.map_err(|e| db_error("cannot append the audit rows", &e))?;
+        match updated {
+            Ok(1) => {}
+            Ok(0) if !moved => {}
+            Ok(_) => return Err(Error::corrupt("the store's state row", "it is missing")),
+            Err(e) => return Err(db_error("cannot move the chain head", &e)),
         }
-        if !audit.seq.is_empty() || generation != start_generation {
-            let (seq, hash) = match &head {
-                Some(h) => (h.seq as i64, Some(h.hash.to_vec())),
-                None => (0, None),
-            };
-            let stmt = prepared(&tx, &sql.update_state).await?;
-            tx.execute(&stmt, &[&generation, &seq, &hash])
-                .await
-                .map_err(|e| db_error("cannot move the chain head", &e))?;
-        }
-        tx.commit().await.map_err(|e| {
+        commit.map_err(|e| {
             Error::store(
                 StoreErrorKind::Busy,
                 format!(
-                    "the commit did not complete ({}); the batch was applied whole or not at \
-                     all — read again before retrying",
-                    e
+                    "the commit did not complete ({e}); the batch was applied whole or not at \
+                     all — read again before retrying"
                 ),
             )
         })
     }
     .await;
+    if committed.is_err() {
+        // Leaves the connection out of any transaction (a no-op after COMMIT/ROLLBACK).
+        let _ = tx.batch_execute("ROLLBACK").await;
+    }
     match committed {
         Ok(()) => {
             for (reply, outcome) in results {
@@ -665,7 +688,7 @@ fn decode_state(row: &Row) -> Result<(i64, Option<ChainHead>)> {
 
 /// A statement prepared once per connection (one round trip per use instead of two).
 async fn prepared(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::ClientWrapper,
     sql: &str,
 ) -> Result<tokio_postgres::Statement> {
     tx.prepare_cached(sql)
@@ -674,7 +697,7 @@ async fn prepared(
 }
 
 async fn stored_version(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::ClientWrapper,
     sql: &Sql,
     id: &CredentialId,
 ) -> Result<Option<u64>> {
@@ -688,7 +711,7 @@ async fn stored_version(
 }
 
 async fn apply_mutation(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::ClientWrapper,
     sql: &Sql,
     mutation: Mutation,
 ) -> Result<()> {
