@@ -546,7 +546,7 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             }
             let mut outcome = Ok(());
             for m in mutations {
-                outcome = apply_mutation(&tx, sql, m).await;
+                outcome = apply_mutation(tx, sql, m).await;
                 if outcome.is_err() {
                     break;
                 }
