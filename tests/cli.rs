@@ -319,10 +319,12 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
     let pg = env
         .cmd(ALICE, &["credentials", "list"])
         .arg("--store")
-        .arg("postgres://x")
+        .arg("postgres://postgres:hunter2@127.0.0.1:1/test")
         .output()
         .expect("runs");
-    fails(&pg, 2, "PostgreSQL stores are not in this build");
+    // An unreachable server: a clear error that names it (never the password), exit 1.
+    fails(&pg, 1, "cannot connect to PostgreSQL at 127.0.0.1:1/test");
+    assert!(!String::from_utf8_lossy(&pg.stderr).contains("hunter2"));
     let bad_spec = env
         .cmd(ALICE, &["credentials", "list"])
         .arg("--store")
