@@ -72,3 +72,18 @@ async fn sqlite_store_survives_reopen_with_its_chain() {
         .expect("verify");
     assert!(report.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_conforms_with_a_one_entry_point_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let dir_path = dir.path().to_path_buf();
+    conformance::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir_path.join(format!("tiny{n}.db"));
+        let mut options = strongroom::SqliteOptions::default();
+        options.point_cache_entries = 1;
+        async move { Arc::new(SqliteStore::open_with(path, options).expect("open")) as Arc<dyn Store> }
+    })
+    .await;
+}

@@ -99,6 +99,11 @@ pub struct SqliteOptions {
     pub readers: usize,
     /// How long to wait on a lock held by another process (default 5 s).
     pub busy_timeout: Duration,
+    /// Point reads (a credential by name or id, a credential's grants) kept in memory
+    /// (default 100,000). A hit costs no database access; when the cache is full it starts
+    /// over. Size it to the working set for flat resolve latency on a large store: each
+    /// entry holds one sealed record, about 0.5 KB.
+    pub point_cache_entries: usize,
 }
 
 impl Default for SqliteOptions {
@@ -108,6 +113,7 @@ impl Default for SqliteOptions {
             max_group: 1024,
             readers: 64,
             busy_timeout: Duration::from_secs(5),
+            point_cache_entries: POINT_CACHE_ENTRIES,
         }
     }
 }
@@ -175,8 +181,8 @@ struct PointCache {
     entries: std::collections::HashMap<PointKey, PointValue>,
 }
 
-/// Most entries kept before the cache starts over.
-const POINT_CACHE_MAX: usize = 100_000;
+/// Default of [`SqliteOptions::point_cache_entries`].
+const POINT_CACHE_ENTRIES: usize = 100_000;
 
 /// The embedded SQLite store. Cheap to clone (clones share the connection set).
 #[derive(Clone)]
@@ -318,7 +324,8 @@ impl SqliteStore {
             // newer, the checked commit fails as stale and the caller reads again.
             let value = self.read_point(f)?;
             let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if (cache.generation < seen || cache.entries.len() >= POINT_CACHE_MAX)
+            if (cache.generation < seen
+                || cache.entries.len() >= self.inner.options.point_cache_entries.max(1))
                 && seen >= cache.generation
             {
                 cache.entries.clear();
@@ -346,7 +353,9 @@ impl SqliteStore {
                 }
                 let value = f(conn)?;
                 let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.generation != generation || cache.entries.len() >= POINT_CACHE_MAX {
+                if cache.generation != generation
+                    || cache.entries.len() >= self.inner.options.point_cache_entries.max(1)
+                {
                     // Keep only the newest generation's entries.
                     if generation >= cache.generation {
                         cache.entries.clear();
