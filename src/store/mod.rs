@@ -189,6 +189,39 @@ impl ListFilter {
             && self.after_id.as_ref().is_none_or(|a| record.id > *a)
     }
 
+    /// The filter as SQL conditions on the credential columns, `(column and operator,
+    /// value)`, for the SQL stores to add their placeholders to (every value is text).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn sql_conditions(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(scope) = &self.scope {
+            out.push(("scope_kind =", scope.kind().as_str().to_string()));
+            out.push(("owner =", scope.owner()));
+        }
+        if let Some(kind) = self.scope_kind {
+            out.push(("scope_kind =", kind.as_str().to_string()));
+        }
+        if let Some(name) = &self.name {
+            out.push(("name =", name.clone()));
+        }
+        if let Some(provider) = &self.provider {
+            out.push(("provider =", provider.clone()));
+        }
+        if let Some(state) = self.state {
+            out.push(("state =", state.as_str().to_string()));
+        }
+        if let Some(key_id) = &self.key_id {
+            out.push(("key_id =", key_id.clone()));
+        }
+        if let Some(key_id) = &self.key_id_not {
+            out.push(("key_id <>", key_id.clone()));
+        }
+        if let Some(after) = &self.after_id {
+            out.push(("id >", after.as_str().to_string()));
+        }
+        out
+    }
+
     /// Only this scope.
     pub fn in_scope(scope: Scope) -> ListFilter {
         ListFilter {

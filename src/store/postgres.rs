@@ -914,40 +914,12 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
-        let mut clauses: Vec<String> = Vec::new();
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let mut add = |clause: &str, value: Box<dyn ToSql + Sync + Send>| {
-            params.push(value);
-            clauses.push(clause.replace('?', &format!("${}", params.len())));
-        };
-        if let Some(scope) = &filter.scope {
-            add(
-                "scope_kind = ?",
-                Box::new(scope.kind().as_str().to_string()),
-            );
-            add("owner = ?", Box::new(scope.owner().to_string()));
-        }
-        if let Some(kind) = filter.scope_kind {
-            add("scope_kind = ?", Box::new(kind.as_str().to_string()));
-        }
-        if let Some(name) = &filter.name {
-            add("name = ?", Box::new(name.clone()));
-        }
-        if let Some(provider) = &filter.provider {
-            add("provider = ?", Box::new(provider.clone()));
-        }
-        if let Some(state) = filter.state {
-            add("state = ?", Box::new(state.as_str().to_string()));
-        }
-        if let Some(key) = &filter.key_id {
-            add("key_id = ?", Box::new(key.clone()));
-        }
-        if let Some(key) = &filter.key_id_not {
-            add("key_id <> ?", Box::new(key.clone()));
-        }
-        if let Some(after) = &filter.after_id {
-            add("id > ?", Box::new(after.as_str().to_string()));
-        }
+        let conditions = filter.sql_conditions();
+        let clauses: Vec<String> = conditions
+            .iter()
+            .enumerate()
+            .map(|(i, (clause, _))| format!("{clause} ${}", i + 1))
+            .collect();
         let mut query = format!("SELECT {COLUMNS} FROM {}.credentials", self.sql.schema);
         if !clauses.is_empty() {
             query.push_str(" WHERE ");
@@ -957,9 +929,9 @@ impl Store for PostgresStore {
         if let Some(limit) = filter.limit {
             query.push_str(&format!(" LIMIT {limit}"));
         }
-        let refs: Vec<&(dyn ToSql + Sync)> = params
+        let refs: Vec<&(dyn ToSql + Sync)> = conditions
             .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .map(|(_, value)| value as &(dyn ToSql + Sync))
             .collect();
         let client = self.client().await?;
         let rows = client

@@ -1054,34 +1054,9 @@ impl Drop for MappedScan<'_> {
 fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
     let mut sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE 1");
     let mut values: Vec<Value> = Vec::new();
-    let mut add = |clause: &str, value: Value| {
-        values.push(value);
+    for (clause, value) in filter.sql_conditions() {
+        values.push(Value::Text(value));
         sql.push_str(&format!(" AND {clause} ?{}", values.len()));
-    };
-    if let Some(scope) = &filter.scope {
-        add("scope_kind =", Value::Text(scope.kind().as_str().into()));
-        add("owner =", Value::Text(scope.owner()));
-    }
-    if let Some(kind) = filter.scope_kind {
-        add("scope_kind =", Value::Text(kind.as_str().into()));
-    }
-    if let Some(name) = &filter.name {
-        add("name =", Value::Text(name.clone()));
-    }
-    if let Some(provider) = &filter.provider {
-        add("provider =", Value::Text(provider.clone()));
-    }
-    if let Some(state) = filter.state {
-        add("state =", Value::Text(state.as_str().into()));
-    }
-    if let Some(key_id) = &filter.key_id {
-        add("key_id =", Value::Text(key_id.clone()));
-    }
-    if let Some(key_id) = &filter.key_id_not {
-        add("key_id <>", Value::Text(key_id.clone()));
-    }
-    if let Some(after) = &filter.after_id {
-        add("id >", Value::Text(after.as_str().into()));
     }
     sql.push_str(" ORDER BY id");
     if let Some(limit) = filter.limit {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
@@ -15,10 +15,10 @@ use base64::Engine;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use super::{call_json, json_request, no_derive, Hidden, B64URL};
+use super::{call_json, fetch_token, json_request, no_derive, Hidden, B64URL};
 use crate::crypto::{fill_random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::transport::{peer_of, Bytes, HttpTransport};
+use crate::transport::HttpTransport;
 
 const API_VERSION: &str = "7.4";
 const LOCAL_AAD_LABEL: &[u8] = b"strongroom/azure-kv/v1";
@@ -103,40 +103,10 @@ impl AzureKeyVaultKey {
                 .append_pair("scope", "https://vault.azure.net/.default")
                 .finish(),
         );
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(&url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Bytes::from(form.as_bytes().to_vec()))
-            .map_err(|_| Error::config("the Azure authority is not a URL"))?;
-        let peer = peer_of(request.uri());
-        let answer = call_json(self.http.as_ref(), &self.id, request, false)
-            .await
-            .map_err(|e| match e {
-                Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
-                    key_id,
-                    reason: format!("getting an access token from {peer}: {reason}"),
-                },
-                other => other,
-            })?;
-        let token = answer
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| Error::KeyUnavailable {
-                key_id: self.id.clone(),
-                reason: format!("{peer} gave no access_token"),
-            })?;
-        let ttl = answer
-            .get("expires_in")
-            .and_then(|t| {
-                t.as_u64()
-                    .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
-            })
-            .unwrap_or(3600)
-            .saturating_sub(60);
-        let token = Hidden::new(token);
+        let (token, ttl) =
+            fetch_token(self.http.as_ref(), &self.id, &url, form.to_string()).await?;
         let bearer = format!("Bearer {}", token.expose());
-        *slot = Some((token, Instant::now() + Duration::from_secs(ttl)));
+        *slot = Some((token, Instant::now() + ttl));
         Ok(bearer)
     }
 

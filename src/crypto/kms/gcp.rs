@@ -5,16 +5,16 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine;
 use tokio::sync::Mutex;
 
-use super::{call_json, json_request, no_derive, to_dek, Hidden, B64};
+use super::{call_json, fetch_token, json_request, no_derive, to_dek, Hidden, B64};
 use crate::crypto::{BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::transport::{peer_of, Bytes, HttpTransport};
+use crate::transport::HttpTransport;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
 
@@ -163,40 +163,9 @@ impl GcpKmsKey {
                 let form = format!(
                     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
                 );
-                let mut request = http::Request::builder()
-                    .method("POST")
-                    .uri(token_uri.as_str())
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(Bytes::from(form))
-                    .map_err(|_| Error::config("the service account's token_uri is not a URL"))?;
-                request
-                    .headers_mut()
-                    .values_mut()
-                    .for_each(|v| v.set_sensitive(true));
-                let peer = peer_of(request.uri());
-                let answer = call_json(self.http.as_ref(), &self.id, request, false)
-                    .await
-                    .map_err(|e| match e {
-                        Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
-                            key_id,
-                            reason: format!("getting an access token from {peer}: {reason}"),
-                        },
-                        other => other,
-                    })?;
-                let token = answer
-                    .get("access_token")
-                    .and_then(|t| t.as_str())
-                    .ok_or_else(|| Error::KeyUnavailable {
-                        key_id: self.id.clone(),
-                        reason: format!("{peer} gave no access_token"),
-                    })?;
-                let ttl = answer
-                    .get("expires_in")
-                    .and_then(|t| t.as_u64())
-                    .unwrap_or(3600)
-                    .saturating_sub(60);
-                let token = Hidden::new(token);
-                *slot = Some((token.clone(), Instant::now() + Duration::from_secs(ttl)));
+                let (token, ttl) =
+                    fetch_token(self.http.as_ref(), &self.id, token_uri, form).await?;
+                *slot = Some((token.clone(), Instant::now() + ttl));
                 Ok(token)
             }
         }

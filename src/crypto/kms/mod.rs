@@ -119,6 +119,54 @@ pub(crate) async fn call_json(
     })
 }
 
+/// Posts an OAuth 2.0 token request (a form body) and returns the access token with the
+/// time it may be kept (its `expires_in` less a minute).
+pub(crate) async fn fetch_token(
+    http: &dyn HttpTransport,
+    key_id: &str,
+    url: &str,
+    form: String,
+) -> Result<(Hidden, std::time::Duration)> {
+    let form = zeroize::Zeroizing::new(form);
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Bytes::from(form.as_bytes().to_vec()))
+        .map_err(|_| Error::config(format!("the token endpoint `{url}` is not a URL")))?;
+    request
+        .headers_mut()
+        .values_mut()
+        .for_each(|v| v.set_sensitive(true));
+    let peer = peer_of(request.uri());
+    let answer = call_json(http, key_id, request, false)
+        .await
+        .map_err(|e| match e {
+            Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
+                key_id,
+                reason: format!("getting an access token from {peer}: {reason}"),
+            },
+            other => other,
+        })?;
+    let token = answer
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| Error::KeyUnavailable {
+            key_id: key_id.to_string(),
+            reason: format!("{peer} gave no access_token"),
+        })?;
+    // Entra ID has sent `expires_in` as a string at times.
+    let ttl = answer
+        .get("expires_in")
+        .and_then(|t| {
+            t.as_u64()
+                .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(3600)
+        .saturating_sub(60);
+    Ok((Hidden::new(token), std::time::Duration::from_secs(ttl)))
+}
+
 pub(crate) fn json_request(
     method: http::Method,
     url: &str,
