@@ -550,3 +550,71 @@ async fn a_session_of_twenty_slots_writes_twenty_audit_rows() {
         .map_or(0, |h| h.seq);
     assert_eq!(after - head, 20);
 }
+
+/// A master key whose service is down for unwraps.
+#[derive(Debug)]
+struct Outage(strongroom::LocalKey);
+
+#[async_trait::async_trait]
+impl strongroom::KeyWrapper for Outage {
+    fn backend_id(&self) -> strongroom::crypto::BackendId {
+        self.0.backend_id()
+    }
+    fn key_id(&self) -> &str {
+        self.0.key_id()
+    }
+    async fn wrap(&self, dek: &strongroom::DataKey, aad: &[u8]) -> strongroom::Result<Vec<u8>> {
+        self.0.wrap(dek, aad).await
+    }
+    async fn unwrap(&self, _: &[u8], _: &[u8]) -> strongroom::Result<strongroom::DataKey> {
+        Err(strongroom::Error::KeyUnavailable {
+            key_id: "kms:test".into(),
+            reason: "no answer from kms.internal:443".into(),
+        })
+    }
+    async fn derive_key(&self, purpose: &str) -> strongroom::Result<strongroom::DataKey> {
+        self.0.derive_key(purpose).await
+    }
+}
+
+#[tokio::test]
+async fn a_master_key_outage_keeps_its_kind_and_names_the_block() {
+    let vault = Vault::builder()
+        .store(std::sync::Arc::new(strongroom::MemoryStore::new()))
+        .key_wrapper(std::sync::Arc::new(Outage(
+            strongroom::LocalKey::generate().expect("key"),
+        )))
+        .no_dek_cache()
+        .build()
+        .await
+        .expect("vault");
+    let user = Principal::parse("app_user:crm:fay").expect("p");
+    let info = vault
+        .create(
+            &user,
+            NewCredential::new(
+                "openai_main",
+                Scope::per_user("fay").expect("s"),
+                "openai",
+                "",
+                key("sk-fay"),
+            ),
+        )
+        .await
+        .expect("create");
+    vault
+        .grant_add(&user, &info.id, "crm")
+        .await
+        .expect("grant");
+    let config =
+        AppConfig::parse("app.yaml", "brain:\n  credential: openai_main\n").expect("parse");
+    let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
+    let deployment = vault.deploy(m).await.expect("deploy");
+    let err = deployment.start_session("fay").await.expect_err("kms down");
+    assert_eq!(err.kind(), strongroom::ErrorKind::KeyUnavailable, "{err}");
+    assert!(
+        err.to_string()
+            .contains("block brain, slot brain_credential"),
+        "{err}"
+    );
+}

@@ -423,34 +423,50 @@ impl Deployment {
     }
 }
 
-/// Wraps an error with the block, slot, ref and scope it concerns.
+/// Wraps an error with the block, slot, ref and scope it concerns, keeping its kind (a
+/// KMS outage stays `KeyUnavailable`, a busy store stays a store error) so the host can
+/// tell what to retry.
 fn entry_error(entry: &ManifestEntry, e: Error) -> Error {
-    let kind = e.kind();
-    let message = format!("{}: {e}", entry.describe());
-    match kind {
-        crate::ErrorKind::NotFound => Error::NotFound {
-            what: message,
+    let at = entry.describe();
+    match e {
+        Error::NotFound { what, .. } => Error::NotFound {
+            what: format!("{at}: {what}"),
             hint: Some(match entry.reference.scope {
                 ScopeKind::PerUser | ScopeKind::PerAppPerUser => {
                     "the user stores it (credentials create) or the app config names another ref"
                         .into()
                 }
-                _ => "an admin stores it (credentials admin-create) or the app config names another ref".into(),
+                _ => "an admin stores it (credentials admin-create) or the app config names \
+                      another ref"
+                    .into(),
             }),
         },
-        crate::ErrorKind::PermissionDenied => Error::PermissionDenied {
-            actor: String::new(),
-            action: "credential.inject".into(),
-            target: message,
+        Error::PermissionDenied {
+            actor,
+            action,
+            target,
+        } => Error::PermissionDenied {
+            actor,
+            action,
+            target: format!("{target} ({at})"),
         },
-        crate::ErrorKind::Unusable => Error::Unusable {
-            what: message,
-            state: match e {
-                Error::Unusable { state, .. } => state,
-                _ => String::new(),
-            },
+        Error::Unusable { what, state } => Error::Unusable {
+            what: format!("{at}: {what}"),
+            state,
         },
-        _ => Error::invalid("credential", message),
+        Error::InvalidInput { field, reason } => Error::InvalidInput {
+            field,
+            reason: format!("{reason} ({at})"),
+        },
+        Error::DecryptFailed { what } => Error::DecryptFailed {
+            what: format!("{at}: {what}"),
+        },
+        Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
+            key_id,
+            reason: format!("{reason} ({at})"),
+        },
+        Error::Store { kind, message, .. } => Error::store(kind, format!("{at}: {message}")),
+        other => other,
     }
 }
 

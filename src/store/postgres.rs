@@ -134,7 +134,9 @@ impl Sql {
             update_state: format!(
                 "UPDATE {s}.state SET generation = $1, head_seq = $2, head_hash = $3 WHERE id = 1"
             ),
-            read_state: format!("SELECT head_seq, head_hash FROM {s}.state WHERE id = 1"),
+            read_state: format!(
+                "SELECT generation, head_seq, head_hash FROM {s}.state WHERE id = 1"
+            ),
             get: format!("SELECT {COLUMNS} FROM {s}.credentials WHERE id = $1"),
             find_named: format!(
                 "SELECT st.generation, {c_cols} FROM {s}.state st LEFT JOIN {s}.credentials c \
@@ -340,6 +342,25 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// A read through a pooled connection with a statement prepared once per connection;
+    /// `what` names the read in errors.
+    async fn read(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| db_error("cannot prepare a read", &e))?;
+        client
+            .query(&stmt, params)
+            .await
+            .map_err(|e| db_error(&format!("cannot read {what}"), &e))
     }
 
     async fn send(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
@@ -901,16 +922,10 @@ fn decode_audit(row: &Row) -> Result<AuditRecord> {
 #[async_trait]
 impl Store for PostgresStore {
     async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.get)
-            .await
-            .map_err(|e| db_error("cannot prepare a read", &e))?;
-        let row = client
-            .query_opt(&stmt, &[&id.as_str()])
-            .await
-            .map_err(|e| db_error("cannot read a credential", &e))?;
-        row.map(|r| decode_credential(&r, 0)).transpose()
+        let rows = self
+            .read(&self.sql.get, &[&id.as_str()], "a credential")
+            .await?;
+        rows.first().map(|r| decode_credential(r, 0)).transpose()
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
@@ -942,57 +957,32 @@ impl Store for PostgresStore {
     }
 
     async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.grants)
-            .await
-            .map_err(|e| db_error("cannot prepare a read", &e))?;
-        let rows = client
-            .query(&stmt, &[&credential_id.as_str()])
-            .await
-            .map_err(|e| db_error("cannot read grants", &e))?;
+        let rows = self
+            .read(&self.sql.grants, &[&credential_id.as_str()], "grants")
+            .await?;
         rows.iter().map(|r| decode_grant(r, 0)).collect()
     }
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.audit_range)
-            .await
-            .map_err(|e| db_error("cannot prepare a read", &e))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(&stmt, &[&(from as i64), &limit])
-            .await
-            .map_err(|e| db_error("cannot read the audit log", &e))?;
+        let rows = self
+            .read(
+                &self.sql.audit_range,
+                &[&(from as i64), &limit],
+                "the audit log",
+            )
+            .await?;
         rows.iter().map(decode_audit).collect()
     }
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(&self.sql.read_state, &[])
-            .await
-            .map_err(|e| db_error("cannot read the chain head", &e))?;
-        let seq: i64 = row
-            .try_get(0)
-            .map_err(|e| db_error("cannot read the chain head", &e))?;
-        let hash: Option<Vec<u8>> = row
-            .try_get(1)
-            .map_err(|e| db_error("cannot read the chain head", &e))?;
-        match (seq, hash) {
-            (0, _) => Ok(None),
-            (seq, Some(hash)) => Ok(Some(ChainHead {
-                seq: seq as u64,
-                hash: hash.try_into().map_err(|_| {
-                    Error::corrupt("the store's state row", "head_hash is not 32 bytes")
-                })?,
-            })),
-            (_, None) => Err(Error::corrupt(
-                "the store's state row",
-                "head_hash is missing",
-            )),
-        }
+        let rows = self
+            .read(&self.sql.read_state, &[], "the chain head")
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::corrupt("the store's state row", "it is missing"))?;
+        decode_state(row).map(|(_, head)| head)
     }
 
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
@@ -1004,15 +994,18 @@ impl Store for PostgresStore {
         scope: &Scope,
         name: &str,
     ) -> Result<(Option<Arc<CredentialRecord>>, ReadStamp)> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.find_named)
-            .await
-            .map_err(|e| db_error("cannot prepare a read", &e))?;
-        let row = client
-            .query_one(&stmt, &[&scope.kind().as_str(), &scope.owner(), &name])
-            .await
-            .map_err(|e| db_error("cannot read a credential", &e))?;
+        let owner = scope.owner();
+        let rows = self
+            .read(
+                &self.sql.find_named,
+                &[&scope.kind().as_str(), &owner, &name],
+                "a credential",
+            )
+            .await?;
+        // The LEFT JOIN from the state row always gives exactly one row.
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::corrupt("the store's state row", "it is missing"))?;
         let generation: i64 = row
             .try_get(0)
             .map_err(|e| db_error("cannot read the data generation", &e))?;
@@ -1021,7 +1014,7 @@ impl Store for PostgresStore {
             .map_err(|e| db_error("cannot read a credential", &e))?;
         let record = match present {
             None => None,
-            Some(_) => Some(Arc::new(decode_credential(&row, 1)?)),
+            Some(_) => Some(Arc::new(decode_credential(row, 1)?)),
         };
         Ok((record, ReadStamp::at(generation)))
     }
@@ -1030,15 +1023,13 @@ impl Store for PostgresStore {
         &self,
         credential_id: &CredentialId,
     ) -> Result<(Vec<Grant>, ReadStamp)> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.sql.grants_stamped)
-            .await
-            .map_err(|e| db_error("cannot prepare a read", &e))?;
-        let rows = client
-            .query(&stmt, &[&credential_id.as_str()])
-            .await
-            .map_err(|e| db_error("cannot read grants", &e))?;
+        let rows = self
+            .read(
+                &self.sql.grants_stamped,
+                &[&credential_id.as_str()],
+                "grants",
+            )
+            .await?;
         let mut generation = 0;
         let mut grants = Vec::new();
         for row in &rows {
