@@ -41,10 +41,39 @@ pub fn validate_id(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// The id `runtime:APP:*` uses for "no user in particular" (an app's deploy); no user, app
+/// or agent may be called this.
+pub const DEPLOY_USER: &str = "*";
+
+/// Checks an owner id (app, user, agent) or a principal's id: [`validate_id`], and no `:`
+/// (the separator of printed principals such as `app_user:APP:ID`, which must read one way
+/// only) and not `*` (reserved for the deploy principal `runtime:APP:*`).
+pub fn validate_owner_id(field: &str, value: &str) -> Result<()> {
+    validate_id(field, value)?;
+    if value.contains(':') {
+        return Err(Error::invalid(
+            field,
+            format!("`{value}` must not contain `:` (it separates the parts of a principal)"),
+        ));
+    }
+    if value == DEPLOY_USER {
+        return Err(Error::invalid(
+            field,
+            "`*` is reserved (it names an app's deploy, `runtime:APP:*`)",
+        ));
+    }
+    Ok(())
+}
+
 /// Where a credential lives and who owns it. Lookup is scope-strict: a reference names one
 /// scope and is resolved in that scope only.
+///
+/// Deserialising checks the stored form (every id as [`validate_id`] does: no `/`, no control
+/// characters), so whatever deserialises can be stored and read back; the constructors and
+/// [`Scope::validate`] check the stricter rules of [`validate_owner_id`] that the vault
+/// applies to everything it writes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "ScopeWire")]
 #[non_exhaustive]
 pub enum Scope {
     /// One credential for the whole installation.
@@ -71,6 +100,33 @@ pub enum Scope {
         /// The agent id.
         agent: String,
     },
+}
+
+/// [`Scope`] as it arrives from serde, before its ids are checked.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum ScopeWire {
+    SystemWide,
+    PerAppShared { app: String },
+    PerUser { user: String },
+    PerAppPerUser { app: String, user: String },
+    PerAgent { agent: String },
+}
+
+impl TryFrom<ScopeWire> for Scope {
+    type Error = Error;
+
+    fn try_from(wire: ScopeWire) -> Result<Scope> {
+        let scope = match wire {
+            ScopeWire::SystemWide => Scope::SystemWide,
+            ScopeWire::PerAppShared { app } => Scope::PerAppShared { app },
+            ScopeWire::PerUser { user } => Scope::PerUser { user },
+            ScopeWire::PerAppPerUser { app, user } => Scope::PerAppPerUser { app, user },
+            ScopeWire::PerAgent { agent } => Scope::PerAgent { agent },
+        };
+        scope.check_stored_form()?;
+        Ok(scope)
+    }
 }
 
 /// The kind of a [`Scope`], without its owner.
@@ -157,33 +213,64 @@ mod tests {
 }
 
 impl Scope {
-    /// A per-app-shared scope, checking the app id.
+    /// A per-app-shared scope, checking the app id ([`validate_owner_id`]).
     pub fn per_app_shared(app: impl Into<String>) -> Result<Scope> {
         let app = app.into();
-        validate_id("app id", &app)?;
+        validate_owner_id("app id", &app)?;
         Ok(Scope::PerAppShared { app })
     }
 
-    /// A per-user scope, checking the user id.
+    /// A per-user scope, checking the user id ([`validate_owner_id`]).
     pub fn per_user(user: impl Into<String>) -> Result<Scope> {
         let user = user.into();
-        validate_id("user id", &user)?;
+        validate_owner_id("user id", &user)?;
         Ok(Scope::PerUser { user })
     }
 
-    /// A per-app-per-user scope, checking both ids.
+    /// A per-app-per-user scope, checking both ids ([`validate_owner_id`]).
     pub fn per_app_per_user(app: impl Into<String>, user: impl Into<String>) -> Result<Scope> {
         let (app, user) = (app.into(), user.into());
-        validate_id("app id", &app)?;
-        validate_id("user id", &user)?;
+        validate_owner_id("app id", &app)?;
+        validate_owner_id("user id", &user)?;
         Ok(Scope::PerAppPerUser { app, user })
     }
 
-    /// A per-agent scope, checking the agent id.
+    /// A per-agent scope, checking the agent id ([`validate_owner_id`]).
     pub fn per_agent(agent: impl Into<String>) -> Result<Scope> {
         let agent = agent.into();
-        validate_id("agent id", &agent)?;
+        validate_owner_id("agent id", &agent)?;
         Ok(Scope::PerAgent { agent })
+    }
+
+    /// Checks every id of the scope as the constructors do ([`validate_owner_id`]). The
+    /// variants can be built directly, so the vault calls this on every scope it is given
+    /// before anything (a refusal's audit row included) is written.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Scope::SystemWide => Ok(()),
+            Scope::PerAppShared { app } => validate_owner_id("app id", app),
+            Scope::PerUser { user } => validate_owner_id("user id", user),
+            Scope::PerAppPerUser { app, user } => {
+                validate_owner_id("app id", app)?;
+                validate_owner_id("user id", user)
+            }
+            Scope::PerAgent { agent } => validate_owner_id("agent id", agent),
+        }
+    }
+
+    /// Checks the stored form: what [`Scope::from_parts`] can rebuild from
+    /// [`Scope::owner`] ([`validate_id`] on every id).
+    fn check_stored_form(&self) -> Result<()> {
+        match self {
+            Scope::SystemWide => Ok(()),
+            Scope::PerAppShared { app } => validate_id("app id", app),
+            Scope::PerUser { user } => validate_id("user id", user),
+            Scope::PerAppPerUser { app, user } => {
+                validate_id("app id", app)?;
+                validate_id("user id", user)
+            }
+            Scope::PerAgent { agent } => validate_id("agent id", agent),
+        }
     }
 
     /// The scope's kind.
@@ -221,25 +308,37 @@ impl Scope {
         }
     }
 
-    /// Rebuilds a scope from its stored kind and owner text.
+    /// Rebuilds a scope from its stored kind and owner text (the stored form: every id as
+    /// [`validate_id`] checks it).
     pub fn from_parts(kind: ScopeKind, owner: &str) -> Result<Scope> {
-        match kind {
-            ScopeKind::SystemWide if owner.is_empty() => Ok(Scope::SystemWide),
-            ScopeKind::SystemWide => Err(Error::invalid(
-                "scope owner",
-                "a system_wide scope has no owner",
-            )),
-            ScopeKind::PerAppShared => Scope::per_app_shared(owner),
-            ScopeKind::PerUser => Scope::per_user(owner),
-            ScopeKind::PerAgent => Scope::per_agent(owner),
-            ScopeKind::PerAppPerUser => match owner.split_once('/') {
-                Some((app, user)) => Scope::per_app_per_user(app, user),
-                None => Err(Error::invalid(
+        let scope = match kind {
+            ScopeKind::SystemWide if owner.is_empty() => Scope::SystemWide,
+            ScopeKind::SystemWide => {
+                return Err(Error::invalid(
                     "scope owner",
-                    "a per_app_per_user owner is written `app/user`",
-                )),
+                    "a system_wide scope has no owner",
+                ))
+            }
+            ScopeKind::PerAppShared => Scope::PerAppShared { app: owner.into() },
+            ScopeKind::PerUser => Scope::PerUser { user: owner.into() },
+            ScopeKind::PerAgent => Scope::PerAgent {
+                agent: owner.into(),
             },
-        }
+            ScopeKind::PerAppPerUser => match owner.split_once('/') {
+                Some((app, user)) => Scope::PerAppPerUser {
+                    app: app.into(),
+                    user: user.into(),
+                },
+                None => {
+                    return Err(Error::invalid(
+                        "scope owner",
+                        "a per_app_per_user owner is written `app/user`",
+                    ))
+                }
+            },
+        };
+        scope.check_stored_form()?;
+        Ok(scope)
     }
 }
 
@@ -260,8 +359,22 @@ impl fmt::Display for Scope {
 /// A credential's stable id (a UUIDv7 string by default: time-ordered, so new rows land at
 /// the end of the index).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct CredentialId(String);
+
+impl TryFrom<String> for CredentialId {
+    type Error = Error;
+
+    fn try_from(id: String) -> Result<CredentialId> {
+        CredentialId::new(id)
+    }
+}
+
+impl From<CredentialId> for String {
+    fn from(id: CredentialId) -> String {
+        id.0
+    }
+}
 
 impl CredentialId {
     /// A fresh, time-ordered id.

@@ -41,6 +41,7 @@ impl Vault {
         items: &[BatchItem<'_>],
         reuse: Reuse<'_>,
     ) -> std::result::Result<Vec<Released>, (usize, Error)> {
+        self.check_context(actor, ctx).await.map_err(|e| (0, e))?;
         let mut scopes = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let scope = ctx.scope_for(item.reference.scope).map_err(|e| (i, e))?;
@@ -66,7 +67,7 @@ impl Vault {
             let mut records = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 match self
-                    .lookup(actor, item.reference, ctx, &scopes[i], fresh)
+                    .lookup(actor, item.reference, &scopes[i], fresh)
                     .await
                 {
                     Ok((record, s)) => {

@@ -16,7 +16,7 @@ use crate::crypto::{key_wrapper_from_env, KeyRing, KeyWrapper, LocalKey};
 use crate::error::{Error, Result};
 use crate::handlers::{CredentialHandler, HandlerRegistry};
 use crate::model::{
-    validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+    validate_id, validate_owner_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
 };
 use crate::store::{
     stale_read, Batch, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Store,
@@ -34,6 +34,11 @@ pub use policy::{Action, Principal, Relation, Role};
 
 /// Metadata key under which `expires_at` (milliseconds since the epoch) is kept.
 pub const EXPIRES_AT: &str = "expires_at";
+
+/// Metadata key naming who disabled a credential they do not own (an admin's `invalid`);
+/// kept by the vault, never taken from a caller. While it is set, only someone other than
+/// the owner may lift the disable (see docs/ACCESS.md).
+pub const DISABLED_BY: &str = "disabled_by";
 
 /// What `create` needs.
 #[derive(Debug)]
@@ -187,6 +192,20 @@ pub struct ResolveContext {
 }
 
 impl ResolveContext {
+    /// The context a principal resolves in: its own app and user. A context passed to
+    /// [`Vault::resolve`] must be exactly this one.
+    pub fn of(principal: &Principal) -> Option<ResolveContext> {
+        Some(ResolveContext {
+            app: principal.app()?.to_string(),
+            user: principal.user()?.to_string(),
+        })
+    }
+
+    /// Is this the principal's own context?
+    fn belongs_to(&self, principal: &Principal) -> bool {
+        principal.app() == Some(self.app.as_str()) && principal.user() == Some(self.user.as_str())
+    }
+
     /// The concrete scope a reference of kind `kind` names in this context.
     pub fn scope_for(&self, kind: ScopeKind) -> Result<Scope> {
         match kind {
@@ -329,6 +348,7 @@ impl VaultBuilder {
             handlers.register(handler)?;
         }
         let catalog = Catalog::load(&handlers, self.providers_dir.as_deref())?;
+        let bundled = Catalog::bundled(&handlers);
         for problem in catalog.problems() {
             tracing::warn!(%problem, "provider file skipped");
         }
@@ -339,6 +359,7 @@ impl VaultBuilder {
                 keys,
                 handlers,
                 catalog: RwLock::new(Arc::new(catalog)),
+                bundled,
                 providers_dir: self.providers_dir,
                 http: self.http,
             }),
@@ -367,6 +388,8 @@ struct Inner {
     audit: AuditChain,
     handlers: HandlerRegistry,
     catalog: RwLock<Arc<Catalog>>,
+    /// The bundled providers alone: what a non-owner's live check is sent to.
+    bundled: Catalog,
     providers_dir: Option<PathBuf>,
     http: Option<Arc<dyn HttpTransport>>,
 }
@@ -487,6 +510,33 @@ fn check_fields(fields: &BTreeMap<String, SecretString>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A caller-supplied text for an audit detail or a message: control characters escaped,
+/// at most 256 characters kept.
+fn printable(text: &str) -> String {
+    let mut out: String = text.chars().take(256).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 256 {
+        out.push('…');
+    }
+    out
+}
+
+/// Refuses metadata keys the vault keeps itself.
+fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
+    if metadata.contains_key(DISABLED_BY) {
+        return Err(Error::invalid(
+            "metadata",
+            format!("`{DISABLED_BY}` is kept by the vault (set_state records it); remove it"),
+        ));
+    }
+    Ok(())
+}
+
+/// Is `actor` the credential's owner, in the sense that it may read the secret itself? An
+/// owner may send its own secret anywhere; anyone else acts on it only within limits.
+fn is_owner(actor: &Principal, scope: &Scope) -> bool {
+    policy::allows(actor.role(), Action::Reveal, Relation::of(actor, Some(scope)))
 }
 
 impl Vault {
@@ -633,6 +683,7 @@ impl Vault {
         target: AuditTarget,
         what: &str,
     ) -> Result<()> {
+        actor.validate()?;
         let relation = Relation::of(actor, scope);
         if policy::allows(actor.role(), action, relation) {
             return Ok(());
@@ -678,22 +729,31 @@ impl Vault {
     }
 
     /// Creates a credential (version 1, state `filled`).
+    ///
+    /// The permission is checked first (a denial is audited); a scope whose ids the vault
+    /// refuses ([`Scope::validate`]) is left out of the denial's audit row, so that nothing
+    /// unreadable is ever written.
     pub async fn create(&self, actor: &Principal, new: NewCredential) -> Result<CredentialInfo> {
+        let scope_ok = new.scope.validate();
+        let target = match scope_ok {
+            Ok(()) => AuditTarget::scope(&new.scope),
+            Err(_) => AuditTarget::none(),
+        };
+        let what = format!(
+            "credential `{}` ({})",
+            printable(&new.name),
+            printable(&new.scope.to_string())
+        );
+        self.authorize(actor, Action::Create, Some(&new.scope), target, &what)
+            .await?;
+        scope_ok?;
         validate_id("credential name", &new.name)?;
         validate_id("provider", &new.provider)?;
         if !new.handler_type.is_empty() {
             validate_id("handler type", &new.handler_type)?;
         }
         check_fields(&new.fields)?;
-        let what = format!("credential `{}` ({})", new.name, new.scope);
-        self.authorize(
-            actor,
-            Action::Create,
-            Some(&new.scope),
-            AuditTarget::scope(&new.scope),
-            &what,
-        )
-        .await?;
+        check_metadata(&new.metadata)?;
         let handler_type =
             self.check_against_catalog(&new.provider, &new.handler_type, &new.fields)?;
         let now = Timestamp::now();
@@ -758,6 +818,9 @@ impl Vault {
                 found: Some(record.version),
             });
         }
+        if let Some(metadata) = &update.metadata {
+            check_metadata(metadata)?;
+        }
         let fields = match update.fields {
             Some(fields) => {
                 check_fields(&fields)?;
@@ -767,7 +830,11 @@ impl Vault {
                         record.metadata.insert(EXPIRES_AT.into(), at.0.to_string());
                     }
                 }
-                record.state = LifecycleState::Filled;
+                // New fields start over as `filled` — unless someone other than the owner
+                // disabled the credential: that stays until they (or another admin) lift it.
+                if !record.metadata.contains_key(DISABLED_BY) {
+                    record.state = LifecycleState::Filled;
+                }
                 fields
             }
             None => {
@@ -780,11 +847,12 @@ impl Vault {
             }
         };
         if let Some(metadata) = update.metadata {
-            let expiry = record.metadata.remove(EXPIRES_AT);
+            let kept: Vec<(String, String)> = [EXPIRES_AT, DISABLED_BY]
+                .into_iter()
+                .filter_map(|k| record.metadata.remove_entry(k))
+                .collect();
             record.metadata = metadata;
-            if let Some(expiry) = expiry {
-                record.metadata.insert(EXPIRES_AT.into(), expiry);
-            }
+            record.metadata.extend(kept);
         }
         if let Some(flag) = update.agent_accessible {
             record.agent_accessible = flag;
@@ -942,12 +1010,17 @@ impl Vault {
     /// if nothing they read has changed since (see [`ReadStamp`]), and the resolve starts
     /// over when something has, so a resolve never returns a value that was already
     /// replaced, revoked or deleted when it was called.
+    ///
+    /// `ctx` must be the principal's own app and user ([`ResolveContext::of`]): the app
+    /// whose grant a per-user credential needs is the acting runtime's, never one a caller
+    /// names. A context that disagrees is refused with `PermissionDenied` and audited.
     pub async fn resolve(
         &self,
         actor: &Principal,
         reference: &CredentialRef,
         ctx: &ResolveContext,
     ) -> Result<RevealedCredential> {
+        self.check_context(actor, ctx).await?;
         let scope = ctx.scope_for(reference.scope)?;
         let relation = Relation::of(actor, Some(&scope));
         if !policy::allows(actor.role(), Action::Resolve, relation) {
@@ -984,7 +1057,7 @@ impl Vault {
         scope: &Scope,
         fresh: bool,
     ) -> Result<RevealedCredential> {
-        let (record, stamp) = self.lookup(actor, reference, ctx, scope, fresh).await?;
+        let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
         self.release(
             actor,
             Action::Resolve,
@@ -995,6 +1068,36 @@ impl Vault {
         .await
     }
 
+    /// Refuses (and audits) a resolve whose context is not the principal's own app and user.
+    pub(crate) async fn check_context(&self, actor: &Principal, ctx: &ResolveContext) -> Result<()> {
+        actor.validate()?;
+        if ctx.belongs_to(actor) {
+            return Ok(());
+        }
+        let mut event = Vault::event(actor, Action::Resolve, AuditTarget::none())
+            .outcome(Outcome::Denied)
+            .detail("reason", "the context is not the principal's own")
+            .detail("context_app", printable(&ctx.app))
+            .detail("context_user", printable(&ctx.user));
+        if let Some(app) = actor.app() {
+            event = event.detail("app", app);
+        }
+        if let Some(user) = actor.user() {
+            event = event.detail("user", user);
+        }
+        self.inner.store.commit(Batch::events(vec![event])).await?;
+        Err(Error::PermissionDenied {
+            actor: actor.to_string(),
+            action: Action::Resolve.audit_name().into(),
+            target: format!(
+                "credentials of app `{}`, user `{}`: a principal resolves only for its own app \
+                 and user (pass ResolveContext::of(principal))",
+                printable(&ctx.app),
+                printable(&ctx.user)
+            ),
+        })
+    }
+
     /// The checks of a resolve (scope-strict lookup, provider, grant, state) without the
     /// release: the record and the stamp of what was read. A missing grant is audited here.
     /// On a cached read (`fresh` false), errors that write no audit row come back as stale
@@ -1003,7 +1106,6 @@ impl Vault {
         &self,
         actor: &Principal,
         reference: &CredentialRef,
-        ctx: &ResolveContext,
         scope: &Scope,
         fresh: bool,
     ) -> Result<(Arc<CredentialRecord>, ReadStamp)> {
@@ -1051,7 +1153,10 @@ impl Vault {
                 store.grants_stamped(&record.id).await?
             };
             stamp = stamp.and(grants_stamp);
-            if !grants.iter().any(|g| g.app == ctx.app && g.is_active()) {
+            // The grant must be the acting principal's app's (the caller checked that `ctx`
+            // is the principal's own; this does not rest on it).
+            let app = actor.app().unwrap_or_default();
+            if !grants.iter().any(|g| g.app == app && g.is_active()) {
                 let event = Vault::event(
                     actor,
                     Action::Resolve,
@@ -1069,7 +1174,7 @@ impl Vault {
                     target: format!(
                         "{}: app `{}` holds no grant (the user adds one with grant-add)",
                         record.describe(),
-                        ctx.app
+                        app
                     ),
                 });
             }
@@ -1102,7 +1207,37 @@ impl Vault {
             });
         }
         let from = effective_state(&record, Timestamp::now());
-        if !transition_allowed(from, to) {
+        let owner = is_owner(actor, &record.scope);
+        let disabled_by = record.metadata.get(DISABLED_BY).cloned();
+        // Lifting a disable that someone other than the owner set: only a non-owner with
+        // the right to set the state may, back to `filled`.
+        let lift = disabled_by.is_some() && from == LifecycleState::Invalid;
+        if lift && owner {
+            let event = Vault::event(
+                actor,
+                Action::SetState,
+                AuditTarget::credential(&record.id, &record.scope),
+            )
+            .outcome(Outcome::Denied)
+            .detail("reason", "disabled by an admin")
+            .detail("disabled_by", disabled_by.clone().unwrap_or_default());
+            self.inner.store.commit(Batch::events(vec![event])).await?;
+            return Err(Error::PermissionDenied {
+                actor: actor.to_string(),
+                action: Action::SetState.audit_name().into(),
+                target: format!(
+                    "{}: it was disabled by {}; only an admin may lift that (set_state to filled)",
+                    record.describe(),
+                    disabled_by.unwrap_or_default()
+                ),
+            });
+        }
+        let allowed = if lift {
+            to == LifecycleState::Filled
+        } else {
+            transition_allowed(from, to)
+        };
+        if !allowed {
             return Err(Error::invalid(
                 "state",
                 format!("{} cannot go from {from} to {to}", record.describe()),
@@ -1114,6 +1249,11 @@ impl Vault {
             .keys
             .open(&record.sealed, &record.identity())
             .await?;
+        if lift {
+            record.metadata.remove(DISABLED_BY);
+        } else if to == LifecycleState::Invalid && !owner {
+            record.metadata.insert(DISABLED_BY.into(), actor.to_string());
+        }
         record.state = to;
         record.version += 1;
         record.updated_at = Timestamp::now();
@@ -1163,8 +1303,8 @@ impl Vault {
         id: &CredentialId,
         app: &str,
     ) -> Result<Grant> {
-        validate_id("app id", app)?;
         let record = self.load_for(actor, Action::GrantAdd, id).await?;
+        validate_owner_id("app id", app)?;
         Vault::per_user_only(&record)?;
         let grant = Grant {
             credential_id: record.id.clone(),
@@ -1207,16 +1347,6 @@ impl Vault {
                 hint: None,
             });
         };
-        let mutation = if hard {
-            Mutation::DeleteGrant {
-                credential_id: record.id.clone(),
-                app: app.to_string(),
-            }
-        } else {
-            grant.revoked_at = Some(Timestamp::now());
-            grant.revoked_by = Some(actor.to_string());
-            Mutation::PutGrant { grant }
-        };
         let event = Vault::event(
             actor,
             Action::GrantRevoke,
@@ -1224,6 +1354,25 @@ impl Vault {
         )
         .detail("app", app)
         .detail("hard", hard.to_string());
+        let mutation = if hard {
+            Mutation::DeleteGrant {
+                credential_id: record.id.clone(),
+                app: app.to_string(),
+            }
+        } else if !grant.is_active() {
+            // Already revoked: the first revocation's who and when stand; the repeat is
+            // recorded and changes nothing.
+            let event = event.detail(
+                "already_revoked_by",
+                grant.revoked_by.clone().unwrap_or_default(),
+            );
+            self.inner.store.commit(Batch::events(vec![event])).await?;
+            return Ok(());
+        } else {
+            grant.revoked_at = Some(Timestamp::now());
+            grant.revoked_by = Some(actor.to_string());
+            Mutation::PutGrant { grant }
+        };
         self.commit_one(mutation, event).await?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::model::{validate_id, Scope};
+use crate::model::{validate_owner_id, Scope, DEPLOY_USER};
 
 /// Who is acting. Every `Vault` call names one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -105,10 +105,31 @@ impl Principal {
                 ))
             }
         };
-        for part in &parts[1..] {
-            validate_id("principal", part)?;
-        }
+        p.validate()?;
         Ok(p)
+    }
+
+    /// Checks every id of the principal ([`validate_owner_id`]: no `/`, `:` or control
+    /// characters, not `*`), so that its printed form in audit rows reads one way only. The
+    /// one exception is `runtime:APP:*`, an app's deploy (no user in particular). The
+    /// variants can be built directly, so the vault checks every principal it is given.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Principal::SystemAdmin { id } | Principal::Viewer { id } => {
+                validate_owner_id("principal id", id)
+            }
+            Principal::AppAdmin { id, app } | Principal::AppUser { id, app } => {
+                validate_owner_id("principal app", app)?;
+                validate_owner_id("principal id", id)
+            }
+            Principal::AppRuntime { app, user } => {
+                validate_owner_id("principal app", app)?;
+                if user == DEPLOY_USER {
+                    return Ok(());
+                }
+                validate_owner_id("principal user", user)
+            }
+        }
     }
 }
 

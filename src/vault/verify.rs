@@ -5,10 +5,18 @@
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use super::{decode_fields, effective_state, transition_allowed, Action, Principal, Vault};
+use super::{
+    decode_fields, effective_state, is_owner, transition_allowed, Action, Principal, Vault,
+};
 use crate::audit::{AuditEvent, AuditTarget, Outcome};
-use crate::error::{Error, Result};
-use crate::model::{CredentialId, LifecycleState, Timestamp};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{CredentialId, CredentialRecord, LifecycleState, Timestamp};
+
+/// The audit action of a live check.
+const VERIFY: &str = "credential.verify";
+
+/// The source prefix of providers compiled into the crate.
+const BUNDLED: &str = "bundled:";
 use crate::store::{Batch, Mutation, Precondition};
 use crate::transport::{peer_of, Bytes};
 
@@ -46,20 +54,58 @@ impl Vault {
     /// sends the request through the vault's [`crate::transport::HttpTransport`], and moves
     /// the credential to `valid` on a success code or to `invalid` on 401/403. A network
     /// error or a 5xx leaves it as it was, with the reason returned. Needs the right to move
-    /// the credential through its lifecycle. Audited (never with a field value or the URL).
+    /// the credential through its lifecycle.
+    ///
+    /// Audited twice, never with a field value or the URL: a `step=request` row is
+    /// committed before the secret leaves the process (no row, no request), and a
+    /// `step=result` row records the verdict with the state change. When the credential
+    /// changed while the request was out, the state is left as it is and the result row
+    /// says so (`conflict`).
+    ///
+    /// Only the credential's owner (a principal who may read the secret) is sent to the
+    /// catalog as loaded, drop-in overrides included; anyone else (an admin checking a
+    /// user's credential) is sent to the bundled provider's endpoint, and is refused for a
+    /// provider that exists only in the drop-in folder. The row names the definition used.
     pub async fn test_live_connection(
         &self,
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<Verification> {
         let record = self.load_for(actor, Action::SetState, id).await?;
+        let target = AuditTarget::credential(&record.id, &record.scope);
         let provider = self.provider(&record.provider)?;
-        let spec = provider.verify.clone().ok_or_else(|| {
+        let overridden = !provider.source.starts_with(BUNDLED);
+        let definition = if overridden && !is_owner(actor, &record.scope) {
+            match self.inner.bundled.get(&record.provider) {
+                Some(bundled) => bundled.clone(),
+                None => {
+                    let event = AuditEvent::new(actor.to_string(), VERIFY, target)
+                        .outcome(Outcome::Denied)
+                        .detail("reason", "provider defined only in the drop-in folder")
+                        .detail("provider_source", provider.source.clone());
+                    self.inner.store.commit(Batch::events(vec![event])).await?;
+                    return Err(Error::PermissionDenied {
+                        actor: actor.to_string(),
+                        action: VERIFY.into(),
+                        target: format!(
+                            "{}: provider `{}` comes from the drop-in folder ({}), so only the \
+                             credential's owner may verify it against that endpoint",
+                            record.describe(),
+                            provider.name,
+                            provider.source
+                        ),
+                    });
+                }
+            }
+        } else {
+            provider
+        };
+        let spec = definition.verify.clone().ok_or_else(|| {
             Error::invalid(
                 "provider",
                 format!(
                     "`{}` has no [verify] section, so its credentials cannot be tested live",
-                    provider.name
+                    definition.name
                 ),
             )
         })?;
@@ -69,11 +115,35 @@ impl Vault {
                  VaultBuilder::http (ReqwestTransport with the `reqwest` feature)",
             )
         })?;
-        let plain = self
+        let request_event = |outcome: Outcome| {
+            let mut event = AuditEvent::new(actor.to_string(), VERIFY, target.clone())
+                .outcome(outcome)
+                .detail("step", "request")
+                .detail("version", record.version.to_string())
+                .detail("provider_source", definition.source.clone());
+            if overridden {
+                let used = if definition.source.starts_with(BUNDLED) {
+                    "ignored (not the owner)"
+                } else {
+                    "used"
+                };
+                event = event.detail("override", used);
+            }
+            event
+        };
+        let plain = match self
             .inner
             .keys
             .open(&record.sealed, &record.identity())
-            .await?;
+            .await
+        {
+            Ok(plain) => plain,
+            Err(e) => {
+                let event = request_event(Outcome::Failure).detail("error", format!("{:?}", e.kind()));
+                self.inner.store.commit(Batch::events(vec![event])).await?;
+                return Err(e);
+            }
+        };
         let fields = decode_fields(plain.expose_secret(), &record)?;
         let lookup = |name: &str| -> Option<Zeroizing<String>> {
             fields
@@ -82,6 +152,11 @@ impl Vault {
         };
         let request = build_request(&spec, &lookup)?;
         let peer = peer_of(request.uri());
+        // The secret leaves the process only once its release is durable.
+        self.inner
+            .store
+            .commit(Batch::events(vec![request_event(Outcome::Success)]))
+            .await?;
         let answer = http.send(request).await;
         let (result, status, why) = match &answer {
             Err(e) => (
@@ -121,7 +196,7 @@ impl Vault {
             }
         };
         let from = effective_state(&record, Timestamp::now());
-        let target = match result {
+        let to = match result {
             VerifyResult::Valid => Some(LifecycleState::Valid),
             VerifyResult::Invalid => Some(LifecycleState::Invalid),
             VerifyResult::Inconclusive => None,
@@ -129,7 +204,7 @@ impl Vault {
         let mut reason = why;
         let mut after = record.clone();
         let mut mutations = Vec::new();
-        match target {
+        match to {
             Some(to) if to == from => {}
             Some(to) if transition_allowed(from, to) => {
                 // The blob is bound to the version: re-seal it for the new one.
@@ -150,31 +225,53 @@ impl Vault {
             }
             None => {}
         }
-        let mut event = AuditEvent::new(
-            actor.to_string(),
-            "credential.verify",
-            AuditTarget::credential(&record.id, &record.scope),
-        )
-        .outcome(match result {
-            VerifyResult::Valid => Outcome::Success,
-            VerifyResult::Invalid | VerifyResult::Inconclusive => Outcome::Failure,
-        })
-        .detail("result", format!("{result:?}").to_lowercase())
-        .detail("from", from.as_str())
-        .detail("to", effective_state(&after, Timestamp::now()).as_str());
-        if let Some(code) = status {
-            event = event.detail("http_status", code.to_string());
-        }
-        if let Some(reason) = &reason {
-            event = event.detail("reason", reason.clone());
-        }
-        self.inner
+        let result_event = |after: &CredentialRecord, reason: &Option<String>| {
+            let mut event = AuditEvent::new(actor.to_string(), VERIFY, target.clone())
+                .outcome(match result {
+                    VerifyResult::Valid => Outcome::Success,
+                    VerifyResult::Invalid | VerifyResult::Inconclusive => Outcome::Failure,
+                })
+                .detail("step", "result")
+                .detail("result", format!("{result:?}").to_lowercase())
+                .detail("from", from.as_str())
+                .detail("to", effective_state(after, Timestamp::now()).as_str());
+            if let Some(code) = status {
+                event = event.detail("http_status", code.to_string());
+            }
+            if let Some(reason) = reason {
+                event = event.detail("reason", reason.clone());
+            }
+            event
+        };
+        let changing = !mutations.is_empty();
+        let committed = self
+            .inner
             .store
             .commit(Batch {
                 mutations,
-                events: vec![event],
+                events: vec![result_event(&after, &reason)],
             })
-            .await?;
+            .await;
+        match committed {
+            Ok(_) => {}
+            Err(e) if changing && e.kind() == ErrorKind::VersionConflict => {
+                // The credential changed while the request was out: the verdict is about
+                // the version that was sent, so the state stays as the newer version has
+                // it, and the verdict is still recorded.
+                after = match self.inner.store.get(&record.id).await? {
+                    Some(current) => current,
+                    None => record.clone(),
+                };
+                reason = Some(format!(
+                    "the credential changed during the check (now version {}); its state was \
+                     left as it is",
+                    after.version
+                ));
+                let event = result_event(&after, &reason).detail("conflict", "true");
+                self.inner.store.commit(Batch::events(vec![event])).await?;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(Verification {
             result,
             http_status: status,
