@@ -925,6 +925,10 @@ impl Vault {
         actor: &Principal,
         filter: &CredentialFilter,
     ) -> Result<Vec<CredentialInfo>> {
+        actor.validate()?;
+        if let Some(scope) = &filter.scope {
+            scope.validate()?;
+        }
         let store_filter = ListFilter {
             scope: filter.scope.clone(),
             scope_kind: filter.scope_kind,
