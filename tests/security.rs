@@ -95,7 +95,10 @@ async fn a_runtime_cannot_use_another_apps_grant_by_naming_it_in_the_context() {
     assert_eq!(last.event.action, "credential.resolve");
     assert_eq!(last.event.outcome, Outcome::Denied);
     assert_eq!(last.event.actor, "runtime:crm:alice");
-    assert_eq!(last.event.details.get("app").map(String::as_str), Some("crm"));
+    assert_eq!(
+        last.event.details.get("app").map(String::as_str),
+        Some("crm")
+    );
     assert_eq!(
         last.event.details.get("context_app").map(String::as_str),
         Some("blog"),
@@ -171,7 +174,10 @@ async fn every_principal_is_refused_every_context_that_is_not_its_own() {
                 Scope::per_app_shared(app).expect("s"),
             ),
             (owner.clone(), Scope::per_user(user).expect("s")),
-            (owner.clone(), Scope::per_app_per_user(app, user).expect("s")),
+            (
+                owner.clone(),
+                Scope::per_app_per_user(app, user).expect("s"),
+            ),
         ];
         for (creator, scope) in scopes {
             let name = if scope == Scope::SystemWide && app == "crm" {
@@ -300,7 +306,10 @@ async fn a_deployment_never_uses_another_apps_grant() {
     for row in rows(&vault).await {
         if row.event.action == "credential.inject" && row.event.outcome == Outcome::Success {
             assert_eq!(row.event.actor, "runtime:blog:alice");
-            assert_eq!(row.event.details.get("app").map(String::as_str), Some("blog"));
+            assert_eq!(
+                row.event.details.get("app").map(String::as_str),
+                Some("blog")
+            );
         }
     }
 }
@@ -322,7 +331,12 @@ fn poisoned_scopes() -> Vec<(Scope, &'static str)> {
             },
             "/",
         ),
-        (Scope::PerUser { user: "u1:x".into() }, ":"),
+        (
+            Scope::PerUser {
+                user: "u1:x".into(),
+            },
+            ":",
+        ),
         (Scope::PerUser { user: "*".into() }, "*"),
         (
             Scope::PerAppShared {
@@ -377,7 +391,10 @@ async fn poisoned_scopes_are_refused(vault: &Vault) {
         );
         let after = rows(vault).await;
         for row in &after[before..] {
-            assert_eq!(row.event.target.scope, None, "{why}: no poisoned scope in a row");
+            assert_eq!(
+                row.event.target.scope, None,
+                "{why}: no poisoned scope in a row"
+            );
         }
     }
     // Nothing was stored; listing works for everyone; the chain reads back and verifies.
@@ -408,9 +425,14 @@ async fn a_poisoned_scope_is_refused_on_the_sqlite_store_and_the_file_reads_back
     drop(vault);
     // Another handle on the file decodes every row and verifies the chain.
     let store = SqliteStore::open(&path).expect("reopen");
-    let report = strongroom::audit::verify_chain(&store).await.expect("verify");
+    let report = strongroom::audit::verify_chain(&store)
+        .await
+        .expect("verify");
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!(store.audit_range(1, usize::MAX).await.expect("rows").len(), count);
+    assert_eq!(
+        store.audit_range(1, usize::MAX).await.expect("rows").len(),
+        count
+    );
 }
 
 #[cfg(feature = "postgres")]
@@ -451,9 +473,13 @@ fn deserialising_a_scope_checks_its_ids() {
         let err = serde_json::from_str::<Scope>(bad).expect_err(bad);
         assert!(err.to_string().contains("must"), "{bad}: {err}");
     }
-    let ok: Scope = serde_json::from_str(r#"{"kind":"per_app_per_user","app":"crm","user":"bob@example.com"}"#)
-        .expect("valid");
-    assert_eq!(ok, Scope::per_app_per_user("crm", "bob@example.com").expect("s"));
+    let ok: Scope =
+        serde_json::from_str(r#"{"kind":"per_app_per_user","app":"crm","user":"bob@example.com"}"#)
+            .expect("valid");
+    assert_eq!(
+        ok,
+        Scope::per_app_per_user("crm", "bob@example.com").expect("s")
+    );
     assert!(serde_json::from_str::<CredentialId>(r#""a/b""#).is_err());
 }
 
@@ -463,7 +489,10 @@ async fn principals_and_ids_that_print_ambiguously_are_refused() {
     assert!(Scope::per_user("*").is_err());
     assert!(Scope::per_app_shared("a:b").is_err());
     assert!(Principal::parse("app_user:crm:*").is_err());
-    assert!(Principal::parse("runtime:crm:*").is_ok(), "the deploy principal");
+    assert!(
+        Principal::parse("runtime:crm:*").is_ok(),
+        "the deploy principal"
+    );
     let vault = Vault::in_memory().await.expect("vault");
     let owner = p("app_user:crm:u1");
     let info = vault
@@ -575,7 +604,10 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
         )
         .await
         .expect("create");
-    vault.grant_add(&owner, &info.id, "crm").await.expect("grant");
+    vault
+        .grant_add(&owner, &info.id, "crm")
+        .await
+        .expect("grant");
     let resolve = || async {
         vault
             .resolve(
@@ -590,8 +622,14 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
         .set_state(&admin, &info.id, 1, LifecycleState::Invalid, "leaked")
         .await
         .expect("admin disables");
-    assert_eq!(disabled.metadata.get("disabled_by").map(String::as_str), Some("system_admin:root"));
-    assert_eq!(resolve().await.expect_err("disabled").kind(), ErrorKind::Unusable);
+    assert_eq!(
+        disabled.metadata.get("disabled_by").map(String::as_str),
+        Some("system_admin:root")
+    );
+    assert_eq!(
+        resolve().await.expect_err("disabled").kind(),
+        ErrorKind::Unusable
+    );
 
     // The owner rewriting the same fields does not undo it.
     let updated = vault
@@ -608,11 +646,23 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
         .await
         .expect("the owner may still replace the fields");
     assert_eq!(updated.state, LifecycleState::Invalid);
-    assert!(updated.metadata.contains_key("disabled_by"), "kept through a metadata rewrite");
-    assert_eq!(resolve().await.expect_err("still disabled").kind(), ErrorKind::Unusable);
+    assert!(
+        updated.metadata.contains_key("disabled_by"),
+        "kept through a metadata rewrite"
+    );
+    assert_eq!(
+        resolve().await.expect_err("still disabled").kind(),
+        ErrorKind::Unusable
+    );
     // Nor can the owner lift it, or forge or clear the marker.
     let err = vault
-        .set_state(&owner, &info.id, updated.version, LifecycleState::Filled, "mine")
+        .set_state(
+            &owner,
+            &info.id,
+            updated.version,
+            LifecycleState::Filled,
+            "mine",
+        )
         .await
         .expect_err("only an admin lifts it");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
@@ -634,7 +684,13 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
 
     // The admin lifts it: back to filled, usable again.
     let lifted = vault
-        .set_state(&admin, &info.id, updated.version, LifecycleState::Filled, "rotated")
+        .set_state(
+            &admin,
+            &info.id,
+            updated.version,
+            LifecycleState::Filled,
+            "rotated",
+        )
         .await
         .expect("admin lifts");
     assert_eq!(lifted.state, LifecycleState::Filled);
@@ -643,7 +699,13 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
 
     // The owner's own `invalid` is the owner's to undo (by new fields), as before.
     let own = vault
-        .set_state(&owner, &info.id, lifted.version, LifecycleState::Invalid, "mine")
+        .set_state(
+            &owner,
+            &info.id,
+            lifted.version,
+            LifecycleState::Invalid,
+            "mine",
+        )
         .await
         .expect("owner disables");
     assert!(!own.metadata.contains_key("disabled_by"));
@@ -680,7 +742,10 @@ async fn a_second_soft_revoke_keeps_the_first_revoker() {
         )
         .await
         .expect("create");
-    vault.grant_add(&owner, &info.id, "crm").await.expect("grant");
+    vault
+        .grant_add(&owner, &info.id, "crm")
+        .await
+        .expect("grant");
     vault
         .grant_revoke(&owner, &info.id, "crm", false)
         .await
@@ -698,7 +763,10 @@ async fn a_second_soft_revoke_keeps_the_first_revoker() {
     assert_eq!(last.event.action, "grant.revoke");
     assert_eq!(last.event.actor, "system_admin:root");
     assert_eq!(
-        last.event.details.get("already_revoked_by").map(String::as_str),
+        last.event
+            .details
+            .get("already_revoked_by")
+            .map(String::as_str),
         Some("app_user:crm:u1")
     );
 }
@@ -727,7 +795,10 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
         )
         .await
         .expect("create");
-    vault.grant_add(&owner, &info.id, "crm").await.expect("grant");
+    vault
+        .grant_add(&owner, &info.id, "crm")
+        .await
+        .expect("grant");
     let slots = Slots::new().declare("brain", llm_slot());
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     let manifest = compile("crm", &config, &slots, &vault.catalog()).expect("compiles");
@@ -749,7 +820,10 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
         assert!(is_injected(&e), "{what}: {e}");
         assert!(!e.to_string().contains(CANARY), "{what}: {e}");
     };
-    check("reveal", vault.reveal(&owner, &info.id).await.expect_err("reveal"));
+    check(
+        "reveal",
+        vault.reveal(&owner, &info.id).await.expect_err("reveal"),
+    );
     check(
         "resolve",
         vault
@@ -759,7 +833,10 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     );
     check(
         "session start",
-        deployment.start_session("alice").await.expect_err("session"),
+        deployment
+            .start_session("alice")
+            .await
+            .expect_err("session"),
     );
     check(
         "resolve_slot",
@@ -809,7 +886,10 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
         .iter()
         .filter(|r| r.event.action == "credential.resolve" && r.event.outcome == Outcome::Success)
         .count();
-    assert_eq!(released, resolve_rows, "one durable row per secret released");
+    assert_eq!(
+        released, resolve_rows,
+        "one durable row per secret released"
+    );
     assert!(released > 0 && released < 60);
     faults.fail_every(0);
     assert!(vault.audit().verify().await.expect("verify").is_ok());

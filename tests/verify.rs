@@ -1,10 +1,13 @@
 //! Live verification against a real HTTP server on 127.0.0.1 that speaks the mock provider's
 //! documented API (`GET {base_url}/v1/verify` with `Authorization: Bearer <key>`): success,
 //! 401, 403, 500, a closed port, and proof that a request carries only the verified
-//! credential's own fields.
+//! credential's own fields; the release row committed before anything is sent (and nothing
+//! sent without it), a late conflict recorded, and a non-owner held to the bundled endpoint.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use strongroom::audit::Outcome;
 use strongroom::model::LifecycleState;
@@ -457,4 +460,283 @@ async fn verification_needs_the_right_to_change_state_and_a_transport() {
         .await
         .expect_err("no transport");
     assert!(err.to_string().contains("VaultBuilder::http"), "{err}");
+}
+
+/// A transport that, while the request is out, lets the same admin move the credential on
+/// (as a second console would), after checking that the release row is already durable.
+#[derive(Debug)]
+struct Meddling {
+    inner: ReqwestTransport,
+    vault: OnceLock<Vault>,
+    id: OnceLock<CredentialId>,
+    release_row_seen: Mutex<Option<bool>>,
+}
+
+#[async_trait::async_trait]
+impl strongroom::transport::HttpTransport for Meddling {
+    async fn send(
+        &self,
+        request: http::Request<strongroom::transport::Bytes>,
+    ) -> strongroom::Result<http::Response<strongroom::transport::Bytes>> {
+        let vault = self.vault.get().expect("vault set");
+        let id = self.id.get().expect("id set");
+        let last = vault.store().audit_range(1, usize::MAX).await?.pop();
+        let durable = last.is_some_and(|r| {
+            r.event.action == "credential.verify"
+                && r.event.details.get("step").map(String::as_str) == Some("request")
+        });
+        *self.release_row_seen.lock().expect("lock") = Some(durable);
+        let info = vault.get(&admin(), id).await?;
+        vault
+            .set_state(
+                &admin(),
+                id,
+                info.version,
+                LifecycleState::Expired,
+                "meanwhile",
+            )
+            .await?;
+        self.inner.send(request).await
+    }
+}
+
+#[tokio::test]
+async fn the_release_row_is_durable_before_the_request_and_a_late_conflict_is_recorded() {
+    let api = MockApi::start().await;
+    let transport = Arc::new(Meddling {
+        inner: ReqwestTransport::new().expect("client"),
+        vault: OnceLock::new(),
+        id: OnceLock::new(),
+        release_row_seen: Mutex::new(None),
+    });
+    let vault = Vault::builder()
+        .store(Arc::new(MemoryStore::new()))
+        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
+        .http(transport.clone())
+        .build()
+        .await
+        .expect("vault");
+    let id = mock_credential(&vault, "raced", GOOD_KEY, &api.base).await;
+    transport.vault.set(vault.clone()).expect("once");
+    transport.id.set(id.clone()).expect("once");
+
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("the verdict comes back");
+    assert_eq!(
+        *transport.release_row_seen.lock().expect("lock"),
+        Some(true),
+        "the release row was committed before the request went out"
+    );
+    assert_eq!(v.result, VerifyResult::Valid);
+    assert_eq!(
+        v.state,
+        LifecycleState::Expired,
+        "the newer version's state stands"
+    );
+    assert_eq!(v.version, 2);
+    assert!(
+        v.reason.as_deref().is_some_and(|r| r.contains("changed")),
+        "{v:?}"
+    );
+    assert_eq!(api.requests().len(), 1);
+
+    // Both rows are there: the release, then the verdict marked as a conflict.
+    let rows = vault
+        .store()
+        .audit_range(1, usize::MAX)
+        .await
+        .expect("rows");
+    let verify: Vec<_> = rows
+        .iter()
+        .filter(|r| r.event.action == "credential.verify")
+        .collect();
+    assert_eq!(verify.len(), 2, "{verify:?}");
+    assert_eq!(verify[0].event.details["step"], "request");
+    assert_eq!(verify[0].event.details["version"], "1");
+    assert_eq!(verify[1].event.details["step"], "result");
+    assert_eq!(verify[1].event.details["result"], "valid");
+    assert_eq!(verify[1].event.details["conflict"], "true");
+    assert!(verify[0].seq < verify[1].seq);
+    assert!(vault.audit().verify().await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn nothing_is_sent_when_the_release_row_cannot_commit() {
+    let api = MockApi::start().await;
+    let faults = common::FaultStore::new(Arc::new(MemoryStore::new()));
+    let vault = Vault::builder()
+        .store(faults.clone())
+        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
+        .http(Arc::new(ReqwestTransport::new().expect("client")))
+        .build()
+        .await
+        .expect("vault");
+    let id = mock_credential(&vault, "closed", GOOD_KEY, &api.base).await;
+    faults.fail_commits(true);
+    let err = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect_err("no row, no request");
+    assert!(err.to_string().contains(common::INJECTED), "{err}");
+    assert!(api.requests().is_empty(), "the secret never left");
+    // With the first row durable and the verdict's row failing, the caller hears of it.
+    faults.fail_after(1);
+    let err = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect_err("the verdict's row failed");
+    assert!(err.to_string().contains(common::INJECTED), "{err}");
+    assert_eq!(api.requests().len(), 1);
+}
+
+/// A drop-in that re-points `mockprovider`'s check, and a provider that exists only there.
+fn overriding_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("mockprovider.toml"),
+        r#"
+[provider]
+name = "mockprovider"
+display_name = "Mock provider (re-pointed)"
+handler_type = "api_key"
+
+[[fields]]
+name = "api_key"
+label = "Key"
+prefix_check = "mock-"
+required = true
+
+[[fields]]
+name = "base_url"
+label = "Base"
+
+[verify]
+endpoint = "{base_url}/stolen/v1/verify"
+auth_template = "Authorization: Bearer {api_key}"
+success_codes = [200]
+"#,
+    )
+    .expect("write override");
+    std::fs::write(
+        dir.path().join("onlyhere.toml"),
+        r#"
+[provider]
+name = "onlyhere"
+display_name = "Drop-in only"
+handler_type = "api_key"
+
+[[fields]]
+name = "api_key"
+label = "Key"
+required = true
+
+[[fields]]
+name = "base_url"
+label = "Base"
+
+[verify]
+endpoint = "{base_url}/v1/verify"
+auth_template = "Authorization: Bearer {api_key}"
+success_codes = [200]
+"#,
+    )
+    .expect("write drop-in");
+    dir
+}
+
+#[tokio::test]
+async fn a_non_owner_is_sent_to_the_bundled_endpoint_never_an_override() {
+    let api = MockApi::start().await;
+    let dir = overriding_folder();
+    let vault = vault_with(Some(dir.path())).await;
+    assert!(
+        vault.catalog().problems().is_empty(),
+        "{:?}",
+        vault.catalog().problems()
+    );
+    let owner = Principal::parse("app_user:crm:u1").expect("principal");
+    let create = |provider: &'static str| {
+        let vault = vault.clone();
+        let owner = owner.clone();
+        let base = api.base.clone();
+        async move {
+            vault
+                .create(
+                    &owner,
+                    NewCredential::new(
+                        provider,
+                        Scope::per_user("u1").expect("scope"),
+                        provider,
+                        "",
+                        fields(&[("api_key", GOOD_KEY), ("base_url", &base)]),
+                    ),
+                )
+                .await
+                .expect("create")
+                .id
+        }
+    };
+    let id = create("mockprovider").await;
+
+    // The admin may check a user's credential, but only where the bundled file points.
+    let v = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect("admin verifies");
+    assert_eq!(v.result, VerifyResult::Valid);
+    let seen = api.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].starts_with("GET /v1/verify "), "{}", seen[0]);
+    let release = |vault: &Vault| {
+        let vault = vault.clone();
+        async move {
+            vault
+                .store()
+                .audit_range(1, usize::MAX)
+                .await
+                .expect("rows")
+                .into_iter()
+                .rev()
+                .find(|r| r.event.details.get("step").map(String::as_str) == Some("request"))
+                .expect("a release row")
+                .event
+        }
+    };
+    let row = release(&vault).await;
+    assert_eq!(row.details["provider_source"], "bundled:mockprovider.toml");
+    assert_eq!(row.details["override"], "ignored (not the owner)");
+
+    // The owner's own check follows the folder (its secret, its choice), and says so.
+    vault
+        .test_live_connection(&owner, &id)
+        .await
+        .expect("owner verifies");
+    let seen = api.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].starts_with("GET /stolen/v1/verify "), "{}", seen[1]);
+    let row = release(&vault).await;
+    assert_eq!(row.details["override"], "used");
+    assert!(row.details["provider_source"].ends_with("mockprovider.toml"));
+    assert!(!row.details["provider_source"].starts_with("bundled:"));
+
+    // A provider only the folder defines: the admin is refused, nothing is sent.
+    let only = create("onlyhere").await;
+    let err = vault
+        .test_live_connection(&admin(), &only)
+        .await
+        .expect_err("no bundled endpoint to fall back on");
+    assert_eq!(err.kind(), strongroom::ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("drop-in"), "{err}");
+    assert_eq!(api.requests().len(), 2);
+    let last = vault
+        .store()
+        .audit_range(1, usize::MAX)
+        .await
+        .expect("rows")
+        .pop()
+        .expect("row");
+    assert_eq!(last.event.outcome, Outcome::Denied);
+    assert_eq!(last.event.action, "credential.verify");
 }

@@ -66,10 +66,7 @@ impl Vault {
             let mut stamp = ReadStamp::UNCHECKED;
             let mut records = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                match self
-                    .lookup(actor, item.reference, &scopes[i], fresh)
-                    .await
-                {
+                match self.lookup(actor, item.reference, &scopes[i], fresh).await {
                     Ok((record, s)) => {
                         stamp = stamp.and(s);
                         records.push(record);

@@ -16,7 +16,8 @@ use crate::crypto::{key_wrapper_from_env, KeyRing, KeyWrapper, LocalKey};
 use crate::error::{Error, Result};
 use crate::handlers::{CredentialHandler, HandlerRegistry};
 use crate::model::{
-    validate_id, validate_owner_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+    validate_id, validate_owner_id, CredentialId, CredentialRecord, Grant, LifecycleState, Scope,
+    ScopeKind, Timestamp,
 };
 use crate::store::{
     stale_read, Batch, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Store,
@@ -515,7 +516,11 @@ fn check_fields(fields: &BTreeMap<String, SecretString>) -> Result<()> {
 /// A caller-supplied text for an audit detail or a message: control characters escaped,
 /// at most 256 characters kept.
 fn printable(text: &str) -> String {
-    let mut out: String = text.chars().take(256).flat_map(char::escape_debug).collect();
+    let mut out: String = text
+        .chars()
+        .take(256)
+        .flat_map(char::escape_debug)
+        .collect();
     if text.chars().count() > 256 {
         out.push('…');
     }
@@ -536,7 +541,11 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
 /// Is `actor` the credential's owner, in the sense that it may read the secret itself? An
 /// owner may send its own secret anywhere; anyone else acts on it only within limits.
 fn is_owner(actor: &Principal, scope: &Scope) -> bool {
-    policy::allows(actor.role(), Action::Reveal, Relation::of(actor, Some(scope)))
+    policy::allows(
+        actor.role(),
+        Action::Reveal,
+        Relation::of(actor, Some(scope)),
+    )
 }
 
 impl Vault {
@@ -1073,7 +1082,11 @@ impl Vault {
     }
 
     /// Refuses (and audits) a resolve whose context is not the principal's own app and user.
-    pub(crate) async fn check_context(&self, actor: &Principal, ctx: &ResolveContext) -> Result<()> {
+    pub(crate) async fn check_context(
+        &self,
+        actor: &Principal,
+        ctx: &ResolveContext,
+    ) -> Result<()> {
         actor.validate()?;
         if ctx.belongs_to(actor) {
             return Ok(());
@@ -1256,7 +1269,9 @@ impl Vault {
         if lift {
             record.metadata.remove(DISABLED_BY);
         } else if to == LifecycleState::Invalid && !owner {
-            record.metadata.insert(DISABLED_BY.into(), actor.to_string());
+            record
+                .metadata
+                .insert(DISABLED_BY.into(), actor.to_string());
         }
         record.state = to;
         record.version += 1;

@@ -139,7 +139,8 @@ impl Vault {
         {
             Ok(plain) => plain,
             Err(e) => {
-                let event = request_event(Outcome::Failure).detail("error", format!("{:?}", e.kind()));
+                let event =
+                    request_event(Outcome::Failure).detail("error", format!("{:?}", e.kind()));
                 self.inner.store.commit(Batch::events(vec![event])).await?;
                 return Err(e);
             }
