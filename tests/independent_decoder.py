@@ -1,8 +1,21 @@
 #!/usr/bin/env python3
-"""An independent decoder for strongroom's sealed-blob format v1, written from docs/FORMAT.md
-alone (Python's `cryptography` package, no strongroom code). It decodes every known-answer
-vector in tests/data/envelope_vectors.json, checks the plaintext, and checks that a tampered
-copy is refused. CI runs it; it prints '<n> passed, <m> failed' and exits non-zero on failure.
+"""An independent decoder and encoder for strongroom's sealed-blob format v1 (local-key
+backend), written from docs/FORMAT.md alone (Python's `cryptography` package, no strongroom
+code).
+
+    python3 tests/independent_decoder.py
+        What CI runs. Decodes every vector in tests/data/envelope_vectors.json (written by the
+        Rust encoder) and tests/data/envelope_vectors_python.json (written by this file),
+        checks the plaintext, checks that a tampered copy and a copy read as another version
+        are refused, and checks that the encoder below reproduces every blob of both files
+        byte for byte (and the Python file as a whole). Prints '<n> passed, <m> failed' and
+        exits non-zero on failure.
+
+    python3 tests/independent_decoder.py --write-python-vectors
+        Rewrites tests/data/envelope_vectors_python.json from PYTHON_CASES. Only for a
+        deliberate change to the cases; the blobs of existing cases must not change.
+
+The Rust side opens every vector of the Python file with its reader (tests/envelope.rs).
 """
 import hashlib
 import hmac
@@ -13,6 +26,14 @@ import sys
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+VERSION = 0x01
+FLAGS = 0x01  # bit 0: key commitment present
+BACKEND_LOCAL = 0x01
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUST_VECTORS = os.path.join(HERE, "data", "envelope_vectors.json")
+PYTHON_VECTORS = os.path.join(HERE, "data", "envelope_vectors_python.json")
+
 
 def lp(b: bytes) -> bytes:
     return struct.pack(">I", len(b)) + b
@@ -22,8 +43,46 @@ def identity(credential_id, scope_kind, owner, version):
     return lp(credential_id.encode()) + lp(scope_kind.encode()) + lp(owner.encode()) + struct.pack(">Q", version)
 
 
+def local_key_id(master: bytes) -> str:
+    return "local:" + hashlib.sha256(b"strongroom/key-id/v1" + master).digest()[:8].hex()
+
+
+def wrap_aad(ident: bytes, version=VERSION, flags=FLAGS, backend=BACKEND_LOCAL) -> bytes:
+    return b"strongroom/wrap/v1" + bytes([version, flags, backend]) + ident
+
+
+def data_aad(ident: bytes, version=VERSION, flags=FLAGS) -> bytes:
+    return b"strongroom/data/v1" + bytes([version, flags]) + ident
+
+
+def synthetic_wrap_nonce(master: bytes, aad: bytes, dek: bytes) -> bytes:
+    prk = hmac.new(b"strongroom/derive/v1", master, hashlib.sha256).digest()  # HKDF-Extract
+    nonce_key = hmac.new(prk, b"strongroom local wrap nonce v1" + b"\x01", hashlib.sha256).digest()  # HKDF-Expand
+    return hmac.new(nonce_key, aad + dek, hashlib.sha256).digest()[:12]
+
+
+def commitment(dek: bytes, nonce: bytes) -> bytes:
+    return hashlib.sha256(b"strongroom/commit/v1" + dek + nonce).digest()
+
+
+def encode(master: bytes, ident: bytes, dek: bytes, nonce: bytes, plaintext: bytes) -> bytes:
+    """Seals `plaintext` for the record `ident` under a local master key, with the given data
+    key and payload nonce (a real writer draws both at random; vectors fix them)."""
+    if len(master) != 32 or len(dek) != 32 or len(nonce) != 12:
+        raise ValueError("master key and DEK are 32 bytes, the nonce 12")
+    key_id = local_key_id(master).encode()
+    w_aad = wrap_aad(ident)
+    wrap_nonce = synthetic_wrap_nonce(master, w_aad, dek)
+    backend_bytes = wrap_nonce + AESGCM(master).encrypt(wrap_nonce, dek, w_aad)
+    assert len(backend_bytes) == 60
+    section = bytes([len(key_id)]) + key_id + backend_bytes
+    header = bytes([VERSION, FLAGS, BACKEND_LOCAL]) + struct.pack(">H", len(section))
+    payload = AESGCM(dek).encrypt(nonce, plaintext, data_aad(ident))
+    return header + section + nonce + commitment(dek, nonce) + payload
+
+
 def decode(blob: bytes, master: bytes, ident: bytes):
-    if len(blob) < 5 or blob[0] != 1 or blob[1] != 1:
+    if len(blob) < 5 or blob[0] != VERSION or blob[1] != FLAGS:
         raise ValueError("bad header")
     version, flags, backend = blob[0], blob[1], blob[2]
     w = struct.unpack(">H", blob[3:5])[0]
@@ -36,55 +95,155 @@ def decode(blob: bytes, master: bytes, ident: bytes):
     key_id = section[1:1 + l].decode("utf-8")
     backend_bytes = section[1 + l:]
     nonce = blob[5 + w:17 + w]
-    commitment = blob[17 + w:49 + w]
+    commit = blob[17 + w:49 + w]
     ct = blob[49 + w:]
-    expected_id = "local:" + hashlib.sha256(b"strongroom/key-id/v1" + master).digest()[:8].hex()
-    if backend != 1 or key_id != expected_id or len(backend_bytes) != 60:
+    if backend != BACKEND_LOCAL or key_id != local_key_id(master) or len(backend_bytes) != 60:
         raise ValueError("not wrapped by this local key")
-    wrap_aad = b"strongroom/wrap/v1" + bytes([version, flags, backend]) + ident
-    dek = AESGCM(master).decrypt(backend_bytes[:12], backend_bytes[12:], wrap_aad)
+    w_aad = wrap_aad(ident, version, flags, backend)
+    dek = AESGCM(master).decrypt(backend_bytes[:12], backend_bytes[12:], w_aad)
     # A writer derives the wrap nonce (SIV); check it, proving the writer rule is documented too.
-    prk = hmac.new(b"strongroom/derive/v1", master, hashlib.sha256).digest()
-    nonce_key = hmac.new(prk, b"strongroom local wrap nonce v1" + b"\x01", hashlib.sha256).digest()
-    if hmac.new(nonce_key, wrap_aad + dek, hashlib.sha256).digest()[:12] != backend_bytes[:12]:
+    if synthetic_wrap_nonce(master, w_aad, dek) != backend_bytes[:12]:
         raise ValueError("wrap nonce is not the documented synthetic nonce")
-    mine = hashlib.sha256(b"strongroom/commit/v1" + dek + nonce).digest()
-    if not hmac.compare_digest(mine, commitment):
+    if not hmac.compare_digest(commitment(dek, nonce), commit):
         raise ValueError("commitment mismatch")
-    data_aad = b"strongroom/data/v1" + bytes([version, flags]) + ident
-    return AESGCM(dek).decrypt(nonce, ct, data_aad)
+    return AESGCM(dek).decrypt(nonce, ct, data_aad(ident, version, flags))
 
 
-def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "data", "envelope_vectors.json")) as f:
-        doc = json.load(f)
-    passed = failed = 0
-    for v in doc["vectors"]:
-        master = bytes.fromhex(v["master_key_hex"])
-        blob = bytes.fromhex(v["blob_hex"])
-        ident = identity(v["credential_id"], v["scope_kind"], v["owner"], v["version"])
-        checks = []
+# The cases of tests/data/envelope_vectors_python.json. Keys, data keys and nonces are fixed
+# test patterns (described in PYTHON_DESCRIPTION), never random draws.
+MASTER_ASCENDING = bytes(range(0x20, 0x40))  # 20 21 ... 3f
+MASTER_DESCENDING = bytes(range(0xFF, 0xDF, -1))  # ff fe ... e0
+
+PYTHON_CASES = [
+    # (name, master key, credential id, scope kind, owner, version, plaintext)
+    ("python: empty payload, per_app_shared", MASTER_ASCENDING,
+     "py-0001", "per_app_shared", "billing", 1, b""),
+    ("python: JSON fields, per_app_per_user", MASTER_ASCENDING,
+     "py-0002", "per_app_per_user", "crm/carol@example.org", 7,
+     json.dumps({"password": "correct horse battery staple", "totp_seed": "JBSWY3DPEHPK3PXP"},
+                separators=(",", ":")).encode()),
+    ("python: 300-byte binary payload, per_agent, version 2^64-1", MASTER_ASCENDING,
+     "0190f00d-0000-7000-8000-00000000beef", "per_agent", "agent-42", 2**64 - 1,
+     bytes(255 - (i % 256) for i in range(300))),
+    ("python: unicode owner, per_user, version 2^32", MASTER_ASCENDING,
+     "py-0004", "per_user", "zoë-Ωμέγα-用户", 2**32, "pässwörd-🔑".encode()),
+    ("python: one-block payload, system_wide, version 2^63, second master key", MASTER_DESCENDING,
+     "py-0005", "system_wide", "", 2**63, b"0123456789abcdef"),
+    ("python: 1000-byte payload, per_app_per_user with unicode app and user", MASTER_DESCENDING,
+     "py-0006", "per_app_per_user", "café/josé", 256,
+     bytes(b"strongroom-"[i % 11] for i in range(1000))),
+]
+
+PYTHON_DESCRIPTION = (
+    "strongroom envelope format v1 vectors encoded by tests/independent_decoder.py "
+    "(Python `cryptography`, written from docs/FORMAT.md without strongroom code); the Rust "
+    "reader must open every one (tests/envelope.rs). master_key_hex, dek_hex and nonce_hex are "
+    "fixed test patterns chosen by the Python encoder, not random draws: the master keys are "
+    "20 21 ... 3f and ff fe ... e0; for the case at index i (from 0), DEK byte j is "
+    "(0x40 + 16*i + j) mod 256 and nonce byte j is (0xb0 + 16*i + j) mod 256. "
+    "Regenerate with `python3 tests/independent_decoder.py --write-python-vectors`."
+)
+
+
+def dek_pattern(i: int) -> bytes:
+    return bytes((0x40 + 16 * i + j) % 256 for j in range(32))
+
+
+def nonce_pattern(i: int) -> bytes:
+    return bytes((0xB0 + 16 * i + j) % 256 for j in range(12))
+
+
+def python_vectors_document() -> dict:
+    vectors = []
+    for i, (name, master, cid, kind, owner, version, plaintext) in enumerate(PYTHON_CASES):
+        dek, nonce = dek_pattern(i), nonce_pattern(i)
+        blob = encode(master, identity(cid, kind, owner, version), dek, nonce, plaintext)
+        vectors.append({
+            "name": name,
+            "master_key_hex": master.hex(),
+            "master_key_id": local_key_id(master),
+            "credential_id": cid,
+            "scope_kind": kind,
+            "owner": owner,
+            "version": version,
+            "dek_hex": dek.hex(),
+            "nonce_hex": nonce.hex(),
+            "plaintext_hex": plaintext.hex(),
+            "blob_hex": blob.hex(),
+        })
+    return {"description": PYTHON_DESCRIPTION, "vectors": vectors}
+
+
+def python_vectors_text() -> str:
+    return json.dumps(python_vectors_document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def check_vector(v) -> list:
+    """Decode, tamper and re-encode checks for one vector; a list of (label, ok)."""
+    master = bytes.fromhex(v["master_key_hex"])
+    blob = bytes.fromhex(v["blob_hex"])
+    ident = identity(v["credential_id"], v["scope_kind"], v["owner"], v["version"])
+    checks = [("key id", local_key_id(master) == v["master_key_id"])]
+    try:
+        checks.append(("decodes", decode(blob, master, ident) == bytes.fromhex(v["plaintext_hex"])))
+    except Exception as e:  # noqa: BLE001
+        checks.append((f"decodes ({e})", False))
+    tampered = bytearray(blob)
+    tampered[-1] ^= 1
+    other = identity(v["credential_id"], v["scope_kind"], v["owner"], v["version"] + 1 if v["version"] < 2**64 - 1 else 0)
+    for label, b, i in (("tampered tag refused", bytes(tampered), ident), ("other version refused", blob, other)):
         try:
-            checks.append(("decodes", decode(blob, master, ident) == bytes.fromhex(v["plaintext_hex"])))
-        except Exception as e:  # noqa: BLE001
-            checks.append((f"decodes ({e})", False))
-        tampered = bytearray(blob)
-        tampered[-1] ^= 1
-        other = identity(v["credential_id"], v["scope_kind"], v["owner"], v["version"] + 1 if v["version"] < 2**64 - 1 else 0)
-        for label, b, i in (("tampered tag refused", bytes(tampered), ident), ("other version refused", blob, other)):
-            try:
-                decode(b, master, i)
-                checks.append((label, False))
-            except Exception:  # noqa: BLE001
-                checks.append((label, True))
-        for label, ok in checks:
-            print(f"{'ok  ' if ok else 'FAIL'} {v['name']}: {label}")
-            passed += ok
-            failed += not ok
+            decode(b, master, i)
+            checks.append((label, False))
+        except Exception:  # noqa: BLE001
+            checks.append((label, True))
+    try:
+        mine = encode(master, ident, bytes.fromhex(v["dek_hex"]), bytes.fromhex(v["nonce_hex"]),
+                      bytes.fromhex(v["plaintext_hex"]))
+        checks.append(("encoder reproduces the blob byte for byte", mine.hex() == v["blob_hex"]))
+    except Exception as e:  # noqa: BLE001
+        checks.append((f"encodes ({e})", False))
+    return checks
+
+
+def main(argv):
+    if argv[1:] == ["--write-python-vectors"]:
+        with open(PYTHON_VECTORS, "w", encoding="utf-8") as f:
+            f.write(python_vectors_text())
+        print(f"wrote {len(PYTHON_CASES)} vectors to {os.path.relpath(PYTHON_VECTORS)}")
+        return 0
+    if argv[1:]:
+        print(__doc__, file=sys.stderr)
+        return 2
+
+    passed = failed = 0
+
+    def record(label, ok):
+        nonlocal passed, failed
+        print(f"{'ok  ' if ok else 'FAIL'} {label}")
+        passed += bool(ok)
+        failed += not ok
+
+    for path in (RUST_VECTORS, PYTHON_VECTORS):
+        source = os.path.basename(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            doc = json.loads(text)
+        except (OSError, ValueError) as e:
+            record(f"{source}: readable ({e})", False)
+            continue
+        record(f"{source}: has vectors", len(doc.get("vectors", [])) >= 4)
+        for v in doc.get("vectors", []):
+            for label, ok in check_vector(v):
+                record(f"{source}: {v['name']}: {label}", ok)
+        if path == PYTHON_VECTORS:
+            record(f"{source}: the file is exactly what --write-python-vectors writes",
+                   text == python_vectors_text())
+
     print(f"decoder: {passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv))

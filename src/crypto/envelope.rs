@@ -368,7 +368,10 @@ pub(crate) fn rebuild_with_wrapped(
 #[cfg(test)]
 mod known_answers {
     //! The vectors in `tests/data/envelope_vectors.json` are produced by this exact code path
-    //! with fixed randomness; this test pins the encoder to them byte for byte.
+    //! (`regenerate_vectors`), with fixed test patterns in place of the random data key and
+    //! nonce; the vectors in `tests/data/envelope_vectors_python.json` are produced by the
+    //! independent Python encoder in `tests/independent_decoder.py`. This encoder must
+    //! reproduce both files byte for byte.
     use super::*;
     use crate::crypto::LocalKey;
     use crate::model::{Scope, ScopeKind};
@@ -437,19 +440,44 @@ mod known_answers {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/envelope_vectors.json"
     );
+    const PYTHON_PATH: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/envelope_vectors_python.json"
+    );
+    /// Set to `1` to let `regenerate_vectors` rewrite [`PATH`].
+    const REGENERATE_VAR: &str = "STRONGROOM_REGENERATE_VECTORS";
+    const DESCRIPTION: &str = "strongroom envelope format v1 known-answer vectors, written by \
+                               the Rust encoder (regenerate_vectors in src/crypto/envelope.rs); \
+                               see docs/FORMAT.md. master_key_hex, dek_hex and nonce_hex are \
+                               fixed test patterns, not random draws: the master key is 00 01 \
+                               ... 1f, and for the case at index i (from 0) every DEK byte is \
+                               0xa0+i and every nonce byte 0xc0+i. A real seal draws the DEK \
+                               and nonce from the operating system.";
 
     #[test]
     fn encoder_reproduces_the_known_answer_vectors() {
-        let text = std::fs::read_to_string(PATH).expect("vectors file");
-        let vectors: Vectors = serde_json::from_str(&text).expect("vectors parse");
-        assert!(vectors.vectors.len() >= 4);
-        for v in &vectors.vectors {
-            assert_eq!(encode(v), v.blob_hex, "vector `{}`", v.name);
+        for path in [PATH, PYTHON_PATH] {
+            let text = std::fs::read_to_string(path).expect("vectors file");
+            let vectors: Vectors = serde_json::from_str(&text).expect("vectors parse");
+            assert!(vectors.vectors.len() >= 4, "{path}");
+            for v in &vectors.vectors {
+                assert_eq!(encode(v), v.blob_hex, "{path}: vector `{}`", v.name);
+            }
         }
     }
 
-    /// Writes the vectors file: `cargo test --lib regenerate_vectors -- --ignored`.
-    /// Only for a deliberate format change (which also needs a new format version).
+    /// Rebuilds `tests/data/envelope_vectors.json` from the cases below. Run alone, or by
+    /// `cargo test -- --include-ignored`, it only compares the file with what the cases
+    /// produce and writes nothing. It rewrites the file only when the environment variable
+    /// `STRONGROOM_REGENERATE_VECTORS` is `1`:
+    ///
+    /// ```text
+    /// STRONGROOM_REGENERATE_VECTORS=1 cargo test --lib regenerate_vectors -- --ignored
+    /// ```
+    ///
+    /// Only for a deliberate format change (which also needs a new format version); check
+    /// the result against the independent Python decoder (`python3 tests/independent_decoder.py`),
+    /// which must still pass.
     #[test]
     #[ignore]
     fn regenerate_vectors() {
@@ -521,15 +549,21 @@ mod known_answers {
             })
             .collect();
         let doc = Vectors {
-            description: "strongroom envelope format v1 known-answer vectors; see docs/FORMAT.md. \
-                          dek and nonce are the random values the encoder drew."
-                .into(),
+            description: DESCRIPTION.into(),
             vectors,
         };
-        std::fs::write(
-            PATH,
-            serde_json::to_string_pretty(&doc).expect("json") + "\n",
-        )
-        .expect("write vectors");
+        let text = serde_json::to_string_pretty(&doc).expect("json") + "\n";
+        if std::env::var_os(REGENERATE_VAR).is_some_and(|v| v == "1") {
+            std::fs::write(PATH, text).expect("write vectors");
+            println!("{REGENERATE_VAR}=1: rewrote {PATH}");
+            return;
+        }
+        println!("{REGENERATE_VAR} is not 1: comparing {PATH}, not writing it");
+        let on_disk = std::fs::read_to_string(PATH).expect("vectors file");
+        assert!(
+            on_disk == text,
+            "{PATH} differs from what the cases produce; if the change is deliberate, rerun \
+             with {REGENERATE_VAR}=1 to rewrite it"
+        );
     }
 }
