@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
-
-use super::{decode_fields, is_stale, policy, Action, Principal, Relation, Vault, STALE_RETRIES};
-use crate::audit::{AuditEvent, AuditTarget, Outcome};
+use super::unseal::Release;
+use super::{is_stale, policy, Action, Principal, Relation, Vault, STALE_RETRIES};
+use crate::audit::{AuditEvent, AuditTarget};
 use crate::error::Error;
 use crate::handlers::Fields;
 use crate::model::CredentialRecord;
-use crate::store::{Batch, ReadStamp};
+use crate::store::ReadStamp;
 use crate::vault::{CredentialRef, ResolveContext};
 
 /// One reference of a batch, with the details its audit row carries (block, slot).
@@ -78,55 +77,34 @@ impl Vault {
                     Err(e) => return Err((i, e)),
                 }
             }
-            let mut out = Vec::with_capacity(items.len());
-            let mut events = Vec::with_capacity(items.len());
-            for (i, (item, record)) in items.iter().zip(records).enumerate() {
-                let target = AuditTarget::credential(&record.id, &record.scope);
-                let mut event = AuditEvent::new(actor.to_string(), action, target)
-                    .detail("app", ctx.app.clone());
-                for (k, v) in &item.details {
-                    event = event.detail(*k, v.clone());
-                }
-                let fields = match reuse(i, &record) {
-                    Some(fields) => fields,
-                    None => {
-                        let opened = match self
-                            .inner
-                            .keys
-                            .open(&record.sealed, &record.identity())
-                            .await
-                        {
-                            Ok(plain) => decode_fields(plain.expose_secret(), &record),
-                            Err(e) => Err(e),
-                        };
-                        match opened {
-                            Ok(fields) => Arc::new(fields),
-                            Err(e) => {
-                                let event = event
-                                    .outcome(Outcome::Failure)
-                                    .detail("error", format!("{:?}", e.kind()));
-                                self.inner
-                                    .store
-                                    .commit_checked(Batch::events(vec![event]), stamp)
-                                    .await
-                                    .map_err(|e| (i, e))?;
-                                return Err((i, e));
-                            }
-                        }
+            let releases = items
+                .iter()
+                .zip(&records)
+                .enumerate()
+                .map(|(i, (item, record))| {
+                    let target = AuditTarget::credential(&record.id, &record.scope);
+                    let mut event = AuditEvent::new(actor.to_string(), action, target)
+                        .detail("app", ctx.app.clone());
+                    for (k, v) in &item.details {
+                        event = event.detail(*k, v.clone());
                     }
-                };
-                events.push(event);
-                out.push(Released { record, fields });
-            }
-            match self
-                .inner
-                .store
-                .commit_checked(Batch::events(events), stamp)
-                .await
-            {
-                Ok(_) => return Ok(out),
-                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
-                Err(e) => return Err((0, e)),
+                    Release {
+                        record,
+                        event,
+                        held: reuse(i, record),
+                    }
+                })
+                .collect();
+            match self.release(releases, stamp).await {
+                Ok(fields) => {
+                    return Ok(records
+                        .into_iter()
+                        .zip(fields)
+                        .map(|(record, fields)| Released { record, fields })
+                        .collect())
+                }
+                Err((_, e)) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
+                Err(e) => return Err(e),
             }
         }
     }

@@ -26,6 +26,7 @@ use crate::transport::HttpTransport;
 
 mod batch;
 pub mod policy;
+mod unseal;
 mod verify;
 
 pub(crate) use batch::{BatchItem, Released};
@@ -475,22 +476,6 @@ fn encode_fields(fields: &BTreeMap<String, SecretString>) -> Result<Zeroizing<Ve
     Ok(buf)
 }
 
-fn decode_fields(
-    plain: &[u8],
-    record: &CredentialRecord,
-) -> Result<BTreeMap<String, SecretString>> {
-    let map: BTreeMap<String, String> = serde_json::from_slice(plain).map_err(|_| {
-        Error::corrupt(
-            record.describe(),
-            "the sealed fields are not a JSON object of strings",
-        )
-    })?;
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| (k, SecretString::from(v)))
-        .collect())
-}
-
 fn check_fields(fields: &BTreeMap<String, SecretString>) -> Result<()> {
     if fields.is_empty() {
         return Err(Error::invalid(
@@ -830,7 +815,8 @@ impl Vault {
         if let Some(metadata) = &update.metadata {
             check_metadata(metadata)?;
         }
-        let fields = match update.fields {
+        let previous = record.clone();
+        let new_fields = match update.fields {
             Some(fields) => {
                 check_fields(&fields)?;
                 self.check_against_catalog(&record.provider, &record.handler_type, &fields)?;
@@ -844,16 +830,9 @@ impl Vault {
                 if !record.metadata.contains_key(DISABLED_BY) {
                     record.state = LifecycleState::Filled;
                 }
-                fields
+                Some(fields)
             }
-            None => {
-                let plain = self
-                    .inner
-                    .keys
-                    .open(&record.sealed, &record.identity())
-                    .await?;
-                decode_fields(plain.expose_secret(), &record)?
-            }
+            None => None,
         };
         if let Some(metadata) = update.metadata {
             let kept: Vec<(String, String)> = [EXPIRES_AT, DISABLED_BY]
@@ -877,8 +856,14 @@ impl Vault {
         }
         record.version += 1;
         record.updated_at = Timestamp::now();
-        let plain = encode_fields(&fields)?;
-        self.seal_into(&mut record, &plain).await?;
+        match &new_fields {
+            Some(fields) => {
+                let plain = encode_fields(fields)?;
+                self.seal_into(&mut record, &plain).await?;
+            }
+            // The same fields, bound to the new version.
+            None => self.reseal(&previous, &mut record).await?,
+        }
         let event = Vault::event(
             actor,
             Action::Update,
@@ -893,7 +878,10 @@ impl Vault {
             event,
         )
         .await?;
-        Ok(info(&record, fields.keys().cloned().collect()))
+        let names = new_fields
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        Ok(info(&record, names))
     }
 
     /// Deletes a credential (and its grants); `expected_version` guards against deleting a
@@ -959,9 +947,9 @@ impl Vault {
             .collect())
     }
 
-    /// Opens a record's fields and audits the release before returning them; a blob that
-    /// does not open is audited as a failure.
-    async fn release(
+    /// Opens a record's fields and audits the release before returning them (see
+    /// [`Vault::release`]).
+    async fn release_revealed(
         &self,
         actor: &Principal,
         action: Action,
@@ -969,49 +957,26 @@ impl Vault {
         detail: Option<(&str, String)>,
         stamp: ReadStamp,
     ) -> Result<RevealedCredential> {
-        let target = AuditTarget::credential(&record.id, &record.scope);
-        let opened = match self
-            .inner
-            .keys
-            .open(&record.sealed, &record.identity())
-            .await
-        {
-            Ok(plain) => decode_fields(plain.expose_secret(), record),
-            Err(e) => Err(e),
-        };
-        let mut event = Vault::event(actor, action, target);
+        let mut event = Vault::event(
+            actor,
+            action,
+            AuditTarget::credential(&record.id, &record.scope),
+        );
         if let Some((k, v)) = detail {
             event = event.detail(k, v);
         }
-        match opened {
-            Ok(fields) => {
-                self.inner
-                    .store
-                    .commit_checked(Batch::events(vec![event]), stamp)
-                    .await?;
-                let names = fields.keys().cloned().collect();
-                Ok(RevealedCredential {
-                    info: info(record, names),
-                    fields,
-                })
-            }
-            Err(e) => {
-                let event = event
-                    .outcome(Outcome::Failure)
-                    .detail("error", format!("{:?}", e.kind()));
-                self.inner
-                    .store
-                    .commit_checked(Batch::events(vec![event]), stamp)
-                    .await?;
-                Err(e)
-            }
-        }
+        let fields = self.release_one(record, event, stamp).await?;
+        let names = fields.keys().cloned().collect();
+        Ok(RevealedCredential {
+            info: info(record, names),
+            fields,
+        })
     }
 
     /// A credential's secret values, for a person allowed to read them. Audited.
     pub async fn reveal(&self, actor: &Principal, id: &CredentialId) -> Result<RevealedCredential> {
         let record = self.load_for(actor, Action::Reveal, id).await?;
-        self.release(actor, Action::Reveal, &record, None, ReadStamp::UNCHECKED)
+        self.release_revealed(actor, Action::Reveal, &record, None, ReadStamp::UNCHECKED)
             .await
     }
 
@@ -1071,7 +1036,7 @@ impl Vault {
         fresh: bool,
     ) -> Result<RevealedCredential> {
         let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
-        self.release(
+        self.release_revealed(
             actor,
             Action::Resolve,
             &record,
@@ -1260,12 +1225,7 @@ impl Vault {
                 format!("{} cannot go from {from} to {to}", record.describe()),
             ));
         }
-        // The blob is bound to the version: re-seal it for the new one.
-        let plain = self
-            .inner
-            .keys
-            .open(&record.sealed, &record.identity())
-            .await?;
+        let previous = record.clone();
         if lift {
             record.metadata.remove(DISABLED_BY);
         } else if to == LifecycleState::Invalid && !owner {
@@ -1276,7 +1236,8 @@ impl Vault {
         record.state = to;
         record.version += 1;
         record.updated_at = Timestamp::now();
-        self.seal_into(&mut record, plain.expose_secret()).await?;
+        // The blob is bound to the version: seal it again for the new one.
+        self.reseal(&previous, &mut record).await?;
         let event = Vault::event(
             actor,
             Action::SetState,

@@ -6,7 +6,7 @@ use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use super::{
-    decode_fields, effective_state, is_owner, transition_allowed, Action, Principal, Vault,
+    effective_state, encode_fields, is_owner, transition_allowed, Action, Principal, Vault,
 };
 use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, ErrorKind, Result};
@@ -17,7 +17,7 @@ const VERIFY: &str = "credential.verify";
 
 /// The source prefix of providers compiled into the crate.
 const BUNDLED: &str = "bundled:";
-use crate::store::{Batch, Mutation, Precondition};
+use crate::store::{Batch, Mutation, Precondition, ReadStamp};
 use crate::transport::{peer_of, Bytes};
 
 /// What a live check concluded.
@@ -131,21 +131,14 @@ impl Vault {
             }
             event
         };
-        let plain = match self
-            .inner
-            .keys
-            .open(&record.sealed, &record.identity())
-            .await
-        {
-            Ok(plain) => plain,
-            Err(e) => {
-                let event =
-                    request_event(Outcome::Failure).detail("error", format!("{:?}", e.kind()));
-                self.inner.store.commit(Batch::events(vec![event])).await?;
-                return Err(e);
-            }
-        };
-        let fields = decode_fields(plain.expose_secret(), &record)?;
+        // The secret leaves the process only once its release is durable.
+        let fields = self
+            .release_one(
+                &record,
+                request_event(Outcome::Success),
+                ReadStamp::UNCHECKED,
+            )
+            .await?;
         let lookup = |name: &str| -> Option<Zeroizing<String>> {
             fields
                 .get(name)
@@ -153,11 +146,6 @@ impl Vault {
         };
         let request = build_request(&spec, &lookup)?;
         let peer = peer_of(request.uri());
-        // The secret leaves the process only once its release is durable.
-        self.inner
-            .store
-            .commit(Batch::events(vec![request_event(Outcome::Success)]))
-            .await?;
         let answer = http.send(request).await;
         let (result, status, why) = match &answer {
             Err(e) => (
@@ -212,7 +200,8 @@ impl Vault {
                 after.state = to;
                 after.version += 1;
                 after.updated_at = Timestamp::now();
-                self.seal_into(&mut after, plain.expose_secret()).await?;
+                let plain = encode_fields(&fields)?;
+                self.seal_into(&mut after, &plain).await?;
                 mutations.push(Mutation::Put {
                     record: after.clone(),
                     precondition: Precondition::IfVersion(record.version),

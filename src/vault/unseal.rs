@@ -1,0 +1,184 @@
+//! The one door to secret material: every decryption of a credential's sealed fields in the
+//! crate happens in this file. Fields opened for a caller are handed back only once their
+//! audit rows are durable (fail-closed); a blob opened to be sealed again for a new version
+//! never leaves the vault (the change's own audit row records it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::Vault;
+use crate::audit::{AuditEvent, Outcome};
+use crate::error::{Error, Result};
+use crate::handlers::Fields;
+use crate::model::CredentialRecord;
+use crate::store::{Batch, ReadStamp};
+
+/// One record to release and the audit event that records its release.
+pub(crate) struct Release<'a> {
+    /// The record read.
+    pub record: &'a CredentialRecord,
+    /// Its audit event (`Success`; turned into a `Failure` when the blob does not open).
+    pub event: AuditEvent,
+    /// Fields the caller already holds for exactly this id and version (a deployment's
+    /// shared credential): released again without opening the blob.
+    pub held: Option<Arc<Fields>>,
+}
+
+fn decode_fields(plain: &[u8], record: &CredentialRecord) -> Result<Fields> {
+    let map: BTreeMap<String, String> = serde_json::from_slice(plain).map_err(|_| {
+        Error::corrupt(
+            record.describe(),
+            "the sealed fields are not a JSON object of strings",
+        )
+    })?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, SecretString::from(v)))
+        .collect())
+}
+
+impl Vault {
+    /// Opens and decodes one record's fields: the only call of the key ring's `open` on a
+    /// credential blob.
+    async fn open_fields(&self, record: &CredentialRecord) -> Result<Fields> {
+        let plain = self
+            .inner
+            .keys
+            .open(&record.sealed, &record.identity())
+            .await?;
+        let fields = decode_fields(plain.expose_secret(), record)?;
+        self.unsealed(&fields);
+        Ok(fields)
+    }
+
+    /// Sees every value decrypted for a caller, before anyone else does: where the log
+    /// scrubber learns the values it must mask.
+    fn unsealed(&self, fields: &Fields) {
+        let _ = fields;
+    }
+
+    /// Releases `items`: opens each record's fields (or takes the ones held), then commits
+    /// one audit event per item in one batch, checked against `stamp` (see
+    /// [`ReadStamp`]), and only then hands the fields back. A blob that does not open has its
+    /// event committed as a failure (with the error's kind) and the error is returned with
+    /// that item's index; a failed commit returns its error (index 0) and no fields.
+    pub(crate) async fn release(
+        &self,
+        items: Vec<Release<'_>>,
+        stamp: ReadStamp,
+    ) -> std::result::Result<Vec<Arc<Fields>>, (usize, Error)> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut events = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let fields = match item.held {
+                Some(fields) => fields,
+                None => match self.open_fields(item.record).await {
+                    Ok(fields) => Arc::new(fields),
+                    Err(e) => {
+                        let event = item
+                            .event
+                            .outcome(Outcome::Failure)
+                            .detail("error", format!("{:?}", e.kind()));
+                        self.inner
+                            .store
+                            .commit_checked(Batch::events(vec![event]), stamp)
+                            .await
+                            .map_err(|e| (i, e))?;
+                        return Err((i, e));
+                    }
+                },
+            };
+            events.push(item.event);
+            out.push(fields);
+        }
+        self.inner
+            .store
+            .commit_checked(Batch::events(events), stamp)
+            .await
+            .map_err(|e| (0, e))?;
+        Ok(out)
+    }
+
+    /// [`Vault::release`] of one record.
+    pub(crate) async fn release_one(
+        &self,
+        record: &CredentialRecord,
+        event: AuditEvent,
+        stamp: ReadStamp,
+    ) -> Result<Fields> {
+        let item = Release {
+            record,
+            event,
+            held: None,
+        };
+        let mut fields = self.release(vec![item], stamp).await.map_err(|(_, e)| e)?;
+        let fields = fields
+            .pop()
+            .ok_or_else(|| Error::config("nothing was released"))?;
+        Ok(Arc::try_unwrap(fields).unwrap_or_else(|shared| (*shared).clone()))
+    }
+
+    /// Seals `from`'s secret fields again into `into` (the same credential at a new
+    /// version, to which the blob is bound), with a fresh data key. The plaintext never
+    /// leaves this function.
+    pub(crate) async fn reseal(
+        &self,
+        from: &CredentialRecord,
+        into: &mut CredentialRecord,
+    ) -> Result<()> {
+        let plain = self.inner.keys.open(&from.sealed, &from.identity()).await?;
+        self.seal_into(into, plain.expose_secret()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every `.rs` file under `dir`, with its text.
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read file");
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    /// A second path that decrypts credential blobs (the key ring's `open`, or decoding
+    /// sealed fields) outside this file fails this test: the crypto layer defines `open`,
+    /// and only this file calls it.
+    #[test]
+    fn this_file_is_the_only_door_to_secret_material() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&root, &mut files);
+        assert!(files.len() > 20, "found the sources");
+        let this = Path::new("vault").join("unseal.rs");
+        let crypto = root.join("crypto");
+        for (path, text) in files {
+            if path.ends_with(&*this.to_string_lossy())
+                || path.starts_with(&*crypto.to_string_lossy())
+            {
+                continue;
+            }
+            let flat: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            for needle in [
+                ".keys.open(",
+                ".keys().open(",
+                "keyring.open(",
+                "decode_fields(",
+            ] {
+                assert!(
+                    !flat.contains(needle),
+                    "{path} calls `{needle}`: decrypt through vault/unseal.rs instead"
+                );
+            }
+        }
+    }
+}
