@@ -78,6 +78,33 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("json output")
 }
 
+/// Asserts that `needle` is in none of the files SQLite keeps for the vault in `home`:
+/// `vault.db`, which must exist, and `vault.db-wal` and `vault.db-shm` when they exist (a
+/// commit sits in the WAL until a checkpoint copies it into `vault.db`). Returns the size of
+/// the WAL it read, 0 when there was none, so a caller can check that the scan covered it.
+fn assert_not_in_vault_files(home: &Path, needle: &[u8]) -> u64 {
+    let db = home.join("vault.db");
+    assert!(db.is_file(), "no vault at {}", db.display());
+    let mut wal_len = 0;
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let path = home.join(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", path.display()),
+        };
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "`{}` found in {name}",
+            String::from_utf8_lossy(needle)
+        );
+        if name == "vault.db-wal" {
+            wal_len = bytes.len() as u64;
+        }
+    }
+    wal_len
+}
+
 const ALICE: &str = "app_user:crm:alice";
 
 #[test]
@@ -101,6 +128,13 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
     let id = created["id"].as_str().expect("id").to_string();
     assert_eq!(created["name"], "openai_main");
     assert_eq!(created["state"], "filled");
+    // Nothing secret in the vault's files, scanned before anything can checkpoint the
+    // create's commit out of the WAL.
+    let wal = assert_not_in_vault_files(env.home.path(), b"CANARY");
+    assert!(
+        wal > 0,
+        "the create's commit is still in the WAL, so the scan read it"
+    );
 
     let list = ok(&env.run(ALICE, &["credentials", "list"]));
     assert!(list.contains(&id) && list.contains("openai_main"), "{list}");
@@ -212,9 +246,8 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
         "permission denied",
     );
 
-    // Nothing secret in the database file.
-    let db = std::fs::read(env.home.path().join("vault.db")).expect("db");
-    assert!(!db.windows(6).any(|w| w == b"CANARY"));
+    // Still nothing secret in the vault's files after the whole session.
+    assert_not_in_vault_files(env.home.path(), b"CANARY");
 }
 
 #[test]
@@ -300,6 +333,8 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
         2,
         "invalid port",
     );
+    // The refused value was written nowhere, not even to the WAL.
+    assert_not_in_vault_files(env.home.path(), b"CANARY");
 
     // A missing store, a bad store spec, a missing principal.
     let missing = Command::new(env!("CARGO_BIN_EXE_strongroom"))
@@ -521,6 +556,8 @@ fn verify_sets_the_state_and_the_exit_code_from_the_providers_answer() {
     assert_eq!(v["result"], "invalid");
     assert_eq!(v["state"], "invalid");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("CANARY"));
+    // The rejected key is stored sealed, and the verdict's audit row does not quote it.
+    assert_not_in_vault_files(env.home.path(), b"CANARY");
 
     let out = env.run(admin, &["credentials", "verify", &down]);
     assert_eq!(out.status.code(), Some(8));
