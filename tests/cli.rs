@@ -78,6 +78,33 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).expect("json output")
 }
 
+/// Asserts that `needle` is in none of the files SQLite keeps for the vault in `home`:
+/// `vault.db`, which must exist, and `vault.db-wal` and `vault.db-shm` when they exist (a
+/// commit sits in the WAL until a checkpoint copies it into `vault.db`). Returns the size of
+/// the WAL it read, 0 when there was none, so a caller can check that the scan covered it.
+fn assert_not_in_vault_files(home: &Path, needle: &[u8]) -> u64 {
+    let db = home.join("vault.db");
+    assert!(db.is_file(), "no vault at {}", db.display());
+    let mut wal_len = 0;
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let path = home.join(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", path.display()),
+        };
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "`{}` found in {name}",
+            String::from_utf8_lossy(needle)
+        );
+        if name == "vault.db-wal" {
+            wal_len = bytes.len() as u64;
+        }
+    }
+    wal_len
+}
+
 const ALICE: &str = "app_user:crm:alice";
 
 #[test]
@@ -101,6 +128,13 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
     let id = created["id"].as_str().expect("id").to_string();
     assert_eq!(created["name"], "openai_main");
     assert_eq!(created["state"], "filled");
+    // Nothing secret in the vault's files, scanned before anything can checkpoint the
+    // create's commit out of the WAL.
+    let wal = assert_not_in_vault_files(env.home.path(), b"CANARY");
+    assert!(
+        wal > 0,
+        "the create's commit is still in the WAL, so the scan read it"
+    );
 
     let list = ok(&env.run(ALICE, &["credentials", "list"]));
     assert!(list.contains(&id) && list.contains("openai_main"), "{list}");
@@ -212,9 +246,8 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
         "permission denied",
     );
 
-    // Nothing secret in the database file.
-    let db = std::fs::read(env.home.path().join("vault.db")).expect("db");
-    assert!(!db.windows(6).any(|w| w == b"CANARY"));
+    // Still nothing secret in the vault's files after the whole session.
+    assert_not_in_vault_files(env.home.path(), b"CANARY");
 }
 
 #[test]
@@ -300,6 +333,8 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
         2,
         "invalid port",
     );
+    // The refused value was written nowhere, not even to the WAL.
+    assert_not_in_vault_files(env.home.path(), b"CANARY");
 
     // A missing store, a bad store spec, a missing principal.
     let missing = Command::new(env!("CARGO_BIN_EXE_strongroom"))
@@ -521,6 +556,8 @@ fn verify_sets_the_state_and_the_exit_code_from_the_providers_answer() {
     assert_eq!(v["result"], "invalid");
     assert_eq!(v["state"], "invalid");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("CANARY"));
+    // The rejected key is stored sealed, and the verdict's audit row does not quote it.
+    assert_not_in_vault_files(env.home.path(), b"CANARY");
 
     let out = env.run(admin, &["credentials", "verify", &down]);
     assert_eq!(out.status.code(), Some(8));
@@ -662,10 +699,14 @@ fn the_cli_runs_on_postgres_too() {
 
 #[test]
 fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+
+    const RECORDS: u64 = 60;
     let env = Env::new();
     let admin = "system_admin:root";
-    // 30 credentials under the first key (the file key in STRONGROOM_HOME).
-    for i in 0..30 {
+    // The credentials, under the first key (the file key in STRONGROOM_HOME).
+    for i in 0..RECORDS {
         let args: Vec<String> = vec![
             "credentials".into(),
             "admin-create".into(),
@@ -682,11 +723,12 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
     let status = ok(&env.run(admin, &["--json", "keys", "status"]));
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     let old_key = status["active"].as_str().expect("active").to_string();
-    assert_eq!(status["records"][&old_key], 30);
+    assert_eq!(status["records"][&old_key], RECORDS);
 
     let new_path = env.home.path().join("new.key");
     let to = format!("file:{}", new_path.display());
-    // A first run stopped after one batch of 7 (as if it had crashed).
+    // A first run stopped after one batch of 7 (as if it had crashed). Its stderr is not a
+    // terminal, so it reports the batch as a JSON line.
     let out = env.run(
         admin,
         &[
@@ -706,16 +748,74 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
         "incomplete: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // A second run killed without warning, wherever it is.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{{\"batch\":1,\"rewrapped\":7,\"remaining\":{}}}\n",
+            RECORDS - 7
+        )
+    );
+
+    // A second run, killed without warning as soon as it reports its first committed
+    // batch. In batches of one record it has 52 more commits to go, far more than the
+    // moment between its report and the kill (a commit takes about a millisecond even on
+    // tmpfs), so the kill lands mid-way; the exit status below checks that it did.
+    let batch_size = 1;
     let mut child = env
-        .cmd(admin, &["keys", "rotate", "--to", &to, "--batch-size", "3"])
+        .cmd(
+            admin,
+            &[
+                "keys",
+                "rotate",
+                "--to",
+                &to,
+                "--batch-size",
+                &batch_size.to_string(),
+            ],
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(40));
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut progress = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let n = progress.read_line(&mut line).expect("read progress");
+    child.kill().expect("kill");
+    let killed = child.wait().expect("wait");
+    assert!(n > 0, "the rotation ended without reporting a batch");
+    let first: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(first["batch"], 1, "{line}");
+    assert_eq!(first["rewrapped"], batch_size, "{line}");
+    assert_eq!(first["remaining"], RECORDS - 7 - batch_size, "{line}");
+    assert_eq!(
+        killed.signal(),
+        Some(9),
+        "the kill must land mid-rotation, not after it ended ({killed:?})"
+    );
+
+    // What the killed run left: no plaintext in its uncheckpointed WAL, ...
+    let wal = assert_not_in_vault_files(env.home.path(), b"sk-rot-");
+    assert!(wal > 0, "the killed run's batches are still in the WAL");
+    // ... some records on the new key (at least the 7 and the reported batch), the rest
+    // still on the old one, none lost, ...
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&env.run(admin, &["--json", "keys", "status"]))).expect("json");
+    let records = status["records"].as_object().expect("map");
+    assert_eq!(records.len(), 2, "two keys in use: {records:?}");
+    let on_old = records[&old_key].as_u64().expect("count");
+    let (_, on_new) = records
+        .iter()
+        .find(|(key, _)| **key != old_key)
+        .expect("the new key");
+    let on_new = on_new.as_u64().expect("count");
+    assert_eq!(on_old + on_new, RECORDS, "{records:?}");
+    assert!(on_new >= 7 + batch_size, "{records:?}");
+    assert!(on_new < RECORDS && on_old > 0, "partial: {records:?}");
+    // ... and an audit chain that is intact.
+    let verified = ok(&env.run(admin, &["audit", "verify"]));
+    assert!(verified.contains("audit chain intact"), "{verified}");
+
     // Resumed to the end.
     let done = ok(&env.run(admin, &["keys", "rotate", "--to", &to]));
     assert!(done.contains("complete"), "{done}");
@@ -725,7 +825,7 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
     assert_eq!(records.len(), 1, "everything on one key: {records:?}");
     let (new_key, n) = records.iter().next().expect("one");
     assert_ne!(new_key, &old_key);
-    assert_eq!(n, 30);
+    assert_eq!(n, RECORDS);
 
     // Every record opens with the new key alone: make it the active key, drop the old one.
     let new_value = std::fs::read_to_string(&new_path).expect("new key");
@@ -745,7 +845,7 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
         .iter()
         .map(|c| c["id"].as_str().expect("id").to_string())
         .collect();
-    assert_eq!(ids.len(), 30);
+    assert_eq!(ids.len() as u64, RECORDS);
     for id in ids {
         let out = env
             .cmd(admin, &["--json", "credentials", "show", &id, "--reveal"])

@@ -73,6 +73,16 @@ enum KeysCommand {
     /// batches, resumable (run it again after a crash), with a final check that nothing
     /// still needs the old key. The current key (`STRONGROOM_KMS`…) and any `--retired`
     /// keys open the old blobs.
+    ///
+    /// Exits 0 when complete, 9 while records still need an old key (run it again).
+    ///
+    /// Progress: on a terminal, a spinner. When stderr is not a terminal, or with --json,
+    /// one JSON line on stderr per batch instead, written after the batch has committed,
+    /// for scripts to follow or wait on: {"batch":1,"rewrapped":500,"remaining":1200}.
+    /// `batch` and `rewrapped` count the batches and records this run has committed so
+    /// far; `remaining` is the records on other keys when the run started less those it
+    /// has moved (an estimate while the vault is being written). The summary goes to
+    /// stdout at the end.
     Rotate {
         /// The new key: `file:PATH` (created when missing), `env:VAR` (a base64url key in
         /// variable VAR), or a cloud backend (`aws_kms`, `gcp_kms`, `azure_kv`, `vault`)
@@ -1023,20 +1033,55 @@ async fn keys(
             for spec in &retired {
                 ring = ring.with_retired(key_from_spec(spec)?);
             }
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            let progress_bar = bar.clone();
+            // Progress lines (see the command's help) when no one watches a spinner.
+            let lines = out.json || !std::io::stderr().is_terminal();
+            let bar = if lines {
+                indicatif::ProgressBar::hidden()
+            } else {
+                let bar = indicatif::ProgressBar::new_spinner();
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar
+            };
+            let progress: strongroom::crypto::RewrapProgress = if lines {
+                let counts = key_counts(store.as_ref()).await?;
+                let at_start: u64 = counts
+                    .iter()
+                    .filter(|(key, _)| key.as_str() != new.key_id())
+                    .map(|(_, n)| n)
+                    .sum();
+                let reported = std::sync::atomic::AtomicUsize::new(0);
+                Arc::new(move |r: &strongroom::crypto::RewrapReport| {
+                    // The callback also runs after a batch that conflicted and was dropped;
+                    // only committed batches get a line.
+                    if reported.swap(r.batches, std::sync::atomic::Ordering::Relaxed) == r.batches {
+                        return;
+                    }
+                    let line = format!(
+                        "{{\"batch\":{},\"rewrapped\":{},\"remaining\":{}}}\n",
+                        r.batches,
+                        r.rewrapped,
+                        at_start.saturating_sub(r.rewrapped)
+                    );
+                    // One write, so a reader never sees half a line; a closed pipe does not
+                    // stop the rotation.
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(line.as_bytes());
+                })
+            } else {
+                let progress_bar = bar.clone();
+                Arc::new(move |r: &strongroom::crypto::RewrapReport| {
+                    progress_bar.set_message(format!("{} records re-wrapped", r.rewrapped));
+                    progress_bar.tick();
+                })
+            };
             let options = strongroom::crypto::RewrapOptions {
                 batch_size,
                 actor: actor.to_string(),
                 max_batches,
-                progress: Some(Arc::new(move |r: &strongroom::crypto::RewrapReport| {
-                    progress_bar.set_message(format!("{} records re-wrapped", r.rewrapped));
-                    progress_bar.tick();
-                })),
+                progress: Some(progress),
             };
             let report = ring.rewrap(store.as_ref(), &options).await;
             bar.finish_and_clear();
