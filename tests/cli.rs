@@ -157,13 +157,22 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
         4,
         "permission denied",
     );
-    fails(
-        &env.run(
-            "app_admin:crm:adam",
-            &["credentials", "show", &id, "--reveal"],
-        ),
-        4,
-        "permission denied",
+    // An app admin may not even see a user's credential: to them it does not exist, in
+    // the same words as an id that does not.
+    let hidden = env.run(
+        "app_admin:crm:adam",
+        &["credentials", "show", &id, "--reveal"],
+    );
+    fails(&hidden, 3, "not found");
+    let missing_id = "01a20862-0000-7000-8000-000000000000";
+    let missing = env.run(
+        "app_admin:crm:adam",
+        &["credentials", "show", missing_id, "--reveal"],
+    );
+    fails(&missing, 3, "not found");
+    assert_eq!(
+        String::from_utf8_lossy(&hidden.stderr).replace(&id, "ID"),
+        String::from_utf8_lossy(&missing.stderr).replace(missing_id, "ID")
     );
     ok(&env.run("viewer:vera", &["credentials", "show", &id]));
 
@@ -214,8 +223,8 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
                 sys["id"].as_str().expect("id"),
             ],
         ),
-        4,
-        "permission denied",
+        3,
+        "not found",
     );
     ok(&env.run(
         admin,

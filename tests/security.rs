@@ -582,7 +582,17 @@ async fn permission_is_decided_before_input_is_inspected() {
         .grant_add(&p("app_user:crm:u2"), &info.id, "bad/app")
         .await
         .expect_err("not the owner");
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "u2 may not see it, so it does not exist for u2: {err}"
+    );
+    let last = rows(&vault).await.pop().expect("row");
+    assert_eq!(
+        last.event.outcome,
+        Outcome::Denied,
+        "and the refusal is audited"
+    );
 }
 
 #[tokio::test]
@@ -893,4 +903,103 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     assert!(released > 0 && released < 60);
     faults.fail_every(0);
     assert!(vault.audit().verify().await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
+    let vault = Vault::in_memory().await.expect("vault");
+    let owner = p("app_user:crm:u1");
+    let info = vault
+        .create(
+            &owner,
+            NewCredential::new(
+                "secret_name_7f3",
+                Scope::per_user("u1").expect("s"),
+                "openai",
+                "",
+                fields(CANARY),
+            ),
+        )
+        .await
+        .expect("create");
+    let missing = CredentialId::generate();
+    let other = p("app_user:crm:u2");
+    let admin_of_other_app = p("app_admin:blog:adm");
+    for actor in [&other, &admin_of_other_app] {
+        let probes: Vec<(&str, Box<dyn Fn(CredentialId) -> _>)> = vec![
+            (
+                "show",
+                Box::new(|id: CredentialId| {
+                    let vault = vault.clone();
+                    let actor = actor.clone();
+                    Box::pin(async move { vault.get(&actor, &id).await.map(drop) })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
+                }),
+            ),
+            (
+                "grants",
+                Box::new(|id: CredentialId| {
+                    let vault = vault.clone();
+                    let actor = actor.clone();
+                    Box::pin(async move { vault.grants(&actor, &id).await.map(drop) })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
+                }),
+            ),
+            (
+                "grant-add",
+                Box::new(|id: CredentialId| {
+                    let vault = vault.clone();
+                    let actor = actor.clone();
+                    Box::pin(async move { vault.grant_add(&actor, &id, "crm").await.map(drop) })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
+                }),
+            ),
+            (
+                "reveal",
+                Box::new(|id: CredentialId| {
+                    let vault = vault.clone();
+                    let actor = actor.clone();
+                    Box::pin(async move { vault.reveal(&actor, &id).await.map(drop) })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
+                }),
+            ),
+        ];
+        for (what, probe) in probes {
+            let before = rows(&vault).await.len();
+            let forbidden = probe(info.id.clone()).await.expect_err("forbidden");
+            let after = rows(&vault).await;
+            assert_eq!(
+                after.len(),
+                before + 1,
+                "{actor} {what}: the denial is audited"
+            );
+            let row = &after[before].event;
+            assert_eq!(row.outcome, Outcome::Denied);
+            assert_eq!(
+                row.target.credential_id.as_ref(),
+                Some(&info.id),
+                "full target"
+            );
+            assert_eq!(row.target.scope, Some(Scope::per_user("u1").expect("s")));
+            let absent = probe(missing.clone()).await.expect_err("missing");
+            assert_eq!(
+                forbidden.kind(),
+                ErrorKind::NotFound,
+                "{actor} {what}: {forbidden}"
+            );
+            assert_eq!(
+                forbidden.to_string().replace(info.id.as_str(), "ID"),
+                absent.to_string().replace(missing.as_str(), "ID"),
+                "{actor} {what}: the same answer"
+            );
+            assert!(!forbidden.to_string().contains("secret_name_7f3"));
+            assert!(!forbidden.to_string().contains("u1"));
+        }
+    }
+    // Someone who may see it exists (a viewer) is told why they may not read it.
+    let err = vault
+        .reveal(&p("viewer:vera"), &info.id)
+        .await
+        .expect_err("viewer");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
 }

@@ -401,6 +401,29 @@ async fn attempt(
         _ => unreachable!("not a credential action"),
     };
     match result {
+        // A principal who may not even see the credential is told it does not exist.
+        Err(Error::NotFound { .. })
+            if !allows(
+                actor.role(),
+                Action::ReadMetadata,
+                Relation::of(actor, Some(scope)),
+            ) =>
+        {
+            let rows = vault
+                .store()
+                .audit_range(1, usize::MAX)
+                .await
+                .expect("audit");
+            let last = rows.last().expect("a row");
+            assert_eq!(last.event.outcome, Outcome::Denied, "the denial is audited");
+            assert_eq!(last.event.actor, actor.to_string());
+            assert_eq!(
+                last.event.target.credential_id.as_ref(),
+                Some(&id),
+                "with the full target"
+            );
+            true
+        }
         Err(Error::PermissionDenied { .. }) => {
             let rows = vault
                 .store()

@@ -691,35 +691,51 @@ impl Vault {
         })
     }
 
-    async fn load(&self, id: &CredentialId) -> Result<CredentialRecord> {
-        self.inner
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("credential {id}"),
-                hint: None,
-            })
+    /// What a caller is told of a credential it cannot have: the same for an id that does
+    /// not exist and for one the caller may not even see.
+    fn not_found(id: &CredentialId) -> Error {
+        Error::NotFound {
+            what: format!("credential {id}"),
+            hint: None,
+        }
     }
 
-    /// Loads a credential and authorises `action` on it (a denial is audited).
+    /// Loads a credential and authorises `action` on it. A denial is audited with the full
+    /// target; a principal who may not see the credential's metadata is told what it would
+    /// be told of an id that does not exist, so ids cannot be probed.
     async fn load_for(
         &self,
         actor: &Principal,
         action: Action,
         id: &CredentialId,
     ) -> Result<CredentialRecord> {
-        let record = self.load(id).await?;
+        actor.validate()?;
+        let Some(record) = self.inner.store.get(id).await? else {
+            return Err(Vault::not_found(id));
+        };
         let target = AuditTarget::credential(&record.id, &record.scope);
-        self.authorize(
-            actor,
-            action,
-            Some(&record.scope),
-            target,
-            &record.describe(),
-        )
-        .await?;
-        Ok(record)
+        let denied = self
+            .authorize(
+                actor,
+                action,
+                Some(&record.scope),
+                target,
+                &record.describe(),
+            )
+            .await;
+        match denied {
+            Ok(()) => Ok(record),
+            Err(Error::PermissionDenied { .. })
+                if !policy::allows(
+                    actor.role(),
+                    Action::ReadMetadata,
+                    Relation::of(actor, Some(&record.scope)),
+                ) =>
+            {
+                Err(Vault::not_found(id))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates a credential (version 1, state `filled`).
