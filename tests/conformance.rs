@@ -3,14 +3,19 @@
 
 use std::sync::Arc;
 
-use strongroom::conformance;
+use strongroom::conformance::{self, StoreHandles};
 use strongroom::{MemoryStore, SqliteStore, Store};
 
+/// One handle is the honest form for `MemoryStore`: its data lives in the handle (it is not
+/// `Clone` and nothing else can open it), so a second handle over the same data could only
+/// be the same object again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_store_conforms() {
     conformance::run_all(|| async { Arc::new(MemoryStore::new()) as Arc<dyn Store> }).await;
 }
 
+/// Two `SqliteStore`s opened on one file: each has its own point cache and writer, as a host
+/// service and the CLI would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_store_conforms() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -19,7 +24,11 @@ async fn sqlite_store_conforms() {
     conformance::run_all(|| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir_path.join(format!("store{n}.db"));
-        async move { Arc::new(SqliteStore::open(path).expect("open")) as Arc<dyn Store> }
+        async move {
+            let first = Arc::new(SqliteStore::open(&path).expect("open")) as Arc<dyn Store>;
+            let second = Arc::new(SqliteStore::open(&path).expect("open")) as Arc<dyn Store>;
+            (first, second)
+        }
     })
     .await;
 }
@@ -83,7 +92,27 @@ async fn sqlite_store_conforms_with_a_one_entry_point_cache() {
         let path = dir_path.join(format!("tiny{n}.db"));
         let mut options = strongroom::SqliteOptions::default();
         options.point_cache_entries = 1;
-        async move { Arc::new(SqliteStore::open_with(path, options).expect("open")) as Arc<dyn Store> }
+        async move {
+            let open = || {
+                Arc::new(SqliteStore::open_with(&path, options.clone()).expect("open"))
+                    as Arc<dyn Store>
+            };
+            (open(), open())
+        }
     })
     .await;
+}
+
+/// Two entries hold exactly what the check reads (one name, one grant list), so every warm
+/// read is a cache hit; with one entry the two reads evict each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_reads_fresh_across_handles_with_a_small_point_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("small.db");
+    let mut options = strongroom::SqliteOptions::default();
+    options.point_cache_entries = 2;
+    let open = || {
+        Arc::new(SqliteStore::open_with(&path, options.clone()).expect("open")) as Arc<dyn Store>
+    };
+    conformance::fresh_reads_across_handles(StoreHandles::pair(open(), open())).await;
 }
