@@ -55,7 +55,12 @@ async fn postgres_store_conforms() {
     conformance::run_all(|| {
         let schema = fresh_schema();
         schemas.lock().expect("lock").push(schema.clone());
-        async move { Arc::new(open(&schema).await) as Arc<dyn Store> }
+        // Two instances on one schema, as two service replicas would run.
+        async move {
+            let first = Arc::new(open(&schema).await) as Arc<dyn Store>;
+            let second = Arc::new(open(&schema).await) as Arc<dyn Store>;
+            (first, second)
+        }
     })
     .await;
     for s in schemas.into_inner().expect("lock") {

@@ -108,7 +108,8 @@ enum Stamp {
 }
 
 impl ReadStamp {
-    /// A stamp that checks nothing (stores whose reads are never stale use it).
+    /// A stamp that checks nothing. Only a store whose reads are never stale (every read
+    /// sees every change committed before it, through any handle) may return it.
     pub const UNCHECKED: ReadStamp = ReadStamp(Stamp::Unchecked);
 
     /// A read at data generation `generation`.
@@ -238,7 +239,15 @@ impl ListFilter {
 /// one atomic step, or nothing at all. Names are unique within a scope: a put that would
 /// give two credentials of one scope the same name fails with
 /// [`crate::Error::AlreadyExists`]. Run [`crate::conformance`] (feature `conformance`)
-/// against any new implementation.
+/// against any new implementation, with two handles over the same data when the store can
+/// be opened twice (see `conformance::run_all`).
+///
+/// Reads that may be stale — served from a cache, a replica, anything that can miss a write
+/// made through another handle or process — must be stamped and checked: such a store MUST
+/// override [`Store::find_named`] and [`Store::grants_stamped`] to return a [`ReadStamp`]
+/// that checks something, and [`Store::commit_checked`] to refuse a commit whose stamp went
+/// stale. The provided implementations stamp nothing and check nothing, which is right only
+/// for a store whose every read is current.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// One credential by id.
@@ -261,7 +270,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt>;
 
     /// The credential named `name` in exactly `scope`, and the stamp of the read. The
-    /// provided implementation uses [`Store::list`] and stamps nothing.
+    /// provided implementation uses [`Store::list`] and stamps nothing, so it is right only
+    /// if `list` is always current. A store whose reads may be stale (a cache, a replica)
+    /// MUST override it to stamp the read and override [`Store::commit_checked`] to check
+    /// the stamp. The conformance check `fresh_reads_across_handles` fails a store that
+    /// returns an old record after another handle changed it and then lets a checked
+    /// commit with that read's stamp through.
     async fn find_named(
         &self,
         scope: &Scope,
@@ -279,7 +293,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 
     /// [`Store::grants`] with the stamp of the read. The provided implementation stamps
-    /// nothing.
+    /// nothing; as for [`Store::find_named`], a store whose grant reads may be stale MUST
+    /// override it to stamp them, and [`Store::commit_checked`] to check the stamp.
     async fn grants_stamped(
         &self,
         credential_id: &CredentialId,
@@ -288,8 +303,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 
     /// [`Store::commit`], but only if no credential or grant changed since the reads that
-    /// produced `stamp`; otherwise nothing is written and the error is [`stale_read`]. The
-    /// provided implementation (for stores that stamp nothing) commits unconditionally.
+    /// produced `stamp`; otherwise nothing is written and the error is [`stale_read`]
+    /// ([`StoreErrorKind::Stale`](crate::StoreErrorKind::Stale)). The check and the commit
+    /// must be one atomic step, and a change made through any handle or process counts.
+    ///
+    /// The provided implementation ignores the stamp and commits unconditionally. That is
+    /// right only for a store whose reads are never stale: every read sees every change
+    /// committed before it, whichever handle or process made it. A store whose reads may be
+    /// stale MUST stamp them ([`Store::find_named`], [`Store::grants_stamped`]) and override
+    /// this method to check the stamp; otherwise callers such as `Vault::resolve` act on
+    /// (and audit) data that has already changed. The conformance suite checks this with
+    /// two handles over the same data.
     async fn commit_checked(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
         let _ = stamp;
         self.commit(batch).await
