@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -209,6 +209,59 @@ mod tests {
         assert!(validate_id("id", "").is_err());
         assert!(validate_id("id", &"x".repeat(MAX_ID_LEN + 1)).is_err());
         assert!(validate_id("id", "bob@example.com").is_ok());
+    }
+
+    #[test]
+    fn timestamps_print_and_parse_as_rfc3339() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            Timestamp(1_900_000_000_123).to_string(),
+            "2030-03-17T17:46:40.123Z"
+        );
+        assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999Z");
+        for ms in [0, 1, 999, 1_000, 1_900_000_000_123, -1, -62_167_219_200_000] {
+            let text = Timestamp(ms).to_string();
+            assert_eq!(
+                text.parse::<Timestamp>().expect(&text),
+                Timestamp(ms),
+                "{text}"
+            );
+        }
+        let parse = |t: &str| Timestamp::parse_rfc3339(t).map(|t| t.0);
+        assert_eq!(
+            parse("2030-03-17T19:46:40.123+02:00").ok(),
+            Some(1_900_000_000_123)
+        );
+        assert_eq!(
+            parse("2030-03-17T17:46:40.1239Z").ok(),
+            Some(1_900_000_000_123)
+        );
+        assert_eq!(parse("1969-12-31T23:59:59.9999Z").ok(), Some(-1));
+        for bad in [
+            "",
+            "2030-03-17",
+            "2030-03-17T17:46:40",
+            "1900000000",
+            "+30d",
+            "2030-13-01T00:00:00Z",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.to_string().contains("RFC 3339"), "{err}");
+        }
+        // Outside what RFC 3339 can write, the number is printed instead.
+        assert_eq!(
+            Timestamp(i64::MAX).to_string(),
+            format!("{} ms since the Unix epoch", i64::MAX)
+        );
+        assert_eq!(Timestamp(i64::MAX).to_rfc3339(), None);
+        assert_eq!(
+            Timestamp(5).saturating_add(Duration::from_secs(2)),
+            Timestamp(2_005)
+        );
+        assert_eq!(
+            Timestamp(i64::MAX - 1).saturating_add(Duration::from_secs(2)),
+            Timestamp(i64::MAX)
+        );
     }
 }
 
@@ -480,6 +533,76 @@ impl Timestamp {
     pub fn as_millis(self) -> i64 {
         self.0
     }
+
+    /// The time `duration` after this one (saturating at the end of the range).
+    pub fn saturating_add(self, duration: Duration) -> Timestamp {
+        let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
+    /// The time in RFC 3339 form, in UTC: `2030-01-02T03:04:05Z`, with three digits of
+    /// milliseconds when they are not zero (`2030-01-02T03:04:05.250Z`). `None` outside the
+    /// years 0000 to 9999, which RFC 3339 cannot write.
+    pub fn to_rfc3339(self) -> Option<String> {
+        let nanos = i128::from(self.0) * 1_000_000;
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
+        if !(0..=9999).contains(&at.year()) {
+            return None;
+        }
+        let mut out = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        );
+        if at.millisecond() != 0 {
+            out.push_str(&format!(".{:03}", at.millisecond()));
+        }
+        out.push('Z');
+        Some(out)
+    }
+
+    /// Parses an RFC 3339 time with any offset (`2030-01-02T03:04:05Z`,
+    /// `2030-01-02T05:04:05.5+02:00`); digits below a millisecond are dropped.
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp> {
+        let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| {
+                Error::invalid(
+                    "time",
+                    format!(
+                        "`{text}` is not an RFC 3339 time ({e}); write it like \
+                         2030-01-02T03:04:05Z or 2030-01-02T05:04:05+02:00"
+                    ),
+                )
+            })?;
+        let ms = at.unix_timestamp_nanos().div_euclid(1_000_000);
+        i64::try_from(ms)
+            .map(Timestamp)
+            .map_err(|_| Error::invalid("time", format!("`{text}` is out of range")))
+    }
+}
+
+/// RFC 3339 in UTC ([`Timestamp::to_rfc3339`]); outside the years 0000 to 9999, the
+/// milliseconds since the epoch followed by ` ms since the Unix epoch`.
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_rfc3339() {
+            Some(text) => f.write_str(&text),
+            None => write!(f, "{} ms since the Unix epoch", self.0),
+        }
+    }
+}
+
+/// [`Timestamp::parse_rfc3339`].
+impl std::str::FromStr for Timestamp {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Timestamp> {
+        Timestamp::parse_rfc3339(text)
+    }
 }
 
 /// The identity a sealed blob is bound to: moving the blob to another credential, scope,
@@ -510,7 +633,7 @@ pub struct CredentialRecord {
     pub handler_type: String,
     /// Lifecycle state.
     pub state: LifecycleState,
-    /// Non-secret metadata (labels, account name, external ids, `expires_at`).
+    /// Non-secret metadata (labels, account name, external ids).
     pub metadata: BTreeMap<String, String>,
     /// Whether agents may use it directly.
     pub agent_accessible: bool,
@@ -520,6 +643,10 @@ pub struct CredentialRecord {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// When it stops being usable (it reads as `expired` from then on); a column of its own
+    /// in every store, so expiring credentials can be listed without decrypting anything
+    /// ([`crate::ListFilter::expires_before`]).
+    pub expires_at: Option<Timestamp>,
     /// Id of the master key that wraps this version's data key (from the blob; kept in a
     /// column so rotation can find what still needs re-wrapping).
     pub key_id: String,
@@ -560,6 +687,7 @@ impl fmt::Debug for CredentialRecord {
             .field("version", &self.version)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
+            .field("expires_at", &self.expires_at)
             .field("key_id", &self.key_id)
             .field(
                 "sealed",
