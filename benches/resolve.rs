@@ -36,6 +36,7 @@ async fn seed(store: &Arc<dyn Store>, keys: &KeyRing, n: usize) {
                 version: 1,
                 created_at: now,
                 updated_at: now,
+                expires_at: None,
                 key_id: String::new(),
                 sealed: Vec::new(),
             };

@@ -46,6 +46,7 @@ pub fn sample_record(name: &str, scope: Scope) -> CredentialRecord {
         version: 1,
         created_at: now,
         updated_at: now,
+        expires_at: None,
         key_id: "local:0000000000000000".into(),
         sealed: vec![1, 2, 3, 4, 5],
     }
@@ -660,6 +661,7 @@ pub async fn round_trip(store: Arc<dyn Store>) {
     let scope = Scope::per_user("u1").expect("valid scope");
     let mut record = sample_record("openai_main", scope);
     record.sealed = (0..=255u8).collect();
+    record.expires_at = Some(Timestamp(1_900_000_000_123));
     store
         .commit(put(record.clone(), Precondition::CreateOnly))
         .await
@@ -676,12 +678,26 @@ pub async fn round_trip(store: Arc<dyn Store>) {
     updated.state = LifecycleState::Valid;
     updated.metadata.insert("account".into(), "acme".into());
     updated.sealed = vec![9; 40];
+    updated.expires_at = None;
     store
         .commit(put(updated.clone(), Precondition::IfVersion(1)))
         .await
         .expect("if-version put with the current version succeeds");
     let got = store.get(&record.id).await.expect("get").expect("present");
-    assert_eq!(got, updated, "an update replaces the whole record");
+    assert_eq!(
+        got, updated,
+        "an update replaces the whole record (expires_at cleared)"
+    );
+    let by_name = ListFilter {
+        scope: Some(updated.scope.clone()),
+        name: Some(updated.name.clone()),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        store.list(&by_name).await.expect("list"),
+        vec![updated.clone()],
+        "a listing reads the same record"
+    );
 
     store
         .commit(Batch {
@@ -721,6 +737,13 @@ pub async fn list_filters(store: Arc<dyn Store>) {
             LifecycleState::Valid
         };
         r.key_id = if i < 4 { "old-key" } else { "new-key" }.into();
+        r.handler_type = if i % 4 == 1 { "oauth2" } else { "api_key" }.into();
+        // Every third has no expiry; the others expire at 1000, 2000, … (two share 5000).
+        r.expires_at = match i {
+            _ if i % 3 == 2 => None,
+            7 => Some(Timestamp(5_000)),
+            _ => Some(Timestamp(1_000 * (i as i64 + 1))),
+        };
         all.push(r.clone());
         store
             .commit(put(r, Precondition::CreateOnly))
@@ -759,6 +782,29 @@ pub async fn list_filters(store: Arc<dyn Store>) {
             limit: Some(5),
             ..Default::default()
         },
+        ListFilter {
+            handler_type: Some("oauth2".into()),
+            ..Default::default()
+        },
+        ListFilter {
+            expires_before: Some(Timestamp(5_000)),
+            ..Default::default()
+        },
+        ListFilter {
+            expires_before: Some(Timestamp(5_001)),
+            ..Default::default()
+        },
+        ListFilter {
+            expires_before: Some(Timestamp(i64::MAX)),
+            ..Default::default()
+        },
+        ListFilter {
+            expires_before: Some(Timestamp(100_000)),
+            handler_type: Some("api_key".into()),
+            after_id: Some(all[2].id.clone()),
+            limit: Some(3),
+            ..Default::default()
+        },
     ];
     for filter in filters {
         let expected: Vec<_> = all
@@ -773,6 +819,30 @@ pub async fn list_filters(store: Arc<dyn Store>) {
             "list({filter:?}) returns matching records in id order"
         );
     }
+    // A refresher pages through everything due before 9000, three at a time.
+    let due = |r: &&CredentialRecord| r.expires_at.is_some_and(|t| t < Timestamp(9_000));
+    let expected: Vec<_> = all.iter().filter(due).cloned().collect();
+    assert!(expected.len() > 3, "the check pages more than once");
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(&ListFilter {
+                expires_before: Some(Timestamp(9_000)),
+                after_id: after.clone(),
+                limit: Some(3),
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        paged.extend(page);
+    }
+    assert_eq!(
+        paged, expected,
+        "paging by expires_before and after_id visits every due credential once, in id order"
+    );
 }
 
 /// Create-only, if-version and delete preconditions fail with typed errors.

@@ -375,3 +375,124 @@ async fn a_vault_runs_on_postgres() {
     assert!(report.is_ok());
     drop_schema(&schema).await;
 }
+
+/// Schema version 1 exactly as it shipped (never edit: it is what old databases hold).
+fn schema_v1(s: &str) -> String {
+    format!(
+        "CREATE SCHEMA {s};
+        CREATE TABLE {s}.schema_version (version INTEGER NOT NULL);
+        INSERT INTO {s}.schema_version (version) VALUES (1);
+        CREATE TABLE {s}.credentials (
+            id               TEXT PRIMARY KEY,
+            name             TEXT NOT NULL,
+            scope_kind       TEXT NOT NULL,
+            owner            TEXT NOT NULL,
+            provider         TEXT NOT NULL,
+            handler_type     TEXT NOT NULL,
+            state            TEXT NOT NULL,
+            metadata         TEXT NOT NULL,
+            agent_accessible BOOLEAN NOT NULL,
+            version          BIGINT NOT NULL,
+            created_at       BIGINT NOT NULL,
+            updated_at       BIGINT NOT NULL,
+            key_id           TEXT NOT NULL,
+            sealed           BYTEA NOT NULL,
+            UNIQUE (scope_kind, owner, name)
+        );
+        CREATE INDEX credentials_key_id ON {s}.credentials (key_id);
+        CREATE INDEX credentials_provider ON {s}.credentials (provider);
+        CREATE TABLE {s}.grants (
+            credential_id TEXT NOT NULL,
+            app           TEXT NOT NULL,
+            granted_by    TEXT NOT NULL,
+            granted_at    BIGINT NOT NULL,
+            revoked_at    BIGINT,
+            revoked_by    TEXT,
+            PRIMARY KEY (credential_id, app)
+        );
+        CREATE TABLE {s}.audit (
+            seq           BIGINT PRIMARY KEY,
+            time          BIGINT NOT NULL,
+            actor         TEXT NOT NULL,
+            action        TEXT NOT NULL,
+            credential_id TEXT NOT NULL,
+            scope_kind    TEXT NOT NULL,
+            owner         TEXT NOT NULL,
+            outcome       TEXT NOT NULL,
+            details       TEXT NOT NULL,
+            prev_hash     BYTEA NOT NULL,
+            hash          BYTEA NOT NULL
+        );
+        CREATE TABLE {s}.state (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            generation BIGINT NOT NULL,
+            head_seq   BIGINT NOT NULL,
+            head_hash  BYTEA
+        );
+        INSERT INTO {s}.state (id, generation, head_seq, head_hash) VALUES (1, 0, 0, NULL);"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_upgrades_and_its_expiry_moves_from_metadata_into_the_column() {
+    let schema = fresh_schema();
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&schema_v1(&schema))
+        .await
+        .expect("schema 1");
+    for (id, metadata) in [
+        ("id-0", r#"{"expires_at":"1900000000123","label":"x"}"#),
+        ("id-1", r#"{"label":"y"}"#),
+        ("id-2", r#"{"expires_at":"next tuesday"}"#),
+    ] {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {schema}.credentials VALUES ($1, $1, 'per_user', 'alice', \
+                     'openai', 'api_key', 'filled', $2, false, 1, 1000, 1000, \
+                     'local:0000000000000000', '\\x0102')"
+                ),
+                &[&id, &metadata],
+            )
+            .await
+            .expect("row");
+    }
+    // Two instances open it at once: the advisory lock lets one migrate.
+    let (a, b) = tokio::join!(open(&schema), open(&schema));
+    async fn get(store: &PostgresStore, id: &str) -> CredentialRecord {
+        let id = strongroom::CredentialId::new(id).expect("id");
+        store.get(&id).await.expect("get").expect("present")
+    }
+    let expiring = get(&a, "id-0").await;
+    assert_eq!(
+        expiring.expires_at,
+        Some(strongroom::Timestamp(1_900_000_000_123))
+    );
+    assert_eq!(
+        expiring.metadata,
+        BTreeMap::from([("label".to_string(), "x".to_string())])
+    );
+    assert_eq!(get(&b, "id-1").await.expires_at, None);
+    let odd = get(&b, "id-2").await;
+    assert_eq!(odd.expires_at, None);
+    assert_eq!(odd.metadata["expires_at"], "next tuesday");
+    let versions: Vec<i32> = client
+        .query(
+            &format!("SELECT version FROM {schema}.schema_version ORDER BY version"),
+            &[],
+        )
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=LATEST_SCHEMA).collect::<Vec<_>>());
+    drop_schema(&schema).await;
+}
+
+/// The schema version this build writes.
+const LATEST_SCHEMA: i32 = 2;

@@ -245,7 +245,151 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
     let version: i64 = conn
         .query_row("SELECT version FROM strongroom_schema", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, LATEST_SCHEMA);
+}
+
+/// The schema version this build writes.
+const LATEST_SCHEMA: i64 = 4;
+
+/// Schema version 3 exactly as it shipped (never edit: it is what old files hold).
+const SCHEMA_V3: &str = "
+    CREATE TABLE credentials (
+        id               TEXT PRIMARY KEY NOT NULL,
+        name             TEXT NOT NULL,
+        scope_kind       TEXT NOT NULL,
+        owner            TEXT NOT NULL,
+        provider         TEXT NOT NULL,
+        handler_type     TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        metadata         TEXT NOT NULL,
+        agent_accessible INTEGER NOT NULL,
+        version          INTEGER NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        key_id           TEXT NOT NULL,
+        sealed           BLOB NOT NULL,
+        UNIQUE (scope_kind, owner, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX credentials_key_id ON credentials (key_id);
+    CREATE INDEX credentials_provider ON credentials (provider);
+    CREATE TABLE audit (
+        seq           INTEGER PRIMARY KEY NOT NULL,
+        time          INTEGER NOT NULL,
+        actor         TEXT NOT NULL,
+        action        TEXT NOT NULL,
+        credential_id TEXT NOT NULL,
+        scope_kind    TEXT NOT NULL,
+        owner         TEXT NOT NULL,
+        outcome       TEXT NOT NULL,
+        details       TEXT NOT NULL,
+        prev_hash     BLOB NOT NULL,
+        hash          BLOB NOT NULL
+    );
+    CREATE TABLE grants (
+        credential_id TEXT NOT NULL,
+        app           TEXT NOT NULL,
+        granted_by    TEXT NOT NULL,
+        granted_at    INTEGER NOT NULL,
+        revoked_at    INTEGER,
+        revoked_by    TEXT,
+        PRIMARY KEY (credential_id, app)
+    ) WITHOUT ROWID;
+    CREATE TABLE strongroom_generation (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO strongroom_generation (id, value) VALUES (1, 0);
+    CREATE TABLE strongroom_schema (version INTEGER NOT NULL);
+    INSERT INTO strongroom_schema (version) VALUES (3);";
+
+/// Writes a version-3 file holding one credential per `(name, metadata)`, as the vault of
+/// that version stored them (`expires_at` in the metadata, milliseconds as text).
+fn old_file(path: &std::path::Path, rows: &[(&str, &str)]) {
+    let conn = Connection::open(path).expect("create");
+    conn.execute_batch(SCHEMA_V3).expect("schema 3");
+    for (i, (name, metadata)) in rows.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO credentials VALUES (?1, ?2, 'per_user', 'alice', 'openai', 'api_key',
+             'filled', ?3, 0, 1, 1000, 1000, 'local:0000000000000000', x'0102')",
+            rusqlite::params![format!("id-{i}"), name, metadata],
+        )
+        .expect("row");
+    }
+}
+
+#[tokio::test]
+async fn a_version_3_file_upgrades_and_its_expiry_moves_from_metadata_into_the_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v3.db");
+    old_file(
+        &path,
+        &[
+            ("expiring", r#"{"expires_at":"1900000000123","label":"x"}"#),
+            ("forever", r#"{"label":"y"}"#),
+            ("odd", r#"{"expires_at":"next tuesday"}"#),
+            ("broken", r#"{"expires_at": oops"#),
+        ],
+    );
+    let store = SqliteStore::open(&path).expect("the old file opens and upgrades");
+    let get = |i: usize| {
+        let store = store.clone();
+        async move {
+            store
+                .get(&strongroom::CredentialId::new(format!("id-{i}")).expect("id"))
+                .await
+        }
+    };
+    let expiring = get(0).await.expect("get").expect("present");
+    assert_eq!(
+        expiring.expires_at,
+        Some(strongroom::Timestamp(1_900_000_000_123))
+    );
+    assert_eq!(
+        expiring.metadata,
+        std::collections::BTreeMap::from([("label".to_string(), "x".to_string())]),
+        "expires_at left the metadata"
+    );
+    let forever = get(1).await.expect("get").expect("present");
+    assert_eq!(forever.expires_at, None);
+    let odd = get(2).await.expect("get").expect("present");
+    assert_eq!(
+        odd.expires_at, None,
+        "what the vault never wrote is not guessed at"
+    );
+    assert_eq!(odd.metadata["expires_at"], "next tuesday", "and is kept");
+    let err = get(3).await.expect_err("a corrupt row stays corrupt");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let due = store
+        .list(&strongroom::ListFilter {
+            expires_before: Some(strongroom::Timestamp(2_000_000_000_000)),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        due.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["expiring"]
+    );
+    drop(store);
+    let version: i64 = Connection::open(&path)
+        .expect("open")
+        .query_row("SELECT version FROM strongroom_schema", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, LATEST_SCHEMA);
+    // Opening again migrates nothing twice.
+    let store = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(
+        get_id(&store, "id-0").await.expires_at,
+        Some(strongroom::Timestamp(1_900_000_000_123))
+    );
+}
+
+async fn get_id(store: &SqliteStore, id: &str) -> CredentialRecord {
+    store
+        .get(&strongroom::CredentialId::new(id).expect("id"))
+        .await
+        .expect("get")
+        .expect("present")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditDigest, AuditEvent, AuditRecord, ChainHead};
 use crate::error::Result;
-use crate::model::{CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind};
+use crate::model::{
+    CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+};
 
 mod memory;
 #[cfg(feature = "postgres")]
@@ -154,6 +156,29 @@ pub struct CommitReceipt {
     pub head: Option<ChainHead>,
 }
 
+/// A value bound to a SQL placeholder by the SQL stores.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SqlValue {
+    /// Text.
+    Text(String),
+    /// A 64-bit integer.
+    Int(i64),
+}
+
+/// The `expires_at` (milliseconds) of a credential's metadata text as stores kept it before
+/// it had a column of its own, and the metadata text without it; `None` when the text does
+/// not decode or holds no integer `expires_at` (such a row is left as it is).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn split_old_expiry(metadata: &str) -> Option<(i64, String)> {
+    const OLD_KEY: &str = "expires_at";
+    let mut map: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(metadata).ok()?;
+    let at: i64 = map.get(OLD_KEY)?.parse().ok()?;
+    map.remove(OLD_KEY);
+    Some((at, serde_json::to_string(&map).ok()?))
+}
+
 /// Which credentials to list. Every set field must match; results come in id order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
@@ -165,7 +190,13 @@ pub struct ListFilter {
     pub name: Option<String>,
     /// This provider.
     pub provider: Option<String>,
-    /// This lifecycle state.
+    /// This handler type (`oauth2`, `api_key`, …).
+    pub handler_type: Option<String>,
+    /// Only credentials whose `expires_at` is set and earlier than this (strictly): what a
+    /// refresher has to renew, found without decrypting anything.
+    pub expires_before: Option<Timestamp>,
+    /// This lifecycle state (as stored: a credential past its `expires_at` is still stored
+    /// as `filled` or `valid`; use `expires_before` to find it).
     pub state: Option<LifecycleState>,
     /// Wrapped by this master key.
     pub key_id: Option<String>,
@@ -184,6 +215,13 @@ impl ListFilter {
             && self.scope_kind.is_none_or(|k| k == record.scope.kind())
             && self.name.as_ref().is_none_or(|n| *n == record.name)
             && self.provider.as_ref().is_none_or(|p| *p == record.provider)
+            && self
+                .handler_type
+                .as_ref()
+                .is_none_or(|h| *h == record.handler_type)
+            && self
+                .expires_before
+                .is_none_or(|t| record.expires_at.is_some_and(|at| at < t))
             && self.state.is_none_or(|s| s == record.state)
             && self.key_id.as_ref().is_none_or(|k| *k == record.key_id)
             && self.key_id_not.as_ref().is_none_or(|k| *k != record.key_id)
@@ -191,34 +229,42 @@ impl ListFilter {
     }
 
     /// The filter as SQL conditions on the credential columns, `(column and operator,
-    /// value)`, for the SQL stores to add their placeholders to (every value is text).
+    /// value)`, for the SQL stores to add their placeholders to.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn sql_conditions(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn sql_conditions(&self) -> Vec<(&'static str, SqlValue)> {
+        use SqlValue::{Int, Text};
         let mut out = Vec::new();
         if let Some(scope) = &self.scope {
-            out.push(("scope_kind =", scope.kind().as_str().to_string()));
-            out.push(("owner =", scope.owner()));
+            out.push(("scope_kind =", Text(scope.kind().as_str().to_string())));
+            out.push(("owner =", Text(scope.owner())));
         }
         if let Some(kind) = self.scope_kind {
-            out.push(("scope_kind =", kind.as_str().to_string()));
+            out.push(("scope_kind =", Text(kind.as_str().to_string())));
         }
         if let Some(name) = &self.name {
-            out.push(("name =", name.clone()));
+            out.push(("name =", Text(name.clone())));
         }
         if let Some(provider) = &self.provider {
-            out.push(("provider =", provider.clone()));
+            out.push(("provider =", Text(provider.clone())));
+        }
+        if let Some(handler_type) = &self.handler_type {
+            out.push(("handler_type =", Text(handler_type.clone())));
+        }
+        if let Some(before) = self.expires_before {
+            // `NULL < x` is not true, so credentials without an expiry never match.
+            out.push(("expires_at <", Int(before.0)));
         }
         if let Some(state) = self.state {
-            out.push(("state =", state.as_str().to_string()));
+            out.push(("state =", Text(state.as_str().to_string())));
         }
         if let Some(key_id) = &self.key_id {
-            out.push(("key_id =", key_id.clone()));
+            out.push(("key_id =", Text(key_id.clone())));
         }
         if let Some(key_id) = &self.key_id_not {
-            out.push(("key_id <>", key_id.clone()));
+            out.push(("key_id <>", Text(key_id.clone())));
         }
         if let Some(after) = &self.after_id {
-            out.push(("id >", after.as_str().to_string()));
+            out.push(("id >", Text(after.as_str().to_string())));
         }
         out
     }

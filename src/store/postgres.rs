@@ -19,7 +19,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::memory::{check_version, grant_missing, grant_target_missing};
-use super::{stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, Store};
+use super::{stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, SqlValue, Store};
 use crate::audit::{AuditEvent, AuditRecord, AuditTarget, ChainHead, Outcome};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
@@ -117,7 +117,7 @@ struct Sql {
 }
 
 const COLUMNS: &str = "id, name, scope_kind, owner, provider, handler_type, state, metadata, \
-    agent_accessible, version, created_at, updated_at, key_id, sealed";
+    agent_accessible, version, created_at, updated_at, key_id, sealed, expires_at";
 
 impl Sql {
     fn new(s: &str) -> Sql {
@@ -158,13 +158,14 @@ impl Sql {
             version_of: format!("SELECT version FROM {s}.credentials WHERE id = $1"),
             upsert: format!(
                 "INSERT INTO {s}.credentials ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                 $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-                 scope_kind = excluded.scope_kind, owner = excluded.owner, \
+                 $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO UPDATE SET \
+                 name = excluded.name, scope_kind = excluded.scope_kind, owner = excluded.owner, \
                  provider = excluded.provider, handler_type = excluded.handler_type, \
                  state = excluded.state, metadata = excluded.metadata, \
                  agent_accessible = excluded.agent_accessible, version = excluded.version, \
                  created_at = excluded.created_at, updated_at = excluded.updated_at, \
-                 key_id = excluded.key_id, sealed = excluded.sealed"
+                 key_id = excluded.key_id, sealed = excluded.sealed, \
+                 expires_at = excluded.expires_at"
             ),
             delete: format!("DELETE FROM {s}.credentials WHERE id = $1"),
             delete_grants: format!("DELETE FROM {s}.grants WHERE credential_id = $1"),
@@ -187,8 +188,10 @@ impl Sql {
 
 /// The schema migrations, in order; each runs once, under an advisory lock.
 fn migrations(s: &str) -> Vec<String> {
-    vec![format!(
-        "CREATE TABLE {s}.credentials (
+    vec![
+        // 1: credentials, grants, the audit chain and the state row.
+        format!(
+            "CREATE TABLE {s}.credentials (
             id               TEXT PRIMARY KEY,
             name             TEXT NOT NULL,
             scope_kind       TEXT NOT NULL,
@@ -236,7 +239,53 @@ fn migrations(s: &str) -> Vec<String> {
             head_hash  BYTEA
         );
         INSERT INTO {s}.state (id, generation, head_seq, head_hash) VALUES (1, 0, 0, NULL);"
-    )]
+        ),
+        // 2: `expires_at` as a column of its own (it was a metadata string of milliseconds;
+        //    the values move over in `after_migration`), indexed for listing what expires
+        //    first.
+        format!(
+            "ALTER TABLE {s}.credentials ADD COLUMN expires_at BIGINT;
+            CREATE INDEX credentials_expires_at ON {s}.credentials (expires_at)
+                WHERE expires_at IS NOT NULL;
+            UPDATE {s}.state SET generation = generation + 1 WHERE id = 1;"
+        ),
+    ]
+}
+
+/// Data changes that go with a schema step, run in the same transaction right after its SQL.
+async fn after_migration(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    version: usize,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if version == 2 {
+        // `expires_at` moves out of the metadata. A value the vault could not have written
+        // (not an integer) stays where it is, and so does metadata that does not decode.
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT id, metadata FROM {schema}.credentials \
+                     WHERE metadata LIKE '%\"expires_at\"%'"
+                ),
+                &[],
+            )
+            .await?;
+        let update = tx
+            .prepare(&format!(
+                "UPDATE {schema}.credentials SET expires_at = $1, metadata = $2 WHERE id = $3"
+            ))
+            .await?;
+        for row in rows {
+            let (Ok(id), Ok(metadata)) = (row.try_get::<_, String>(0), row.try_get::<_, String>(1))
+            else {
+                continue;
+            };
+            if let Some((at, rest)) = super::split_old_expiry(&metadata) {
+                tx.execute(&update, &[&at, &rest, &id]).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn db_error(context: &str, e: &tokio_postgres::Error) -> Error {
@@ -381,6 +430,13 @@ impl PostgresStore {
     }
 }
 
+fn sql_param(value: &SqlValue) -> &(dyn ToSql + Sync) {
+    match value {
+        SqlValue::Text(text) => text,
+        SqlValue::Int(n) => n,
+    }
+}
+
 /// `host:port/db` for messages (never the password).
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = config
@@ -439,6 +495,9 @@ async fn migrate(client: &mut deadpool_postgres::Object, schema: &str, shown: &s
     }
     for (i, step) in steps.iter().enumerate().skip(current) {
         tx.batch_execute(step)
+            .await
+            .map_err(fail("a schema migration failed"))?;
+        after_migration(&tx, schema, i + 1)
             .await
             .map_err(fail("a schema migration failed"))?;
         tx.execute(
@@ -764,6 +823,7 @@ async fn apply_mutation(
                         &record.updated_at.0,
                         &record.key_id,
                         &record.sealed,
+                        &record.expires_at.map(|t| t.0),
                     ],
                 )
                 .await;
@@ -863,6 +923,10 @@ fn decode_credential(row: &Row, at: usize) -> Result<CredentialRecord> {
             sealed: row
                 .try_get::<_, Vec<u8>>(at + 13)
                 .map_err(|e| format!("column `sealed` cannot be read: {e}"))?,
+            expires_at: row
+                .try_get::<_, Option<i64>>(at + 14)
+                .map_err(|e| format!("column `expires_at` cannot be read: {e}"))?
+                .map(Timestamp),
         })
     };
     decode().map_err(|reason| Error::corrupt(format!("credential row {id}"), reason))
@@ -946,7 +1010,7 @@ impl Store for PostgresStore {
         }
         let refs: Vec<&(dyn ToSql + Sync)> = conditions
             .iter()
-            .map(|(_, value)| value as &(dyn ToSql + Sync))
+            .map(|(_, value)| sql_param(value))
             .collect();
         let client = self.client().await?;
         let rows = client

@@ -14,7 +14,10 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Tran
 use tokio::sync::oneshot;
 
 use super::memory::{check_version, grant_missing, grant_target_missing};
-use super::{stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, Store};
+use super::{
+    split_old_expiry, stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, SqlValue,
+    Store,
+};
 use crate::audit::{
     AuditDigest, AuditEvent, AuditRecord, AuditTarget, CanonicalRow, ChainHead, Outcome,
 };
@@ -75,7 +78,43 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     );
     INSERT INTO strongroom_generation (id, value) VALUES (1, 0);",
+    // 4: `expires_at` as a column of its own (it was a metadata string of milliseconds; the
+    //    values move over in `after_migration`), indexed for listing what expires first.
+    "ALTER TABLE credentials ADD COLUMN expires_at INTEGER;
+    CREATE INDEX credentials_expires_at ON credentials (expires_at)
+        WHERE expires_at IS NOT NULL;
+    UPDATE strongroom_generation SET value = value + 1 WHERE id = 1;",
 ];
+
+/// Data changes that go with a schema step, run in the same transaction right after its SQL.
+fn after_migration(tx: &Connection, version: usize) -> rusqlite::Result<()> {
+    if version == 4 {
+        move_expiry_out_of_metadata(tx)?;
+    }
+    Ok(())
+}
+
+/// Moves `expires_at` from each credential's metadata into the column. A value the vault
+/// could not have written (not an integer) stays in the metadata, and a row whose metadata
+/// does not decode is left as it is (it reads as corrupt, by id, as before).
+fn move_expiry_out_of_metadata(tx: &Connection) -> rusqlite::Result<()> {
+    let rows: Vec<(Option<String>, Option<String>)> = tx
+        .prepare("SELECT id, metadata FROM credentials WHERE metadata LIKE '%\"expires_at\"%'")?
+        .query_map([], |r| Ok((r.get(0).ok(), r.get(1).ok())))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update =
+        tx.prepare("UPDATE credentials SET expires_at = ?1, metadata = ?2 WHERE id = ?3")?;
+    for (id, metadata) in rows {
+        let (Some(id), Some(metadata)) = (id, metadata) else {
+            continue;
+        };
+        let Some((at, rest)) = split_old_expiry(&metadata) else {
+            continue;
+        };
+        update.execute(params![at, rest, id])?;
+    }
+    Ok(())
+}
 
 /// SQLite's `synchronous` setting for the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,6 +498,7 @@ fn migrate(conn: &mut Connection, shown: &str) -> Result<()> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         tx.execute_batch(sql)
+            .and_then(|()| after_migration(&tx, i + 1))
             .map_err(fail(&format!("schema migration {} failed", i + 1)))?;
         tx.execute("DELETE FROM strongroom_schema", [])
             .and_then(|_| {
@@ -747,15 +787,16 @@ fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
                 .prepare_cached(
                     "INSERT INTO credentials (id, name, scope_kind, owner, provider, handler_type,
                         state, metadata, agent_accessible, version, created_at, updated_at, key_id,
-                        sealed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                        sealed, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT (id) DO UPDATE SET name = excluded.name,
                         scope_kind = excluded.scope_kind, owner = excluded.owner,
                         provider = excluded.provider, handler_type = excluded.handler_type,
                         state = excluded.state, metadata = excluded.metadata,
                         agent_accessible = excluded.agent_accessible, version = excluded.version,
                         created_at = excluded.created_at, updated_at = excluded.updated_at,
-                        key_id = excluded.key_id, sealed = excluded.sealed",
+                        key_id = excluded.key_id, sealed = excluded.sealed,
+                        expires_at = excluded.expires_at",
                 )
                 .map_err(|e| sql_error("cannot prepare the credential upsert", e))?;
             let result = stmt.execute(params![
@@ -773,6 +814,7 @@ fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
                 record.updated_at.0,
                 record.key_id,
                 record.sealed,
+                record.expires_at.map(|t| t.0),
             ]);
             match result {
                 Ok(_) => Ok(()),
@@ -830,7 +872,7 @@ fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
 }
 
 const CREDENTIAL_COLUMNS: &str = "id, name, scope_kind, owner, provider, handler_type, state, \
-    metadata, agent_accessible, version, created_at, updated_at, key_id, sealed";
+    metadata, agent_accessible, version, created_at, updated_at, key_id, sealed, expires_at";
 
 /// Reads one column of a row that may have been edited by hand: a missing value or a value
 /// of the wrong type becomes a message, not a failed query.
@@ -859,6 +901,13 @@ impl Cols<'_, '_> {
                 other.data_type()
             )),
             Err(e) => Err(format!("column `{name}` cannot be read: {e}")),
+        }
+    }
+
+    fn opt_int(&self, i: usize, name: &str) -> std::result::Result<Option<i64>, String> {
+        match self.row.get_ref(i) {
+            Ok(ValueRef::Null) => Ok(None),
+            _ => self.int(i, name).map(Some),
         }
     }
 
@@ -908,6 +957,7 @@ fn decode_credential(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Credent
             updated_at: Timestamp(c.int(11, "updated_at")?),
             key_id: c.text(12, "key_id")?,
             sealed: c.bytes(13, "sealed")?,
+            expires_at: c.opt_int(14, "expires_at")?.map(Timestamp),
         })
     };
     Ok(decode().map_err(|reason| Error::corrupt(what(), reason)))
@@ -1050,12 +1100,19 @@ impl Drop for MappedScan<'_> {
     }
 }
 
+fn sql_value(value: SqlValue) -> Value {
+    match value {
+        SqlValue::Text(text) => Value::Text(text),
+        SqlValue::Int(n) => Value::Integer(n),
+    }
+}
+
 /// Lists credentials matching `filter` on `conn`, in id order.
 fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
     let mut sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE 1");
     let mut values: Vec<Value> = Vec::new();
     for (clause, value) in filter.sql_conditions() {
-        values.push(Value::Text(value));
+        values.push(sql_value(value));
         sql.push_str(&format!(" AND {clause} ?{}", values.len()));
     }
     sql.push_str(" ORDER BY id");

@@ -34,9 +34,6 @@ pub use verify::{Verification, VerifyResult};
 
 pub use policy::{Action, Principal, Relation, Role};
 
-/// Metadata key under which `expires_at` (milliseconds since the epoch) is kept.
-pub const EXPIRES_AT: &str = "expires_at";
-
 /// Metadata key naming who disabled a credential they do not own (an admin's `invalid`);
 /// kept by the vault, never taken from a caller. While it is set, only someone other than
 /// the owner may lift the disable (see docs/ACCESS.md).
@@ -434,11 +431,7 @@ fn effective_state(record: &CredentialRecord, now: Timestamp) -> LifecycleState 
 }
 
 fn expires_at(record: &CredentialRecord) -> Option<Timestamp> {
-    record
-        .metadata
-        .get(EXPIRES_AT)
-        .and_then(|v| v.parse().ok())
-        .map(Timestamp)
+    record.expires_at
 }
 
 fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
@@ -518,6 +511,13 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
         return Err(Error::invalid(
             "metadata",
             format!("`{DISABLED_BY}` is kept by the vault (set_state records it); remove it"),
+        ));
+    }
+    if metadata.contains_key("expires_at") {
+        return Err(Error::invalid(
+            "metadata",
+            "`expires_at` is not metadata: set the credential's expiry with \
+             `NewCredential::expires_at` or `CredentialUpdate::expires_at`",
         ));
     }
     Ok(())
@@ -767,14 +767,9 @@ impl Vault {
         let handler_type =
             self.check_against_catalog(&new.provider, &new.handler_type, &new.fields)?;
         let now = Timestamp::now();
-        let mut metadata = new.metadata;
-        match new
+        let expires_at = new
             .expires_at
-            .or_else(|| self.expiry_from_fields(&handler_type, &new.fields))
-        {
-            Some(at) => metadata.insert(EXPIRES_AT.into(), at.0.to_string()),
-            None => metadata.remove(EXPIRES_AT),
-        };
+            .or_else(|| self.expiry_from_fields(&handler_type, &new.fields));
         let mut record = CredentialRecord {
             id: CredentialId::generate(),
             name: new.name,
@@ -782,11 +777,12 @@ impl Vault {
             provider: new.provider,
             handler_type,
             state: LifecycleState::Filled,
-            metadata,
+            metadata: new.metadata,
             agent_accessible: new.agent_accessible,
             version: 1,
             created_at: now,
             updated_at: now,
+            expires_at,
             key_id: String::new(),
             sealed: Vec::new(),
         };
@@ -838,7 +834,7 @@ impl Vault {
                 self.check_against_catalog(&record.provider, &record.handler_type, &fields)?;
                 if update.expires_at.is_none() {
                     if let Some(at) = self.expiry_from_fields(&record.handler_type, &fields) {
-                        record.metadata.insert(EXPIRES_AT.into(), at.0.to_string());
+                        record.expires_at = Some(at);
                     }
                 }
                 // New fields start over as `filled` — unless someone other than the owner
@@ -851,7 +847,7 @@ impl Vault {
             None => None,
         };
         if let Some(metadata) = update.metadata {
-            let kept: Vec<(String, String)> = [EXPIRES_AT, DISABLED_BY]
+            let kept: Vec<(String, String)> = [DISABLED_BY]
                 .into_iter()
                 .filter_map(|k| record.metadata.remove_entry(k))
                 .collect();
@@ -861,14 +857,8 @@ impl Vault {
         if let Some(flag) = update.agent_accessible {
             record.agent_accessible = flag;
         }
-        match update.expires_at {
-            Some(Some(at)) => {
-                record.metadata.insert(EXPIRES_AT.into(), at.0.to_string());
-            }
-            Some(None) => {
-                record.metadata.remove(EXPIRES_AT);
-            }
-            None => {}
+        if let Some(expires_at) = update.expires_at {
+            record.expires_at = expires_at;
         }
         record.version += 1;
         record.updated_at = Timestamp::now();
