@@ -259,6 +259,97 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
     assert_not_in_vault_files(env.home.path(), b"CANARY");
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time the CLI printed (its own format:
+/// `YYYY-MM-DDTHH:MM:SS[.mmm]Z`).
+fn millis_of(text: &str) -> i64 {
+    strongroom::Timestamp::parse_rfc3339(text)
+        .unwrap_or_else(|e| panic!("`{text}` is RFC 3339: {e}"))
+        .as_millis()
+}
+
+#[test]
+fn expiry_goes_in_as_rfc3339_or_a_duration_and_comes_out_as_rfc3339() {
+    let env = Env::new();
+    let create = |name: &str, expires_at: &str| {
+        env.run(
+            ALICE,
+            &[
+                "--json",
+                "credentials",
+                "create",
+                "--provider",
+                "openai",
+                "--name",
+                name,
+                "-f",
+                "api_key=sk-x",
+                "--expires-at",
+                expires_at,
+            ],
+        )
+    };
+    // An RFC 3339 time round-trips exactly, whatever offset it was written with.
+    let fixed = json(&create("fixed", "2099-06-30T14:00:00.250+02:00"));
+    assert_eq!(fixed["expires_at"], "2099-06-30T12:00:00.250Z");
+    let id = fixed["id"].as_str().expect("id").to_string();
+    let shown = json(&env.run(ALICE, &["--json", "credentials", "show", &id]));
+    assert_eq!(shown["expires_at"], "2099-06-30T12:00:00.250Z");
+    for field in ["created_at", "updated_at"] {
+        let text = shown[field].as_str().expect("a time is printed as text");
+        let age = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64
+            - millis_of(text);
+        assert!((0..600_000).contains(&age), "{field} {text} is about now");
+    }
+    let text = ok(&env.run(ALICE, &["credentials", "show", &id]));
+    assert!(
+        text.contains("expires_at:  2099-06-30T12:00:00.250Z"),
+        "{text}"
+    );
+    let listed = json(&env.run(ALICE, &["--json", "credentials", "list"]));
+    assert_eq!(listed[0]["expires_at"], "2099-06-30T12:00:00.250Z");
+    assert_eq!(listed[0]["state"], "filled");
+
+    // A duration counts from now.
+    let before = strongroom::Timestamp::now().as_millis();
+    let in_30_days = json(&create("soon", "+30d"));
+    let at = millis_of(in_30_days["expires_at"].as_str().expect("text"));
+    let month = 30 * 24 * 3_600_000;
+    assert!(
+        (before + month..before + month + 600_000).contains(&at),
+        "+30d is 30 days from now: {at} vs {before}"
+    );
+    for (name, duration, ms) in [("h", "+12h", 12 * 3_600_000), ("m", "+90m", 90 * 60_000)] {
+        let out = json(&create(name, duration));
+        let at = millis_of(out["expires_at"].as_str().expect("text"));
+        assert!(
+            (before + ms..before + ms + 600_000).contains(&at),
+            "{duration}"
+        );
+    }
+
+    // A bare number, a time in the past and nonsense are refused, saying what to write;
+    // nothing is created.
+    for (arg, needle) in [
+        ("1700000000", "bare number"),
+        ("1700000000000", "bare number"),
+        ("2001-01-01T00:00:00Z", "not in the future"),
+        ("+0d", "not in the future"),
+        ("+30x", "not a duration"),
+        ("+d", "not a duration"),
+        ("next tuesday", "not a time"),
+    ] {
+        let out = create("refused", arg);
+        fails(&out, 2, needle);
+        fails(&out, 2, "2030-01-02T03:04:05Z");
+        fails(&out, 2, "+30d");
+    }
+    let listed = json(&env.run(ALICE, &["--json", "credentials", "list"]));
+    assert_eq!(listed.as_array().expect("list").len(), 4, "{listed}");
+}
+
 #[test]
 fn bad_input_gives_clear_errors_and_exit_codes() {
     let env = Env::new();
@@ -692,6 +783,31 @@ fn the_cli_runs_on_postgres_too() {
     ));
     let listed = ok(&run(admin, &["credentials", "admin-list"]));
     assert!(listed.contains("openai_main"), "{listed}");
+    // expires_at round-trips through PostgreSQL too.
+    let expiring = json(&run(
+        admin,
+        &[
+            "--json",
+            "credentials",
+            "admin-create",
+            "--provider",
+            "stripe",
+            "-f",
+            "secret_key=sk_test_pg",
+            "--expires-at",
+            "2099-01-02T03:04:05Z",
+        ],
+    ));
+    let shown = json(&run(
+        admin,
+        &[
+            "--json",
+            "credentials",
+            "show",
+            expiring["id"].as_str().expect("id"),
+        ],
+    ));
+    assert_eq!(shown["expires_at"], "2099-01-02T03:04:05Z");
     assert!(ok(&run(admin, &["audit", "verify"])).contains("audit chain intact"));
     let out = Command::new(env!("CARGO_BIN_EXE_strongroom"))
         .env_clear()

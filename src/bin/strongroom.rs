@@ -179,9 +179,10 @@ struct CredentialSource {
 struct CreateArgs {
     #[command(flatten)]
     source: CredentialSource,
-    /// Expiry, in milliseconds since the epoch.
-    #[arg(long)]
-    expires_at: Option<i64>,
+    /// When the credential stops being usable: an RFC 3339 time (2030-01-02T03:04:05Z) or a
+    /// duration from now (+30d, +12h, +90m, +2w).
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
     #[command(flatten)]
     scope: ScopeArgs,
 }
@@ -248,6 +249,9 @@ enum CredentialsCommand {
         /// Make it per_app_shared for this app.
         #[arg(long)]
         app: Option<String>,
+        /// When the credential stops being usable: an RFC 3339 time or +30d, +12h, +90m, +2w.
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<String>,
     },
     /// Delete any credential (administrators).
     AdminDelete {
@@ -330,6 +334,87 @@ async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn Store>, Error> {
         }
     })
 }
+
+/// `--expires-at`: an RFC 3339 time or `+N` minutes, hours, days or weeks from `now`; a
+/// bare number (seconds? milliseconds?) and a time that is not in the future are refused.
+fn expiry_from_arg(text: &str, now: Timestamp) -> Result<Timestamp, Error> {
+    const HOW: &str = "write an RFC 3339 time such as 2030-01-02T03:04:05Z, or a duration \
+                       from now such as +30d, +12h, +90m or +2w";
+    let text = text.trim();
+    let at = if let Some(duration) = text.strip_prefix('+') {
+        let unit_at = duration
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(duration.len());
+        let (count, unit) = duration.split_at(unit_at);
+        let minutes: u64 = match unit {
+            "m" => 1,
+            "h" => 60,
+            "d" => 24 * 60,
+            "w" => 7 * 24 * 60,
+            _ => {
+                return Err(invalid(
+                    "--expires-at",
+                    &format!("`{text}` is not a duration: {HOW}"),
+                ))
+            }
+        };
+        let count: u64 = count.parse().map_err(|_| {
+            invalid(
+                "--expires-at",
+                &format!("`{text}` is not a duration: {HOW}"),
+            )
+        })?;
+        let millis = count
+            .checked_mul(minutes * 60_000)
+            .ok_or_else(|| invalid("--expires-at", &format!("`{text}` is too far away")))?;
+        now.saturating_add(std::time::Duration::from_millis(millis))
+    } else if !text.is_empty()
+        && text
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid(
+            "--expires-at",
+            &format!("`{text}` is a bare number, which could mean seconds or milliseconds: {HOW}"),
+        ));
+    } else {
+        Timestamp::parse_rfc3339(text)
+            .map_err(|_| invalid("--expires-at", &format!("`{text}` is not a time: {HOW}")))?
+    };
+    if at <= now {
+        return Err(invalid(
+            "--expires-at",
+            &format!("{at} is not in the future (it is {now} now); {HOW}",),
+        ));
+    }
+    Ok(at)
+}
+
+/// Rewrites the named millisecond fields of a JSON object (or of each object in an array) as
+/// RFC 3339 text, as the CLI prints every time.
+fn times_as_rfc3339(value: &mut serde_json::Value, fields: &[&str]) {
+    match value {
+        serde_json::Value::Array(items) => {
+            for item in items {
+                times_as_rfc3339(item, fields);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for field in fields {
+                if let Some(slot) = map.get_mut(*field) {
+                    if let Some(ms) = slot.as_i64() {
+                        *slot = serde_json::Value::String(Timestamp(ms).to_string());
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The time fields of a credential's JSON form.
+const CREDENTIAL_TIMES: [&str; 3] = ["created_at", "updated_at", "expires_at"];
 
 fn invalid(field: &str, reason: &str) -> Error {
     Error::InvalidInput {
@@ -535,9 +620,11 @@ struct Output {
 impl Output {
     fn infos(&self, infos: &[CredentialInfo]) {
         if self.json {
+            let mut value = serde_json::to_value(infos).unwrap_or_default();
+            times_as_rfc3339(&mut value, &CREDENTIAL_TIMES);
             println!(
                 "{}",
-                serde_json::to_string_pretty(infos).unwrap_or_default()
+                serde_json::to_string_pretty(&value).unwrap_or_default()
             );
             return;
         }
@@ -561,6 +648,7 @@ impl Output {
     fn info(&self, info: &CredentialInfo, fields: Option<&BTreeMap<String, SecretString>>) {
         if self.json {
             let mut value = serde_json::to_value(info).unwrap_or_default();
+            times_as_rfc3339(&mut value, &CREDENTIAL_TIMES);
             if let Some(fields) = fields {
                 let shown: BTreeMap<&str, &str> = fields
                     .iter()
@@ -581,7 +669,7 @@ impl Output {
         println!("state:       {}", info.state);
         println!("version:     {}", info.version);
         if let Some(at) = info.expires_at {
-            println!("expires_at:  {}", at.0);
+            println!("expires_at:  {at}");
         }
         for (k, v) in &info.metadata {
             println!("meta {k}: {v}");
@@ -755,15 +843,27 @@ async fn credentials(
                 )?,
             };
             let mut new = new_credential(args.source, scope)?;
-            new.expires_at = args.expires_at.map(Timestamp);
+            new.expires_at = args
+                .expires_at
+                .as_deref()
+                .map(|text| expiry_from_arg(text, Timestamp::now()))
+                .transpose()?;
             out.info(&vault.create(actor, new).await?, None);
         }
-        CredentialsCommand::AdminCreate { source, app } => {
+        CredentialsCommand::AdminCreate {
+            source,
+            app,
+            expires_at,
+        } => {
             let scope = match app {
                 Some(app) => Scope::per_app_shared(app)?,
                 None => Scope::SystemWide,
             };
-            let new = new_credential(source, scope)?;
+            let mut new = new_credential(source, scope)?;
+            new.expires_at = expires_at
+                .as_deref()
+                .map(|text| expiry_from_arg(text, Timestamp::now()))
+                .transpose()?;
             out.info(&vault.create(actor, new).await?, None);
         }
         CredentialsCommand::Delete { id: raw, version } => {
@@ -783,9 +883,11 @@ async fn credentials(
         CredentialsCommand::Grants { id: raw } => {
             let grants = vault.grants(actor, &id(&raw)?).await?;
             if out.json {
+                let mut value = serde_json::to_value(&grants).unwrap_or_default();
+                times_as_rfc3339(&mut value, &["granted_at", "revoked_at"]);
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&grants).unwrap_or_default()
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             } else {
                 println!("{:<20}  {:<28}  STATUS", "APP", "GRANTED BY");
