@@ -926,6 +926,8 @@ async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
     let other = p("app_user:crm:u2");
     let admin_of_other_app = p("app_admin:blog:adm");
     for actor in [&other, &admin_of_other_app] {
+        // One boxed closure per command, each returning a boxed future: the type says so.
+        #[allow(clippy::type_complexity)]
         let probes: Vec<(&str, Box<dyn Fn(CredentialId) -> _>)> = vec![
             (
                 "show",
