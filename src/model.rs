@@ -9,12 +9,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod record;
+
+pub use record::{
+    validate_record_kind, validate_record_part, Record, RecordAad, RecordKey, MAX_RECORD_BODY,
+    MAX_RECORD_KIND_LEN, MAX_RECORD_SEALED,
+};
+
 /// Longest identifier (app, user, agent id, credential name) accepted, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
 /// Checks an identifier used inside a scope or as a credential name: non-empty, at most
 /// [`MAX_ID_LEN`] bytes, no `/` (the owner separator) and no control characters.
 pub fn validate_id(field: &str, value: &str) -> Result<()> {
+    check_id(field, value, false)
+}
+
+/// [`validate_id`], with `/` allowed or not.
+fn check_id(field: &str, value: &str, slash_allowed: bool) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -31,7 +43,7 @@ pub fn validate_id(field: &str, value: &str) -> Result<()> {
     // (U+0080..=U+009F) are encoded as 0xC2 0x80..=0x9F.
     let bytes = value.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
-        if b == b'/' {
+        if b == b'/' && !slash_allowed {
             return Err(Error::invalid(field, "must not contain `/`"));
         }
         if b < 0x20 || b == 0x7f || (b == 0xc2 && matches!(bytes.get(i + 1), Some(0x80..=0x9f))) {
