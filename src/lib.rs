@@ -22,12 +22,14 @@ pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};
 pub use model::Grant;
 pub use model::{
-    CredentialId, CredentialRecord, LifecycleState, RecordIdentity, Scope, ScopeKind, Timestamp,
+    CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity, RecordKey,
+    Scope, ScopeKind, Timestamp,
 };
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
+pub use store::lease::{Lease, LeaseClaim};
 pub use store::{
     stale_read, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp,
-    Store,
+    RecordFilter, Store,
 };
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};

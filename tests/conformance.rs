@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use strongroom::conformance::{self, StoreHandles};
 use strongroom::{
     AuditRecord, Batch, ChainHead, CommitReceipt, CredentialId, CredentialRecord, Grant,
-    ListFilter, MemoryStore, ReadStamp, Result, Scope, SqliteStore, Store,
+    ListFilter, MemoryStore, ReadStamp, Record, RecordFilter, RecordKey, Result, Scope,
+    SqliteStore, Store,
 };
 
 /// One handle is the honest form for `MemoryStore`: its data lives in the handle (it is not
@@ -177,6 +178,14 @@ impl Store for Broken {
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
         self.inner.chain_head().await
+    }
+
+    async fn record(&self, key: &RecordKey) -> Result<Option<Record>> {
+        self.inner.record(key).await
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>> {
+        self.inner.records(filter).await
     }
 
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {

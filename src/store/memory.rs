@@ -6,12 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use super::rules::{
+    check_precondition, check_record_delete, check_record_put, grant_missing, grant_target_missing,
+};
 use super::{
-    stale_read, Batch, CommitReceipt, ListFilter, Mutation, Precondition, ReadStamp, Store,
+    stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, Store,
 };
 use crate::audit::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
-use crate::model::{CredentialId, CredentialRecord, Grant, Scope, ScopeKind};
+use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope, ScopeKind};
 
 type NameKey = (ScopeKind, String, String);
 
@@ -70,6 +73,7 @@ impl AuditLog {
 enum Undo {
     Credential(CredentialId, Option<Arc<CredentialRecord>>),
     Grant((CredentialId, String), Option<Grant>),
+    Record(RecordKey, Option<Record>),
 }
 
 #[derive(Default)]
@@ -77,6 +81,7 @@ struct State {
     credentials: BTreeMap<CredentialId, Arc<CredentialRecord>>,
     grants: BTreeMap<(CredentialId, String), Grant>,
     names: HashMap<NameKey, Arc<CredentialRecord>>,
+    records: BTreeMap<RecordKey, Record>,
     audit: AuditLog,
     head: Option<ChainHead>,
     /// Bumped by every batch that changes credentials or grants (see [`ReadStamp`]).
@@ -168,62 +173,24 @@ impl State {
                     None => return Err(grant_missing(&key.0, &key.1)),
                 }
             }
+            Mutation::PutRecord {
+                record,
+                precondition,
+            } => {
+                let key = record.record_key();
+                let stored = self.records.get(&key).map(|r| r.version);
+                check_record_put(precondition, stored, &record)?;
+                let old = self.records.insert(key.clone(), record);
+                undo.push(Undo::Record(key, old));
+            }
+            Mutation::DeleteRecord { key, precondition } => {
+                let stored = self.records.get(&key).map(|r| r.version);
+                check_record_delete(precondition, stored, &key)?;
+                let old = self.records.remove(&key);
+                undo.push(Undo::Record(key, old));
+            }
         }
         Ok(())
-    }
-}
-
-pub(crate) fn grant_target_missing(id: &CredentialId) -> Error {
-    Error::NotFound {
-        what: format!("credential {id}"),
-        hint: Some("a grant needs an existing credential".into()),
-    }
-}
-
-pub(crate) fn grant_missing(id: &CredentialId, app: &str) -> Error {
-    Error::NotFound {
-        what: format!("grant of credential {id} to app `{app}`"),
-        hint: None,
-    }
-}
-
-/// Checks a precondition against the stored record; shared by the stores so they agree.
-pub(crate) fn check_precondition(
-    precondition: Precondition,
-    existing: Option<&CredentialRecord>,
-    what: &str,
-    is_put: bool,
-) -> Result<()> {
-    check_version(precondition, existing.map(|r| r.version), what, is_put)
-}
-
-/// [`check_precondition`] on the stored version alone (`None` when there is no record).
-pub(crate) fn check_version(
-    precondition: Precondition,
-    stored: Option<u64>,
-    what: &str,
-    is_put: bool,
-) -> Result<()> {
-    match (precondition, stored) {
-        (Precondition::CreateOnly, _) if !is_put => Err(Error::invalid(
-            "precondition",
-            "create-only applies to puts, not deletes",
-        )),
-        (Precondition::CreateOnly, Some(_)) => Err(Error::AlreadyExists {
-            what: what.to_string(),
-        }),
-        (Precondition::IfVersion(expected), found) if found != Some(expected) => {
-            Err(Error::VersionConflict {
-                what: what.to_string(),
-                expected,
-                found,
-            })
-        }
-        (Precondition::None, None) if !is_put => Err(Error::NotFound {
-            what: what.to_string(),
-            hint: None,
-        }),
-        _ => Ok(()),
     }
 }
 
@@ -357,11 +324,32 @@ impl Store for MemoryStore {
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
         Self::commit_locked(self.lock(), batch)
     }
+
+    async fn record(&self, key: &RecordKey) -> Result<Option<Record>> {
+        Ok(self.lock().records.get(key).cloned())
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>> {
+        let state = self.lock();
+        let range = match &filter.after {
+            Some(after) => state.records.range((
+                std::ops::Bound::Excluded(after.clone()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => state.records.range(..),
+        };
+        Ok(range
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
 }
 
 impl MemoryStore {
     fn commit_locked(mut state: MutexGuard<'_, State>, batch: Batch) -> Result<CommitReceipt> {
-        let changes = !batch.mutations.is_empty();
+        let changes = batch.changes_credentials();
         let mut undo = Vec::with_capacity(batch.mutations.len());
         for mutation in batch.mutations {
             if let Err(e) = state.apply(mutation, &mut undo) {
@@ -375,6 +363,12 @@ impl MemoryStore {
                         }
                         Undo::Grant(key, None) => {
                             state.grants.remove(&key);
+                        }
+                        Undo::Record(key, Some(old)) => {
+                            state.records.insert(key, old);
+                        }
+                        Undo::Record(key, None) => {
+                            state.records.remove(&key);
                         }
                     }
                 }

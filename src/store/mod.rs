@@ -9,12 +9,15 @@ use async_trait::async_trait;
 use crate::audit::{AuditDigest, AuditEvent, AuditRecord, ChainHead};
 use crate::error::Result;
 use crate::model::{
-    CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+    CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
+    Timestamp,
 };
 
+pub mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod rules;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -36,7 +39,7 @@ pub enum Precondition {
     IfVersion(u64),
 }
 
-/// One change to the stored credentials.
+/// One change to the stored credentials, grants or records.
 // Batches are short-lived and `Put` is by far the common variant, so boxing the record
 // would cost an allocation per write for nothing.
 #[allow(clippy::large_enum_variant)]
@@ -70,6 +73,60 @@ pub enum Mutation {
         /// The app.
         app: String,
     },
+    /// Create or replace a record. Whatever the precondition, its `version` must be 1 for a
+    /// new record and the stored version + 1 otherwise (see [`Record`]); with
+    /// [`Precondition::None`] a version that does not follow the stored one is a version
+    /// conflict. The record is checked ([`Record::validate`]) first.
+    PutRecord {
+        /// The full record to store.
+        record: Record,
+        /// What must hold first.
+        precondition: Precondition,
+    },
+    /// Remove a record; with [`Precondition::None`] it must exist.
+    DeleteRecord {
+        /// Which one.
+        key: RecordKey,
+        /// What must hold first ([`Precondition::CreateOnly`] is refused).
+        precondition: Precondition,
+    },
+}
+
+impl Mutation {
+    /// Creates `record` (create-only; a new record's version is 1).
+    pub fn create_record(record: Record) -> Mutation {
+        Mutation::PutRecord {
+            record,
+            precondition: Precondition::CreateOnly,
+        }
+    }
+
+    /// Writes `record` over the version before it (if-version `record.version - 1`): the
+    /// commit of a read-modify-write, with `record` from [`Record::next_version`].
+    pub fn update_record(record: Record) -> Mutation {
+        let precondition = Precondition::IfVersion(record.version.saturating_sub(1));
+        Mutation::PutRecord {
+            record,
+            precondition,
+        }
+    }
+
+    /// Deletes `record` if it is still at the version read (if-version).
+    pub fn delete_record(record: &Record) -> Mutation {
+        Mutation::DeleteRecord {
+            key: record.record_key(),
+            precondition: Precondition::IfVersion(record.version),
+        }
+    }
+
+    /// Does it change a credential or a grant (rather than a record)? Only those bump the
+    /// data generation that [`ReadStamp`]s are checked against.
+    pub fn changes_credentials(&self) -> bool {
+        !matches!(
+            self,
+            Mutation::PutRecord { .. } | Mutation::DeleteRecord { .. }
+        )
+    }
 }
 
 /// Mutations and the audit events that record them, applied together or not at all.
@@ -89,12 +146,20 @@ impl Batch {
             events,
         }
     }
+
+    /// Does any mutation change a credential or a grant? A batch that changes only records
+    /// (and appends audit events) leaves the data generation alone, so it never makes a
+    /// [`ReadStamp`] stale.
+    pub fn changes_credentials(&self) -> bool {
+        self.mutations.iter().any(Mutation::changes_credentials)
+    }
 }
 
 /// The data generation a read saw. Passed back to [`Store::commit_checked`], it makes the
 /// commit fail with a [`StoreErrorKind::Stale`](crate::StoreErrorKind::Stale) error when any
 /// credential or grant changed after the read, so a caller can act on a read (audit it,
-/// return it) knowing the read was still current when the commit landed.
+/// return it) knowing the read was still current when the commit landed. Record changes do
+/// not count ([`Batch::changes_credentials`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReadStamp(Stamp);
 
@@ -278,6 +343,113 @@ impl ListFilter {
     }
 }
 
+/// Which records to list. Every set field must match; results come ordered by kind, owner
+/// and key, each compared byte by byte.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this owner.
+    pub owner: Option<String>,
+    /// Only records whose `expires_at` is set and earlier than this (strictly).
+    pub expires_before: Option<Timestamp>,
+    /// Only records after this one in the listing order (for paging: pass the last key of
+    /// the previous page).
+    pub after: Option<RecordKey>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl RecordFilter {
+    /// Records of this kind.
+    pub fn kind(kind: impl Into<String>) -> RecordFilter {
+        RecordFilter {
+            kind: Some(kind.into()),
+            ..RecordFilter::default()
+        }
+    }
+
+    /// Only this owner's.
+    pub fn owner(mut self, owner: impl Into<String>) -> RecordFilter {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Only those with an `expires_at` earlier than `at`.
+    pub fn expires_before(mut self, at: Timestamp) -> RecordFilter {
+        self.expires_before = Some(at);
+        self
+    }
+
+    /// Only those that have expired at `now` ([`Record::is_expired_at`]: `expires_at` is
+    /// `now` or earlier).
+    pub fn expired_at(self, now: Timestamp) -> RecordFilter {
+        self.expires_before(Timestamp(now.0.saturating_add(1)))
+    }
+
+    /// Only those after `key` in the listing order.
+    pub fn after(mut self, key: RecordKey) -> RecordFilter {
+        self.after = Some(key);
+        self
+    }
+
+    /// At most `limit`.
+    pub fn limit(mut self, limit: usize) -> RecordFilter {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Does `record` match every set field (except `limit`)?
+    pub fn matches(&self, record: &Record) -> bool {
+        self.kind.as_ref().is_none_or(|k| *k == record.kind)
+            && self.owner.as_ref().is_none_or(|o| *o == record.owner)
+            && self
+                .expires_before
+                .is_none_or(|t| record.expires_at.is_some_and(|at| at < t))
+            && self.after.as_ref().is_none_or(|a| {
+                (a.kind.as_str(), a.owner.as_str(), a.key.as_str())
+                    < (
+                        record.kind.as_str(),
+                        record.owner.as_str(),
+                        record.key.as_str(),
+                    )
+            })
+    }
+
+    /// The filter as a SQL `WHERE` condition on the record columns (`1 = 1` when empty) and
+    /// its values; `placeholder(n)` writes the n-th placeholder (from 1).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn sql_where(&self, placeholder: fn(usize) -> String) -> (String, Vec<SqlValue>) {
+        let mut clauses = Vec::new();
+        let mut values = Vec::new();
+        let mut bind = |value: SqlValue| {
+            values.push(value);
+            placeholder(values.len())
+        };
+        if let Some(kind) = &self.kind {
+            clauses.push(format!("kind = {}", bind(SqlValue::Text(kind.clone()))));
+        }
+        if let Some(owner) = &self.owner {
+            clauses.push(format!("owner = {}", bind(SqlValue::Text(owner.clone()))));
+        }
+        if let Some(before) = self.expires_before {
+            clauses.push(format!("expires_at < {}", bind(SqlValue::Int(before.0))));
+        }
+        if let Some(after) = &self.after {
+            let (k, o, key) = (
+                bind(SqlValue::Text(after.kind.clone())),
+                bind(SqlValue::Text(after.owner.clone())),
+                bind(SqlValue::Text(after.key.clone())),
+            );
+            clauses.push(format!("(kind, owner, key) > ({k}, {o}, {key})"));
+        }
+        if clauses.is_empty() {
+            clauses.push("1 = 1".into());
+        }
+        (clauses.join(" AND "), values)
+    }
+}
+
 /// Where credentials and the audit chain live.
 ///
 /// The core is deliberately small. `commit` is the only write: it checks every mutation's
@@ -294,6 +466,25 @@ impl ListFilter {
 /// that checks something, and [`Store::commit_checked`] to refuse a commit whose stamp went
 /// stale. The provided implementations stamp nothing and check nothing, which is right only
 /// for a store whose every read is current.
+///
+/// # Records and leases
+///
+/// Besides credentials, grants and the audit chain, a store keeps *records* ([`Record`]):
+/// small versioned documents keyed by `(kind, owner, key)` — OAuth pending flows, refresh
+/// leases, integrations, provider registrations, provisioning intents. `commit` writes them
+/// ([`Mutation::PutRecord`], [`Mutation::DeleteRecord`]) with the same preconditions and in
+/// the same atomic batch as credential changes and audit events; [`Store::record`] and
+/// [`Store::records`] read them, always current. A record's version only moves forward by
+/// one (1 when created), so an if-version put is a compare-and-swap that exactly one of
+/// many concurrent writers wins. A batch that changes only records does not move the data
+/// generation: it never makes a [`ReadStamp`] stale.
+///
+/// A *lease* ([`lease::Lease`]) is a record of kind `lease` that one holder at a time may
+/// claim — exactly one refresher per credential across every instance sharing the store.
+/// It is claimed by a create-only put (or an if-version put over an expired lease) and
+/// released by an if-version delete committed in the same batch as the work it guarded, so
+/// a holder whose lease expired and was claimed by someone else cannot write that work.
+/// There is no second trait for leases: see [`lease`] for the pattern and its helpers.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// One credential by id.
@@ -314,6 +505,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Applies `batch` atomically (see the trait's documentation). Returns once the batch is
     /// durable.
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt>;
+
+    /// One record by kind, owner and key. Record reads are never stamped, so they must be
+    /// current: every read sees every record change committed before it, through any handle.
+    async fn record(&self, key: &RecordKey) -> Result<Option<Record>>;
+
+    /// Records matching `filter`, ordered by kind, owner and key (byte order), current as
+    /// [`Store::record`] is.
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>>;
 
     /// The credential named `name` in exactly `scope`, and the stamp of the read. The
     /// provided implementation uses [`Store::list`] and stamps nothing, so it is right only

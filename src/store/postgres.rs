@@ -18,12 +18,18 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use super::memory::{check_version, grant_missing, grant_target_missing};
-use super::{stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, SqlValue, Store};
+use super::rules::{
+    check_record_delete, check_record_put, check_version, grant_missing, grant_target_missing,
+};
+use super::{
+    stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, SqlValue,
+    Store,
+};
 use crate::audit::{AuditEvent, AuditRecord, AuditTarget, ChainHead, Outcome};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
-    CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+    CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
+    Timestamp,
 };
 
 /// How a [`PostgresStore`] connects and behaves.
@@ -114,10 +120,17 @@ struct Sql {
     put_grant: String,
     delete_grant: String,
     insert_audit: String,
+    record: String,
+    record_version: String,
+    put_record: String,
+    delete_record: String,
 }
 
 const COLUMNS: &str = "id, name, scope_kind, owner, provider, handler_type, state, metadata, \
     agent_accessible, version, created_at, updated_at, key_id, sealed, expires_at";
+
+const RECORD_COLUMNS: &str =
+    "kind, owner, key, version, created_at, updated_at, expires_at, body, sealed";
 
 impl Sql {
     fn new(s: &str) -> Sql {
@@ -176,6 +189,23 @@ impl Sql {
                  revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by"
             ),
             delete_grant: format!("DELETE FROM {s}.grants WHERE credential_id = $1 AND app = $2"),
+            record: format!(
+                "SELECT {RECORD_COLUMNS} FROM {s}.records \
+                 WHERE kind = $1 AND owner = $2 AND key = $3"
+            ),
+            record_version: format!(
+                "SELECT version FROM {s}.records WHERE kind = $1 AND owner = $2 AND key = $3"
+            ),
+            put_record: format!(
+                "INSERT INTO {s}.records ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                 $8, $9) ON CONFLICT (kind, owner, key) DO UPDATE SET \
+                 version = excluded.version, created_at = excluded.created_at, \
+                 updated_at = excluded.updated_at, expires_at = excluded.expires_at, \
+                 body = excluded.body, sealed = excluded.sealed"
+            ),
+            delete_record: format!(
+                "DELETE FROM {s}.records WHERE kind = $1 AND owner = $2 AND key = $3"
+            ),
             insert_audit: format!(
                 "INSERT INTO {s}.audit (seq, time, actor, action, credential_id, scope_kind, \
                  owner, outcome, details, prev_hash, hash) SELECT * FROM UNNEST($1::bigint[], \
@@ -248,6 +278,25 @@ fn migrations(s: &str) -> Vec<String> {
             CREATE INDEX credentials_expires_at ON {s}.credentials (expires_at)
                 WHERE expires_at IS NOT NULL;
             UPDATE {s}.state SET generation = generation + 1 WHERE id = 1;"
+        ),
+        // 3: records, keyed by kind, owner and key. The key columns use the "C" collation
+        //    so that ordering and paging compare bytes, whatever the database's locale.
+        format!(
+            "CREATE TABLE {s}.records (
+                kind       TEXT COLLATE \"C\" NOT NULL,
+                owner      TEXT COLLATE \"C\" NOT NULL,
+                key        TEXT COLLATE \"C\" NOT NULL,
+                version    BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                body       TEXT NOT NULL,
+                sealed     BYTEA,
+                PRIMARY KEY (kind, owner, key)
+            );
+            CREATE INDEX records_owner ON {s}.records (owner, kind, key);
+            CREATE INDEX records_expires_at ON {s}.records (expires_at)
+                WHERE expires_at IS NOT NULL;"
         ),
     ]
 }
@@ -614,6 +663,7 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             results.push((req.reply, Err(stale_read())));
             continue;
         }
+        let bumps_generation = req.batch.changes_credentials();
         let Batch { mutations, events } = req.batch;
         if !mutations.is_empty() {
             if let Err(e) = tx.batch_execute("SAVEPOINT batch").await {
@@ -643,7 +693,9 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
                 results.push((req.reply, Err(e)));
                 continue;
             }
-            generation += 1;
+            if bumps_generation {
+                generation += 1;
+            }
         }
         let mut seqs = None;
         for event in events {
@@ -880,7 +932,104 @@ async fn apply_mutation(
             }
             Ok(())
         }
+        Mutation::PutRecord {
+            record,
+            precondition,
+        } => {
+            let stored =
+                stored_record_version(tx, sql, &record.kind, &record.owner, &record.key).await?;
+            let body = check_record_put(precondition, stored, &record)?;
+            let stmt = prepared(tx, &sql.put_record).await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &record.kind,
+                    &record.owner,
+                    &record.key,
+                    &(record.version as i64),
+                    &record.created_at.0,
+                    &record.updated_at.0,
+                    &record.expires_at.map(|t| t.0),
+                    &body,
+                    &record.sealed,
+                ],
+            )
+            .await
+            .map_err(|e| db_error("cannot write a record", &e))?;
+            Ok(())
+        }
+        Mutation::DeleteRecord { key, precondition } => {
+            let stored = stored_record_version(tx, sql, &key.kind, &key.owner, &key.key).await?;
+            check_record_delete(precondition, stored, &key)?;
+            let stmt = prepared(tx, &sql.delete_record).await?;
+            tx.execute(&stmt, &[&key.kind, &key.owner, &key.key])
+                .await
+                .map_err(|e| db_error("cannot delete a record", &e))?;
+            Ok(())
+        }
     }
+}
+
+async fn stored_record_version(
+    tx: &deadpool_postgres::ClientWrapper,
+    sql: &Sql,
+    kind: &str,
+    owner: &str,
+    key: &str,
+) -> Result<Option<u64>> {
+    let stmt = prepared(tx, &sql.record_version).await?;
+    tx.query_opt(&stmt, &[&kind, &owner, &key])
+        .await
+        .map_err(|e| db_error("cannot read a record's version", &e))?
+        .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64))
+        .transpose()
+        .map_err(|e| db_error("cannot read a record's version", &e))
+}
+
+/// Decodes a record row; one that does not decode is reported as corrupt by its key.
+fn decode_record(row: &Row) -> Result<Record> {
+    let part = |i: usize, name: &str| {
+        row.try_get::<_, String>(i)
+            .unwrap_or_else(|_| format!("<unreadable {name}>"))
+    };
+    let decode = || -> std::result::Result<Record, String> {
+        let text = |i: usize, name: &str| -> std::result::Result<String, String> {
+            row.try_get::<_, String>(i)
+                .map_err(|e| format!("column `{name}` cannot be read: {e}"))
+        };
+        let int = |i: usize, name: &str| -> std::result::Result<i64, String> {
+            row.try_get::<_, i64>(i)
+                .map_err(|e| format!("column `{name}` cannot be read: {e}"))
+        };
+        Ok(Record {
+            kind: text(0, "kind")?,
+            owner: text(1, "owner")?,
+            key: text(2, "key")?,
+            version: u64::try_from(int(3, "version")?).map_err(|_| "negative version")?,
+            created_at: Timestamp(int(4, "created_at")?),
+            updated_at: Timestamp(int(5, "updated_at")?),
+            expires_at: row
+                .try_get::<_, Option<i64>>(6)
+                .map_err(|e| format!("column `expires_at` cannot be read: {e}"))?
+                .map(Timestamp),
+            body: serde_json::from_str(&text(7, "body")?)
+                .map_err(|e| format!("body is not JSON: {e}"))?,
+            sealed: row
+                .try_get::<_, Option<Vec<u8>>>(8)
+                .map_err(|e| format!("column `sealed` cannot be read: {e}"))?,
+        })
+    };
+    decode().map_err(|reason| {
+        Error::corrupt(
+            format!(
+                "record `{}` of kind `{}`, owner `{}`",
+                part(2, "key"),
+                part(0, "kind"),
+                part(1, "owner")
+            ),
+            reason,
+        )
+    })
 }
 
 /// Reads credential columns starting at `at`; a row that does not decode is reported as
@@ -1112,5 +1261,35 @@ impl Store for PostgresStore {
 
     async fn commit_checked(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
         self.send(batch, stamp).await
+    }
+
+    async fn record(&self, key: &RecordKey) -> Result<Option<Record>> {
+        let rows = self
+            .read(
+                &self.sql.record,
+                &[&key.kind, &key.owner, &key.key],
+                "a record",
+            )
+            .await?;
+        rows.first().map(decode_record).transpose()
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>> {
+        let (condition, values) = filter.sql_where(|n| format!("${n}"));
+        let mut query = format!(
+            "SELECT {RECORD_COLUMNS} FROM {}.records WHERE {condition} \
+             ORDER BY kind, owner, key",
+            self.sql.schema
+        );
+        if let Some(limit) = filter.limit {
+            query.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(sql_param).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(&query, &refs)
+            .await
+            .map_err(|e| db_error("cannot list records", &e))?;
+        rows.iter().map(decode_record).collect()
     }
 }

@@ -13,17 +13,20 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::memory::{check_version, grant_missing, grant_target_missing};
+use super::rules::{
+    check_record_delete, check_record_put, check_version, grant_missing, grant_target_missing,
+};
 use super::{
-    split_old_expiry, stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, SqlValue,
-    Store,
+    split_old_expiry, stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp,
+    RecordFilter, SqlValue, Store,
 };
 use crate::audit::{
     AuditDigest, AuditEvent, AuditRecord, AuditTarget, CanonicalRow, ChainHead, Outcome,
 };
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
-    CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
+    CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
+    Timestamp,
 };
 
 /// The schema, one entry per version. Never edit an entry that has shipped: add one.
@@ -84,6 +87,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX credentials_expires_at ON credentials (expires_at)
         WHERE expires_at IS NOT NULL;
     UPDATE strongroom_generation SET value = value + 1 WHERE id = 1;",
+    // 5: records, keyed by kind, owner and key (compared byte by byte: SQLite's default
+    //    BINARY collation), with the expiry indexed for sweeps and refreshers.
+    "CREATE TABLE records (
+        kind       TEXT NOT NULL,
+        owner      TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        body       TEXT NOT NULL,
+        sealed     BLOB,
+        PRIMARY KEY (kind, owner, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX records_owner ON records (owner, kind, key);
+    CREATE INDEX records_expires_at ON records (expires_at) WHERE expires_at IS NOT NULL;",
 ];
 
 /// Data changes that go with a schema step, run in the same transaction right after its SQL.
@@ -645,7 +664,7 @@ fn run_group(
             results.push((req.reply, Err(stale_read())));
             continue;
         }
-        let changes = !req.batch.mutations.is_empty();
+        let changes = req.batch.changes_credentials();
         let before = *head;
         let outcome = if req.batch.mutations.is_empty() {
             // Appending events cannot fail a precondition; an error here is an I/O-level
@@ -718,7 +737,7 @@ fn apply_batch(
     batch: Batch,
     head: &mut Option<ChainHead>,
 ) -> Result<CommitReceipt> {
-    if !batch.mutations.is_empty() {
+    if batch.changes_credentials() {
         exec_cached(
             conn,
             "UPDATE strongroom_generation SET value = value + 1 WHERE id = 1",
@@ -868,7 +887,126 @@ fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()> {
             }
             Ok(())
         }
+        Mutation::PutRecord {
+            record,
+            precondition,
+        } => {
+            let stored = stored_record_version(conn, &record.kind, &record.owner, &record.key)?;
+            let body = check_record_put(precondition, stored, &record)?;
+            conn.prepare_cached(
+                "INSERT INTO records (kind, owner, key, version, created_at, updated_at,
+                    expires_at, body, sealed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (kind, owner, key) DO UPDATE SET version = excluded.version,
+                    created_at = excluded.created_at, updated_at = excluded.updated_at,
+                    expires_at = excluded.expires_at, body = excluded.body,
+                    sealed = excluded.sealed",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    record.kind,
+                    record.owner,
+                    record.key,
+                    record.version as i64,
+                    record.created_at.0,
+                    record.updated_at.0,
+                    record.expires_at.map(|t| t.0),
+                    body,
+                    record.sealed,
+                ])
+            })
+            .map_err(|e| sql_error("cannot write a record", e))?;
+            Ok(())
+        }
+        Mutation::DeleteRecord { key, precondition } => {
+            let stored = stored_record_version(conn, &key.kind, &key.owner, &key.key)?;
+            check_record_delete(precondition, stored, &key)?;
+            conn.prepare_cached("DELETE FROM records WHERE kind = ?1 AND owner = ?2 AND key = ?3")
+                .and_then(|mut s| s.execute(params![key.kind, key.owner, key.key]))
+                .map_err(|e| sql_error("cannot delete a record", e))?;
+            Ok(())
+        }
     }
+}
+
+fn stored_record_version(
+    conn: &Connection,
+    kind: &str,
+    owner: &str,
+    key: &str,
+) -> Result<Option<u64>> {
+    conn.prepare_cached("SELECT version FROM records WHERE kind = ?1 AND owner = ?2 AND key = ?3")
+        .and_then(|mut s| {
+            s.query_row(params![kind, owner, key], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|v| v.map(|v| v as u64))
+        .map_err(|e| sql_error("cannot read a record's version", e))
+}
+
+const RECORD_COLUMNS: &str =
+    "kind, owner, key, version, created_at, updated_at, expires_at, body, sealed";
+
+/// Decodes a record row; one that does not decode is reported as corrupt by its key.
+fn decode_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record>> {
+    let c = Cols { row };
+    let part = |i: usize, name: &str| {
+        c.text(i, name)
+            .unwrap_or_else(|_| format!("<unreadable {name}>"))
+    };
+    let what = || {
+        format!(
+            "record `{}` of kind `{}`, owner `{}`",
+            part(2, "key"),
+            part(0, "kind"),
+            part(1, "owner")
+        )
+    };
+    let decode = || -> std::result::Result<Record, String> {
+        let body = serde_json::from_str(&c.text(7, "body")?)
+            .map_err(|e| format!("body is not JSON: {e}"))?;
+        let sealed = match row.get_ref(8) {
+            Ok(ValueRef::Null) => None,
+            _ => Some(c.bytes(8, "sealed")?),
+        };
+        Ok(Record {
+            kind: c.text(0, "kind")?,
+            owner: c.text(1, "owner")?,
+            key: c.text(2, "key")?,
+            version: u64::try_from(c.int(3, "version")?)
+                .map_err(|_| "negative version".to_string())?,
+            created_at: Timestamp(c.int(4, "created_at")?),
+            updated_at: Timestamp(c.int(5, "updated_at")?),
+            expires_at: c.opt_int(6, "expires_at")?.map(Timestamp),
+            body,
+            sealed,
+        })
+    };
+    Ok(decode().map_err(|reason| Error::corrupt(what(), reason)))
+}
+
+/// Lists records matching `filter` on `conn`, in key order.
+fn records_sync(conn: &Connection, filter: &RecordFilter) -> Result<Vec<Record>> {
+    let (condition, values) = filter.sql_where(|n| format!("?{n}"));
+    let mut sql =
+        format!("SELECT {RECORD_COLUMNS} FROM records WHERE {condition} ORDER BY kind, owner, key");
+    if let Some(limit) = filter.limit {
+        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
+    }
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .map_err(|e| sql_error("cannot prepare a record listing", e))?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params_from_iter(values.into_iter().map(sql_value)),
+            decode_record,
+        )
+        .map_err(|e| sql_error("cannot list records", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(|e| sql_error("cannot list records", e))??);
+    }
+    Ok(out)
 }
 
 const CREDENTIAL_COLUMNS: &str = "id, name, scope_kind, owner, provider, handler_type, state, \
@@ -1321,6 +1459,28 @@ impl Store for SqliteStore {
 
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
         self.send(batch, ReadStamp::UNCHECKED).await
+    }
+
+    // Records are read straight from the database (never through the point cache): a lease
+    // claimer must see the lease another process just took.
+    async fn record(&self, key: &RecordKey) -> Result<Option<Record>> {
+        self.read_point(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE kind = ?1 AND owner = ?2 AND key = ?3"
+                ))
+                .map_err(|e| sql_error("cannot prepare a record read", e))?;
+            stmt.query_row(params![key.kind, key.owner, key.key], decode_record)
+                .optional()
+                .map_err(|e| sql_error("cannot read a record", e))?
+                .transpose()
+        })
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>> {
+        let filter = filter.clone();
+        self.read(move |conn| records_sync(conn, &filter)).await
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use strongroom::audit::{AuditRecord, ChainHead};
-use strongroom::model::{CredentialId, CredentialRecord, Grant, Scope};
-use strongroom::store::{Batch, CommitReceipt, ListFilter, ReadStamp, Store};
+use strongroom::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
+use strongroom::store::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use strongroom::{Error, StoreErrorKind};
 
 /// The message of every injected failure, so tests can tell it from any other.
@@ -112,6 +112,14 @@ impl Store for FaultStore {
     async fn commit(&self, batch: Batch) -> strongroom::Result<CommitReceipt> {
         self.check()?;
         self.inner.commit(batch).await
+    }
+
+    async fn record(&self, key: &RecordKey) -> strongroom::Result<Option<Record>> {
+        self.inner.record(key).await
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> strongroom::Result<Vec<Record>> {
+        self.inner.records(filter).await
     }
 
     async fn find_named(
