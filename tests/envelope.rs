@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use strongroom::crypto::{envelope, BackendId, KeyWrapper, RewrapOptions};
 use strongroom::{
-    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, RecordIdentity, Scope,
-    ScopeKind, Store,
+    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, RecordAad,
+    RecordIdentity, Scope, ScopeKind, Store,
 };
 
 const CANARY: &[u8] = b"sk-live-CANARY-7f3a9d2e-do-not-leak-0123456789abcdefghijklmnopqrstu";
@@ -143,6 +143,119 @@ async fn vectors_encoded_by_the_independent_python_encoder_open() {
         );
         assert_eq!(e.kind(), ErrorKind::DecryptFailed, "vector {}", v.name);
     }
+}
+
+/// Sealed record bodies encoded by the independent Python encoder (`record_vectors.json`):
+/// `open_record` opens each for its record version, and refuses it for any other version,
+/// record, or as a credential blob.
+#[tokio::test]
+async fn record_body_vectors_open_only_as_the_record_they_were_sealed_for() {
+    let path = format!(
+        "{}/tests/data/record_vectors.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let vectors = doc["vectors"].as_array().expect("array");
+    assert!(vectors.len() >= 3);
+    for v in vectors {
+        let text = |field: &str| v[field].as_str().expect(field).to_string();
+        let mut master = [0u8; 32];
+        hex::decode_to_slice(text("master_key_hex"), &mut master).expect("hex");
+        let ring = KeyRing::new(Arc::new(LocalKey::from_bytes(&master, "vector")));
+        let (kind, owner, key) = (text("kind"), text("owner"), text("key"));
+        let version = v["version"].as_u64().expect("version");
+        let aad = RecordAad {
+            kind: &kind,
+            owner: &owner,
+            key: &key,
+            version,
+        };
+        let blob = hex::decode(text("blob_hex")).expect("hex");
+        let plain = ring.open_record(&blob, &aad).await.expect("opens");
+        assert_eq!(
+            hex::encode(plain.expose_secret()),
+            text("plaintext_hex"),
+            "{}",
+            text("name")
+        );
+        let other_owner = format!("{owner}x");
+        for (what, other) in [
+            (
+                "another version",
+                RecordAad {
+                    version: version.wrapping_add(1),
+                    ..aad
+                },
+            ),
+            (
+                "another owner",
+                RecordAad {
+                    owner: &other_owner,
+                    ..aad
+                },
+            ),
+            (
+                "another kind",
+                RecordAad {
+                    kind: "lease2",
+                    ..aad
+                },
+            ),
+        ] {
+            let e = assert_refused(ring.open_record(&blob, &other).await, what);
+            assert_eq!(e.kind(), ErrorKind::DecryptFailed, "{what}");
+        }
+        // The same identity spelled as a credential's never opens a record body.
+        let scope = Scope::per_user("u1").expect("scope");
+        assert_refused(
+            ring.open(&blob, &ident(&key, &scope, version)).await,
+            "a record body opened as a credential blob",
+        );
+    }
+}
+
+#[tokio::test]
+async fn record_bodies_and_credential_blobs_do_not_open_as_each_other() {
+    let ring = ring();
+    let scope = Scope::SystemWide;
+    let credential = ident("cred-1", &scope, 1);
+    let record = RecordAad {
+        kind: "lease",
+        owner: "",
+        key: "cred-1",
+        version: 1,
+    };
+    let sealed = ring.seal_record(CANARY, &record).await.expect("seal");
+    let plain = ring
+        .open_record(&sealed.bytes, &record)
+        .await
+        .expect("open");
+    assert_eq!(plain.expose_secret(), CANARY);
+    assert_refused(
+        ring.open(&sealed.bytes, &credential).await,
+        "a record body opened as a credential",
+    );
+    let blob = ring.seal(CANARY, &credential).await.expect("seal");
+    assert_refused(
+        ring.open_record(&blob.bytes, &record).await,
+        "a credential blob opened as a record body",
+    );
+    // And the data-key cache keeps the domains apart too.
+    let cached = ring.clone().with_dek_cache(Default::default());
+    let sealed = cached.seal_record(CANARY, &record).await.expect("seal");
+    assert_refused(
+        cached.open(&sealed.bytes, &credential).await,
+        "a record body opened as a credential through the cache",
+    );
+    assert_eq!(
+        cached
+            .open_record(&sealed.bytes, &record)
+            .await
+            .expect("open")
+            .expose_secret(),
+        CANARY
+    );
 }
 
 #[tokio::test]

@@ -15,7 +15,12 @@ code).
         Rewrites tests/data/envelope_vectors_python.json from PYTHON_CASES. Only for a
         deliberate change to the cases; the blobs of existing cases must not change.
 
-The Rust side opens every vector of the Python file with its reader (tests/envelope.rs).
+    python3 tests/independent_decoder.py --write-record-vectors
+        Rewrites tests/data/record_vectors.json (sealed record bodies, the record
+        associated-data domain of docs/FORMAT.md "Record bodies") from RECORD_CASES.
+
+The Rust side opens every vector of the Python file with its reader (tests/envelope.rs),
+and its encoder reproduces every record vector (src/crypto/envelope.rs).
 """
 import hashlib
 import hmac
@@ -33,6 +38,7 @@ BACKEND_LOCAL = 0x01
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUST_VECTORS = os.path.join(HERE, "data", "envelope_vectors.json")
 PYTHON_VECTORS = os.path.join(HERE, "data", "envelope_vectors_python.json")
+RECORD_VECTORS = os.path.join(HERE, "data", "record_vectors.json")
 
 
 def lp(b: bytes) -> bytes:
@@ -41,6 +47,10 @@ def lp(b: bytes) -> bytes:
 
 def identity(credential_id, scope_kind, owner, version):
     return lp(credential_id.encode()) + lp(scope_kind.encode()) + lp(owner.encode()) + struct.pack(">Q", version)
+
+
+def record_identity(kind, owner, key, version):
+    return lp(kind.encode()) + lp(owner.encode()) + lp(key.encode()) + struct.pack(">Q", version)
 
 
 def local_key_id(master: bytes) -> str:
@@ -55,6 +65,19 @@ def data_aad(ident: bytes, version=VERSION, flags=FLAGS) -> bytes:
     return b"strongroom/data/v1" + bytes([version, flags]) + ident
 
 
+def record_wrap_aad(ident: bytes, version=VERSION, flags=FLAGS, backend=BACKEND_LOCAL) -> bytes:
+    return b"strongroom/record-wrap/v1" + bytes([version, flags, backend]) + ident
+
+
+def record_data_aad(ident: bytes, version=VERSION, flags=FLAGS) -> bytes:
+    return b"strongroom/record-data/v1" + bytes([version, flags]) + ident
+
+
+def aads(record: bool):
+    """The (wrap, data) associated-data functions of a domain: credentials or records."""
+    return (record_wrap_aad, record_data_aad) if record else (wrap_aad, data_aad)
+
+
 def synthetic_wrap_nonce(master: bytes, aad: bytes, dek: bytes) -> bytes:
     prk = hmac.new(b"strongroom/derive/v1", master, hashlib.sha256).digest()  # HKDF-Extract
     nonce_key = hmac.new(prk, b"strongroom local wrap nonce v1" + b"\x01", hashlib.sha256).digest()  # HKDF-Expand
@@ -65,11 +88,14 @@ def commitment(dek: bytes, nonce: bytes) -> bytes:
     return hashlib.sha256(b"strongroom/commit/v1" + dek + nonce).digest()
 
 
-def encode(master: bytes, ident: bytes, dek: bytes, nonce: bytes, plaintext: bytes) -> bytes:
-    """Seals `plaintext` for the record `ident` under a local master key, with the given data
-    key and payload nonce (a real writer draws both at random; vectors fix them)."""
+def encode(master: bytes, ident: bytes, dek: bytes, nonce: bytes, plaintext: bytes,
+           record=False) -> bytes:
+    """Seals `plaintext` for the credential (or, with record=True, the record) `ident` under
+    a local master key, with the given data key and payload nonce (a real writer draws both
+    at random; vectors fix them)."""
     if len(master) != 32 or len(dek) != 32 or len(nonce) != 12:
         raise ValueError("master key and DEK are 32 bytes, the nonce 12")
+    wrap_aad, data_aad = aads(record)
     key_id = local_key_id(master).encode()
     w_aad = wrap_aad(ident)
     wrap_nonce = synthetic_wrap_nonce(master, w_aad, dek)
@@ -81,7 +107,8 @@ def encode(master: bytes, ident: bytes, dek: bytes, nonce: bytes, plaintext: byt
     return header + section + nonce + commitment(dek, nonce) + payload
 
 
-def decode(blob: bytes, master: bytes, ident: bytes):
+def decode(blob: bytes, master: bytes, ident: bytes, record=False):
+    wrap_aad, data_aad = aads(record)
     if len(blob) < 5 or blob[0] != VERSION or blob[1] != FLAGS:
         raise ValueError("bad header")
     version, flags, backend = blob[0], blob[1], blob[2]
@@ -178,6 +205,96 @@ def python_vectors_text() -> str:
     return json.dumps(python_vectors_document(), indent=2, ensure_ascii=False) + "\n"
 
 
+# The cases of tests/data/record_vectors.json: sealed record bodies.
+RECORD_CASES = [
+    # (name, master key, kind, owner, key, version, plaintext)
+    ("record: empty body, version 1", MASTER_ASCENDING,
+     "lease", "refresh", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", 1, b""),
+    ("record: OAuth pending flow, JSON body", MASTER_ASCENDING,
+     "oauth.pending", "user:alice", "state-Zm9vYmFy", 2,
+     json.dumps({"code_verifier": "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+                 "redirect_uri": "https://app.example/callback"},
+                separators=(",", ":")).encode()),
+    ("record: unicode owner with / and :, version 2^64-1, second master key", MASTER_DESCENDING,
+     "integration", "agent:zoë/Ωμέγα", "github", 2**64 - 1, "tökén-🔑".encode()),
+]
+
+RECORD_DESCRIPTION = (
+    "strongroom sealed record bodies (format v1 with the record associated-data domain, "
+    "docs/FORMAT.md \"Record bodies\"), encoded by tests/independent_decoder.py (Python "
+    "`cryptography`, written from docs/FORMAT.md without strongroom code); the Rust encoder "
+    "must reproduce every blob and the Rust reader open it (src/crypto/envelope.rs, "
+    "tests/envelope.rs). master_key_hex, dek_hex and nonce_hex are fixed test patterns, not "
+    "random draws: the master keys are 20 21 ... 3f and ff fe ... e0; for the case at index "
+    "i (from 0), DEK byte j is (0x70 + 16*i + j) mod 256 and nonce byte j is "
+    "(0xe0 + 16*i + j) mod 256. Regenerate with "
+    "`python3 tests/independent_decoder.py --write-record-vectors`."
+)
+
+
+def record_vectors_document() -> dict:
+    vectors = []
+    for i, (name, master, kind, owner, key, version, plaintext) in enumerate(RECORD_CASES):
+        dek = bytes((0x70 + 16 * i + j) % 256 for j in range(32))
+        nonce = bytes((0xE0 + 16 * i + j) % 256 for j in range(12))
+        ident = record_identity(kind, owner, key, version)
+        blob = encode(master, ident, dek, nonce, plaintext, record=True)
+        vectors.append({
+            "name": name,
+            "master_key_hex": master.hex(),
+            "master_key_id": local_key_id(master),
+            "kind": kind,
+            "owner": owner,
+            "key": key,
+            "version": version,
+            "wrap_aad_hex": record_wrap_aad(ident).hex(),
+            "data_aad_hex": record_data_aad(ident).hex(),
+            "dek_hex": dek.hex(),
+            "nonce_hex": nonce.hex(),
+            "plaintext_hex": plaintext.hex(),
+            "blob_hex": blob.hex(),
+        })
+    return {"description": RECORD_DESCRIPTION, "vectors": vectors}
+
+
+def record_vectors_text() -> str:
+    return json.dumps(record_vectors_document(), indent=2, ensure_ascii=False) + "\n"
+
+
+def check_record_vector(v) -> list:
+    """Decode, tamper, domain and re-encode checks for one record vector."""
+    master = bytes.fromhex(v["master_key_hex"])
+    blob = bytes.fromhex(v["blob_hex"])
+    ident = record_identity(v["kind"], v["owner"], v["key"], v["version"])
+    plaintext = bytes.fromhex(v["plaintext_hex"])
+    checks = [("associated data as documented",
+               record_wrap_aad(ident).hex() == v["wrap_aad_hex"]
+               and record_data_aad(ident).hex() == v["data_aad_hex"])]
+    try:
+        checks.append(("decodes", decode(blob, master, ident, record=True) == plaintext))
+    except Exception as e:  # noqa: BLE001
+        checks.append((f"decodes ({e})", False))
+    tampered = bytearray(blob)
+    tampered[-1] ^= 1
+    later = v["version"] + 1 if v["version"] < 2**64 - 1 else 0
+    refusals = (
+        ("tampered tag refused", bytes(tampered), ident, True),
+        ("other version refused", blob, record_identity(v["kind"], v["owner"], v["key"], later), True),
+        ("other key refused", blob, record_identity(v["kind"], v["owner"], v["key"] + "x", v["version"]), True),
+        ("refused as a credential blob with the same identity bytes", blob, ident, False),
+    )
+    for label, b, i, record in refusals:
+        try:
+            decode(b, master, i, record=record)
+            checks.append((label, False))
+        except Exception:  # noqa: BLE001
+            checks.append((label, True))
+    mine = encode(master, ident, bytes.fromhex(v["dek_hex"]), bytes.fromhex(v["nonce_hex"]),
+                  plaintext, record=True)
+    checks.append(("encoder reproduces the blob byte for byte", mine.hex() == v["blob_hex"]))
+    return checks
+
+
 def check_vector(v) -> list:
     """Decode, tamper and re-encode checks for one vector; a list of (label, ok)."""
     master = bytes.fromhex(v["master_key_hex"])
@@ -212,6 +329,11 @@ def main(argv):
             f.write(python_vectors_text())
         print(f"wrote {len(PYTHON_CASES)} vectors to {os.path.relpath(PYTHON_VECTORS)}")
         return 0
+    if argv[1:] == ["--write-record-vectors"]:
+        with open(RECORD_VECTORS, "w", encoding="utf-8") as f:
+            f.write(record_vectors_text())
+        print(f"wrote {len(RECORD_CASES)} vectors to {os.path.relpath(RECORD_VECTORS)}")
+        return 0
     if argv[1:]:
         print(__doc__, file=sys.stderr)
         return 2
@@ -240,6 +362,20 @@ def main(argv):
         if path == PYTHON_VECTORS:
             record(f"{source}: the file is exactly what --write-python-vectors writes",
                    text == python_vectors_text())
+
+    source = os.path.basename(RECORD_VECTORS)
+    try:
+        with open(RECORD_VECTORS, encoding="utf-8") as f:
+            text = f.read()
+        doc = json.loads(text)
+        record(f"{source}: has vectors", len(doc.get("vectors", [])) >= 3)
+        for v in doc.get("vectors", []):
+            for label, ok in check_record_vector(v):
+                record(f"{source}: {v['name']}: {label}", ok)
+        record(f"{source}: the file is exactly what --write-record-vectors writes",
+               text == record_vectors_text())
+    except (OSError, ValueError) as e:
+        record(f"{source}: readable ({e})", False)
 
     print(f"decoder: {passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use secrecy::SecretBox;
 
 use super::cache::{cache_key, DekCache};
-use super::envelope::{self, Sealed};
+use super::envelope::{self, Binding, Sealed};
 use super::{DekCacheConfig, DekCacheStats, KeyWrapper};
 use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
-use crate::model::RecordIdentity;
+use crate::model::{RecordAad, RecordIdentity};
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
 
 /// The active master key plus older ones still named by stored blobs, and an optional
@@ -92,29 +92,52 @@ impl KeyRing {
 
     /// Seals `plaintext` for the record `id` under the active key, with a fresh data key.
     pub async fn seal(&self, plaintext: &[u8], id: &RecordIdentity<'_>) -> Result<Sealed> {
-        let Some(cache) = &self.cache else {
-            return envelope::seal(self.active.as_ref(), plaintext, id).await;
-        };
-        let (sealed, dek) = envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
-        // The record is usually read soon after it is written: keep its key.
-        if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| envelope::describe(id)) {
-            let aad = envelope::wrap_aad(parsed.header3(), id);
-            cache.put(cache_key(parsed.key_id, &aad, parsed.wrapped_key), &dek);
-        }
-        Ok(sealed)
+        self.seal_bound(plaintext, id).await
     }
 
     /// Opens a blob sealed for the record `id`, with whichever key of the ring it names.
     /// Any tampering, a blob from another record, or a wrong key fails with a typed error
     /// and yields no plaintext.
     pub async fn open(&self, blob: &[u8], id: &RecordIdentity<'_>) -> Result<SecretBox<[u8]>> {
-        let parsed = envelope::parse(blob, &|| envelope::describe(id))?;
+        self.open_bound(blob, id).await
+    }
+
+    /// Seals a record's secret body for the record version `aad` (its own associated-data
+    /// domain, `docs/FORMAT.md` "Record bodies"), as [`KeyRing::seal`] seals a credential's
+    /// fields. Store the result in [`crate::Record::sealed`] of that version.
+    pub async fn seal_record(&self, plaintext: &[u8], aad: &RecordAad<'_>) -> Result<Sealed> {
+        self.seal_bound(plaintext, aad).await
+    }
+
+    /// Opens a record's sealed body for the record version `aad`. A body moved to another
+    /// record or version, a credential blob, or a wrong key fails and yields nothing.
+    pub async fn open_record(&self, blob: &[u8], aad: &RecordAad<'_>) -> Result<SecretBox<[u8]>> {
+        self.open_bound(blob, aad).await
+    }
+
+    async fn seal_bound(&self, plaintext: &[u8], id: &dyn Binding) -> Result<Sealed> {
+        let Some(cache) = &self.cache else {
+            return envelope::seal_keeping_key(self.active.as_ref(), plaintext, id)
+                .await
+                .map(|(sealed, _)| sealed);
+        };
+        let (sealed, dek) = envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
+        // The record is usually read soon after it is written: keep its key.
+        if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
+            let aad = id.wrap_aad(parsed.header3());
+            cache.put(cache_key(parsed.key_id, &aad, parsed.wrapped_key), &dek);
+        }
+        Ok(sealed)
+    }
+
+    async fn open_bound(&self, blob: &[u8], id: &dyn Binding) -> Result<SecretBox<[u8]>> {
+        let parsed = envelope::parse(blob, &|| id.describe())?;
         let wrapper = self.lookup(parsed.key_id, id)?;
         let Some(cache) = &self.cache else {
             let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
             return envelope::decrypt_payload(&dek, &parsed, id);
         };
-        let aad = envelope::wrap_aad(parsed.header3(), id);
+        let aad = id.wrap_aad(parsed.header3());
         let k = cache_key(parsed.key_id, &aad, parsed.wrapped_key);
         if let Some(dek) = cache.get(&k) {
             // The commitment and the payload's tag are still checked with the cached key.
@@ -128,13 +151,13 @@ impl KeyRing {
         Ok(plain)
     }
 
-    fn lookup(&self, key_id: &str, id: &RecordIdentity<'_>) -> Result<&Arc<dyn KeyWrapper>> {
+    fn lookup(&self, key_id: &str, id: &dyn Binding) -> Result<&Arc<dyn KeyWrapper>> {
         self.keys.get(key_id).ok_or_else(|| Error::KeyUnavailable {
             key_id: key_id.to_string(),
             reason: format!(
                 "{} is wrapped by a master key this key ring does not hold; add that key as a \
                  retired key (the ring holds {})",
-                envelope::describe(id),
+                id.describe(),
                 self.key_ids().join(", ")
             ),
         })
@@ -147,7 +170,7 @@ impl KeyRing {
         blob: &[u8],
         id: &RecordIdentity<'_>,
     ) -> Result<Option<Sealed>> {
-        let parsed = envelope::parse(blob, &|| envelope::describe(id))?;
+        let parsed = envelope::parse(blob, &|| id.describe())?;
         if parsed.key_id == self.active.key_id() {
             return Ok(None);
         }
