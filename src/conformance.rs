@@ -31,6 +31,13 @@ use crate::model::{
 };
 use crate::store::{Batch, ListFilter, Mutation, Precondition, ReadStamp, Store};
 
+mod records;
+
+pub use records::{
+    lease_claimers, record_filters, record_only_batches_keep_stamps, record_preconditions,
+    record_round_trip, records_atomic_with_credentials, sample_stored_record,
+};
+
 /// A plausible record (its `sealed` bytes are opaque to stores, so they are not real).
 pub fn sample_record(name: &str, scope: Scope) -> CredentialRecord {
     let now = Timestamp::now();
@@ -162,6 +169,12 @@ where
     concurrent_commits(first_of(fresh().await), 32, 20).await;
     stamped_reads(first_of(fresh().await)).await;
     fresh_reads_across_handles(fresh().await).await;
+    record_round_trip(fresh().await).await;
+    record_preconditions(first_of(fresh().await)).await;
+    records_atomic_with_credentials(fresh().await).await;
+    record_filters(first_of(fresh().await)).await;
+    lease_claimers(fresh().await, 32).await;
+    record_only_batches_keep_stamps(fresh().await).await;
 }
 
 /// Stamped reads: a checked commit lands while nothing changed since the reads, and fails

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use strongroom::conformance::{self, StoreHandles};
 use strongroom::{
     AuditRecord, Batch, ChainHead, CommitReceipt, CredentialId, CredentialRecord, Grant,
-    ListFilter, MemoryStore, ReadStamp, Record, RecordFilter, RecordKey, Result, Scope,
-    SqliteStore, Store,
+    ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Record, RecordFilter, RecordKey,
+    Result, Scope, SqliteStore, Store,
 };
 
 /// One handle is the honest form for `MemoryStore`: its data lives in the handle (it is not
@@ -306,4 +306,79 @@ async fn a_store_that_stamps_reads_but_ignores_the_stamp_fails() {
         message.contains("with a stamp taken before the change landed"),
         "{message}"
     );
+}
+
+/// A store that writes records last-writer-wins: it turns every record put into a put over
+/// whatever is stored now, retrying until it lands, so no claim ever loses.
+#[derive(Debug)]
+struct BlindRecords {
+    inner: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Store for BlindRecords {
+    async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
+        self.inner.get(id).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
+        self.inner.list(filter).await
+    }
+
+    async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
+        self.inner.grants(credential_id).await
+    }
+
+    async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.inner.audit_range(from, limit).await
+    }
+
+    async fn chain_head(&self) -> Result<Option<ChainHead>> {
+        self.inner.chain_head().await
+    }
+
+    async fn record(&self, key: &RecordKey) -> Result<Option<Record>> {
+        self.inner.record(key).await
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>> {
+        self.inner.records(filter).await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
+        loop {
+            let mut blind = batch.clone();
+            for mutation in &mut blind.mutations {
+                if let Mutation::PutRecord {
+                    record,
+                    precondition,
+                } = mutation
+                {
+                    let stored = self.inner.record(&record.record_key()).await?;
+                    record.version = stored.as_ref().map_or(1, |r| r.version + 1);
+                    *precondition = match stored {
+                        Some(r) => Precondition::IfVersion(r.version),
+                        None => Precondition::CreateOnly,
+                    };
+                }
+            }
+            match self.inner.commit(blind).await {
+                Err(e) if strongroom::Lease::lost_race(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_whose_record_writes_ignore_preconditions_fails_the_lease_check() {
+    let message = panic_of(async {
+        let store: Arc<dyn Store> = Arc::new(BlindRecords {
+            inner: Arc::new(MemoryStore::new()),
+        });
+        conformance::lease_claimers(StoreHandles::single(store), 32).await;
+    })
+    .await
+    .expect("lease_claimers must fail a store where every claim lands");
+    assert!(message.contains("exactly one wins"), "{message}");
 }

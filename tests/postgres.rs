@@ -491,8 +491,33 @@ async fn a_version_1_schema_upgrades_and_its_expiry_moves_from_metadata_into_the
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions, (1..=LATEST_SCHEMA).collect::<Vec<_>>());
+    // The upgraded schema keeps records.
+    let record = conformance::sample_stored_record("intent", "u1", "after-upgrade");
+    a.commit(Batch {
+        mutations: vec![Mutation::create_record(record.clone())],
+        events: vec![],
+    })
+    .await
+    .expect("a record on the upgraded schema");
+    assert_eq!(
+        b.record(&record.record_key()).await.expect("record"),
+        Some(record)
+    );
     drop_schema(&schema).await;
 }
 
+/// 32 claimers of one lease on two instances (two pools, two writers, as two service
+/// replicas): one winner per round, several times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_lease_claimers_on_two_instances_have_one_winner() {
+    for _ in 0..3 {
+        let schema = fresh_schema();
+        let first = Arc::new(open(&schema).await) as Arc<dyn Store>;
+        let second = Arc::new(open(&schema).await) as Arc<dyn Store>;
+        conformance::lease_claimers(conformance::StoreHandles::pair(first, second), 32).await;
+        drop_schema(&schema).await;
+    }
+}
+
 /// The schema version this build writes.
-const LATEST_SCHEMA: i32 = 2;
+const LATEST_SCHEMA: i32 = 3;

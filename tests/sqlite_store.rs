@@ -249,7 +249,7 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
 }
 
 /// The schema version this build writes.
-const LATEST_SCHEMA: i64 = 4;
+const LATEST_SCHEMA: i64 = 5;
 
 /// Schema version 3 exactly as it shipped (never edit: it is what old files hold).
 const SCHEMA_V3: &str = "
@@ -382,6 +382,36 @@ async fn a_version_3_file_upgrades_and_its_expiry_moves_from_metadata_into_the_c
         get_id(&store, "id-0").await.expires_at,
         Some(strongroom::Timestamp(1_900_000_000_123))
     );
+    // The upgraded file keeps records.
+    let record = strongroom::conformance::sample_stored_record("intent", "u1", "after-upgrade");
+    store
+        .commit(Batch {
+            mutations: vec![Mutation::create_record(record.clone())],
+            events: vec![],
+        })
+        .await
+        .expect("a record in the upgraded file");
+    assert_eq!(
+        store.record(&record.record_key()).await.expect("record"),
+        Some(record)
+    );
+}
+
+/// 32 claimers of one lease on two stores over one file (as a host service and a second
+/// process would be): one winner per round, several times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_lease_claimers_on_two_stores_over_one_file_have_one_winner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..3 {
+        let path = dir.path().join(format!("lease{round}.db"));
+        let first = Arc::new(SqliteStore::open(&path).expect("open")) as Arc<dyn Store>;
+        let second = Arc::new(SqliteStore::open(&path).expect("open")) as Arc<dyn Store>;
+        strongroom::conformance::lease_claimers(
+            strongroom::conformance::StoreHandles::pair(first, second),
+            32,
+        )
+        .await;
+    }
 }
 
 async fn get_id(store: &SqliteStore, id: &str) -> CredentialRecord {
