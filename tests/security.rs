@@ -1003,3 +1003,155 @@ async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
         .expect_err("viewer");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
 }
+
+async fn agent_credential(
+    vault: &Vault,
+    agent: &str,
+    name: &str,
+    accessible: bool,
+) -> CredentialId {
+    let mut new = NewCredential::new(
+        name,
+        Scope::per_agent(agent).expect("scope"),
+        "openai",
+        "",
+        fields(&format!("{CANARY}-{agent}-{name}")),
+    );
+    new.agent_accessible = accessible;
+    vault
+        .create(&p("system_admin:root"), new)
+        .await
+        .expect("create")
+        .id
+}
+
+#[tokio::test]
+async fn an_agent_reads_only_its_own_agent_accessible_secrets() {
+    let vault = Vault::in_memory().await.expect("vault");
+    agent_credential(&vault, "a1", "llm", true).await;
+    let hidden = agent_credential(&vault, "a1", "github:token", false).await;
+    agent_credential(&vault, "a2", "only_a2", true).await;
+    let a1 = p("agent:a1");
+
+    let got = vault
+        .agent_secret(&a1, "llm")
+        .await
+        .expect("its own, accessible");
+    assert_eq!(
+        got.fields["api_key"].expose_secret(),
+        format!("{CANARY}-a1-llm")
+    );
+    let last = rows(&vault).await.pop().expect("row");
+    assert_eq!(last.event.actor, "agent:a1");
+    assert_eq!(last.event.outcome, Outcome::Success);
+
+    // Its own, but not agent-accessible: refused and audited, whatever the scope says.
+    let before = rows(&vault).await.len();
+    let err = vault
+        .agent_secret(&a1, "github:token")
+        .await
+        .expect_err("not agent-accessible");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("agent-accessible"), "{err}");
+    assert!(!err.to_string().contains(CANARY));
+    let after = rows(&vault).await;
+    assert_eq!(after.len(), before + 1);
+    assert_eq!(after[before].event.outcome, Outcome::Denied);
+    assert_eq!(
+        after[before].event.target.credential_id.as_ref(),
+        Some(&hidden)
+    );
+    // Nor by any other door: reveal is not an agent's action.
+    let err = vault.reveal(&a1, &hidden).await.expect_err("no reveal");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+
+    // Another agent's secret is not in a1's scope at all.
+    let err = vault.agent_secret(&a1, "only_a2").await.expect_err("a2's");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    // An agent lists its own credentials only.
+    let listed = vault
+        .list(&a1, &CredentialFilter::default())
+        .await
+        .expect("list");
+    let mut names: Vec<_> = listed.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["github:token", "llm"]);
+    // An agent has no app or user: app references are not its door.
+    let err = vault
+        .resolve(&a1, &CredentialRef::compact("llm"), &ctx("crm", "a1"))
+        .await
+        .expect_err("no app context");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    // And the agent door is for agents only.
+    let err = vault
+        .agent_secret(&p("runtime:crm:u1"), "llm")
+        .await
+        .expect_err("not an agent");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(
+        rows(&vault).await.pop().expect("row").event.outcome,
+        Outcome::Denied
+    );
+    assert!(vault.audit().verify().await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn the_service_principal_keeps_credentials_current_without_reading_them() {
+    let vault = Vault::in_memory().await.expect("vault");
+    let owner = p("app_user:crm:u1");
+    let service = p("service:oauth-refresher");
+    let info = vault
+        .create(
+            &owner,
+            NewCredential::new(
+                "k",
+                Scope::per_user("u1").expect("s"),
+                "openai",
+                "",
+                fields(CANARY),
+            ),
+        )
+        .await
+        .expect("create");
+    let updated = vault
+        .update(
+            &service,
+            &info.id,
+            1,
+            CredentialUpdate {
+                fields: Some(fields("sk-refreshed")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the service writes new fields");
+    let valid = vault
+        .set_state(
+            &service,
+            &info.id,
+            updated.version,
+            LifecycleState::Valid,
+            "refreshed",
+        )
+        .await
+        .expect("and moves the state");
+    assert_eq!(valid.state, LifecycleState::Valid);
+    let err = vault
+        .reveal(&service, &info.id)
+        .await
+        .expect_err("no reveal");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    let err = vault
+        .delete(&service, &info.id, None)
+        .await
+        .expect_err("no delete");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    let revealed = vault.reveal(&owner, &info.id).await.expect("owner");
+    assert_eq!(revealed.fields["api_key"].expose_secret(), "sk-refreshed");
+    let actors: Vec<String> = rows(&vault)
+        .await
+        .into_iter()
+        .map(|r| r.event.actor)
+        .collect();
+    assert!(actors.contains(&"service:oauth-refresher".to_string()));
+}

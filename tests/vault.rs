@@ -267,6 +267,9 @@ fn expected(role: Role, relation: Relation) -> &'static str {
         (Role::Viewer, NoScope) => "A",
         (Role::Viewer, _) => "M",
         (Role::AppRuntime, SystemWide | OwnAppShared | OwnUser | OwnUserOwnApp) => "X",
+        (Role::Agent, OwnAgent) => "MX",
+        (Role::Service, NoScope) => "",
+        (Role::Service, _) => "UMS",
         _ => "",
     }
 }
@@ -304,7 +307,7 @@ fn the_policy_table_matches_the_specification_in_every_cell() {
             }
         }
     }
-    assert_eq!(cells, 5 * 11 * 11);
+    assert_eq!(cells, 7 * 12 * 11);
 }
 
 fn all_scopes() -> Vec<Scope> {
@@ -319,6 +322,7 @@ fn all_scopes() -> Vec<Scope> {
         Scope::per_app_per_user("crm", "u2").expect("s"),
         Scope::per_app_per_user("blog", "u2").expect("s"),
         Scope::per_agent("agent7").expect("s"),
+        Scope::per_agent("agent8").expect("s"),
     ]
 }
 
@@ -458,6 +462,8 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
         user("crm", "u1"),
         viewer(),
         runtime("crm", "u1"),
+        Principal::parse("agent:agent7").expect("p"),
+        Principal::parse("service:refresher").expect("p"),
     ];
     let mut n = 0;
     let mut checked = 0;
@@ -488,7 +494,7 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
             "{actor} audit verify"
         );
     }
-    assert_eq!(checked, 5 * (10 * 10 - 1));
+    assert_eq!(checked, 7 * (11 * 10 - 2));
     assert!(vault.audit().verify().await.expect("verify").is_ok());
 }
 
@@ -516,7 +522,11 @@ async fn viewers_never_get_secrets_and_users_never_see_each_other() {
         .reveal(&app_admin("crm"), &id)
         .await
         .expect_err("admin");
-    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(
+        err.kind(),
+        ErrorKind::NotFound,
+        "an app admin may not even see a user's credential"
+    );
     let revealed = vault.reveal(&user("crm", "u1"), &id).await.expect("owner");
     let shown = format!("{revealed:?} {err} {err:?}");
     assert!(!shown.contains("CANARY"), "{shown}");

@@ -31,8 +31,9 @@ struct Cli {
     /// `postgres://…`.
     #[arg(long, global = true, env = "STRONGROOM_STORE")]
     store: Option<String>,
-    /// The acting principal: system_admin:ID, app_admin:APP:ID, app_user:APP:ID, viewer:ID
-    /// or runtime:APP:USER.
+    /// The acting principal: system_admin:ID, app_admin:APP:ID, app_user:APP:ID, viewer:ID,
+    /// runtime:APP:USER, agent:ID or service:ID. Asserted, not authenticated: whoever holds
+    /// the master key can act as anyone.
     #[arg(long = "as", global = true, env = "STRONGROOM_ACTOR")]
     actor: Option<String>,
     /// Machine-readable JSON output.
@@ -241,13 +242,21 @@ enum CredentialsCommand {
     },
     /// List every credential (administrators).
     AdminList,
-    /// Create a system_wide credential, or per_app_shared with --app (administrators).
+    /// Create a system_wide credential, per_app_shared with --app, or per_agent with
+    /// --agent (administrators).
     AdminCreate {
         #[command(flatten)]
         source: CredentialSource,
         /// Make it per_app_shared for this app.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "agent")]
         app: Option<String>,
+        /// Make it per_agent for this agent (its own secret).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Let the agent read it itself (`--as agent:ID`); without it the agent reaches it
+        /// only through the credentials path. Needs --agent.
+        #[arg(long, requires = "agent")]
+        agent_accessible: bool,
     },
     /// Delete any credential (administrators).
     AdminDelete {
@@ -758,12 +767,19 @@ async fn credentials(
             new.expires_at = args.expires_at.map(Timestamp);
             out.info(&vault.create(actor, new).await?, None);
         }
-        CredentialsCommand::AdminCreate { source, app } => {
-            let scope = match app {
-                Some(app) => Scope::per_app_shared(app)?,
-                None => Scope::SystemWide,
+        CredentialsCommand::AdminCreate {
+            source,
+            app,
+            agent,
+            agent_accessible,
+        } => {
+            let scope = match (app, agent) {
+                (Some(app), _) => Scope::per_app_shared(app)?,
+                (None, Some(agent)) => Scope::per_agent(agent)?,
+                (None, None) => Scope::SystemWide,
             };
-            let new = new_credential(source, scope)?;
+            let mut new = new_credential(source, scope)?;
+            new.agent_accessible = agent_accessible;
             out.info(&vault.create(actor, new).await?, None);
         }
         CredentialsCommand::Delete { id: raw, version } => {

@@ -95,7 +95,7 @@ impl Vault {
                     }
                 })
                 .collect();
-            match self.release(releases, stamp).await {
+            match self.release(actor, releases, stamp).await {
                 Ok(fields) => {
                     return Ok(records
                         .into_iter()

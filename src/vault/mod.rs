@@ -981,7 +981,7 @@ impl Vault {
         if let Some((k, v)) = detail {
             event = event.detail(k, v);
         }
-        let fields = self.release_one(record, event, stamp).await?;
+        let fields = self.release_one(actor, record, event, stamp).await?;
         let names = fields.keys().cloned().collect();
         Ok(RevealedCredential {
             info: info(record, names),
@@ -1016,14 +1016,55 @@ impl Vault {
     ) -> Result<RevealedCredential> {
         self.check_context(actor, ctx).await?;
         let scope = ctx.scope_for(reference.scope)?;
-        let relation = Relation::of(actor, Some(&scope));
+        self.resolve_in(actor, reference, &scope, Some(("app", ctx.app.clone())))
+            .await
+    }
+
+    /// An agent's own per-agent secret, by name: for an [`Principal::Agent`] only, and only
+    /// a credential marked agent-accessible (anything else reaches an agent through the
+    /// audited credentials path). The same checks and audit as [`Vault::resolve`].
+    pub async fn agent_secret(&self, actor: &Principal, name: &str) -> Result<RevealedCredential> {
+        actor.validate()?;
+        let Some(agent) = actor.agent() else {
+            self.authorize(
+                actor,
+                Action::Resolve,
+                None,
+                AuditTarget::none(),
+                "agent secrets (for agent principals only)",
+            )
+            .await?;
+            // No role may resolve outside a scope, so the line above has returned the
+            // audited denial; should the table ever change, agents only all the same.
+            return Err(Error::PermissionDenied {
+                actor: actor.to_string(),
+                action: Action::Resolve.audit_name().into(),
+                target: "agent secrets (for agent principals only)".into(),
+            });
+        };
+        let scope = Scope::per_agent(agent)?;
+        let reference = CredentialRef::explicit(name, ScopeKind::PerAgent, None);
+        self.resolve_in(actor, &reference, &scope, None).await
+    }
+
+    /// A resolve of `reference` in `scope`, once the context is settled: the policy (a
+    /// denial audited), then lookups and the release, started over while what was read
+    /// changes under it.
+    async fn resolve_in(
+        &self,
+        actor: &Principal,
+        reference: &CredentialRef,
+        scope: &Scope,
+        detail: Option<(&str, String)>,
+    ) -> Result<RevealedCredential> {
+        let relation = Relation::of(actor, Some(scope));
         if !policy::allows(actor.role(), Action::Resolve, relation) {
             let what = format!("credential `{}` ({scope})", reference.name);
             self.authorize(
                 actor,
                 Action::Resolve,
-                Some(&scope),
-                AuditTarget::scope(&scope),
+                Some(scope),
+                AuditTarget::scope(scope),
                 &what,
             )
             .await?;
@@ -1033,33 +1074,17 @@ impl Vault {
         // is never given on a cached read alone: it sends the resolve round again.
         let mut attempts = 0;
         loop {
-            match self
-                .resolve_once(actor, reference, ctx, &scope, attempts > 0)
-                .await
-            {
+            let fresh = attempts > 0;
+            let attempt = async {
+                let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
+                self.release_revealed(actor, Action::Resolve, &record, detail.clone(), stamp)
+                    .await
+            };
+            match attempt.await {
                 Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
                 other => return other,
             }
         }
-    }
-
-    async fn resolve_once(
-        &self,
-        actor: &Principal,
-        reference: &CredentialRef,
-        ctx: &ResolveContext,
-        scope: &Scope,
-        fresh: bool,
-    ) -> Result<RevealedCredential> {
-        let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
-        self.release_revealed(
-            actor,
-            Action::Resolve,
-            &record,
-            Some(("app", ctx.app.clone())),
-            stamp,
-        )
-        .await
     }
 
     /// Refuses (and audits) a resolve whose context is not the principal's own app and user.

@@ -43,6 +43,19 @@ pub enum Principal {
         /// The user whose session it serves.
         user: String,
     },
+    /// An agent reading its own per-agent secrets: only those marked agent-accessible are
+    /// ever released to it; everything else reaches it through the audited credentials
+    /// path.
+    Agent {
+        /// The agent's id.
+        id: String,
+    },
+    /// The vault's own background work (an OAuth refresher, token rotation): keeps
+    /// credentials current without being any of their owners.
+    Service {
+        /// The service's id (`oauth-refresher`, …).
+        id: String,
+    },
 }
 
 impl Principal {
@@ -54,6 +67,16 @@ impl Principal {
             Principal::AppUser { .. } => Role::AppUser,
             Principal::Viewer { .. } => Role::Viewer,
             Principal::AppRuntime { .. } => Role::AppRuntime,
+            Principal::Agent { .. } => Role::Agent,
+            Principal::Service { .. } => Role::Service,
+        }
+    }
+
+    /// The agent whose own per-agent credentials the principal acts on, if any.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Principal::Agent { id } => Some(id),
+            _ => None,
         }
     }
 
@@ -76,8 +99,9 @@ impl Principal {
         }
     }
 
-    /// Parses `system_admin:ID`, `app_admin:APP:ID`, `app_user:APP:ID`, `viewer:ID` or
-    /// `runtime:APP:USER` (the CLI's `--as` and `STRONGROOM_ACTOR`).
+    /// Parses `system_admin:ID`, `app_admin:APP:ID`, `app_user:APP:ID`, `viewer:ID`,
+    /// `runtime:APP:USER`, `agent:ID` or `service:ID` (the CLI's `--as` and
+    /// `STRONGROOM_ACTOR`).
     pub fn parse(text: &str) -> Result<Principal> {
         let parts: Vec<&str> = text.split(':').collect();
         let p = match parts.as_slice() {
@@ -95,12 +119,14 @@ impl Principal {
                 app: app.to_string(),
                 user: user.to_string(),
             },
+            ["agent", id] => Principal::Agent { id: id.to_string() },
+            ["service", id] => Principal::Service { id: id.to_string() },
             _ => {
                 return Err(Error::invalid(
                     "principal",
                     format!(
                         "`{text}` is not a principal; write system_admin:ID, app_admin:APP:ID, \
-                         app_user:APP:ID, viewer:ID or runtime:APP:USER"
+                         app_user:APP:ID, viewer:ID, runtime:APP:USER, agent:ID or service:ID"
                     ),
                 ))
             }
@@ -115,9 +141,10 @@ impl Principal {
     /// variants can be built directly, so the vault checks every principal it is given.
     pub fn validate(&self) -> Result<()> {
         match self {
-            Principal::SystemAdmin { id } | Principal::Viewer { id } => {
-                validate_owner_id("principal id", id)
-            }
+            Principal::SystemAdmin { id }
+            | Principal::Viewer { id }
+            | Principal::Agent { id }
+            | Principal::Service { id } => validate_owner_id("principal id", id),
             Principal::AppAdmin { id, app } | Principal::AppUser { id, app } => {
                 validate_owner_id("principal app", app)?;
                 validate_owner_id("principal id", id)
@@ -141,6 +168,8 @@ impl fmt::Display for Principal {
             Principal::AppUser { id, app } => write!(f, "app_user:{app}:{id}"),
             Principal::Viewer { id } => write!(f, "viewer:{id}"),
             Principal::AppRuntime { app, user } => write!(f, "runtime:{app}:{user}"),
+            Principal::Agent { id } => write!(f, "agent:{id}"),
+            Principal::Service { id } => write!(f, "service:{id}"),
         }
     }
 }
@@ -159,16 +188,22 @@ pub enum Role {
     Viewer,
     /// [`Principal::AppRuntime`]
     AppRuntime,
+    /// [`Principal::Agent`]
+    Agent,
+    /// [`Principal::Service`]
+    Service,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 7] = [
         Role::SystemAdmin,
         Role::AppAdmin,
         Role::AppUser,
         Role::Viewer,
         Role::AppRuntime,
+        Role::Agent,
+        Role::Service,
     ];
 }
 
@@ -256,15 +291,17 @@ pub enum Relation {
     OtherUserOwnApp,
     /// `per_app_per_user` of another user in another app.
     OtherUserOtherApp,
-    /// `per_agent`.
+    /// `per_agent` of another agent (or the principal is no agent).
     Agent,
+    /// `per_agent` of the principal's own agent.
+    OwnAgent,
     /// Not about a credential (audit verification).
     NoScope,
 }
 
 impl Relation {
     /// Every relation.
-    pub const ALL: [Relation; 11] = [
+    pub const ALL: [Relation; 12] = [
         Relation::SystemWide,
         Relation::OwnAppShared,
         Relation::OtherAppShared,
@@ -275,6 +312,7 @@ impl Relation {
         Relation::OtherUserOwnApp,
         Relation::OtherUserOtherApp,
         Relation::Agent,
+        Relation::OwnAgent,
         Relation::NoScope,
     ];
 
@@ -295,6 +333,9 @@ impl Relation {
                 (false, true) => Relation::OtherUserOwnApp,
                 (false, false) => Relation::OtherUserOtherApp,
             },
+            Some(Scope::PerAgent { agent }) if principal.agent() == Some(agent) => {
+                Relation::OwnAgent
+            }
             Some(Scope::PerAgent { .. }) => Relation::Agent,
         }
     }
@@ -322,6 +363,7 @@ const CREDENTIAL_SCOPES: &[Relation] = &[
     R::OtherUserOwnApp,
     R::OtherUserOtherApp,
     R::Agent,
+    R::OwnAgent,
 ];
 
 /// The policy: each row allows a role these actions on credentials in these relations.
@@ -385,6 +427,16 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         Role::AppRuntime,
         &[A::Resolve],
         &[R::SystemWide, R::OwnAppShared, R::OwnUser, R::OwnUserOwnApp],
+    ),
+    // An agent sees and resolves its own per-agent credentials (the vault releases only
+    // those marked agent-accessible).
+    (Role::Agent, &[A::ReadMetadata, A::Resolve], &[R::OwnAgent]),
+    // The vault's background work keeps every credential current (new fields, state),
+    // without reading secrets through reveal or resolve.
+    (
+        Role::Service,
+        &[A::ReadMetadata, A::Update, A::SetState],
+        CREDENTIAL_SCOPES,
     ),
 ];
 

@@ -134,6 +134,7 @@ impl Vault {
         // The secret leaves the process only once its release is durable.
         let fields = self
             .release_one(
+                actor,
                 &record,
                 request_event(Outcome::Success),
                 ReadStamp::UNCHECKED,
