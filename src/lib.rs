@@ -33,6 +33,9 @@ pub use store::{
 pub use store::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
+#[cfg(feature = "reqwest")]
+pub use transport::ReqwestTransport;
+pub use transport::{Bytes, HttpTransport};
 pub use vault::{
     CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, NewCredential, Principal,
     ResolveContext, RevealedCredential, Vault, VaultBuilder, Verification, VerifyResult,

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditChain, AuditEvent, AuditTarget, Outcome, VerifyReport};
 use crate::catalog::{Catalog, CatalogProblem, Provider};
-use crate::crypto::{key_wrapper_from_env, KeyRing, KeyWrapper, LocalKey};
+use crate::crypto::{KeyRing, KeyWrapper, LocalKey};
 use crate::error::{Error, Result};
 use crate::handlers::{CredentialHandler, HandlerRegistry};
 use crate::model::{
@@ -328,7 +328,7 @@ impl VaultBuilder {
     pub async fn build(self) -> Result<Vault> {
         let key = match self.key {
             Some(key) => key,
-            None => key_wrapper_from_env()?,
+            None => crate::crypto::key_wrapper_from_env_with(self.http.clone())?,
         };
         let store = match self.store {
             Some(store) => store,
