@@ -13,7 +13,6 @@ pub mod model;
 pub mod store;
 pub mod transport;
 pub mod vault;
-mod verify;
 
 pub use audit::{
     AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,

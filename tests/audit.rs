@@ -17,13 +17,13 @@ fn event(i: u64) -> AuditEvent {
         1 => Scope::per_user(format!("user{}", i % 7)).expect("scope"),
         _ => Scope::per_app_per_user("crm", "bob").expect("scope"),
     };
-    let target = if i % 5 == 0 {
+    let target = if i.is_multiple_of(5) {
         AuditTarget::none()
     } else {
         AuditTarget::credential(&CredentialId::new(format!("cred-{i}")).expect("id"), &scope)
     };
     AuditEvent::new(format!("actor{}", i % 4), "credential.reveal", target)
-        .outcome(if i % 11 == 0 {
+        .outcome(if i.is_multiple_of(11) {
             Outcome::Denied
         } else {
             Outcome::Success

@@ -1133,7 +1133,11 @@ impl Vault {
         fresh: bool,
     ) -> Result<(Arc<CredentialRecord>, ReadStamp)> {
         let store = &self.inner.store;
+        // A fresh read decides from exact reads, stamped by a stamped read taken just
+        // before: the checked commit then lands only if nothing changed since that stamp,
+        // so nothing changed between the exact read and the commit either.
         let (found, mut stamp) = if fresh {
+            let (_, before) = store.find_named(scope, &reference.name).await?;
             let found = store
                 .list(&ListFilter {
                     scope: Some(scope.clone()),
@@ -1142,7 +1146,7 @@ impl Vault {
                     ..ListFilter::default()
                 })
                 .await?;
-            (found.into_iter().next().map(Arc::new), ReadStamp::UNCHECKED)
+            (found.into_iter().next().map(Arc::new), before)
         } else {
             store.find_named(scope, &reference.name).await?
         };
@@ -1171,7 +1175,8 @@ impl Vault {
         }
         if matches!(record.scope, Scope::PerUser { .. }) {
             let (grants, grants_stamp) = if fresh {
-                (store.grants(&record.id).await?, ReadStamp::UNCHECKED)
+                let (_, before) = store.grants_stamped(&record.id).await?;
+                (store.grants(&record.id).await?, before)
             } else {
                 store.grants_stamped(&record.id).await?
             };

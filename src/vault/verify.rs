@@ -279,7 +279,7 @@ fn build_request(
     spec: &crate::catalog::VerifySpec,
     lookup: &dyn Fn(&str) -> Option<Zeroizing<String>>,
 ) -> Result<http::Request<Bytes>> {
-    let url = crate::verify::render(&spec.endpoint, lookup)
+    let url = crate::catalog::template::render(&spec.endpoint, lookup)
         .map_err(|m| Error::invalid("verify endpoint", m))?;
     let uri: http::Uri = url.as_str().parse().map_err(|_| {
         Error::invalid(
@@ -294,7 +294,7 @@ fn build_request(
         .uri(uri)
         .body(Bytes::new())
         .map_err(|_| Error::invalid("verify endpoint", "cannot build the request"))?;
-    let headers = crate::verify::render(&spec.auth_template, lookup)
+    let headers = crate::catalog::template::render(&spec.auth_template, lookup)
         .map_err(|m| Error::invalid("auth_template", m))?;
     for line in headers.lines().filter(|l| !l.trim().is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
