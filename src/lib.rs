@@ -36,6 +36,7 @@ pub use store::{SqliteOptions, SqliteStore};
 pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
-    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, NewCredential, Principal,
-    ResolveContext, RevealedCredential, Vault, VaultBuilder, Verification, VerifyResult,
+    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, HeldFields, NewCredential,
+    Principal, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential, Vault,
+    VaultBuilder, Verification, VerifyResult,
 };

@@ -337,7 +337,10 @@ async fn deployed(vault: &Vault, shared_expiry: Option<Timestamp>) -> (Deploymen
     }
     let config = AppConfig::parse("app.yaml", APP_YAML).expect("parse");
     let manifest = compile(APP, &config, &slots(), &vault.catalog()).expect("compile");
-    (vault.deploy(manifest).await.expect("deploy"), shared.id)
+    (
+        Deployment::new(vault, manifest).await.expect("deploy"),
+        shared.id,
+    )
 }
 
 async fn id_of(vault: &Vault, user: &str, name: &str) -> CredentialId {
@@ -937,7 +940,7 @@ async fn a_revoke_committed_during_a_session_starts_fresh_retry_leaves_no_inject
     let config =
         AppConfig::parse("app.yaml", "brain:\n  credential: openai_main\n").expect("parse");
     let manifest = compile(APP, &config, &slots(), &vault.catalog()).expect("compile");
-    let deployment = Arc::new(vault.deploy(manifest).await.expect("deploy"));
+    let deployment = Arc::new(Deployment::new(&vault, manifest).await.expect("deploy"));
     deployment.start_session("alice").await.expect("granted");
     let first = arm(&store.after_grants_stamped);
     let call = {

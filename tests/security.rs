@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::{FaultStore, INJECTED};
 use strongroom::audit::Outcome;
-use strongroom::config::{compile, AppConfig, CredentialSlot, Slots};
+use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Slots};
 use strongroom::model::LifecycleState;
 use strongroom::{
     CredentialFilter, CredentialId, CredentialRef, CredentialUpdate, Error, ErrorKind,
@@ -282,7 +282,7 @@ async fn a_deployment_never_uses_another_apps_grant() {
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     for (app, allowed) in [("crm", false), ("blog", true)] {
         let manifest = compile(app, &config, &slots, &vault.catalog()).expect("compiles");
-        let deployment = vault.deploy(manifest).await.expect("deploy");
+        let deployment = Deployment::new(&vault, manifest).await.expect("deploy");
         let session = deployment.start_session("alice").await;
         let slot = deployment
             .resolve_slot("alice", "agents[assistant].brain", "brain_credential")
@@ -812,7 +812,7 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     let slots = Slots::new().declare("brain", llm_slot());
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     let manifest = compile("crm", &config, &slots, &vault.catalog()).expect("compiles");
-    let deployment = vault.deploy(manifest).await.expect("deploy");
+    let deployment = Deployment::new(&vault, manifest).await.expect("deploy");
     let runtime = p("runtime:crm:alice");
     let reference = CredentialRef::compact("openai_main");
     let session_ctx = ResolveContext::of(&runtime).expect("ctx");
@@ -905,6 +905,21 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     assert!(vault.audit().verify().await.expect("verify").is_ok());
 }
 
+/// One of the calls that name a credential by id.
+async fn probe(
+    vault: &Vault,
+    actor: &Principal,
+    what: &str,
+    id: &CredentialId,
+) -> Result<(), Error> {
+    match what {
+        "show" => vault.get(actor, id).await.map(drop),
+        "grants" => vault.grants(actor, id).await.map(drop),
+        "grant-add" => vault.grant_add(actor, id, "crm").await.map(drop),
+        _ => vault.reveal(actor, id).await.map(drop),
+    }
+}
+
 #[tokio::test]
 async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
     let vault = Vault::in_memory().await.expect("vault");
@@ -926,47 +941,11 @@ async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
     let other = p("app_user:crm:u2");
     let admin_of_other_app = p("app_admin:blog:adm");
     for actor in [&other, &admin_of_other_app] {
-        let probes: Vec<(&str, Box<dyn Fn(CredentialId) -> _>)> = vec![
-            (
-                "show",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.get(&actor, &id).await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-            (
-                "grants",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.grants(&actor, &id).await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-            (
-                "grant-add",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.grant_add(&actor, &id, "crm").await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-            (
-                "reveal",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.reveal(&actor, &id).await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-        ];
-        for (what, probe) in probes {
+        for what in ["show", "grants", "grant-add", "reveal"] {
             let before = rows(&vault).await.len();
-            let forbidden = probe(info.id.clone()).await.expect_err("forbidden");
+            let forbidden = probe(&vault, actor, what, &info.id)
+                .await
+                .expect_err("forbidden");
             let after = rows(&vault).await;
             assert_eq!(
                 after.len(),
@@ -981,7 +960,9 @@ async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
                 "full target"
             );
             assert_eq!(row.target.scope, Some(Scope::per_user("u1").expect("s")));
-            let absent = probe(missing.clone()).await.expect_err("missing");
+            let absent = probe(&vault, actor, what, &missing)
+                .await
+                .expect_err("missing");
             assert_eq!(
                 forbidden.kind(),
                 ErrorKind::NotFound,

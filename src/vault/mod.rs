@@ -29,7 +29,7 @@ pub mod policy;
 mod unseal;
 mod verify;
 
-pub(crate) use batch::{BatchItem, Released};
+pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use verify::{Verification, VerifyResult};
 
 pub use policy::{Action, Principal, Relation, Role};

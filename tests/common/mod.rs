@@ -75,7 +75,10 @@ impl FaultStore {
             })
             .is_err()
             && self.budget.load(Ordering::SeqCst) == 0;
-        if self.failing.load(Ordering::SeqCst) || budget_spent || (every > 0 && n % every == 0) {
+        if self.failing.load(Ordering::SeqCst)
+            || budget_spent
+            || (every > 0 && n.is_multiple_of(every))
+        {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(Error::Store {
                 kind: StoreErrorKind::Other,
