@@ -2,13 +2,15 @@
 //! makes racing read-modify-write loops conflict, the losers re-read and retry, and no
 //! update is lost or applied twice — on `MemoryStore` and on `SqliteStore`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use strongroom::{
     CredentialUpdate, Error, ExposeSecret, LocalKey, MemoryStore, NewCredential, Principal, Scope,
-    SecretString, SqliteStore, Vault,
+    SecretString, Vault,
 };
 use tokio::sync::Barrier;
 
@@ -189,13 +191,6 @@ async fn concurrent_updaters_on_memory_store_conflict_retry_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_updaters_on_sqlite_store_conflict_retry_and_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let vault = Vault::builder()
-        .store(Arc::new(
-            SqliteStore::open(dir.path().join("vault.db")).expect("open"),
-        ))
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
-        .build()
-        .await
-        .expect("vault");
+    let vault = common::sqlite_vault(dir.path().join("vault.db")).await;
     concurrent_updaters_conflict_retry_and_lose_nothing(vault).await;
 }

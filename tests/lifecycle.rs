@@ -3,6 +3,8 @@
 //! deployment's sessions, and grant revocation between sessions, through a second vault on
 //! the same SQLite file, and racing resolves.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -717,14 +719,7 @@ async fn resolves_racing_a_revoke_on_memory_store_are_refused_from_the_revoke_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resolves_racing_a_revoke_on_sqlite_store_are_refused_from_the_revoke_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let vault = Vault::builder()
-        .store(Arc::new(
-            SqliteStore::open(dir.path().join("vault.db")).expect("open"),
-        ))
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
-        .build()
-        .await
-        .expect("vault");
+    let vault = common::sqlite_vault(dir.path().join("vault.db")).await;
     resolves_racing_a_revoke(vault).await;
 }
 

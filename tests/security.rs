@@ -10,14 +10,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{FaultStore, INJECTED};
+use common::{vault_on, FaultStore, INJECTED};
 use strongroom::audit::Outcome;
 use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Slots};
 use strongroom::model::LifecycleState;
 use strongroom::{
     CredentialFilter, CredentialId, CredentialRef, CredentialUpdate, Error, ErrorKind,
-    ExposeSecret, LocalKey, MemoryStore, NewCredential, Principal, ResolveContext, Scope,
-    ScopeKind, SecretString, SqliteStore, Store, Vault,
+    ExposeSecret, MemoryStore, NewCredential, Principal, ResolveContext, Scope, ScopeKind,
+    SecretString, SqliteStore, Store, Vault,
 };
 
 const CANARY: &str = "sk-CANARY-security-5e2b";
@@ -37,21 +37,34 @@ fn ctx(app: &str, user: &str) -> ResolveContext {
     }
 }
 
-async fn vault_on(store: Arc<dyn Store>) -> Vault {
-    Vault::builder()
-        .store(store)
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
-        .build()
-        .await
-        .expect("vault")
-}
-
 async fn rows(vault: &Vault) -> Vec<strongroom::audit::AuditRecord> {
     vault
         .store()
         .audit_range(1, usize::MAX)
         .await
         .expect("audit rows")
+}
+
+/// A per-user `openai` credential of `owner` (an `app_user`), holding the canary.
+async fn user_credential(
+    vault: &Vault,
+    owner: &Principal,
+    name: &str,
+) -> strongroom::CredentialInfo {
+    let user = owner.user().expect("an app user");
+    vault
+        .create(
+            owner,
+            NewCredential::new(
+                name,
+                Scope::per_user(user).expect("scope"),
+                "openai",
+                "",
+                fields(CANARY),
+            ),
+        )
+        .await
+        .expect("create")
 }
 
 /// alice's per-user credential, granted to `blog` only.
@@ -495,19 +508,7 @@ async fn principals_and_ids_that_print_ambiguously_are_refused() {
     );
     let vault = Vault::in_memory().await.expect("vault");
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     let before = rows(&vault).await.len();
     // `app_user:crm:x:y` would print like the app_user `y` of app `crm:x`.
     let ambiguous = Principal::AppUser {
@@ -565,19 +566,7 @@ async fn permission_is_decided_before_input_is_inspected() {
     }
     // A grant for a bad app id on someone else's credential: denied first.
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     let err = vault
         .grant_add(&p("app_user:crm:u2"), &info.id, "bad/app")
         .await
@@ -601,19 +590,7 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
     let admin = p("system_admin:root");
     let owner = p("app_user:crm:u1");
     let runtime = p("runtime:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     vault
         .grant_add(&owner, &info.id, "crm")
         .await
@@ -739,19 +716,7 @@ async fn a_second_soft_revoke_keeps_the_first_revoker() {
     let vault = Vault::in_memory().await.expect("vault");
     let admin = p("system_admin:root");
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     vault
         .grant_add(&owner, &info.id, "crm")
         .await
@@ -792,19 +757,7 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     let vault = vault_on(faults.clone()).await;
     let admin = p("system_admin:root");
     let owner = p("app_user:crm:alice");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "openai_main",
-                Scope::per_user("alice").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "openai_main").await;
     vault
         .grant_add(&owner, &info.id, "crm")
         .await
@@ -924,19 +877,7 @@ async fn probe(
 async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
     let vault = Vault::in_memory().await.expect("vault");
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "secret_name_7f3",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "secret_name_7f3").await;
     let missing = CredentialId::generate();
     let other = p("app_user:crm:u2");
     let admin_of_other_app = p("app_admin:blog:adm");
@@ -1081,19 +1022,7 @@ async fn the_service_principal_keeps_credentials_current_without_reading_them() 
     let vault = Vault::in_memory().await.expect("vault");
     let owner = p("app_user:crm:u1");
     let service = p("service:oauth-refresher");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     let updated = vault
         .update(
             &service,
