@@ -16,7 +16,8 @@ pub mod vault;
 mod verify;
 
 pub use audit::{
-    AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,
+    Action, AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome,
+    VerifyReport,
 };
 pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};

@@ -159,7 +159,7 @@ fn canonical_row<'a>(
         seq,
         time: event.time.0,
         actor: &event.actor,
-        action: &event.action,
+        action: event.action.as_str(),
         credential_id: event
             .target
             .credential_id
@@ -241,7 +241,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::audit::{AuditTarget, Outcome};
+    use crate::audit::{Action, AuditTarget, Outcome};
     use crate::model::{CredentialId, Timestamp};
 
     /// The worked example of `docs/AUDIT.md`; the doc quotes these exact bytes.
@@ -249,7 +249,7 @@ mod tests {
         AuditEvent {
             time: Timestamp(1_764_000_000_000),
             actor: "alice".into(),
-            action: "credential.create".into(),
+            action: Action::Create,
             target: AuditTarget::credential(
                 &CredentialId::new("cred-1").expect("id"),
                 &Scope::per_user("alice").expect("scope"),

@@ -1,12 +1,133 @@
-//! What an audit row records: the event (actor, action, target, outcome, details) before the
-//! store numbers and chains it. Depends on the model only, so every layer may write events.
+//! What an audit row records: the action (the one vocabulary the policy decides and the rows
+//! name), the event (actor, action, target, outcome, details) before the store numbers and
+//! chains it. Depends on the model only, so every layer may write events.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{CredentialId, Scope, Timestamp};
+
+/// Something a principal asks to do: the policy table decides it, and the audit row that
+/// records it names it by [`Action::as_str`]. The names are stable (they are hashed into the
+/// chain) and listed in `docs/AUDIT.md`; a stored row whose action is not one of them does
+/// not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Action {
+    /// Create a credential.
+    Create,
+    /// Update its fields or metadata.
+    Update,
+    /// Delete it.
+    Delete,
+    /// See its metadata (never secret values); listing shows only these.
+    ReadMetadata,
+    /// See its secret values (a person, through `reveal`).
+    Reveal,
+    /// Get its secret values for injection (an app runtime, through `resolve`).
+    Resolve,
+    /// Move it through its lifecycle.
+    SetState,
+    /// List the apps granted a per-user credential.
+    GrantList,
+    /// Grant an app a per-user credential.
+    GrantAdd,
+    /// Revoke a grant.
+    GrantRevoke,
+    /// Verify the audit chain.
+    AuditVerify,
+    /// Inject its secret values into an app's config (a deploy or session start, through
+    /// slots).
+    Inject,
+    /// Test it live against its provider's API (its secret is sent there).
+    Verify,
+    /// Re-wrap every data key onto the active master key (key rotation).
+    Rewrap,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 14] = [
+        Action::Create,
+        Action::Update,
+        Action::Delete,
+        Action::ReadMetadata,
+        Action::Reveal,
+        Action::Resolve,
+        Action::SetState,
+        Action::GrantList,
+        Action::GrantAdd,
+        Action::GrantRevoke,
+        Action::AuditVerify,
+        Action::Inject,
+        Action::Verify,
+        Action::Rewrap,
+    ];
+
+    /// The stable name written into audit rows (`credential.create`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "credential.create",
+            Action::Update => "credential.update",
+            Action::Delete => "credential.delete",
+            Action::ReadMetadata => "credential.read_metadata",
+            Action::Reveal => "credential.reveal",
+            Action::Resolve => "credential.resolve",
+            Action::SetState => "credential.set_state",
+            Action::GrantList => "grant.list",
+            Action::GrantAdd => "grant.add",
+            Action::GrantRevoke => "grant.revoke",
+            Action::AuditVerify => "audit.verify",
+            Action::Inject => "credential.inject",
+            Action::Verify => "credential.verify",
+            Action::Rewrap => "keys.rewrap",
+        }
+    }
+
+    /// The audit name; use [`Action::as_str`].
+    #[deprecated(note = "use Action::as_str")]
+    pub fn audit_name(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// Parses a stable name (what [`Action::as_str`] gives).
+    pub fn parse(text: &str) -> Result<Action> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == text)
+            .ok_or_else(|| {
+                let shown: String = text.chars().take(64).flat_map(char::escape_debug).collect();
+                Error::invalid(
+                    "action",
+                    format!(
+                        "unknown action `{shown}` (the known ones are listed in docs/AUDIT.md)"
+                    ),
+                )
+            })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Action, D::Error> {
+        let text = String::deserialize(d)?;
+        Action::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
 
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -150,8 +271,8 @@ pub struct AuditEvent {
     pub time: Timestamp,
     /// Who did it (principal id).
     pub actor: String,
-    /// What was done (`credential.create`, `credential.reveal`, `keys.rewrap`, …).
-    pub action: String,
+    /// What was done (written as [`Action::as_str`]).
+    pub action: Action,
     /// What it was done to.
     pub target: AuditTarget,
     /// How it ended.
@@ -162,11 +283,11 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// A successful event at the current time.
-    pub fn new(actor: impl Into<String>, action: impl Into<String>, target: AuditTarget) -> Self {
+    pub fn new(actor: impl Into<String>, action: Action, target: AuditTarget) -> Self {
         AuditEvent {
             time: Timestamp::now(),
             actor: actor.into(),
-            action: action.into(),
+            action,
             target,
             outcome: Outcome::Success,
             details: BTreeMap::new(),
@@ -189,5 +310,69 @@ impl AuditEvent {
     pub fn at(mut self, time: Timestamp) -> Self {
         self.time = time;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_round_trips_through_its_name() {
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()).expect("parses"), action);
+            let json = serde_json::to_string(&action).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", action.as_str()));
+            assert_eq!(
+                serde_json::from_str::<Action>(&json).expect("deserialises"),
+                action
+            );
+        }
+        let mut names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Action::ALL.len(), "names are distinct");
+        for unknown in [
+            "",
+            "read",
+            "credential.put",
+            "Credential.Create",
+            "keys.rewrap ",
+        ] {
+            let err = Action::parse(unknown).expect_err(unknown);
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        }
+    }
+
+    /// The `## Actions` table of docs/AUDIT.md, as (name, variant) in row order.
+    fn documented_actions() -> Vec<(String, String)> {
+        let doc = include_str!("../../docs/AUDIT.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("Actions\n"))
+            .expect("docs/AUDIT.md has an `## Actions` section");
+        section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let unquote = |cell: &str| cell.trim_matches('`').to_string();
+                (unquote(cells[1]), unquote(cells[2]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_actions_are_exactly_the_documented_list() {
+        let documented = documented_actions();
+        let code: Vec<(String, String)> = Action::ALL
+            .iter()
+            .map(|a| (a.as_str().to_string(), format!("Action::{a:?}")))
+            .collect();
+        assert_eq!(
+            documented, code,
+            "docs/AUDIT.md's `## Actions` table and Action::ALL must list the same actions, \
+             in the same order"
+        );
     }
 }

@@ -13,7 +13,7 @@ pub use encoding::{
     canonical_encoding, chain_hash, AuditDigest, AuditRecord, CanonicalRow, ChainHead,
     CANONICAL_LABEL, GENESIS_HASH,
 };
-pub use event::{AuditEvent, AuditTarget, Outcome};
+pub use event::{Action, AuditEvent, AuditTarget, Outcome};
 pub use verify::{verify_chain, ChainProblem, ProblemKind, VerifyReport};
 
 /// The default [`crate::Store::audit_digests`], kept here under its old path.

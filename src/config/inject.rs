@@ -13,6 +13,7 @@ use zeroize::Zeroize;
 
 use super::yaml::{Node, Style, Value};
 use super::{Manifest, ManifestEntry, Seg};
+use crate::audit::Action;
 use crate::error::{Error, Result};
 use crate::handlers::Fields;
 use crate::model::{CredentialRecord, ScopeKind};
@@ -355,7 +356,7 @@ impl Deployment {
         };
         let released = self
             .vault
-            .resolve_batch(actor, ctx, "credential.inject", &items, &reuse_fn)
+            .resolve_batch(actor, ctx, Action::Inject, &items, &reuse_fn)
             .await
             .map_err(|(k, e)| entry_error(entries[k], e))?;
         for (k, r) in released.iter().enumerate() {

@@ -10,7 +10,7 @@ use secrecy::SecretBox;
 use super::cache::{cache_key, DekCache};
 use super::envelope::{self, Sealed};
 use super::{DekCacheConfig, DekCacheStats, KeyWrapper};
-use crate::audit::{AuditEvent, AuditTarget, Outcome};
+use crate::audit::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
 use crate::model::RecordIdentity;
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
@@ -211,7 +211,7 @@ impl KeyRing {
             }
             let count = mutations.len();
             from_keys.sort();
-            let event = AuditEvent::new(&options.actor, "keys.rewrap", AuditTarget::none())
+            let event = AuditEvent::new(&options.actor, Action::Rewrap, AuditTarget::none())
                 .outcome(Outcome::Success)
                 .detail("records", count.to_string())
                 .detail("from_keys", from_keys.join(","))

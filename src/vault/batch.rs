@@ -36,7 +36,7 @@ impl Vault {
         &self,
         actor: &Principal,
         ctx: &ResolveContext,
-        action: &'static str,
+        action: Action,
         items: &[BatchItem<'_>],
         reuse: Reuse<'_>,
     ) -> std::result::Result<Vec<Released>, (usize, Error)> {

@@ -645,7 +645,7 @@ impl Vault {
     }
 
     fn event(actor: &Principal, action: Action, target: AuditTarget) -> AuditEvent {
-        AuditEvent::new(actor.to_string(), action.audit_name(), target)
+        AuditEvent::new(actor.to_string(), action, target)
     }
 
     /// Commits one mutation with the audit event that records it.
@@ -686,7 +686,7 @@ impl Vault {
         self.inner.store.commit(Batch::events(vec![event])).await?;
         Err(Error::PermissionDenied {
             actor: actor.to_string(),
-            action: action.audit_name().to_string(),
+            action: action.as_str().to_string(),
             target: what.to_string(),
         })
     }
@@ -1070,7 +1070,7 @@ impl Vault {
         self.inner.store.commit(Batch::events(vec![event])).await?;
         Err(Error::PermissionDenied {
             actor: actor.to_string(),
-            action: Action::Resolve.audit_name().into(),
+            action: Action::Resolve.as_str().into(),
             target: format!(
                 "credentials of app `{}`, user `{}`: a principal resolves only for its own app \
                  and user (pass ResolveContext::of(principal))",
@@ -1152,7 +1152,7 @@ impl Vault {
                     .await?;
                 return Err(Error::PermissionDenied {
                     actor: actor.to_string(),
-                    action: Action::Resolve.audit_name().into(),
+                    action: Action::Resolve.as_str().into(),
                     target: format!(
                         "{}: app `{}` holds no grant (the user adds one with grant-add)",
                         record.describe(),
@@ -1206,7 +1206,7 @@ impl Vault {
             self.inner.store.commit(Batch::events(vec![event])).await?;
             return Err(Error::PermissionDenied {
                 actor: actor.to_string(),
-                action: Action::SetState.audit_name().into(),
+                action: Action::SetState.as_str().into(),
                 target: format!(
                     "{}: it was disabled by {}; only an admin may lift that (set_state to filled)",
                     record.describe(),

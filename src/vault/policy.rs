@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub use crate::audit::Action;
 use crate::error::{Error, Result};
 use crate::model::{validate_owner_id, Scope, DEPLOY_USER};
 
@@ -170,68 +171,6 @@ impl Role {
         Role::Viewer,
         Role::AppRuntime,
     ];
-}
-
-/// Something a principal asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Action {
-    /// Create a credential.
-    Create,
-    /// Update its fields or metadata.
-    Update,
-    /// Delete it.
-    Delete,
-    /// See its metadata (never secret values); listing shows only these.
-    ReadMetadata,
-    /// See its secret values (a person, through `reveal`).
-    Reveal,
-    /// Get its secret values for injection (an app runtime, through `resolve`).
-    Resolve,
-    /// Move it through its lifecycle.
-    SetState,
-    /// List the apps granted a per-user credential.
-    GrantList,
-    /// Grant an app a per-user credential.
-    GrantAdd,
-    /// Revoke a grant.
-    GrantRevoke,
-    /// Verify the audit chain.
-    AuditVerify,
-}
-
-impl Action {
-    /// Every action.
-    pub const ALL: [Action; 11] = [
-        Action::Create,
-        Action::Update,
-        Action::Delete,
-        Action::ReadMetadata,
-        Action::Reveal,
-        Action::Resolve,
-        Action::SetState,
-        Action::GrantList,
-        Action::GrantAdd,
-        Action::GrantRevoke,
-        Action::AuditVerify,
-    ];
-
-    /// The audit action name (`credential.create`, …).
-    pub fn audit_name(self) -> &'static str {
-        match self {
-            Action::Create => "credential.create",
-            Action::Update => "credential.update",
-            Action::Delete => "credential.delete",
-            Action::ReadMetadata => "credential.read_metadata",
-            Action::Reveal => "credential.reveal",
-            Action::Resolve => "credential.resolve",
-            Action::SetState => "credential.set_state",
-            Action::GrantList => "grant.list",
-            Action::GrantAdd => "grant.add",
-            Action::GrantRevoke => "grant.revoke",
-            Action::AuditVerify => "audit.verify",
-        }
-    }
 }
 
 /// How a credential's scope stands to the acting principal.

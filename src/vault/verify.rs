@@ -12,9 +12,6 @@ use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{CredentialId, CredentialRecord, LifecycleState, Timestamp};
 
-/// The audit action of a live check.
-const VERIFY: &str = "credential.verify";
-
 /// The source prefix of providers compiled into the crate.
 const BUNDLED: &str = "bundled:";
 use crate::store::{Batch, Mutation, Precondition, ReadStamp};
@@ -79,14 +76,14 @@ impl Vault {
             match self.inner.bundled.get(&record.provider) {
                 Some(bundled) => bundled.clone(),
                 None => {
-                    let event = AuditEvent::new(actor.to_string(), VERIFY, target)
+                    let event = AuditEvent::new(actor.to_string(), Action::Verify, target)
                         .outcome(Outcome::Denied)
                         .detail("reason", "provider defined only in the drop-in folder")
                         .detail("provider_source", provider.source.clone());
                     self.inner.store.commit(Batch::events(vec![event])).await?;
                     return Err(Error::PermissionDenied {
                         actor: actor.to_string(),
-                        action: VERIFY.into(),
+                        action: Action::Verify.as_str().into(),
                         target: format!(
                             "{}: provider `{}` comes from the drop-in folder ({}), so only the \
                              credential's owner may verify it against that endpoint",
@@ -116,7 +113,7 @@ impl Vault {
             )
         })?;
         let request_event = |outcome: Outcome| {
-            let mut event = AuditEvent::new(actor.to_string(), VERIFY, target.clone())
+            let mut event = AuditEvent::new(actor.to_string(), Action::Verify, target.clone())
                 .outcome(outcome)
                 .detail("step", "request")
                 .detail("version", record.version.to_string())
@@ -216,7 +213,7 @@ impl Vault {
             None => {}
         }
         let result_event = |after: &CredentialRecord, reason: &Option<String>| {
-            let mut event = AuditEvent::new(actor.to_string(), VERIFY, target.clone())
+            let mut event = AuditEvent::new(actor.to_string(), Action::Verify, target.clone())
                 .outcome(match result {
                     VerifyResult::Valid => Outcome::Success,
                     VerifyResult::Invalid | VerifyResult::Inconclusive => Outcome::Failure,
