@@ -862,7 +862,31 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
         .output()
         .expect("runs");
     assert!(ok(&out).contains("intact"));
-    // Only a system admin manages keys.
+    // Only a system admin manages keys: the policy decides, and a refused rotation is
+    // audited before its new key is opened or created.
     let out = env.run("viewer:v", &["keys", "status"]);
     fails(&out, 4, "permission denied");
+    let never = env.home.path().join("never.key");
+    let out = env
+        .cmd(
+            "viewer:v",
+            &["keys", "rotate", "--to", &format!("file:{}", never.display())],
+        )
+        .env("STRONGROOM_MASTER_KEY", new_value.trim())
+        .output()
+        .expect("runs");
+    fails(&out, 4, "may not keys.rewrap");
+    assert!(!never.exists(), "a refused rotation created its key");
+    let db = rusqlite::Connection::open(env.home.path().join("vault.db")).expect("open");
+    let (actor, action, outcome): (String, String, String) = db
+        .query_row(
+            "SELECT actor, action, outcome FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("last row");
+    assert_eq!(
+        (actor.as_str(), action.as_str(), outcome.as_str()),
+        ("viewer:v", "keys.rewrap", "denied")
+    );
 }

@@ -451,6 +451,13 @@ async fn verification_needs_the_right_to_change_state_and_a_transport() {
         .expect_err("a viewer cannot verify");
     assert_eq!(err.kind(), strongroom::ErrorKind::PermissionDenied, "{err}");
     assert!(api.requests().is_empty());
+    // The policy decided it as a live check, and the refusal is audited under that name.
+    assert!(err.to_string().contains("credential.verify"), "{err}");
+    let denial = last_verify_event(&vault).await;
+    assert_eq!(
+        (denial.actor.as_str(), denial.outcome),
+        ("viewer:v", Outcome::Denied)
+    );
 
     // A vault without an HTTP client says how to give it one.
     let plain = Vault::in_memory().await.expect("vault");

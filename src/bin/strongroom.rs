@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use strongroom::catalog::{Catalog, Provider};
 use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
 use strongroom::handlers::HandlerRegistry;
+use strongroom::vault::policy::{allows, Action, Relation};
 use strongroom::{
     CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret, LifecycleState,
     NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore, Store, Timestamp, Vault,
@@ -470,9 +471,6 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
     }
     let store = open_store(&spec).await?;
-    if let Command::Keys(cmd) = cli.command {
-        return keys(store, &actor, cmd, &out).await;
-    }
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key_wrapper_from_env()?)
@@ -481,6 +479,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         builder = builder.providers_dir(dir);
     }
     let vault = builder.build().await?;
+    if let Command::Keys(cmd) = cli.command {
+        return keys(&vault, &actor, cmd, &out).await;
+    }
     match cli.command {
         Command::Audit(AuditCommand::Verify) => {
             let report = vault.verify_audit(&actor).await?;
@@ -987,21 +988,24 @@ async fn key_counts(store: &dyn Store) -> Result<BTreeMap<String, u64>, Error> {
 }
 
 async fn keys(
-    store: Arc<dyn Store>,
+    vault: &Vault,
     actor: &Principal,
     cmd: KeysCommand,
     out: &Output,
 ) -> Result<u8, Error> {
-    if !matches!(actor, Principal::SystemAdmin { .. }) {
-        return Err(Error::PermissionDenied {
-            actor: actor.to_string(),
-            action: "keys".into(),
-            target: "the master keys (only a system_admin manages them)".into(),
-        });
-    }
-    let current = key_wrapper_from_env()?;
+    let store = vault.store().clone();
+    let current = vault.keys().active().clone();
     match cmd {
         KeysCommand::Status => {
+            // Whoever may re-wrap the keys may see how many records each wraps; the policy
+            // decides (a rotation's refusal is audited by the vault, a status is only read).
+            if !allows(actor.role(), Action::Rewrap, Relation::NoScope) {
+                return Err(Error::PermissionDenied {
+                    actor: actor.to_string(),
+                    action: Action::Rewrap.as_str().into(),
+                    target: "the master keys (only a system_admin manages them)".into(),
+                });
+            }
             let counts = key_counts(store.as_ref()).await?;
             if out.json {
                 let doc = serde_json::json!({ "active": current.key_id(), "records": counts });
@@ -1028,6 +1032,8 @@ async fn keys(
             batch_size,
             max_batches,
         } => {
+            // Decided (and a refusal audited) before the new key is opened or created.
+            vault.authorize_unscoped(actor, Action::Rewrap).await?;
             let new = key_from_spec(&to)?;
             let mut ring = strongroom::KeyRing::new(new.clone()).with_retired(current);
             for spec in &retired {
@@ -1083,7 +1089,7 @@ async fn keys(
                 max_batches,
                 progress: Some(progress),
             };
-            let report = ring.rewrap(store.as_ref(), &options).await;
+            let report = vault.rewrap_keys(actor, &ring, options).await;
             bar.finish_and_clear();
             let report = report?;
             // The final check: does anything still name another key?

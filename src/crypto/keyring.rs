@@ -172,6 +172,10 @@ impl KeyRing {
     /// untouched. Safe to re-run after a crash or an error: it picks up whatever still names
     /// another key. A record updated concurrently is simply re-read on the next pass (its new
     /// version is sealed with the active key already).
+    ///
+    /// The audit rows name `options.actor` as given: this call decides no policy. A host
+    /// that calls it directly authorises that principal itself; `Vault::rewrap_keys` does so
+    /// through the policy table ([`crate::Action::Rewrap`]).
     pub async fn rewrap(&self, store: &dyn Store, options: &RewrapOptions) -> Result<RewrapReport> {
         let batch_size = options.batch_size.max(1);
         let active = self.active.key_id().to_string();

@@ -29,9 +29,10 @@ pub(crate) struct Released {
 pub(crate) type Reuse<'a> = &'a (dyn Fn(usize, &CredentialRecord) -> Option<Arc<Fields>> + Sync);
 
 impl Vault {
-    /// Resolves every item for `actor` in `ctx` with the checks of [`Vault::resolve`], then
-    /// commits one audit row per item (`action`, with the item's details) in one batch,
-    /// checked against every read. On an error, the index of the item that failed.
+    /// Resolves every item for `actor` in `ctx` with the checks of [`Vault::resolve`], the
+    /// policy deciding `action` (an injection is [`Action::Inject`]), then commits one audit
+    /// row per item (`action`, with the item's details) in one batch, checked against every
+    /// read. On an error, the index of the item that failed.
     pub(crate) async fn resolve_batch(
         &self,
         actor: &Principal,
@@ -45,11 +46,11 @@ impl Vault {
         for (i, item) in items.iter().enumerate() {
             let scope = ctx.scope_for(item.reference.scope).map_err(|e| (i, e))?;
             let relation = Relation::of(actor, Some(&scope));
-            if !policy::allows(actor.role(), Action::Resolve, relation) {
+            if !policy::allows(actor.role(), action, relation) {
                 let what = format!("credential `{}` ({scope})", item.reference.name);
                 self.authorize(
                     actor,
-                    Action::Resolve,
+                    action,
                     Some(&scope),
                     AuditTarget::scope(&scope),
                     &what,
@@ -65,7 +66,10 @@ impl Vault {
             let mut stamp = ReadStamp::UNCHECKED;
             let mut records = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                match self.lookup(actor, item.reference, &scopes[i], fresh).await {
+                match self
+                    .lookup(actor, action, item.reference, &scopes[i], fresh)
+                    .await
+                {
                     Ok((record, s)) => {
                         stamp = stamp.and(s);
                         records.push(record);

@@ -25,6 +25,7 @@ use crate::store::{
 use crate::transport::HttpTransport;
 
 mod batch;
+mod keys;
 pub mod policy;
 mod unseal;
 mod verify;
@@ -1035,7 +1036,9 @@ impl Vault {
         scope: &Scope,
         fresh: bool,
     ) -> Result<RevealedCredential> {
-        let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
+        let (record, stamp) = self
+            .lookup(actor, Action::Resolve, reference, scope, fresh)
+            .await?;
         self.release_revealed(
             actor,
             Action::Resolve,
@@ -1081,12 +1084,14 @@ impl Vault {
     }
 
     /// The checks of a resolve (scope-strict lookup, provider, grant, state) without the
-    /// release: the record and the stamp of what was read. A missing grant is audited here.
+    /// release: the record and the stamp of what was read. A missing grant is audited here,
+    /// as a denied `action` (a resolve or an injection).
     /// On a cached read (`fresh` false), errors that write no audit row come back as stale
     /// reads, so the caller confirms them with fresh reads.
     pub(crate) async fn lookup(
         &self,
         actor: &Principal,
+        action: Action,
         reference: &CredentialRef,
         scope: &Scope,
         fresh: bool,
@@ -1141,7 +1146,7 @@ impl Vault {
             if !grants.iter().any(|g| g.app == app && g.is_active()) {
                 let event = Vault::event(
                     actor,
-                    Action::Resolve,
+                    action,
                     AuditTarget::credential(&record.id, &record.scope),
                 )
                 .outcome(Outcome::Denied)
@@ -1152,7 +1157,7 @@ impl Vault {
                     .await?;
                 return Err(Error::PermissionDenied {
                     actor: actor.to_string(),
-                    action: Action::Resolve.as_str().into(),
+                    action: action.as_str().into(),
                     target: format!(
                         "{}: app `{}` holds no grant (the user adds one with grant-add)",
                         record.describe(),

@@ -197,7 +197,7 @@ pub enum Relation {
     OtherUserOtherApp,
     /// `per_agent`.
     Agent,
-    /// Not about a credential (audit verification).
+    /// Not about a credential (audit verification, key re-wrapping).
     NoScope,
 }
 
@@ -249,6 +249,7 @@ const MANAGE: &[Action] = &[
     A::ReadMetadata,
     A::Reveal,
     A::SetState,
+    A::Verify,
 ];
 const CREDENTIAL_SCOPES: &[Relation] = &[
     R::SystemWide,
@@ -273,19 +274,26 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         &[R::SystemWide, R::OtherAppShared, R::Agent],
     ),
     // …and can see, disable and remove users' credentials and cut their grants, but never
-    // read them.
+    // read them (a live check sends a user's secret to the bundled provider's endpoint
+    // only, never to an override: see `Vault::test_live_connection`).
     (
         Role::SystemAdmin,
         &[
             A::ReadMetadata,
             A::Delete,
             A::SetState,
+            A::Verify,
             A::GrantList,
             A::GrantRevoke,
         ],
         &[R::OtherUser, R::OtherUserOtherApp],
     ),
-    (Role::SystemAdmin, &[A::AuditVerify], &[R::NoScope]),
+    // They verify the audit chain and manage the master keys.
+    (
+        Role::SystemAdmin,
+        &[A::AuditVerify, A::Rewrap],
+        &[R::NoScope],
+    ),
     // App admins manage their app's shared credentials; they may see that system-wide ones
     // and their users' app credentials exist, not read them.
     (Role::AppAdmin, MANAGE, &[R::OwnAppShared]),
@@ -304,6 +312,7 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
             A::ReadMetadata,
             A::Reveal,
             A::SetState,
+            A::Verify,
             A::GrantList,
             A::GrantAdd,
             A::GrantRevoke,
@@ -319,10 +328,11 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // Viewers see metadata of everything and may verify the audit chain.
     (Role::Viewer, &[A::ReadMetadata], CREDENTIAL_SCOPES),
     (Role::Viewer, &[A::AuditVerify], &[R::NoScope]),
-    // An app runtime resolves what its app and its session's user may use.
+    // An app runtime resolves (and injects into its config) what its app and its session's
+    // user may use.
     (
         Role::AppRuntime,
-        &[A::Resolve],
+        &[A::Resolve, A::Inject],
         &[R::SystemWide, R::OwnAppShared, R::OwnUser, R::OwnUserOwnApp],
     ),
 ];

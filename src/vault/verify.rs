@@ -50,8 +50,8 @@ impl Vault {
     /// entry): renders the endpoint and auth headers from this credential's fields only,
     /// sends the request through the vault's [`crate::transport::HttpTransport`], and moves
     /// the credential to `valid` on a success code or to `invalid` on 401/403. A network
-    /// error or a 5xx leaves it as it was, with the reason returned. Needs the right to move
-    /// the credential through its lifecycle.
+    /// error or a 5xx leaves it as it was, with the reason returned. Needs the right to
+    /// verify it ([`Action::Verify`], held by whoever may move it through its lifecycle).
     ///
     /// Audited twice, never with a field value or the URL: a `step=request` row is
     /// committed before the secret leaves the process (no row, no request), and a
@@ -68,7 +68,7 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<Verification> {
-        let record = self.load_for(actor, Action::SetState, id).await?;
+        let record = self.load_for(actor, Action::Verify, id).await?;
         let target = AuditTarget::credential(&record.id, &record.scope);
         let provider = self.provider(&record.provider)?;
         let overridden = !provider.source.starts_with(BUNDLED);
