@@ -870,7 +870,12 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
     let out = env
         .cmd(
             "viewer:v",
-            &["keys", "rotate", "--to", &format!("file:{}", never.display())],
+            &[
+                "keys",
+                "rotate",
+                "--to",
+                &format!("file:{}", never.display()),
+            ],
         )
         .env("STRONGROOM_MASTER_KEY", new_value.trim())
         .output()

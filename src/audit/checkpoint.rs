@@ -190,9 +190,10 @@ impl AuditChain {
     }
 
     /// Verifies the chain and then each checkpoint against it: a checkpoint past the end
-    /// means the tail was truncated; a checkpoint whose hash differs means rows up to it
-    /// were rewritten (the first bad sequence number reported is then the one after the
-    /// last checkpoint that still matches).
+    /// means the tail was truncated (the problem names the rows missing up to the last
+    /// checkpoint); a checkpoint whose hash differs means rows up to it were rewritten (the
+    /// first bad sequence number reported is then the one after the last checkpoint that
+    /// still matches).
     pub async fn verify_against(&self, checkpoints: &[Checkpoint]) -> Result<VerifyReport> {
         let mut cps: Vec<&Checkpoint> = checkpoints.iter().collect();
         cps.sort_by_key(|c| c.seq);
@@ -201,46 +202,24 @@ impl AuditChain {
                 return Ok(VerifyReport {
                     rows: 0,
                     head: None,
-                    problem: Some(ChainProblem {
-                        seq: cp.seq,
-                        kind: ProblemKind::ForgedCheckpoint,
-                        detail: format!(
-                            "the checkpoint at row {} does not authenticate with master key {}",
-                            cp.seq, cp.key_id
-                        ),
-                    }),
+                    problem: Some(forged(cp)),
                 });
             }
         }
         let watch: Vec<u64> = cps.iter().map(|c| c.seq).collect();
         let (mut report, seen) = verify_rows(self.store.as_ref(), watch).await?;
         let chain_bad = report.first_bad_seq();
+        let last = cps.last().copied();
         let mut last_good = 0u64;
         for cp in cps {
             if chain_bad.is_some_and(|bad| cp.seq >= bad) {
                 break; // the chain itself already failed before this checkpoint
             }
-            let problem = match seen.get(&cp.seq) {
-                None => Some(ChainProblem {
-                    seq: report.head.map(|h| h.seq + 1).unwrap_or(1),
-                    kind: ProblemKind::Truncated,
-                    detail: format!(
-                        "the chain ends at row {} but a checkpoint vouches for row {}: the tail was truncated",
-                        report.head.map(|h| h.seq).unwrap_or(0),
-                        cp.seq
-                    ),
-                }),
-                Some(hash) if *hash != cp.head_hash => Some(ChainProblem {
-                    seq: last_good + 1,
-                    kind: ProblemKind::CheckpointMismatch,
-                    detail: format!(
-                        "row {} no longer has the hash its checkpoint vouches for: rows {}..={} were rewritten",
-                        cp.seq,
-                        last_good + 1,
-                        cp.seq
-                    ),
-                }),
-                Some(_) => None,
+            let problem = match (seen.get(&cp.seq), last) {
+                // Every later checkpoint is past the end too: name the rows up to the last.
+                (None, Some(last)) => Some(truncated(report.head.map(|h| h.seq), last)),
+                (Some(hash), _) if *hash != cp.head_hash => Some(rewritten(last_good, cp)),
+                _ => None,
             };
             if let Some(p) = problem {
                 report.problem = Some(p);
@@ -249,5 +228,94 @@ impl AuditChain {
             last_good = cp.seq;
         }
         Ok(report)
+    }
+
+    /// Does the chain still hold the row `checkpoint` vouches for, with the hash it vouches
+    /// for? A cheap check (the checkpoint's code, the head, one row) for a writer to make
+    /// before it extends the chain, so that it never adds rows, or signs a new checkpoint,
+    /// over a chain that was cut or rewritten. Rows before the checkpoint's are not read:
+    /// that is [`AuditChain::verify_against`]. `None` when the row is there as vouched for.
+    pub async fn still_holds(&self, checkpoint: &Checkpoint) -> Result<Option<ChainProblem>> {
+        if !self.check_checkpoint(checkpoint).await? {
+            return Ok(Some(forged(checkpoint)));
+        }
+        let row = self.store.audit_digests(checkpoint.seq, 1).await?;
+        match row.first() {
+            Some(d) if d.seq == checkpoint.seq => {
+                let intact = d.computed.as_ref().is_ok_and(|h| *h == d.hash);
+                Ok((!intact || d.hash != checkpoint.head_hash).then(|| rewritten(0, checkpoint)))
+            }
+            _ => {
+                let head = self.store.chain_head().await?.map(|h| h.seq);
+                Ok(Some(match head {
+                    // The row is gone but later ones are there: a hole.
+                    Some(end) if end >= checkpoint.seq => ChainProblem {
+                        seq: checkpoint.seq,
+                        kind: ProblemKind::Missing,
+                        detail: format!(
+                            "row {} is missing (checkpoint at seq {})",
+                            checkpoint.seq, checkpoint.seq
+                        ),
+                    },
+                    _ => truncated(head, checkpoint),
+                }))
+            }
+        }
+    }
+}
+
+/// `rows A–B` or `row A`.
+fn rows(first: u64, last: u64) -> String {
+    if first == last {
+        format!("row {first}")
+    } else {
+        format!("rows {first}–{last}")
+    }
+}
+
+fn forged(cp: &Checkpoint) -> ChainProblem {
+    ChainProblem {
+        seq: cp.seq,
+        kind: ProblemKind::ForgedCheckpoint,
+        detail: format!(
+            "the checkpoint at seq {} does not authenticate with master key {}: it was forged \
+             or altered",
+            cp.seq, cp.key_id
+        ),
+    }
+}
+
+/// The chain ends at `head` (`None`: it is empty) but `cp` vouches for a later row.
+fn truncated(head: Option<u64>, cp: &Checkpoint) -> ChainProblem {
+    let end = head.unwrap_or(0);
+    let now = match head {
+        Some(end) => format!("the chain now ends at row {end}"),
+        None => "the chain is now empty".to_string(),
+    };
+    ChainProblem {
+        seq: end + 1,
+        kind: ProblemKind::Truncated,
+        detail: format!(
+            "{} missing (checkpoint at seq {}); {now}: the tail was cut off",
+            rows(end + 1, cp.seq),
+            cp.seq
+        ),
+    }
+}
+
+/// The row at `cp.seq` is not the one `cp` vouches for; the checkpoint before it (at
+/// `last_good`, 0 for none) still matched.
+fn rewritten(last_good: u64, cp: &Checkpoint) -> ChainProblem {
+    ChainProblem {
+        seq: last_good + 1,
+        kind: ProblemKind::CheckpointMismatch,
+        detail: format!(
+            "{} rewritten (checkpoint at seq {} vouches for another row {}): a row at or \
+             before it was changed and the hashes after it recomputed, or the tail was cut \
+             and written again",
+            rows(last_good + 1, cp.seq),
+            cp.seq,
+            cp.seq
+        ),
     }
 }

@@ -5,6 +5,7 @@ use super::{Action, Principal, Vault};
 use crate::audit::AuditTarget;
 use crate::crypto::{KeyRing, RewrapOptions, RewrapReport};
 use crate::error::Result;
+use crate::store::CommitReceipt;
 
 impl Vault {
     /// Decides `action` on no credential in particular ([`crate::vault::Relation::NoScope`]:
@@ -39,6 +40,16 @@ impl Vault {
             actor: actor.to_string(),
             ..options
         };
-        ring.rewrap(self.store().as_ref(), &options).await
+        let report = ring.rewrap(self.store().as_ref(), &options).await;
+        // The key ring committed its batches itself: give the audit chain the head they
+        // left, so a checkpoint covers them (after an error too: some batches may be in).
+        match self.store().chain_head().await {
+            Ok(head) => {
+                self.checkpoint_after(&CommitReceipt { seqs: None, head })
+                    .await
+            }
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint not made"),
+        }
+        report
     }
 }

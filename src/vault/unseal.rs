@@ -81,9 +81,7 @@ impl Vault {
                             .event
                             .outcome(Outcome::Failure)
                             .detail("error", format!("{:?}", e.kind()));
-                        self.inner
-                            .store
-                            .commit_checked(Batch::events(vec![event]), stamp)
+                        self.commit(Batch::events(vec![event]), stamp)
                             .await
                             .map_err(|e| (i, e))?;
                         return Err((i, e));
@@ -93,9 +91,7 @@ impl Vault {
             events.push(item.event);
             out.push(fields);
         }
-        self.inner
-            .store
-            .commit_checked(Batch::events(events), stamp)
+        self.commit(Batch::events(events), stamp)
             .await
             .map_err(|e| (0, e))?;
         Ok(out)

@@ -80,7 +80,8 @@ impl Vault {
                         .outcome(Outcome::Denied)
                         .detail("reason", "provider defined only in the drop-in folder")
                         .detail("provider_source", provider.source.clone());
-                    self.inner.store.commit(Batch::events(vec![event])).await?;
+                    self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                        .await?;
                     return Err(Error::PermissionDenied {
                         actor: actor.to_string(),
                         action: Action::Verify.as_str().into(),
@@ -231,14 +232,11 @@ impl Vault {
             event
         };
         let changing = !mutations.is_empty();
-        let committed = self
-            .inner
-            .store
-            .commit(Batch {
-                mutations,
-                events: vec![result_event(&after, &reason)],
-            })
-            .await;
+        let batch = Batch {
+            mutations,
+            events: vec![result_event(&after, &reason)],
+        };
+        let committed = self.commit(batch, ReadStamp::UNCHECKED).await;
         match committed {
             Ok(_) => {}
             Err(e) if changing && e.kind() == ErrorKind::VersionConflict => {
@@ -255,7 +253,8 @@ impl Vault {
                     after.version
                 ));
                 let event = result_event(&after, &reason).detail("conflict", "true");
-                self.inner.store.commit(Batch::events(vec![event])).await?;
+                self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                    .await?;
             }
             Err(e) => return Err(e),
         }
