@@ -1,11 +1,12 @@
 //! The hash-chained audit log. Two layers: `event` and `encoding` (what a row holds, its
 //! canonical encoding and hash, the chain head) sit below `store`, which writes and hashes
-//! rows with them; `verify` and `checkpoint` (chain verification, `AuditChain`) read a
-//! `Store` and sit above it. The encoding is specified in `docs/AUDIT.md`.
+//! rows with them and imports them by those paths; `verify` and `checkpoint` (chain
+//! verification, `AuditChain`) read a `Store` and sit above it. The encoding is specified in
+//! `docs/AUDIT.md`.
 
 mod checkpoint;
-mod encoding;
-mod event;
+pub(crate) mod encoding;
+pub(crate) mod event;
 mod verify;
 
 pub use checkpoint::{AuditChain, Checkpoint, CheckpointSink, CHECKPOINT_KEY_PURPOSE};

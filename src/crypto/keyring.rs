@@ -10,7 +10,7 @@ use secrecy::SecretBox;
 use super::cache::{cache_key, DekCache};
 use super::envelope::{self, Sealed};
 use super::{DekCacheConfig, DekCacheStats, KeyWrapper};
-use crate::audit::{Action, AuditEvent, AuditTarget, Outcome};
+use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
 use crate::model::RecordIdentity;
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};

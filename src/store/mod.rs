@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditDigest, AuditEvent, AuditRecord, ChainHead};
+use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
+use crate::audit::event::AuditEvent;
 use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind};
 

@@ -20,7 +20,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::memory::{check_version, grant_missing, grant_target_missing};
 use super::{stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, Store};
-use crate::audit::{Action, AuditEvent, AuditRecord, AuditTarget, ChainHead, Outcome};
+use crate::audit::encoding::{AuditRecord, ChainHead};
+use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
     CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,

@@ -15,9 +15,8 @@ use tokio::sync::oneshot;
 
 use super::memory::{check_version, grant_missing, grant_target_missing};
 use super::{stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, Store};
-use crate::audit::{
-    Action, AuditDigest, AuditEvent, AuditRecord, AuditTarget, CanonicalRow, ChainHead, Outcome,
-};
+use crate::audit::encoding::{AuditDigest, AuditRecord, CanonicalRow, ChainHead};
+use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
     CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
