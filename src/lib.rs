@@ -15,7 +15,8 @@ pub mod transport;
 pub mod vault;
 
 pub use audit::{
-    AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,
+    Action, AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome,
+    VerifyReport,
 };
 pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};

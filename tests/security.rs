@@ -105,7 +105,7 @@ async fn a_runtime_cannot_use_another_apps_grant_by_naming_it_in_the_context() {
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     assert!(!err.to_string().contains(CANARY));
     let last = rows(&vault).await.pop().expect("a row");
-    assert_eq!(last.event.action, "credential.resolve");
+    assert_eq!(last.event.action, strongroom::Action::Resolve);
     assert_eq!(last.event.outcome, Outcome::Denied);
     assert_eq!(last.event.actor, "runtime:crm:alice");
     assert_eq!(
@@ -267,7 +267,8 @@ async fn every_principal_is_refused_every_context_that_is_not_its_own() {
     assert!(rows(&vault)
         .await
         .iter()
-        .all(|r| r.event.action != "credential.resolve" || r.event.outcome != Outcome::Success));
+        .all(|r| r.event.action != strongroom::Action::Resolve
+            || r.event.outcome != Outcome::Success));
     assert!(vault.audit().verify().await.expect("verify").is_ok());
 }
 
@@ -317,7 +318,7 @@ async fn a_deployment_never_uses_another_apps_grant() {
     }
     // Every injection row names the app that used the credential, and only blog's succeed.
     for row in rows(&vault).await {
-        if row.event.action == "credential.inject" && row.event.outcome == Outcome::Success {
+        if row.event.action == strongroom::Action::Inject && row.event.outcome == Outcome::Success {
             assert_eq!(row.event.actor, "runtime:blog:alice");
             assert_eq!(
                 row.event.details.get("app").map(String::as_str),
@@ -735,7 +736,7 @@ async fn a_second_soft_revoke_keeps_the_first_revoker() {
     assert_eq!(second.revoked_by.as_deref(), Some("app_user:crm:u1"));
     assert_eq!(second.revoked_at, first.revoked_at);
     let last = rows(&vault).await.pop().expect("row");
-    assert_eq!(last.event.action, "grant.revoke");
+    assert_eq!(last.event.action, strongroom::Action::GrantRevoke);
     assert_eq!(last.event.actor, "system_admin:root");
     assert_eq!(
         last.event
@@ -847,7 +848,9 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     }
     let resolve_rows = rows(&vault).await[before..]
         .iter()
-        .filter(|r| r.event.action == "credential.resolve" && r.event.outcome == Outcome::Success)
+        .filter(|r| {
+            r.event.action == strongroom::Action::Resolve && r.event.outcome == Outcome::Success
+        })
         .count();
     assert_eq!(
         released, resolve_rows,

@@ -278,7 +278,7 @@ async fn deploy_then_sessions_inject_each_users_credentials_with_one_audit_row_e
     assert_eq!(deploy_rows.len(), 2);
     assert!(deploy_rows
         .iter()
-        .all(|r| r.event.action == "credential.inject" && r.event.actor == "runtime:crm:*"));
+        .all(|r| r.event.action == strongroom::Action::Inject && r.event.actor == "runtime:crm:*"));
 
     let alice = deployment.start_session("alice").await.expect("alice");
     let docs = alice.expose();

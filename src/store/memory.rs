@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::{
     stale_read, Batch, CommitReceipt, ListFilter, Mutation, Precondition, ReadStamp, Store,
 };
-use crate::audit::{AuditRecord, ChainHead};
+use crate::audit::encoding::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, Scope, ScopeKind};
 

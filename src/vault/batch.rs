@@ -100,7 +100,8 @@ impl std::error::Error for ResolveManyError {
 
 impl Vault {
     /// Resolves every item for `actor` in `ctx` (a session start, a deploy) with the checks
-    /// of [`Vault::resolve`], then commits one `credential.inject` audit row per item (with
+    /// of [`Vault::resolve`], the policy deciding [`Action::Inject`], then commits one
+    /// `credential.inject` audit row per item (with
     /// the item's details) in one batch, checked against every read, and only then returns
     /// the fields. On an error, the index of the item that failed.
     pub async fn resolve_many(
@@ -120,16 +121,17 @@ impl Vault {
         ctx: &ResolveContext,
         items: &[ResolveItem<'_>],
     ) -> std::result::Result<Vec<Resolved>, (usize, Error)> {
+        let action = Action::Inject;
         self.check_context(actor, ctx).await.map_err(|e| (0, e))?;
         let mut scopes = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let scope = ctx.scope_for(item.reference.scope).map_err(|e| (i, e))?;
             let relation = Relation::of(actor, Some(&scope));
-            if !policy::allows(actor.role(), Action::Resolve, relation) {
+            if !policy::allows(actor.role(), action, relation) {
                 let what = format!("credential `{}` ({scope})", item.reference.name);
                 self.authorize(
                     actor,
-                    Action::Resolve,
+                    action,
                     Some(&scope),
                     AuditTarget::scope(&scope),
                     &what,
@@ -145,7 +147,10 @@ impl Vault {
             let mut stamp = ReadStamp::UNCHECKED;
             let mut records = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                match self.lookup(actor, item.reference, &scopes[i], fresh).await {
+                match self
+                    .lookup(actor, action, item.reference, &scopes[i], fresh)
+                    .await
+                {
                     Ok((record, s)) => {
                         stamp = stamp.and(s);
                         records.push(record);
@@ -162,7 +167,7 @@ impl Vault {
                 .zip(&records)
                 .map(|(item, record)| {
                     let target = AuditTarget::credential(&record.id, &record.scope);
-                    let mut event = AuditEvent::new(actor.to_string(), "credential.inject", target)
+                    let mut event = AuditEvent::new(actor.to_string(), action, target)
                         .detail("app", ctx.app.clone());
                     for (k, v) in &item.details {
                         event = event.detail(*k, v.clone());

@@ -10,7 +10,10 @@ use std::sync::{Arc, RwLock};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditChain, AuditEvent, AuditTarget, Outcome, VerifyReport};
+use crate::audit::{
+    AuditChain, AuditEvent, AuditTarget, Checkpoint, CheckpointSink, Outcome, VerifyReport,
+    CHECKPOINT_KEY_PURPOSE,
+};
 use crate::catalog::{Catalog, CatalogProblem, Provider};
 use crate::crypto::{KeyRing, KeyWrapper, LocalKey};
 use crate::error::{Error, Result};
@@ -20,11 +23,13 @@ use crate::model::{
     ScopeKind, Timestamp,
 };
 use crate::store::{
-    stale_read, Batch, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Store,
+    stale_read, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp,
+    Store,
 };
 use crate::transport::HttpTransport;
 
 mod batch;
+mod keys;
 pub mod policy;
 mod unseal;
 mod verify;
@@ -261,6 +266,7 @@ pub struct VaultBuilder {
     providers_dir: Option<PathBuf>,
     http: Option<Arc<dyn HttpTransport>>,
     dek_cache: Option<Option<crate::crypto::DekCacheConfig>>,
+    checkpoints: Option<(Arc<dyn CheckpointSink>, u64)>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -318,6 +324,17 @@ impl VaultBuilder {
         self
     }
 
+    /// Hands a checkpoint of the audit chain to `sink` each time the vault's commits have
+    /// grown the chain by `every_n_rows` rows (1: after every commit), so that a host that
+    /// keeps them out of the database writers' reach can later catch a cut tail or a
+    /// rewrite ([`Vault::verify_audit_with`]). Checkpoints are authenticated with a key
+    /// derived from the master key, so `build` fails with a configuration error for a
+    /// master key that cannot derive keys (the cloud KMS backends today).
+    pub fn checkpoints(mut self, sink: Arc<dyn CheckpointSink>, every_n_rows: u64) -> Self {
+        self.checkpoints = Some((sink, every_n_rows));
+        self
+    }
+
     /// The HTTP client for live verification (and, later, OAuth and cloud KMS calls).
     pub fn http(mut self, transport: Arc<dyn HttpTransport>) -> Self {
         self.http = Some(transport);
@@ -354,9 +371,23 @@ impl VaultBuilder {
         for problem in catalog.problems() {
             tracing::warn!(%problem, "provider file skipped");
         }
+        let mut audit = AuditChain::new(store.clone(), keys.clone());
+        if let Some((sink, every)) = self.checkpoints {
+            let active = keys.active();
+            if let Err(e) = active.derive_key(CHECKPOINT_KEY_PURPOSE).await {
+                return Err(Error::config(format!(
+                    "audit checkpoints need a master key that can derive keys, and the {} key \
+                     `{}` cannot ({e}); use a local master key (STRONGROOM_KMS=env or file), \
+                     or build the vault without VaultBuilder::checkpoints",
+                    active.backend_id().name(),
+                    active.key_id()
+                )));
+            }
+            audit = audit.with_sink(sink, every);
+        }
         Ok(Vault {
             inner: Arc::new(Inner {
-                audit: AuditChain::new(store.clone(), keys.clone()),
+                audit,
                 store,
                 keys,
                 handlers,
@@ -645,19 +676,39 @@ impl Vault {
     }
 
     fn event(actor: &Principal, action: Action, target: AuditTarget) -> AuditEvent {
-        AuditEvent::new(actor.to_string(), action.audit_name(), target)
+        AuditEvent::new(actor.to_string(), action, target)
+    }
+
+    /// Commits `batch` — checked against `stamp` (see [`Store::commit_checked`]) unless it
+    /// is [`ReadStamp::UNCHECKED`] — and hands the receipt to the audit chain, which makes
+    /// a checkpoint when one is due. Every commit the vault makes goes through here.
+    async fn commit(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
+        let store = &self.inner.store;
+        let receipt = if stamp == ReadStamp::UNCHECKED {
+            store.commit(batch).await?
+        } else {
+            store.commit_checked(batch, stamp).await?
+        };
+        self.checkpoint_after(&receipt).await;
+        Ok(receipt)
+    }
+
+    /// Gives the audit chain a commit's receipt. A checkpoint that cannot be made is
+    /// logged, not returned: the batch is durable already, and an error would invite the
+    /// caller to repeat a change that was made.
+    async fn checkpoint_after(&self, receipt: &CommitReceipt) {
+        if let Err(e) = self.inner.audit.after_commit(receipt).await {
+            tracing::warn!(error = %e, "audit checkpoint not made");
+        }
     }
 
     /// Commits one mutation with the audit event that records it.
     async fn commit_one(&self, mutation: Mutation, event: AuditEvent) -> Result<()> {
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![mutation],
-                events: vec![event],
-            })
-            .await
-            .map(drop)
+        let batch = Batch {
+            mutations: vec![mutation],
+            events: vec![event],
+        };
+        self.commit(batch, ReadStamp::UNCHECKED).await.map(drop)
     }
 
     /// Seals `plain` into `record` for its current identity (version), with a fresh data key.
@@ -683,10 +734,11 @@ impl Vault {
             return Ok(());
         }
         let event = Vault::event(actor, action, target).outcome(Outcome::Denied);
-        self.inner.store.commit(Batch::events(vec![event])).await?;
+        self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+            .await?;
         Err(Error::PermissionDenied {
             actor: actor.to_string(),
-            action: action.audit_name().to_string(),
+            action: action.as_str().to_string(),
             target: what.to_string(),
         })
     }
@@ -1038,7 +1090,7 @@ impl Vault {
             // audited denial; should the table ever change, agents only all the same.
             return Err(Error::PermissionDenied {
                 actor: actor.to_string(),
-                action: Action::Resolve.audit_name().into(),
+                action: Action::Resolve.as_str().into(),
                 target: "agent secrets (for agent principals only)".into(),
             });
         };
@@ -1076,7 +1128,9 @@ impl Vault {
         loop {
             let fresh = attempts > 0;
             let attempt = async {
-                let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
+                let (record, stamp) = self
+                    .lookup(actor, Action::Resolve, reference, scope, fresh)
+                    .await?;
                 self.release_revealed(actor, Action::Resolve, &record, detail.clone(), stamp)
                     .await
             };
@@ -1108,10 +1162,11 @@ impl Vault {
         if let Some(user) = actor.user() {
             event = event.detail("user", user);
         }
-        self.inner.store.commit(Batch::events(vec![event])).await?;
+        self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+            .await?;
         Err(Error::PermissionDenied {
             actor: actor.to_string(),
-            action: Action::Resolve.audit_name().into(),
+            action: Action::Resolve.as_str().into(),
             target: format!(
                 "credentials of app `{}`, user `{}`: a principal resolves only for its own app \
                  and user (pass ResolveContext::of(principal))",
@@ -1122,12 +1177,14 @@ impl Vault {
     }
 
     /// The checks of a resolve (scope-strict lookup, provider, grant, state) without the
-    /// release: the record and the stamp of what was read. A missing grant is audited here.
+    /// release: the record and the stamp of what was read. A missing grant is audited here,
+    /// as a denied `action` (a resolve or an injection).
     /// On a cached read (`fresh` false), errors that write no audit row come back as stale
     /// reads, so the caller confirms them with fresh reads.
     pub(crate) async fn lookup(
         &self,
         actor: &Principal,
+        action: Action,
         reference: &CredentialRef,
         scope: &Scope,
         fresh: bool,
@@ -1187,18 +1244,15 @@ impl Vault {
             if !grants.iter().any(|g| g.app == app && g.is_active()) {
                 let event = Vault::event(
                     actor,
-                    Action::Resolve,
+                    action,
                     AuditTarget::credential(&record.id, &record.scope),
                 )
                 .outcome(Outcome::Denied)
                 .detail("reason", "no grant");
-                self.inner
-                    .store
-                    .commit_checked(Batch::events(vec![event]), stamp)
-                    .await?;
+                self.commit(Batch::events(vec![event]), stamp).await?;
                 return Err(Error::PermissionDenied {
                     actor: actor.to_string(),
-                    action: Action::Resolve.audit_name().into(),
+                    action: action.as_str().into(),
                     target: format!(
                         "{}: app `{}` holds no grant (the user adds one with grant-add)",
                         record.describe(),
@@ -1249,10 +1303,11 @@ impl Vault {
             .outcome(Outcome::Denied)
             .detail("reason", "disabled by an admin")
             .detail("disabled_by", disabled_by.clone().unwrap_or_default());
-            self.inner.store.commit(Batch::events(vec![event])).await?;
+            self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                .await?;
             return Err(Error::PermissionDenied {
                 actor: actor.to_string(),
-                action: Action::SetState.audit_name().into(),
+                action: Action::SetState.as_str().into(),
                 target: format!(
                     "{}: it was disabled by {}; only an admin may lift that (set_state to filled)",
                     record.describe(),
@@ -1392,7 +1447,8 @@ impl Vault {
                 "already_revoked_by",
                 grant.revoked_by.clone().unwrap_or_default(),
             );
-            self.inner.store.commit(Batch::events(vec![event])).await?;
+            self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                .await?;
             return Ok(());
         } else {
             grant.revoked_at = Some(Timestamp::now());
@@ -1403,7 +1459,26 @@ impl Vault {
         Ok(())
     }
 
-    /// Verifies the audit chain (system admins and viewers).
+    /// Verifies the audit chain (system admins and viewers) against a checkpoint the host
+    /// kept (the newest one, from the sink given to [`VaultBuilder::checkpoints`]): besides
+    /// what [`Vault::verify_audit`] finds, rows cut from the tail up to the checkpoint, an
+    /// emptied chain, and rows rewritten with their hashes recomputed are reported, and a
+    /// forged checkpoint too. The checkpoint's master key must be in the key ring (active
+    /// or retired).
+    pub async fn verify_audit_with(
+        &self,
+        actor: &Principal,
+        checkpoint: &Checkpoint,
+    ) -> Result<VerifyReport> {
+        self.authorize_unscoped(actor, Action::AuditVerify).await?;
+        self.inner
+            .audit
+            .verify_against(std::slice::from_ref(checkpoint))
+            .await
+    }
+
+    /// Verifies the audit chain (system admins and viewers). The chain alone cannot show a
+    /// cut tail or a rewrite with recomputed hashes: [`Vault::verify_audit_with`] can.
     pub async fn verify_audit(&self, actor: &Principal) -> Result<VerifyReport> {
         self.authorize(
             actor,
@@ -1414,5 +1489,46 @@ impl Vault {
         )
         .await?;
         self.inner.audit.verify().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every commit the vault makes must go through `Vault::commit`, which feeds the audit
+    /// chain its receipt (checkpoints): a direct call of the store's `commit` in the vault
+    /// or the config injector fails this test.
+    #[test]
+    fn every_vault_commit_goes_through_the_one_helper() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut checked = 0;
+        for dir in ["vault", "config"] {
+            for entry in std::fs::read_dir(src.join(dir)).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("read file");
+                // The code, not its tests (this one names what it looks for).
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+                for needle in [
+                    ".store.commit(",
+                    ".store.commit_checked(",
+                    "store().commit(",
+                    "store().commit_checked(",
+                ] {
+                    assert!(
+                        !flat.contains(needle),
+                        "{} calls `{needle}`: commit through Vault::commit so the audit chain \
+                         sees the receipt",
+                        path.display()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "found the sources");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub use crate::audit::Action;
 use crate::error::{Error, Result};
 use crate::model::{validate_owner_id, Scope, DEPLOY_USER};
 
@@ -207,68 +208,6 @@ impl Role {
     ];
 }
 
-/// Something a principal asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Action {
-    /// Create a credential.
-    Create,
-    /// Update its fields or metadata.
-    Update,
-    /// Delete it.
-    Delete,
-    /// See its metadata (never secret values); listing shows only these.
-    ReadMetadata,
-    /// See its secret values (a person, through `reveal`).
-    Reveal,
-    /// Get its secret values for injection (an app runtime, through `resolve`).
-    Resolve,
-    /// Move it through its lifecycle.
-    SetState,
-    /// List the apps granted a per-user credential.
-    GrantList,
-    /// Grant an app a per-user credential.
-    GrantAdd,
-    /// Revoke a grant.
-    GrantRevoke,
-    /// Verify the audit chain.
-    AuditVerify,
-}
-
-impl Action {
-    /// Every action.
-    pub const ALL: [Action; 11] = [
-        Action::Create,
-        Action::Update,
-        Action::Delete,
-        Action::ReadMetadata,
-        Action::Reveal,
-        Action::Resolve,
-        Action::SetState,
-        Action::GrantList,
-        Action::GrantAdd,
-        Action::GrantRevoke,
-        Action::AuditVerify,
-    ];
-
-    /// The audit action name (`credential.create`, …).
-    pub fn audit_name(self) -> &'static str {
-        match self {
-            Action::Create => "credential.create",
-            Action::Update => "credential.update",
-            Action::Delete => "credential.delete",
-            Action::ReadMetadata => "credential.read_metadata",
-            Action::Reveal => "credential.reveal",
-            Action::Resolve => "credential.resolve",
-            Action::SetState => "credential.set_state",
-            Action::GrantList => "grant.list",
-            Action::GrantAdd => "grant.add",
-            Action::GrantRevoke => "grant.revoke",
-            Action::AuditVerify => "audit.verify",
-        }
-    }
-}
-
 /// How a credential's scope stands to the acting principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -295,7 +234,7 @@ pub enum Relation {
     Agent,
     /// `per_agent` of the principal's own agent.
     OwnAgent,
-    /// Not about a credential (audit verification).
+    /// Not about a credential (audit verification, key re-wrapping).
     NoScope,
 }
 
@@ -351,6 +290,7 @@ const MANAGE: &[Action] = &[
     A::ReadMetadata,
     A::Reveal,
     A::SetState,
+    A::Verify,
 ];
 const CREDENTIAL_SCOPES: &[Relation] = &[
     R::SystemWide,
@@ -376,19 +316,26 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         &[R::SystemWide, R::OtherAppShared, R::Agent],
     ),
     // …and can see, disable and remove users' credentials and cut their grants, but never
-    // read them.
+    // read them (a live check sends a user's secret to the bundled provider's endpoint
+    // only, never to an override: see `Vault::test_live_connection`).
     (
         Role::SystemAdmin,
         &[
             A::ReadMetadata,
             A::Delete,
             A::SetState,
+            A::Verify,
             A::GrantList,
             A::GrantRevoke,
         ],
         &[R::OtherUser, R::OtherUserOtherApp],
     ),
-    (Role::SystemAdmin, &[A::AuditVerify], &[R::NoScope]),
+    // They verify the audit chain and manage the master keys.
+    (
+        Role::SystemAdmin,
+        &[A::AuditVerify, A::Rewrap],
+        &[R::NoScope],
+    ),
     // App admins manage their app's shared credentials; they may see that system-wide ones
     // and their users' app credentials exist, not read them.
     (Role::AppAdmin, MANAGE, &[R::OwnAppShared]),
@@ -407,6 +354,7 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
             A::ReadMetadata,
             A::Reveal,
             A::SetState,
+            A::Verify,
             A::GrantList,
             A::GrantAdd,
             A::GrantRevoke,
@@ -422,20 +370,22 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // Viewers see metadata of everything and may verify the audit chain.
     (Role::Viewer, &[A::ReadMetadata], CREDENTIAL_SCOPES),
     (Role::Viewer, &[A::AuditVerify], &[R::NoScope]),
-    // An app runtime resolves what its app and its session's user may use.
+    // An app runtime resolves (and injects into its config) what its app and its session's
+    // user may use.
     (
         Role::AppRuntime,
-        &[A::Resolve],
+        &[A::Resolve, A::Inject],
         &[R::SystemWide, R::OwnAppShared, R::OwnUser, R::OwnUserOwnApp],
     ),
     // An agent sees and resolves its own per-agent credentials (the vault releases only
     // those marked agent-accessible).
     (Role::Agent, &[A::ReadMetadata, A::Resolve], &[R::OwnAgent]),
-    // The vault's background work keeps every credential current (new fields, state),
-    // without reading secrets through reveal or resolve.
+    // The vault's background work keeps every credential current (new fields, state, a
+    // live check against the bundled endpoint), without reading secrets through reveal or
+    // resolve.
     (
         Role::Service,
-        &[A::ReadMetadata, A::Update, A::SetState],
+        &[A::ReadMetadata, A::Update, A::SetState, A::Verify],
         CREDENTIAL_SCOPES,
     ),
 ];

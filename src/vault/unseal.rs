@@ -81,16 +81,14 @@ impl Vault {
                     .event
                     .outcome(Outcome::Denied)
                     .detail("reason", "not agent-accessible");
-                self.inner
-                    .store
-                    .commit(Batch::events(vec![event]))
+                self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
                     .await
                     .map_err(|e| (i, e))?;
                 return Err((
                     i,
                     Error::PermissionDenied {
                         actor: actor.to_string(),
-                        action: Action::Resolve.audit_name().into(),
+                        action: Action::Resolve.as_str().into(),
                         target: format!(
                             "{}: it is not marked agent-accessible, so an agent reaches it \
                              only through the credentials path",
@@ -108,9 +106,7 @@ impl Vault {
                             .event
                             .outcome(Outcome::Failure)
                             .detail("error", format!("{:?}", e.kind()));
-                        self.inner
-                            .store
-                            .commit_checked(Batch::events(vec![event]), stamp)
+                        self.commit(Batch::events(vec![event]), stamp)
                             .await
                             .map_err(|e| (i, e))?;
                         return Err((i, e));
@@ -120,9 +116,7 @@ impl Vault {
             events.push(item.event);
             out.push(fields);
         }
-        self.inner
-            .store
-            .commit_checked(Batch::events(events), stamp)
+        self.commit(Batch::events(events), stamp)
             .await
             .map_err(|e| (0, e))?;
         Ok(out)
