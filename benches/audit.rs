@@ -19,7 +19,7 @@ fn event(i: u64) -> AuditEvent {
     let scope = Scope::per_user(format!("user{}", i % 50)).expect("scope");
     AuditEvent::new(
         "app:crm",
-        "credential.resolve",
+        strongroom::Action::Resolve,
         AuditTarget::credential(&id, &scope),
     )
     .detail("slot", "brain.api_key")

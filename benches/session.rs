@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strongroom::config::migrate::{migrate_file, FileOutcome};
-use strongroom::config::{compile, AppConfig, CredentialSlot, Slots};
+use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Slots};
 use strongroom::{
     LocalKey, MemoryStore, NewCredential, Principal, Scope, SecretString, SqliteStore, Store, Vault,
 };
@@ -86,7 +86,7 @@ async fn setup(store: Arc<dyn Store>) -> strongroom::config::Deployment {
     );
     let config = AppConfig::parse("bench.yaml", app_yaml()).expect("yaml");
     let manifest = compile("crm", &config, &slots, &vault.catalog()).expect("compile");
-    vault.deploy(manifest).await.expect("deploy")
+    Deployment::new(&vault, manifest).await.expect("deploy")
 }
 
 /// Sequential sessions from one caller: per-session latency.

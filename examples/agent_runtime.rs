@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use strongroom::config::{compile, AppConfig, CredentialSlot, Slots};
+use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Slots};
 use strongroom::model::ScopeKind;
 use strongroom::{LocalKey, NewCredential, Principal, Scope, SecretString, SqliteStore, Vault};
 
@@ -158,7 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for warning in &manifest.warnings {
         println!("  {warning}");
     }
-    let deployment = vault.deploy(manifest).await?;
+    let deployment = Deployment::new(&vault, manifest).await?;
     for user in ["alice", "bob"] {
         let session = deployment.start_session(user).await?;
         println!(

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::audit::{verify_chain, AuditDigest, AuditEvent, AuditTarget, ChainHead};
+use crate::audit::{verify_chain, Action, AuditDigest, AuditEvent, AuditTarget, ChainHead};
 use crate::error::{Error, ErrorKind};
 use crate::model::{
     CredentialId, CredentialRecord, Grant, LifecycleState, Scope, ScopeKind, Timestamp,
@@ -59,7 +59,7 @@ pub fn sample_record(name: &str, scope: Scope) -> CredentialRecord {
     }
 }
 
-fn event(action: &str, record: &CredentialRecord) -> AuditEvent {
+fn event(action: Action, record: &CredentialRecord) -> AuditEvent {
     AuditEvent::new(
         "conformance",
         action,
@@ -69,7 +69,11 @@ fn event(action: &str, record: &CredentialRecord) -> AuditEvent {
 }
 
 fn put(record: CredentialRecord, precondition: Precondition) -> Batch {
-    let ev = event("credential.put", &record);
+    let action = match precondition {
+        Precondition::CreateOnly => Action::Create,
+        _ => Action::Update,
+    };
+    let ev = event(action, &record);
     Batch {
         mutations: vec![Mutation::Put {
             record,
@@ -199,7 +203,7 @@ pub async fn stamped_reads(store: Arc<dyn Store>) {
         .expect("find");
     assert!(none.is_none(), "find_named is scope-strict");
     store
-        .commit_checked(Batch::events(vec![event("read", &record)]), stamp)
+        .commit_checked(Batch::events(vec![event(Action::Reveal, &record)]), stamp)
         .await
         .expect("nothing changed: the checked commit lands");
     let mut updated = record.clone();
@@ -211,7 +215,7 @@ pub async fn stamped_reads(store: Arc<dyn Store>) {
     if stamps(stamp) {
         let head = store.chain_head().await.expect("head");
         let err = store
-            .commit_checked(Batch::events(vec![event("read", &record)]), stamp)
+            .commit_checked(Batch::events(vec![event(Action::Reveal, &record)]), stamp)
             .await
             .expect_err("a credential changed after the read: the checked commit must fail");
         assert!(
@@ -252,7 +256,7 @@ pub async fn stamped_reads(store: Arc<dyn Store>) {
         .expect("grant");
     if stamps(both) {
         let err = store
-            .commit_checked(Batch::events(vec![event("read", &record)]), both)
+            .commit_checked(Batch::events(vec![event(Action::Reveal, &record)]), both)
             .await
             .expect_err("a grant changed after the read: the checked commit must fail");
         assert!(is_stale(&err), "{err:?}");
@@ -301,7 +305,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
         scope,
         name: record.name.clone(),
         id: record.id.clone(),
-        probe: event("credential.read", &record),
+        probe: event(Action::Reveal, &record),
     };
     let mut now = View::default();
 
@@ -346,7 +350,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
         revoked_at: None,
         revoked_by: None,
     };
-    let grant_batch = |mutation: Mutation, action: &str| Batch {
+    let grant_batch = |mutation: Mutation, action: Action| Batch {
         mutations: vec![mutation],
         events: vec![event(action, &record)],
     };
@@ -361,7 +365,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
                 Mutation::PutGrant {
                     grant: grant("crm"),
                 },
-                "grant.add",
+                Action::GrantAdd,
             ),
             &next,
             "added a grant",
@@ -379,7 +383,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
             first,
             second,
             &now,
-            grant_batch(Mutation::PutGrant { grant: revoked }, "grant.revoke"),
+            grant_batch(Mutation::PutGrant { grant: revoked }, Action::GrantRevoke),
             &next,
             "revoked a grant",
         )
@@ -398,7 +402,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
                     credential_id: record.id.clone(),
                     app: "crm".into(),
                 },
-                "grant.delete",
+                Action::GrantRevoke,
             ),
             &next,
             "deleted a grant",
@@ -417,7 +421,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
                 Mutation::PutGrant {
                     grant: grant("blog"),
                 },
-                "grant.add",
+                Action::GrantAdd,
             ),
             &next,
             "added another grant",
@@ -435,7 +439,7 @@ pub async fn fresh_reads_across_handles(handles: StoreHandles) {
                     id: record.id.clone(),
                     precondition: Precondition::IfVersion(2),
                 }],
-                events: vec![event("credential.delete", &record)],
+                events: vec![event(Action::Delete, &record)],
             },
             &View::default(),
             "deleted the credential (and with it its grant)",
@@ -718,7 +722,7 @@ pub async fn round_trip(store: Arc<dyn Store>) {
                 id: record.id.clone(),
                 precondition: Precondition::IfVersion(2),
             }],
-            events: vec![event("credential.delete", &record)],
+            events: vec![event(Action::Delete, &record)],
         })
         .await
         .expect("if-version delete succeeds");
@@ -1002,7 +1006,10 @@ pub async fn atomicity(store: Arc<dyn Store>) {
                     precondition: Precondition::IfVersion(8),
                 },
             ],
-            events: vec![event("a", &fresh), event("b", &existing)],
+            events: vec![
+                event(Action::Create, &fresh),
+                event(Action::Delete, &existing),
+            ],
         })
         .await
         .expect_err("the batch fails on its last precondition");
@@ -1032,13 +1039,17 @@ pub async fn atomicity(store: Arc<dyn Store>) {
         .expect("name of an undone put is free");
 }
 
-/// Events get consecutive sequence numbers from 1, chain correctly and page by range.
+/// Events get consecutive sequence numbers from 1, chain correctly and page by range, and
+/// every action reads back as written.
 pub async fn audit_chain(store: Arc<dyn Store>) {
     assert_eq!(store.chain_head().await.expect("head"), None, "empty chain");
     let r = sample_record("x", Scope::SystemWide);
     let mut last = 0;
+    let mut actions = Action::ALL.into_iter().cycle();
     for n in 1..=5usize {
-        let events = (0..n).map(|i| event(&format!("e{i}"), &r)).collect();
+        let events = (0..n)
+            .map(|_| event(actions.next().expect("cycles"), &r))
+            .collect();
         let receipt = store.commit(Batch::events(events)).await.expect("commit");
         let (first, end) = receipt.seqs.expect("seqs");
         assert_eq!(
@@ -1054,6 +1065,13 @@ pub async fn audit_chain(store: Arc<dyn Store>) {
     let all = store.audit_range(1, 1000).await.expect("audit");
     assert_eq!(all.len(), 15);
     assert!(all.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
+    for (row, action) in all.iter().zip(Action::ALL.into_iter().cycle()) {
+        assert_eq!(
+            row.event.action, action,
+            "row {} reads back its action",
+            row.seq
+        );
+    }
     assert_eq!(
         store.audit_range(4, 3).await.expect("range"),
         all[3..6].to_vec()
@@ -1096,11 +1114,8 @@ pub async fn concurrent_commits(store: Arc<dyn Store>, tasks: usize, rounds: usi
                     next.version += 1;
                     next.metadata
                         .insert("label".into(), (count + 1).to_string());
-                    let ev = AuditEvent::new(
-                        format!("task{t}"),
-                        "counter.increment",
-                        AuditTarget::none(),
-                    );
+                    let ev =
+                        AuditEvent::new(format!("task{t}"), Action::Update, AuditTarget::none());
                     match store
                         .commit(Batch {
                             mutations: vec![Mutation::Put {
@@ -1123,7 +1138,7 @@ pub async fn concurrent_commits(store: Arc<dyn Store>, tasks: usize, rounds: usi
                 store
                     .commit(Batch::events(vec![AuditEvent::new(
                         format!("task{t}"),
-                        "counter.read",
+                        Action::Reveal,
                         AuditTarget::none(),
                     )]))
                     .await

@@ -228,31 +228,39 @@ impl Error {
         }
     }
 
-    pub(crate) fn config(message: impl Into<String>) -> Self {
+    // Constructors for third-party stores, key backends and transports, so they need not
+    // build struct variants by hand.
+
+    /// A configuration problem ([`Error::Config`]): say what to set and where.
+    pub fn config(message: impl Into<String>) -> Self {
         Error::Config {
             message: message.into(),
         }
     }
 
-    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// Bad input ([`Error::InvalidInput`]): the field and why, never its value.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidInput {
             field: field.into(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// Stored data that cannot be read ([`Error::Corrupt`]): which row, and why.
+    pub fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             what: what.into(),
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn decrypt(what: impl Into<String>) -> Self {
+    /// A blob that does not open ([`Error::DecryptFailed`]): which one, no detail.
+    pub fn decrypt(what: impl Into<String>) -> Self {
         Error::DecryptFailed { what: what.into() }
     }
 
-    pub(crate) fn store(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+    /// A store failure ([`Error::Store`]) of a portable kind, without a source.
+    pub fn store(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Error::Store {
             kind,
             message: message.into(),
@@ -260,7 +268,40 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
+    /// A store failure ([`Error::Store`]) keeping the backend's own error as its source,
+    /// so a host can walk the chain to the cause.
+    pub fn store_with_source(
+        kind: StoreErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store {
+            kind,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A master key that cannot be used now ([`Error::KeyUnavailable`]): the key id (or
+    /// backend) and why, with what to do.
+    pub fn key_unavailable(key_id: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::KeyUnavailable {
+            key_id: key_id.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A network peer that failed ([`Error::Transport`]): name the host, never a URL's
+    /// path or query (they may carry a token).
+    pub fn transport(peer: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Transport {
+            peer: peer.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A file-system failure ([`Error::Io`]) on `path`.
+    pub fn io(path: impl fmt::Display, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_string(),
             source,

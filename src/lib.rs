@@ -13,10 +13,10 @@ pub mod model;
 pub mod store;
 pub mod transport;
 pub mod vault;
-mod verify;
 
 pub use audit::{
-    AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome, VerifyReport,
+    Action, AuditChain, AuditEvent, AuditRecord, AuditTarget, ChainHead, Checkpoint, Outcome,
+    VerifyReport,
 };
 pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};
@@ -35,7 +35,11 @@ pub use store::{
 pub use store::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
+#[cfg(feature = "reqwest")]
+pub use transport::ReqwestTransport;
+pub use transport::{Bytes, HttpTransport};
 pub use vault::{
-    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, NewCredential, Principal,
-    ResolveContext, RevealedCredential, Vault, VaultBuilder, Verification, VerifyResult,
+    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, HeldFields, NewCredential,
+    Principal, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential, Vault,
+    VaultBuilder, Verification, VerifyResult,
 };

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection};
 use strongroom::audit::{chain_hash, verify_chain, ProblemKind};
 use strongroom::{
-    AuditChain, AuditEvent, AuditTarget, Batch, Checkpoint, CredentialId, KeyRing, LocalKey,
-    MemoryStore, Outcome, Scope, SqliteStore, Store,
+    Action, AuditChain, AuditEvent, AuditTarget, Batch, Checkpoint, CredentialId, KeyRing,
+    LocalKey, MemoryStore, Outcome, Scope, SqliteStore, Store,
 };
 
 fn event(i: u64) -> AuditEvent {
@@ -17,13 +17,13 @@ fn event(i: u64) -> AuditEvent {
         1 => Scope::per_user(format!("user{}", i % 7)).expect("scope"),
         _ => Scope::per_app_per_user("crm", "bob").expect("scope"),
     };
-    let target = if i % 5 == 0 {
+    let target = if i.is_multiple_of(5) {
         AuditTarget::none()
     } else {
         AuditTarget::credential(&CredentialId::new(format!("cred-{i}")).expect("id"), &scope)
     };
-    AuditEvent::new(format!("actor{}", i % 4), "credential.reveal", target)
-        .outcome(if i % 11 == 0 {
+    AuditEvent::new(format!("actor{}", i % 4), Action::Reveal, target)
+        .outcome(if i.is_multiple_of(11) {
             Outcome::Denied
         } else {
             Outcome::Success
@@ -149,7 +149,7 @@ async fn an_inserted_row_is_caught() {
     // A careful insertion that links and hashes correctly: the next row's link breaks.
     let (_dir, store) = chain(100).await;
     let rows = store.audit_range(39, 1).await.expect("row 39");
-    let forged = AuditEvent::new("mallory", "credential.reveal", AuditTarget::none());
+    let forged = AuditEvent::new("mallory", Action::Reveal, AuditTarget::none());
     let hash = chain_hash(&rows[0].hash, 40, &forged);
     let conn = db(&store);
     shift_up_from(&conn, 40);
@@ -185,6 +185,7 @@ async fn an_undecodable_row_is_reported_not_fatal() {
         ("outcome", "'hacked'"),
         ("details", "'not json'"),
         ("scope_kind", "'galaxy_wide'"),
+        ("action", "'credential.teleport'"),
         ("hash", "x'00'"),
     ] {
         let (_dir, store) = chain(100).await;
@@ -200,6 +201,46 @@ async fn an_undecodable_row_is_reported_not_fatal() {
             "{column}"
         );
     }
+}
+
+/// An action outside the documented vocabulary makes a row corrupt: reading it names its
+/// sequence number, and both ways of hashing rows (SQLite's own path, and the provided one
+/// that decodes rows) report it at that row.
+#[tokio::test]
+async fn an_unknown_action_is_a_corrupt_row_named_by_its_seq() {
+    let (_dir, store) = chain(100).await;
+    db(&store)
+        .execute(
+            "UPDATE audit SET action = 'credential.put' WHERE seq = 42",
+            [],
+        )
+        .expect("tamper");
+    match store.audit_range(1, 100).await {
+        Err(strongroom::Error::CorruptAuditRow { seq, reason }) => {
+            assert_eq!(seq, 42);
+            assert!(reason.contains("credential.put"), "{reason}");
+        }
+        other => panic!("expected a corrupt row 42, got {other:?}"),
+    }
+    let rows = store
+        .audit_range(1, 41)
+        .await
+        .expect("the rows before it read");
+    assert_eq!(rows.len(), 41);
+    for digests in [
+        store.audit_digests(1, 100).await.expect("digests"),
+        strongroom::audit::digests_from_records(&store, 1, 100)
+            .await
+            .expect("provided digests"),
+    ] {
+        assert!(digests[..41].iter().all(|d| d.computed.is_ok()));
+        assert_eq!(digests[41].seq, 42);
+        assert!(digests[41].computed.is_err(), "row 42 does not decode");
+    }
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(42), Some(ProblemKind::Undecodable))
+    );
 }
 
 #[tokio::test]
@@ -368,7 +409,7 @@ async fn memory_store_chains_verify_the_same_way() {
         .await
         .expect("commit");
     assert!(verify_chain(&store).await.expect("verify").is_ok());
-    store.tamper_audit(|rows| rows[19].event.action = "credential.delete".into());
+    store.tamper_audit(|rows| rows[19].event.action = Action::Delete);
     assert_eq!(
         verify_chain(&store).await.expect("verify").first_bad_seq(),
         Some(20)

@@ -514,6 +514,219 @@ fn a_tampered_audit_chain_fails_verification_with_exit_6() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("first bad sequence number 1"));
 }
 
+/// A vault with nine audit rows, one `admin-create` each, so nine checkpoints kept.
+fn nine_rows() -> Env {
+    let env = Env::new();
+    for i in 0..9 {
+        let name = format!("k{i}");
+        ok(&env.run(
+            "system_admin:root",
+            &[
+                "credentials",
+                "admin-create",
+                "--provider",
+                "openai",
+                "--name",
+                &name,
+                "-f",
+                "api_key=sk-cp",
+            ],
+        ));
+    }
+    env
+}
+
+fn audit_db(env: &Env) -> rusqlite::Connection {
+    rusqlite::Connection::open(env.home.path().join("vault.db")).expect("open")
+}
+
+/// `audit verify` exits 6 and prints what was lost.
+fn broken(env: &Env, needle: &str) {
+    let out = env.run("system_admin:root", &["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "{stdout}");
+    assert!(stdout.contains("audit chain BROKEN"), "{stdout}");
+    assert!(stdout.contains(needle), "expected `{needle}` in: {stdout}");
+}
+
+#[test]
+fn every_command_keeps_a_checkpoint_in_a_private_append_only_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = nine_rows();
+    let file = env.home.path().join("checkpoints");
+    let mode = std::fs::metadata(&file).expect("kept").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&file).expect("read");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON checkpoint per line"))
+        .collect();
+    assert_eq!(lines.len(), 9, "one per command: {text}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["seq"], i as u64 + 1);
+        for field in ["head_hash", "time", "key_id", "mac", "store"] {
+            assert!(!line[field].is_null(), "{field} in {line}");
+        }
+        assert!(
+            line["store"].as_str().expect("store").ends_with("vault.db"),
+            "{line}"
+        );
+    }
+    let verified = ok(&env.run("viewer:v", &["audit", "verify"]));
+    assert!(
+        verified.contains("audit chain intact: 9 rows (checked against the checkpoint at seq 9)"),
+        "{verified}"
+    );
+    // Verifying commits nothing, so it adds no line; a denial is a commit, so it does.
+    let denied = env.run("app_user:crm:alice", &["audit", "verify"]);
+    fails(&denied, 4, "permission denied");
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(text.lines().count(), 10, "{text}");
+
+    // A file that others may write is refused, before anything is done.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+    let out = env.run("system_admin:root", &["credentials", "admin-list"]);
+    fails(&out, 2, "refusing the checkpoints file");
+    let out = env.run("system_admin:root", &["audit", "verify"]);
+    fails(&out, 2, "chmod 600");
+}
+
+#[test]
+fn audit_verify_names_the_rows_cut_from_the_tail_and_nothing_more_is_written() {
+    let env = nine_rows();
+    audit_db(&env)
+        .execute("DELETE FROM audit WHERE seq >= 5", [])
+        .expect("cut the tail");
+    broken(&env, "rows 5–9 missing (checkpoint at seq 9)");
+    broken(&env, "first bad sequence number 5");
+    // No command extends the cut chain (nor signs a checkpoint over it).
+    let lines = std::fs::read_to_string(env.home.path().join("checkpoints"))
+        .expect("read")
+        .lines()
+        .count();
+    let out = env.run(
+        "system_admin:root",
+        &[
+            "credentials",
+            "admin-create",
+            "--provider",
+            "openai",
+            "--name",
+            "after",
+            "-f",
+            "api_key=sk-after",
+        ],
+    );
+    fails(&out, 6, "rows 5–9 missing (checkpoint at seq 9)");
+    let rows: i64 = audit_db(&env)
+        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 4, "nothing was written");
+    let after = std::fs::read_to_string(env.home.path().join("checkpoints"))
+        .expect("read")
+        .lines()
+        .count();
+    assert_eq!(after, lines, "no checkpoint was added");
+    broken(&env, "rows 5–9 missing (checkpoint at seq 9)");
+}
+
+#[test]
+fn audit_verify_catches_an_emptied_chain_and_a_vanished_vault() {
+    let env = nine_rows();
+    audit_db(&env)
+        .execute("DELETE FROM audit", [])
+        .expect("empty it");
+    broken(
+        &env,
+        "rows 1–9 missing (checkpoint at seq 9); the chain is now empty",
+    );
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let _ = std::fs::remove_file(env.home.path().join(name));
+    }
+    broken(
+        &env,
+        "rows 1–9 missing (checkpoint at seq 9); the vault file",
+    );
+}
+
+/// An audit row's columns as SQLite holds them, up to `details`.
+type AuditColumns = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+#[test]
+fn audit_verify_catches_a_row_rewritten_with_every_later_hash_recomputed() {
+    use strongroom::audit::{CanonicalRow, GENESIS_HASH};
+    let env = nine_rows();
+    let db = audit_db(&env);
+    // An outside tool with write access: change row 5's details, then rehash 5 to 9.
+    let rows: Vec<AuditColumns> = db
+        .prepare(
+            "SELECT seq, time, actor, action, credential_id, scope_kind, owner, outcome, details \
+             FROM audit ORDER BY seq",
+        )
+        .expect("prepare")
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut prev = GENESIS_HASH;
+    for (seq, time, actor, action, credential_id, scope_kind, owner, outcome, details) in rows {
+        let mut details: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&details).expect("details");
+        if seq == 5 {
+            details.insert("name".into(), "nothing_to_see".into());
+        }
+        let hash = CanonicalRow {
+            seq: seq as u64,
+            time,
+            actor: &actor,
+            action: &action,
+            credential_id: &credential_id,
+            scope_kind: &scope_kind,
+            owner: &owner,
+            outcome: &outcome,
+            details: details.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
+        .hash(&prev);
+        if seq >= 5 {
+            db.execute(
+                "UPDATE audit SET details = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+                rusqlite::params![
+                    serde_json::to_string(&details).expect("json"),
+                    &prev[..],
+                    &hash[..],
+                    seq
+                ],
+            )
+            .expect("rewrite");
+        }
+        prev = hash;
+    }
+    // The chain alone holds together; the checkpoint does not.
+    broken(&env, "rows 1–9 rewritten (checkpoint at seq 9");
+}
+
 #[test]
 fn providers_list_and_show_the_catalog_and_a_drop_in_folder_adds_and_reports() {
     let env = Env::new();
@@ -987,7 +1200,36 @@ fn keys_rotate_survives_a_kill_and_resumes_with_every_record_still_opening() {
         .output()
         .expect("runs");
     assert!(ok(&out).contains("intact"));
-    // Only a system admin manages keys.
+    // Only a system admin manages keys: the policy decides, and a refused rotation is
+    // audited before its new key is opened or created.
     let out = env.run("viewer:v", &["keys", "status"]);
     fails(&out, 4, "permission denied");
+    let never = env.home.path().join("never.key");
+    let out = env
+        .cmd(
+            "viewer:v",
+            &[
+                "keys",
+                "rotate",
+                "--to",
+                &format!("file:{}", never.display()),
+            ],
+        )
+        .env("STRONGROOM_MASTER_KEY", new_value.trim())
+        .output()
+        .expect("runs");
+    fails(&out, 4, "may not keys.rewrap");
+    assert!(!never.exists(), "a refused rotation created its key");
+    let db = rusqlite::Connection::open(env.home.path().join("vault.db")).expect("open");
+    let (actor, action, outcome): (String, String, String) = db
+        .query_row(
+            "SELECT actor, action, outcome FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("last row");
+    assert_eq!(
+        (actor.as_str(), action.as_str(), outcome.as_str()),
+        ("viewer:v", "keys.rewrap", "denied")
+    );
 }

@@ -74,7 +74,11 @@ async fn sqlite_store_survives_reopen_with_its_chain() {
     assert_eq!(head.seq, 15);
     let receipt = store
         .commit(strongroom::Batch::events(vec![
-            strongroom::AuditEvent::new("t", "after.reopen", strongroom::AuditTarget::none()),
+            strongroom::AuditEvent::new(
+                "t",
+                strongroom::Action::AuditVerify,
+                strongroom::AuditTarget::none(),
+            ),
         ]))
         .await
         .expect("commit");

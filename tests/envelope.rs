@@ -637,5 +637,5 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
     assert_eq!(rows.len(), 5);
     assert!(rows
         .iter()
-        .all(|r| r.event.action == "keys.rewrap" && r.event.actor == "operator"));
+        .all(|r| r.event.action == strongroom::Action::Rewrap && r.event.actor == "operator"));
 }

@@ -80,7 +80,7 @@ fn create_batch(names: &[String]) -> Batch {
         events.push(
             AuditEvent::new(
                 "test",
-                "credential.create",
+                strongroom::Action::Create,
                 AuditTarget::credential(&r.id, &r.scope),
             )
             .detail("name", name.clone()),
@@ -272,6 +272,39 @@ async fn a_writer_killed_mid_commit_leaves_nothing_half_applied() {
         batches.values().all(|&n| n == 3),
         "a half-applied batch: {:?}",
         batches.iter().find(|(_, &n)| n != 3)
+    );
+    drop_schema(&schema).await;
+}
+
+/// A row whose action is not one of the documented names is corrupt: reading it names its
+/// sequence number, and verification reports it there.
+#[tokio::test]
+async fn an_unknown_action_in_a_row_is_a_corrupt_row() {
+    let schema = fresh_schema();
+    let store = open(&schema).await;
+    let names: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    store.commit(create_batch(&names)).await.expect("commit");
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "UPDATE {schema}.audit SET action = 'credential.put' WHERE seq = 3"
+        ))
+        .await
+        .expect("tamper");
+    match store.audit_range(1, 10).await {
+        Err(strongroom::Error::CorruptAuditRow { seq, .. }) => assert_eq!(seq, 3),
+        other => panic!("expected a corrupt row 3, got {other:?}"),
+    }
+    let report = strongroom::audit::verify_chain(&store)
+        .await
+        .expect("verify");
+    assert_eq!(report.first_bad_seq(), Some(3));
+    assert_eq!(
+        report.problem.map(|p| p.kind),
+        Some(strongroom::audit::ProblemKind::Undecodable)
     );
     drop_schema(&schema).await;
 }

@@ -10,14 +10,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use common::{FaultStore, INJECTED};
+use common::{vault_on, FaultStore, INJECTED};
 use strongroom::audit::Outcome;
-use strongroom::config::{compile, AppConfig, CredentialSlot, Slots};
+use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Slots};
 use strongroom::model::LifecycleState;
 use strongroom::{
     CredentialFilter, CredentialId, CredentialRef, CredentialUpdate, Error, ErrorKind,
-    ExposeSecret, LocalKey, MemoryStore, NewCredential, Principal, ResolveContext, Scope,
-    ScopeKind, SecretString, SqliteStore, Store, Vault,
+    ExposeSecret, MemoryStore, NewCredential, Principal, ResolveContext, Scope, ScopeKind,
+    SecretString, SqliteStore, Store, Vault,
 };
 
 const CANARY: &str = "sk-CANARY-security-5e2b";
@@ -37,21 +37,34 @@ fn ctx(app: &str, user: &str) -> ResolveContext {
     }
 }
 
-async fn vault_on(store: Arc<dyn Store>) -> Vault {
-    Vault::builder()
-        .store(store)
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
-        .build()
-        .await
-        .expect("vault")
-}
-
 async fn rows(vault: &Vault) -> Vec<strongroom::audit::AuditRecord> {
     vault
         .store()
         .audit_range(1, usize::MAX)
         .await
         .expect("audit rows")
+}
+
+/// A per-user `openai` credential of `owner` (an `app_user`), holding the canary.
+async fn user_credential(
+    vault: &Vault,
+    owner: &Principal,
+    name: &str,
+) -> strongroom::CredentialInfo {
+    let user = owner.user().expect("an app user");
+    vault
+        .create(
+            owner,
+            NewCredential::new(
+                name,
+                Scope::per_user(user).expect("scope"),
+                "openai",
+                "",
+                fields(CANARY),
+            ),
+        )
+        .await
+        .expect("create")
 }
 
 /// alice's per-user credential, granted to `blog` only.
@@ -92,7 +105,7 @@ async fn a_runtime_cannot_use_another_apps_grant_by_naming_it_in_the_context() {
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     assert!(!err.to_string().contains(CANARY));
     let last = rows(&vault).await.pop().expect("a row");
-    assert_eq!(last.event.action, "credential.resolve");
+    assert_eq!(last.event.action, strongroom::Action::Resolve);
     assert_eq!(last.event.outcome, Outcome::Denied);
     assert_eq!(last.event.actor, "runtime:crm:alice");
     assert_eq!(
@@ -254,7 +267,8 @@ async fn every_principal_is_refused_every_context_that_is_not_its_own() {
     assert!(rows(&vault)
         .await
         .iter()
-        .all(|r| r.event.action != "credential.resolve" || r.event.outcome != Outcome::Success));
+        .all(|r| r.event.action != strongroom::Action::Resolve
+            || r.event.outcome != Outcome::Success));
     assert!(vault.audit().verify().await.expect("verify").is_ok());
 }
 
@@ -282,7 +296,7 @@ async fn a_deployment_never_uses_another_apps_grant() {
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     for (app, allowed) in [("crm", false), ("blog", true)] {
         let manifest = compile(app, &config, &slots, &vault.catalog()).expect("compiles");
-        let deployment = vault.deploy(manifest).await.expect("deploy");
+        let deployment = Deployment::new(&vault, manifest).await.expect("deploy");
         let session = deployment.start_session("alice").await;
         let slot = deployment
             .resolve_slot("alice", "agents[assistant].brain", "brain_credential")
@@ -304,7 +318,7 @@ async fn a_deployment_never_uses_another_apps_grant() {
     }
     // Every injection row names the app that used the credential, and only blog's succeed.
     for row in rows(&vault).await {
-        if row.event.action == "credential.inject" && row.event.outcome == Outcome::Success {
+        if row.event.action == strongroom::Action::Inject && row.event.outcome == Outcome::Success {
             assert_eq!(row.event.actor, "runtime:blog:alice");
             assert_eq!(
                 row.event.details.get("app").map(String::as_str),
@@ -495,19 +509,7 @@ async fn principals_and_ids_that_print_ambiguously_are_refused() {
     );
     let vault = Vault::in_memory().await.expect("vault");
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     let before = rows(&vault).await.len();
     // `app_user:crm:x:y` would print like the app_user `y` of app `crm:x`.
     let ambiguous = Principal::AppUser {
@@ -565,19 +567,7 @@ async fn permission_is_decided_before_input_is_inspected() {
     }
     // A grant for a bad app id on someone else's credential: denied first.
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     let err = vault
         .grant_add(&p("app_user:crm:u2"), &info.id, "bad/app")
         .await
@@ -601,19 +591,7 @@ async fn an_admins_disable_stays_until_an_admin_lifts_it() {
     let admin = p("system_admin:root");
     let owner = p("app_user:crm:u1");
     let runtime = p("runtime:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     vault
         .grant_add(&owner, &info.id, "crm")
         .await
@@ -739,19 +717,7 @@ async fn a_second_soft_revoke_keeps_the_first_revoker() {
     let vault = Vault::in_memory().await.expect("vault");
     let admin = p("system_admin:root");
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "k",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "k").await;
     vault
         .grant_add(&owner, &info.id, "crm")
         .await
@@ -770,7 +736,7 @@ async fn a_second_soft_revoke_keeps_the_first_revoker() {
     assert_eq!(second.revoked_by.as_deref(), Some("app_user:crm:u1"));
     assert_eq!(second.revoked_at, first.revoked_at);
     let last = rows(&vault).await.pop().expect("row");
-    assert_eq!(last.event.action, "grant.revoke");
+    assert_eq!(last.event.action, strongroom::Action::GrantRevoke);
     assert_eq!(last.event.actor, "system_admin:root");
     assert_eq!(
         last.event
@@ -792,19 +758,7 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     let vault = vault_on(faults.clone()).await;
     let admin = p("system_admin:root");
     let owner = p("app_user:crm:alice");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "openai_main",
-                Scope::per_user("alice").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "openai_main").await;
     vault
         .grant_add(&owner, &info.id, "crm")
         .await
@@ -812,7 +766,7 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     let slots = Slots::new().declare("brain", llm_slot());
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     let manifest = compile("crm", &config, &slots, &vault.catalog()).expect("compiles");
-    let deployment = vault.deploy(manifest).await.expect("deploy");
+    let deployment = Deployment::new(&vault, manifest).await.expect("deploy");
     let runtime = p("runtime:crm:alice");
     let reference = CredentialRef::compact("openai_main");
     let session_ctx = ResolveContext::of(&runtime).expect("ctx");
@@ -894,7 +848,9 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     }
     let resolve_rows = rows(&vault).await[before..]
         .iter()
-        .filter(|r| r.event.action == "credential.resolve" && r.event.outcome == Outcome::Success)
+        .filter(|r| {
+            r.event.action == strongroom::Action::Resolve && r.event.outcome == Outcome::Success
+        })
         .count();
     assert_eq!(
         released, resolve_rows,
@@ -905,70 +861,35 @@ async fn no_secret_or_success_is_returned_when_its_audit_row_did_not_commit() {
     assert!(vault.audit().verify().await.expect("verify").is_ok());
 }
 
+/// One of the calls that name a credential by id.
+async fn probe(
+    vault: &Vault,
+    actor: &Principal,
+    what: &str,
+    id: &CredentialId,
+) -> Result<(), Error> {
+    match what {
+        "show" => vault.get(actor, id).await.map(drop),
+        "grants" => vault.grants(actor, id).await.map(drop),
+        "grant-add" => vault.grant_add(actor, id, "crm").await.map(drop),
+        _ => vault.reveal(actor, id).await.map(drop),
+    }
+}
+
 #[tokio::test]
 async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
     let vault = Vault::in_memory().await.expect("vault");
     let owner = p("app_user:crm:u1");
-    let info = vault
-        .create(
-            &owner,
-            NewCredential::new(
-                "secret_name_7f3",
-                Scope::per_user("u1").expect("s"),
-                "openai",
-                "",
-                fields(CANARY),
-            ),
-        )
-        .await
-        .expect("create");
+    let info = user_credential(&vault, &owner, "secret_name_7f3").await;
     let missing = CredentialId::generate();
     let other = p("app_user:crm:u2");
     let admin_of_other_app = p("app_admin:blog:adm");
     for actor in [&other, &admin_of_other_app] {
-        // One boxed closure per command, each returning a boxed future: the type says so.
-        #[allow(clippy::type_complexity)]
-        let probes: Vec<(&str, Box<dyn Fn(CredentialId) -> _>)> = vec![
-            (
-                "show",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.get(&actor, &id).await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-            (
-                "grants",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.grants(&actor, &id).await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-            (
-                "grant-add",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.grant_add(&actor, &id, "crm").await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-            (
-                "reveal",
-                Box::new(|id: CredentialId| {
-                    let vault = vault.clone();
-                    let actor = actor.clone();
-                    Box::pin(async move { vault.reveal(&actor, &id).await.map(drop) })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>>
-                }),
-            ),
-        ];
-        for (what, probe) in probes {
+        for what in ["show", "grants", "grant-add", "reveal"] {
             let before = rows(&vault).await.len();
-            let forbidden = probe(info.id.clone()).await.expect_err("forbidden");
+            let forbidden = probe(&vault, actor, what, &info.id)
+                .await
+                .expect_err("forbidden");
             let after = rows(&vault).await;
             assert_eq!(
                 after.len(),
@@ -983,7 +904,9 @@ async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
                 "full target"
             );
             assert_eq!(row.target.scope, Some(Scope::per_user("u1").expect("s")));
-            let absent = probe(missing.clone()).await.expect_err("missing");
+            let absent = probe(&vault, actor, what, &missing)
+                .await
+                .expect_err("missing");
             assert_eq!(
                 forbidden.kind(),
                 ErrorKind::NotFound,
@@ -1004,4 +927,144 @@ async fn a_forbidden_id_and_a_missing_id_get_the_same_answer() {
         .await
         .expect_err("viewer");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+}
+
+async fn agent_credential(
+    vault: &Vault,
+    agent: &str,
+    name: &str,
+    accessible: bool,
+) -> CredentialId {
+    let mut new = NewCredential::new(
+        name,
+        Scope::per_agent(agent).expect("scope"),
+        "openai",
+        "",
+        fields(&format!("{CANARY}-{agent}-{name}")),
+    );
+    new.agent_accessible = accessible;
+    vault
+        .create(&p("system_admin:root"), new)
+        .await
+        .expect("create")
+        .id
+}
+
+#[tokio::test]
+async fn an_agent_reads_only_its_own_agent_accessible_secrets() {
+    let vault = Vault::in_memory().await.expect("vault");
+    agent_credential(&vault, "a1", "llm", true).await;
+    let hidden = agent_credential(&vault, "a1", "github:token", false).await;
+    agent_credential(&vault, "a2", "only_a2", true).await;
+    let a1 = p("agent:a1");
+
+    let got = vault
+        .agent_secret(&a1, "llm")
+        .await
+        .expect("its own, accessible");
+    assert_eq!(
+        got.fields["api_key"].expose_secret(),
+        format!("{CANARY}-a1-llm")
+    );
+    let last = rows(&vault).await.pop().expect("row");
+    assert_eq!(last.event.actor, "agent:a1");
+    assert_eq!(last.event.outcome, Outcome::Success);
+
+    // Its own, but not agent-accessible: refused and audited, whatever the scope says.
+    let before = rows(&vault).await.len();
+    let err = vault
+        .agent_secret(&a1, "github:token")
+        .await
+        .expect_err("not agent-accessible");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("agent-accessible"), "{err}");
+    assert!(!err.to_string().contains(CANARY));
+    let after = rows(&vault).await;
+    assert_eq!(after.len(), before + 1);
+    assert_eq!(after[before].event.outcome, Outcome::Denied);
+    assert_eq!(
+        after[before].event.target.credential_id.as_ref(),
+        Some(&hidden)
+    );
+    // Nor by any other door: reveal is not an agent's action.
+    let err = vault.reveal(&a1, &hidden).await.expect_err("no reveal");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+
+    // Another agent's secret is not in a1's scope at all.
+    let err = vault.agent_secret(&a1, "only_a2").await.expect_err("a2's");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    // An agent lists its own credentials only.
+    let listed = vault
+        .list(&a1, &CredentialFilter::default())
+        .await
+        .expect("list");
+    let mut names: Vec<_> = listed.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["github:token", "llm"]);
+    // An agent has no app or user: app references are not its door.
+    let err = vault
+        .resolve(&a1, &CredentialRef::compact("llm"), &ctx("crm", "a1"))
+        .await
+        .expect_err("no app context");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    // And the agent door is for agents only.
+    let err = vault
+        .agent_secret(&p("runtime:crm:u1"), "llm")
+        .await
+        .expect_err("not an agent");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert_eq!(
+        rows(&vault).await.pop().expect("row").event.outcome,
+        Outcome::Denied
+    );
+    assert!(vault.audit().verify().await.expect("verify").is_ok());
+}
+
+#[tokio::test]
+async fn the_service_principal_keeps_credentials_current_without_reading_them() {
+    let vault = Vault::in_memory().await.expect("vault");
+    let owner = p("app_user:crm:u1");
+    let service = p("service:oauth-refresher");
+    let info = user_credential(&vault, &owner, "k").await;
+    let updated = vault
+        .update(
+            &service,
+            &info.id,
+            1,
+            CredentialUpdate {
+                fields: Some(fields("sk-refreshed")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the service writes new fields");
+    let valid = vault
+        .set_state(
+            &service,
+            &info.id,
+            updated.version,
+            LifecycleState::Valid,
+            "refreshed",
+        )
+        .await
+        .expect("and moves the state");
+    assert_eq!(valid.state, LifecycleState::Valid);
+    let err = vault
+        .reveal(&service, &info.id)
+        .await
+        .expect_err("no reveal");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    let err = vault
+        .delete(&service, &info.id, None)
+        .await
+        .expect_err("no delete");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    let revealed = vault.reveal(&owner, &info.id).await.expect("owner");
+    assert_eq!(revealed.fields["api_key"].expose_secret(), "sk-refreshed");
+    let actors: Vec<String> = rows(&vault)
+        .await
+        .into_iter()
+        .map(|r| r.event.actor)
+        .collect();
+    assert!(actors.contains(&"service:oauth-refresher".to_string()));
 }

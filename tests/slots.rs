@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use strongroom::config::{compile, AppConfig, CredentialSlot, Severity, Slots};
+use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Severity, Slots};
 use strongroom::{
     CredentialUpdate, ExposeSecret, NewCredential, Principal, Scope, ScopeKind, SecretString, Vault,
 };
@@ -267,7 +267,7 @@ async fn deploy_then_sessions_inject_each_users_credentials_with_one_audit_row_e
         .await
         .expect("audit")
         .len();
-    let deployment = vault.deploy(m).await.expect("deploy");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
     let after_deploy = vault
         .store()
         .audit_range(1, usize::MAX)
@@ -278,7 +278,7 @@ async fn deploy_then_sessions_inject_each_users_credentials_with_one_audit_row_e
     assert_eq!(deploy_rows.len(), 2);
     assert!(deploy_rows
         .iter()
-        .all(|r| r.event.action == "credential.inject" && r.event.actor == "runtime:crm:*"));
+        .all(|r| r.event.action == strongroom::Action::Inject && r.event.actor == "runtime:crm:*"));
 
     let alice = deployment.start_session("alice").await.expect("alice");
     let docs = alice.expose();
@@ -349,7 +349,7 @@ async fn deploy_time_values_are_refreshed_after_the_credential_changes() {
     let vault = seeded().await;
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
-    let deployment = vault.deploy(m).await.expect("deploy");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
     let s1 = deployment.start_session("alice").await.expect("s1");
     assert_eq!(
         s1.expose()[0]["agents"][1]["brain"]["config"]["api_key"],
@@ -400,7 +400,7 @@ async fn scopes_stay_strict_through_slots_and_errors_name_block_slot_ref_and_sco
         .expect("system openai_main");
     let config = AppConfig::parse("app.yaml", APP).expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
-    let deployment = vault.deploy(m).await.expect("deploy");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
     let err = deployment
         .start_session("carol")
         .await
@@ -419,8 +419,7 @@ async fn scopes_stay_strict_through_slots_and_errors_name_block_slot_ref_and_sco
     let other = "brain:\n  credential: {ref: team_key, scope: per_app_shared}\n";
     let config = AppConfig::parse("other.yaml", other).expect("parse");
     let m = compile("billing", &config, &slots(), &vault.catalog()).expect("compiles");
-    let err = vault
-        .deploy(m)
+    let err = Deployment::new(&vault, m)
         .await
         .expect_err("crm's key is not billing's");
     assert!(
@@ -455,7 +454,9 @@ async fn a_stored_credential_the_slot_does_not_accept_fails_the_deploy() {
     )
     .expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
-    let err = vault.deploy(m).await.expect_err("stripe in an LLM slot");
+    let err = Deployment::new(&vault, m)
+        .await
+        .expect_err("stripe in an LLM slot");
     assert!(
         err.to_string()
             .contains("`stripe` credential, which slot `brain_credential` does not accept"),
@@ -468,7 +469,9 @@ async fn a_stored_credential_the_slot_does_not_accept_fails_the_deploy() {
     )
     .expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
-    let err = vault.deploy(m).await.expect_err("provider mismatch");
+    let err = Deployment::new(&vault, m)
+        .await
+        .expect_err("provider mismatch");
     assert!(err.to_string().contains("provider `anthropic`"), "{err}");
 }
 
@@ -479,7 +482,7 @@ async fn inline_templates_are_used_only_in_development_mode() {
     let config = AppConfig::parse("dev.yaml", yaml).expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
     assert!(m.entries[0].has_fallback);
-    let deployment = vault.deploy(m).await.expect("deploy");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
     let err = deployment
         .start_session("dana")
         .await
@@ -528,7 +531,7 @@ async fn a_session_of_twenty_slots_writes_twenty_audit_rows() {
     }
     let config = AppConfig::parse("big.yaml", yaml).expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
-    let deployment = vault.deploy(m).await.expect("deploy");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
     let head = vault
         .store()
         .chain_head()
@@ -609,7 +612,7 @@ async fn a_master_key_outage_keeps_its_kind_and_names_the_block() {
     let config =
         AppConfig::parse("app.yaml", "brain:\n  credential: openai_main\n").expect("parse");
     let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
-    let deployment = vault.deploy(m).await.expect("deploy");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
     let err = deployment.start_session("fay").await.expect_err("kms down");
     assert_eq!(err.kind(), strongroom::ErrorKind::KeyUnavailable, "{err}");
     assert!(

@@ -40,7 +40,7 @@ async fn filled(
                 }],
                 events: vec![strongroom::AuditEvent::new(
                     "alice",
-                    "credential.create",
+                    strongroom::Action::Create,
                     strongroom::AuditTarget::credential(&r.id, &r.scope),
                 )],
             })
@@ -433,7 +433,7 @@ async fn concurrent_commits_share_transactions() {
             for i in 0..20 {
                 let ev = strongroom::AuditEvent::new(
                     format!("w{t}"),
-                    "credential.resolve",
+                    strongroom::Action::Resolve,
                     strongroom::AuditTarget::none(),
                 )
                 .detail("i", i.to_string());
@@ -546,7 +546,7 @@ async fn cached_point_reads_see_changes_made_by_another_store_on_the_same_file()
     // Audit-only commits do not disturb cached reads' correctness either.
     a.commit(Batch::events(vec![strongroom::AuditEvent::new(
         "x",
-        "y",
+        strongroom::Action::Reveal,
         strongroom::AuditTarget::none(),
     )]))
     .await
@@ -621,7 +621,7 @@ async fn a_checked_commit_on_a_stale_cached_read_fails_and_a_resolve_sees_the_ne
         .commit_checked(
             Batch::events(vec![strongroom::AuditEvent::new(
                 "x",
-                "read",
+                strongroom::Action::Reveal,
                 strongroom::AuditTarget::none(),
             )]),
             stamp,
@@ -676,7 +676,7 @@ async fn two_stores_on_one_file_append_to_one_unbroken_chain() {
                 store
                     .commit(Batch::events(vec![strongroom::AuditEvent::new(
                         format!("writer{i}"),
-                        format!("event{j}"),
+                        strongroom::Action::ALL[j % strongroom::Action::ALL.len()],
                         strongroom::AuditTarget::none(),
                     )]))
                     .await

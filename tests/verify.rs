@@ -151,7 +151,7 @@ async fn last_verify_event(vault: &Vault) -> strongroom::audit::AuditEvent {
     events
         .into_iter()
         .rev()
-        .find(|e| e.event.action == "credential.verify")
+        .find(|e| e.event.action == strongroom::Action::Verify)
         .expect("a credential.verify row")
         .event
 }
@@ -451,6 +451,13 @@ async fn verification_needs_the_right_to_change_state_and_a_transport() {
         .expect_err("a viewer cannot verify");
     assert_eq!(err.kind(), strongroom::ErrorKind::PermissionDenied, "{err}");
     assert!(api.requests().is_empty());
+    // The policy decided it as a live check, and the refusal is audited under that name.
+    assert!(err.to_string().contains("credential.verify"), "{err}");
+    let denial = last_verify_event(&vault).await;
+    assert_eq!(
+        (denial.actor.as_str(), denial.outcome),
+        ("viewer:v", Outcome::Denied)
+    );
 
     // A vault without an HTTP client says how to give it one.
     let plain = Vault::in_memory().await.expect("vault");
@@ -482,7 +489,7 @@ impl strongroom::transport::HttpTransport for Meddling {
         let id = self.id.get().expect("id set");
         let last = vault.store().audit_range(1, usize::MAX).await?.pop();
         let durable = last.is_some_and(|r| {
-            r.event.action == "credential.verify"
+            r.event.action == strongroom::Action::Verify
                 && r.event.details.get("step").map(String::as_str) == Some("request")
         });
         *self.release_row_seen.lock().expect("lock") = Some(durable);
@@ -550,7 +557,7 @@ async fn the_release_row_is_durable_before_the_request_and_a_late_conflict_is_re
         .expect("rows");
     let verify: Vec<_> = rows
         .iter()
-        .filter(|r| r.event.action == "credential.verify")
+        .filter(|r| r.event.action == strongroom::Action::Verify)
         .collect();
     assert_eq!(verify.len(), 2, "{verify:?}");
     assert_eq!(verify[0].event.details["step"], "request");
@@ -738,5 +745,5 @@ async fn a_non_owner_is_sent_to_the_bundled_endpoint_never_an_override() {
         .pop()
         .expect("row");
     assert_eq!(last.event.outcome, Outcome::Denied);
-    assert_eq!(last.event.action, "credential.verify");
+    assert_eq!(last.event.action, strongroom::Action::Verify);
 }

@@ -4,20 +4,28 @@
 //! 4 permission denied, 5 conflict (already exists, stale version), 6 integrity failure
 //! (a broken audit chain, a blob that does not decrypt), 7 a credential the provider rejected,
 //! 8 verification inconclusive, 9 a key rotation that is not complete yet.
+//!
+//! Audit checkpoints: every command that commits appends a checkpoint of the audit chain to
+//! `$STRONGROOM_HOME/checkpoints` (one per commit), `audit verify` checks the chain against
+//! the newest one, and every other command first checks that the chain still holds the row
+//! it vouches for, so a cut or rewritten chain is never extended (see docs/AUDIT.md).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand};
+use strongroom::audit::{AuditChain, CheckpointSink, CHECKPOINT_KEY_PURPOSE};
 use strongroom::catalog::{Catalog, Provider};
 use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
 use strongroom::handlers::HandlerRegistry;
+use strongroom::vault::policy::{allows, Action, Relation};
 use strongroom::{
-    CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret, LifecycleState,
-    NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore, Store, Timestamp, Vault,
+    Checkpoint, CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret,
+    KeyRing, LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore,
+    Store, Timestamp, Vault,
 };
 
 #[derive(Parser)]
@@ -31,8 +39,9 @@ struct Cli {
     /// `postgres://…`.
     #[arg(long, global = true, env = "STRONGROOM_STORE")]
     store: Option<String>,
-    /// The acting principal: system_admin:ID, app_admin:APP:ID, app_user:APP:ID, viewer:ID
-    /// or runtime:APP:USER.
+    /// The acting principal: system_admin:ID, app_admin:APP:ID, app_user:APP:ID, viewer:ID,
+    /// runtime:APP:USER, agent:ID or service:ID. Asserted, not authenticated: whoever holds
+    /// the master key can act as anyone.
     #[arg(long = "as", global = true, env = "STRONGROOM_ACTOR")]
     actor: Option<String>,
     /// Machine-readable JSON output.
@@ -141,7 +150,10 @@ enum ProvidersCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain; exits 6 if it is broken.
+    /// Verify the hash chain against the newest checkpoint kept in
+    /// `$STRONGROOM_HOME/checkpoints`; exits 6 if it is broken, naming the first bad
+    /// sequence number and what was lost (rows cut from the tail, an emptied chain, rows
+    /// rewritten).
     Verify,
 }
 
@@ -242,13 +254,21 @@ enum CredentialsCommand {
     },
     /// List every credential (administrators).
     AdminList,
-    /// Create a system_wide credential, or per_app_shared with --app (administrators).
+    /// Create a system_wide credential, per_app_shared with --app, or per_agent with
+    /// --agent (administrators).
     AdminCreate {
         #[command(flatten)]
         source: CredentialSource,
         /// Make it per_app_shared for this app.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "agent")]
         app: Option<String>,
+        /// Make it per_agent for this agent (its own secret).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Let the agent read it itself (`--as agent:ID`); without it the agent reaches it
+        /// only through the credentials path. Needs --agent.
+        #[arg(long, requires = "agent")]
+        agent_accessible: bool,
         /// When the credential stops being usable: an RFC 3339 time or +30d, +12h, +90m, +2w.
         #[arg(long, value_name = "TIME")]
         expires_at: Option<String>,
@@ -546,8 +566,23 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         // Refuse an unknown provider before a vault file is created for it.
         Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?.require(&source.provider)?;
     }
+    let kept = Arc::new(CheckpointFile::open(
+        &default_home_from_env()?,
+        store_label(&spec),
+    )?);
     if let StoreSpec::Sqlite(path) = &spec {
         if !creates && !path.exists() {
+            if let (Command::Audit(_), Some(cp)) = (&cli.command, kept.highest()?) {
+                // Gone, while a checkpoint vouches for its rows: that is a broken chain.
+                println!(
+                    "audit chain BROKEN: first bad sequence number 1: rows 1–{} missing \
+                     (checkpoint at seq {}); the vault file {} is gone",
+                    cp.seq,
+                    cp.seq,
+                    path.display()
+                );
+                return Ok(6);
+            }
             return Err(Error::NotFound {
                 what: format!("vault {}", path.display()),
                 hint: Some("check --store (or STRONGROOM_HOME); a vault is created by the first `credentials create`".into()),
@@ -555,37 +590,64 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
     }
     let store = open_store(&spec).await?;
-    if let Command::Keys(cmd) = cli.command {
-        return keys(store, &actor, cmd, &out).await;
-    }
+    let key = key_wrapper_from_env()?;
+    // Checkpoints need a key derived from the master key; the cloud backends cannot yet.
+    let checkpoints = key.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok();
     let mut builder = Vault::builder()
         .store(store)
-        .key_wrapper(key_wrapper_from_env()?)
+        .key_wrapper(key)
         .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+    if checkpoints {
+        // The CLI lives for one command: a checkpoint after every commit.
+        builder = builder.checkpoints(kept.clone(), 1);
+    }
     if let Some(dir) = dir {
         builder = builder.providers_dir(dir);
     }
     let vault = builder.build().await?;
-    match cli.command {
+    let result = match cli.command {
         Command::Audit(AuditCommand::Verify) => {
-            let report = vault.verify_audit(&actor).await?;
-            if out.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else if let Some(problem) = &report.problem {
-                println!(
-                    "audit chain BROKEN after {} good rows: {problem}",
-                    report.rows
-                );
-            } else {
-                println!("audit chain intact: {} rows", report.rows);
-            }
-            Ok(if report.is_ok() { 0 } else { 6 })
+            audit_verify(&vault, &actor, &kept, checkpoints, &out).await
         }
+        command => {
+            // Never add rows (or sign a checkpoint) over a chain that was cut or rewritten.
+            if let Some(cp) = kept.newest(vault.keys())?.checkpoint {
+                if let Some(problem) = vault.audit().still_holds(&cp).await? {
+                    eprintln!(
+                        "error: audit chain BROKEN: {problem}. Nothing was done: run \
+                         `strongroom audit verify`, and see docs/AUDIT.md (checkpoints) before \
+                         setting {} aside",
+                        kept.path.display()
+                    );
+                    return Ok(6);
+                }
+            }
+            run_command(&vault, &actor, command, &kept, &out).await
+        }
+    };
+    if let Some(why) = kept.failure() {
+        eprintln!(
+            "error: the audit checkpoint could not be kept in {} ({why}); what the command \
+             did is done and audited, but a cut tail after it would not be caught",
+            kept.path.display()
+        );
+        return result.and(Ok(1));
+    }
+    result
+}
+
+/// Runs a command on an open vault (everything but `audit verify`).
+async fn run_command(
+    vault: &Vault,
+    actor: &Principal,
+    command: Command,
+    kept: &Arc<CheckpointFile>,
+    out: &Output,
+) -> Result<u8, Error> {
+    match command {
+        Command::Keys(cmd) => keys(vault, actor, cmd, kept, out).await,
         Command::Credentials(CredentialsCommand::Verify { id: text }) => {
-            let v = vault.test_live_connection(&actor, &id(&text)?).await?;
+            let v = vault.test_live_connection(actor, &id(&text)?).await?;
             if out.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
@@ -608,8 +670,257 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 _ => 8,
             })
         }
-        Command::Credentials(cmd) => credentials(&vault, &actor, cmd, &out).await.map(|()| 0),
-        Command::Providers(_) | Command::Yaml(_) | Command::Keys(_) => Ok(0),
+        Command::Credentials(cmd) => credentials(vault, actor, cmd, out).await.map(|()| 0),
+        Command::Providers(_) | Command::Yaml(_) | Command::Audit(_) => Ok(0),
+    }
+}
+
+/// `audit verify`: the chain, against the newest checkpoint this vault's key ring can check.
+async fn audit_verify(
+    vault: &Vault,
+    actor: &Principal,
+    kept: &CheckpointFile,
+    checkpoints: bool,
+    out: &Output,
+) -> Result<u8, Error> {
+    let newest = kept.newest(vault.keys())?;
+    let report = match &newest.checkpoint {
+        Some(cp) => vault.verify_audit_with(actor, cp).await?,
+        None => vault.verify_audit(actor).await?,
+    };
+    if out.json {
+        let mut doc = serde_json::to_value(&report).unwrap_or_default();
+        doc["checkpoint"] = serde_json::to_value(&newest.checkpoint).unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else if let Some(problem) = &report.problem {
+        println!("audit chain BROKEN: {problem}");
+    } else if let Some(cp) = &newest.checkpoint {
+        println!(
+            "audit chain intact: {} rows (checked against the checkpoint at seq {})",
+            report.rows, cp.seq
+        );
+    } else {
+        println!(
+            "audit chain intact: {} rows (no checkpoint kept for this vault yet, so a cut \
+             tail would not show)",
+            report.rows
+        );
+    }
+    if newest.unreadable > 0 {
+        eprintln!(
+            "note: {} line(s) of {} could not be read and were skipped",
+            newest.unreadable,
+            kept.path.display()
+        );
+    }
+    if newest.unheld > 0 {
+        eprintln!(
+            "note: {} newer checkpoint(s) were made with master keys this vault does not hold \
+             and were not used",
+            newest.unheld
+        );
+    }
+    if !checkpoints {
+        eprintln!(
+            "note: the master key {} cannot derive the checkpoint key (cloud KMS backends \
+             cannot yet), so this vault's commands keep no checkpoints",
+            vault.keys().active().key_id()
+        );
+    }
+    Ok(if report.is_ok() { 0 } else { 6 })
+}
+
+/// What a checkpoint line names as its vault: `sqlite:` and the file's absolute path, or
+/// the PostgreSQL URL without its password, with the schema.
+fn store_label(spec: &StoreSpec) -> String {
+    match spec {
+        StoreSpec::Sqlite(path) => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let absolute = match (dir.canonicalize(), path.file_name()) {
+                (Ok(dir), Some(name)) => dir.join(name),
+                _ => std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+            };
+            format!("sqlite:{}", absolute.display())
+        }
+        StoreSpec::Postgres(url) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+            let (authority, tail) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split_once(':').map_or(user, |(u, _)| u);
+                    format!("{user}@{host}")
+                }
+                None => authority.to_string(),
+            };
+            let tail = tail.split_once('?').map_or(tail, |(t, _)| t);
+            let schema =
+                std::env::var("STRONGROOM_PG_SCHEMA").unwrap_or_else(|_| "strongroom".into());
+            format!("{scheme}://{authority}{tail}#schema={schema}")
+        }
+    }
+}
+
+/// The CLI's kept checkpoints, `$STRONGROOM_HOME/checkpoints`: append-only, one JSON
+/// checkpoint per line (its fields plus `store`, the vault it vouches for), created 0600 and
+/// refused when group or others may write it.
+struct CheckpointFile {
+    path: PathBuf,
+    store: String,
+    /// Why the last append failed, if it did (a sink cannot return an error).
+    failed: Mutex<Option<String>>,
+}
+
+/// One line of the file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptCheckpoint {
+    store: String,
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
+}
+
+/// The checkpoint to check against, and what was passed over to find it.
+struct Newest {
+    checkpoint: Option<Checkpoint>,
+    /// Lines that do not parse.
+    unreadable: usize,
+    /// This vault's checkpoints newer than the one chosen, made with keys the ring lacks.
+    unheld: usize,
+}
+
+impl CheckpointFile {
+    fn open(home: &Path, store: String) -> Result<CheckpointFile, Error> {
+        let path = home.join("checkpoints");
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if !meta.is_file() || mode & 0o022 != 0 {
+                    return Err(Error::Config {
+                        message: format!(
+                            "refusing the checkpoints file {}: {}; run `chmod 600 {}`",
+                            path.display(),
+                            if meta.is_file() {
+                                format!("group or others can write it (mode {mode:04o})")
+                            } else {
+                                "it is not a regular file".to_string()
+                            },
+                            path.display()
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    path: path.display().to_string(),
+                    source: e,
+                })
+            }
+        }
+        Ok(CheckpointFile {
+            path,
+            store,
+            failed: Mutex::new(None),
+        })
+    }
+
+    /// This vault's checkpoints in file order, and the number of unreadable lines.
+    fn read(&self) -> Result<(Vec<Checkpoint>, usize), Error> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: self.path.display().to_string(),
+                    source: e,
+                })
+            }
+        };
+        let (mut mine, mut unreadable) = (Vec::new(), 0);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<KeptCheckpoint>(line) {
+                Ok(kept) if kept.store == self.store => mine.push(kept.checkpoint),
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
+            }
+        }
+        Ok((mine, unreadable))
+    }
+
+    /// This vault's newest checkpoint (the highest seq; of equals, the later line),
+    /// whatever its key.
+    fn highest(&self) -> Result<Option<Checkpoint>, Error> {
+        let (mine, _) = self.read()?;
+        Ok(mine.into_iter().rev().max_by_key(|c| c.seq))
+    }
+
+    /// This vault's newest checkpoint that `ring` can check (its master key is active or
+    /// retired there).
+    fn newest(&self, ring: &KeyRing) -> Result<Newest, Error> {
+        let (mine, unreadable) = self.read()?;
+        let checkpoint = mine
+            .iter()
+            .rev()
+            .filter(|c| ring.key(&c.key_id).is_some())
+            .max_by_key(|c| c.seq)
+            .cloned();
+        let floor = checkpoint.as_ref().map_or(0, |c| c.seq);
+        let unheld = mine
+            .iter()
+            .filter(|c| c.seq > floor && ring.key(&c.key_id).is_none())
+            .count();
+        Ok(Newest {
+            checkpoint,
+            unreadable,
+            unheld,
+        })
+    }
+
+    fn append(&self, checkpoint: &Checkpoint) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = self.path.parent() {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+        }
+        let line = serde_json::to_string(&KeptCheckpoint {
+            store: self.store.clone(),
+            checkpoint: checkpoint.clone(),
+        })
+        .map_err(std::io::Error::other)?;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        // One write, so a reader never sees half a line.
+        file.write_all(format!("{line}\n").as_bytes())?;
+        file.sync_data()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl CheckpointSink for CheckpointFile {
+    fn publish(&self, checkpoint: &Checkpoint) {
+        if let Err(e) = self.append(checkpoint) {
+            *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
     }
 }
 
@@ -853,13 +1164,17 @@ async fn credentials(
         CredentialsCommand::AdminCreate {
             source,
             app,
+            agent,
+            agent_accessible,
             expires_at,
         } => {
-            let scope = match app {
-                Some(app) => Scope::per_app_shared(app)?,
-                None => Scope::SystemWide,
+            let scope = match (app, agent) {
+                (Some(app), _) => Scope::per_app_shared(app)?,
+                (None, Some(agent)) => Scope::per_agent(agent)?,
+                (None, None) => Scope::SystemWide,
             };
             let mut new = new_credential(source, scope)?;
+            new.agent_accessible = agent_accessible;
             new.expires_at = expires_at
                 .as_deref()
                 .map(|text| expiry_from_arg(text, Timestamp::now()))
@@ -1089,21 +1404,25 @@ async fn key_counts(store: &dyn Store) -> Result<BTreeMap<String, u64>, Error> {
 }
 
 async fn keys(
-    store: Arc<dyn Store>,
+    vault: &Vault,
     actor: &Principal,
     cmd: KeysCommand,
+    kept: &Arc<CheckpointFile>,
     out: &Output,
 ) -> Result<u8, Error> {
-    if !matches!(actor, Principal::SystemAdmin { .. }) {
-        return Err(Error::PermissionDenied {
-            actor: actor.to_string(),
-            action: "keys".into(),
-            target: "the master keys (only a system_admin manages them)".into(),
-        });
-    }
-    let current = key_wrapper_from_env()?;
+    let store = vault.store().clone();
+    let current = vault.keys().active().clone();
     match cmd {
         KeysCommand::Status => {
+            // Whoever may re-wrap the keys may see how many records each wraps; the policy
+            // decides (a rotation's refusal is audited by the vault, a status is only read).
+            if !allows(actor.role(), Action::Rewrap, Relation::NoScope) {
+                return Err(Error::PermissionDenied {
+                    actor: actor.to_string(),
+                    action: Action::Rewrap.as_str().into(),
+                    target: "the master keys (only a system_admin manages them)".into(),
+                });
+            }
             let counts = key_counts(store.as_ref()).await?;
             if out.json {
                 let doc = serde_json::json!({ "active": current.key_id(), "records": counts });
@@ -1130,6 +1449,8 @@ async fn keys(
             batch_size,
             max_batches,
         } => {
+            // Decided (and a refusal audited) before the new key is opened or created.
+            vault.authorize_unscoped(actor, Action::Rewrap).await?;
             let new = key_from_spec(&to)?;
             let mut ring = strongroom::KeyRing::new(new.clone()).with_retired(current);
             for spec in &retired {
@@ -1185,7 +1506,7 @@ async fn keys(
                 max_batches,
                 progress: Some(progress),
             };
-            let report = ring.rewrap(store.as_ref(), &options).await;
+            let report = vault.rewrap_keys(actor, &ring, options).await;
             bar.finish_and_clear();
             let report = report?;
             // The final check: does anything still name another key?
@@ -1197,6 +1518,14 @@ async fn keys(
                 })
                 .await?;
             let done = left.is_empty();
+            if done && new.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok() {
+                // A checkpoint signed with the new key too, so the chain can be checked
+                // against a current one once the old key is retired.
+                let chain = AuditChain::new(store.clone(), ring.clone());
+                if let Some(cp) = chain.checkpoint().await? {
+                    kept.publish(&cp);
+                }
+            }
             if out.json {
                 let doc = serde_json::json!({
                     "to": new.key_id(), "rewrapped": report.rewrapped, "batches": report.batches,

@@ -15,8 +15,10 @@ use super::yaml::{Node, Style, Value};
 use super::{Manifest, ManifestEntry, Seg};
 use crate::error::{Error, Result};
 use crate::handlers::Fields;
-use crate::model::{CredentialRecord, ScopeKind};
-use crate::vault::{BatchItem, Principal, Released, ResolveContext, Vault};
+use crate::model::ScopeKind;
+use crate::vault::{
+    CredentialInfo, HeldFields, Principal, ResolveContext, ResolveItem, Resolved, Vault,
+};
 
 /// A segment of an inject path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,20 +160,13 @@ fn pointer_mut<'a>(root: &'a mut Json, path: &[String]) -> Option<&'a mut Json> 
     Some(node)
 }
 
-/// Cached fields of a deploy-time reference.
-struct Held {
-    id: crate::model::CredentialId,
-    version: u64,
-    fields: Arc<Fields>,
-}
-
 /// A deployed app: its manifest, the config tree, and the shared-scope credentials resolved
 /// at deploy.
 pub struct Deployment {
     vault: Vault,
     manifest: Arc<Manifest>,
     base: Vec<Json>,
-    held: Mutex<HashMap<usize, Held>>,
+    held: Mutex<HashMap<usize, HeldFields>>,
     dev_fallback: bool,
 }
 
@@ -194,15 +189,16 @@ fn deploy_principal(app: &str) -> Principal {
     }
 }
 
-impl Vault {
-    /// Deploys a compiled app: resolves its `system_wide` and `per_app_shared` references
-    /// once (audited as `credential.inject` by `runtime:APP:*`) and checks each against its
-    /// slot (provider and handler type of the stored credential). Errors name the block,
-    /// slot, ref and scope.
-    pub async fn deploy(&self, manifest: Manifest) -> Result<Deployment> {
+impl Deployment {
+    /// Deploys a compiled app on `vault`: resolves its `system_wide` and `per_app_shared`
+    /// references once (audited as `credential.inject` by `runtime:APP:*`) and checks each
+    /// against its slot (provider and handler type of the stored credential). Errors name
+    /// the block, slot, ref and scope. Uses only the vault's public API
+    /// ([`Vault::resolve_many`]).
+    pub async fn new(vault: &Vault, manifest: Manifest) -> Result<Deployment> {
         let base = manifest.docs.iter().map(to_json).collect();
         let deployment = Deployment {
-            vault: self.clone(),
+            vault: vault.clone(),
             manifest: Arc::new(manifest),
             base,
             held: Mutex::new(HashMap::new()),
@@ -211,9 +207,7 @@ impl Vault {
         deployment.refresh_shared().await?;
         Ok(deployment)
     }
-}
 
-impl Deployment {
     /// Development mode: when a block's credential cannot be resolved, its inline
     /// `{{env.X}}` templates are filled from the environment instead of failing the
     /// session. Off by default; never use it in production.
@@ -252,9 +246,9 @@ impl Deployment {
         for (i, r) in indices.into_iter().zip(released) {
             held.insert(
                 i,
-                Held {
-                    id: r.record.id.clone(),
-                    version: r.record.version,
+                HeldFields {
+                    id: r.info.id.clone(),
+                    version: r.info.version,
                     fields: r.fields,
                 },
             );
@@ -322,62 +316,47 @@ impl Deployment {
         ctx: &ResolveContext,
         indices: &[usize],
         reuse: bool,
-    ) -> Result<Vec<Released>> {
+    ) -> Result<Vec<Resolved>> {
         let entries: Vec<&ManifestEntry> =
             indices.iter().map(|&i| &self.manifest.entries[i]).collect();
-        let items: Vec<BatchItem<'_>> = entries
-            .iter()
-            .map(|e| BatchItem {
-                reference: &e.reference,
-                details: vec![("block", e.block.to_string()), ("slot", e.slot.id.clone())],
-            })
-            .collect();
-        let held = if reuse {
+        let held: Vec<Option<HeldFields>> = if reuse {
             let guard = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            indices
-                .iter()
-                .map(|i| {
-                    guard
-                        .get(i)
-                        .map(|h| (h.id.clone(), h.version, h.fields.clone()))
-                })
-                .collect()
+            indices.iter().map(|i| guard.get(i).cloned()).collect()
         } else {
             vec![None; indices.len()]
         };
-        let reuse_fn = |k: usize, record: &CredentialRecord| -> Option<Arc<Fields>> {
-            match &held[k] {
-                Some((id, version, fields)) if *id == record.id && *version == record.version => {
-                    Some(fields.clone())
-                }
-                _ => None,
-            }
-        };
-        let released = self
+        let items: Vec<ResolveItem<'_>> = entries
+            .iter()
+            .zip(&held)
+            .map(|(e, held)| ResolveItem {
+                reference: &e.reference,
+                details: vec![("block", e.block.to_string()), ("slot", e.slot.id.clone())],
+                held: held.clone(),
+            })
+            .collect();
+        let resolved = self
             .vault
-            .resolve_batch(actor, ctx, "credential.inject", &items, &reuse_fn)
+            .resolve_many(actor, ctx, &items)
             .await
-            .map_err(|(k, e)| entry_error(entries[k], e))?;
-        for (k, r) in released.iter().enumerate() {
-            check_against_slot(entries[k], &r.record).map_err(|e| entry_error(entries[k], e))?;
+            .map_err(|failed| entry_error(entries[failed.index], failed.error))?;
+        for (k, r) in resolved.iter().enumerate() {
+            check_against_slot(entries[k], &r.info).map_err(|e| entry_error(entries[k], e))?;
             // A shared credential that changed since the deploy: keep the new fields.
             if reuse && entries[k].at_deploy() {
-                let changed = held[k]
-                    .as_ref()
-                    .is_none_or(|(_, version, _)| *version != r.record.version);
+                let changed = held[k].as_ref().is_none_or(|h| h.version != r.info.version);
                 if changed {
                     self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
                         indices[k],
-                        Held {
-                            id: r.record.id.clone(),
-                            version: r.record.version,
+                        HeldFields {
+                            id: r.info.id.clone(),
+                            version: r.info.version,
                             fields: r.fields.clone(),
                         },
                     );
                 }
             }
         }
-        Ok(released)
+        Ok(resolved)
     }
 
     async fn inject(&self, user: &str, indices: &[usize]) -> Result<InjectedConfig> {
@@ -471,7 +450,7 @@ fn entry_error(entry: &ManifestEntry, e: Error) -> Error {
 }
 
 /// The stored credential's provider and handler type against the slot.
-fn check_against_slot(entry: &ManifestEntry, record: &CredentialRecord) -> Result<()> {
+fn check_against_slot(entry: &ManifestEntry, record: &CredentialInfo) -> Result<()> {
     let slot = &entry.slot;
     if !slot.providers.is_empty() && !slot.providers.contains(&record.provider) {
         return Err(Error::invalid(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{event, is_stale, put, sample_record, stamps, StoreHandles};
-use crate::audit::{AuditEvent, AuditTarget};
+use crate::audit::{Action, AuditEvent, AuditTarget};
 use crate::error::{Error, ErrorKind};
 use crate::model::{
     LifecycleState, Record, RecordKey, Scope, Timestamp, MAX_RECORD_BODY, MAX_RECORD_SEALED,
@@ -26,7 +26,7 @@ pub fn sample_stored_record(kind: &str, owner: &str, key: &str) -> Record {
     record
 }
 
-fn record_event(action: &str, record: &Record) -> AuditEvent {
+fn record_event(action: Action, record: &Record) -> AuditEvent {
     AuditEvent::new("conformance", action, AuditTarget::none()).detail(
         "record",
         format!("{}/{}/{}", record.kind, record.owner, record.key),
@@ -57,7 +57,7 @@ pub async fn record_round_trip(handles: StoreHandles) {
     second
         .commit(one(
             Mutation::create_record(record.clone()),
-            record_event("record.create", &record),
+            record_event(Action::Create, &record),
         ))
         .await
         .expect("a create-only put of a new record succeeds");
@@ -83,7 +83,7 @@ pub async fn record_round_trip(handles: StoreHandles) {
     first
         .commit(one(
             Mutation::update_record(next.clone()),
-            record_event("record.update", &next),
+            record_event(Action::Update, &next),
         ))
         .await
         .expect("the next version replaces the record");
@@ -96,7 +96,7 @@ pub async fn record_round_trip(handles: StoreHandles) {
     second
         .commit(one(
             Mutation::delete_record(&next),
-            record_event("record.delete", &next),
+            record_event(Action::Delete, &next),
         ))
         .await
         .expect("an if-version delete succeeds");
@@ -117,14 +117,14 @@ pub async fn record_preconditions(store: Arc<dyn Store>) {
     store
         .commit(one(
             Mutation::create_record(record.clone()),
-            record_event("record.create", &record),
+            record_event(Action::Create, &record),
         ))
         .await
         .expect("create");
     let head = store.chain_head().await.expect("head");
     let fails = |mutation: Mutation| {
         let store = store.clone();
-        let event = record_event("record.refused", &record);
+        let event = record_event(Action::Update, &record);
         async move {
             store
                 .commit(one(mutation, event))
@@ -273,7 +273,7 @@ pub async fn record_preconditions(store: Arc<dyn Store>) {
     store
         .commit(one(
             Mutation::create_record(at_limit.clone()),
-            record_event("record.create", &at_limit),
+            record_event(Action::Create, &at_limit),
         ))
         .await
         .expect("a body of exactly 64 KiB as JSON is accepted");
@@ -289,7 +289,7 @@ pub async fn record_preconditions(store: Arc<dyn Store>) {
                 record: next.clone(),
                 precondition: Precondition::None,
             },
-            record_event("record.update", &next),
+            record_event(Action::Update, &next),
         ))
         .await
         .expect("an unconditional put of the next version");
@@ -304,7 +304,7 @@ pub async fn records_atomic_with_credentials(handles: StoreHandles) {
     first
         .commit(one(
             Mutation::create_record(existing.clone()),
-            record_event("record.create", &existing),
+            record_event(Action::Create, &existing),
         ))
         .await
         .expect("create");
@@ -321,7 +321,7 @@ pub async fn records_atomic_with_credentials(handles: StoreHandles) {
                 },
                 Mutation::create_record(existing.clone()),
             ],
-            events: vec![event("credential.create", &credential)],
+            events: vec![event(Action::Create, &credential)],
         })
         .await
         .expect_err("the record's create-only fails the batch");
@@ -344,7 +344,7 @@ pub async fn records_atomic_with_credentials(handles: StoreHandles) {
                     precondition: Precondition::IfVersion(1),
                 },
             ],
-            events: vec![record_event("record.create", &fresh)],
+            events: vec![record_event(Action::Create, &fresh)],
         })
         .await
         .expect_err("the credential's if-version fails the batch");
@@ -372,7 +372,7 @@ pub async fn records_atomic_with_credentials(handles: StoreHandles) {
                 Mutation::update_record(next.clone()),
                 Mutation::create_record(fresh.clone()),
             ],
-            events: vec![event("credential.create", &credential)],
+            events: vec![event(Action::Create, &credential)],
         })
         .await
         .expect("a batch of credential and record mutations");
@@ -420,7 +420,7 @@ pub async fn record_filters(store: Arc<dyn Store>) {
         store
             .commit(Batch {
                 mutations: chunk.iter().cloned().map(Mutation::create_record).collect(),
-                events: vec![record_event("record.create", &chunk[0])],
+                events: vec![record_event(Action::Create, &chunk[0])],
             })
             .await
             .expect("create");
@@ -559,7 +559,7 @@ pub async fn lease_claimers(handles: StoreHandles, claimers: usize) {
                 },
                 first_holder.release(),
             ],
-            events: vec![event("credential.refresh", &refreshed)],
+            events: vec![event(Action::Update, &refreshed)],
         })
         .await
         .expect_err("a holder that lost its lease cannot release it");
@@ -597,7 +597,7 @@ pub async fn lease_claimers(handles: StoreHandles, claimers: usize) {
                 },
                 renewed.lease.release(),
             ],
-            events: vec![event("credential.refresh", &refreshed)],
+            events: vec![event(Action::Update, &refreshed)],
         })
         .await
         .expect("the holder's work lands with the release");
@@ -650,7 +650,7 @@ async fn claim_round(
             let claim = Lease::claim(&key, current.as_ref(), &holder, now, ttl)
                 .expect("claim")
                 .expect("free or expired: claimable");
-            let event = AuditEvent::new(holder.clone(), "lease.claim", AuditTarget::none());
+            let event = AuditEvent::new(holder.clone(), Action::Update, AuditTarget::none());
             match store
                 .commit(Batch {
                     mutations: vec![claim.mutation],
@@ -688,7 +688,7 @@ pub async fn record_only_batches_keep_stamps(handles: StoreHandles) {
     // older than its data and refuse it once; the caller reads again).
     let current_stamp = |store: Arc<dyn Store>| {
         let (scope, id) = (scope.clone(), credential.id.clone());
-        let probe = event("credential.read", &credential);
+        let probe = event(Action::Reveal, &credential);
         async move {
             for _ in 0..super::FRESH_ATTEMPTS {
                 let (_, named) = store
@@ -718,7 +718,7 @@ pub async fn record_only_batches_keep_stamps(handles: StoreHandles) {
             second,
             one(
                 Mutation::create_record(record.clone()),
-                record_event("lease.claim", &record),
+                record_event(Action::Update, &record),
             ),
         ),
         (
@@ -732,7 +732,7 @@ pub async fn record_only_batches_keep_stamps(handles: StoreHandles) {
             second,
             one(
                 Mutation::delete_record(&next),
-                record_event("lease.release", &next),
+                record_event(Action::Delete, &next),
             ),
         ),
     ] {
@@ -744,7 +744,7 @@ pub async fn record_only_batches_keep_stamps(handles: StoreHandles) {
     ] {
         store
             .commit_checked(
-                Batch::events(vec![event("credential.read", &credential)]),
+                Batch::events(vec![event(Action::Reveal, &credential)]),
                 stamp,
             )
             .await
@@ -764,7 +764,7 @@ pub async fn record_only_batches_keep_stamps(handles: StoreHandles) {
     if stamps(stamp_first) {
         let err = first
             .commit_checked(
-                Batch::events(vec![event("credential.read", &credential)]),
+                Batch::events(vec![event(Action::Reveal, &credential)]),
                 stamp_first,
             )
             .await

@@ -10,7 +10,7 @@ use secrecy::SecretBox;
 use super::cache::{cache_key, DekCache};
 use super::envelope::{self, Binding, Sealed};
 use super::{DekCacheConfig, DekCacheStats, KeyWrapper};
-use crate::audit::{AuditEvent, AuditTarget, Outcome};
+use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
 use crate::model::{RecordAad, RecordIdentity};
 use crate::store::{Batch, ListFilter, Mutation, Precondition, Store};
@@ -195,6 +195,10 @@ impl KeyRing {
     /// untouched. Safe to re-run after a crash or an error: it picks up whatever still names
     /// another key. A record updated concurrently is simply re-read on the next pass (its new
     /// version is sealed with the active key already).
+    ///
+    /// The audit rows name `options.actor` as given: this call decides no policy. A host
+    /// that calls it directly authorises that principal itself; `Vault::rewrap_keys` does so
+    /// through the policy table ([`crate::Action::Rewrap`]).
     pub async fn rewrap(&self, store: &dyn Store, options: &RewrapOptions) -> Result<RewrapReport> {
         let batch_size = options.batch_size.max(1);
         let active = self.active.key_id().to_string();
@@ -234,7 +238,7 @@ impl KeyRing {
             }
             let count = mutations.len();
             from_keys.sort();
-            let event = AuditEvent::new(&options.actor, "keys.rewrap", AuditTarget::none())
+            let event = AuditEvent::new(&options.actor, Action::Rewrap, AuditTarget::none())
                 .outcome(Outcome::Success)
                 .detail("records", count.to_string())
                 .detail("from_keys", from_keys.join(","))

@@ -280,6 +280,15 @@ pub fn key_wrapper_from_env() -> Result<Arc<dyn KeyWrapper>> {
     key_wrapper_from_vars(|name| std::env::var(name).ok())
 }
 
+/// [`key_wrapper_from_env`], with the host's HTTP client for a cloud backend (the vault
+/// builder passes the one it was given, so its proxy, TLS roots and timeouts apply to KMS
+/// calls too).
+pub fn key_wrapper_from_env_with(
+    http: Option<Arc<dyn crate::transport::HttpTransport>>,
+) -> Result<Arc<dyn KeyWrapper>> {
+    select(&|name: &str| std::env::var(name).ok(), http)
+}
+
 /// Picks the master-key backend from variables looked up through `var`:
 ///
 /// - `STRONGROOM_KMS` names the backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`,
@@ -289,7 +298,16 @@ pub fn key_wrapper_from_env() -> Result<Arc<dyn KeyWrapper>> {
 ///   it with mode 0600 on first use.
 /// - The cloud backends (features `kms` and `reqwest`) read the variables
 ///   [`crate::crypto::kms::from_vars`] documents.
+/// - A cloud backend uses a `ReqwestTransport` (feature `reqwest`); pass your own client
+///   with [`key_wrapper_from_env_with`].
 pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn KeyWrapper>> {
+    select(&var, None)
+}
+
+fn select(
+    var: &dyn Fn(&str) -> Option<String>,
+    http: Option<Arc<dyn crate::transport::HttpTransport>>,
+) -> Result<Arc<dyn KeyWrapper>> {
     let master = var(ENV_MASTER_KEY)
         .filter(|v| !v.is_empty())
         .map(Zeroizing::new);
@@ -313,23 +331,40 @@ pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc
         }
         "file" => {
             let path = default_home(&var)?.join("master.key");
+            let _ = http;
             Ok(Arc::new(LocalKey::load_or_create_file(&path)?))
         }
-        #[cfg(all(feature = "kms", feature = "reqwest"))]
+        #[cfg(feature = "kms")]
         "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => {
-            let http = Arc::new(crate::transport::ReqwestTransport::new()?);
-            crate::crypto::kms::from_vars(backend, &var, http)
+            let http = match http {
+                Some(http) => http,
+                None => default_transport(backend)?,
+            };
+            crate::crypto::kms::from_vars(backend, var, http)
         }
-        #[cfg(not(all(feature = "kms", feature = "reqwest")))]
+        #[cfg(not(feature = "kms"))]
         "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => Err(Error::config(format!(
-            "{ENV_KMS}={backend} needs strongroom built with the `kms` and `reqwest` features \
-             (or build the key with strongroom::crypto::kms and your own HttpTransport)"
+            "{ENV_KMS}={backend} needs strongroom built with the `kms` feature"
         ))),
         other => Err(Error::config(format!(
             "{ENV_KMS}=`{other}` is not a known backend; use one of env, file, aws_kms, gcp_kms, \
              azure_kv, vault"
         ))),
     }
+}
+
+/// The HTTP client a cloud key uses when the host gave none.
+#[cfg(all(feature = "kms", feature = "reqwest"))]
+fn default_transport(_backend: &str) -> Result<Arc<dyn crate::transport::HttpTransport>> {
+    Ok(Arc::new(crate::transport::ReqwestTransport::new()?))
+}
+
+#[cfg(all(feature = "kms", not(feature = "reqwest")))]
+fn default_transport(backend: &str) -> Result<Arc<dyn crate::transport::HttpTransport>> {
+    Err(Error::config(format!(
+        "{ENV_KMS}={backend} needs an HTTP client: give the vault one with VaultBuilder::http \
+         (or build strongroom with the `reqwest` feature)"
+    )))
 }
 
 /// `$STRONGROOM_HOME`, or `~/.strongroom`, from the process environment.
@@ -348,5 +383,51 @@ pub(crate) fn default_home(var: &impl Fn(&str) -> Option<String>) -> Result<Path
             "neither {ENV_HOME} nor HOME is set, so there is no place for master.key; set \
              {ENV_HOME}"
         ))),
+    }
+}
+
+#[cfg(all(test, feature = "kms"))]
+mod transport_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::select;
+    use crate::crypto::DataKey;
+    use crate::transport::{Bytes, HttpTransport};
+
+    /// Counts requests and answers none (nothing leaves the process).
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl HttpTransport for Counting {
+        async fn send(&self, _: http::Request<Bytes>) -> crate::Result<http::Response<Bytes>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(crate::Error::transport("127.0.0.1", "refused by the test"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cloud_key_uses_the_transport_it_is_given() {
+        let http = Arc::new(Counting::default());
+        let var = |name: &str| -> Option<String> {
+            match name {
+                "STRONGROOM_KMS" => Some("vault".into()),
+                "VAULT_ADDR" => Some("http://127.0.0.1:9".into()),
+                "STRONGROOM_VAULT_TRANSIT_KEY" => Some("strongroom".into()),
+                "VAULT_TOKEN" => Some("t".into()),
+                _ => None,
+            }
+        };
+        let key = select(&var, Some(http.clone())).expect("a transit key");
+        let dek = DataKey::from_bytes([7u8; 32]);
+        let err = key.wrap(&dek, b"aad").await.expect_err("refused");
+        assert!(err.to_string().contains("refused by the test"), "{err}");
+        assert!(
+            http.0.load(Ordering::SeqCst) >= 1,
+            "the host's client was used"
+        );
     }
 }

@@ -19,8 +19,8 @@ mod local;
 pub use cache::{DekCacheConfig, DekCacheStats};
 pub use keyring::{KeyRing, RewrapOptions, RewrapProgress, RewrapReport};
 pub use local::{
-    default_home_from_env, key_wrapper_from_env, key_wrapper_from_vars, LocalKey, ENV_HOME,
-    ENV_KMS, ENV_MASTER_KEY,
+    default_home_from_env, key_wrapper_from_env, key_wrapper_from_env_with, key_wrapper_from_vars,
+    LocalKey, ENV_HOME, ENV_KMS, ENV_MASTER_KEY,
 };
 
 /// A 256-bit symmetric key (a data key, or a key derived from the master key). Wiped on drop;

@@ -12,7 +12,7 @@ use super::rules::{
 use super::{
     stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, Store,
 };
-use crate::audit::{AuditRecord, ChainHead};
+use crate::audit::encoding::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope, ScopeKind};
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditDigest, AuditEvent, AuditRecord, ChainHead};
-use crate::error::Result;
+use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
+use crate::audit::event::AuditEvent;
+use crate::error::{Error, Result};
 use crate::model::{
     CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
     Timestamp,
@@ -569,6 +570,47 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// [`Store::audit_range`] and hashes them; a store may override it with a faster path
     /// that hashes rows straight from storage (it must agree with the provided one).
     async fn audit_digests(&self, from: u64, limit: usize) -> Result<Vec<AuditDigest>> {
-        crate::audit::digests_from_records(self, from, limit).await
+        digests_from_records(self, from, limit).await
+    }
+}
+
+/// The default [`Store::audit_digests`]: reads rows with [`Store::audit_range`] and hashes
+/// them. A row the store cannot decode ends the page as an undecodable digest.
+pub async fn digests_from_records<S: Store + ?Sized>(
+    store: &S,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<AuditDigest>> {
+    match store.audit_range(from, limit).await {
+        Ok(rows) => Ok(rows.iter().map(AuditDigest::of).collect()),
+        Err(Error::CorruptAuditRow { seq, reason }) if seq >= from => {
+            // Read the good rows before it. Rows may be missing below `seq`, so their count
+            // is unknown: find the largest limit that stops short of the bad row.
+            let (mut lo, mut hi) = (0usize, ((seq - from) as usize).min(limit));
+            let mut best = Vec::new();
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                match store.audit_range(from, mid).await {
+                    Ok(rows) => {
+                        best = rows;
+                        lo = mid;
+                    }
+                    Err(Error::CorruptAuditRow { .. }) => hi = mid - 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            if best.len() != lo {
+                best = store.audit_range(from, lo).await?;
+            }
+            let mut out: Vec<AuditDigest> = best.iter().map(AuditDigest::of).collect();
+            out.push(AuditDigest {
+                seq,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+                computed: Err(reason),
+            });
+            Ok(out)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -25,7 +25,8 @@ use super::{
     stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, SqlValue,
     Store,
 };
-use crate::audit::{AuditEvent, AuditRecord, AuditTarget, ChainHead, Outcome};
+use crate::audit::encoding::{AuditRecord, ChainHead};
+use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
     CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
@@ -605,7 +606,7 @@ impl AuditColumns {
         self.seq.push(record.seq as i64);
         self.time.push(record.event.time.0);
         self.actor.push(record.event.actor.clone());
-        self.action.push(record.event.action.clone());
+        self.action.push(record.event.action.as_str().to_string());
         self.credential_id.push(credential_id);
         self.scope_kind.push(scope_kind);
         self.owner.push(owner);
@@ -1106,6 +1107,7 @@ fn decode_audit(row: &Row) -> Result<AuditRecord> {
         };
         let target = AuditTarget::from_columns(&text(4)?, &text(5)?, &text(6)?)
             .map_err(|e| format!("bad target: {e}"))?;
+        let action = Action::parse(&text(3)?).map_err(|e| e.to_string())?;
         let outcome = Outcome::parse(&text(7)?).map_err(|e| e.to_string())?;
         let details: BTreeMap<String, String> = serde_json::from_str(&text(8)?)
             .map_err(|e| format!("details are not a JSON object of strings: {e}"))?;
@@ -1120,7 +1122,7 @@ fn decode_audit(row: &Row) -> Result<AuditRecord> {
             event: AuditEvent {
                 time: Timestamp(row.try_get(1).map_err(|e| e.to_string())?),
                 actor: text(2)?,
-                action: text(3)?,
+                action,
                 target,
                 outcome,
                 details,

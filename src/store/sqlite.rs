@@ -20,9 +20,8 @@ use super::{
     split_old_expiry, stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp,
     RecordFilter, SqlValue, Store,
 };
-use crate::audit::{
-    AuditDigest, AuditEvent, AuditRecord, AuditTarget, CanonicalRow, ChainHead, Outcome,
-};
+use crate::audit::encoding::{AuditDigest, AuditRecord, CanonicalRow, ChainHead};
+use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{
     CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
@@ -766,7 +765,7 @@ fn apply_batch(
                     record.seq as i64,
                     record.event.time.0,
                     record.event.actor,
-                    record.event.action,
+                    record.event.action.as_str(),
                     credential_id,
                     scope_kind,
                     owner,
@@ -1141,6 +1140,8 @@ fn digest_row(row: &rusqlite::Row<'_>) -> AuditDigest {
         );
         AuditTarget::check_columns(credential_id, scope_kind, owner)
             .map_err(|e| format!("bad target: {e}"))?;
+        let action = c.str(3, "action")?;
+        Action::parse(action).map_err(|e| e.to_string())?;
         let outcome = c.str(7, "outcome")?;
         Outcome::parse(outcome).map_err(|e| e.to_string())?;
         let details_text = c.str(8, "details")?;
@@ -1165,7 +1166,7 @@ fn digest_row(row: &rusqlite::Row<'_>) -> AuditDigest {
             seq,
             time: c.int(1, "time")?,
             actor: c.str(2, "actor")?,
-            action: c.str(3, "action")?,
+            action,
             credential_id,
             scope_kind,
             owner,
@@ -1195,6 +1196,7 @@ fn decode_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>
             &c.text(6, "owner")?,
         )
         .map_err(|e| format!("bad target: {e}"))?;
+        let action = Action::parse(&c.text(3, "action")?).map_err(|e| e.to_string())?;
         let outcome = Outcome::parse(&c.text(7, "outcome")?).map_err(|e| e.to_string())?;
         let details: BTreeMap<String, String> = serde_json::from_str(&c.text(8, "details")?)
             .map_err(|e| format!("details are not a JSON object of strings: {e}"))?;
@@ -1203,7 +1205,7 @@ fn decode_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditRecord>
             event: AuditEvent {
                 time: Timestamp(c.int(1, "time")?),
                 actor: c.text(2, "actor")?,
-                action: c.text(3, "action")?,
+                action,
                 target,
                 outcome,
                 details,

@@ -10,9 +10,12 @@ use std::sync::{Arc, RwLock};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditChain, AuditEvent, AuditTarget, Outcome, VerifyReport};
+use crate::audit::{
+    AuditChain, AuditEvent, AuditTarget, Checkpoint, CheckpointSink, Outcome, VerifyReport,
+    CHECKPOINT_KEY_PURPOSE,
+};
 use crate::catalog::{Catalog, CatalogProblem, Provider};
-use crate::crypto::{key_wrapper_from_env, KeyRing, KeyWrapper, LocalKey};
+use crate::crypto::{KeyRing, KeyWrapper, LocalKey};
 use crate::error::{Error, Result};
 use crate::handlers::{CredentialHandler, HandlerRegistry};
 use crate::model::{
@@ -20,16 +23,18 @@ use crate::model::{
     ScopeKind, Timestamp,
 };
 use crate::store::{
-    stale_read, Batch, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp, Store,
+    stale_read, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp,
+    Store,
 };
 use crate::transport::HttpTransport;
 
 mod batch;
+mod keys;
 pub mod policy;
 mod unseal;
 mod verify;
 
-pub(crate) use batch::{BatchItem, Released};
+pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use verify::{Verification, VerifyResult};
 
 pub use policy::{Action, Principal, Relation, Role};
@@ -258,6 +263,7 @@ pub struct VaultBuilder {
     providers_dir: Option<PathBuf>,
     http: Option<Arc<dyn HttpTransport>>,
     dek_cache: Option<Option<crate::crypto::DekCacheConfig>>,
+    checkpoints: Option<(Arc<dyn CheckpointSink>, u64)>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -315,6 +321,17 @@ impl VaultBuilder {
         self
     }
 
+    /// Hands a checkpoint of the audit chain to `sink` each time the vault's commits have
+    /// grown the chain by `every_n_rows` rows (1: after every commit), so that a host that
+    /// keeps them out of the database writers' reach can later catch a cut tail or a
+    /// rewrite ([`Vault::verify_audit_with`]). Checkpoints are authenticated with a key
+    /// derived from the master key, so `build` fails with a configuration error for a
+    /// master key that cannot derive keys (the cloud KMS backends today).
+    pub fn checkpoints(mut self, sink: Arc<dyn CheckpointSink>, every_n_rows: u64) -> Self {
+        self.checkpoints = Some((sink, every_n_rows));
+        self
+    }
+
     /// The HTTP client for live verification (and, later, OAuth and cloud KMS calls).
     pub fn http(mut self, transport: Arc<dyn HttpTransport>) -> Self {
         self.http = Some(transport);
@@ -325,7 +342,7 @@ impl VaultBuilder {
     pub async fn build(self) -> Result<Vault> {
         let key = match self.key {
             Some(key) => key,
-            None => key_wrapper_from_env()?,
+            None => crate::crypto::key_wrapper_from_env_with(self.http.clone())?,
         };
         let store = match self.store {
             Some(store) => store,
@@ -351,9 +368,23 @@ impl VaultBuilder {
         for problem in catalog.problems() {
             tracing::warn!(%problem, "provider file skipped");
         }
+        let mut audit = AuditChain::new(store.clone(), keys.clone());
+        if let Some((sink, every)) = self.checkpoints {
+            let active = keys.active();
+            if let Err(e) = active.derive_key(CHECKPOINT_KEY_PURPOSE).await {
+                return Err(Error::config(format!(
+                    "audit checkpoints need a master key that can derive keys, and the {} key \
+                     `{}` cannot ({e}); use a local master key (STRONGROOM_KMS=env or file), \
+                     or build the vault without VaultBuilder::checkpoints",
+                    active.backend_id().name(),
+                    active.key_id()
+                )));
+            }
+            audit = audit.with_sink(sink, every);
+        }
         Ok(Vault {
             inner: Arc::new(Inner {
-                audit: AuditChain::new(store.clone(), keys.clone()),
+                audit,
                 store,
                 keys,
                 handlers,
@@ -645,19 +676,39 @@ impl Vault {
     }
 
     fn event(actor: &Principal, action: Action, target: AuditTarget) -> AuditEvent {
-        AuditEvent::new(actor.to_string(), action.audit_name(), target)
+        AuditEvent::new(actor.to_string(), action, target)
+    }
+
+    /// Commits `batch` — checked against `stamp` (see [`Store::commit_checked`]) unless it
+    /// is [`ReadStamp::UNCHECKED`] — and hands the receipt to the audit chain, which makes
+    /// a checkpoint when one is due. Every commit the vault makes goes through here.
+    async fn commit(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
+        let store = &self.inner.store;
+        let receipt = if stamp == ReadStamp::UNCHECKED {
+            store.commit(batch).await?
+        } else {
+            store.commit_checked(batch, stamp).await?
+        };
+        self.checkpoint_after(&receipt).await;
+        Ok(receipt)
+    }
+
+    /// Gives the audit chain a commit's receipt. A checkpoint that cannot be made is
+    /// logged, not returned: the batch is durable already, and an error would invite the
+    /// caller to repeat a change that was made.
+    async fn checkpoint_after(&self, receipt: &CommitReceipt) {
+        if let Err(e) = self.inner.audit.after_commit(receipt).await {
+            tracing::warn!(error = %e, "audit checkpoint not made");
+        }
     }
 
     /// Commits one mutation with the audit event that records it.
     async fn commit_one(&self, mutation: Mutation, event: AuditEvent) -> Result<()> {
-        self.inner
-            .store
-            .commit(Batch {
-                mutations: vec![mutation],
-                events: vec![event],
-            })
-            .await
-            .map(drop)
+        let batch = Batch {
+            mutations: vec![mutation],
+            events: vec![event],
+        };
+        self.commit(batch, ReadStamp::UNCHECKED).await.map(drop)
     }
 
     /// Seals `plain` into `record` for its current identity (version), with a fresh data key.
@@ -683,10 +734,11 @@ impl Vault {
             return Ok(());
         }
         let event = Vault::event(actor, action, target).outcome(Outcome::Denied);
-        self.inner.store.commit(Batch::events(vec![event])).await?;
+        self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+            .await?;
         Err(Error::PermissionDenied {
             actor: actor.to_string(),
-            action: action.audit_name().to_string(),
+            action: action.as_str().to_string(),
             target: what.to_string(),
         })
     }
@@ -971,7 +1023,7 @@ impl Vault {
         if let Some((k, v)) = detail {
             event = event.detail(k, v);
         }
-        let fields = self.release_one(record, event, stamp).await?;
+        let fields = self.release_one(actor, record, event, stamp).await?;
         let names = fields.keys().cloned().collect();
         Ok(RevealedCredential {
             info: info(record, names),
@@ -1006,14 +1058,55 @@ impl Vault {
     ) -> Result<RevealedCredential> {
         self.check_context(actor, ctx).await?;
         let scope = ctx.scope_for(reference.scope)?;
-        let relation = Relation::of(actor, Some(&scope));
+        self.resolve_in(actor, reference, &scope, Some(("app", ctx.app.clone())))
+            .await
+    }
+
+    /// An agent's own per-agent secret, by name: for an [`Principal::Agent`] only, and only
+    /// a credential marked agent-accessible (anything else reaches an agent through the
+    /// audited credentials path). The same checks and audit as [`Vault::resolve`].
+    pub async fn agent_secret(&self, actor: &Principal, name: &str) -> Result<RevealedCredential> {
+        actor.validate()?;
+        let Some(agent) = actor.agent() else {
+            self.authorize(
+                actor,
+                Action::Resolve,
+                None,
+                AuditTarget::none(),
+                "agent secrets (for agent principals only)",
+            )
+            .await?;
+            // No role may resolve outside a scope, so the line above has returned the
+            // audited denial; should the table ever change, agents only all the same.
+            return Err(Error::PermissionDenied {
+                actor: actor.to_string(),
+                action: Action::Resolve.as_str().into(),
+                target: "agent secrets (for agent principals only)".into(),
+            });
+        };
+        let scope = Scope::per_agent(agent)?;
+        let reference = CredentialRef::explicit(name, ScopeKind::PerAgent, None);
+        self.resolve_in(actor, &reference, &scope, None).await
+    }
+
+    /// A resolve of `reference` in `scope`, once the context is settled: the policy (a
+    /// denial audited), then lookups and the release, started over while what was read
+    /// changes under it.
+    async fn resolve_in(
+        &self,
+        actor: &Principal,
+        reference: &CredentialRef,
+        scope: &Scope,
+        detail: Option<(&str, String)>,
+    ) -> Result<RevealedCredential> {
+        let relation = Relation::of(actor, Some(scope));
         if !policy::allows(actor.role(), Action::Resolve, relation) {
             let what = format!("credential `{}` ({scope})", reference.name);
             self.authorize(
                 actor,
                 Action::Resolve,
-                Some(&scope),
-                AuditTarget::scope(&scope),
+                Some(scope),
+                AuditTarget::scope(scope),
                 &what,
             )
             .await?;
@@ -1023,33 +1116,19 @@ impl Vault {
         // is never given on a cached read alone: it sends the resolve round again.
         let mut attempts = 0;
         loop {
-            match self
-                .resolve_once(actor, reference, ctx, &scope, attempts > 0)
-                .await
-            {
+            let fresh = attempts > 0;
+            let attempt = async {
+                let (record, stamp) = self
+                    .lookup(actor, Action::Resolve, reference, scope, fresh)
+                    .await?;
+                self.release_revealed(actor, Action::Resolve, &record, detail.clone(), stamp)
+                    .await
+            };
+            match attempt.await {
                 Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
                 other => return other,
             }
         }
-    }
-
-    async fn resolve_once(
-        &self,
-        actor: &Principal,
-        reference: &CredentialRef,
-        ctx: &ResolveContext,
-        scope: &Scope,
-        fresh: bool,
-    ) -> Result<RevealedCredential> {
-        let (record, stamp) = self.lookup(actor, reference, scope, fresh).await?;
-        self.release_revealed(
-            actor,
-            Action::Resolve,
-            &record,
-            Some(("app", ctx.app.clone())),
-            stamp,
-        )
-        .await
     }
 
     /// Refuses (and audits) a resolve whose context is not the principal's own app and user.
@@ -1073,10 +1152,11 @@ impl Vault {
         if let Some(user) = actor.user() {
             event = event.detail("user", user);
         }
-        self.inner.store.commit(Batch::events(vec![event])).await?;
+        self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+            .await?;
         Err(Error::PermissionDenied {
             actor: actor.to_string(),
-            action: Action::Resolve.audit_name().into(),
+            action: Action::Resolve.as_str().into(),
             target: format!(
                 "credentials of app `{}`, user `{}`: a principal resolves only for its own app \
                  and user (pass ResolveContext::of(principal))",
@@ -1087,18 +1167,24 @@ impl Vault {
     }
 
     /// The checks of a resolve (scope-strict lookup, provider, grant, state) without the
-    /// release: the record and the stamp of what was read. A missing grant is audited here.
+    /// release: the record and the stamp of what was read. A missing grant is audited here,
+    /// as a denied `action` (a resolve or an injection).
     /// On a cached read (`fresh` false), errors that write no audit row come back as stale
     /// reads, so the caller confirms them with fresh reads.
     pub(crate) async fn lookup(
         &self,
         actor: &Principal,
+        action: Action,
         reference: &CredentialRef,
         scope: &Scope,
         fresh: bool,
     ) -> Result<(Arc<CredentialRecord>, ReadStamp)> {
         let store = &self.inner.store;
+        // A fresh read decides from exact reads, stamped by a stamped read taken just
+        // before: the checked commit then lands only if nothing changed since that stamp,
+        // so nothing changed between the exact read and the commit either.
         let (found, mut stamp) = if fresh {
+            let (_, before) = store.find_named(scope, &reference.name).await?;
             let found = store
                 .list(&ListFilter {
                     scope: Some(scope.clone()),
@@ -1107,7 +1193,7 @@ impl Vault {
                     ..ListFilter::default()
                 })
                 .await?;
-            (found.into_iter().next().map(Arc::new), ReadStamp::UNCHECKED)
+            (found.into_iter().next().map(Arc::new), before)
         } else {
             store.find_named(scope, &reference.name).await?
         };
@@ -1136,7 +1222,8 @@ impl Vault {
         }
         if matches!(record.scope, Scope::PerUser { .. }) {
             let (grants, grants_stamp) = if fresh {
-                (store.grants(&record.id).await?, ReadStamp::UNCHECKED)
+                let (_, before) = store.grants_stamped(&record.id).await?;
+                (store.grants(&record.id).await?, before)
             } else {
                 store.grants_stamped(&record.id).await?
             };
@@ -1147,18 +1234,15 @@ impl Vault {
             if !grants.iter().any(|g| g.app == app && g.is_active()) {
                 let event = Vault::event(
                     actor,
-                    Action::Resolve,
+                    action,
                     AuditTarget::credential(&record.id, &record.scope),
                 )
                 .outcome(Outcome::Denied)
                 .detail("reason", "no grant");
-                self.inner
-                    .store
-                    .commit_checked(Batch::events(vec![event]), stamp)
-                    .await?;
+                self.commit(Batch::events(vec![event]), stamp).await?;
                 return Err(Error::PermissionDenied {
                     actor: actor.to_string(),
-                    action: Action::Resolve.audit_name().into(),
+                    action: action.as_str().into(),
                     target: format!(
                         "{}: app `{}` holds no grant (the user adds one with grant-add)",
                         record.describe(),
@@ -1209,10 +1293,11 @@ impl Vault {
             .outcome(Outcome::Denied)
             .detail("reason", "disabled by an admin")
             .detail("disabled_by", disabled_by.clone().unwrap_or_default());
-            self.inner.store.commit(Batch::events(vec![event])).await?;
+            self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                .await?;
             return Err(Error::PermissionDenied {
                 actor: actor.to_string(),
-                action: Action::SetState.audit_name().into(),
+                action: Action::SetState.as_str().into(),
                 target: format!(
                     "{}: it was disabled by {}; only an admin may lift that (set_state to filled)",
                     record.describe(),
@@ -1352,7 +1437,8 @@ impl Vault {
                 "already_revoked_by",
                 grant.revoked_by.clone().unwrap_or_default(),
             );
-            self.inner.store.commit(Batch::events(vec![event])).await?;
+            self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                .await?;
             return Ok(());
         } else {
             grant.revoked_at = Some(Timestamp::now());
@@ -1363,7 +1449,26 @@ impl Vault {
         Ok(())
     }
 
-    /// Verifies the audit chain (system admins and viewers).
+    /// Verifies the audit chain (system admins and viewers) against a checkpoint the host
+    /// kept (the newest one, from the sink given to [`VaultBuilder::checkpoints`]): besides
+    /// what [`Vault::verify_audit`] finds, rows cut from the tail up to the checkpoint, an
+    /// emptied chain, and rows rewritten with their hashes recomputed are reported, and a
+    /// forged checkpoint too. The checkpoint's master key must be in the key ring (active
+    /// or retired).
+    pub async fn verify_audit_with(
+        &self,
+        actor: &Principal,
+        checkpoint: &Checkpoint,
+    ) -> Result<VerifyReport> {
+        self.authorize_unscoped(actor, Action::AuditVerify).await?;
+        self.inner
+            .audit
+            .verify_against(std::slice::from_ref(checkpoint))
+            .await
+    }
+
+    /// Verifies the audit chain (system admins and viewers). The chain alone cannot show a
+    /// cut tail or a rewrite with recomputed hashes: [`Vault::verify_audit_with`] can.
     pub async fn verify_audit(&self, actor: &Principal) -> Result<VerifyReport> {
         self.authorize(
             actor,
@@ -1374,5 +1479,46 @@ impl Vault {
         )
         .await?;
         self.inner.audit.verify().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every commit the vault makes must go through `Vault::commit`, which feeds the audit
+    /// chain its receipt (checkpoints): a direct call of the store's `commit` in the vault
+    /// or the config injector fails this test.
+    #[test]
+    fn every_vault_commit_goes_through_the_one_helper() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut checked = 0;
+        for dir in ["vault", "config"] {
+            for entry in std::fs::read_dir(src.join(dir)).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("read file");
+                // The code, not its tests (this one names what it looks for).
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+                for needle in [
+                    ".store.commit(",
+                    ".store.commit_checked(",
+                    "store().commit(",
+                    "store().commit_checked(",
+                ] {
+                    assert!(
+                        !flat.contains(needle),
+                        "{} calls `{needle}`: commit through Vault::commit so the audit chain \
+                         sees the receipt",
+                        path.display()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 8, "found the sources");
     }
 }

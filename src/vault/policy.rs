@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+pub use crate::audit::Action;
 use crate::error::{Error, Result};
 use crate::model::{validate_owner_id, Scope, DEPLOY_USER};
 
@@ -43,6 +44,19 @@ pub enum Principal {
         /// The user whose session it serves.
         user: String,
     },
+    /// An agent reading its own per-agent secrets: only those marked agent-accessible are
+    /// ever released to it; everything else reaches it through the audited credentials
+    /// path.
+    Agent {
+        /// The agent's id.
+        id: String,
+    },
+    /// The vault's own background work (an OAuth refresher, token rotation): keeps
+    /// credentials current without being any of their owners.
+    Service {
+        /// The service's id (`oauth-refresher`, …).
+        id: String,
+    },
 }
 
 impl Principal {
@@ -54,6 +68,16 @@ impl Principal {
             Principal::AppUser { .. } => Role::AppUser,
             Principal::Viewer { .. } => Role::Viewer,
             Principal::AppRuntime { .. } => Role::AppRuntime,
+            Principal::Agent { .. } => Role::Agent,
+            Principal::Service { .. } => Role::Service,
+        }
+    }
+
+    /// The agent whose own per-agent credentials the principal acts on, if any.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Principal::Agent { id } => Some(id),
+            _ => None,
         }
     }
 
@@ -76,8 +100,9 @@ impl Principal {
         }
     }
 
-    /// Parses `system_admin:ID`, `app_admin:APP:ID`, `app_user:APP:ID`, `viewer:ID` or
-    /// `runtime:APP:USER` (the CLI's `--as` and `STRONGROOM_ACTOR`).
+    /// Parses `system_admin:ID`, `app_admin:APP:ID`, `app_user:APP:ID`, `viewer:ID`,
+    /// `runtime:APP:USER`, `agent:ID` or `service:ID` (the CLI's `--as` and
+    /// `STRONGROOM_ACTOR`).
     pub fn parse(text: &str) -> Result<Principal> {
         let parts: Vec<&str> = text.split(':').collect();
         let p = match parts.as_slice() {
@@ -95,12 +120,14 @@ impl Principal {
                 app: app.to_string(),
                 user: user.to_string(),
             },
+            ["agent", id] => Principal::Agent { id: id.to_string() },
+            ["service", id] => Principal::Service { id: id.to_string() },
             _ => {
                 return Err(Error::invalid(
                     "principal",
                     format!(
                         "`{text}` is not a principal; write system_admin:ID, app_admin:APP:ID, \
-                         app_user:APP:ID, viewer:ID or runtime:APP:USER"
+                         app_user:APP:ID, viewer:ID, runtime:APP:USER, agent:ID or service:ID"
                     ),
                 ))
             }
@@ -115,9 +142,10 @@ impl Principal {
     /// variants can be built directly, so the vault checks every principal it is given.
     pub fn validate(&self) -> Result<()> {
         match self {
-            Principal::SystemAdmin { id } | Principal::Viewer { id } => {
-                validate_owner_id("principal id", id)
-            }
+            Principal::SystemAdmin { id }
+            | Principal::Viewer { id }
+            | Principal::Agent { id }
+            | Principal::Service { id } => validate_owner_id("principal id", id),
             Principal::AppAdmin { id, app } | Principal::AppUser { id, app } => {
                 validate_owner_id("principal app", app)?;
                 validate_owner_id("principal id", id)
@@ -141,6 +169,8 @@ impl fmt::Display for Principal {
             Principal::AppUser { id, app } => write!(f, "app_user:{app}:{id}"),
             Principal::Viewer { id } => write!(f, "viewer:{id}"),
             Principal::AppRuntime { app, user } => write!(f, "runtime:{app}:{user}"),
+            Principal::Agent { id } => write!(f, "agent:{id}"),
+            Principal::Service { id } => write!(f, "service:{id}"),
         }
     }
 }
@@ -159,79 +189,23 @@ pub enum Role {
     Viewer,
     /// [`Principal::AppRuntime`]
     AppRuntime,
+    /// [`Principal::Agent`]
+    Agent,
+    /// [`Principal::Service`]
+    Service,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 7] = [
         Role::SystemAdmin,
         Role::AppAdmin,
         Role::AppUser,
         Role::Viewer,
         Role::AppRuntime,
+        Role::Agent,
+        Role::Service,
     ];
-}
-
-/// Something a principal asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Action {
-    /// Create a credential.
-    Create,
-    /// Update its fields or metadata.
-    Update,
-    /// Delete it.
-    Delete,
-    /// See its metadata (never secret values); listing shows only these.
-    ReadMetadata,
-    /// See its secret values (a person, through `reveal`).
-    Reveal,
-    /// Get its secret values for injection (an app runtime, through `resolve`).
-    Resolve,
-    /// Move it through its lifecycle.
-    SetState,
-    /// List the apps granted a per-user credential.
-    GrantList,
-    /// Grant an app a per-user credential.
-    GrantAdd,
-    /// Revoke a grant.
-    GrantRevoke,
-    /// Verify the audit chain.
-    AuditVerify,
-}
-
-impl Action {
-    /// Every action.
-    pub const ALL: [Action; 11] = [
-        Action::Create,
-        Action::Update,
-        Action::Delete,
-        Action::ReadMetadata,
-        Action::Reveal,
-        Action::Resolve,
-        Action::SetState,
-        Action::GrantList,
-        Action::GrantAdd,
-        Action::GrantRevoke,
-        Action::AuditVerify,
-    ];
-
-    /// The audit action name (`credential.create`, …).
-    pub fn audit_name(self) -> &'static str {
-        match self {
-            Action::Create => "credential.create",
-            Action::Update => "credential.update",
-            Action::Delete => "credential.delete",
-            Action::ReadMetadata => "credential.read_metadata",
-            Action::Reveal => "credential.reveal",
-            Action::Resolve => "credential.resolve",
-            Action::SetState => "credential.set_state",
-            Action::GrantList => "grant.list",
-            Action::GrantAdd => "grant.add",
-            Action::GrantRevoke => "grant.revoke",
-            Action::AuditVerify => "audit.verify",
-        }
-    }
 }
 
 /// How a credential's scope stands to the acting principal.
@@ -256,15 +230,17 @@ pub enum Relation {
     OtherUserOwnApp,
     /// `per_app_per_user` of another user in another app.
     OtherUserOtherApp,
-    /// `per_agent`.
+    /// `per_agent` of another agent (or the principal is no agent).
     Agent,
-    /// Not about a credential (audit verification).
+    /// `per_agent` of the principal's own agent.
+    OwnAgent,
+    /// Not about a credential (audit verification, key re-wrapping).
     NoScope,
 }
 
 impl Relation {
     /// Every relation.
-    pub const ALL: [Relation; 11] = [
+    pub const ALL: [Relation; 12] = [
         Relation::SystemWide,
         Relation::OwnAppShared,
         Relation::OtherAppShared,
@@ -275,6 +251,7 @@ impl Relation {
         Relation::OtherUserOwnApp,
         Relation::OtherUserOtherApp,
         Relation::Agent,
+        Relation::OwnAgent,
         Relation::NoScope,
     ];
 
@@ -295,6 +272,9 @@ impl Relation {
                 (false, true) => Relation::OtherUserOwnApp,
                 (false, false) => Relation::OtherUserOtherApp,
             },
+            Some(Scope::PerAgent { agent }) if principal.agent() == Some(agent) => {
+                Relation::OwnAgent
+            }
             Some(Scope::PerAgent { .. }) => Relation::Agent,
         }
     }
@@ -310,6 +290,7 @@ const MANAGE: &[Action] = &[
     A::ReadMetadata,
     A::Reveal,
     A::SetState,
+    A::Verify,
 ];
 const CREDENTIAL_SCOPES: &[Relation] = &[
     R::SystemWide,
@@ -322,6 +303,7 @@ const CREDENTIAL_SCOPES: &[Relation] = &[
     R::OtherUserOwnApp,
     R::OtherUserOtherApp,
     R::Agent,
+    R::OwnAgent,
 ];
 
 /// The policy: each row allows a role these actions on credentials in these relations.
@@ -334,19 +316,26 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         &[R::SystemWide, R::OtherAppShared, R::Agent],
     ),
     // …and can see, disable and remove users' credentials and cut their grants, but never
-    // read them.
+    // read them (a live check sends a user's secret to the bundled provider's endpoint
+    // only, never to an override: see `Vault::test_live_connection`).
     (
         Role::SystemAdmin,
         &[
             A::ReadMetadata,
             A::Delete,
             A::SetState,
+            A::Verify,
             A::GrantList,
             A::GrantRevoke,
         ],
         &[R::OtherUser, R::OtherUserOtherApp],
     ),
-    (Role::SystemAdmin, &[A::AuditVerify], &[R::NoScope]),
+    // They verify the audit chain and manage the master keys.
+    (
+        Role::SystemAdmin,
+        &[A::AuditVerify, A::Rewrap],
+        &[R::NoScope],
+    ),
     // App admins manage their app's shared credentials; they may see that system-wide ones
     // and their users' app credentials exist, not read them.
     (Role::AppAdmin, MANAGE, &[R::OwnAppShared]),
@@ -365,6 +354,7 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
             A::ReadMetadata,
             A::Reveal,
             A::SetState,
+            A::Verify,
             A::GrantList,
             A::GrantAdd,
             A::GrantRevoke,
@@ -380,11 +370,23 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // Viewers see metadata of everything and may verify the audit chain.
     (Role::Viewer, &[A::ReadMetadata], CREDENTIAL_SCOPES),
     (Role::Viewer, &[A::AuditVerify], &[R::NoScope]),
-    // An app runtime resolves what its app and its session's user may use.
+    // An app runtime resolves (and injects into its config) what its app and its session's
+    // user may use.
     (
         Role::AppRuntime,
-        &[A::Resolve],
+        &[A::Resolve, A::Inject],
         &[R::SystemWide, R::OwnAppShared, R::OwnUser, R::OwnUserOwnApp],
+    ),
+    // An agent sees and resolves its own per-agent credentials (the vault releases only
+    // those marked agent-accessible).
+    (Role::Agent, &[A::ReadMetadata, A::Resolve], &[R::OwnAgent]),
+    // The vault's background work keeps every credential current (new fields, state, a
+    // live check against the bundled endpoint), without reading secrets through reveal or
+    // resolve.
+    (
+        Role::Service,
+        &[A::ReadMetadata, A::Update, A::SetState, A::Verify],
+        CREDENTIAL_SCOPES,
     ),
 ];
 

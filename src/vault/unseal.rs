@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::Vault;
+use super::{Action, Principal, Role, Vault};
 use crate::audit::{AuditEvent, Outcome};
 use crate::error::{Error, Result};
 use crate::handlers::Fields;
@@ -64,14 +64,39 @@ impl Vault {
     /// [`ReadStamp`]), and only then hands the fields back. A blob that does not open has its
     /// event committed as a failure (with the error's kind) and the error is returned with
     /// that item's index; a failed commit returns its error (index 0) and no fields.
+    ///
+    /// An [`Principal::Agent`] is never released a credential that is not marked
+    /// agent-accessible, whatever the scope and the policy: the refusal is audited.
     pub(crate) async fn release(
         &self,
+        actor: &Principal,
         items: Vec<Release<'_>>,
         stamp: ReadStamp,
     ) -> std::result::Result<Vec<Arc<Fields>>, (usize, Error)> {
         let mut out = Vec::with_capacity(items.len());
         let mut events = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
+            if actor.role() == Role::Agent && !item.record.agent_accessible {
+                let event = item
+                    .event
+                    .outcome(Outcome::Denied)
+                    .detail("reason", "not agent-accessible");
+                self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                    .await
+                    .map_err(|e| (i, e))?;
+                return Err((
+                    i,
+                    Error::PermissionDenied {
+                        actor: actor.to_string(),
+                        action: Action::Resolve.as_str().into(),
+                        target: format!(
+                            "{}: it is not marked agent-accessible, so an agent reaches it \
+                             only through the credentials path",
+                            item.record.describe()
+                        ),
+                    },
+                ));
+            }
             let fields = match item.held {
                 Some(fields) => fields,
                 None => match self.open_fields(item.record).await {
@@ -81,9 +106,7 @@ impl Vault {
                             .event
                             .outcome(Outcome::Failure)
                             .detail("error", format!("{:?}", e.kind()));
-                        self.inner
-                            .store
-                            .commit_checked(Batch::events(vec![event]), stamp)
+                        self.commit(Batch::events(vec![event]), stamp)
                             .await
                             .map_err(|e| (i, e))?;
                         return Err((i, e));
@@ -93,9 +116,7 @@ impl Vault {
             events.push(item.event);
             out.push(fields);
         }
-        self.inner
-            .store
-            .commit_checked(Batch::events(events), stamp)
+        self.commit(Batch::events(events), stamp)
             .await
             .map_err(|e| (0, e))?;
         Ok(out)
@@ -104,6 +125,7 @@ impl Vault {
     /// [`Vault::release`] of one record.
     pub(crate) async fn release_one(
         &self,
+        actor: &Principal,
         record: &CredentialRecord,
         event: AuditEvent,
         stamp: ReadStamp,
@@ -113,7 +135,10 @@ impl Vault {
             event,
             held: None,
         };
-        let mut fields = self.release(vec![item], stamp).await.map_err(|(_, e)| e)?;
+        let mut fields = self
+            .release(actor, vec![item], stamp)
+            .await
+            .map_err(|(_, e)| e)?;
         let fields = fields
             .pop()
             .ok_or_else(|| Error::config("nothing was released"))?;

@@ -12,9 +12,6 @@ use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{CredentialId, CredentialRecord, LifecycleState, Timestamp};
 
-/// The audit action of a live check.
-const VERIFY: &str = "credential.verify";
-
 /// The source prefix of providers compiled into the crate.
 const BUNDLED: &str = "bundled:";
 use crate::store::{Batch, Mutation, Precondition, ReadStamp};
@@ -53,8 +50,8 @@ impl Vault {
     /// entry): renders the endpoint and auth headers from this credential's fields only,
     /// sends the request through the vault's [`crate::transport::HttpTransport`], and moves
     /// the credential to `valid` on a success code or to `invalid` on 401/403. A network
-    /// error or a 5xx leaves it as it was, with the reason returned. Needs the right to move
-    /// the credential through its lifecycle.
+    /// error or a 5xx leaves it as it was, with the reason returned. Needs the right to
+    /// verify it ([`Action::Verify`], held by whoever may move it through its lifecycle).
     ///
     /// Audited twice, never with a field value or the URL: a `step=request` row is
     /// committed before the secret leaves the process (no row, no request), and a
@@ -71,7 +68,7 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<Verification> {
-        let record = self.load_for(actor, Action::SetState, id).await?;
+        let record = self.load_for(actor, Action::Verify, id).await?;
         let target = AuditTarget::credential(&record.id, &record.scope);
         let provider = self.provider(&record.provider)?;
         let overridden = !provider.source.starts_with(BUNDLED);
@@ -79,14 +76,15 @@ impl Vault {
             match self.inner.bundled.get(&record.provider) {
                 Some(bundled) => bundled.clone(),
                 None => {
-                    let event = AuditEvent::new(actor.to_string(), VERIFY, target)
+                    let event = AuditEvent::new(actor.to_string(), Action::Verify, target)
                         .outcome(Outcome::Denied)
                         .detail("reason", "provider defined only in the drop-in folder")
                         .detail("provider_source", provider.source.clone());
-                    self.inner.store.commit(Batch::events(vec![event])).await?;
+                    self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                        .await?;
                     return Err(Error::PermissionDenied {
                         actor: actor.to_string(),
-                        action: VERIFY.into(),
+                        action: Action::Verify.as_str().into(),
                         target: format!(
                             "{}: provider `{}` comes from the drop-in folder ({}), so only the \
                              credential's owner may verify it against that endpoint",
@@ -116,7 +114,7 @@ impl Vault {
             )
         })?;
         let request_event = |outcome: Outcome| {
-            let mut event = AuditEvent::new(actor.to_string(), VERIFY, target.clone())
+            let mut event = AuditEvent::new(actor.to_string(), Action::Verify, target.clone())
                 .outcome(outcome)
                 .detail("step", "request")
                 .detail("version", record.version.to_string())
@@ -134,6 +132,7 @@ impl Vault {
         // The secret leaves the process only once its release is durable.
         let fields = self
             .release_one(
+                actor,
                 &record,
                 request_event(Outcome::Success),
                 ReadStamp::UNCHECKED,
@@ -216,7 +215,7 @@ impl Vault {
             None => {}
         }
         let result_event = |after: &CredentialRecord, reason: &Option<String>| {
-            let mut event = AuditEvent::new(actor.to_string(), VERIFY, target.clone())
+            let mut event = AuditEvent::new(actor.to_string(), Action::Verify, target.clone())
                 .outcome(match result {
                     VerifyResult::Valid => Outcome::Success,
                     VerifyResult::Invalid | VerifyResult::Inconclusive => Outcome::Failure,
@@ -234,14 +233,11 @@ impl Vault {
             event
         };
         let changing = !mutations.is_empty();
-        let committed = self
-            .inner
-            .store
-            .commit(Batch {
-                mutations,
-                events: vec![result_event(&after, &reason)],
-            })
-            .await;
+        let batch = Batch {
+            mutations,
+            events: vec![result_event(&after, &reason)],
+        };
+        let committed = self.commit(batch, ReadStamp::UNCHECKED).await;
         match committed {
             Ok(_) => {}
             Err(e) if changing && e.kind() == ErrorKind::VersionConflict => {
@@ -258,7 +254,8 @@ impl Vault {
                     after.version
                 ));
                 let event = result_event(&after, &reason).detail("conflict", "true");
-                self.inner.store.commit(Batch::events(vec![event])).await?;
+                self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                    .await?;
             }
             Err(e) => return Err(e),
         }
@@ -278,7 +275,7 @@ fn build_request(
     spec: &crate::catalog::VerifySpec,
     lookup: &dyn Fn(&str) -> Option<Zeroizing<String>>,
 ) -> Result<http::Request<Bytes>> {
-    let url = crate::verify::render(&spec.endpoint, lookup)
+    let url = crate::catalog::template::render(&spec.endpoint, lookup)
         .map_err(|m| Error::invalid("verify endpoint", m))?;
     let uri: http::Uri = url.as_str().parse().map_err(|_| {
         Error::invalid(
@@ -293,7 +290,7 @@ fn build_request(
         .uri(uri)
         .body(Bytes::new())
         .map_err(|_| Error::invalid("verify endpoint", "cannot build the request"))?;
-    let headers = crate::verify::render(&spec.auth_template, lookup)
+    let headers = crate::catalog::template::render(&spec.auth_template, lookup)
         .map_err(|m| Error::invalid("auth_template", m))?;
     for line in headers.lines().filter(|l| !l.trim().is_empty()) {
         let Some((name, value)) = line.split_once(':') else {

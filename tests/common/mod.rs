@@ -9,7 +9,22 @@ use async_trait::async_trait;
 use strongroom::audit::{AuditRecord, ChainHead};
 use strongroom::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
 use strongroom::store::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
-use strongroom::{Error, StoreErrorKind};
+use strongroom::{Error, LocalKey, SqliteStore, StoreErrorKind, Vault};
+
+/// A vault on `store` with a fresh random master key.
+pub async fn vault_on(store: Arc<dyn Store>) -> Vault {
+    Vault::builder()
+        .store(store)
+        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
+        .build()
+        .await
+        .expect("vault")
+}
+
+/// A vault on a new SQLite file at `path`, with a fresh random master key.
+pub async fn sqlite_vault(path: impl AsRef<std::path::Path>) -> Vault {
+    vault_on(Arc::new(SqliteStore::open(path.as_ref()).expect("open"))).await
+}
 
 /// The message of every injected failure, so tests can tell it from any other.
 pub const INJECTED: &str = "injected commit failure";
@@ -75,7 +90,10 @@ impl FaultStore {
             })
             .is_err()
             && self.budget.load(Ordering::SeqCst) == 0;
-        if self.failing.load(Ordering::SeqCst) || budget_spent || (every > 0 && n % every == 0) {
+        if self.failing.load(Ordering::SeqCst)
+            || budget_spent
+            || (every > 0 && n.is_multiple_of(every))
+        {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(Error::Store {
                 kind: StoreErrorKind::Other,

@@ -30,65 +30,77 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use toml::Spanned;
 
 use crate::error::{Error, Result};
-use crate::handlers::{FieldFormat, FieldSpec, Fields, HandlerRegistry};
+use crate::handlers::{FieldSpec, Fields, HandlerRegistry};
+
+mod parse;
+pub(crate) mod template;
+
+use parse::{line_col, parse_provider};
 
 /// The bundled provider files, compiled into the crate.
 const BUNDLED: &[(&str, &str)] = &[
     (
         "anthropic.toml",
-        include_str!("../providers/anthropic.toml"),
+        include_str!("../../providers/anthropic.toml"),
     ),
-    ("aws.toml", include_str!("../providers/aws.toml")),
+    ("aws.toml", include_str!("../../providers/aws.toml")),
     (
         "azure_openai.toml",
-        include_str!("../providers/azure_openai.toml"),
+        include_str!("../../providers/azure_openai.toml"),
     ),
-    ("deepseek.toml", include_str!("../providers/deepseek.toml")),
+    (
+        "deepseek.toml",
+        include_str!("../../providers/deepseek.toml"),
+    ),
     (
         "discord_oauth.toml",
-        include_str!("../providers/discord_oauth.toml"),
+        include_str!("../../providers/discord_oauth.toml"),
     ),
-    ("gcp.toml", include_str!("../providers/gcp.toml")),
+    ("gcp.toml", include_str!("../../providers/gcp.toml")),
     (
         "github_app.toml",
-        include_str!("../providers/github_app.toml"),
+        include_str!("../../providers/github_app.toml"),
     ),
     (
         "github_copilot.toml",
-        include_str!("../providers/github_copilot.toml"),
+        include_str!("../../providers/github_copilot.toml"),
     ),
     (
         "github_oauth.toml",
-        include_str!("../providers/github_oauth.toml"),
+        include_str!("../../providers/github_oauth.toml"),
     ),
     (
         "github_pat.toml",
-        include_str!("../providers/github_pat.toml"),
+        include_str!("../../providers/github_pat.toml"),
     ),
-    ("gitlab.toml", include_str!("../providers/gitlab.toml")),
+    ("gitlab.toml", include_str!("../../providers/gitlab.toml")),
     (
         "google_oauth.toml",
-        include_str!("../providers/google_oauth.toml"),
+        include_str!("../../providers/google_oauth.toml"),
     ),
     (
         "mockprovider.toml",
-        include_str!("../providers/mockprovider.toml"),
+        include_str!("../../providers/mockprovider.toml"),
     ),
-    ("mongodb.toml", include_str!("../providers/mongodb.toml")),
-    ("notion.toml", include_str!("../providers/notion.toml")),
-    ("openai.toml", include_str!("../providers/openai.toml")),
-    ("postgres.toml", include_str!("../providers/postgres.toml")),
-    ("redis.toml", include_str!("../providers/redis.toml")),
+    ("mongodb.toml", include_str!("../../providers/mongodb.toml")),
+    ("notion.toml", include_str!("../../providers/notion.toml")),
+    ("openai.toml", include_str!("../../providers/openai.toml")),
+    (
+        "postgres.toml",
+        include_str!("../../providers/postgres.toml"),
+    ),
+    ("redis.toml", include_str!("../../providers/redis.toml")),
     (
         "slack_oauth.toml",
-        include_str!("../providers/slack_oauth.toml"),
+        include_str!("../../providers/slack_oauth.toml"),
     ),
-    ("stripe.toml", include_str!("../providers/stripe.toml")),
-    ("telegram.toml", include_str!("../providers/telegram.toml")),
+    ("stripe.toml", include_str!("../../providers/stripe.toml")),
+    (
+        "telegram.toml",
+        include_str!("../../providers/telegram.toml"),
+    ),
 ];
 
 /// The names of the bundled provider files (`openai.toml`, ...).
@@ -366,294 +378,6 @@ impl Catalog {
     pub fn problems(&self) -> &[CatalogProblem] {
         &self.problems
     }
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    (line, column)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileToml {
-    provider: Spanned<ProviderToml>,
-    #[serde(default)]
-    fields: Vec<Spanned<FieldToml>>,
-    verify: Option<Spanned<VerifyToml>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProviderToml {
-    name: Spanned<String>,
-    display_name: String,
-    handler_type: Spanned<String>,
-    icon: Option<String>,
-    category: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Prefixes {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FieldToml {
-    name: Spanned<String>,
-    label: Option<String>,
-    prefix_check: Option<Spanned<Prefixes>>,
-    required: Option<bool>,
-    secret: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyToml {
-    endpoint: Spanned<String>,
-    method: Option<Spanned<String>>,
-    auth_template: Option<Spanned<String>>,
-    success_codes: Option<Spanned<Vec<u16>>>,
-    success_contains: Option<String>,
-}
-
-fn parse_provider(
-    registry: &HandlerRegistry,
-    file: &str,
-    text: &str,
-) -> std::result::Result<(Provider, std::ops::Range<usize>), CatalogProblem> {
-    let at = |span: std::ops::Range<usize>, message: String| {
-        let (line, column) = line_col(text, span.start);
-        CatalogProblem {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
-    };
-    let parsed: FileToml = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().unwrap_or(0..0),
-            e.message().trim().replace('\n', " "),
-        )
-    })?;
-    let p = parsed.provider.into_inner();
-    let name = p.name.get_ref().clone();
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err(at(
-            p.name.span(),
-            "a provider name is 1 to 64 lowercase ASCII letters, digits, `_` or `-` \
-             (`my_provider`)"
-                .into(),
-        ));
-    }
-    let handler_type = p.handler_type.get_ref().clone();
-    let Some(handler) = registry.get(&handler_type) else {
-        return Err(at(
-            p.handler_type.span(),
-            format!(
-                "unknown handler type `{handler_type}`; known types are {}",
-                registry.type_ids().collect::<Vec<_>>().join(", ")
-            ),
-        ));
-    };
-    let mut fields: Vec<ProviderField> = handler
-        .fields()
-        .iter()
-        .map(|spec| ProviderField {
-            spec: spec.clone(),
-            prefix_check: Vec::new(),
-        })
-        .collect();
-    let mut named = std::collections::BTreeSet::new();
-    for f in parsed.fields {
-        let span = f.span();
-        let f = f.into_inner();
-        let field_name = f.name.get_ref().clone();
-        if !named.insert(field_name.clone()) {
-            return Err(at(
-                f.name.span(),
-                format!("field `{field_name}` is listed twice"),
-            ));
-        }
-        let prefixes = match f.prefix_check.as_ref().map(|p| p.get_ref()) {
-            None => Vec::new(),
-            Some(Prefixes::One(p)) => vec![p.clone()],
-            Some(Prefixes::Many(ps)) => ps.clone(),
-        };
-        if let Some(p) = &f.prefix_check {
-            if prefixes.iter().any(String::is_empty) || prefixes.is_empty() {
-                return Err(at(
-                    p.span(),
-                    "prefix_check must be a non-empty prefix (or a list of them)".into(),
-                ));
-            }
-        }
-        let existing = fields.iter_mut().find(|x| x.spec.name == field_name);
-        match existing {
-            Some(field) => {
-                if let Some(label) = f.label {
-                    field.spec.label = label;
-                }
-                if let Some(required) = f.required {
-                    field.spec.required = required;
-                }
-                if let Some(secret) = f.secret {
-                    field.spec.secret = secret;
-                }
-                field.prefix_check = prefixes;
-            }
-            None if handler.open_schema() => {
-                crate::model::validate_id("field name", &field_name)
-                    .map_err(|e| at(f.name.span(), e.to_string()))?;
-                fields.push(ProviderField {
-                    spec: FieldSpec {
-                        label: f.label.unwrap_or_else(|| field_name.clone()),
-                        name: field_name,
-                        secret: f.secret.unwrap_or(true),
-                        required: f.required.unwrap_or(false),
-                        format: FieldFormat::Text,
-                    },
-                    prefix_check: prefixes,
-                });
-            }
-            None => {
-                return Err(at(
-                    span,
-                    format!(
-                        "`{field_name}` is not a field of handler type `{handler_type}`; its \
-                         fields are {}",
-                        handler
-                            .fields()
-                            .iter()
-                            .map(|f| f.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ))
-            }
-        }
-    }
-    let verify = match parsed.verify {
-        None => None,
-        Some(v) => {
-            let v = v.into_inner();
-            let known: Vec<&str> = fields.iter().map(|f| f.spec.name.as_str()).collect();
-            let method = match &v.method {
-                None => "GET".to_string(),
-                Some(m) => {
-                    let upper = m.get_ref().to_ascii_uppercase();
-                    if !["GET", "POST", "HEAD"].contains(&upper.as_str()) {
-                        return Err(at(m.span(), "method must be GET, POST or HEAD".into()));
-                    }
-                    upper
-                }
-            };
-            check_template(v.endpoint.get_ref(), &known, false)
-                .map_err(|m| at(v.endpoint.span(), m))?;
-            // A placeholder may stand for the whole base URL (`{base_url}/v1/verify`).
-            let filler = if v.endpoint.get_ref().starts_with('{') {
-                "https://example.invalid"
-            } else {
-                "x"
-            };
-            let sample = crate::verify::render(v.endpoint.get_ref(), &|_| {
-                Some(zeroize::Zeroizing::new(filler.to_string()))
-            })
-            .map_err(|m| at(v.endpoint.span(), m))?;
-            url::Url::parse(sample.as_str())
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    at(
-                        v.endpoint.span(),
-                        "endpoint must be an http or https URL".into(),
-                    )
-                })?;
-            let auth_template = match &v.auth_template {
-                None => String::new(),
-                Some(t) => {
-                    check_template(t.get_ref(), &known, true).map_err(|m| at(t.span(), m))?;
-                    t.get_ref().clone()
-                }
-            };
-            let success_codes = match &v.success_codes {
-                None => vec![200],
-                Some(codes) => {
-                    if codes.get_ref().is_empty()
-                        || codes.get_ref().iter().any(|c| !(100..=599).contains(c))
-                    {
-                        return Err(at(
-                            codes.span(),
-                            "success_codes must list HTTP status codes (100-599)".into(),
-                        ));
-                    }
-                    codes.get_ref().clone()
-                }
-            };
-            Some(VerifySpec {
-                endpoint: v.endpoint.into_inner(),
-                method,
-                auth_template,
-                success_codes,
-                success_contains: v.success_contains,
-            })
-        }
-    };
-    let name_span = p.name.span();
-    Ok((
-        Provider {
-            name,
-            display_name: p.display_name,
-            handler_type,
-            icon: p.icon,
-            category: p.category,
-            fields,
-            verify,
-            source: file.to_string(),
-        },
-        name_span,
-    ))
-}
-
-/// Checks a template's placeholders against the provider's fields, and (for header
-/// templates) that every line is `Name: value` with a valid header name.
-fn check_template(
-    template: &str,
-    known: &[&str],
-    headers: bool,
-) -> std::result::Result<(), String> {
-    for name in crate::verify::placeholders(template)? {
-        if !known.contains(&name.as_str()) {
-            return Err(format!(
-                "placeholder `{{{name}}}` is not a field of this provider; its fields are {}",
-                known.join(", ")
-            ));
-        }
-    }
-    if headers {
-        for line in template.lines().filter(|l| !l.trim().is_empty()) {
-            let Some((name, _)) = line.split_once(':') else {
-                return Err(format!(
-                    "auth_template line `{line}` must be `Header-Name: value`"
-                ));
-            };
-            http::HeaderName::from_bytes(name.trim().as_bytes())
-                .map_err(|_| format!("`{}` is not a valid HTTP header name", name.trim()))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,279 @@
+//! The canonical encoding of an audit row (`docs/AUDIT.md`), its hash, the chain head, and
+//! the stored row: what a store needs to append to the chain and to hash rows it reads.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::event::AuditEvent;
+use crate::model::Scope;
+
+/// The `prev_hash` of the first row.
+pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
+/// The domain label that starts every row's canonical encoding.
+pub const CANONICAL_LABEL: &[u8] = b"strongroom/audit/v1";
+
+/// A stored audit row: the event, its sequence number and its place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// The event.
+    pub event: AuditEvent,
+    /// The previous row's hash ([`GENESIS_HASH`] for row 1).
+    #[serde(with = "hex_bytes")]
+    pub prev_hash: [u8; 32],
+    /// `SHA-256(prev_hash || canonical_encoding(seq, event))`.
+    #[serde(with = "hex_bytes")]
+    pub hash: [u8; 32],
+}
+
+/// The last row of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its hash.
+    #[serde(with = "hex_bytes")]
+    pub hash: [u8; 32],
+}
+
+impl ChainHead {
+    /// Numbers and chains `event` after `head` (or as row 1), advancing `head`.
+    pub fn append(head: &mut Option<ChainHead>, event: AuditEvent) -> AuditRecord {
+        let (seq, prev_hash) = match head {
+            Some(h) => (h.seq + 1, h.hash),
+            None => (1, GENESIS_HASH),
+        };
+        let hash = chain_hash(&prev_hash, seq, &event);
+        *head = Some(ChainHead { seq, hash });
+        AuditRecord {
+            seq,
+            event,
+            prev_hash,
+            hash,
+        }
+    }
+}
+
+/// Where canonical bytes go: a buffer (to show them) or a hasher (to hash them in place).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_lp(&mut self, text: &str) {
+        self.put(&(text.len() as u32).to_be_bytes());
+        self.put(text.as_bytes());
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+/// A row's fields exactly as the canonical encoding reads them, borrowed. Stores use it to
+/// hash rows straight from their columns; `details` must be in ascending byte order of keys.
+#[derive(Debug, Clone, Copy)]
+pub struct CanonicalRow<'a, D> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+    /// Actor.
+    pub actor: &'a str,
+    /// Action.
+    pub action: &'a str,
+    /// Credential id or `""`.
+    pub credential_id: &'a str,
+    /// Scope kind or `""`.
+    pub scope_kind: &'a str,
+    /// Owner or `""`.
+    pub owner: &'a str,
+    /// Outcome text.
+    pub outcome: &'a str,
+    /// Details, sorted by key.
+    pub details: D,
+}
+
+impl<'a, D> CanonicalRow<'a, D>
+where
+    D: ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    fn encode(&self, sink: &mut impl Sink) {
+        sink.put(CANONICAL_LABEL);
+        sink.put(&self.seq.to_be_bytes());
+        sink.put(&self.time.to_be_bytes());
+        for field in [
+            self.actor,
+            self.action,
+            self.credential_id,
+            self.scope_kind,
+            self.owner,
+            self.outcome,
+        ] {
+            sink.put_lp(field);
+        }
+        sink.put(&(self.details.len() as u32).to_be_bytes());
+        for (k, v) in self.details.clone() {
+            sink.put_lp(k);
+            sink.put_lp(v);
+        }
+    }
+
+    /// The canonical encoding as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        self.encode(&mut out);
+        out
+    }
+
+    /// `SHA-256(prev_hash || canonical encoding)`.
+    pub fn hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(prev_hash);
+        self.encode(&mut hasher);
+        hasher.finalize().into()
+    }
+}
+
+fn event_owner(event: &AuditEvent) -> String {
+    event
+        .target
+        .scope
+        .as_ref()
+        .map(Scope::owner)
+        .unwrap_or_default()
+}
+
+fn canonical_row<'a>(
+    seq: u64,
+    event: &'a AuditEvent,
+    owner: &'a str,
+) -> CanonicalRow<'a, impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone + 'a> {
+    CanonicalRow {
+        seq,
+        time: event.time.0,
+        actor: &event.actor,
+        action: event.action.as_str(),
+        credential_id: event
+            .target
+            .credential_id
+            .as_ref()
+            .map(|c| c.as_str())
+            .unwrap_or(""),
+        scope_kind: event
+            .target
+            .scope
+            .as_ref()
+            .map(|s| s.kind().as_str())
+            .unwrap_or(""),
+        owner,
+        outcome: event.outcome.as_str(),
+        details: event.details.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    }
+}
+
+/// The canonical encoding of a row (see `docs/AUDIT.md`): the label, `seq` (u64 BE), time
+/// (i64 BE, ms), then length-prefixed (u32 BE) actor, action, credential id, scope kind,
+/// owner, outcome, then the detail count (u32 BE) and each key and value length-prefixed,
+/// in byte order of the keys.
+pub fn canonical_encoding(seq: u64, event: &AuditEvent) -> Vec<u8> {
+    let owner = event_owner(event);
+    let bytes = canonical_row(seq, event, &owner).to_bytes();
+    bytes
+}
+
+/// `SHA-256(prev_hash || canonical_encoding(seq, event))`.
+pub fn chain_hash(prev_hash: &[u8; 32], seq: u64, event: &AuditEvent) -> [u8; 32] {
+    let owner = event_owner(event);
+    let hash = canonical_row(seq, event, &owner).hash(prev_hash);
+    hash
+}
+
+/// What chain verification needs of one row: its number, its stored links, and the hash
+/// recomputed from its contents (or why its contents cannot be decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDigest {
+    /// Sequence number.
+    pub seq: u64,
+    /// The stored `prev_hash`.
+    pub prev_hash: [u8; 32],
+    /// The stored `hash`.
+    pub hash: [u8; 32],
+    /// `SHA-256(stored prev_hash || canonical(contents))`, or why the row does not decode.
+    pub computed: std::result::Result<[u8; 32], String>,
+}
+
+impl AuditDigest {
+    /// The digest of a decoded row.
+    pub fn of(record: &AuditRecord) -> AuditDigest {
+        AuditDigest {
+            seq: record.seq,
+            prev_hash: record.prev_hash,
+            hash: record.hash,
+            computed: Ok(chain_hash(&record.prev_hash, record.seq, &record.event)),
+        }
+    }
+}
+
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::audit::{Action, AuditTarget, Outcome};
+    use crate::model::{CredentialId, Timestamp};
+
+    /// The worked example of `docs/AUDIT.md`; the doc quotes these exact bytes.
+    pub(crate) fn worked_example() -> AuditEvent {
+        AuditEvent {
+            time: Timestamp(1_764_000_000_000),
+            actor: "alice".into(),
+            action: Action::Create,
+            target: AuditTarget::credential(
+                &CredentialId::new("cred-1").expect("id"),
+                &Scope::per_user("alice").expect("scope"),
+            ),
+            outcome: Outcome::Success,
+            details: BTreeMap::from([("provider".to_string(), "openai".to_string())]),
+        }
+    }
+
+    #[test]
+    fn worked_example_matches_the_documentation() {
+        let event = worked_example();
+        let canonical = canonical_encoding(1, &event);
+        let hash = chain_hash(&GENESIS_HASH, 1, &event);
+        let doc = include_str!("../../docs/AUDIT.md");
+        assert!(
+            doc.contains(&hex::encode(&canonical)),
+            "canonical hex {}",
+            hex::encode(&canonical)
+        );
+        assert!(
+            doc.contains(&hex::encode(hash)),
+            "hash {}",
+            hex::encode(hash)
+        );
+    }
+}
