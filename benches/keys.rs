@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strongroom::crypto::kms::VaultTransitKey;
-use strongroom::crypto::RewrapOptions;
 use strongroom::transport::ReqwestTransport;
 use strongroom::{
     CredentialRef, KeyRing, KeyWrapper, LocalKey, MemoryStore, NewCredential, PostgresOptions,
-    PostgresStore, Principal, ResolveContext, Scope, ScopeKind, SecretString, SqliteStore, Store,
-    Vault,
+    PostgresStore, Principal, ResolveContext, RewrapOptions, Scope, ScopeKind, SecretString,
+    SqliteStore, Store, Vault,
 };
 
 fn quick() -> bool {
@@ -243,8 +242,8 @@ async fn rewrap(store: Arc<dyn Store>, n: usize) -> serde_json::Value {
     let new = Arc::new(LocalKey::generate().expect("key"));
     let ring = KeyRing::new(new).with_retired(old);
     let t = Instant::now();
-    let report = ring
-        .rewrap(store.as_ref(), &RewrapOptions::default())
+    let report = vault
+        .rewrap_keys(&admin, &ring, RewrapOptions::default())
         .await
         .expect("rewrap");
     let elapsed = t.elapsed();

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection};
 use strongroom::audit::{chain_hash, ProblemKind, GENESIS_HASH};
 use strongroom::config::{compile, AppConfig, CredentialSlot, Slots};
-use strongroom::crypto::{BackendId, RewrapOptions};
+use strongroom::crypto::BackendId;
+use strongroom::RewrapOptions;
 use strongroom::{
     Checkpoint, CredentialRef, CredentialUpdate, DataKey, ErrorKind, KeyRing, KeyWrapper,
     LifecycleState, LocalKey, MemoryStore, NewCredential, Principal, ResolveContext, Scope,

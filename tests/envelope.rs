@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use strongroom::crypto::{envelope, BackendId, KeyWrapper, RewrapOptions};
+use strongroom::crypto::{envelope, BackendId, KeyWrapper};
 use strongroom::{
-    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, RecordAad,
-    RecordIdentity, Scope, ScopeKind, Store,
+    DataKey, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, MemoryStore, Principal, RecordAad,
+    RecordIdentity, RewrapOptions, Scope, ScopeKind, Store, Vault,
 };
 
 const CANARY: &[u8] = b"sk-live-CANARY-7f3a9d2e-do-not-leak-0123456789abcdefghijklmnopqrstu";
@@ -561,10 +561,18 @@ async fn fill(store: &dyn Store, ring: &KeyRing, n: usize) -> Vec<strongroom::Cr
 
 #[tokio::test]
 async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
-    let store = MemoryStore::new();
+    let store = Arc::new(MemoryStore::new());
     let old: Arc<dyn KeyWrapper> = Arc::new(LocalKey::generate().expect("key"));
     let new: Arc<dyn KeyWrapper> = Arc::new(LocalKey::generate().expect("key"));
-    let records = fill(&store, &KeyRing::new(old.clone()), 250).await;
+    let records = fill(store.as_ref(), &KeyRing::new(old.clone()), 250).await;
+    // Re-wrapping is a vault operation, decided by the policy and audited as its actor.
+    let vault = Vault::builder()
+        .store(store.clone())
+        .key_wrapper(old.clone())
+        .build()
+        .await
+        .expect("vault");
+    let operator = Principal::parse("system_admin:operator").expect("principal");
 
     // The new key fails after 120 wraps: the run stops with an error part way through.
     let failing = KeyRing::new(Arc::new(Failing {
@@ -572,13 +580,12 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
         budget: AtomicUsize::new(120),
     }))
     .with_retired(old.clone());
-    let options = RewrapOptions {
+    let options = || RewrapOptions {
         batch_size: 50,
-        actor: "operator".into(),
         ..RewrapOptions::default()
     };
-    let err = failing
-        .rewrap(&store, &options)
+    let err = vault
+        .rewrap_keys(&operator, &failing, options())
         .await
         .expect_err("the outage stops it");
     assert_eq!(err.kind(), ErrorKind::Transport);
@@ -605,10 +612,16 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
     }
 
     // Re-run: finishes the job; a third run has nothing to do.
-    let report = both.rewrap(&store, &options).await.expect("rerun");
+    let report = vault
+        .rewrap_keys(&operator, &both, options())
+        .await
+        .expect("rerun");
     assert!(report.complete);
     assert_eq!(report.rewrapped, 150);
-    let again = both.rewrap(&store, &options).await.expect("third run");
+    let again = vault
+        .rewrap_keys(&operator, &both, options())
+        .await
+        .expect("third run");
     assert_eq!((again.rewrapped, again.complete), (0, true));
 
     // The old key can now be retired: a ring with only the new key opens everything, and the
@@ -637,5 +650,6 @@ async fn rewrap_interrupted_half_way_then_rerun_finishes_the_job() {
     assert_eq!(rows.len(), 5);
     assert!(rows
         .iter()
-        .all(|r| r.event.action == strongroom::Action::Rewrap && r.event.actor == "operator"));
+        .all(|r| r.event.action == strongroom::Action::Rewrap
+            && r.event.actor == "system_admin:operator"));
 }

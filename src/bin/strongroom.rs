@@ -1468,7 +1468,7 @@ async fn keys(
                 );
                 bar
             };
-            let progress: strongroom::crypto::RewrapProgress = if lines {
+            let progress: strongroom::RewrapProgress = if lines {
                 let counts = key_counts(store.as_ref()).await?;
                 let at_start: u64 = counts
                     .iter()
@@ -1476,7 +1476,7 @@ async fn keys(
                     .map(|(_, n)| n)
                     .sum();
                 let reported = std::sync::atomic::AtomicUsize::new(0);
-                Arc::new(move |r: &strongroom::crypto::RewrapReport| {
+                Arc::new(move |r: &strongroom::RewrapReport| {
                     // The callback also runs after a batch that conflicted and was dropped;
                     // only committed batches get a line.
                     if reported.swap(r.batches, std::sync::atomic::Ordering::Relaxed) == r.batches {
@@ -1495,14 +1495,13 @@ async fn keys(
                 })
             } else {
                 let progress_bar = bar.clone();
-                Arc::new(move |r: &strongroom::crypto::RewrapReport| {
+                Arc::new(move |r: &strongroom::RewrapReport| {
                     progress_bar.set_message(format!("{} records re-wrapped", r.rewrapped));
                     progress_bar.tick();
                 })
             };
-            let options = strongroom::crypto::RewrapOptions {
+            let options = strongroom::RewrapOptions {
                 batch_size,
-                actor: actor.to_string(),
                 max_batches,
                 progress: Some(progress),
             };

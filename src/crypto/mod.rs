@@ -17,7 +17,7 @@ pub mod kms;
 mod local;
 
 pub use cache::{DekCacheConfig, DekCacheStats};
-pub use keyring::{KeyRing, RewrapOptions, RewrapProgress, RewrapReport};
+pub use keyring::KeyRing;
 pub use local::{
     default_home_from_env, key_wrapper_from_env, key_wrapper_from_env_with, key_wrapper_from_vars,
     LocalKey, ENV_HOME, ENV_KMS, ENV_MASTER_KEY,

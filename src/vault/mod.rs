@@ -30,6 +30,7 @@ use crate::transport::HttpTransport;
 
 mod batch;
 mod keys;
+pub use keys::{RewrapOptions, RewrapProgress, RewrapReport};
 pub mod policy;
 mod unseal;
 mod verify;
