@@ -48,6 +48,9 @@ pub fn validate_record_part(field: &str, value: &str) -> Result<()> {
 
 /// Where a record lives: its kind, its owner and its key within the two. Ordered by kind,
 /// then owner, then key, each compared byte by byte (the order `Store::records` pages in).
+///
+/// All three appear in error messages and may appear in audit rows: never make a secret
+/// (a token, a code verifier) part of a key — put it in the sealed body.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RecordKey {
     /// What sort of record (`lease`, `oauth.pending`, `integration`, …).
