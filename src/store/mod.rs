@@ -9,18 +9,20 @@ use async_trait::async_trait;
 use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
 use crate::audit::event::AuditEvent;
 use crate::error::{Error, Result};
-use crate::model::{
-    CredentialId, CredentialRecord, Grant, LifecycleState, Record, RecordKey, Scope, ScopeKind,
-    Timestamp,
-};
+use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
 
+mod filter;
 pub mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
-mod rules;
+pub(crate) mod rules;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+pub use filter::{ListFilter, RecordFilter};
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -220,235 +222,6 @@ pub struct CommitReceipt {
     pub seqs: Option<(u64, u64)>,
     /// The chain head right after this batch (it may have moved on since).
     pub head: Option<ChainHead>,
-}
-
-/// A value bound to a SQL placeholder by the SQL stores.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SqlValue {
-    /// Text.
-    Text(String),
-    /// A 64-bit integer.
-    Int(i64),
-}
-
-/// The `expires_at` (milliseconds) of a credential's metadata text as stores kept it before
-/// it had a column of its own, and the metadata text without it; `None` when the text does
-/// not decode or holds no integer `expires_at` (such a row is left as it is).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn split_old_expiry(metadata: &str) -> Option<(i64, String)> {
-    const OLD_KEY: &str = "expires_at";
-    let mut map: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(metadata).ok()?;
-    let at: i64 = map.get(OLD_KEY)?.parse().ok()?;
-    map.remove(OLD_KEY);
-    Some((at, serde_json::to_string(&map).ok()?))
-}
-
-/// Which credentials to list. Every set field must match; results come in id order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListFilter {
-    /// Exactly this scope (kind and owner).
-    pub scope: Option<Scope>,
-    /// Any scope of this kind.
-    pub scope_kind: Option<ScopeKind>,
-    /// This name (`ref`).
-    pub name: Option<String>,
-    /// This provider.
-    pub provider: Option<String>,
-    /// This handler type (`oauth2`, `api_key`, …).
-    pub handler_type: Option<String>,
-    /// Only credentials whose `expires_at` is set and earlier than this (strictly): what a
-    /// refresher has to renew, found without decrypting anything.
-    pub expires_before: Option<Timestamp>,
-    /// This lifecycle state (as stored: a credential past its `expires_at` is still stored
-    /// as `filled` or `valid`; use `expires_before` to find it).
-    pub state: Option<LifecycleState>,
-    /// Wrapped by this master key.
-    pub key_id: Option<String>,
-    /// Wrapped by any master key but this one (what re-wrapping still has to do).
-    pub key_id_not: Option<String>,
-    /// Only ids greater than this one (for paging).
-    pub after_id: Option<CredentialId>,
-    /// At most this many.
-    pub limit: Option<usize>,
-}
-
-impl ListFilter {
-    /// Does `record` match every set field (except `limit`)?
-    pub fn matches(&self, record: &CredentialRecord) -> bool {
-        self.scope.as_ref().is_none_or(|s| *s == record.scope)
-            && self.scope_kind.is_none_or(|k| k == record.scope.kind())
-            && self.name.as_ref().is_none_or(|n| *n == record.name)
-            && self.provider.as_ref().is_none_or(|p| *p == record.provider)
-            && self
-                .handler_type
-                .as_ref()
-                .is_none_or(|h| *h == record.handler_type)
-            && self
-                .expires_before
-                .is_none_or(|t| record.expires_at.is_some_and(|at| at < t))
-            && self.state.is_none_or(|s| s == record.state)
-            && self.key_id.as_ref().is_none_or(|k| *k == record.key_id)
-            && self.key_id_not.as_ref().is_none_or(|k| *k != record.key_id)
-            && self.after_id.as_ref().is_none_or(|a| record.id > *a)
-    }
-
-    /// The filter as SQL conditions on the credential columns, `(column and operator,
-    /// value)`, for the SQL stores to add their placeholders to.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn sql_conditions(&self) -> Vec<(&'static str, SqlValue)> {
-        use SqlValue::{Int, Text};
-        let mut out = Vec::new();
-        if let Some(scope) = &self.scope {
-            out.push(("scope_kind =", Text(scope.kind().as_str().to_string())));
-            out.push(("owner =", Text(scope.owner())));
-        }
-        if let Some(kind) = self.scope_kind {
-            out.push(("scope_kind =", Text(kind.as_str().to_string())));
-        }
-        if let Some(name) = &self.name {
-            out.push(("name =", Text(name.clone())));
-        }
-        if let Some(provider) = &self.provider {
-            out.push(("provider =", Text(provider.clone())));
-        }
-        if let Some(handler_type) = &self.handler_type {
-            out.push(("handler_type =", Text(handler_type.clone())));
-        }
-        if let Some(before) = self.expires_before {
-            // `NULL < x` is not true, so credentials without an expiry never match.
-            out.push(("expires_at <", Int(before.0)));
-        }
-        if let Some(state) = self.state {
-            out.push(("state =", Text(state.as_str().to_string())));
-        }
-        if let Some(key_id) = &self.key_id {
-            out.push(("key_id =", Text(key_id.clone())));
-        }
-        if let Some(key_id) = &self.key_id_not {
-            out.push(("key_id <>", Text(key_id.clone())));
-        }
-        if let Some(after) = &self.after_id {
-            out.push(("id >", Text(after.as_str().to_string())));
-        }
-        out
-    }
-
-    /// Only this scope.
-    pub fn in_scope(scope: Scope) -> ListFilter {
-        ListFilter {
-            scope: Some(scope),
-            ..ListFilter::default()
-        }
-    }
-}
-
-/// Which records to list. Every set field must match; results come ordered by kind, owner
-/// and key, each compared byte by byte.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecordFilter {
-    /// Only this kind.
-    pub kind: Option<String>,
-    /// Only this owner.
-    pub owner: Option<String>,
-    /// Only records whose `expires_at` is set and earlier than this (strictly).
-    pub expires_before: Option<Timestamp>,
-    /// Only records after this one in the listing order (for paging: pass the last key of
-    /// the previous page).
-    pub after: Option<RecordKey>,
-    /// At most this many.
-    pub limit: Option<usize>,
-}
-
-impl RecordFilter {
-    /// Records of this kind.
-    pub fn kind(kind: impl Into<String>) -> RecordFilter {
-        RecordFilter {
-            kind: Some(kind.into()),
-            ..RecordFilter::default()
-        }
-    }
-
-    /// Only this owner's.
-    pub fn owner(mut self, owner: impl Into<String>) -> RecordFilter {
-        self.owner = Some(owner.into());
-        self
-    }
-
-    /// Only those with an `expires_at` earlier than `at`.
-    pub fn expires_before(mut self, at: Timestamp) -> RecordFilter {
-        self.expires_before = Some(at);
-        self
-    }
-
-    /// Only those that have expired at `now` ([`Record::is_expired_at`]: `expires_at` is
-    /// `now` or earlier).
-    pub fn expired_at(self, now: Timestamp) -> RecordFilter {
-        self.expires_before(Timestamp(now.0.saturating_add(1)))
-    }
-
-    /// Only those after `key` in the listing order.
-    pub fn after(mut self, key: RecordKey) -> RecordFilter {
-        self.after = Some(key);
-        self
-    }
-
-    /// At most `limit`.
-    pub fn limit(mut self, limit: usize) -> RecordFilter {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// Does `record` match every set field (except `limit`)?
-    pub fn matches(&self, record: &Record) -> bool {
-        self.kind.as_ref().is_none_or(|k| *k == record.kind)
-            && self.owner.as_ref().is_none_or(|o| *o == record.owner)
-            && self
-                .expires_before
-                .is_none_or(|t| record.expires_at.is_some_and(|at| at < t))
-            && self.after.as_ref().is_none_or(|a| {
-                (a.kind.as_str(), a.owner.as_str(), a.key.as_str())
-                    < (
-                        record.kind.as_str(),
-                        record.owner.as_str(),
-                        record.key.as_str(),
-                    )
-            })
-    }
-
-    /// The filter as a SQL `WHERE` condition on the record columns (`1 = 1` when empty) and
-    /// its values; `placeholder(n)` writes the n-th placeholder (from 1).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn sql_where(&self, placeholder: fn(usize) -> String) -> (String, Vec<SqlValue>) {
-        let mut clauses = Vec::new();
-        let mut values = Vec::new();
-        let mut bind = |value: SqlValue| {
-            values.push(value);
-            placeholder(values.len())
-        };
-        if let Some(kind) = &self.kind {
-            clauses.push(format!("kind = {}", bind(SqlValue::Text(kind.clone()))));
-        }
-        if let Some(owner) = &self.owner {
-            clauses.push(format!("owner = {}", bind(SqlValue::Text(owner.clone()))));
-        }
-        if let Some(before) = self.expires_before {
-            clauses.push(format!("expires_at < {}", bind(SqlValue::Int(before.0))));
-        }
-        if let Some(after) = &self.after {
-            let (k, o, key) = (
-                bind(SqlValue::Text(after.kind.clone())),
-                bind(SqlValue::Text(after.owner.clone())),
-                bind(SqlValue::Text(after.key.clone())),
-            );
-            clauses.push(format!("(kind, owner, key) > ({k}, {o}, {key})"));
-        }
-        if clauses.is_empty() {
-            clauses.push("1 = 1".into());
-        }
-        (clauses.join(" AND "), values)
-    }
 }
 
 /// Where credentials and the audit chain live.

@@ -1,0 +1,429 @@
+//! The group-commit writer: one task per instance that takes the batches queued while it
+//! was busy into one transaction, serialised with every other instance on the state row.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use super::codec::decode_state;
+use super::error::{db_error, pool_error};
+use super::statements::Sql;
+use crate::audit::encoding::{AuditRecord, ChainHead};
+use crate::error::{Error, Result, StoreErrorKind};
+use crate::model::CredentialId;
+use crate::store::rules::{
+    check_record_delete, check_record_put, check_version, grant_missing, grant_target_missing,
+};
+use crate::store::{stale_read, Batch, CommitReceipt, Mutation, ReadStamp};
+
+pub(super) struct Request {
+    pub(super) batch: Batch,
+    pub(super) stamp: ReadStamp,
+    pub(super) reply: oneshot::Sender<Result<CommitReceipt>>,
+}
+
+pub(super) async fn writer(
+    pool: Pool,
+    sql: Arc<Sql>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    max_group: usize,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        run_group(&pool, &sql, group).await;
+    }
+}
+
+/// The audit rows of a group, as columns for one `UNNEST` insert.
+#[derive(Default)]
+pub(super) struct AuditColumns {
+    seq: Vec<i64>,
+    time: Vec<i64>,
+    actor: Vec<String>,
+    action: Vec<String>,
+    credential_id: Vec<String>,
+    scope_kind: Vec<String>,
+    owner: Vec<String>,
+    outcome: Vec<String>,
+    details: Vec<String>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl AuditColumns {
+    fn push(&mut self, record: &AuditRecord) -> Result<()> {
+        let (credential_id, scope_kind, owner) = record.event.target.columns();
+        self.details.push(
+            serde_json::to_string(&record.event.details)
+                .map_err(|e| Error::invalid("audit details", e.to_string()))?,
+        );
+        self.seq.push(record.seq as i64);
+        self.time.push(record.event.time.0);
+        self.actor.push(record.event.actor.clone());
+        self.action.push(record.event.action.as_str().to_string());
+        self.credential_id.push(credential_id);
+        self.scope_kind.push(scope_kind);
+        self.owner.push(owner);
+        self.outcome.push(record.event.outcome.as_str().to_string());
+        self.prev_hash.push(record.prev_hash.to_vec());
+        self.hash.push(record.hash.to_vec());
+        Ok(())
+    }
+}
+
+pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
+    let fail_all = |group: Vec<Request>, error: Error| {
+        for req in group {
+            let _ = req.reply.send(Err(clone_error(&error)));
+        }
+    };
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => return fail_all(group, pool_error(e)),
+    };
+    let tx: &deadpool_postgres::ClientWrapper = &client;
+    let lock = match prepared(tx, &sql.lock_state).await {
+        Ok(stmt) => stmt,
+        Err(e) => return fail_all(group, e),
+    };
+    // BEGIN and the lock on the state row go out together (one round trip).
+    let (begun, state) = tokio::join!(tx.batch_execute("BEGIN"), tx.query_one(&lock, &[]));
+    let state = match (begun, state) {
+        (Ok(()), Ok(row)) => row,
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = tx.batch_execute("ROLLBACK").await;
+            return fail_all(group, db_error("cannot lock the chain head", &e));
+        }
+    };
+    let (mut generation, mut head) = match decode_state(&state) {
+        Ok(s) => s,
+        Err(e) => return fail_all(group, e),
+    };
+    let start_generation = generation;
+    let mut audit = AuditColumns::default();
+    let mut results: Vec<(
+        oneshot::Sender<Result<CommitReceipt>>,
+        Result<CommitReceipt>,
+    )> = Vec::with_capacity(group.len());
+    let mut poisoned: Option<Error> = None;
+    for req in group {
+        if poisoned.is_some() {
+            results.push((
+                req.reply,
+                Err(Error::store(StoreErrorKind::Other, "not written")),
+            ));
+            continue;
+        }
+        if req.stamp.current_at(generation) == Some(false) {
+            results.push((req.reply, Err(stale_read())));
+            continue;
+        }
+        let bumps_generation = req.batch.changes_credentials();
+        let Batch { mutations, events } = req.batch;
+        if !mutations.is_empty() {
+            if let Err(e) = tx.batch_execute("SAVEPOINT batch").await {
+                poisoned = Some(db_error("cannot open a savepoint", &e));
+                results.push((
+                    req.reply,
+                    Err(Error::store(StoreErrorKind::Other, "not written")),
+                ));
+                continue;
+            }
+            let mut outcome = Ok(());
+            for m in mutations {
+                outcome = apply_mutation(tx, sql, m).await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            let end = if outcome.is_ok() {
+                "RELEASE SAVEPOINT batch"
+            } else {
+                "ROLLBACK TO SAVEPOINT batch; RELEASE SAVEPOINT batch"
+            };
+            if let Err(e) = tx.batch_execute(end).await {
+                poisoned = Some(db_error("cannot close a savepoint", &e));
+            }
+            if let Err(e) = outcome {
+                results.push((req.reply, Err(e)));
+                continue;
+            }
+            if bumps_generation {
+                generation += 1;
+            }
+        }
+        let mut seqs = None;
+        for event in events {
+            let record = ChainHead::append(&mut head, event);
+            if let Err(e) = audit.push(&record) {
+                poisoned = Some(e);
+                break;
+            }
+            seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
+        }
+        results.push((req.reply, Ok(CommitReceipt { seqs, head })));
+    }
+    let committed: Result<()> = async {
+        if let Some(e) = poisoned {
+            return Err(e);
+        }
+        let insert = prepared(tx, &sql.insert_audit).await?;
+        let update = prepared(tx, &sql.update_state).await?;
+        let (seq, hash) = match &head {
+            Some(h) => (h.seq as i64, Some(h.hash.to_vec())),
+            None => (0, None),
+        };
+        let params: [&(dyn ToSql + Sync); 11] = [
+            &audit.seq,
+            &audit.time,
+            &audit.actor,
+            &audit.action,
+            &audit.credential_id,
+            &audit.scope_kind,
+            &audit.owner,
+            &audit.outcome,
+            &audit.details,
+            &audit.prev_hash,
+            &audit.hash,
+        ];
+        let moved = !audit.seq.is_empty() || generation != start_generation;
+        // The audit rows, the new head and COMMIT go out together (one round trip). A
+        // failed statement aborts the transaction, and COMMIT then rolls it back, so
+        // success needs all three.
+        let (inserted, updated, commit) = tokio::join!(
+            async {
+                if audit.seq.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&insert, &params).await
+                }
+            },
+            async {
+                if moved {
+                    tx.execute(&update, &[&generation, &seq, &hash]).await
+                } else {
+                    Ok(0)
+                }
+            },
+            tx.batch_execute("COMMIT")
+        );
+        inserted.map_err(|e| db_error("cannot append the audit rows", &e))?;
+        match updated {
+            Ok(1) => {}
+            Ok(0) if !moved => {}
+            Ok(_) => return Err(Error::corrupt("the store's state row", "it is missing")),
+            Err(e) => return Err(db_error("cannot move the chain head", &e)),
+        }
+        commit.map_err(|e| {
+            Error::store(
+                StoreErrorKind::Busy,
+                format!(
+                    "the commit did not complete ({e}); the batch was applied whole or not at \
+                     all — read again before retrying"
+                ),
+            )
+        })
+    }
+    .await;
+    if committed.is_err() {
+        // Leaves the connection out of any transaction (a no-op after COMMIT/ROLLBACK).
+        let _ = tx.batch_execute("ROLLBACK").await;
+    }
+    match committed {
+        Ok(()) => {
+            for (reply, outcome) in results {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            for (reply, outcome) in results {
+                let _ = reply.send(outcome.and(Err(clone_error(&error))));
+            }
+        }
+    }
+}
+
+/// A store error for many callers (errors are not `Clone`).
+pub(super) fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Store { kind, message, .. } => Error::store(*kind, message.clone()),
+        other => Error::store(StoreErrorKind::Other, other.to_string()),
+    }
+}
+
+/// A statement prepared once per connection (one round trip per use instead of two).
+pub(super) async fn prepared(
+    tx: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    tx.prepare_cached(sql)
+        .await
+        .map_err(|e| db_error("cannot prepare a statement", &e))
+}
+
+pub(super) async fn stored_version(
+    tx: &deadpool_postgres::ClientWrapper,
+    sql: &Sql,
+    id: &CredentialId,
+) -> Result<Option<u64>> {
+    let stmt = prepared(tx, &sql.version_of).await?;
+    tx.query_opt(&stmt, &[&id.as_str()])
+        .await
+        .map_err(|e| db_error("cannot read a credential's version", &e))?
+        .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64))
+        .transpose()
+        .map_err(|e| db_error("cannot read a credential's version", &e))
+}
+
+pub(super) async fn apply_mutation(
+    tx: &deadpool_postgres::ClientWrapper,
+    sql: &Sql,
+    mutation: Mutation,
+) -> Result<()> {
+    match mutation {
+        Mutation::Put {
+            record,
+            precondition,
+        } => {
+            let stored = stored_version(tx, sql, &record.id).await?;
+            check_version(precondition, stored, &record.describe(), true)?;
+            let metadata = serde_json::to_string(&record.metadata)
+                .map_err(|e| Error::invalid("metadata", e.to_string()))?;
+            let upsert = prepared(tx, &sql.upsert).await?;
+            let result = tx
+                .execute(
+                    &upsert,
+                    &[
+                        &record.id.as_str(),
+                        &record.name,
+                        &record.scope.kind().as_str(),
+                        &record.scope.owner(),
+                        &record.provider,
+                        &record.handler_type,
+                        &record.state.as_str(),
+                        &metadata,
+                        &record.agent_accessible,
+                        &(record.version as i64),
+                        &record.created_at.0,
+                        &record.updated_at.0,
+                        &record.key_id,
+                        &record.sealed,
+                        &record.expires_at.map(|t| t.0),
+                    ],
+                )
+                .await;
+            match result {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    Err(Error::AlreadyExists {
+                        what: format!("a credential named `{}` in {}", record.name, record.scope),
+                    })
+                }
+                Err(e) => Err(db_error("cannot write a credential", &e)),
+            }
+        }
+        Mutation::Delete { id, precondition } => {
+            let stored = stored_version(tx, sql, &id).await?;
+            check_version(precondition, stored, &format!("credential {id}"), false)?;
+            tx.execute(&sql.delete, &[&id.as_str()])
+                .await
+                .map_err(|e| db_error("cannot delete a credential", &e))?;
+            tx.execute(&sql.delete_grants, &[&id.as_str()])
+                .await
+                .map_err(|e| db_error("cannot delete a credential's grants", &e))?;
+            Ok(())
+        }
+        Mutation::PutGrant { grant } => {
+            if stored_version(tx, sql, &grant.credential_id)
+                .await?
+                .is_none()
+            {
+                return Err(grant_target_missing(&grant.credential_id));
+            }
+            tx.execute(
+                &sql.put_grant,
+                &[
+                    &grant.credential_id.as_str(),
+                    &grant.app,
+                    &grant.granted_by,
+                    &grant.granted_at.0,
+                    &grant.revoked_at.map(|t| t.0),
+                    &grant.revoked_by,
+                ],
+            )
+            .await
+            .map_err(|e| db_error("cannot write a grant", &e))?;
+            Ok(())
+        }
+        Mutation::DeleteGrant { credential_id, app } => {
+            let n = tx
+                .execute(&sql.delete_grant, &[&credential_id.as_str(), &app])
+                .await
+                .map_err(|e| db_error("cannot delete a grant", &e))?;
+            if n == 0 {
+                return Err(grant_missing(&credential_id, &app));
+            }
+            Ok(())
+        }
+        Mutation::PutRecord {
+            record,
+            precondition,
+        } => {
+            let stored =
+                stored_record_version(tx, sql, &record.kind, &record.owner, &record.key).await?;
+            let body = check_record_put(precondition, stored, &record)?;
+            let stmt = prepared(tx, &sql.put_record).await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &record.kind,
+                    &record.owner,
+                    &record.key,
+                    &(record.version as i64),
+                    &record.created_at.0,
+                    &record.updated_at.0,
+                    &record.expires_at.map(|t| t.0),
+                    &body,
+                    &record.sealed,
+                ],
+            )
+            .await
+            .map_err(|e| db_error("cannot write a record", &e))?;
+            Ok(())
+        }
+        Mutation::DeleteRecord { key, precondition } => {
+            let stored = stored_record_version(tx, sql, &key.kind, &key.owner, &key.key).await?;
+            check_record_delete(precondition, stored, &key)?;
+            let stmt = prepared(tx, &sql.delete_record).await?;
+            tx.execute(&stmt, &[&key.kind, &key.owner, &key.key])
+                .await
+                .map_err(|e| db_error("cannot delete a record", &e))?;
+            Ok(())
+        }
+    }
+}
+
+pub(super) async fn stored_record_version(
+    tx: &deadpool_postgres::ClientWrapper,
+    sql: &Sql,
+    kind: &str,
+    owner: &str,
+    key: &str,
+) -> Result<Option<u64>> {
+    let stmt = prepared(tx, &sql.record_version).await?;
+    tx.query_opt(&stmt, &[&kind, &owner, &key])
+        .await
+        .map_err(|e| db_error("cannot read a record's version", &e))?
+        .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64))
+        .transpose()
+        .map_err(|e| db_error("cannot read a record's version", &e))
+}
