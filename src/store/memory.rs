@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::rules::{
-    check_precondition, check_record_delete, check_record_put, grant_missing, grant_target_missing,
+    check_credential_delete, check_credential_put, check_record_delete, check_record_put,
+    grant_missing, grant_target_missing, name_taken, stale_read,
 };
-use super::{
-    stale_read, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, Store,
-};
+use super::{Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditRecord, ChainHead};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope, ScopeKind};
 
 type NameKey = (ScopeKind, String, String);
@@ -126,16 +125,11 @@ impl State {
                 record,
                 precondition,
             } => {
-                let existing = self.credentials.get(&record.id).map(|r| &**r);
-                check_precondition(precondition, existing, &record.describe(), true)?;
+                let stored = self.credentials.get(&record.id).map(|r| r.version);
+                check_credential_put(precondition, stored, &record)?;
                 if let Some(other) = self.names.get(&name_key(&record)) {
                     if other.id != record.id {
-                        return Err(Error::AlreadyExists {
-                            what: format!(
-                                "a credential named `{}` in {}",
-                                record.name, record.scope
-                            ),
-                        });
+                        return Err(name_taken(&record));
                     }
                 }
                 let id = record.id.clone();
@@ -143,8 +137,8 @@ impl State {
                 undo.push(Undo::Credential(id, old));
             }
             Mutation::Delete { id, precondition } => {
-                let existing = self.credentials.get(&id).map(|r| &**r);
-                check_precondition(precondition, existing, &format!("credential {id}"), false)?;
+                let stored = self.credentials.get(&id).map(|r| r.version);
+                check_credential_delete(precondition, stored, &id)?;
                 let keys: Vec<_> = self
                     .grants
                     .range((id.clone(), String::new())..)

@@ -23,6 +23,7 @@ mod sql;
 mod sqlite;
 
 pub use filter::{ListFilter, RecordFilter};
+pub use rules::stale_read;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -205,14 +206,6 @@ impl ReadStamp {
             Stamp::Mixed => Some(false),
         }
     }
-}
-
-/// The error [`Store::commit_checked`] returns when a stamped read went stale.
-pub fn stale_read() -> crate::Error {
-    crate::Error::store(
-        crate::StoreErrorKind::Stale,
-        "the data changed after it was read; read again and retry",
-    )
 }
 
 /// What a successful commit did.

@@ -1,9 +1,45 @@
-//! The rules every bundled store applies the same way: preconditions, record versions and
-//! the errors they produce.
+//! The rules every bundled store applies the same way: preconditions, record versions, the
+//! uniqueness of names, and the errors they produce. A store decides only where the stored
+//! version comes from; whether a write may happen, and what the caller is told when it may
+//! not, is decided here.
 
 use super::Precondition;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Record, RecordKey};
+
+/// The error [`Store::commit_checked`](super::Store::commit_checked) returns when a stamped
+/// read went stale.
+pub fn stale_read() -> Error {
+    Error::store(
+        StoreErrorKind::Stale,
+        "the data changed after it was read; read again and retry",
+    )
+}
+
+/// A put that would give a second credential of `record`'s scope its name.
+pub(crate) fn name_taken(record: &CredentialRecord) -> Error {
+    Error::AlreadyExists {
+        what: format!("a credential named `{}` in {}", record.name, record.scope),
+    }
+}
+
+/// Checks a credential put against the stored version (`None` when there is none).
+pub(crate) fn check_credential_put(
+    precondition: Precondition,
+    stored: Option<u64>,
+    record: &CredentialRecord,
+) -> Result<()> {
+    check_version(precondition, stored, &record.describe(), true)
+}
+
+/// Checks a credential delete against the stored version.
+pub(crate) fn check_credential_delete(
+    precondition: Precondition,
+    stored: Option<u64>,
+    id: &CredentialId,
+) -> Result<()> {
+    check_version(precondition, stored, &format!("credential {id}"), false)
+}
 
 pub(crate) fn grant_target_missing(id: &CredentialId) -> Error {
     Error::NotFound {
@@ -19,18 +55,9 @@ pub(crate) fn grant_missing(id: &CredentialId, app: &str) -> Error {
     }
 }
 
-/// Checks a precondition against the stored record; shared by the stores so they agree.
-pub(crate) fn check_precondition(
-    precondition: Precondition,
-    existing: Option<&CredentialRecord>,
-    what: &str,
-    is_put: bool,
-) -> Result<()> {
-    check_version(precondition, existing.map(|r| r.version), what, is_put)
-}
-
-/// [`check_precondition`] on the stored version alone (`None` when there is no record).
-pub(crate) fn check_version(
+/// Checks a precondition against the stored version (`None` when there is no record);
+/// `what` names the record in the error.
+fn check_version(
     precondition: Precondition,
     stored: Option<u64>,
     what: &str,

@@ -15,9 +15,10 @@ use crate::audit::encoding::{AuditRecord, ChainHead};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::CredentialId;
 use crate::store::rules::{
-    check_record_delete, check_record_put, check_version, grant_missing, grant_target_missing,
+    check_credential_delete, check_credential_put, check_record_delete, check_record_put,
+    grant_missing, grant_target_missing, name_taken, stale_read,
 };
-use crate::store::{stale_read, Batch, CommitReceipt, Mutation, ReadStamp};
+use crate::store::{Batch, CommitReceipt, Mutation, ReadStamp};
 
 pub(super) struct Request {
     pub(super) batch: Batch,
@@ -295,7 +296,7 @@ pub(super) async fn apply_mutation(
             precondition,
         } => {
             let stored = stored_version(tx, sql, &record.id).await?;
-            check_version(precondition, stored, &record.describe(), true)?;
+            check_credential_put(precondition, stored, &record)?;
             let metadata = serde_json::to_string(&record.metadata)
                 .map_err(|e| Error::invalid("metadata", e.to_string()))?;
             let upsert = prepared(tx, &sql.upsert).await?;
@@ -323,17 +324,13 @@ pub(super) async fn apply_mutation(
                 .await;
             match result {
                 Ok(_) => Ok(()),
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    Err(Error::AlreadyExists {
-                        what: format!("a credential named `{}` in {}", record.name, record.scope),
-                    })
-                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(name_taken(&record)),
                 Err(e) => Err(db_error("cannot write a credential", &e)),
             }
         }
         Mutation::Delete { id, precondition } => {
             let stored = stored_version(tx, sql, &id).await?;
-            check_version(precondition, stored, &format!("credential {id}"), false)?;
+            check_credential_delete(precondition, stored, &id)?;
             tx.execute(&sql.delete, &[&id.as_str()])
                 .await
                 .map_err(|e| db_error("cannot delete a credential", &e))?;

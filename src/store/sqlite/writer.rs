@@ -15,9 +15,10 @@ use crate::audit::encoding::ChainHead;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::CredentialId;
 use crate::store::rules::{
-    check_record_delete, check_record_put, check_version, grant_missing, grant_target_missing,
+    check_credential_delete, check_credential_put, check_record_delete, check_record_put,
+    grant_missing, grant_target_missing, name_taken, stale_read,
 };
-use crate::store::{stale_read, Batch, CommitReceipt, Mutation, ReadStamp};
+use crate::store::{Batch, CommitReceipt, Mutation, ReadStamp};
 
 pub(super) struct Request {
     pub(super) batch: Batch,
@@ -270,7 +271,7 @@ pub(super) fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()
             precondition,
         } => {
             let stored = stored_version(conn, &record.id)?;
-            check_version(precondition, stored, &record.describe(), true)?;
+            check_credential_put(precondition, stored, &record)?;
             let metadata = serde_json::to_string(&record.metadata)
                 .map_err(|e| Error::invalid("metadata", e.to_string()))?;
             let mut stmt = conn
@@ -308,15 +309,13 @@ pub(super) fn apply_mutation(conn: &Connection, mutation: Mutation) -> Result<()
             ]);
             match result {
                 Ok(_) => Ok(()),
-                Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
-                    what: format!("a credential named `{}` in {}", record.name, record.scope),
-                }),
+                Err(e) if is_unique_violation(&e) => Err(name_taken(&record)),
                 Err(e) => Err(sql_error("cannot write a credential", e)),
             }
         }
         Mutation::Delete { id, precondition } => {
             let stored = stored_version(conn, &id)?;
-            check_version(precondition, stored, &format!("credential {id}"), false)?;
+            check_credential_delete(precondition, stored, &id)?;
             conn.prepare_cached("DELETE FROM credentials WHERE id = ?1")
                 .and_then(|mut s| s.execute([id.as_str()]))
                 .and_then(|_| conn.prepare_cached("DELETE FROM grants WHERE credential_id = ?1"))
