@@ -146,20 +146,38 @@ pub enum Error {
 }
 
 /// A portable classification of store failures, so callers can react without parsing text.
+///
+/// The bundled stores classify by the backend's error code (SQLite's result code,
+/// PostgreSQL's SQLSTATE), never by message text. What a host may do about each:
+/// retry [`Busy`](Self::Busy) and [`Stale`](Self::Stale) at once (re-reading first for
+/// `Stale`), retry [`Connection`](Self::Connection) after a pause, and leave the others to an
+/// operator: retrying them does not help until something outside the process changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StoreErrorKind {
-    /// The database is busy or locked; retrying may succeed.
+    /// The database is busy or locked, or the server gave up a transaction to break a
+    /// deadlock or a serialisation conflict; retrying may succeed.
     Busy,
-    /// The connection to the database failed or was lost.
+    /// The connection to the database failed or was lost (for SQLite: the file cannot be
+    /// opened). Retry after a pause; a batch whose commit was cut off may have landed, so
+    /// read again first.
     Connection,
-    /// The database file or schema is unusable (corrupt, too new, wrong format).
+    /// The database file or schema is unusable (corrupt, too new, wrong format, tables
+    /// missing or changed).
     Schema,
-    /// The store has been closed or its writer has stopped.
+    /// The store has been closed or its writer has stopped. Open the store again.
     Closed,
     /// A checked commit found that the data it was based on changed; read again.
     Stale,
-    /// Anything else.
+    /// The database refuses writes: a read-only file or mount, a store opened read-only, a
+    /// read-only server (a standby). Reads still work.
+    ReadOnly,
+    /// The disk or a quota is full; writes fail until space is freed.
+    Full,
+    /// The storage under the database failed (an I/O error from the operating system).
+    Io,
+    /// Anything else, including a write refused by a trigger or a constraint the store does
+    /// not know; the message carries the database's reason.
     Other,
 }
 
@@ -171,6 +189,9 @@ impl fmt::Display for StoreErrorKind {
             StoreErrorKind::Schema => "schema",
             StoreErrorKind::Closed => "closed",
             StoreErrorKind::Stale => "stale",
+            StoreErrorKind::ReadOnly => "read-only",
+            StoreErrorKind::Full => "full",
+            StoreErrorKind::Io => "i/o",
             StoreErrorKind::Other => "other",
         })
     }

@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
 
 mod filter;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod group;
 pub mod lease;
 mod memory;
 #[cfg(feature = "postgres")]

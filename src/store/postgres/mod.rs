@@ -12,20 +12,21 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::group::{self, Request};
 use super::sql::SqlValue;
 use super::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditRecord, ChainHead};
-use crate::error::{Error, Result, StoreErrorKind};
+use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
 use codec::{decode_audit, decode_credential, decode_grant, decode_record, decode_state};
 use error::{db_error, pool_error};
 use schema::{migrate, valid_schema};
 use statements::{Sql, COLUMNS, RECORD_COLUMNS};
-use writer::{writer, Request};
+use writer::writer;
 
 mod codec;
 mod error;
@@ -133,17 +134,15 @@ impl PostgresStore {
             .map_err(|e| Error::config(format!("cannot build the connection pool: {e}")))?;
         let sql = Arc::new(Sql::new(&options.schema));
         {
-            let mut client = pool.get().await.map_err(|e| {
-                Error::store(
-                    StoreErrorKind::Busy,
-                    format!("cannot connect to PostgreSQL at {shown}: {e}"),
-                )
-            })?;
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| pool_error(&format!("cannot connect to PostgreSQL at {shown}"), e))?;
             let sync: String = client
                 .query_one("SHOW synchronous_commit", &[])
                 .await
                 .and_then(|r| r.try_get(0))
-                .map_err(|e| db_error("cannot read synchronous_commit", &e))?;
+                .map_err(|e| db_error("cannot read synchronous_commit", e))?;
             if sync == "off" && !options.allow_async_commit {
                 return Err(Error::config(format!(
                     "PostgreSQL at {shown} has synchronous_commit = off, so a crash may lose \
@@ -170,7 +169,10 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(pool_error)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| pool_error("cannot get a PostgreSQL connection", e))
     }
 
     /// A read through a pooled connection with a statement prepared once per connection;
@@ -185,28 +187,19 @@ impl PostgresStore {
         let stmt = client
             .prepare_cached(sql)
             .await
-            .map_err(|e| db_error("cannot prepare a read", &e))?;
+            .map_err(|e| db_error("cannot prepare a read", e))?;
         client
             .query(&stmt, params)
             .await
-            .map_err(|e| db_error(&format!("cannot read {what}"), &e))
+            .map_err(|e| db_error(&format!("cannot read {what}"), e))
     }
 
+    /// Queues a batch with the writer task and waits for its answer.
     async fn send(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
-        let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Request {
-                batch,
-                stamp,
-                reply,
-            })
-            .map_err(|_| Error::store(StoreErrorKind::Other, "the store's writer has stopped"))?;
-        answer.await.map_err(|_| {
-            Error::store(
-                StoreErrorKind::Other,
-                "the store's writer stopped before answering; the batch may not be written",
-            )
-        })?
+        group::send("PostgreSQL", batch, stamp, |request| {
+            self.writer.send(request).is_ok()
+        })
+        .await
     }
 }
 
@@ -267,7 +260,7 @@ impl Store for PostgresStore {
         let rows = client
             .query(&query, &refs)
             .await
-            .map_err(|e| db_error("cannot list credentials", &e))?;
+            .map_err(|e| db_error("cannot list credentials", e))?;
         rows.iter().map(|r| decode_credential(r, 0)).collect()
     }
 
@@ -323,10 +316,10 @@ impl Store for PostgresStore {
             .ok_or_else(|| Error::corrupt("the store's state row", "it is missing"))?;
         let generation: i64 = row
             .try_get(0)
-            .map_err(|e| db_error("cannot read the data generation", &e))?;
+            .map_err(|e| db_error("cannot read the data generation", e))?;
         let present: Option<String> = row
             .try_get(1)
-            .map_err(|e| db_error("cannot read a credential", &e))?;
+            .map_err(|e| db_error("cannot read a credential", e))?;
         let record = match present {
             None => None,
             Some(_) => Some(Arc::new(decode_credential(row, 1)?)),
@@ -350,10 +343,10 @@ impl Store for PostgresStore {
         for row in &rows {
             generation = row
                 .try_get(0)
-                .map_err(|e| db_error("cannot read the data generation", &e))?;
+                .map_err(|e| db_error("cannot read the data generation", e))?;
             let present: Option<String> = row
                 .try_get(1)
-                .map_err(|e| db_error("cannot read grants", &e))?;
+                .map_err(|e| db_error("cannot read grants", e))?;
             if present.is_some() {
                 grants.push(decode_grant(row, 1)?);
             }
@@ -391,7 +384,7 @@ impl Store for PostgresStore {
         let rows = client
             .query(&query, &refs)
             .await
-            .map_err(|e| db_error("cannot list records", &e))?;
+            .map_err(|e| db_error("cannot list records", e))?;
         rows.iter().map(decode_record).collect()
     }
 }

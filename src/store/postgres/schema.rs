@@ -139,7 +139,7 @@ pub(super) async fn migrate(
     schema: &str,
     shown: &str,
 ) -> Result<()> {
-    let fail = |what: &'static str| move |e: tokio_postgres::Error| db_error(what, &e);
+    let fail = |what: &'static str| move |e: tokio_postgres::Error| db_error(what, e);
     let tx = client
         .transaction()
         .await

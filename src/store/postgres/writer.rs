@@ -4,27 +4,22 @@
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::codec::decode_state;
-use super::error::{db_error, pool_error};
+use super::error::{db_error, kind_of, pool_error, reason};
 use super::statements::Sql;
 use crate::audit::encoding::{AuditRecord, ChainHead};
-use crate::error::{Error, Result, StoreErrorKind};
+use crate::error::{Error, Result};
 use crate::model::CredentialId;
+use crate::store::group::{answer, GroupFailure, Outcome, Reply, Request};
 use crate::store::rules::{
     check_credential_delete, check_credential_put, check_record_delete, check_record_put,
     grant_missing, grant_target_missing, name_taken, stale_read,
 };
-use crate::store::{Batch, CommitReceipt, Mutation, ReadStamp};
-
-pub(super) struct Request {
-    pub(super) batch: Batch,
-    pub(super) stamp: ReadStamp,
-    pub(super) reply: oneshot::Sender<Result<CommitReceipt>>,
-}
+use crate::store::{Batch, CommitReceipt, Mutation};
 
 pub(super) async fn writer(
     pool: Pool,
@@ -81,15 +76,21 @@ impl AuditColumns {
     }
 }
 
-pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
+/// Runs one group in one transaction and answers every caller in it.
+async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
     let fail_all = |group: Vec<Request>, error: Error| {
-        for req in group {
-            let _ = req.reply.send(Err(clone_error(&error)));
-        }
+        let failure = GroupFailure::from(error);
+        let skipped = group.into_iter().map(|req| (req.reply, Outcome::Skipped));
+        answer(skipped.collect(), Some(&failure));
     };
     let client = match pool.get().await {
         Ok(c) => c,
-        Err(e) => return fail_all(group, pool_error(e)),
+        Err(e) => {
+            return fail_all(
+                group,
+                pool_error("cannot get a connection, nothing was written", e),
+            )
+        }
     };
     let tx: &deadpool_postgres::ClientWrapper = &client;
     let lock = match prepared(tx, &sql.lock_state).await {
@@ -102,41 +103,39 @@ pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         (Ok(()), Ok(row)) => row,
         (Err(e), _) | (_, Err(e)) => {
             let _ = tx.batch_execute("ROLLBACK").await;
-            return fail_all(group, db_error("cannot lock the chain head", &e));
+            return fail_all(
+                group,
+                db_error("cannot lock the chain head, nothing was written", e),
+            );
         }
     };
     let (mut generation, mut head) = match decode_state(&state) {
         Ok(s) => s,
-        Err(e) => return fail_all(group, e),
+        Err(e) => {
+            let _ = tx.batch_execute("ROLLBACK").await;
+            return fail_all(group, e);
+        }
     };
     let start_generation = generation;
     let mut audit = AuditColumns::default();
-    let mut results: Vec<(
-        oneshot::Sender<Result<CommitReceipt>>,
-        Result<CommitReceipt>,
-    )> = Vec::with_capacity(group.len());
-    let mut poisoned: Option<Error> = None;
+    let mut results: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
+    // Set when something fails outside a savepoint: then the whole group rolls back.
+    let mut poisoned: Option<GroupFailure> = None;
     for req in group {
         if poisoned.is_some() {
-            results.push((
-                req.reply,
-                Err(Error::store(StoreErrorKind::Other, "not written")),
-            ));
+            results.push((req.reply, Outcome::Skipped));
             continue;
         }
         if req.stamp.current_at(generation) == Some(false) {
-            results.push((req.reply, Err(stale_read())));
+            results.push((req.reply, Outcome::Refused(stale_read())));
             continue;
         }
         let bumps_generation = req.batch.changes_credentials();
         let Batch { mutations, events } = req.batch;
         if !mutations.is_empty() {
             if let Err(e) = tx.batch_execute("SAVEPOINT batch").await {
-                poisoned = Some(db_error("cannot open a savepoint", &e));
-                results.push((
-                    req.reply,
-                    Err(Error::store(StoreErrorKind::Other, "not written")),
-                ));
+                poisoned = Some(db_error("cannot open a savepoint", e).into());
+                results.push((req.reply, Outcome::Skipped));
                 continue;
             }
             let mut outcome = Ok(());
@@ -152,10 +151,10 @@ pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
                 "ROLLBACK TO SAVEPOINT batch; RELEASE SAVEPOINT batch"
             };
             if let Err(e) = tx.batch_execute(end).await {
-                poisoned = Some(db_error("cannot close a savepoint", &e));
+                poisoned = Some(db_error("cannot close a savepoint", e).into());
             }
             if let Err(e) = outcome {
-                results.push((req.reply, Err(e)));
+                results.push((req.reply, Outcome::Refused(e)));
                 continue;
             }
             if bumps_generation {
@@ -166,19 +165,20 @@ pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         for event in events {
             let record = ChainHead::append(&mut head, event);
             if let Err(e) = audit.push(&record) {
-                poisoned = Some(e);
+                poisoned = Some(e.into());
                 break;
             }
             seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
         }
-        results.push((req.reply, Ok(CommitReceipt { seqs, head })));
+        results.push((req.reply, Outcome::Applied(CommitReceipt { seqs, head })));
     }
-    let committed: Result<()> = async {
-        if let Some(e) = poisoned {
-            return Err(e);
+    let committed: std::result::Result<(), GroupFailure> = async {
+        if let Some(failure) = poisoned {
+            return Err(failure.rolled_back());
         }
-        let insert = prepared(tx, &sql.insert_audit).await?;
-        let update = prepared(tx, &sql.update_state).await?;
+        let rolled_back = |failure: Error| GroupFailure::from(failure).rolled_back();
+        let insert = prepared(tx, &sql.insert_audit).await.map_err(rolled_back)?;
+        let update = prepared(tx, &sql.update_state).await.map_err(rolled_back)?;
         let (seq, hash) = match &head {
             Some(h) => (h.seq as i64, Some(h.hash.to_vec())),
             None => (0, None),
@@ -217,21 +217,26 @@ pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             },
             tx.batch_execute("COMMIT")
         );
-        inserted.map_err(|e| db_error("cannot append the audit rows", &e))?;
+        inserted.map_err(|e| rolled_back(db_error("cannot append the audit rows", e)))?;
         match updated {
             Ok(1) => {}
             Ok(0) if !moved => {}
-            Ok(_) => return Err(Error::corrupt("the store's state row", "it is missing")),
-            Err(e) => return Err(db_error("cannot move the chain head", &e)),
+            Ok(_) => {
+                return Err(rolled_back(Error::corrupt(
+                    "the store's state row",
+                    "it is missing",
+                )))
+            }
+            Err(e) => return Err(rolled_back(db_error("cannot move the chain head", e))),
         }
         commit.map_err(|e| {
-            Error::store(
-                StoreErrorKind::Busy,
-                format!(
-                    "the commit did not complete ({e}); the batch was applied whole or not at \
-                     all — read again before retrying"
-                ),
-            )
+            let kind = kind_of(&e);
+            let message = format!(
+                "the commit did not complete ({}); the batch was applied whole or not at all: \
+                 read again before retrying",
+                reason(&e)
+            );
+            Error::store_with_source(kind, message, e).into()
         })
     }
     .await;
@@ -239,26 +244,7 @@ pub(super) async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         // Leaves the connection out of any transaction (a no-op after COMMIT/ROLLBACK).
         let _ = tx.batch_execute("ROLLBACK").await;
     }
-    match committed {
-        Ok(()) => {
-            for (reply, outcome) in results {
-                let _ = reply.send(outcome);
-            }
-        }
-        Err(error) => {
-            for (reply, outcome) in results {
-                let _ = reply.send(outcome.and(Err(clone_error(&error))));
-            }
-        }
-    }
-}
-
-/// A store error for many callers (errors are not `Clone`).
-pub(super) fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Store { kind, message, .. } => Error::store(*kind, message.clone()),
-        other => Error::store(StoreErrorKind::Other, other.to_string()),
-    }
+    answer(results, committed.err().as_ref());
 }
 
 /// A statement prepared once per connection (one round trip per use instead of two).
@@ -268,7 +254,7 @@ pub(super) async fn prepared(
 ) -> Result<tokio_postgres::Statement> {
     tx.prepare_cached(sql)
         .await
-        .map_err(|e| db_error("cannot prepare a statement", &e))
+        .map_err(|e| db_error("cannot prepare a statement", e))
 }
 
 pub(super) async fn stored_version(
@@ -279,10 +265,10 @@ pub(super) async fn stored_version(
     let stmt = prepared(tx, &sql.version_of).await?;
     tx.query_opt(&stmt, &[&id.as_str()])
         .await
-        .map_err(|e| db_error("cannot read a credential's version", &e))?
+        .map_err(|e| db_error("cannot read a credential's version", e))?
         .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64))
         .transpose()
-        .map_err(|e| db_error("cannot read a credential's version", &e))
+        .map_err(|e| db_error("cannot read a credential's version", e))
 }
 
 pub(super) async fn apply_mutation(
@@ -325,7 +311,7 @@ pub(super) async fn apply_mutation(
             match result {
                 Ok(_) => Ok(()),
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(name_taken(&record)),
-                Err(e) => Err(db_error("cannot write a credential", &e)),
+                Err(e) => Err(db_error("cannot write a credential", e)),
             }
         }
         Mutation::Delete { id, precondition } => {
@@ -333,10 +319,10 @@ pub(super) async fn apply_mutation(
             check_credential_delete(precondition, stored, &id)?;
             tx.execute(&sql.delete, &[&id.as_str()])
                 .await
-                .map_err(|e| db_error("cannot delete a credential", &e))?;
+                .map_err(|e| db_error("cannot delete a credential", e))?;
             tx.execute(&sql.delete_grants, &[&id.as_str()])
                 .await
-                .map_err(|e| db_error("cannot delete a credential's grants", &e))?;
+                .map_err(|e| db_error("cannot delete a credential's grants", e))?;
             Ok(())
         }
         Mutation::PutGrant { grant } => {
@@ -358,14 +344,14 @@ pub(super) async fn apply_mutation(
                 ],
             )
             .await
-            .map_err(|e| db_error("cannot write a grant", &e))?;
+            .map_err(|e| db_error("cannot write a grant", e))?;
             Ok(())
         }
         Mutation::DeleteGrant { credential_id, app } => {
             let n = tx
                 .execute(&sql.delete_grant, &[&credential_id.as_str(), &app])
                 .await
-                .map_err(|e| db_error("cannot delete a grant", &e))?;
+                .map_err(|e| db_error("cannot delete a grant", e))?;
             if n == 0 {
                 return Err(grant_missing(&credential_id, &app));
             }
@@ -394,7 +380,7 @@ pub(super) async fn apply_mutation(
                 ],
             )
             .await
-            .map_err(|e| db_error("cannot write a record", &e))?;
+            .map_err(|e| db_error("cannot write a record", e))?;
             Ok(())
         }
         Mutation::DeleteRecord { key, precondition } => {
@@ -403,7 +389,7 @@ pub(super) async fn apply_mutation(
             let stmt = prepared(tx, &sql.delete_record).await?;
             tx.execute(&stmt, &[&key.kind, &key.owner, &key.key])
                 .await
-                .map_err(|e| db_error("cannot delete a record", &e))?;
+                .map_err(|e| db_error("cannot delete a record", e))?;
             Ok(())
         }
     }
@@ -419,8 +405,8 @@ pub(super) async fn stored_record_version(
     let stmt = prepared(tx, &sql.record_version).await?;
     tx.query_opt(&stmt, &[&kind, &owner, &key])
         .await
-        .map_err(|e| db_error("cannot read a record's version", &e))?
+        .map_err(|e| db_error("cannot read a record's version", e))?
         .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64))
         .transpose()
-        .map_err(|e| db_error("cannot read a record's version", &e))
+        .map_err(|e| db_error("cannot read a record's version", e))
 }
