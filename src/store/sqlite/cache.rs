@@ -56,6 +56,7 @@ impl SqliteStore {
         stamped: bool,
         f: impl FnOnce(&Connection) -> Result<PointValue>,
     ) -> Result<(PointValue, i64)> {
+        self.inner.check_open()?;
         if stamped {
             let seen = self.inner.counters.generation.load(Ordering::Acquire);
             {

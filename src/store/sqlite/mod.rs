@@ -1,9 +1,13 @@
 //! `SqliteStore`: the embedded default. One file, WAL, `synchronous=FULL` by default, schema
 //! migrations with a version table, and group commit — one writer thread folds every batch
 //! waiting at the moment into one transaction and one sync.
+//!
+//! The parts: `schema` (migrations, connection settings), `cache` (the point cache),
+//! `writer` (group commit and the closing checkpoint), `codec` (rows into records) and
+//! `error` (SQLite's result codes into [`StoreErrorKind`]s).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +15,8 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
+
+use super::group;
 
 use super::sql::SqlValue;
 use super::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
@@ -24,7 +30,7 @@ use codec::{
 };
 use error::sql_error;
 use schema::{configure, load_head, migrate, read_generation};
-use writer::{writer_loop, Request};
+use writer::{writer_loop, Message};
 
 mod cache;
 mod codec;
@@ -59,6 +65,17 @@ pub struct SqliteOptions {
     /// over. Size it to the working set for flat resolve latency on a large store: each
     /// entry holds one sealed record, about 0.5 KB.
     pub point_cache_entries: usize,
+    /// The size, in bytes, the WAL is cut back to once a checkpoint has copied it into the
+    /// database (SQLite's `journal_size_limit`; default 4 MiB, about what one automatic
+    /// checkpoint's worth of pages takes). A reader that holds a snapshot for long lets the
+    /// WAL grow past it; this bounds what stays on disk afterwards.
+    /// [`SqliteStore::close`] empties it entirely.
+    pub wal_size_limit: u64,
+    /// Open the file for reading only (`SQLITE_OPEN_READ_ONLY`): nothing is created or
+    /// migrated, and every commit fails with
+    /// [`StoreErrorKind::ReadOnly`](crate::StoreErrorKind::ReadOnly). For inspecting a vault
+    /// on a read-only mount, or a copy (default off).
+    pub read_only: bool,
 }
 
 impl Default for SqliteOptions {
@@ -69,6 +86,8 @@ impl Default for SqliteOptions {
             readers: 64,
             busy_timeout: Duration::from_secs(5),
             point_cache_entries: POINT_CACHE_ENTRIES,
+            wal_size_limit: 4 * 1024 * 1024,
+            read_only: false,
         }
     }
 }
@@ -97,12 +116,23 @@ struct Inner {
     path: PathBuf,
     counters: Arc<Counters>,
     options: SqliteOptions,
-    writer: mpsc::Sender<Request>,
+    /// The way to the writer thread; taken out by [`SqliteStore::close`], so nothing can be
+    /// queued behind the close.
+    writer: Mutex<Option<mpsc::Sender<Message>>>,
+    /// Set by [`SqliteStore::close`]: reads fail and pooled connections are not kept.
+    closed: AtomicBool,
     readers: Mutex<Vec<Connection>>,
     cache: Mutex<PointCache>,
 }
 
-/// The embedded SQLite store. Cheap to clone (clones share the connection set).
+/// The embedded SQLite store. Cheap to clone (clones share the connection set, the writer
+/// and the point cache).
+///
+/// Close it with [`SqliteStore::close`] before the process exits: that commits what is
+/// queued, copies the WAL into the database and removes it. A store that is merely dropped
+/// does the same on its writer thread, without blocking the thread that drops it, but a
+/// process that exits right after may end that thread first and leave the WAL behind (it
+/// is replayed on the next open; nothing is lost).
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -124,41 +154,88 @@ impl SqliteStore {
     }
 
     /// Opens (creating if needed) the store at `path`, migrating its schema.
+    ///
+    /// Opening takes the database's write lock only when a migration is due: a store whose
+    /// schema is current opens (and reads) while another process holds the write lock.
+    /// With [`SqliteOptions::read_only`] the file must exist and nothing is written.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        let mut conn = if options.read_only {
+            Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        } else {
+            if let Some(dir) = path.parent() {
+                if !dir.as_os_str().is_empty() && !dir.exists() {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+                }
             }
+            Connection::open(&path)
         }
-        let mut conn =
-            Connection::open(&path).map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
+        .map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
         configure(&conn, &options)
             .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
-        migrate(&mut conn, &shown)?;
+        migrate(&mut conn, &shown, options.read_only)?;
         let head = load_head(&conn).map_err(|e| sql_error("cannot read the audit head", e))?;
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::channel::<Message>();
         let max_group = options.max_group.max(1);
         let counters = Arc::new(Counters::default());
         let generation = read_generation(&conn)
             .map_err(|e| sql_error(&format!("cannot read the data generation of {shown}"), e))?;
         counters.generation.store(generation, Ordering::Release);
         let writer_counters = counters.clone();
+        let read_only = options.read_only;
         std::thread::Builder::new()
             .name("strongroom-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, head, rx, max_group, &writer_counters))
+            .spawn(move || writer_loop(conn, head, rx, max_group, &writer_counters, read_only))
             .map_err(|e| Error::io(&shown, e))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 counters,
                 options,
-                writer: tx,
+                writer: Mutex::new(Some(tx)),
+                closed: AtomicBool::new(false),
                 readers: Mutex::new(Vec::new()),
                 cache: Mutex::new(PointCache::default()),
             }),
         })
+    }
+
+    /// Closes the store, for this handle and every clone of it: commits the batches already
+    /// queued, copies the WAL into the database and truncates it (SQLite then deletes it as
+    /// the last connection closes), and closes every connection. Afterwards commits and
+    /// reads fail with [`StoreErrorKind::Closed`]; closing again does nothing.
+    ///
+    /// It waits for nobody: when another process is reading or writing the file, the
+    /// checkpoint copies what it can and leaves the rest of the WAL to a later checkpoint
+    /// (SQLite's automatic one, or that process's own close). An error means SQLite itself
+    /// failed (an I/O error, say); the data committed before is safe either way.
+    pub async fn close(&self) -> Result<()> {
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.inner.closed.store(true, Ordering::Release);
+        // The writer should be the last connection, so that closing it removes the WAL.
+        self.inner
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let Some(writer) = writer else {
+            return Ok(());
+        };
+        let (reply, done) = oneshot::channel();
+        if writer.send(Message::Close(reply)).is_err() {
+            return Ok(()); // the writer had already stopped
+        }
+        drop(writer);
+        done.await.unwrap_or(Ok(()))
     }
 
     /// The database file.
@@ -205,6 +282,7 @@ impl SqliteStore {
 
 impl Inner {
     fn take_reader(&self) -> Result<Connection> {
+        self.check_open()?;
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         if let Some(conn) = pooled {
             return Ok(conn);
@@ -220,9 +298,23 @@ impl Inner {
         Ok(conn)
     }
 
+    /// A closed store answers nothing, not even from its cache.
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::store(
+                StoreErrorKind::Closed,
+                format!(
+                    "the SQLite store {} was closed; open it again",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn give_back(&self, conn: Connection) {
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < self.options.readers.max(1) {
+        if !self.closed.load(Ordering::Acquire) && pool.len() < self.options.readers.max(1) {
             pool.push(conn);
         }
     }
@@ -453,21 +545,14 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Queues a batch with the writer thread and waits for its answer.
     async fn send(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
-        let (reply, wait) = oneshot::channel();
-        self.inner
-            .writer
-            .send(Request {
-                batch,
-                stamp,
-                reply,
-            })
-            .map_err(|_| Error::store(StoreErrorKind::Closed, "the SQLite writer has stopped"))?;
-        wait.await.map_err(|_| {
-            Error::store(
-                StoreErrorKind::Closed,
-                "the SQLite writer stopped before answering; the batch may not have been written",
-            )
-        })?
+        group::send("SQLite", batch, stamp, |request| {
+            let writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            writer
+                .as_ref()
+                .is_some_and(|w| w.send(Message::Commit(request)).is_ok())
+        })
+        .await
     }
 }

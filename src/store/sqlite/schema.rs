@@ -116,46 +116,96 @@ pub(super) fn move_expiry_out_of_metadata(tx: &Connection) -> rusqlite::Result<(
     Ok(())
 }
 
+/// Per-connection settings. Reads the journal mode before setting it, so that opening a
+/// database already in WAL mode takes no lock at all (changing the mode would need one).
 pub(super) fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
     conn.busy_timeout(options.busy_timeout)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    if !options.read_only {
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
+    }
     let sync = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
-    // SQLite's own automatic checkpoints (every 1000 WAL pages) measured faster here than a
-    // background checkpointer, whose syncs compete with the commit path's.
-    conn.pragma_update(None, "journal_size_limit", 64i64 * 1024 * 1024)?;
+    // SQLite's own automatic checkpoints (every 1000 WAL pages, about 4 MB) measured faster
+    // here than a background checkpointer, whose syncs compete with the commit path's. The
+    // limit truncates a WAL that a long reader let grow past it, once a checkpoint has
+    // caught up.
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(options.wal_size_limit).unwrap_or(i64::MAX),
+    )?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(())
 }
 
-pub(super) fn migrate(conn: &mut Connection, shown: &str) -> Result<()> {
+/// The schema version recorded in the file (0 for a new, empty database).
+fn schema_version(conn: &Connection) -> rusqlite::Result<usize> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'strongroom_schema'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        conn.query_row("SELECT max(version) FROM strongroom_schema", [], |r| {
+            r.get(0)
+        })?;
+    Ok(version.map_or(0, |v| usize::try_from(v).unwrap_or(usize::MAX)))
+}
+
+/// Brings the schema up to date. The version is read first, without a lock: in WAL mode a
+/// read never waits for a writer, so opening a store whose schema is current never waits
+/// for another process's write transaction (a read-only command next to a busy service).
+/// Only when a migration is due does it take the write lock, and then it reads the version
+/// again, since another process may have migrated meanwhile.
+pub(super) fn migrate(conn: &mut Connection, shown: &str, read_only: bool) -> Result<()> {
     let fail = |what: &str| {
         let what = what.to_string();
         move |e| sql_error(&format!("{what} ({shown})"), e)
     };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(fail("cannot start the schema migration"))?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS strongroom_schema (version INTEGER NOT NULL)")
-        .map_err(fail("cannot create the schema version table"))?;
-    let current: Option<i64> = tx
-        .query_row("SELECT max(version) FROM strongroom_schema", [], |r| {
-            r.get(0)
-        })
-        .map_err(fail("cannot read the schema version"))?;
-    let current = current.unwrap_or(0) as usize;
-    if current > MIGRATIONS.len() {
-        return Err(Error::store(
+    let too_new = |current: usize| {
+        Error::store(
             StoreErrorKind::Schema,
             format!(
                 "{shown} has schema version {current}, but this build of strongroom knows only up \
                  to {}; upgrade strongroom",
                 MIGRATIONS.len()
             ),
+        )
+    };
+    let current = schema_version(conn).map_err(fail("cannot read the schema version"))?;
+    if current > MIGRATIONS.len() {
+        return Err(too_new(current));
+    }
+    if current == MIGRATIONS.len() {
+        return Ok(());
+    }
+    if read_only {
+        return Err(Error::store(
+            StoreErrorKind::ReadOnly,
+            format!(
+                "{shown} has schema version {current} and needs migrating to version {}, which \
+                 a store opened read-only cannot do; open it read-write once",
+                MIGRATIONS.len()
+            ),
         ));
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(fail("cannot start the schema migration"))?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS strongroom_schema (version INTEGER NOT NULL)")
+        .map_err(fail("cannot create the schema version table"))?;
+    let current = schema_version(&tx).map_err(fail("cannot read the schema version"))?;
+    if current > MIGRATIONS.len() {
+        return Err(too_new(current));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         tx.execute_batch(sql)

@@ -1,5 +1,5 @@
 //! The group-commit writer: one thread that folds every batch waiting at the moment into
-//! one transaction and one sync.
+//! one transaction and one sync, and that checkpoints the WAL when the store closes.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
@@ -12,52 +12,76 @@ use super::error::{is_unique_violation, sql_error};
 use super::schema::{load_head, read_generation};
 use super::Counters;
 use crate::audit::encoding::ChainHead;
-use crate::error::{Error, Result, StoreErrorKind};
+use crate::error::{Error, Result};
 use crate::model::CredentialId;
+use crate::store::group::{answer, GroupFailure, Outcome, Reply, Request};
 use crate::store::rules::{
     check_credential_delete, check_credential_put, check_record_delete, check_record_put,
     grant_missing, grant_target_missing, name_taken, stale_read,
 };
-use crate::store::{Batch, CommitReceipt, Mutation, ReadStamp};
+use crate::store::{Batch, CommitReceipt, Mutation};
 
-pub(super) struct Request {
-    pub(super) batch: Batch,
-    /// Commit only if no credential or grant changed since these reads.
-    pub(super) stamp: ReadStamp,
-    pub(super) reply: oneshot::Sender<Result<CommitReceipt>>,
+/// What the writer is asked to do.
+pub(super) enum Message {
+    /// Commit one caller's batch.
+    Commit(Request),
+    /// Commit what was queued before, checkpoint the WAL into the database, close the
+    /// connection and stop; the answer says whether the checkpoint could run.
+    Close(oneshot::Sender<Result<()>>),
 }
 
 /// The single writer: waits for one batch, takes every other batch already waiting (up to
 /// `max_group`), and commits them all in one transaction — one sync for the group. Each
 /// batch runs inside its own savepoint so a failed precondition undoes only that batch.
+///
+/// It stops on [`Message::Close`], or when every sender is gone (the store was dropped);
+/// either way it first tries a checkpoint that waits for nobody (see [`checkpoint`]), so
+/// a store that is dropped without [`SqliteStore::close`](super::SqliteStore::close) still
+/// leaves no WAL behind, provided the process lives long enough for this thread to finish.
 pub(super) fn writer_loop(
     mut conn: Connection,
     mut head: Option<ChainHead>,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::Receiver<Message>,
     max_group: usize,
     counters: &Counters,
+    read_only: bool,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(max_group);
     // How many callers the last group served: the concurrency to wait for.
     let mut expected = 1usize;
+    let mut closing = None;
     while let Ok(first) = rx.recv() {
-        group.push(first);
+        match first {
+            Message::Commit(req) => group.push(req),
+            Message::Close(reply) => {
+                closing = Some(reply);
+                break;
+            }
+        }
         let started = std::time::Instant::now();
         loop {
             while group.len() < max_group {
                 match rx.try_recv() {
-                    Ok(req) => group.push(req),
+                    Ok(Message::Commit(req)) => group.push(req),
+                    Ok(Message::Close(reply)) => {
+                        closing = Some(reply);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             // A lone caller never waits. With concurrent callers, the ones just answered
             // are still on their way back; waiting briefly for them (while they keep
             // arriving) folds them into this sync instead of the next one.
-            if group.len() >= expected.min(max_group) || started.elapsed() >= LINGER_MAX {
+            if closing.is_some()
+                || group.len() >= expected.min(max_group)
+                || started.elapsed() >= LINGER_MAX
+            {
                 break;
             }
             match rx.recv_timeout(LINGER_GAP) {
-                Ok(req) => group.push(req),
+                Ok(Message::Commit(req)) => group.push(req),
+                Ok(Message::Close(reply)) => closing = Some(reply),
                 Err(_) => break,
             }
         }
@@ -69,7 +93,29 @@ pub(super) fn writer_loop(
             .batches
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         run_group(&mut conn, &mut head, &mut group, &counters.generation);
+        if closing.is_some() {
+            break;
+        }
     }
+    let checkpointed = if read_only { Ok(()) } else { checkpoint(&conn) };
+    // Closing the last connection to the file also deletes the (now empty) WAL.
+    let closed = conn
+        .close()
+        .map_err(|(_, e)| sql_error("cannot close the database", e));
+    if let Some(reply) = closing {
+        let _ = reply.send(checkpointed.and(closed));
+    }
+}
+
+/// Copies the WAL into the database and truncates it to nothing, waiting for nobody: with
+/// no busy timeout, a reader or writer in another process that still needs part of the WAL
+/// makes SQLite checkpoint what it can (as a passive checkpoint would) and leave the rest,
+/// and the file, to a later checkpoint. Only a failure of SQLite itself is an error.
+fn checkpoint(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::ZERO)
+        .map_err(|e| sql_error("cannot configure the closing checkpoint", e))?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| sql_error("cannot checkpoint the WAL into the database", e))
 }
 
 /// Longest pause between arrivals while a group is still filling.
@@ -77,44 +123,43 @@ pub(super) fn writer_loop(
 // lets the callers it answers compute (read, decrypt) during the next group's sync. 30 µs /
 // 100 µs measured best for audited resolves (which compute between commits) without
 // hurting pure audited commits; 100 µs / 1 ms held resolves to ~60% of this.
-pub(super) const LINGER_GAP: Duration = Duration::from_micros(30);
+const LINGER_GAP: Duration = Duration::from_micros(30);
 /// Longest a group waits to fill.
-pub(super) const LINGER_MAX: Duration = Duration::from_micros(100);
+const LINGER_MAX: Duration = Duration::from_micros(100);
 
 pub(super) fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-pub(super) type Reply = oneshot::Sender<Result<CommitReceipt>>;
-
-pub(super) fn run_group(
+/// Runs one group in one transaction and answers every caller in it.
+fn run_group(
     conn: &mut Connection,
     head: &mut Option<ChainHead>,
     group: &mut Vec<Request>,
     published: &AtomicI64,
 ) {
     let start_head = *head;
-    let mut results: Vec<(Reply, Result<CommitReceipt>)> = Vec::with_capacity(group.len());
+    let mut results: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let message = format!("cannot start a write transaction: {e}");
-            for req in group.drain(..) {
-                let _ = req
-                    .reply
-                    .send(Err(Error::store(StoreErrorKind::Busy, message.clone())));
-            }
+            let failure = GroupFailure::from(sql_error(
+                "cannot start a write transaction, nothing was written",
+                e,
+            ));
+            let skipped = group.drain(..).map(|req| (req.reply, Outcome::Skipped));
+            answer(skipped.collect(), Some(&failure));
             return;
         }
     };
     // Set when something fails outside a savepoint: then the whole group rolls back.
-    let mut poisoned: Option<String> = None;
+    let mut poisoned: Option<GroupFailure> = None;
     // The data generation as this transaction sees it, kept up to date as batches with
     // mutations bump it, to check stamped reads against.
     let mut generation = match read_generation(&tx) {
         Ok(g) => g,
         Err(e) => {
-            poisoned = Some(format!("cannot read the data generation: {e}"));
+            poisoned = Some(sql_error("cannot read the data generation", e).into());
             0
         }
     };
@@ -122,89 +167,86 @@ pub(super) fn run_group(
     // since this writer's last group: continue from the head that is on disk.
     match load_head(&tx) {
         Ok(on_disk) => *head = on_disk,
-        Err(e) => poisoned = Some(format!("cannot read the audit head: {e}")),
+        Err(e) => poisoned = Some(sql_error("cannot read the audit head", e).into()),
     }
     for req in group.drain(..) {
         if poisoned.is_some() {
-            results.push((
-                req.reply,
-                Err(Error::store(StoreErrorKind::Other, "not written")),
-            ));
+            results.push((req.reply, Outcome::Skipped));
             continue;
         }
         if req.stamp.current_at(generation) == Some(false) {
-            results.push((req.reply, Err(stale_read())));
+            results.push((req.reply, Outcome::Refused(stale_read())));
             continue;
         }
         let changes = req.batch.changes_credentials();
         let before = *head;
         let outcome = if req.batch.mutations.is_empty() {
             // Appending events cannot fail a precondition; an error here is an I/O-level
-            // failure that dooms the transaction anyway, so no savepoint is needed.
-            apply_batch(&tx, req.batch, head).inspect_err(|e| poisoned = Some(e.to_string()))
+            // failure (or a trigger) that dooms the transaction anyway, so no savepoint is
+            // needed: the group fails with this batch's error as its cause.
+            match apply_batch(&tx, req.batch, head) {
+                Ok(receipt) => Outcome::Applied(receipt),
+                Err(e) => {
+                    poisoned = Some(e.into());
+                    Outcome::Skipped
+                }
+            }
         } else {
             match exec_cached(&tx, "SAVEPOINT batch") {
                 Err(e) => {
-                    poisoned = Some(e.to_string());
-                    Err(sql_error("cannot open a savepoint", e))
+                    poisoned = Some(sql_error("cannot open a savepoint", e).into());
+                    Outcome::Skipped
                 }
                 Ok(()) => match apply_batch(&tx, req.batch, head) {
-                    Ok(receipt) => {
-                        exec_cached(&tx, "RELEASE batch")
-                            .map(|()| receipt)
-                            .map_err(|e| {
-                                poisoned = Some(e.to_string());
-                                sql_error("cannot release a savepoint", e)
-                            })
-                    }
+                    Ok(receipt) => match exec_cached(&tx, "RELEASE batch") {
+                        Ok(()) => Outcome::Applied(receipt),
+                        Err(e) => {
+                            poisoned = Some(sql_error("cannot release a savepoint", e).into());
+                            Outcome::Skipped
+                        }
+                    },
                     Err(e) => {
                         if let Err(undo) = exec_cached(&tx, "ROLLBACK TO batch")
                             .and_then(|()| exec_cached(&tx, "RELEASE batch"))
                         {
-                            poisoned = Some(undo.to_string());
+                            poisoned =
+                                Some(sql_error("cannot roll back a failed batch", undo).into());
                         }
-                        Err(e)
+                        Outcome::Refused(e)
                     }
                 },
             }
         };
         match &outcome {
-            Err(_) => *head = before,
-            Ok(_) if changes => generation += 1,
-            Ok(_) => {}
+            Outcome::Applied(_) if changes => generation += 1,
+            Outcome::Applied(_) => {}
+            _ => *head = before,
         }
         results.push((req.reply, outcome));
     }
-    let committed = match poisoned {
-        Some(reason) => {
+    let failure = match poisoned {
+        Some(failure) => {
             drop(tx); // rolls back
-            Err(format!(
-                "the group transaction failed and was rolled back, nothing was written: {reason}"
-            ))
+            Some(failure.rolled_back())
         }
         None => tx
             .commit()
-            .map_err(|e| format!("commit failed, nothing was written: {e}")),
+            .err()
+            .map(|e| sql_error("the commit failed, nothing was written", e).into()),
     };
-    match committed {
-        Ok(()) => {
+    match &failure {
+        None => {
             published.fetch_max(generation, Ordering::Release);
-            for (reply, outcome) in results {
-                let _ = reply.send(outcome);
-            }
         }
-        Err(message) => {
+        Some(_) => {
             // Nothing of the group is on disk; restore the head from the database.
             *head = load_head(conn).unwrap_or(start_head);
-            for (reply, outcome) in results {
-                let _ = reply
-                    .send(outcome.and(Err(Error::store(StoreErrorKind::Other, message.clone()))));
-            }
         }
     }
+    answer(results, failure.as_ref());
 }
 
-pub(super) fn apply_batch(
+fn apply_batch(
     conn: &Connection,
     batch: Batch,
     head: &mut Option<ChainHead>,
