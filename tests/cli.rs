@@ -107,6 +107,32 @@ fn assert_not_in_vault_files(home: &Path, needle: &[u8]) -> u64 {
 
 const ALICE: &str = "app_user:crm:alice";
 
+/// The size of the vault's WAL in `home`, 0 when there is none.
+fn wal_len(home: &Path) -> u64 {
+    std::fs::metadata(home.join("vault.db-wal")).map_or(0, |m| m.len())
+}
+
+#[test]
+fn commands_leave_no_wal_behind() {
+    let env = Env::new();
+    ok(&env.run(
+        ALICE,
+        &[
+            "credentials",
+            "create",
+            "--provider",
+            "openai",
+            "-f",
+            "api_key=sk-proj-wal-test-123",
+        ],
+    ));
+    assert_eq!(wal_len(env.home.path()), 0, "after create");
+    ok(&env.run(ALICE, &["credentials", "list"]));
+    assert_eq!(wal_len(env.home.path()), 0, "after list");
+    ok(&env.run("system_admin:root", &["audit", "verify"]));
+    assert_eq!(wal_len(env.home.path()), 0, "after audit verify");
+}
+
 #[test]
 fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
     let env = Env::new();
@@ -128,12 +154,14 @@ fn a_whole_session_create_list_show_reveal_grants_delete_verify() {
     let id = created["id"].as_str().expect("id").to_string();
     assert_eq!(created["name"], "openai_main");
     assert_eq!(created["state"], "filled");
-    // Nothing secret in the vault's files, scanned before anything can checkpoint the
-    // create's commit out of the WAL.
+    // Nothing secret in the vault's files. The CLI checkpoints its WAL into `vault.db` as it
+    // exits, so the create's commit is in `vault.db`, which the scan reads.
     let wal = assert_not_in_vault_files(env.home.path(), b"CANARY");
+    assert_eq!(wal, 0, "the CLI leaves no WAL behind");
+    let db = std::fs::read(env.home.path().join("vault.db")).expect("read vault.db");
     assert!(
-        wal > 0,
-        "the create's commit is still in the WAL, so the scan read it"
+        db.windows(id.len()).any(|w| w == id.as_bytes()),
+        "the create's row is in vault.db, so the scan read it"
     );
 
     let list = ok(&env.run(ALICE, &["credentials", "list"]));

@@ -309,7 +309,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let mut sqlite = None;
+    let outcome = runtime.block_on(run(cli, &mut sqlite));
+    // Checkpoint the WAL into the database and remove it, so no `-wal` file is left behind.
+    if let Some(store) = sqlite {
+        if let Err(e) = runtime.block_on(store.close()) {
+            eprintln!("warning: the store was not closed cleanly (nothing is lost): {e}");
+        }
+    }
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
@@ -342,9 +350,13 @@ fn store_spec(spec: Option<&str>) -> Result<StoreSpec, Error> {
 
 /// Opens the store (`STRONGROOM_PG_SCHEMA` picks the PostgreSQL schema, default
 /// `strongroom`).
-async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn Store>, Error> {
+/// A SQLite store is also put in `sqlite`, for `main` to close once the command is done.
+async fn open_store(
+    spec: &StoreSpec,
+    sqlite: &mut Option<SqliteStore>,
+) -> Result<Arc<dyn Store>, Error> {
     Ok(match spec {
-        StoreSpec::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StoreSpec::Sqlite(path) => Arc::new(sqlite.insert(SqliteStore::open(path)?).clone()),
         StoreSpec::Postgres(url) => {
             let mut options = strongroom::PostgresOptions::default();
             if let Ok(schema) = std::env::var("STRONGROOM_PG_SCHEMA") {
@@ -534,7 +546,7 @@ fn providers(catalog: &Catalog, cmd: ProvidersCommand, out: &Output) -> Result<u
     }
 }
 
-async fn run(cli: Cli) -> Result<u8, Error> {
+async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     let dir = providers_dir(cli.providers_dir.clone())?;
     let out = Output { json: cli.json };
     if let Command::Providers(cmd) = cli.command {
@@ -589,7 +601,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             });
         }
     }
-    let store = open_store(&spec).await?;
+    let store = open_store(&spec, sqlite).await?;
     let key = key_wrapper_from_env()?;
     // Checkpoints need a key derived from the master key; the cloud backends cannot yet.
     let checkpoints = key.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok();
