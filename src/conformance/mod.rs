@@ -33,6 +33,7 @@ mod credentials;
 mod freshness;
 mod leases;
 mod records;
+mod scopes;
 
 pub use audit::{audit_chain, concurrent_commits};
 pub use credentials::{
@@ -45,6 +46,7 @@ pub use records::{
     record_filters, record_only_batches_keep_stamps, record_preconditions, record_round_trip,
     records_atomic_with_credentials, sample_stored_record,
 };
+pub use scopes::list_scope_patterns;
 
 /// A plausible record (its `sealed` bytes are opaque to stores, so they are not real).
 pub fn sample_record(name: &str, scope: Scope) -> CredentialRecord {
@@ -173,6 +175,7 @@ where
     let first_of = |handles: StoreHandles| handles.first;
     round_trip(first_of(fresh().await)).await;
     list_filters(first_of(fresh().await)).await;
+    list_scope_patterns(first_of(fresh().await)).await;
     precondition_conflicts(first_of(fresh().await)).await;
     names_unique_within_scope(first_of(fresh().await)).await;
     atomicity(first_of(fresh().await)).await;

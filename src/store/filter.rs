@@ -6,12 +6,46 @@ use crate::model::{
 };
 
 /// Which credentials to list. Every set field must match; results come in id order.
+///
+/// # Scope patterns
+///
+/// [`ListFilter::scopes`] asks the store for the credentials in any of a list of scope
+/// patterns ([`ScopeMatch`]: a scope kind and which of its owners), so that a caller who
+/// may see only some scopes — a principal listing what the policy lets them see — reads
+/// only those rows instead of reading everything and filtering afterwards. The list is an
+/// OR; it is AND-ed with every other field, and paging (`after_id`, `limit`) runs over the
+/// union in id order, so a page never repeats or skips a credential that two patterns
+/// both match:
+///
+/// ```
+/// use strongroom::store::{ListFilter, ScopeMatch};
+/// use strongroom::{Scope, ScopeKind};
+///
+/// # fn main() -> strongroom::Result<()> {
+/// // What alice may see: system-wide credentials, her own, and hers in any app.
+/// let filter = ListFilter::in_scopes(vec![
+///     ScopeMatch::kind(ScopeKind::SystemWide),
+///     ScopeMatch::scope(&Scope::per_user("alice")?),
+///     ScopeMatch::user_in_any_app("alice"),
+/// ]);
+/// assert!(filter.matches_scope(&Scope::per_app_per_user("crm", "alice")?));
+/// assert!(!filter.matches_scope(&Scope::per_app_per_user("crm", "bob")?));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// `scopes: None` (the default) restricts nothing; `Some(vec![])` matches nothing at all.
+/// The SQL stores evaluate the patterns in the database with bound parameters, so an id
+/// holding `%`, `_` or quotes is compared as the text it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
     /// Exactly this scope (kind and owner).
     pub scope: Option<Scope>,
     /// Any scope of this kind.
     pub scope_kind: Option<ScopeKind>,
+    /// Only credentials in a scope one of these patterns matches (see
+    /// [Scope patterns](ListFilter#scope-patterns)); an empty list matches nothing.
+    pub scopes: Option<Vec<ScopeMatch>>,
     /// This name (`ref`).
     pub name: Option<String>,
     /// This provider.
@@ -39,6 +73,7 @@ impl ListFilter {
     pub fn matches(&self, record: &CredentialRecord) -> bool {
         self.scope.as_ref().is_none_or(|s| *s == record.scope)
             && self.scope_kind.is_none_or(|k| k == record.scope.kind())
+            && self.matches_scope(&record.scope)
             && self.name.as_ref().is_none_or(|n| *n == record.name)
             && self.provider.as_ref().is_none_or(|p| *p == record.provider)
             && self
@@ -54,11 +89,108 @@ impl ListFilter {
             && self.after_id.as_ref().is_none_or(|a| record.id > *a)
     }
 
+    /// Does `scope` match [`ListFilter::scopes`] (any pattern of it; `true` when unset)?
+    /// The other fields are not looked at.
+    pub fn matches_scope(&self, scope: &Scope) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(scope)))
+    }
+
     /// Only this scope.
     pub fn in_scope(scope: Scope) -> ListFilter {
         ListFilter {
             scope: Some(scope),
             ..ListFilter::default()
+        }
+    }
+
+    /// Only scopes one of `patterns` matches (an empty list matches nothing).
+    pub fn in_scopes(patterns: Vec<ScopeMatch>) -> ListFilter {
+        ListFilter {
+            scopes: Some(patterns),
+            ..ListFilter::default()
+        }
+    }
+}
+
+/// A scope pattern for [`ListFilter::scopes`]: credentials of one scope kind whose owner
+/// matches. Owners are compared as stored ([`Scope::owner`]): empty for system-wide, the
+/// app, user or agent id, and `app/user` for per-app-per-user — ids never contain `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopeMatch {
+    /// The scope kind.
+    pub kind: ScopeKind,
+    /// Which owners of that kind.
+    pub owner: OwnerMatch,
+}
+
+/// Which owners a [`ScopeMatch`] takes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OwnerMatch {
+    /// Every owner of the kind.
+    Any,
+    /// Exactly this owner (as [`Scope::owner`] writes it).
+    Exactly(String),
+    /// Per-app-per-user owners of this app, whichever the user (`app/*`). Owners of other
+    /// kinds hold no `/`, so with another kind it matches nothing.
+    App(String),
+    /// Per-app-per-user owners of this user, whichever the app (`*/user`). With another kind
+    /// it matches nothing.
+    User(String),
+}
+
+impl ScopeMatch {
+    /// Every credential of `kind`.
+    pub fn kind(kind: ScopeKind) -> ScopeMatch {
+        ScopeMatch {
+            kind,
+            owner: OwnerMatch::Any,
+        }
+    }
+
+    /// Exactly `scope`.
+    pub fn scope(scope: &Scope) -> ScopeMatch {
+        ScopeMatch {
+            kind: scope.kind(),
+            owner: OwnerMatch::Exactly(scope.owner()),
+        }
+    }
+
+    /// Per-app-per-user credentials of `app`, whoever the user (`app/*`).
+    pub fn app_for_any_user(app: impl Into<String>) -> ScopeMatch {
+        ScopeMatch {
+            kind: ScopeKind::PerAppPerUser,
+            owner: OwnerMatch::App(app.into()),
+        }
+    }
+
+    /// Per-app-per-user credentials of `user`, in whichever app (`*/user`).
+    pub fn user_in_any_app(user: impl Into<String>) -> ScopeMatch {
+        ScopeMatch {
+            kind: ScopeKind::PerAppPerUser,
+            owner: OwnerMatch::User(user.into()),
+        }
+    }
+
+    /// Does `scope` match? Exactly what the SQL stores compute: same kind, and an owner
+    /// equal to, starting with `app/` or ending with `/user` as the pattern says.
+    pub fn matches(&self, scope: &Scope) -> bool {
+        if scope.kind() != self.kind {
+            return false;
+        }
+        let (first, user) = scope.owner_parts();
+        match (&self.owner, user) {
+            (OwnerMatch::Any, _) => true,
+            (OwnerMatch::Exactly(owner), None) => owner == first,
+            (OwnerMatch::Exactly(owner), Some(user)) => owner
+                .strip_prefix(first)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| rest == user),
+            (OwnerMatch::App(app), Some(_)) => app == first,
+            (OwnerMatch::User(wanted), Some(user)) => wanted == user,
+            (OwnerMatch::App(_) | OwnerMatch::User(_), None) => false,
         }
     }
 }

@@ -24,7 +24,7 @@ mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-pub use filter::{ListFilter, RecordFilter};
+pub use filter::{ListFilter, OwnerMatch, RecordFilter, ScopeMatch};
 pub use rules::stale_read;
 
 pub use memory::MemoryStore;

@@ -1,7 +1,7 @@
 //! What the SQL stores share: bound values, the filters as SQL conditions, and the data
 //! moves of old migrations.
 
-use super::{ListFilter, RecordFilter};
+use super::{ListFilter, OwnerMatch, RecordFilter, ScopeMatch};
 
 /// A value bound to a SQL placeholder by the SQL stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,57 +24,166 @@ pub(crate) fn split_old_expiry(metadata: &str) -> Option<(i64, String)> {
     Some((at, serde_json::to_string(&map).ok()?))
 }
 
+/// Where the SQL stores' dialects differ in the conditions the filters need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `?1`, `substr`, `length`.
+    Sqlite,
+    /// `$1`, `left`/`right`, `char_length`.
+    Postgres,
+}
+
+impl Dialect {
+    /// The `n`-th placeholder (from 1).
+    pub(crate) fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// `column` starts with the text bound to `param` (compared as text, no pattern
+    /// characters: an id may hold `%` or `_`).
+    fn starts_with(self, column: &str, param: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("substr({column}, 1, length({param})) = {param}"),
+            Dialect::Postgres => format!("left({column}, char_length({param})) = {param}"),
+        }
+    }
+
+    /// `column` ends with the text bound to `param` (never empty: it starts with `/`).
+    fn ends_with(self, column: &str, param: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("substr({column}, -length({param})) = {param}"),
+            Dialect::Postgres => format!("right({column}, char_length({param})) = {param}"),
+        }
+    }
+}
+
+/// Conditions AND-ed together, with their values bound in order.
+struct Conditions {
+    dialect: Dialect,
+    clauses: Vec<String>,
+    values: Vec<SqlValue>,
+}
+
+impl Conditions {
+    fn new(dialect: Dialect) -> Conditions {
+        Conditions {
+            dialect,
+            clauses: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Binds `value` and returns its placeholder.
+    fn bind(&mut self, value: SqlValue) -> String {
+        self.values.push(value);
+        self.dialect.placeholder(self.values.len())
+    }
+
+    /// `column operator value`.
+    fn compare(&mut self, column: &str, operator: &str, value: SqlValue) {
+        let p = self.bind(value);
+        self.clauses.push(format!("{column} {operator} {p}"));
+    }
+
+    /// The `WHERE` condition (`1 = 1` when there is none) and its values.
+    fn finish(mut self) -> (String, Vec<SqlValue>) {
+        if self.clauses.is_empty() {
+            self.clauses.push("1 = 1".into());
+        }
+        (self.clauses.join(" AND "), self.values)
+    }
+}
+
 impl ListFilter {
-    /// The filter as SQL conditions on the credential columns, `(column and operator,
-    /// value)`, for the SQL stores to add their placeholders to.
-    pub(crate) fn sql_conditions(&self) -> Vec<(&'static str, SqlValue)> {
+    /// The filter as a SQL `WHERE` condition on the credential columns and its values, every
+    /// value bound. [`ListFilter::scopes`] becomes one parenthesised OR group.
+    pub(crate) fn sql_where(&self, dialect: Dialect) -> (String, Vec<SqlValue>) {
         use SqlValue::{Int, Text};
-        let mut out = Vec::new();
+        let mut c = Conditions::new(dialect);
         if let Some(scope) = &self.scope {
-            out.push(("scope_kind =", Text(scope.kind().as_str().to_string())));
-            out.push(("owner =", Text(scope.owner())));
+            c.compare("scope_kind", "=", Text(scope.kind().as_str().to_string()));
+            c.compare("owner", "=", Text(scope.owner()));
         }
         if let Some(kind) = self.scope_kind {
-            out.push(("scope_kind =", Text(kind.as_str().to_string())));
+            c.compare("scope_kind", "=", Text(kind.as_str().to_string()));
+        }
+        if let Some(patterns) = &self.scopes {
+            let group = scopes_sql(&mut c, patterns);
+            c.clauses.push(group);
         }
         if let Some(name) = &self.name {
-            out.push(("name =", Text(name.clone())));
+            c.compare("name", "=", Text(name.clone()));
         }
         if let Some(provider) = &self.provider {
-            out.push(("provider =", Text(provider.clone())));
+            c.compare("provider", "=", Text(provider.clone()));
         }
         if let Some(handler_type) = &self.handler_type {
-            out.push(("handler_type =", Text(handler_type.clone())));
+            c.compare("handler_type", "=", Text(handler_type.clone()));
         }
         if let Some(before) = self.expires_before {
             // `NULL < x` is not true, so credentials without an expiry never match.
-            out.push(("expires_at <", Int(before.0)));
+            c.compare("expires_at", "<", Int(before.0));
         }
         if let Some(state) = self.state {
-            out.push(("state =", Text(state.as_str().to_string())));
+            c.compare("state", "=", Text(state.as_str().to_string()));
         }
         if let Some(key_id) = &self.key_id {
-            out.push(("key_id =", Text(key_id.clone())));
+            c.compare("key_id", "=", Text(key_id.clone()));
         }
         if let Some(key_id) = &self.key_id_not {
-            out.push(("key_id <>", Text(key_id.clone())));
+            c.compare("key_id", "<>", Text(key_id.clone()));
         }
         if let Some(after) = &self.after_id {
-            out.push(("id >", Text(after.as_str().to_string())));
+            c.compare("id", ">", Text(after.as_str().to_string()));
         }
-        out
+        c.finish()
     }
+}
+
+/// The OR group of scope patterns, as [`ScopeMatch::matches`] defines them: the kind, and
+/// the owner equal to, starting with `app/` or ending with `/user`.
+fn scopes_sql(c: &mut Conditions, patterns: &[ScopeMatch]) -> String {
+    if patterns.is_empty() {
+        return "1 = 0".into();
+    }
+    let mut alternatives = Vec::with_capacity(patterns.len());
+    for pattern in patterns {
+        let kind = c.bind(SqlValue::Text(pattern.kind.as_str().to_string()));
+        let owner = match &pattern.owner {
+            OwnerMatch::Any => None,
+            OwnerMatch::Exactly(owner) => {
+                let p = c.bind(SqlValue::Text(owner.clone()));
+                Some(format!("owner = {p}"))
+            }
+            OwnerMatch::App(app) => {
+                let p = c.bind(SqlValue::Text(format!("{app}/")));
+                Some(c.dialect.starts_with("owner", &p))
+            }
+            OwnerMatch::User(user) => {
+                let p = c.bind(SqlValue::Text(format!("/{user}")));
+                Some(c.dialect.ends_with("owner", &p))
+            }
+        };
+        alternatives.push(match owner {
+            Some(owner) => format!("(scope_kind = {kind} AND {owner})"),
+            None => format!("scope_kind = {kind}"),
+        });
+    }
+    format!("({})", alternatives.join(" OR "))
 }
 
 impl RecordFilter {
     /// The filter as a SQL `WHERE` condition on the record columns (`1 = 1` when empty) and
-    /// its values; `placeholder(n)` writes the n-th placeholder (from 1).
-    pub(crate) fn sql_where(&self, placeholder: fn(usize) -> String) -> (String, Vec<SqlValue>) {
+    /// its values.
+    pub(crate) fn sql_where(&self, dialect: Dialect) -> (String, Vec<SqlValue>) {
         let mut clauses = Vec::new();
         let mut values = Vec::new();
         let mut bind = |value: SqlValue| {
             values.push(value);
-            placeholder(values.len())
+            dialect.placeholder(values.len())
         };
         if let Some(kind) = &self.kind {
             clauses.push(format!("kind = {}", bind(SqlValue::Text(kind.clone()))));

@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::group::{self, Request};
-use super::sql::SqlValue;
+use super::sql::{Dialect, SqlValue};
 use super::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
@@ -237,25 +237,15 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
-        let conditions = filter.sql_conditions();
-        let clauses: Vec<String> = conditions
-            .iter()
-            .enumerate()
-            .map(|(i, (clause, _))| format!("{clause} ${}", i + 1))
-            .collect();
-        let mut query = format!("SELECT {COLUMNS} FROM {}.credentials", self.sql.schema);
-        if !clauses.is_empty() {
-            query.push_str(" WHERE ");
-            query.push_str(&clauses.join(" AND "));
-        }
-        query.push_str(" ORDER BY id");
+        let (condition, values) = filter.sql_where(Dialect::Postgres);
+        let mut query = format!(
+            "SELECT {COLUMNS} FROM {}.credentials WHERE {condition} ORDER BY id",
+            self.sql.schema
+        );
         if let Some(limit) = filter.limit {
-            query.push_str(&format!(" LIMIT {limit}"));
+            query.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
         }
-        let refs: Vec<&(dyn ToSql + Sync)> = conditions
-            .iter()
-            .map(|(_, value)| sql_param(value))
-            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(sql_param).collect();
         let client = self.client().await?;
         let rows = client
             .query(&query, &refs)
@@ -370,7 +360,7 @@ impl Store for PostgresStore {
     }
 
     async fn records(&self, filter: &RecordFilter) -> Result<Vec<Record>> {
-        let (condition, values) = filter.sql_where(|n| format!("${n}"));
+        let (condition, values) = filter.sql_where(Dialect::Postgres);
         let mut query = format!(
             "SELECT {RECORD_COLUMNS} FROM {}.records WHERE {condition} \
              ORDER BY kind, owner, key",

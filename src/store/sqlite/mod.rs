@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::group;
 
-use super::sql::SqlValue;
+use super::sql::{Dialect, SqlValue};
 use super::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
 use crate::error::{Error, Result, StoreErrorKind};
@@ -322,7 +322,7 @@ impl Inner {
 
 /// Lists records matching `filter` on `conn`, in key order.
 fn records_sync(conn: &Connection, filter: &RecordFilter) -> Result<Vec<Record>> {
-    let (condition, values) = filter.sql_where(|n| format!("?{n}"));
+    let (condition, values) = filter.sql_where(Dialect::Sqlite);
     let mut sql =
         format!("SELECT {RECORD_COLUMNS} FROM records WHERE {condition} ORDER BY kind, owner, key");
     if let Some(limit) = filter.limit {
@@ -370,13 +370,9 @@ fn sql_value(value: SqlValue) -> Value {
 
 /// Lists credentials matching `filter` on `conn`, in id order.
 fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
-    let mut sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE 1");
-    let mut values: Vec<Value> = Vec::new();
-    for (clause, value) in filter.sql_conditions() {
-        values.push(sql_value(value));
-        sql.push_str(&format!(" AND {clause} ?{}", values.len()));
-    }
-    sql.push_str(" ORDER BY id");
+    let (condition, values) = filter.sql_where(Dialect::Sqlite);
+    let mut sql =
+        format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE {condition} ORDER BY id");
     if let Some(limit) = filter.limit {
         sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
     }
@@ -384,7 +380,10 @@ fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRec
         .prepare_cached(&sql)
         .map_err(|e| sql_error("cannot prepare a credential listing", e))?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(values), decode_credential)
+        .query_map(
+            rusqlite::params_from_iter(values.into_iter().map(sql_value)),
+            decode_credential,
+        )
         .map_err(|e| sql_error("cannot list credentials", e))?;
     let mut out = Vec::new();
     for row in rows {
