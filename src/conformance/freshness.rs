@@ -124,7 +124,7 @@ pub(super) const FRESH_ATTEMPTS: usize = 8;
 /// it must simply read fresh.
 ///
 /// With [`StoreHandles::single`] this checks only that a store sees its own writes: pass two
-/// handles whenever the store can be opened twice (see [`run_all`]).
+/// handles whenever the store can be opened twice (see [`run_all`](super::run_all)).
 pub async fn fresh_reads_across_handles(handles: StoreHandles) {
     let (first, second) = (handles.first.as_ref(), handles.second.as_ref());
     let scope = Scope::per_user("u1").expect("scope");
