@@ -1,5 +1,11 @@
 //! Storage: the small async `Store` trait (read a credential, list, read the audit range and
 //! head, commit an atomic batch) and its implementations.
+//!
+//! Beside the trait: `filter` (what to list), `rules` (preconditions, record versions and
+//! the errors every store gives alike), `lease`, and `MemoryStore` in `memory`. The SQL
+//! stores share `sql` (filters as SQL) and `group` (queueing a batch with a group-commit
+//! writer, and answering a failed group); each is a folder of its own (`sqlite/`,
+//! `postgres/`: schema, writer, row codec, errors).
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ pub mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
-pub(crate) mod rules;
+mod rules;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
