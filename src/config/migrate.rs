@@ -218,7 +218,7 @@ fn derive_ref(block: &Node, scalars: &[&Node]) -> (String, Option<String>) {
 /// Where to add the fallback comment after a template: the end of the scalar, when it is on
 /// one line and nothing but spaces follows it on that line.
 fn comment_point(text: &str, scalar: &Node) -> Option<usize> {
-    if scalar.alias || scalar.start.line != scalar.end.line {
+    if scalar.alias.is_some() || scalar.start.line != scalar.end.line {
         return None;
     }
     let end = scalar.end.offset;

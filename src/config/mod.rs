@@ -348,7 +348,7 @@ pub(crate) fn template_blocks(doc_index: usize, root: &Node) -> Vec<TemplateBloc
         stack: &mut Vec<Frame<'a>>,
         found: &mut Vec<(Vec<Seg>, &'a Node, &'a Node, &'a Node)>,
     ) {
-        if node.alias {
+        if node.alias.is_some() {
             return;
         }
         match &node.value {
