@@ -87,6 +87,24 @@ pub struct Node {
     pub tag: Option<String>,
 }
 
+/// An entry of a mapping's data (see [`Node::merged_entries`]).
+#[derive(Clone, Copy)]
+pub(crate) struct MapEntry<'a> {
+    pub key: &'a Node,
+    pub value: &'a Node,
+    /// Merged in through a `<<` key: that key, and the mapping the entry comes from.
+    pub via: Option<Merge<'a>>,
+}
+
+/// Where a merged entry comes from.
+#[derive(Clone, Copy)]
+pub(crate) struct Merge<'a> {
+    /// The `<<` key in the merging mapping's own text.
+    pub key: &'a Node,
+    /// The merged mapping.
+    pub source: &'a Node,
+}
+
 /// The key of a YAML merge (`<<: *base`), whose mapping (or sequence of mappings) the
 /// enclosing mapping takes its missing keys from.
 pub const MERGE_KEY: &str = "<<";
@@ -114,6 +132,54 @@ impl Node {
                 Value::Seq(items) => items.iter().find_map(|m| m.entry(key)),
                 Value::Scalar(..) => None,
             })
+    }
+
+    /// The entries of a mapping as its data has them: its own (without `<<` keys), then
+    /// those of the mappings it merges that no earlier entry has. Empty for a node that is
+    /// not a mapping.
+    pub(crate) fn merged_entries<'a>(&'a self) -> Vec<MapEntry<'a>> {
+        let Value::Map(entries) = &self.value else {
+            return Vec::new();
+        };
+        let own = |(key, value): &'a (Node, Node)| MapEntry {
+            key,
+            value,
+            via: None,
+        };
+        if !entries.iter().any(|(k, _)| k.as_str() == Some(MERGE_KEY)) {
+            return entries.iter().map(own).collect();
+        }
+        let mut out: Vec<MapEntry<'a>> = entries
+            .iter()
+            .filter(|(k, _)| k.as_str() != Some(MERGE_KEY))
+            .map(own)
+            .collect();
+        let mut seen: std::collections::HashSet<&str> =
+            out.iter().filter_map(|e| e.key.as_str()).collect();
+        for (merge_key, v) in entries
+            .iter()
+            .filter(|(k, _)| k.as_str() == Some(MERGE_KEY))
+        {
+            let sources: Vec<&Node> = match &v.value {
+                Value::Map(_) => vec![v],
+                Value::Seq(items) => items.iter().filter(|m| m.is_map()).collect(),
+                Value::Scalar(..) => Vec::new(),
+            };
+            for source in sources {
+                for e in source.merged_entries() {
+                    if e.key.as_str().is_none_or(|name| seen.insert(name)) {
+                        out.push(MapEntry {
+                            via: Some(Merge {
+                                key: merge_key,
+                                source,
+                            }),
+                            ..e
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The text of a scalar.
@@ -834,5 +900,11 @@ mod tests {
         let brain = docs[0].get("brain").expect("brain");
         assert_eq!(brain.get("provider").and_then(Node::as_str), Some("openai"));
         assert_eq!(brain.get("model").and_then(Node::as_str), Some("y"));
+        let keys: Vec<_> = brain
+            .merged_entries()
+            .iter()
+            .map(|e| e.key.as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(keys, ["model", "provider"]);
     }
 }
