@@ -115,7 +115,13 @@ enum KeysCommand {
 enum YamlCommand {
     /// Add `credential:` blocks where inline {{secret.X}} / {{env.X}} templates are used
     /// (keeping each template as the development fallback). Prints a unified diff unless
-    /// --write is given.
+    /// --write is given. `${{ ... }}` (GitHub Actions) is not a template.
+    ///
+    /// In a folder it visits the *.yaml / *.yml files, not those whose name starts with `.`
+    /// (nor hidden folders such as .git and .github), nor symbolic links, nor the paths a
+    /// .strongroomignore file in the folder or an --exclude pattern names (gitignore-style).
+    /// A file that cannot be read, parsed or rewritten safely is reported and left as it
+    /// was; the others are migrated; the exit code is then 2.
     MigrateCredentials {
         /// A YAML file, or a folder of *.yaml / *.yml files.
         path: PathBuf,
@@ -125,6 +131,10 @@ enum YamlCommand {
         /// Also walk the folder's subfolders.
         #[arg(long)]
         recursive: bool,
+        /// Skip the paths this gitignore-style pattern matches (relative to PATH; may be
+        /// given several times), as a line of .strongroomignore would.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
     },
     /// Compile an app config: list the blocks that name credentials, and every error and
     /// warning with file:line:column. Exits 2 when there are errors.
@@ -1232,17 +1242,19 @@ async fn credentials(
 }
 
 fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<u8, Error> {
-    use strongroom::config::migrate::{migrate_file, yaml_files, FileOutcome};
+    use strongroom::config::migrate::{migrate_file, yaml_files_excluding, FileOutcome};
     match cmd {
         YamlCommand::MigrateCredentials {
             path,
             write,
             recursive,
+            exclude,
         } => {
-            let files = yaml_files(&path, recursive).map_err(|source| Error::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let files =
+                yaml_files_excluding(&path, recursive, &exclude).map_err(|source| Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
             let bar = indicatif::ProgressBar::new(files.len() as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
