@@ -97,7 +97,8 @@ pub(crate) enum CredentialsCommand {
         #[arg(long)]
         hard: bool,
     },
-    /// List every credential (administrators).
+    /// List credentials in every scope, not only the acting user's: what the policy lets
+    /// you see (everything, for a system admin or a viewer).
     AdminList,
     /// Create a system_wide credential, per_app_shared with --app, or per_agent with
     /// --agent (administrators).
@@ -312,14 +313,9 @@ pub(crate) async fn credentials(
             };
             out.infos(&vault.list(actor, &filter).await?);
         }
+        // Every scope at once; the vault's policy decides which rows the actor sees (all of
+        // them for a system admin or a viewer).
         CredentialsCommand::AdminList => {
-            if !matches!(actor, Principal::SystemAdmin { .. }) {
-                return Err(Error::PermissionDenied {
-                    actor: actor.to_string(),
-                    action: "admin-list".into(),
-                    target: "every credential (system administrators only)".into(),
-                });
-            }
             out.infos(&vault.list(actor, &CredentialFilter::default()).await?);
         }
         CredentialsCommand::Show { id: raw, reveal } => {

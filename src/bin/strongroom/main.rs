@@ -21,7 +21,7 @@ use strongroom::audit::{AuditChain, CheckpointSink, CHECKPOINT_KEY_PURPOSE};
 use strongroom::catalog::{Catalog, Provider};
 use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
 use strongroom::handlers::HandlerRegistry;
-use strongroom::vault::policy::{allows, Action, Relation};
+use strongroom::vault::policy::Action;
 use strongroom::{
     Checkpoint, CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret,
     KeyRing, LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore,
