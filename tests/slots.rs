@@ -621,3 +621,317 @@ async fn a_master_key_outage_keeps_its_kind_and_names_the_block() {
         "{err}"
     );
 }
+
+/// A config nested as deep as the loader allows, with a credential and a template at the
+/// bottom (its scalars at exactly the maximum depth once migrated).
+fn deepest_config() -> String {
+    let depth = strongroom::config::yaml::MAX_DEPTH - 5;
+    let mut yaml = String::new();
+    for i in 0..depth {
+        yaml.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
+    }
+    let pad = "  ".repeat(depth);
+    yaml.push_str(&format!(
+        "{pad}brain:\n{pad}  credential: {{ref: openai_main, scope: system_wide}}\n{pad}  config:\n{pad}    api_key: '{{{{env.K}}}}'\n{pad}  other:\n{pad}    provider: openai\n{pad}    config:\n{pad}      api_key: '{{{{env.K}}}}'\n"
+    ));
+    yaml
+}
+
+#[test]
+fn the_deepest_config_the_loader_accepts_compiles_migrates_and_injects_on_a_small_stack() {
+    let work = std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(|| {
+            let yaml = deepest_config();
+            let m = strongroom::config::migrate::migrate_text("deep.yaml", &yaml).expect("migrate");
+            assert_eq!(m.blocks.len(), 1, "{:?}", m.skipped);
+            let config = AppConfig::parse("deep.yaml", m.migrated.as_str()).expect("parse");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let vault = Vault::in_memory().await.expect("vault");
+                vault
+                    .create(
+                        &admin(),
+                        NewCredential::new(
+                            "openai_main",
+                            Scope::SystemWide,
+                            "openai",
+                            "",
+                            key("sk-deep"),
+                        ),
+                    )
+                    .await
+                    .expect("create");
+                let manifest =
+                    compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
+                assert_eq!(manifest.entries.len(), 2);
+                let deployment = Deployment::new(&vault, manifest).await.expect("deploy");
+                let s = deployment.start_session("alice").await;
+                assert!(s.is_err(), "the migrated ref is per_user; alice has none");
+            });
+        })
+        .expect("spawn");
+    work.join().expect("no stack overflow");
+}
+
+fn catalog() -> strongroom::catalog::Catalog {
+    strongroom::catalog::Catalog::bundled(&strongroom::handlers::HandlerRegistry::builtin())
+}
+
+fn blocks_of(yaml: &str) -> Vec<String> {
+    let config = AppConfig::parse("app.yaml", yaml).expect("parse");
+    let m = compile("crm", &config, &Slots::new(), &catalog()).expect("compiles");
+    m.entries.iter().map(|e| e.describe()).collect()
+}
+
+fn warnings_of(yaml: &str) -> Vec<String> {
+    let config = AppConfig::parse("app.yaml", yaml).expect("parse");
+    let m = compile("crm", &config, &Slots::new(), &catalog()).expect("compiles");
+    m.warnings.iter().map(|d| d.to_string()).collect()
+}
+
+#[test]
+fn sequence_items_and_the_root_mapping_are_blocks_named_by_id_name_or_index() {
+    let yaml = "\
+credential: {ref: root_key, scope: system_wide}
+tools:
+  - id: t
+    provider: openai
+    credential: {ref: k1, scope: system_wide}
+  - name: search
+    credential: k2
+  - credential: k3
+  - name: dup
+    credential: k4
+  - name: dup
+    credential: k5
+spec:
+  containers:
+    - name: app
+      credential: k6
+jobs:
+  build:
+    steps:
+      - name: Run tests
+        credential: k7
+---
+credential: k8
+";
+    assert_eq!(
+        blocks_of(yaml),
+        [
+            "block (root), slot default, ref root_key (system_wide)",
+            "block tools[t], slot default, ref k1 (system_wide)",
+            "block tools[search], slot default, ref k2 (per_user)",
+            "block tools[2], slot default, ref k3 (per_user)",
+            "block tools[3], slot default, ref k4 (per_user)",
+            "block tools[4], slot default, ref k5 (per_user)",
+            "block spec.containers[app], slot default, ref k6 (per_user)",
+            "block jobs.build.steps[Run tests], slot default, ref k7 (per_user)",
+            "block (document 2) (root), slot default, ref k8 (per_user)",
+        ]
+    );
+    // An invalid credential in a sequence item is an error, not skipped.
+    let e = errors_of(
+        "tools:\n  - id: t\n    credential: {ref: k, scope: global}\n",
+        &Slots::new(),
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("app.yaml:3:") && m.contains("unknown scope `global`")),
+        "{e:?}"
+    );
+    // A slot declared for `tools` applies to its items.
+    let required = Slots::new().declare("tools", llm_slot().required(true));
+    let e = errors_of("tools:\n  - id: t\n    model: x\n", &required);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("block tools[t] needs a credential")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_injected_into_sequence_items_and_the_root_mapping() {
+    let vault = seeded().await;
+    let yaml = "\
+credential: {ref: shared_openai, scope: system_wide, provider: openai}
+agents:
+  - id: helper
+    credential: {ref: shared_openai, scope: system_wide}
+    config: {temperature: 0.1}
+";
+    let config = AppConfig::parse("app.yaml", yaml).expect("parse");
+    let m = compile("crm", &config, &Slots::new(), &vault.catalog()).expect("compiles");
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
+    let s = deployment.start_session("alice").await.expect("session");
+    let doc = &s.expose()[0];
+    assert_eq!(doc["config"]["api_key"], "sk-shared-1");
+    assert_eq!(doc["agents"][0]["config"]["api_key"], "sk-shared-1");
+    assert_eq!(doc["agents"][0]["config"]["temperature"], 0.1);
+    let fields = deployment
+        .resolve_slot("alice", "agents[helper]", "default")
+        .await
+        .expect("by name");
+    assert_eq!(fields["api_key"].expose_secret(), "sk-shared-1");
+    deployment
+        .resolve_slot("alice", "(root)", "default")
+        .await
+        .expect("the root block");
+}
+
+#[test]
+fn a_block_the_migrator_writes_into_a_sequence_item_is_then_compiled_and_the_warning_goes() {
+    let before = "\
+tools:
+  - id: t
+    provider: openai
+    env:
+      OPENAI_API_KEY: '{{env.OPENAI_API_KEY}}'
+provider: anthropic
+config:
+  api_key: '{{secret.ANTHROPIC}}'
+";
+    let w = warnings_of(before);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("app.yaml:5:23: warning: block tools[t] uses"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("app.yaml:8:12: warning: block (root) uses"),
+        "{w:?}"
+    );
+    let m = strongroom::config::migrate::migrate_text("app.yaml", before).expect("migrate");
+    assert_eq!(m.blocks, ["tools[t]", "(root)"]);
+    assert!(warnings_of(&m.migrated).is_empty());
+    assert_eq!(
+        blocks_of(&m.migrated),
+        [
+            "block (root), slot default, ref anthropic_main (per_user)",
+            "block tools[t], slot default, ref openai_main (per_user)",
+        ]
+    );
+}
+
+#[test]
+fn github_actions_expressions_and_spaced_braces_are_not_templates() {
+    use strongroom::config::templates;
+    assert_eq!(templates("${{ env.TOKEN }}"), []);
+    assert_eq!(templates("${{env.TOKEN}}"), []);
+    assert_eq!(templates("${{ secrets.X }} and {{ env.Y }}"), []);
+    assert_eq!(templates("{{ .Values.key }}"), []);
+    assert_eq!(
+        templates("Bearer {{secret.GH_TOKEN}} {{env.A-b.c}} ${{env.NO}} {{{env.Z}}}"),
+        [("secret", "GH_TOKEN"), ("env", "A-b.c"), ("env", "Z")]
+    );
+    let workflow = "\
+on: push
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - name: deploy
+        env:
+          TOKEN: ${{ secrets.DEPLOY_TOKEN }}
+          HOME_DIR: ${{env.HOME}}
+        run: ./deploy.sh
+";
+    assert!(warnings_of(workflow).is_empty());
+    let m = strongroom::config::migrate::migrate_text("ci.yml", workflow).expect("migrate");
+    assert!(!m.changed(), "{}", m.diff());
+}
+
+#[test]
+fn a_template_reached_through_an_alias_is_reported_and_migrated_for_its_block() {
+    let before = "\
+a:
+  provider: openai
+  config: &c
+    api_key: '{{env.K}}'
+b:
+  provider: anthropic
+  config: *c
+";
+    let w = warnings_of(before);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[1].starts_with("app.yaml:7:11: warning: block b uses inline")
+            && w[1].contains("reached through this alias"),
+        "{w:?}"
+    );
+    let m = strongroom::config::migrate::migrate_text("app.yaml", before).expect("migrate");
+    assert_eq!(m.blocks, ["a", "b"]);
+    assert_eq!(
+        m.migrated
+            .matches(strongroom::config::migrate::FALLBACK_COMMENT)
+            .count(),
+        1,
+        "one comment on the one template: {}",
+        m.migrated
+    );
+    assert!(warnings_of(&m.migrated).is_empty());
+    assert_eq!(blocks_of(&m.migrated).len(), 2);
+}
+
+#[test]
+fn credentials_and_templates_under_a_non_scalar_key_are_reported() {
+    let e = errors_of("? [x]\n: brain:\n    credential: k\n", &Slots::new());
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("app.yaml:1:3: error:") && m.contains("not a scalar")),
+        "{e:?}"
+    );
+    let w = warnings_of("? {a: 1}\n: config:\n    api_key: '{{env.K}}'\n");
+    assert!(
+        w.iter()
+            .any(|m| m.starts_with("app.yaml:1:3: warning:") && m.contains("not a scalar")),
+        "{w:?}"
+    );
+    let m = strongroom::config::migrate::migrate_text(
+        "app.yaml",
+        "? [x]\n: config:\n    api_key: '{{env.K}}'\n",
+    )
+    .expect("migrate");
+    assert!(!m.changed());
+    assert!(
+        m.skipped[0].message.contains("not a scalar"),
+        "{:?}",
+        m.skipped
+    );
+}
+
+#[tokio::test]
+async fn merge_keys_are_the_merging_mappings_own_keys_in_names_and_injection() {
+    let vault = seeded().await;
+    let yaml = "\
+defaults: &defaults
+  provider: openai
+  credential: {ref: shared_openai, scope: system_wide}
+  config: {temperature: 0.5}
+agents:
+  - id: a
+    brain:
+      <<: *defaults
+      model: gpt-4o
+";
+    let config = AppConfig::parse("app.yaml", yaml).expect("parse");
+    let m = compile("crm", &config, &slots(), &vault.catalog()).expect("compiles");
+    let names: Vec<String> = m.entries.iter().map(|e| e.block.to_string()).collect();
+    assert_eq!(names, ["defaults", "agents[a].brain"]);
+    let deployment = Deployment::new(&vault, m).await.expect("deploy");
+    let s = deployment.start_session("alice").await.expect("session");
+    let brain = &s.expose()[0]["agents"][0]["brain"];
+    assert_eq!(brain["config"]["api_key"], "sk-shared-1");
+    assert_eq!(brain["config"]["temperature"], 0.5);
+    assert_eq!(brain["model"], "gpt-4o");
+    assert!(brain.get("<<").is_none(), "{brain}");
+
+    let w = warnings_of(
+        "base: &b\n  provider: openai\n  config:\n    api_key: '{{env.K}}'\nbrain:\n  <<: *b\n",
+    );
+    assert!(w.iter().all(|m| !m.contains("<<")), "{w:?}");
+    assert!(w.iter().any(|m| m.contains("block brain uses")), "{w:?}");
+}

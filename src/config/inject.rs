@@ -69,13 +69,20 @@ pub(crate) fn path_segments(template: &str) -> std::result::Result<Vec<PathSeg<'
         .collect()
 }
 
-/// A YAML node as JSON: plain scalars typed (null, booleans, numbers), quoted ones strings.
+/// A YAML node as JSON: plain scalars typed (null, booleans, numbers), quoted ones strings,
+/// `<<` merge keys applied (a mapping's own keys first, then the merged mappings' in
+/// order), as the walks that find the blocks see the data.
 fn to_json(node: &Node) -> Json {
     match &node.value {
-        Value::Map(entries) => Json::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), to_json(v)))
+        Value::Map(_) => Json::Object(
+            node.merged_entries()
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.key.as_str().unwrap_or_default().to_string(),
+                        to_json(e.value),
+                    )
+                })
                 .collect(),
         ),
         Value::Seq(items) => Json::Array(items.iter().map(to_json).collect()),
@@ -646,22 +653,14 @@ fn fill_templates(config: &mut InjectedConfig, entry: &ManifestEntry, cause: &Er
 
 fn replace_template(text: &str, kind: &str, name: &str, value: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else { break };
-        let inner = after[..close].trim();
-        out.push_str(&rest[..open]);
-        if inner
-            .split_once('.')
-            .is_some_and(|(k, n)| k.trim() == kind && n.trim() == name)
-        {
+    let mut from = 0;
+    for t in super::template_spans(text) {
+        if t.kind == kind && t.name == name {
+            out.push_str(&text[from..t.range.start]);
             out.push_str(value);
-        } else {
-            out.push_str(&rest[open..open + 2 + close + 2]);
+            from = t.range.end;
         }
-        rest = &after[close + 2..];
     }
-    out.push_str(rest);
+    out.push_str(&text[from..]);
     out
 }

@@ -2,13 +2,21 @@
 //! inline `{{secret.X}}`/`{{env.X}}` templates without a `credential:` key and adds one,
 //! keeping the template as the development fallback. Edits are text insertions at
 //! positions the parser reports, so every byte outside the inserted lines (comments, key
-//! order, quoting, indentation, anchors, other documents) stays as it was. Running it twice
-//! changes nothing the second time.
+//! order, quoting, indentation, anchors, other documents) stays as it was; the result is
+//! parsed again and must hold the original data plus the added blocks, or the block is
+//! refused. Running it twice changes nothing the second time.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
 
-use super::yaml::{self, Node, YamlError};
-use super::{template_blocks, templates, Diagnostic, Severity};
+use super::yaml::{self, Node, Pos, Value, YamlError};
+use super::{odd_key_message, template_blocks, templates, BlockPath, Diagnostic, Severity};
+
+mod diff;
+mod files;
+
+pub use files::{yaml_files, yaml_files_excluding, IGNORE_FILE};
 
 /// The comment added after a template the migration keeps as the development fallback.
 pub const FALLBACK_COMMENT: &str = "# dev-only fallback";
@@ -26,6 +34,9 @@ pub struct Migration {
     pub blocks: Vec<String>,
     /// Blocks that need a `credential:` key but could not get one automatically.
     pub skipped: Vec<Diagnostic>,
+    /// The insertions that turn `original` into `migrated`: (offset in `original`, text),
+    /// sorted by offset.
+    edits: Vec<(usize, String)>,
 }
 
 impl Migration {
@@ -34,43 +45,73 @@ impl Migration {
         self.original != self.migrated
     }
 
-    /// A unified diff of the change (empty when nothing changed).
+    /// A unified diff of the change (empty when nothing changed), with 3 lines of context.
+    /// The headers are `a/FILE` and `b/FILE` for a relative path (`./` steps dropped), and
+    /// the path itself for an absolute one. Made from the insertions in one pass, so it
+    /// takes time in proportion to the file.
     pub fn diff(&self) -> String {
         if !self.changed() {
             return String::new();
         }
-        similar::TextDiff::from_lines(&self.original, &self.migrated)
-            .unified_diff()
-            .context_radius(3)
-            .header(&format!("a/{}", self.file), &format!("b/{}", self.file))
-            .to_string()
+        let (old, new) = diff_headers(&self.file);
+        diff::unified(&self.original, &self.edits, &old, &new, 3)
     }
 }
 
-struct Edit {
-    at: usize,
-    text: String,
+/// The `---`/`+++` names of a file in a diff.
+fn diff_headers(file: &str) -> (String, String) {
+    let path = Path::new(file);
+    if path.is_absolute() {
+        return (file.to_string(), file.to_string());
+    }
+    let clean: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    let shown = clean.to_string_lossy().replace('\\', "/");
+    (format!("a/{shown}"), format!("b/{shown}"))
+}
+
+/// One block's planned change: the `credential:` lines and the fallback comments.
+struct Plan {
+    path: BlockPath,
+    /// The mapping's identity: start and end offsets (an alias's copy has its anchor's).
+    block: (usize, usize),
+    at: Pos,
+    /// Where the `credential:` lines go, and the lines.
+    insert: (usize, String),
+    comments: Vec<usize>,
+    reference: String,
+    provider: Option<String>,
 }
 
 /// Migrates one file's text. A file that does not parse is an error (file, line, column)
-/// and nothing is changed.
+/// and nothing is changed. A block whose rewrite would not keep the file's data (checked
+/// by parsing the result) is reported in [`Migration::skipped`] and left as it was.
 pub fn migrate_text(file: &str, text: &str) -> Result<Migration, YamlError> {
     let docs = yaml::parse(file, text)?;
     let nl = if text.contains("\r\n") { "\r\n" } else { "\n" };
-    let mut edits: Vec<Edit> = Vec::new();
-    let mut blocks = Vec::new();
+    let mut plans: Vec<Plan> = Vec::new();
     let mut skipped = Vec::new();
+    let mut commented = HashSet::new();
+    let note = |at: Pos, message: String| warning(file, at, message);
     for (i, doc) in docs.iter().enumerate() {
-        for tb in template_blocks(i, doc) {
-            let skip = |why: &str| Diagnostic {
-                severity: Severity::Warning,
-                file: file.to_string(),
-                line: tb.node.start.line,
-                column: tb.node.start.column,
-                message: format!(
-                    "block {}: {why}; add `credential: {{ref: NAME, scope: per_user}}` by hand",
-                    tb.path
-                ),
+        let found = template_blocks(i, doc);
+        for (key, has_templates) in found.odd_keys {
+            if has_templates {
+                skipped.push(note(key.start, odd_key_message(false)));
+            }
+        }
+        for tb in found.blocks {
+            let skip = |why: &str| {
+                note(
+                    tb.node.start,
+                    format!(
+                        "block {}: {why}; add `credential: {{ref: NAME, scope: per_user}}` by \
+                         hand",
+                        tb.path
+                    ),
+                )
             };
             if tb.node.flow {
                 skipped.push(skip("it is written in flow style ({...})"));
@@ -82,98 +123,370 @@ pub fn migrate_text(file: &str, text: &str) -> Result<Migration, YamlError> {
                 ));
                 continue;
             };
-            let step = indent_step(text, tb.first_key, tb.node);
-            let (reference, provider) = derive_ref(tb.node, &tb.scalars);
+            let step = indent_step(tb.node, tb.first_key);
+            let scalars: Vec<&Node> = tb.scalars.iter().map(|(s, _)| *s).collect();
+            let (reference, provider) = derive_ref(tb.node, &scalars);
             let child = format!("{indent}{}", " ".repeat(step));
-            let mut insert = format!(
+            let mut lines = format!(
                 "{indent}credential:{nl}{child}ref: {reference}{nl}{child}scope: per_user{nl}"
             );
-            if let Some(p) = provider {
-                insert.push_str(&format!("{child}provider: {p}{nl}"));
+            if let Some(p) = &provider {
+                lines.push_str(&format!("{child}provider: {p}{nl}"));
             }
-            edits.push(Edit { at, text: insert });
-            for scalar in &tb.scalars {
-                if let Some(at) = comment_point(text, scalar) {
-                    edits.push(Edit {
-                        at,
-                        text: format!("  {FALLBACK_COMMENT}"),
-                    });
-                }
+            // At the end of a file with no final line break, the lines start with one.
+            if at == text.len() && !text.is_empty() && !text.ends_with('\n') {
+                lines = format!("{nl}{}", lines.strip_suffix(nl).unwrap_or(&lines));
             }
-            blocks.push(tb.path.to_string());
+            let comments = scalars
+                .iter()
+                .filter_map(|s| comment_point(text, s))
+                .filter(|at| commented.insert(*at))
+                .collect();
+            plans.push(Plan {
+                path: tb.path,
+                block: (tb.node.start.offset, tb.node.end.offset),
+                at: tb.node.start,
+                insert: (at, lines),
+                comments,
+                reference,
+                provider,
+            });
         }
     }
-    // Apply from the end so earlier offsets stay valid; at one offset, keep their order.
-    edits.sort_by_key(|e| std::cmp::Reverse(e.at));
-    let mut migrated = text.to_string();
-    for e in &edits {
-        migrated.insert_str(e.at, &e.text);
+    Ok(finish(file, text, &docs, plans, skipped))
+}
+
+/// Applies the plans that keep the data (see [`keepers`]) and reports the others.
+fn finish(
+    file: &str,
+    text: &str,
+    docs: &[Node],
+    plans: Vec<Plan>,
+    mut skipped: Vec<Diagnostic>,
+) -> Migration {
+    let note = |at: Pos, message: String| warning(file, at, message);
+    let all: Vec<usize> = (0..plans.len()).collect();
+    let (accepted, rewritten) = match rewrite(file, text, docs, &plans, &all) {
+        Ok(r) => (all, r),
+        Err(_) => {
+            let (left, right) = all.split_at(all.len() / 2);
+            let mut good = keepers(file, text, docs, &plans, left);
+            good.extend(keepers(file, text, docs, &plans, right));
+            match rewrite(file, text, docs, &plans, &good) {
+                Ok(r) => (good, r),
+                // Each block keeps the data alone, but not all together: refuse them all.
+                Err(_) => (Vec::new(), Rewrite::of(text, &plans, &[])),
+            }
+        }
+    };
+    let accepted_set: HashSet<usize> = accepted.iter().copied().collect();
+    for (i, plan) in plans.iter().enumerate() {
+        if !accepted_set.contains(&i) {
+            let why = match rewrite(file, text, docs, &plans, &[i]) {
+                Err(why) => why,
+                Ok(_) => "together with the file's other blocks, the rewritten file would not \
+                          keep its data"
+                    .to_string(),
+            };
+            skipped.push(note(
+                plan.at,
+                format!(
+                    "block {}: not rewritten, because {why}; add `credential: {{ref: NAME, \
+                     scope: per_user}}` by hand",
+                    plan.path
+                ),
+            ));
+        }
     }
-    Ok(Migration {
+    skipped.sort_by_key(|d| (d.line, d.column));
+    Migration {
         file: file.to_string(),
         original: text.to_string(),
-        migrated,
-        blocks,
+        migrated: rewritten.text,
+        blocks: accepted
+            .iter()
+            .map(|&i| plans[i].path.to_string())
+            .collect(),
         skipped,
-    })
+        edits: rewritten.edits,
+    }
 }
 
-/// Byte offset of the start of the line holding `offset`.
+/// A migrator's warning at `at`.
+fn warning(file: &str, at: Pos, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Warning,
+        file: file.to_string(),
+        line: at.line.max(1),
+        column: at.column.max(1),
+        message,
+    }
+}
+
+/// The plans among `set` whose rewrite keeps the data: all of them when together they do,
+/// else those found by halving (one parse per try, so a few bad blocks cost a few parses
+/// each).
+fn keepers(file: &str, text: &str, docs: &[Node], plans: &[Plan], set: &[usize]) -> Vec<usize> {
+    if set.is_empty() || rewrite(file, text, docs, plans, set).is_ok() {
+        return set.to_vec();
+    }
+    if set.len() == 1 {
+        return Vec::new();
+    }
+    let (left, right) = set.split_at(set.len() / 2);
+    let mut good = keepers(file, text, docs, plans, left);
+    good.extend(keepers(file, text, docs, plans, right));
+    good
+}
+
+/// A text with some plans applied.
+struct Rewrite {
+    text: String,
+    /// The insertions: (offset in the original, text), sorted.
+    edits: Vec<(usize, String)>,
+    /// Where each `credential:` insertion is in `text`, with its plan; sorted.
+    inserted: Vec<(Range<usize>, usize)>,
+}
+
+impl Rewrite {
+    /// `text` with the plans `set` applied, in one pass.
+    fn of(text: &str, plans: &[Plan], set: &[usize]) -> Rewrite {
+        let mut edits: Vec<(usize, String, Option<usize>)> = Vec::new();
+        for &p in set {
+            let plan = &plans[p];
+            edits.push((plan.insert.0, plan.insert.1.clone(), Some(p)));
+            for &c in &plan.comments {
+                edits.push((c, format!("  {FALLBACK_COMMENT}"), None));
+            }
+        }
+        // At one offset, the `credential:` lines go before a comment.
+        edits.sort_by_key(|(at, _, plan)| (*at, plan.is_none()));
+        let grown: usize = edits.iter().map(|e| e.1.len()).sum();
+        let mut out = String::with_capacity(text.len() + grown);
+        let mut inserted = Vec::new();
+        let mut from = 0;
+        for (at, piece, plan) in &edits {
+            out.push_str(&text[from..*at]);
+            if let Some(p) = plan {
+                inserted.push((out.len()..out.len() + piece.len(), *p));
+            }
+            out.push_str(piece);
+            from = *at;
+        }
+        out.push_str(&text[from..]);
+        Rewrite {
+            text: out,
+            edits: edits
+                .into_iter()
+                .map(|(at, piece, _)| (at, piece))
+                .collect(),
+            inserted,
+        }
+    }
+}
+
+/// `text` with the plans `set` applied, when its data is the original's plus exactly the
+/// planned `credential:` entries, each in its block; else why not.
+fn rewrite(
+    file: &str,
+    text: &str,
+    docs: &[Node],
+    plans: &[Plan],
+    set: &[usize],
+) -> Result<Rewrite, String> {
+    let rewritten = Rewrite::of(text, plans, set);
+    if set.is_empty() {
+        return Ok(rewritten);
+    }
+    let after = yaml::parse(file, &rewritten.text)
+        .map_err(|e| format!("the rewritten file would not parse ({e})"))?;
+    if docs.len() != after.len() {
+        return Err("the rewritten file would have another number of documents".into());
+    }
+    let mut check = Check {
+        plans,
+        inserted: &rewritten.inserted,
+        used: vec![false; plans.len()],
+    };
+    for (o, m) in docs.iter().zip(&after) {
+        check.same(o, m).map_err(|at| {
+            format!(
+                "the rewritten file would not keep the data at line {}, column {}",
+                at.line, at.column
+            )
+        })?;
+    }
+    if let Some(&p) = set.iter().find(|&&p| !check.used[p]) {
+        return Err(format!(
+            "the `credential:` lines would not land in block {}",
+            plans[p].path
+        ));
+    }
+    Ok(rewritten)
+}
+
+/// The data check of a rewrite: the original tree against the rewritten one, where the
+/// rewritten one may have, in a planned block, the planned `credential:` entry.
+struct Check<'p> {
+    plans: &'p [Plan],
+    /// Inserted ranges in the rewritten text, sorted, with their plan.
+    inserted: &'p [(Range<usize>, usize)],
+    used: Vec<bool>,
+}
+
+impl Check<'_> {
+    /// The plan whose insertion holds offset `at` of the rewritten text.
+    fn inserted_at(&self, at: usize) -> Option<usize> {
+        let i = self.inserted.partition_point(|(r, _)| r.end <= at);
+        self.inserted
+            .get(i)
+            .filter(|(r, _)| r.contains(&at))
+            .map(|&(_, p)| p)
+    }
+
+    /// Whether `m` (rewritten) holds `o`'s data; else where (in the original) it differs.
+    fn same(&mut self, o: &Node, m: &Node) -> Result<(), Pos> {
+        if o.tag != m.tag {
+            return Err(o.start);
+        }
+        match (&o.value, &m.value) {
+            (Value::Scalar(a, sa), Value::Scalar(b, sb)) if a == b && sa == sb => Ok(()),
+            (Value::Seq(a), Value::Seq(b)) if a.len() == b.len() => {
+                a.iter().zip(b).try_for_each(|(x, y)| self.same(x, y))
+            }
+            (Value::Map(a), Value::Map(b)) => {
+                let mut kept = Vec::with_capacity(a.len());
+                for (k, v) in b {
+                    let Some(p) = self.inserted_at(k.start.offset) else {
+                        kept.push((k, v));
+                        continue;
+                    };
+                    let plan = &self.plans[p];
+                    if k.as_str() != Some("credential")
+                        || (o.start.offset, o.end.offset) != plan.block
+                        || !is_planned_ref(v, plan)
+                    {
+                        return Err(o.start);
+                    }
+                    self.used[p] = true;
+                }
+                if kept.len() != a.len() {
+                    return Err(o.start);
+                }
+                for ((ka, va), (kb, vb)) in a.iter().zip(kept) {
+                    self.same(ka, kb)?;
+                    self.same(va, vb)?;
+                }
+                Ok(())
+            }
+            _ => Err(o.start),
+        }
+    }
+}
+
+/// Whether `value` is the `credential:` mapping `plan` writes.
+fn is_planned_ref(value: &Node, plan: &Plan) -> bool {
+    let Value::Map(entries) = &value.value else {
+        return false;
+    };
+    let mut want = vec![("ref", plan.reference.as_str()), ("scope", "per_user")];
+    if let Some(p) = &plan.provider {
+        want.push(("provider", p));
+    }
+    entries.len() == want.len()
+        && entries.iter().zip(&want).all(|((k, v), (wk, wv))| {
+            k.as_str() == Some(wk) && v.as_str() == Some(wv) && v.tag.is_none()
+        })
+}
+
+/// Byte offset of the start of the line holding `offset` (after a byte order mark).
 fn line_start(text: &str, offset: usize) -> usize {
-    text[..offset].rfind('\n').map_or(0, |i| i + 1)
+    let bom = if text.starts_with('\u{feff}') { 3 } else { 0 };
+    text[..offset]
+        .rfind('\n')
+        .map_or(0, |i| i + 1)
+        .max(bom.min(offset))
 }
 
-/// Where to insert the `credential:` lines, and the indentation: before the line of the key
-/// that holds the first template (moving above comment lines that belong to it), or before
-/// a later key of the block when that key shares its line with a `- `.
-fn insertion_point<'a>(text: &'a str, block: &Node, first_key: &Node) -> Option<(usize, &'a str)> {
-    let super::yaml::Value::Map(entries) = &block.value else {
+/// Where to insert the `credential:` lines, and their indentation: before the line of the
+/// key that holds the first template (moving above comment lines that belong to it); else
+/// before another key of the block that starts its line (`? key` counts: the lines go at
+/// the `?`'s column); else after the block's last entry.
+fn insertion_point(text: &str, block: &Node, first_key: &Node) -> Option<(usize, String)> {
+    let Value::Map(entries) = &block.value else {
         return None;
     };
     let from = entries
         .iter()
-        .position(|(k, _)| std::ptr::eq(k, first_key))
+        .position(|(k, _)| k.start.offset == first_key.start.offset)
         .unwrap_or(0);
-    for (key, _) in &entries[from..] {
+    let bom = if text.starts_with('\u{feff}') { 3 } else { 0 };
+    let order = entries[from..].iter().chain(&entries[..from]);
+    for (key, _) in order {
         let start = line_start(text, key.start.offset);
         let prefix = &text[start..key.start.offset];
-        if prefix.chars().all(|c| c == ' ') {
-            // Keep comment lines directly above the key with it.
-            let mut at = start;
-            while at > 0 {
-                let prev = line_start(text, at - 1);
-                let line = text[prev..at].trim_end_matches(['\n', '\r']);
-                let trimmed = line.trim_start();
-                if trimmed.starts_with('#') && line.len() - trimmed.len() == prefix.len() {
-                    at = prev;
-                } else {
-                    break;
-                }
+        let indent = if prefix.bytes().all(|b| b == b' ') {
+            prefix
+        } else {
+            let spaces = prefix.len() - prefix.trim_start_matches(' ').len();
+            let rest = &prefix[spaces..];
+            match rest.strip_prefix('?') {
+                Some(gap) if !gap.is_empty() && gap.bytes().all(|b| b == b' ') => &prefix[..spaces],
+                _ => continue,
             }
-            return Some((at, prefix));
+        };
+        // Keep comment lines directly above the key with it.
+        let mut at = start;
+        while at > bom {
+            let prev = line_start(text, at - 1);
+            let line = text[prev..at].trim_end_matches(['\n', '\r']);
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('#') && line.len() - trimmed.len() == indent.len() {
+                at = prev;
+            } else {
+                break;
+            }
         }
+        return Some((at, indent.to_string()));
     }
-    None
+    // After the last entry, at the column of the keys.
+    let (first, _) = entries.first()?;
+    let (_, last) = entries.last()?;
+    let end = last.end.offset;
+    if last.alias.is_some() || end <= first.start.offset {
+        return None;
+    }
+    let indent = " ".repeat(first.start.column.checked_sub(1)?);
+    if text.as_bytes()[end - 1] == b'\n' {
+        return Some((end, indent));
+    }
+    let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+    let rest = text[end..line_end].trim_end_matches(['\n', '\r']);
+    let after = rest.trim_start_matches(' ');
+    (after.is_empty() || (after.starts_with('#') && rest.starts_with(' ')))
+        .then_some((line_end, indent))
 }
 
-/// The file's indentation step, read from the first template's key when its value is an
-/// indented mapping, else 2.
-fn indent_step(text: &str, first_key: &Node, block: &Node) -> usize {
-    let Some(value) = block
-        .entry(first_key.as_str().unwrap_or(""))
-        .map(|(_, v)| v)
-    else {
+/// The file's indentation step, read from the block's first key whose value is an indented
+/// block mapping of its own (the first template's key first), else 2.
+fn indent_step(block: &Node, first_key: &Node) -> usize {
+    let Value::Map(entries) = &block.value else {
         return 2;
     };
-    if value.is_map() && !value.flow && value.start.line > first_key.start.line {
-        let key_col = first_key.start.column;
-        let child_col = value.start.column;
-        if child_col > key_col {
-            return child_col - key_col;
-        }
-    }
-    let _ = text;
-    2
+    let first = entries
+        .iter()
+        .filter(|(k, _)| k.start.offset == first_key.start.offset);
+    first
+        .chain(entries.iter())
+        .find_map(|(k, v)| {
+            (v.is_map()
+                && !v.flow
+                && v.alias.is_none()
+                && v.start.line > k.start.line
+                && v.start.column > k.start.column)
+                .then(|| v.start.column - k.start.column)
+        })
+        .unwrap_or(2)
 }
 
 /// The ref name and provider for a block: `<provider>_main` when the block names a
@@ -218,40 +531,13 @@ fn derive_ref(block: &Node, scalars: &[&Node]) -> (String, Option<String>) {
 /// Where to add the fallback comment after a template: the end of the scalar, when it is on
 /// one line and nothing but spaces follows it on that line.
 fn comment_point(text: &str, scalar: &Node) -> Option<usize> {
-    if scalar.alias || scalar.start.line != scalar.end.line {
+    if scalar.start.line != scalar.end.line || scalar.end.offset <= scalar.start.offset {
         return None;
     }
     let end = scalar.end.offset;
     let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i);
     let rest = text[end..line_end].trim_end_matches('\r');
     rest.chars().all(|c| c == ' ').then_some(end)
-}
-
-/// The YAML files at `path`: the file itself, or the `*.yaml`/`*.yml` files of a folder
-/// (and of its subfolders with `recursive`), sorted.
-pub fn yaml_files(path: &Path, recursive: bool) -> std::io::Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path)?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut dirs = vec![path.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let p = entry.path();
-            let ft = entry.file_type()?;
-            if ft.is_dir() {
-                if recursive {
-                    dirs.push(p);
-                }
-            } else if ft.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// What happened to one file.
@@ -267,6 +553,8 @@ pub enum FileOutcome {
 
 /// Migrates one file; with `write`, replaces it in place (through a temporary file in the
 /// same folder, renamed over it, so a crash leaves the old or the new file, never half).
+/// The text written has been parsed again and checked to hold the original data plus the
+/// added blocks (see [`migrate_text`]).
 pub fn migrate_file(path: &Path, write: bool) -> FileOutcome {
     let shown = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
@@ -311,4 +599,76 @@ fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rewrite that would not keep the data (here: block lines inside a flow mapping, as
+    /// the migrator once wrote for `brain: &b {`) is refused, and the other blocks are
+    /// still migrated.
+    #[test]
+    fn a_rewrite_that_changes_the_data_is_refused_block_by_block() {
+        let text = "a:\n  provider: openai\n  config:\n    k: '{{env.K}}'\nb: &b {\n  c: 1,\n  d: '{{env.D}}'\n}\n";
+        let docs = yaml::parse("t.yaml", text).expect("parse");
+        let found = template_blocks(0, &docs[0]);
+        let good = &found.blocks[0];
+        let b = docs[0].get("b").expect("b");
+        let plan = |path: &BlockPath, node: &Node, at: usize, indent: &str| Plan {
+            path: path.clone(),
+            block: (node.start.offset, node.end.offset),
+            at: node.start,
+            insert: (
+                at,
+                format!("{indent}credential:\n{indent}  ref: r\n{indent}  scope: per_user\n"),
+            ),
+            comments: Vec::new(),
+            reference: "r".into(),
+            provider: None,
+        };
+        let inside_flow = text.find("  d:").expect("d");
+        let plans = vec![
+            plan(
+                &good.path,
+                good.node,
+                text.find("  config").expect("config"),
+                "  ",
+            ),
+            plan(&found.blocks[1].path, b, inside_flow, "  "),
+        ];
+        assert!(rewrite("t.yaml", text, &docs, &plans, &[0]).is_ok());
+        let why = rewrite("t.yaml", text, &docs, &plans, &[1])
+            .err()
+            .expect("refused");
+        assert!(why.contains("would not"), "{why}");
+        let m = finish("t.yaml", text, &docs, plans, Vec::new());
+        assert_eq!(m.blocks, ["a"]);
+        assert!(m
+            .migrated
+            .contains("b: &b {\n  c: 1,\n  d: '{{env.D}}'\n}\n"));
+        assert_eq!(m.skipped.len(), 1);
+        assert!(
+            m.skipped[0]
+                .message
+                .starts_with("block b: not rewritten, because the rewritten"),
+            "{}",
+            m.skipped[0]
+        );
+        assert_eq!(m.skipped[0].line, 5);
+        // Lines that land in another mapping than the planned one are refused too.
+        let wrong_block = Plan {
+            block: (0, 1),
+            ..plan(
+                &good.path,
+                good.node,
+                text.find("  config").expect("config"),
+                "  ",
+            )
+        };
+        let why = rewrite("t.yaml", text, &docs, &[wrong_block], &[0])
+            .err()
+            .expect("refused");
+        assert!(why.contains("would not keep the data"), "{why}");
+    }
 }

@@ -1,10 +1,11 @@
-//! Master keys through the vault: re-wrapping every data key onto a new master key is an
-//! action like any other, decided by the policy ([`Action::Rewrap`]) and audited.
+//! Vault-wide operations: re-wrapping every data key onto a new master key and verifying
+//! the audit chain are actions like any other, decided by the policy ([`Action::Rewrap`],
+//! [`Action::AuditVerify`]) and audited.
 
 use std::fmt;
 use std::sync::Arc;
 
-use super::{Action, Principal, Vault};
+use super::*;
 use crate::audit::{AuditEvent, AuditTarget, Outcome};
 use crate::crypto::KeyRing;
 use crate::error::{Error, Result};
@@ -170,4 +171,38 @@ pub struct RewrapReport {
     pub conflicts: usize,
     /// True when nothing is left that names another key.
     pub complete: bool,
+}
+
+impl Vault {
+    /// Verifies the audit chain (system admins and viewers) against a checkpoint the host
+    /// kept (the newest one, from the sink given to [`VaultBuilder::checkpoints`]): besides
+    /// what [`Vault::verify_audit`] finds, rows cut from the tail up to the checkpoint, an
+    /// emptied chain, and rows rewritten with their hashes recomputed are reported, and a
+    /// forged checkpoint too. The checkpoint's master key must be in the key ring (active
+    /// or retired).
+    pub async fn verify_audit_with(
+        &self,
+        actor: &Principal,
+        checkpoint: &Checkpoint,
+    ) -> Result<VerifyReport> {
+        self.authorize_unscoped(actor, Action::AuditVerify).await?;
+        self.inner
+            .audit
+            .verify_against(std::slice::from_ref(checkpoint))
+            .await
+    }
+
+    /// Verifies the audit chain (system admins and viewers). The chain alone cannot show a
+    /// cut tail or a rewrite with recomputed hashes: [`Vault::verify_audit_with`] can.
+    pub async fn verify_audit(&self, actor: &Principal) -> Result<VerifyReport> {
+        self.authorize(
+            actor,
+            Action::AuditVerify,
+            None,
+            AuditTarget::none(),
+            "the audit chain",
+        )
+        .await?;
+        self.inner.audit.verify().await
+    }
 }

@@ -1,0 +1,279 @@
+//! `strongroom`: the operator command-line tool.
+//!
+//! Exit codes: 0 success, 1 other failure, 2 bad input or configuration, 3 not found,
+//! 4 permission denied, 5 conflict (already exists, stale version), 6 integrity failure
+//! (a broken audit chain, a blob that does not decrypt), 7 a credential the provider rejected,
+//! 8 verification inconclusive, 9 a key rotation that is not complete yet.
+//!
+//! Audit checkpoints: every command that commits appends a checkpoint of the audit chain to
+//! `$STRONGROOM_HOME/checkpoints` (one per commit), `audit verify` checks the chain against
+//! the newest one, and every other command first checks that the chain still holds the row
+//! it vouches for, so a cut or rewritten chain is never extended (see docs/AUDIT.md).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::{Args, Parser, Subcommand};
+use strongroom::audit::{AuditChain, CheckpointSink, CHECKPOINT_KEY_PURPOSE};
+use strongroom::catalog::{Catalog, Provider};
+use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
+use strongroom::handlers::HandlerRegistry;
+use strongroom::vault::policy::Action;
+use strongroom::{
+    Checkpoint, CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret,
+    KeyRing, LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore,
+    Store, Timestamp, Vault,
+};
+
+mod audit;
+mod credentials;
+mod keys;
+mod output;
+mod providers;
+mod store;
+mod yaml;
+
+use audit::*;
+use credentials::*;
+use keys::*;
+use output::*;
+use providers::*;
+use store::*;
+use yaml::*;
+
+#[derive(Parser)]
+#[command(
+    name = "strongroom",
+    version,
+    about = "Operate a strongroom credential vault"
+)]
+struct Cli {
+    /// Where the vault lives: `sqlite:PATH` (default `$STRONGROOM_HOME/vault.db`) or
+    /// `postgres://…`.
+    #[arg(long, global = true, env = "STRONGROOM_STORE")]
+    store: Option<String>,
+    /// The acting principal: system_admin:ID, app_admin:APP:ID, app_user:APP:ID, viewer:ID,
+    /// runtime:APP:USER, agent:ID or service:ID. Asserted, not authenticated: whoever holds
+    /// the master key can act as anyone.
+    #[arg(long = "as", global = true, env = "STRONGROOM_ACTOR")]
+    actor: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    /// A folder of provider TOML files that add to or override the bundled catalog
+    /// (default: `$STRONGROOM_HOME/providers` when it exists).
+    #[arg(long, global = true, env = "STRONGROOM_PROVIDERS_DIR")]
+    providers_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Inspect the audit chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Browse the provider catalog.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+    /// Work on app config YAML files.
+    #[command(subcommand)]
+    Yaml(YamlCommand),
+    /// Master keys: how many records each wraps, and rotation onto a new key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Config => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::PermissionDenied => 4,
+        ErrorKind::AlreadyExists | ErrorKind::VersionConflict => 5,
+        ErrorKind::DecryptFailed | ErrorKind::Corrupt => 6,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut sqlite = None;
+    let outcome = runtime.block_on(run(cli, &mut sqlite));
+    // Checkpoint the WAL into the database and remove it, so no `-wal` file is left behind.
+    if let Some(store) = sqlite {
+        if let Err(e) = runtime.block_on(store.close()) {
+            eprintln!("warning: the store was not closed cleanly (nothing is lost): {e}");
+        }
+    }
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> Error {
+    Error::InvalidInput {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
+    let dir = providers_dir(cli.providers_dir.clone())?;
+    let out = Output { json: cli.json };
+    if let Command::Providers(cmd) = cli.command {
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        return providers(&catalog, cmd, &out);
+    }
+    if let Command::Yaml(cmd) = cli.command {
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        return yaml(&catalog, cmd, &out);
+    }
+    let actor = Principal::parse(cli.actor.as_deref().ok_or_else(|| {
+        invalid(
+            "--as",
+            "name the acting principal with --as or STRONGROOM_ACTOR (for example app_user:crm:alice)",
+        )
+    })?)?;
+    let spec = store_spec(cli.store.as_deref())?;
+    let creates = matches!(
+        cli.command,
+        Command::Credentials(
+            CredentialsCommand::Create(_) | CredentialsCommand::AdminCreate { .. }
+        )
+    );
+    if let Command::Credentials(
+        CredentialsCommand::Create(CreateArgs { source, .. })
+        | CredentialsCommand::AdminCreate { source, .. },
+    ) = &cli.command
+    {
+        // Refuse an unknown provider before a vault file is created for it.
+        Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?.require(&source.provider)?;
+    }
+    let kept = Arc::new(CheckpointFile::open(
+        &default_home_from_env()?,
+        store_label(&spec),
+    )?);
+    if let StoreSpec::Sqlite(path) = &spec {
+        if !creates && !path.exists() {
+            if let (Command::Audit(_), Some(cp)) = (&cli.command, kept.highest()?) {
+                // Gone, while a checkpoint vouches for its rows: that is a broken chain.
+                println!(
+                    "audit chain BROKEN: first bad sequence number 1: rows 1–{} missing \
+                     (checkpoint at seq {}); the vault file {} is gone",
+                    cp.seq,
+                    cp.seq,
+                    path.display()
+                );
+                return Ok(6);
+            }
+            return Err(Error::NotFound {
+                what: format!("vault {}", path.display()),
+                hint: Some("check --store (or STRONGROOM_HOME); a vault is created by the first `credentials create`".into()),
+            });
+        }
+    }
+    let store = open_store(&spec, sqlite).await?;
+    let key = key_wrapper_from_env()?;
+    // Checkpoints need a key derived from the master key; the cloud backends cannot yet.
+    let checkpoints = key.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok();
+    let mut builder = Vault::builder()
+        .store(store)
+        .key_wrapper(key)
+        .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+    if checkpoints {
+        // The CLI lives for one command: a checkpoint after every commit.
+        builder = builder.checkpoints(kept.clone(), 1);
+    }
+    if let Some(dir) = dir {
+        builder = builder.providers_dir(dir);
+    }
+    let vault = builder.build().await?;
+    let result = match cli.command {
+        Command::Audit(AuditCommand::Verify) => {
+            audit_verify(&vault, &actor, &kept, checkpoints, &out).await
+        }
+        command => {
+            // Never add rows (or sign a checkpoint) over a chain that was cut or rewritten.
+            if let Some(cp) = kept.newest(vault.keys())?.checkpoint {
+                if let Some(problem) = vault.audit().still_holds(&cp).await? {
+                    eprintln!(
+                        "error: audit chain BROKEN: {problem}. Nothing was done: run \
+                         `strongroom audit verify`, and see docs/AUDIT.md (checkpoints) before \
+                         setting {} aside",
+                        kept.path.display()
+                    );
+                    return Ok(6);
+                }
+            }
+            run_command(&vault, &actor, command, &kept, &out).await
+        }
+    };
+    if let Some(why) = kept.failure() {
+        eprintln!(
+            "error: the audit checkpoint could not be kept in {} ({why}); what the command \
+             did is done and audited, but a cut tail after it would not be caught",
+            kept.path.display()
+        );
+        return result.and(Ok(1));
+    }
+    result
+}
+
+/// Runs a command on an open vault (everything but `audit verify`).
+async fn run_command(
+    vault: &Vault,
+    actor: &Principal,
+    command: Command,
+    kept: &Arc<CheckpointFile>,
+    out: &Output,
+) -> Result<u8, Error> {
+    match command {
+        Command::Keys(cmd) => keys(vault, actor, cmd, kept, out).await,
+        Command::Credentials(CredentialsCommand::Verify { id: text }) => {
+            let v = vault.test_live_connection(actor, &id(&text)?).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                let status = v
+                    .http_status
+                    .map_or_else(|| "no answer".to_string(), |s| format!("HTTP {s}"));
+                println!(
+                    "{:?}: {status}; credential is now {} (version {})",
+                    v.result,
+                    v.state.as_str(),
+                    v.version
+                );
+                if let Some(reason) = &v.reason {
+                    println!("  {reason}");
+                }
+            }
+            Ok(match v.result {
+                strongroom::VerifyResult::Valid => 0,
+                strongroom::VerifyResult::Invalid => 7,
+                _ => 8,
+            })
+        }
+        Command::Credentials(cmd) => credentials(vault, actor, cmd, out).await.map(|()| 0),
+        Command::Providers(_) | Command::Yaml(_) | Command::Audit(_) => Ok(0),
+    }
+}

@@ -1,0 +1,109 @@
+//! `strongroom providers …`: the provider catalog and the drop-in folder.
+
+use super::*;
+
+#[derive(Subcommand)]
+pub(crate) enum ProvidersCommand {
+    /// List the providers (bundled and drop-in), and any provider file that could not be used.
+    List,
+    /// Show one provider: its credential type, fields, prefix checks and verification.
+    Show {
+        /// Provider name.
+        name: String,
+    },
+}
+
+/// The drop-in providers folder: the flag or variable, else `$STRONGROOM_HOME/providers`
+/// when it exists.
+pub(crate) fn providers_dir(flag: Option<PathBuf>) -> Result<Option<PathBuf>, Error> {
+    match flag {
+        Some(dir) => Ok(Some(dir)),
+        None => {
+            let dir = default_home_from_env()?.join("providers");
+            Ok(dir.is_dir().then_some(dir))
+        }
+    }
+}
+
+pub(crate) fn providers(
+    catalog: &Catalog,
+    cmd: ProvidersCommand,
+    out: &Output,
+) -> Result<u8, Error> {
+    match cmd {
+        ProvidersCommand::List => {
+            let all: Vec<&Provider> = catalog.providers().map(|p| p.as_ref()).collect();
+            if out.json {
+                let problems: Vec<String> =
+                    catalog.problems().iter().map(|p| p.to_string()).collect();
+                let doc = serde_json::json!({ "providers": all, "problems": problems });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                println!(
+                    "{:<16}  {:<28}  {:<20}  {:<12}  VERIFY",
+                    "NAME", "DISPLAY NAME", "HANDLER", "CATEGORY"
+                );
+                for p in &all {
+                    println!(
+                        "{:<16}  {:<28}  {:<20}  {:<12}  {}",
+                        p.name,
+                        p.display_name,
+                        p.handler_type,
+                        p.category.as_deref().unwrap_or("-"),
+                        if p.verify.is_some() { "yes" } else { "no" }
+                    );
+                }
+                for problem in catalog.problems() {
+                    eprintln!("skipped: {problem}");
+                }
+            }
+            Ok(if catalog.problems().is_empty() { 0 } else { 2 })
+        }
+        ProvidersCommand::Show { name } => {
+            let p = catalog.require(&name)?;
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(p.as_ref()).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            println!("{} ({})", p.display_name, p.name);
+            println!("  handler type: {}", p.handler_type);
+            if let Some(c) = &p.category {
+                println!("  category:     {c}");
+            }
+            println!("  source:       {}", p.source);
+            println!("  fields:");
+            for f in &p.fields {
+                let mut notes = vec![if f.spec.required {
+                    "required"
+                } else {
+                    "optional"
+                }];
+                if f.spec.secret {
+                    notes.push("secret");
+                }
+                let prefix = if f.prefix_check.is_empty() {
+                    String::new()
+                } else {
+                    format!(", starts with {}", f.prefix_check.join(" or "))
+                };
+                println!(
+                    "    {:<22} {} ({}{prefix})",
+                    f.spec.name,
+                    f.spec.label,
+                    notes.join(", ")
+                );
+            }
+            match &p.verify {
+                Some(v) => println!(
+                    "  verify:       {} {} (success: {:?})",
+                    v.method, v.endpoint, v.success_codes
+                ),
+                None => println!("  verify:       none"),
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Credentials through their life: create, update, delete, get, list, reveal, and the
+//! lifecycle transitions.
+
+use super::*;
+
+/// Is `from → to` a lifecycle transition the vault allows?
+pub fn transition_allowed(from: LifecycleState, to: LifecycleState) -> bool {
+    use LifecycleState::*;
+    matches!(
+        (from, to),
+        (Filled, Valid | Expired | Invalid | Pending)
+            | (Pending, Valid | Expired | Invalid)
+            | (Valid, Expired | Invalid | Pending)
+            | (Expired, Valid | Invalid | Pending)
+    )
+}
+
+impl Vault {
+    /// Creates a credential (version 1, state `filled`).
+    ///
+    /// The permission is checked first (a denial is audited); a scope whose ids the vault
+    /// refuses ([`Scope::validate`]) is left out of the denial's audit row, so that nothing
+    /// unreadable is ever written.
+    pub async fn create(&self, actor: &Principal, new: NewCredential) -> Result<CredentialInfo> {
+        let scope_ok = new.scope.validate();
+        let target = match scope_ok {
+            Ok(()) => AuditTarget::scope(&new.scope),
+            Err(_) => AuditTarget::none(),
+        };
+        let what = format!(
+            "credential `{}` ({})",
+            printable(&new.name),
+            printable(&new.scope.to_string())
+        );
+        self.authorize(actor, Action::Create, Some(&new.scope), target, &what)
+            .await?;
+        scope_ok?;
+        validate_id("credential name", &new.name)?;
+        validate_id("provider", &new.provider)?;
+        if !new.handler_type.is_empty() {
+            validate_id("handler type", &new.handler_type)?;
+        }
+        check_fields(&new.fields)?;
+        check_metadata(&new.metadata)?;
+        let handler_type =
+            self.check_against_catalog(&new.provider, &new.handler_type, &new.fields)?;
+        let now = Timestamp::now();
+        let expires_at = new
+            .expires_at
+            .or_else(|| self.expiry_from_fields(&handler_type, &new.fields));
+        let mut record = CredentialRecord {
+            id: CredentialId::generate(),
+            name: new.name,
+            scope: new.scope,
+            provider: new.provider,
+            handler_type,
+            state: LifecycleState::Filled,
+            metadata: new.metadata,
+            agent_accessible: new.agent_accessible,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            key_id: String::new(),
+            sealed: Vec::new(),
+        };
+        let plain = encode_fields(&new.fields)?;
+        self.seal_into(&mut record, &plain).await?;
+        let event = Vault::event(
+            actor,
+            Action::Create,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("name", record.name.clone())
+        .detail("provider", record.provider.clone());
+        let field_names = new.fields.keys().cloned().collect();
+        self.commit_one(
+            Mutation::Put {
+                record: record.clone(),
+                precondition: Precondition::CreateOnly,
+            },
+            event,
+        )
+        .await?;
+        Ok(info(&record, field_names))
+    }
+
+    /// Updates a credential at `expected_version`, making a new version (new fields get a
+    /// new data key; the blob is re-sealed for the new version either way).
+    pub async fn update(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        expected_version: u64,
+        update: CredentialUpdate,
+    ) -> Result<CredentialInfo> {
+        let mut record = self.load_for(actor, Action::Update, id).await?;
+        if record.version != expected_version {
+            return Err(Error::VersionConflict {
+                what: record.describe(),
+                expected: expected_version,
+                found: Some(record.version),
+            });
+        }
+        if let Some(metadata) = &update.metadata {
+            check_metadata(metadata)?;
+        }
+        let previous = record.clone();
+        let new_fields = match update.fields {
+            Some(fields) => {
+                check_fields(&fields)?;
+                self.check_against_catalog(&record.provider, &record.handler_type, &fields)?;
+                if update.expires_at.is_none() {
+                    if let Some(at) = self.expiry_from_fields(&record.handler_type, &fields) {
+                        record.expires_at = Some(at);
+                    }
+                }
+                // New fields start over as `filled` — unless someone other than the owner
+                // disabled the credential: that stays until they (or another admin) lift it.
+                if !record.metadata.contains_key(DISABLED_BY) {
+                    record.state = LifecycleState::Filled;
+                }
+                Some(fields)
+            }
+            None => None,
+        };
+        if let Some(metadata) = update.metadata {
+            let kept: Vec<(String, String)> = [DISABLED_BY]
+                .into_iter()
+                .filter_map(|k| record.metadata.remove_entry(k))
+                .collect();
+            record.metadata = metadata;
+            record.metadata.extend(kept);
+        }
+        if let Some(flag) = update.agent_accessible {
+            record.agent_accessible = flag;
+        }
+        if let Some(expires_at) = update.expires_at {
+            record.expires_at = expires_at;
+        }
+        record.version += 1;
+        record.updated_at = Timestamp::now();
+        match &new_fields {
+            Some(fields) => {
+                let plain = encode_fields(fields)?;
+                self.seal_into(&mut record, &plain).await?;
+            }
+            // The same fields, bound to the new version.
+            None => self.reseal(&previous, &mut record).await?,
+        }
+        let event = Vault::event(
+            actor,
+            Action::Update,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("version", record.version.to_string());
+        self.commit_one(
+            Mutation::Put {
+                record: record.clone(),
+                precondition: Precondition::IfVersion(expected_version),
+            },
+            event,
+        )
+        .await?;
+        let names = new_fields
+            .map(|f| f.keys().cloned().collect())
+            .unwrap_or_default();
+        Ok(info(&record, names))
+    }
+
+    /// Deletes a credential (and its grants); `expected_version` guards against deleting a
+    /// version the caller has not seen.
+    pub async fn delete(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        expected_version: Option<u64>,
+    ) -> Result<()> {
+        let record = self.load_for(actor, Action::Delete, id).await?;
+        let event = Vault::event(
+            actor,
+            Action::Delete,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("name", record.name.clone());
+        self.commit_one(
+            Mutation::Delete {
+                id: record.id.clone(),
+                precondition: Precondition::IfVersion(expected_version.unwrap_or(record.version)),
+            },
+            event,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A credential's metadata.
+    pub async fn get(&self, actor: &Principal, id: &CredentialId) -> Result<CredentialInfo> {
+        let record = self.load_for(actor, Action::ReadMetadata, id).await?;
+        Ok(info(&record, Vec::new()))
+    }
+
+    /// Credentials matching `filter` that `actor` may see, in id order.
+    pub async fn list(
+        &self,
+        actor: &Principal,
+        filter: &CredentialFilter,
+    ) -> Result<Vec<CredentialInfo>> {
+        actor.validate()?;
+        if let Some(scope) = &filter.scope {
+            scope.validate()?;
+        }
+        let store_filter = ListFilter {
+            scope: filter.scope.clone(),
+            scope_kind: filter.scope_kind,
+            provider: filter.provider.clone(),
+            ..ListFilter::default()
+        };
+        let records = self.inner.store.list(&store_filter).await?;
+        Ok(records
+            .iter()
+            .filter(|r| {
+                policy::allows(
+                    actor.role(),
+                    Action::ReadMetadata,
+                    Relation::of(actor, Some(&r.scope)),
+                )
+            })
+            .map(|r| info(r, Vec::new()))
+            .filter(|i| filter.state.is_none_or(|s| s == i.state))
+            .collect())
+    }
+
+    /// Opens a record's fields and audits the release before returning them (see
+    /// [`Vault::release`]).
+    pub(super) async fn release_revealed(
+        &self,
+        actor: &Principal,
+        action: Action,
+        record: &CredentialRecord,
+        detail: Option<(&str, String)>,
+        stamp: ReadStamp,
+    ) -> Result<RevealedCredential> {
+        let mut event = Vault::event(
+            actor,
+            action,
+            AuditTarget::credential(&record.id, &record.scope),
+        );
+        if let Some((k, v)) = detail {
+            event = event.detail(k, v);
+        }
+        let fields = self.release_one(actor, record, event, stamp).await?;
+        let names = fields.keys().cloned().collect();
+        Ok(RevealedCredential {
+            info: info(record, names),
+            fields,
+        })
+    }
+
+    /// A credential's secret values, for a person allowed to read them. Audited.
+    pub async fn reveal(&self, actor: &Principal, id: &CredentialId) -> Result<RevealedCredential> {
+        let record = self.load_for(actor, Action::Reveal, id).await?;
+        self.release_revealed(actor, Action::Reveal, &record, None, ReadStamp::UNCHECKED)
+            .await
+    }
+
+    /// Moves a credential through its lifecycle (see [`transition_allowed`]). Audited.
+    pub async fn set_state(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+        expected_version: u64,
+        to: LifecycleState,
+        reason: &str,
+    ) -> Result<CredentialInfo> {
+        let mut record = self.load_for(actor, Action::SetState, id).await?;
+        if record.version != expected_version {
+            return Err(Error::VersionConflict {
+                what: record.describe(),
+                expected: expected_version,
+                found: Some(record.version),
+            });
+        }
+        let from = effective_state(&record, Timestamp::now());
+        let owner = is_owner(actor, &record.scope);
+        let disabled_by = record.metadata.get(DISABLED_BY).cloned();
+        // Lifting a disable that someone other than the owner set: only a non-owner with
+        // the right to set the state may, back to `filled`.
+        let lift = disabled_by.is_some() && from == LifecycleState::Invalid;
+        if lift && owner {
+            let event = Vault::event(
+                actor,
+                Action::SetState,
+                AuditTarget::credential(&record.id, &record.scope),
+            )
+            .outcome(Outcome::Denied)
+            .detail("reason", "disabled by an admin")
+            .detail("disabled_by", disabled_by.clone().unwrap_or_default());
+            self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                .await?;
+            return Err(Error::PermissionDenied {
+                actor: actor.to_string(),
+                action: Action::SetState.as_str().into(),
+                target: format!(
+                    "{}: it was disabled by {}; only an admin may lift that (set_state to filled)",
+                    record.describe(),
+                    disabled_by.unwrap_or_default()
+                ),
+            });
+        }
+        let allowed = if lift {
+            to == LifecycleState::Filled
+        } else {
+            transition_allowed(from, to)
+        };
+        if !allowed {
+            return Err(Error::invalid(
+                "state",
+                format!("{} cannot go from {from} to {to}", record.describe()),
+            ));
+        }
+        let previous = record.clone();
+        if lift {
+            record.metadata.remove(DISABLED_BY);
+        } else if to == LifecycleState::Invalid && !owner {
+            record
+                .metadata
+                .insert(DISABLED_BY.into(), actor.to_string());
+        }
+        record.state = to;
+        record.version += 1;
+        record.updated_at = Timestamp::now();
+        // The blob is bound to the version: seal it again for the new one.
+        self.reseal(&previous, &mut record).await?;
+        let event = Vault::event(
+            actor,
+            Action::SetState,
+            AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("from", from.as_str())
+        .detail("to", to.as_str())
+        .detail("reason", reason);
+        self.commit_one(
+            Mutation::Put {
+                record: record.clone(),
+                precondition: Precondition::IfVersion(expected_version),
+            },
+            event,
+        )
+        .await?;
+        Ok(info(&record, Vec::new()))
+    }
+}
