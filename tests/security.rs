@@ -1068,3 +1068,86 @@ async fn the_service_principal_keeps_credentials_current_without_reading_them() 
         .collect();
     assert!(actors.contains(&"service:oauth-refresher".to_string()));
 }
+
+#[tokio::test]
+async fn list_asks_the_store_only_for_the_scopes_the_principal_may_see() {
+    use strongroom::store::{OwnerMatch, ScopeMatch};
+    let faults = FaultStore::new(Arc::new(MemoryStore::new()));
+    let vault = vault_on(faults.clone()).await;
+    let u1 = p("app_user:crm:u1");
+    let u2 = p("app_user:crm:u2");
+    user_credential(&vault, &u1, "mine").await;
+    user_credential(&vault, &u2, "theirs").await;
+    vault
+        .create(
+            &u1,
+            NewCredential::new(
+                "mine_in_blog",
+                Scope::per_app_per_user("blog", "u1").expect("s"),
+                "openai",
+                "",
+                fields(CANARY),
+            ),
+        )
+        .await
+        .expect("create");
+    let listed = vault
+        .list(&u1, &CredentialFilter::default())
+        .await
+        .expect("list");
+    let mut names: Vec<_> = listed.iter().map(|c| c.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["mine", "mine_in_blog"]);
+    let asked = faults
+        .last_list
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a list");
+    let scopes = asked.scopes.expect("the vault names the scopes");
+    let exactly = |kind: ScopeKind, owner: &str| ScopeMatch {
+        kind,
+        owner: OwnerMatch::Exactly(owner.into()),
+    };
+    for want in [
+        exactly(ScopeKind::PerUser, "u1"),
+        exactly(ScopeKind::PerAppShared, "crm"),
+        exactly(ScopeKind::PerAppPerUser, "crm/u1"),
+        ScopeMatch::user_in_any_app("u1"),
+    ] {
+        assert!(scopes.contains(&want), "{want:?} in {scopes:?}");
+    }
+    assert!(
+        scopes.iter().all(|m| m.owner != OwnerMatch::Any),
+        "a user never asks for a whole kind: {scopes:?}"
+    );
+    // A viewer sees every kind; an agent only its own scope.
+    vault
+        .list(&p("viewer:vera"), &CredentialFilter::default())
+        .await
+        .expect("list");
+    let asked = faults
+        .last_list
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a list");
+    assert!(asked
+        .scopes
+        .expect("scopes")
+        .contains(&ScopeMatch::kind(ScopeKind::PerUser)));
+    vault
+        .list(&p("agent:a1"), &CredentialFilter::default())
+        .await
+        .expect("list");
+    let asked = faults
+        .last_list
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("a list");
+    assert_eq!(
+        asked.scopes.expect("scopes"),
+        vec![exactly(ScopeKind::PerAgent, "a1")]
+    );
+}

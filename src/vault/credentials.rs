@@ -2,6 +2,7 @@
 //! lifecycle transitions.
 
 use super::*;
+use crate::store::{OwnerMatch, ScopeMatch};
 
 /// Is `from → to` a lifecycle transition the vault allows?
 pub fn transition_allowed(from: LifecycleState, to: LifecycleState) -> bool {
@@ -210,10 +211,17 @@ impl Vault {
         if let Some(scope) = &filter.scope {
             scope.validate()?;
         }
+        // Ask the store only for the scopes the policy lets the actor see; the rows that
+        // come back are still checked one by one (a pattern may be wider than the policy).
+        let scopes = visible_scopes(actor);
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
         let store_filter = ListFilter {
             scope: filter.scope.clone(),
             scope_kind: filter.scope_kind,
             provider: filter.provider.clone(),
+            scopes: Some(scopes),
             ..ListFilter::default()
         };
         let records = self.inner.store.list(&store_filter).await?;
@@ -350,4 +358,35 @@ impl Vault {
         .await?;
         Ok(info(&record, Vec::new()))
     }
+}
+
+/// The scope patterns covering every credential `actor` may see the metadata of, from the
+/// policy table: one pattern per relation the policy allows for reading metadata.
+fn visible_scopes(actor: &Principal) -> Vec<ScopeMatch> {
+    use crate::model::ScopeKind as K;
+    let exactly = |kind: K, owner: String| ScopeMatch {
+        kind,
+        owner: OwnerMatch::Exactly(owner),
+    };
+    let (app, user, agent) = (actor.app(), actor.user(), actor.agent());
+    Relation::ALL
+        .into_iter()
+        .filter(|r| policy::allows(actor.role(), Action::ReadMetadata, *r))
+        .filter_map(|relation| match relation {
+            Relation::SystemWide => Some(ScopeMatch::kind(K::SystemWide)),
+            Relation::OwnAppShared => app.map(|a| exactly(K::PerAppShared, a.to_string())),
+            Relation::OtherAppShared => Some(ScopeMatch::kind(K::PerAppShared)),
+            Relation::OwnUser => user.map(|u| exactly(K::PerUser, u.to_string())),
+            Relation::OtherUser => Some(ScopeMatch::kind(K::PerUser)),
+            Relation::OwnUserOwnApp => {
+                Some(exactly(K::PerAppPerUser, format!("{}/{}", app?, user?)))
+            }
+            Relation::OwnUserOtherApp => user.map(ScopeMatch::user_in_any_app),
+            Relation::OtherUserOwnApp => app.map(ScopeMatch::app_for_any_user),
+            Relation::OtherUserOtherApp => Some(ScopeMatch::kind(K::PerAppPerUser)),
+            Relation::Agent => Some(ScopeMatch::kind(K::PerAgent)),
+            Relation::OwnAgent => agent.map(|a| exactly(K::PerAgent, a.to_string())),
+            Relation::NoScope => None,
+        })
+        .collect()
 }

@@ -43,6 +43,8 @@ pub struct FaultStore {
     commits: AtomicUsize,
     /// Failures injected so far.
     pub injected: AtomicUsize,
+    /// The filter of the last `list` call.
+    pub last_list: std::sync::Mutex<Option<ListFilter>>,
 }
 
 impl FaultStore {
@@ -54,6 +56,7 @@ impl FaultStore {
             every_nth: AtomicUsize::new(0),
             commits: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
+            last_list: std::sync::Mutex::new(None),
         })
     }
 
@@ -112,6 +115,7 @@ impl Store for FaultStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> strongroom::Result<Vec<CredentialRecord>> {
+        *self.last_list.lock().expect("lock") = Some(filter.clone());
         self.inner.list(filter).await
     }
 
