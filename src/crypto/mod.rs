@@ -5,6 +5,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::Result;
@@ -24,9 +25,16 @@ pub use local::{
 };
 
 /// A 256-bit symmetric key (a data key, or a key derived from the master key). Wiped on drop;
-/// `Debug` never shows the bytes.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+/// `Debug` never shows the bytes. It has no `PartialEq`: compare two keys with
+/// [`ConstantTimeEq::ct_eq`], which takes the same time whatever the bytes.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct DataKey([u8; 32]);
+
+impl ConstantTimeEq for DataKey {
+    fn ct_eq(&self, other: &DataKey) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
 
 impl DataKey {
     /// A fresh key from the operating system's CSPRNG.
