@@ -22,8 +22,8 @@ pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};
 pub use model::Grant;
 pub use model::{
-    CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity, RecordKey,
-    Scope, ScopeKind, Timestamp,
+    BoundFields, CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity,
+    RecordKey, Scope, ScopeKind, Timestamp, DEFAULT_NAMESPACE,
 };
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::lease::{Lease, LeaseClaim};

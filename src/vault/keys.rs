@@ -65,7 +65,9 @@ impl Vault {
             let mut mutations = Vec::with_capacity(records.len());
             let mut from_keys: Vec<String> = Vec::new();
             for mut record in records {
-                let Some(sealed) = ring.rewrap_blob(&record.sealed, &record.identity()).await?
+                let Some(sealed) = ring
+                    .rewrap_blob(&record.sealed, &self.identity_of(&record))
+                    .await?
                 else {
                     continue;
                 };
