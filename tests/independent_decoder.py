@@ -192,8 +192,8 @@ def payload_key_and_commitment(version, dek, nonce, data_aad):
     if version == 1:
         return dek, sha256(b"strongroom/commit/v1" + dek + nonce)
     ctx = sha256(data_aad)
-    return (hkdf_expand(dek, b"strongroom/v2/payload-key" + nonce + ctx, 32),
-            hkdf_expand(dek, b"strongroom/v2/commitment" + nonce + ctx, 32))
+    return (hkdf_expand(dek, b"v2-payload" + nonce + ctx, 32),
+            hkdf_expand(dek, b"v2-commit" + nonce + ctx, 32))
 
 
 def synthetic_wrap_nonce(nonce_key: bytes, wrap_aad: bytes, dek: bytes) -> bytes:

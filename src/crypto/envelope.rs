@@ -41,16 +41,18 @@ pub const TAG_LEN: usize = 16;
 /// Commitment length.
 pub const COMMITMENT_LEN: usize = 32;
 
-// Format 2 labels. Every one starts `strongroom/v2/`, which no format-1 label does, and the
-// credential and record domains differ at byte 14 (`c` against `r`).
+// Format 2 associated-data labels. Every one starts `strongroom/v2/`, which no format-1
+// label does, and the credential and record domains differ at byte 14 (`c` against `r`).
 const WRAP_AAD_LABEL: &[u8] = b"strongroom/v2/credential/wrap";
 const DATA_AAD_LABEL: &[u8] = b"strongroom/v2/credential/data";
 const BOUND_FIELDS_LABEL: &[u8] = b"strongroom/v2/credential/bound-fields";
 const RECORD_WRAP_AAD_LABEL: &[u8] = b"strongroom/v2/record/wrap";
 const RECORD_DATA_AAD_LABEL: &[u8] = b"strongroom/v2/record/data";
 /// HKDF-Expand infos, with the data key as the PRK: the payload key and the commitment.
-const PAYLOAD_KEY_INFO: &[u8] = b"strongroom/v2/payload-key";
-const COMMITMENT_INFO: &[u8] = b"strongroom/v2/commitment";
+/// At most 10 bytes, so that `info || nonce || ctx || 0x01` (55 bytes with SHA-256's
+/// padding) is one SHA-256 block: each expansion costs one inner and one outer block.
+const PAYLOAD_KEY_INFO: &[u8] = b"v2-payload";
+const COMMITMENT_INFO: &[u8] = b"v2-commit";
 
 // Format 1 labels.
 const WRAP_AAD_LABEL_V1: &[u8] = b"strongroom/wrap/v1";
@@ -403,8 +405,8 @@ pub(crate) struct PayloadKey {
 /// "Payload key and commitment"):
 ///
 /// - format 2: `ctx = SHA-256(data_aad)`, then HKDF-Expand with the data key as the PRK:
-///   `payload key = HMAC-SHA256(DEK, "strongroom/v2/payload-key" || nonce || ctx || 0x01)`,
-///   `commitment = HMAC-SHA256(DEK, "strongroom/v2/commitment" || nonce || ctx || 0x01)`;
+///   `payload key = HMAC-SHA256(DEK, "v2-payload" || nonce || ctx || 0x01)`,
+///   `commitment = HMAC-SHA256(DEK, "v2-commit" || nonce || ctx || 0x01)`;
 /// - format 1: the data key itself, and `SHA-256("strongroom/commit/v1" || DEK || nonce)`.
 pub(crate) fn payload_key(
     version: u8,
