@@ -40,6 +40,7 @@ pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
     CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, HeldFields, NewCredential,
-    Principal, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential,
-    RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
+    Principal, ResealOptions, ResealProgress, ResealReport, ResealSelection, ResolveContext,
+    ResolveItem, ResolveManyError, Resolved, RevealedCredential, RewrapOptions, RewrapProgress,
+    RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
 };

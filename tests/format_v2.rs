@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 use serde_json::Value;
+use strongroom::audit::Outcome;
 use strongroom::{
     CredentialId, CredentialRecord, CredentialUpdate, ErrorKind, ExposeSecret, KeyRing, KeyWrapper,
     LifecycleState, LocalKey, MemoryStore, Mutation, NewCredential, Precondition, Principal,
@@ -340,4 +341,207 @@ async fn format_1_records_open_and_move_to_format_2_when_sealed_again() {
             .kind(),
         ErrorKind::DecryptFailed
     );
+}
+
+/// The version-1 rows of `envelope_vectors.json` (one master key, four identities), as a
+/// store would hold them.
+fn format_1_rows() -> ([u8; 32], Vec<(CredentialRecord, Vec<u8>)>) {
+    let path = format!(
+        "{}/tests/data/envelope_vectors.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    let mut master = [0u8; 32];
+    let rows = doc["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let text = |field: &str| v[field].as_str().expect(field).to_string();
+            hex::decode_to_slice(text("master_key_hex"), &mut master).expect("hex");
+            let scope = Scope::from_parts(
+                ScopeKind::parse(&text("scope_kind")).expect("kind"),
+                &text("owner"),
+            )
+            .expect("scope");
+            let record = CredentialRecord {
+                id: CredentialId::new(text("credential_id")).expect("id"),
+                name: format!("legacy_{i}"),
+                scope,
+                provider: "openai".into(),
+                handler_type: "api_key".into(),
+                state: LifecycleState::Filled,
+                metadata: BTreeMap::new(),
+                agent_accessible: false,
+                version: v["version"].as_u64().expect("version"),
+                created_at: Timestamp(0),
+                updated_at: Timestamp(0),
+                expires_at: None,
+                key_id: text("master_key_id"),
+                sealed: hex::decode(text("blob_hex")).expect("hex"),
+            };
+            (record, hex::decode(text("plaintext_hex")).expect("hex"))
+        })
+        .collect();
+    (master, rows)
+}
+
+async fn put(store: &dyn Store, record: CredentialRecord, precondition: Precondition) {
+    store
+        .commit(strongroom::Batch {
+            mutations: vec![Mutation::Put {
+                record,
+                precondition,
+            }],
+            events: vec![],
+        })
+        .await
+        .expect("put");
+}
+
+async fn audit_actions(store: &dyn Store, action: &str) -> usize {
+    store
+        .audit_range(1, 10_000)
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|r| r.event.action == action && r.event.outcome == Outcome::Success)
+        .count()
+}
+
+/// `reseal_credentials` turns every version-1 row into version 2 (same version, new data
+/// key, bound to the namespace), leaves version-2 rows alone, and has nothing left to do
+/// on a second run.
+#[tokio::test]
+async fn resealing_moves_format_1_records_to_format_2() {
+    let (master, rows) = format_1_rows();
+    let store = Arc::new(MemoryStore::new());
+    for (record, _) in &rows {
+        put(store.as_ref(), record.clone(), Precondition::CreateOnly).await;
+    }
+    let v = vault(store.clone(), master, Some("prod")).await;
+    let current = create_for_alice(&v, "already_v2").await;
+    let before = store.get(&current).await.expect("get").expect("present");
+    assert_eq!(before.sealed[0], 2);
+
+    let admin = p("system_admin:root");
+    let e = v
+        .reseal_credentials(&p("viewer:v"), Default::default())
+        .await
+        .expect_err("viewers may not");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+
+    let options = strongroom::ResealOptions {
+        batch_size: 3,
+        ..Default::default()
+    };
+    let report = v
+        .reseal_credentials(&admin, options.clone())
+        .await
+        .expect("reseal");
+    assert_eq!((report.resealed, report.batches), (4, 2));
+    assert!(
+        report.complete && report.unopenable.is_empty(),
+        "{report:?}"
+    );
+    for (record, plaintext) in &rows {
+        let row = store.get(&record.id).await.expect("get").expect("present");
+        assert_eq!(row.sealed[0], 2, "now version 2");
+        assert_eq!(row.version, record.version, "same credential version");
+        assert_eq!(row.key_id, LocalKey::from_bytes(&master, "k").key_id());
+        let plain = v
+            .keys()
+            .open(&row.sealed, &row.identity_in("prod"))
+            .await
+            .expect("opens in its namespace");
+        assert_eq!(plain.expose_secret(), &plaintext[..]);
+        assert!(v
+            .keys()
+            .open(&row.sealed, &row.identity_in("another"))
+            .await
+            .is_err());
+    }
+    let after = store.get(&current).await.expect("get").expect("present");
+    assert_eq!(after.sealed, before.sealed, "a version-2 row is left alone");
+    assert_eq!(audit_actions(store.as_ref(), "keys.reseal").await, 2);
+
+    let again = v.reseal_credentials(&admin, options).await.expect("again");
+    assert_eq!(
+        (again.resealed, again.batches, again.complete),
+        (0, 0, true)
+    );
+}
+
+/// `ResealSelection::All` gives every credential a new data key, stepwise: a run stopped
+/// after one batch goes on from its report's `next_after`. A row whose blob no longer
+/// opens is named and left as it is.
+#[tokio::test]
+async fn resealing_everything_resumes_and_names_what_does_not_open() {
+    let store = Arc::new(MemoryStore::new());
+    let v = vault(store.clone(), [0x44; 32], Some("prod")).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(create_for_alice(&v, &format!("cred_{i}")).await);
+    }
+    ids.sort();
+    let before: Vec<CredentialRecord> = {
+        let mut rows = Vec::new();
+        for id in &ids {
+            rows.push(store.get(id).await.expect("get").expect("present"));
+        }
+        rows
+    };
+    // A database edit of one row's provider: that blob does not open any more.
+    let mut edited = before[3].clone();
+    edited.provider = "anthropic".into();
+    put(store.as_ref(), edited, Precondition::None).await;
+
+    let admin = p("system_admin:root");
+    let step = strongroom::ResealOptions {
+        selection: strongroom::ResealSelection::All,
+        batch_size: 2,
+        max_batches: Some(1),
+        ..Default::default()
+    };
+    let first = v
+        .reseal_credentials(&admin, step.clone())
+        .await
+        .expect("first step");
+    assert_eq!((first.resealed, first.complete), (2, false));
+    assert_eq!(first.next_after.as_ref(), Some(&ids[1]));
+    let rest = v
+        .reseal_credentials(
+            &admin,
+            strongroom::ResealOptions {
+                after: first.next_after.clone(),
+                max_batches: None,
+                ..step
+            },
+        )
+        .await
+        .expect("the rest");
+    assert!(rest.complete, "{rest:?}");
+    assert_eq!(rest.resealed, 2);
+    assert_eq!(rest.unopenable, vec![ids[3].clone()]);
+    let alice = p("app_user:crm:alice");
+    for (i, old) in before.iter().enumerate() {
+        let row = store.get(&old.id).await.expect("get").expect("present");
+        assert_eq!(row.version, old.version);
+        if i == 3 {
+            assert_eq!(row.sealed, old.sealed, "left as it was");
+            continue;
+        }
+        assert_ne!(row.sealed, old.sealed, "a new data key and nonce");
+        assert_ne!(
+            row.sealed[5..60],
+            old.sealed[5..60],
+            "a new wrapped data key"
+        );
+        let revealed = v.reveal(&alice, &old.id).await.expect("opens");
+        assert_eq!(revealed.fields["api_key"].expose_secret(), CANARY);
+    }
+    // One batch, then one more (ids 2 and 4; id 3 skipped).
+    assert_eq!(audit_actions(store.as_ref(), "keys.reseal").await, 2);
 }

@@ -34,7 +34,10 @@ mod grants;
 mod keys;
 mod resolve;
 mod types;
-pub use keys::{RewrapOptions, RewrapProgress, RewrapReport};
+pub use keys::{
+    ResealOptions, ResealProgress, ResealReport, ResealSelection, RewrapOptions, RewrapProgress,
+    RewrapReport,
+};
 pub mod policy;
 mod unseal;
 mod verify;
