@@ -53,11 +53,7 @@ fn bench(c: &mut Criterion) {
     // record's identity, key commitment, payload sealed; then parse, unwrap, check, open.
     let ring = KeyRing::new(Arc::new(LocalKey::generate().expect("key")));
     let scope = Scope::per_user("alice").expect("scope");
-    let id = RecordIdentity {
-        credential_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
-        scope: &scope,
-        version: 3,
-    };
+    let id = RecordIdentity::new("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", &scope, 3);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

@@ -62,9 +62,11 @@ pub enum Error {
         state: String,
     },
 
-    /// A sealed blob failed to open: wrong key, tampered bytes, or a blob that belongs to
-    /// another record. Deliberately carries no detail beyond which record it was.
-    #[error("decryption failed for {what}: the data was tampered with, belongs to another record, or the master key is wrong")]
+    /// A sealed blob failed to open: wrong key, tampered bytes or bound columns, or a blob
+    /// that belongs to another record or vault namespace. Carries no detail beyond which
+    /// record it was, in which namespace, and (for a format-2 blob whose data key unwrapped)
+    /// that what its commitment binds changed.
+    #[error("decryption failed for {what}: the data or the record's bound columns were tampered with, it belongs to another record or vault namespace, or the master key is wrong")]
     DecryptFailed {
         /// Which record (never its contents).
         what: String,

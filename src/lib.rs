@@ -22,8 +22,8 @@ pub use crypto::{key_wrapper_from_env, DataKey, KeyRing, KeyWrapper, LocalKey};
 pub use error::{Error, ErrorKind, Result, StoreErrorKind};
 pub use model::Grant;
 pub use model::{
-    CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity, RecordKey,
-    Scope, ScopeKind, Timestamp,
+    BoundFields, CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity,
+    RecordKey, Scope, ScopeKind, Timestamp, DEFAULT_NAMESPACE,
 };
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::lease::{Lease, LeaseClaim};
@@ -40,6 +40,7 @@ pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
     CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, HeldFields, NewCredential,
-    Principal, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential,
-    RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
+    Principal, ResealOptions, ResealProgress, ResealReport, ResealSelection, ResolveContext,
+    ResolveItem, ResolveManyError, Resolved, RevealedCredential, RewrapOptions, RewrapProgress,
+    RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
 };

@@ -53,6 +53,43 @@ fn check_id(field: &str, value: &str, slash_allowed: bool) -> Result<()> {
     Ok(())
 }
 
+/// The vault namespace a [`RecordIdentity`] or [`RecordAad`] is in unless it says otherwise
+/// (and a vault's unless `VaultBuilder::namespace` sets another). Two vaults that share a
+/// master key must use distinct namespaces: the namespace is what keeps a blob from one
+/// opening in the other.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Longest vault namespace accepted, in bytes (room for a home folder's path).
+pub const MAX_NAMESPACE_LEN: usize = 1024;
+
+/// Checks a vault namespace: 1 to [`MAX_NAMESPACE_LEN`] bytes of UTF-8 without control
+/// characters (`/`, `:` and spaces are allowed, so a path or a URL can serve as one).
+pub fn validate_namespace(value: &str) -> Result<()> {
+    let field = "vault namespace";
+    if value.is_empty() {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must not be empty; leave it unset for `{DEFAULT_NAMESPACE}`, or name the vault \
+                 (two vaults sharing a master key need distinct namespaces)"
+            ),
+        ));
+    }
+    if value.len() > MAX_NAMESPACE_LEN {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "is {} bytes long; at most {MAX_NAMESPACE_LEN} are allowed",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// The id `runtime:APP:*` uses for "no user in particular" (an app's deploy); no user, app
 /// or agent may be called this.
 pub const DEPLOY_USER: &str = "*";
@@ -617,16 +654,86 @@ impl std::str::FromStr for Timestamp {
     }
 }
 
-/// The identity a sealed blob is bound to: moving the blob to another credential, scope,
-/// owner or version makes it fail to open.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The identity a sealed blob is bound to: moving the blob to another vault namespace,
+/// credential, scope, owner or version makes it fail to open, and so does changing any of
+/// the record's [`BoundFields`] (format 2; `docs/FORMAT.md`).
+///
+/// Build one with [`RecordIdentity::new`] (or [`CredentialRecord::identity_in`]) and the
+/// `in_namespace` / `with_bound` setters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordIdentity<'a> {
+    /// The vault namespace (from the vault's configuration, never from the database; see
+    /// [`DEFAULT_NAMESPACE`]). Bound by format 2 only: a version-1 blob opens in any.
+    pub namespace: &'a str,
     /// The credential id.
     pub credential_id: &'a str,
     /// The scope (kind and owner).
     pub scope: &'a Scope,
     /// The credential version the blob was sealed for.
     pub version: u64,
+    /// The policy columns bound into the blob (format 2), or `None` for a blob sealed
+    /// without a credential record (the key ring used directly).
+    pub bound: Option<BoundFields<'a>>,
+}
+
+impl<'a> RecordIdentity<'a> {
+    /// The identity of `credential_id` at `version` in `scope`, in [`DEFAULT_NAMESPACE`],
+    /// with no bound fields.
+    pub fn new(credential_id: &'a str, scope: &'a Scope, version: u64) -> RecordIdentity<'a> {
+        RecordIdentity {
+            namespace: DEFAULT_NAMESPACE,
+            credential_id,
+            scope,
+            version,
+            bound: None,
+        }
+    }
+
+    /// The same identity in vault namespace `namespace`.
+    pub fn in_namespace(self, namespace: &'a str) -> RecordIdentity<'a> {
+        RecordIdentity { namespace, ..self }
+    }
+
+    /// The same identity at credential version `version`.
+    pub fn at_version(self, version: u64) -> RecordIdentity<'a> {
+        RecordIdentity { version, ..self }
+    }
+
+    /// The same identity with `bound` bound into the blob.
+    pub fn with_bound(self, bound: BoundFields<'a>) -> RecordIdentity<'a> {
+        RecordIdentity {
+            bound: Some(bound),
+            ..self
+        }
+    }
+}
+
+/// The columns of a credential the vault acts on besides its identity: which name a
+/// reference finds, where live verification goes (provider, handler type), whether an agent
+/// may use it, its lifecycle state and expiry, and its metadata. A format-2 blob binds them
+/// (a digest in the payload's associated data), so a database writer who flips
+/// `agent_accessible`, re-points the provider or a metadata `base_url`, moves `expires_at`
+/// or lifts an `invalid` state makes the record fail to open. The vault seals every version
+/// again after any change, so legitimate changes carry their new values.
+///
+/// The set of fields is part of format 2 (`docs/FORMAT.md`, "Bound fields").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundFields<'a> {
+    /// The `ref` name.
+    pub name: &'a str,
+    /// The provider name.
+    pub provider: &'a str,
+    /// The handler type.
+    pub handler_type: &'a str,
+    /// The stored lifecycle state.
+    pub state: LifecycleState,
+    /// Whether agents may use it directly.
+    pub agent_accessible: bool,
+    /// When it stops being usable.
+    pub expires_at: Option<Timestamp>,
+    /// Every metadata entry (a verification `base_url` included).
+    pub metadata: &'a BTreeMap<String, String>,
 }
 
 /// A credential as the store keeps it: non-secret columns in the clear, secret fields in
@@ -667,12 +774,31 @@ pub struct CredentialRecord {
 }
 
 impl CredentialRecord {
-    /// The identity its sealed blob is bound to.
+    /// The identity its sealed blob is bound to in [`DEFAULT_NAMESPACE`], with its
+    /// [`BoundFields`]. A vault uses [`CredentialRecord::identity_in`] with its own
+    /// namespace.
     pub fn identity(&self) -> RecordIdentity<'_> {
-        RecordIdentity {
-            credential_id: self.id.as_str(),
-            scope: &self.scope,
-            version: self.version,
+        self.identity_in(DEFAULT_NAMESPACE)
+    }
+
+    /// The identity its sealed blob is bound to in vault namespace `namespace` (which comes
+    /// from the vault's configuration, never from the record), with its [`BoundFields`].
+    pub fn identity_in<'a>(&'a self, namespace: &'a str) -> RecordIdentity<'a> {
+        RecordIdentity::new(self.id.as_str(), &self.scope, self.version)
+            .in_namespace(namespace)
+            .with_bound(self.bound_fields())
+    }
+
+    /// The columns a format-2 blob binds besides the identity.
+    pub fn bound_fields(&self) -> BoundFields<'_> {
+        BoundFields {
+            name: &self.name,
+            provider: &self.provider,
+            handler_type: &self.handler_type,
+            state: self.state,
+            agent_accessible: self.agent_accessible,
+            expires_at: self.expires_at,
+            metadata: &self.metadata,
         }
     }
 

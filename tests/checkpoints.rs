@@ -454,3 +454,141 @@ async fn a_master_key_that_cannot_derive_keys_is_refused_for_checkpoints() {
     let err = vault.audit().checkpoint().await.expect_err("cannot sign");
     assert_eq!(err.kind(), ErrorKind::KeyUnavailable);
 }
+
+/// HMAC-SHA256, for checking the documented derivations from outside the crate.
+fn hmac256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("any key");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// `HKDF-Expand(HKDF-Extract(salt, ikm), info, 32)`, as docs/FORMAT.md writes it.
+fn hkdf32(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
+    let prk = hmac256(salt, &[ikm]);
+    hmac256(&prk, &[info, &[1]])
+}
+
+/// The checkpoint MAC of docs/AUDIT.md.
+fn checkpoint_mac(key: &[u8], cp: &Checkpoint) -> [u8; 32] {
+    hmac256(
+        key,
+        &[
+            b"strongroom/checkpoint/v1",
+            &cp.seq.to_be_bytes(),
+            &cp.head_hash,
+            &cp.time.0.to_be_bytes(),
+            &(cp.key_id.len() as u32).to_be_bytes(),
+            cp.key_id.as_bytes(),
+        ],
+    )
+}
+
+const MASTER: [u8; 32] = [0x5c; 32];
+
+async fn vault_with_known_key(store: Arc<dyn Store>) -> (Vault, Kept) {
+    let kept: Kept = Arc::default();
+    let sink = kept.clone();
+    let vault = Vault::builder()
+        .store(store)
+        .key_wrapper(Arc::new(LocalKey::from_bytes(&MASTER, "test")))
+        .checkpoints(
+            Arc::new(move |cp: &Checkpoint| sink.lock().expect("lock").push(cp.clone())),
+            1,
+        )
+        .build()
+        .await
+        .expect("vault");
+    (vault, kept)
+}
+
+/// The checkpoint key is derived under a label of the library's own: no purpose a caller
+/// passes to `derive_key` (the format-1 purpose string included) yields it, so no caller
+/// can forge a checkpoint with a derived key.
+#[tokio::test]
+async fn no_derive_key_purpose_yields_the_checkpoint_key() {
+    let (vault, kept) = vault_with_known_key(Arc::new(MemoryStore::new())).await;
+    vault
+        .create(
+            &p("system_admin:root"),
+            NewCredential::new("k", Scope::SystemWide, "openai", "", key("sk-x")),
+        )
+        .await
+        .expect("create");
+    let cp = newest(&kept);
+    let key = LocalKey::from_bytes(&MASTER, "test");
+    assert_eq!(cp.key_id, key.key_id());
+    // The documented derivation is the real one.
+    let prk = hmac256(b"strongroom/local-key/v2", &[&MASTER]);
+    let documented = hmac256(
+        &prk,
+        &[b"strongroom/v2/internal/audit-checkpoint-key", &[1]],
+    );
+    assert_eq!(checkpoint_mac(&documented, &cp), cp.mac);
+    assert!(vault.audit().check_checkpoint(&cp).await.expect("check"));
+    for purpose in [
+        strongroom::audit::CHECKPOINT_KEY_PURPOSE,
+        "strongroom/v2/internal/audit-checkpoint-key",
+        "../internal/audit-checkpoint-key",
+        "audit-checkpoint-key",
+        "",
+    ] {
+        let derived = key.derive_key(purpose).await.expect("derive");
+        assert_ne!(derived.expose_secret(), &documented, "{purpose:?}");
+        // A checkpoint claiming a later row, signed with the derived key: refused.
+        let mut forged = cp.clone();
+        forged.seq += 5;
+        forged.mac = checkpoint_mac(derived.expose_secret(), &forged);
+        assert!(
+            !vault
+                .audit()
+                .check_checkpoint(&forged)
+                .await
+                .expect("check"),
+            "{purpose:?}"
+        );
+    }
+}
+
+/// A checkpoint made before format 2 (under the key's format-1 id and checkpoint key)
+/// still checks: the key ring holds the key under both ids.
+#[tokio::test]
+async fn checkpoints_made_before_format_2_still_verify() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let (vault, _kept) = vault_with_known_key(store.clone()).await;
+    vault
+        .create(
+            &p("system_admin:root"),
+            NewCredential::new("k", Scope::SystemWide, "openai", "", key("sk-x")),
+        )
+        .await
+        .expect("create");
+    let head = store.chain_head().await.expect("head").expect("rows");
+    let legacy = LocalKey::from_bytes(&MASTER, "test")
+        .legacy_key_id()
+        .to_string();
+    let mut cp = Checkpoint {
+        seq: head.seq,
+        head_hash: head.hash,
+        time: strongroom::Timestamp(1_700_000_000_000),
+        key_id: legacy,
+        mac: [0; 32],
+    };
+    let v1_key = hkdf32(
+        b"strongroom/derive/v1",
+        &MASTER,
+        b"strongroom audit checkpoint v1",
+    );
+    cp.mac = checkpoint_mac(&v1_key, &cp);
+    assert!(vault.audit().check_checkpoint(&cp).await.expect("check"));
+    let report = vault
+        .verify_audit_with(&p("system_admin:root"), &cp)
+        .await
+        .expect("verify");
+    assert!(report.problem.is_none(), "{report:?}");
+    // The same under a wrong key is still a forgery.
+    cp.mac = checkpoint_mac(&[0u8; 32], &cp);
+    assert!(!vault.audit().check_checkpoint(&cp).await.expect("check"));
+}

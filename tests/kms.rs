@@ -61,11 +61,7 @@ fn s(v: &serde_json::Value, p: &str) -> String {
 async fn round_trip(key: Arc<dyn KeyWrapper>) {
     let ring = KeyRing::new(key.clone());
     let scope = Scope::per_user("alice").expect("scope");
-    let id = RecordIdentity {
-        credential_id: "cred-1",
-        scope: &scope,
-        version: 1,
-    };
+    let id = RecordIdentity::new("cred-1", &scope, 1).in_namespace("kms-tests");
     let sealed = ring
         .seal(b"{\"api_key\":\"sk-kms\"}", &id)
         .await
@@ -74,12 +70,10 @@ async fn round_trip(key: Arc<dyn KeyWrapper>) {
     assert_eq!(opened.expose_secret(), b"{\"api_key\":\"sk-kms\"}");
     let bob = Scope::per_user("bob").expect("scope");
     for other in [
-        RecordIdentity { version: 2, ..id },
-        RecordIdentity {
-            credential_id: "cred-2",
-            ..id
-        },
-        RecordIdentity { scope: &bob, ..id },
+        id.at_version(2),
+        RecordIdentity::new("cred-2", &scope, 1).in_namespace("kms-tests"),
+        RecordIdentity::new("cred-1", &bob, 1).in_namespace("kms-tests"),
+        id.in_namespace("another-vault"),
     ] {
         match ring.open(&sealed.bytes, &other).await {
             Err(Error::DecryptFailed { .. }) => {}

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use strongroom::crypto::{key_wrapper_from_vars, ENV_HOME, ENV_KMS, ENV_MASTER_KEY};
 use strongroom::{ErrorKind, KeyWrapper, LocalKey};
+use subtle::ConstantTimeEq;
 
 const KEY_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
@@ -151,7 +152,10 @@ async fn derived_keys_differ_by_purpose_and_are_stable() {
     let a = LocalKey::from_env_value(KEY_B64).expect("key");
     let b = LocalKey::from_env_value(KEY_B64).expect("key");
     let x = a.derive_key("one").await.expect("derive");
-    assert_eq!(x, b.derive_key("one").await.expect("derive"));
-    assert_ne!(x, a.derive_key("two").await.expect("derive"));
+    let same = b.derive_key("one").await.expect("derive");
+    assert_eq!(x.expose_secret(), same.expose_secret());
+    assert!(bool::from(x.ct_eq(&same)), "compared in constant time");
+    let two = a.derive_key("two").await.expect("derive");
+    assert_ne!(x.expose_secret(), two.expose_secret());
     assert_ne!(x.expose_secret(), &[0u8; 32]);
 }

@@ -259,13 +259,13 @@ async fn grants_gate_per_user_credentials() {
 /// relation → the actions allowed, as letters (the table of docs/ACCESS.md).
 /// C create, U update, D delete, M read metadata, R reveal, X resolve, S set state,
 /// T test live (verify), L grant list, G grant add, V grant revoke, A audit verify,
-/// I inject, K re-wrap keys.
+/// I inject, K re-wrap keys, E re-seal every credential.
 fn expected(role: Role, relation: Relation) -> &'static str {
     use Relation::*;
     match (role, relation) {
         (Role::SystemAdmin, SystemWide | OtherAppShared | Agent) => "CUDMRST",
         (Role::SystemAdmin, OtherUser | OtherUserOtherApp) => "MDSTLV",
-        (Role::SystemAdmin, NoScope) => "AK",
+        (Role::SystemAdmin, NoScope) => "AKE",
         (Role::AppAdmin, OwnAppShared) => "CUDMRST",
         (Role::AppAdmin, SystemWide | OtherUserOwnApp) => "M",
         (Role::AppUser, OwnUser) => "CUDMRSTLGV",
@@ -297,6 +297,7 @@ fn letter(action: Action) -> char {
         Action::Inject => 'I',
         Action::Verify => 'T',
         Action::Rewrap => 'K',
+        Action::Reseal => 'E',
         _ => '?',
     }
 }
@@ -317,7 +318,7 @@ fn the_policy_table_matches_the_specification_in_every_cell() {
             }
         }
     }
-    assert_eq!(cells, 7 * 12 * 14);
+    assert_eq!(cells, 7 * 12 * 15);
 }
 
 fn all_scopes() -> Vec<Scope> {
@@ -538,7 +539,10 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
     for actor in &principals {
         for scope in all_scopes() {
             for action in Action::ALL {
-                if matches!(action, Action::AuditVerify | Action::Rewrap) {
+                if matches!(
+                    action,
+                    Action::AuditVerify | Action::Rewrap | Action::Reseal
+                ) {
                     continue; // about no credential: below
                 }
                 if action == Action::Resolve && matches!(scope, Scope::PerAgent { .. }) {
@@ -573,6 +577,14 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
             rewrapped.is_ok(),
             allows(actor.role(), Action::Rewrap, Relation::NoScope),
             "{actor} re-wrap: {rewrapped:?}"
+        );
+        // Every record is of the current format already: an allowed re-seal has nothing
+        // to do either.
+        let resealed = vault.reseal_credentials(actor, Default::default()).await;
+        assert_eq!(
+            resealed.is_ok(),
+            allows(actor.role(), Action::Reseal, Relation::NoScope),
+            "{actor} re-seal: {resealed:?}"
         );
     }
     // 7 principals × 11 scopes × 12 credential actions, less resolve on the two per_agent

@@ -6,21 +6,33 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::encoding::{hex_bytes, ChainHead};
 use super::verify::{verify_chain, verify_rows, ChainProblem, ProblemKind, VerifyReport};
-use crate::crypto::KeyRing;
+use crate::crypto::kdf::HmacKey;
+use crate::crypto::{InternalKey, InternalUse, KeyRing, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::model::Timestamp;
 use crate::store::{CommitReceipt, Store};
 
 const CHECKPOINT_LABEL: &[u8] = b"strongroom/checkpoint/v1";
-/// The purpose string passed to [`crate::crypto::KeyWrapper::derive_key`] for the checkpoint key.
+/// The text format 1 used as the HKDF info of the checkpoint key. The checkpoint key is no
+/// longer derived from a caller-reachable purpose: it is one of the library's internal keys
+/// ([`InternalKey::AuditCheckpoint`]), and
+/// [`KeyWrapper::derive_key`](crate::crypto::KeyWrapper::derive_key) with this text gives a
+/// caller key like any other. Kept so that a `derive_key` call with it still answers whether
+/// a master key derives keys at all (a local key does; the cloud ones do not).
 pub const CHECKPOINT_KEY_PURPOSE: &str = "strongroom audit checkpoint v1";
+
+/// The checkpoint key of `wrapper`: an internal key no caller purpose reaches. A checkpoint
+/// that names a local key's format-1 id is checked with that key's format-1 checkpoint key.
+pub(crate) async fn checkpoint_key(wrapper: &dyn KeyWrapper) -> Result<crate::crypto::DataKey> {
+    wrapper
+        .derive_internal(InternalKey::AuditCheckpoint, &InternalUse::new())
+        .await
+}
 
 /// A signed statement that the chain had `head_hash` at `seq` at `time`. Authenticated
 /// with HMAC-SHA256 under a key derived (HKDF) from the master key named by `key_id`, so
@@ -48,15 +60,15 @@ fn checkpoint_mac(
     time: Timestamp,
     key_id: &str,
 ) -> [u8; 32] {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key.expose_secret()).expect("HMAC takes any key");
-    mac.update(CHECKPOINT_LABEL);
-    mac.update(&seq.to_be_bytes());
-    mac.update(hash);
-    mac.update(&time.0.to_be_bytes());
-    mac.update(&(key_id.len() as u32).to_be_bytes());
-    mac.update(key_id.as_bytes());
-    mac.finalize().into_bytes().into()
+    let tag = HmacKey::new(key.expose_secret()).mac(&[
+        CHECKPOINT_LABEL,
+        &seq.to_be_bytes(),
+        hash,
+        &time.0.to_be_bytes(),
+        &(key_id.len() as u32).to_be_bytes(),
+        key_id.as_bytes(),
+    ]);
+    *tag
 }
 
 /// Receives checkpoints as they are made (write them somewhere the database's writers
@@ -128,7 +140,7 @@ impl AuditChain {
 
     async fn sign(&self, head: ChainHead, time: Timestamp) -> Result<Checkpoint> {
         let active = self.keys.active();
-        let key = active.derive_key(CHECKPOINT_KEY_PURPOSE).await?;
+        let key = checkpoint_key(active.as_ref()).await?;
         let key_id = active.key_id().to_string();
         Ok(Checkpoint {
             seq: head.seq,
@@ -177,7 +189,7 @@ impl AuditChain {
                     .into(),
             });
         };
-        let key = wrapper.derive_key(CHECKPOINT_KEY_PURPOSE).await?;
+        let key = checkpoint_key(wrapper.as_ref()).await?;
         let expected = checkpoint_mac(&key, cp.seq, &cp.head_hash, cp.time, &cp.key_id);
         Ok(bool::from(expected.ct_eq(&cp.mac)))
     }

@@ -46,11 +46,14 @@ pub enum Action {
     Verify,
     /// Re-wrap every data key onto the active master key (key rotation).
     Rewrap,
+    /// Open every (selected) credential blob and seal it afresh: new data keys, the
+    /// current format (how version-1 records become version 2).
+    Reseal,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::Create,
         Action::Update,
         Action::Delete,
@@ -65,6 +68,7 @@ impl Action {
         Action::Inject,
         Action::Verify,
         Action::Rewrap,
+        Action::Reseal,
     ];
 
     /// The stable name written into audit rows (`credential.create`, …).
@@ -84,6 +88,7 @@ impl Action {
             Action::Inject => "credential.inject",
             Action::Verify => "credential.verify",
             Action::Rewrap => "keys.rewrap",
+            Action::Reseal => "keys.reseal",
         }
     }
 

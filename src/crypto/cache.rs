@@ -1,7 +1,9 @@
 //! The data-key cache: unwrapped data keys kept for a while, so resolving a credential
-//! does not call a remote KMS every time. Entries expire by age and by number of uses; the
-//! cache holds at most a set number of keys, evicting the oldest first. Evicted keys are
-//! zeroised (a [`DataKey`] wipes itself on drop).
+//! does not call a remote KMS every time. Entries expire by age and by number of uses (the
+//! expired ones are dropped on every get and put); the cache holds at most a set number of
+//! keys, evicting the oldest first. Evicted keys are zeroised (a [`DataKey`] wipes itself
+//! on drop), and every key sits in a box of its own that never moves, so the map's growth
+//! leaves no copy of a key behind in freed memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +15,18 @@ use sha2::{Digest, Sha256};
 use super::DataKey;
 
 /// Limits of the data-key cache.
+///
+/// **Revocation.** A cached key keeps opening its blobs without asking the master-key
+/// backend, so after a KMS key is disabled, revoked or its grant withdrawn, the records whose
+/// data keys are cached stay readable by this process for up to `max_age` after each key
+/// was unwrapped (or sealed) — 5 minutes by default — or until it has served `max_uses`
+/// opens, whichever comes first. New unwraps fail at once. To cut that window to zero, call
+/// [`crate::KeyRing::clear_dek_cache`] when you revoke a key, or run without a cache
+/// (`VaultBuilder::no_dek_cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DekCacheConfig {
-    /// A key is dropped this long after it was unwrapped.
+    /// A key is dropped this long after it was unwrapped: also the longest a cached key
+    /// outlives a revoked master key.
     pub max_age: Duration,
     /// A key is dropped after this many uses.
     pub max_uses: u64,
@@ -49,7 +60,8 @@ pub struct DekCacheStats {
 }
 
 struct Entry {
-    dek: DataKey,
+    /// Boxed so that the key's bytes stay put when the map reallocates.
+    dek: Box<DataKey>,
     born: Instant,
     uses: u64,
 }
@@ -62,10 +74,15 @@ pub(crate) struct DekCache {
     evictions: AtomicU64,
 }
 
-#[derive(Default)]
+/// Entries the map and queue are sized for up front (more than this and they grow; the
+/// keys themselves are boxed, so growth moves pointers, never key bytes).
+const PREALLOCATED: usize = 1 << 16;
+
 struct Inner {
     map: HashMap<[u8; 32], Entry>,
-    order: VecDeque<[u8; 32]>,
+    /// Cache keys in the order their entries were born (oldest first), with that birth
+    /// time: an element whose entry was replaced or dropped since is stale and skipped.
+    order: VecDeque<([u8; 32], Instant)>,
 }
 
 /// The cache key: the wrapping key's id, the wrap's associated data (header and record
@@ -82,22 +99,42 @@ pub(crate) fn cache_key(key_id: &str, wrap_aad: &[u8], wrapped: &[u8]) -> [u8; 3
 
 impl DekCache {
     pub(crate) fn new(config: DekCacheConfig) -> DekCache {
+        let room = config.max_entries.min(PREALLOCATED);
         DekCache {
             config,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                map: HashMap::with_capacity(room),
+                order: VecDeque::with_capacity(room),
+            }),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         }
     }
 
+    /// Drops every entry older than `max_age` (they sit at the front of `order`).
+    fn drop_expired(&self, inner: &mut Inner, now: Instant) {
+        while let Some(&(k, born)) = inner.order.front() {
+            if now.saturating_duration_since(born) < self.config.max_age {
+                break;
+            }
+            inner.order.pop_front();
+            if inner.map.get(&k).is_some_and(|e| e.born == born) {
+                inner.map.remove(&k);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The key for `k`, when held, young enough and not used up (counting this use).
     pub(crate) fn get(&self, k: &[u8; 32]) -> Option<DataKey> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *inner;
+        self.drop_expired(inner, Instant::now());
         let fresh = match inner.map.get_mut(k) {
-            Some(e) if e.born.elapsed() < self.config.max_age && e.uses < self.config.max_uses => {
+            Some(e) if e.uses < self.config.max_uses => {
                 e.uses += 1;
-                Some(e.dek.clone())
+                Some((*e.dek).clone())
             }
             Some(_) => {
                 inner.map.remove(k);
@@ -117,35 +154,35 @@ impl DekCache {
         if self.config.max_entries == 0 || self.config.max_uses == 0 {
             return;
         }
+        let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *inner;
-        if inner
-            .map
-            .insert(
-                k,
-                Entry {
-                    dek: dek.clone(),
-                    born: Instant::now(),
-                    uses: 0,
-                },
-            )
-            .is_none()
-        {
-            inner.order.push_back(k);
-        }
-        // Drop the oldest until within bounds; stale order entries (already removed
-        // keys) are skipped.
+        self.drop_expired(inner, now);
+        inner.map.insert(
+            k,
+            Entry {
+                dek: Box::new(dek.clone()),
+                born: now,
+                uses: 0,
+            },
+        );
+        inner.order.push_back((k, now));
+        // Drop the oldest until within bounds; stale order entries (replaced or already
+        // removed keys) are skipped.
         while inner.map.len() > self.config.max_entries {
-            let Some(old) = inner.order.pop_front() else {
+            let Some((old, born)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.map.remove(&old).is_some() {
+            if inner.map.get(&old).is_some_and(|e| e.born == born) {
+                inner.map.remove(&old);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
         if inner.order.len() > 2 * self.config.max_entries + 16 {
             let map = &inner.map;
-            inner.order.retain(|k| map.contains_key(k));
+            inner
+                .order
+                .retain(|(k, born)| map.get(k).is_some_and(|e| e.born == *born));
         }
     }
 
@@ -210,5 +247,55 @@ mod tests {
         short.put(a, &dek(1));
         std::thread::sleep(Duration::from_millis(5));
         assert!(short.get(&a).is_none(), "too old");
+    }
+
+    /// Entries past their age leave on the next get or put, whichever key it is for, so an
+    /// idle key does not linger until someone asks for it again.
+    #[test]
+    fn expired_entries_are_dropped_on_every_get_and_put() {
+        let cache = DekCache::new(DekCacheConfig {
+            max_age: Duration::from_millis(20),
+            max_uses: 100,
+            max_entries: 100,
+        });
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        cache.put(a, &dek(1));
+        cache.put(b, &dek(2));
+        assert_eq!(cache.stats().entries, 2);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(cache.get(&c).is_none());
+        assert_eq!(
+            cache.stats().entries,
+            0,
+            "a get for another key dropped both"
+        );
+        cache.put(a, &dek(1));
+        std::thread::sleep(Duration::from_millis(30));
+        cache.put(c, &dek(3));
+        assert_eq!(cache.stats().entries, 1, "a put dropped the expired one");
+        assert_eq!(cache.stats().evictions, 3);
+        // A key put again is as young as its last put, whatever its first one was.
+        cache.put(c, &dek(3));
+        assert!(cache.get(&c).is_some());
+    }
+
+    #[test]
+    fn the_map_is_sized_up_front() {
+        let cache = DekCache::new(DekCacheConfig {
+            max_entries: 500,
+            ..DekCacheConfig::default()
+        });
+        let capacity = cache.inner.lock().expect("lock").map.capacity();
+        assert!(capacity >= 500, "{capacity}");
+        for i in 0..500u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            cache.put(k, &dek(1));
+        }
+        assert_eq!(
+            cache.inner.lock().expect("lock").map.capacity(),
+            capacity,
+            "filling it never grew the map"
+        );
     }
 }

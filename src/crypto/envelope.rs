@@ -1,26 +1,36 @@
-//! The sealed-blob byte format (version 1), documented byte by byte in `docs/FORMAT.md`:
+//! The sealed-blob byte format, documented byte by byte in `docs/FORMAT.md`:
 //!
 //! ```text
 //! version(1) | flags(1) | backend id(1) | wrapped-DEK length(2, BE) | wrapped DEK | nonce(12) | commitment(32) | ciphertext+tag
 //! ```
 //!
 //! The wrapped-DEK section starts with the master key's id (`len(1) | id`) followed by the
-//! backend's own wrapped bytes.
+//! backend's own wrapped bytes. This crate writes version 2 and reads versions 1 and 2.
+//!
+//! Version 2 binds the vault namespace and the credential's [`BoundFields`] into the
+//! associated data, and encrypts the payload under a key derived from the data key, the
+//! nonce and a digest of the payload's associated data, next to a commitment derived the
+//! same way (checked in constant time before decrypting). Version 1 used the data key
+//! itself and committed to the key and nonce only.
 
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use secrecy::SecretBox;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
+use super::kdf::{self, HmacKey};
 use super::{fill_random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::model::{RecordAad, RecordIdentity};
+use crate::model::{BoundFields, RecordAad, RecordIdentity};
 
-/// The only format version this crate writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
-/// Flag bit 0: a key commitment follows the nonce and is checked before decryption.
+/// The format version this crate writes.
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format version, still read (and re-wrapped, never written anew).
+pub const FORMAT_V1: u8 = 1;
+/// Flag bit 0: a commitment follows the nonce and is checked before decryption (format 1:
+/// to the data key and nonce; format 2: to the data key, the nonce and the associated data).
 pub const FLAG_KEY_COMMITTED: u8 = 0x01;
 /// Length of the fixed header (version, flags, backend id, wrapped-DEK length).
 pub const HEADER_LEN: usize = 5;
@@ -28,17 +38,43 @@ pub const HEADER_LEN: usize = 5;
 pub const NONCE_LEN: usize = 12;
 /// AES-GCM tag length.
 pub const TAG_LEN: usize = 16;
-/// Key commitment length.
+/// Commitment length.
 pub const COMMITMENT_LEN: usize = 32;
 
-const WRAP_AAD_LABEL: &[u8] = b"strongroom/wrap/v1";
-const DATA_AAD_LABEL: &[u8] = b"strongroom/data/v1";
-const COMMIT_LABEL: &[u8] = b"strongroom/commit/v1";
-/// The associated-data labels of record bodies: a domain of their own, so that no record
-/// body opens as a credential blob or the reverse (the labels differ from the credential
-/// ones at their 12th byte, so no associated data of one domain equals one of the other).
-const RECORD_WRAP_AAD_LABEL: &[u8] = b"strongroom/record-wrap/v1";
-const RECORD_DATA_AAD_LABEL: &[u8] = b"strongroom/record-data/v1";
+// Format 2 associated-data labels. Every one starts `strongroom/v2/`, which no format-1
+// label does, and the credential and record domains differ at byte 14 (`c` against `r`).
+const WRAP_AAD_LABEL: &[u8] = b"strongroom/v2/credential/wrap";
+const DATA_AAD_LABEL: &[u8] = b"strongroom/v2/credential/data";
+const BOUND_FIELDS_LABEL: &[u8] = b"strongroom/v2/credential/bound-fields";
+const RECORD_WRAP_AAD_LABEL: &[u8] = b"strongroom/v2/record/wrap";
+const RECORD_DATA_AAD_LABEL: &[u8] = b"strongroom/v2/record/data";
+/// HKDF-Expand infos, with the data key as the PRK: the payload key and the commitment.
+/// At most 10 bytes, so that `info || nonce || ctx || 0x01` (55 bytes with SHA-256's
+/// padding) is one SHA-256 block: each expansion costs one inner and one outer block.
+const PAYLOAD_KEY_INFO: &[u8] = b"v2-payload";
+const COMMITMENT_INFO: &[u8] = b"v2-commit";
+
+// Format 1 labels.
+const WRAP_AAD_LABEL_V1: &[u8] = b"strongroom/wrap/v1";
+const DATA_AAD_LABEL_V1: &[u8] = b"strongroom/data/v1";
+const COMMIT_LABEL_V1: &[u8] = b"strongroom/commit/v1";
+/// The associated-data labels of format-1 record bodies: a domain of their own, so that no
+/// record body opens as a credential blob or the reverse (the labels differ from the
+/// credential ones at their 12th byte, so no associated data of one domain equals one of
+/// the other).
+const RECORD_WRAP_AAD_LABEL_V1: &[u8] = b"strongroom/record-wrap/v1";
+const RECORD_DATA_AAD_LABEL_V1: &[u8] = b"strongroom/record-data/v1";
+
+/// Is `aad` the associated data of a format-1 data-key wrap (credential or record body)?
+/// The format-1 alias of a local key wraps and unwraps only these.
+pub(crate) fn is_format1_wrap_aad(aad: &[u8]) -> bool {
+    [WRAP_AAD_LABEL_V1, RECORD_WRAP_AAD_LABEL_V1]
+        .iter()
+        .any(|label| {
+            aad.strip_prefix(*label)
+                .is_some_and(|rest| rest.first() == Some(&FORMAT_V1))
+        })
+}
 
 /// A freshly sealed blob and the id of the master key that wraps its data key.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,7 +109,7 @@ pub struct ParsedBlob<'a> {
     pub wrapped_key: &'a [u8],
     /// The AES-GCM nonce.
     pub nonce: &'a [u8; NONCE_LEN],
-    /// The key commitment.
+    /// The commitment.
     pub commitment: &'a [u8; COMMITMENT_LEN],
     /// Ciphertext followed by the 16-byte tag.
     pub ciphertext: &'a [u8],
@@ -93,14 +129,16 @@ pub fn parse<'a>(blob: &'a [u8], what: &dyn Fn() -> String) -> Result<ParsedBlob
         return Err(bad("shorter than the 5-byte header"));
     }
     let (version, flags, backend) = (blob[0], blob[1], blob[2]);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_V1 {
         return Err(bad(&format!(
-            "format version {version} is not supported (this build reads version {FORMAT_VERSION})"
+            "format version {version} is not supported (this build reads versions \
+             {FORMAT_V1} and {FORMAT_VERSION})"
         )));
     }
     if flags != FLAG_KEY_COMMITTED {
         return Err(bad(&format!(
-            "flags {flags:#04x} are not supported (version 1 requires exactly the key-commitment flag 0x01)"
+            "flags {flags:#04x} are not supported (version {version} requires exactly the \
+             commitment flag 0x01)"
         )));
     }
     let wrapped_len = u16::from_be_bytes([blob[3], blob[4]]) as usize;
@@ -137,6 +175,7 @@ fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// The format-1 identity: `lp(credential id) || lp(scope kind) || lp(owner) || u64be(version)`.
 fn push_identity(out: &mut Vec<u8>, id: &RecordIdentity<'_>) {
     push_lp(out, id.credential_id.as_bytes());
     push_lp(out, id.scope.kind().as_str().as_bytes());
@@ -161,23 +200,81 @@ fn push_record(out: &mut Vec<u8>, aad: &RecordAad<'_>) {
     out.extend_from_slice(&aad.version.to_be_bytes());
 }
 
-/// Associated data for wrapping a record body's data key: the record label, the three
-/// header bytes, then kind, owner and key (each `lp`) and the version (`u64be`).
+/// The digest of a credential's bound fields (`docs/FORMAT.md`, "Bound fields"):
+/// `SHA-256(label || 0x00)` with none, else `SHA-256(label || 0x01 || lp(name) ||
+/// lp(provider) || lp(handler type) || lp(state) || u8(agent accessible) || expiry ||
+/// u32be(entries) || (lp(key) || lp(value)) in ascending key order)`, the expiry being
+/// `0x00` or `0x01 || i64be(milliseconds)`.
+pub fn bound_digest(bound: Option<&BoundFields<'_>>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(BOUND_FIELDS_LABEL);
+    let lp = |h: &mut Sha256, bytes: &[u8]| {
+        h.update((bytes.len() as u32).to_be_bytes());
+        h.update(bytes);
+    };
+    match bound {
+        None => h.update([0x00]),
+        Some(b) => {
+            h.update([0x01]);
+            lp(&mut h, b.name.as_bytes());
+            lp(&mut h, b.provider.as_bytes());
+            lp(&mut h, b.handler_type.as_bytes());
+            lp(&mut h, b.state.as_str().as_bytes());
+            h.update([u8::from(b.agent_accessible)]);
+            match b.expires_at {
+                None => h.update([0x00]),
+                Some(at) => {
+                    h.update([0x01]);
+                    h.update(at.as_millis().to_be_bytes());
+                }
+            }
+            h.update((b.metadata.len() as u32).to_be_bytes());
+            // A BTreeMap of Strings iterates in ascending byte order of the keys.
+            for (key, value) in b.metadata {
+                lp(&mut h, key.as_bytes());
+                lp(&mut h, value.as_bytes());
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+/// Associated data for wrapping a record body's data key. Format 1: the record label, the
+/// three header bytes, then kind, owner and key (each `lp`) and the version (`u64be`);
+/// format 2 (any version byte but 1) puts `lp(namespace)` before the kind.
 pub fn record_wrap_aad(header3: [u8; 3], aad: &RecordAad<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + aad.kind.len() + aad.owner.len() + aad.key.len());
-    out.extend_from_slice(RECORD_WRAP_AAD_LABEL);
-    out.extend_from_slice(&header3);
+    let mut out = Vec::with_capacity(
+        64 + aad.namespace.len() + aad.kind.len() + aad.owner.len() + aad.key.len(),
+    );
+    if header3[0] == FORMAT_V1 {
+        out.extend_from_slice(RECORD_WRAP_AAD_LABEL_V1);
+        out.extend_from_slice(&header3);
+    } else {
+        out.extend_from_slice(RECORD_WRAP_AAD_LABEL);
+        out.extend_from_slice(&header3);
+        push_lp(&mut out, aad.namespace.as_bytes());
+    }
     push_record(&mut out, aad);
     out
 }
 
 /// Associated data for a record body's payload: the record label, the version and flags
-/// bytes, then kind, owner, key and version as in [`record_wrap_aad`].
+/// bytes, then (format 2) `lp(namespace)`, then kind, owner, key and version as in
+/// [`record_wrap_aad`].
 pub fn record_data_aad(version: u8, flags: u8, aad: &RecordAad<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + aad.kind.len() + aad.owner.len() + aad.key.len());
-    out.extend_from_slice(RECORD_DATA_AAD_LABEL);
-    out.push(version);
-    out.push(flags);
+    let mut out = Vec::with_capacity(
+        64 + aad.namespace.len() + aad.kind.len() + aad.owner.len() + aad.key.len(),
+    );
+    if version == FORMAT_V1 {
+        out.extend_from_slice(RECORD_DATA_AAD_LABEL_V1);
+        out.push(version);
+        out.push(flags);
+    } else {
+        out.extend_from_slice(RECORD_DATA_AAD_LABEL);
+        out.push(version);
+        out.push(flags);
+        push_lp(&mut out, aad.namespace.as_bytes());
+    }
     push_record(&mut out, aad);
     out
 }
@@ -191,6 +288,11 @@ pub(crate) trait Binding: Sync {
     fn data_aad(&self, version: u8, flags: u8) -> Vec<u8>;
     /// What to call it in errors (never its contents).
     fn describe(&self) -> String;
+    /// What a format-2 blob whose data key unwrapped but whose commitment does not match
+    /// says: what else the commitment binds.
+    fn commitment_covers(&self) -> &'static str;
+    /// Refuses what must not be sealed (an empty namespace).
+    fn check_sealable(&self) -> Result<()>;
 }
 
 impl Binding for RecordIdentity<'_> {
@@ -204,9 +306,21 @@ impl Binding for RecordIdentity<'_> {
 
     fn describe(&self) -> String {
         format!(
-            "credential {} version {} ({})",
-            self.credential_id, self.version, self.scope
+            "credential {} version {} ({}) in vault namespace `{}`",
+            self.credential_id,
+            self.version,
+            self.scope,
+            self.namespace.escape_debug()
         )
+    }
+
+    fn commitment_covers(&self) -> &'static str {
+        "the columns bound to it (name, provider, handler type, state, agent_accessible, \
+         expires_at, metadata) or the blob's nonce or commitment"
+    }
+
+    fn check_sealable(&self) -> Result<()> {
+        crate::model::validate_namespace(self.namespace)
     }
 }
 
@@ -221,44 +335,108 @@ impl Binding for RecordAad<'_> {
 
     fn describe(&self) -> String {
         format!(
-            "the sealed body of record `{}` of kind `{}`, owner `{}`, version {}",
+            "the sealed body of record `{}` of kind `{}`, owner `{}`, version {} in vault \
+             namespace `{}`",
             self.key.escape_debug(),
             self.kind,
             self.owner.escape_debug(),
-            self.version
+            self.version,
+            self.namespace.escape_debug()
         )
+    }
+
+    fn commitment_covers(&self) -> &'static str {
+        "the blob's nonce or commitment"
+    }
+
+    fn check_sealable(&self) -> Result<()> {
+        crate::model::validate_namespace(self.namespace)
     }
 }
 
 /// Associated data for wrapping the data key: label, the three header bytes, the identity.
+/// Format 1 (version byte 1): `"strongroom/wrap/v1" || header || identity`; format 2:
+/// `"strongroom/v2/credential/wrap" || header || lp(namespace) || identity`. The bound
+/// fields are not in it (they are in the payload's associated data), so a remote KMS never
+/// sees them in its encryption context.
 pub fn wrap_aad(header3: [u8; 3], id: &RecordIdentity<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + id.credential_id.len());
-    out.extend_from_slice(WRAP_AAD_LABEL);
-    out.extend_from_slice(&header3);
+    let mut out = Vec::with_capacity(128 + id.namespace.len() + id.credential_id.len());
+    if header3[0] == FORMAT_V1 {
+        out.extend_from_slice(WRAP_AAD_LABEL_V1);
+        out.extend_from_slice(&header3);
+    } else {
+        out.extend_from_slice(WRAP_AAD_LABEL);
+        out.extend_from_slice(&header3);
+        push_lp(&mut out, id.namespace.as_bytes());
+    }
     push_identity(&mut out, id);
     out
 }
 
-/// Associated data for the payload: label, version and flags bytes, the identity. The
-/// backend id and wrapped key are left out on purpose so re-wrapping never touches payloads;
-/// they are bound by the wrap's own associated data instead.
+/// Associated data for the payload: label, version and flags bytes, the identity, and
+/// (format 2) the namespace before it and the [`bound_digest`] after it. The backend id and
+/// wrapped key are left out on purpose so re-wrapping never touches payloads; they are
+/// bound by the wrap's own associated data instead.
 pub fn data_aad(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + id.credential_id.len());
-    out.extend_from_slice(DATA_AAD_LABEL);
-    out.push(version);
-    out.push(flags);
-    push_identity(&mut out, id);
+    let mut out = Vec::with_capacity(160 + id.namespace.len() + id.credential_id.len());
+    if version == FORMAT_V1 {
+        out.extend_from_slice(DATA_AAD_LABEL_V1);
+        out.push(version);
+        out.push(flags);
+        push_identity(&mut out, id);
+    } else {
+        out.extend_from_slice(DATA_AAD_LABEL);
+        out.push(version);
+        out.push(flags);
+        push_lp(&mut out, id.namespace.as_bytes());
+        push_identity(&mut out, id);
+        out.extend_from_slice(&bound_digest(id.bound.as_ref()));
+    }
     out
 }
 
-/// The key commitment: `SHA-256("strongroom/commit/v1" || DEK || nonce)`.
-pub fn commitment(dek: &DataKey, nonce: &[u8; NONCE_LEN]) -> [u8; COMMITMENT_LEN] {
-    Sha256::new()
-        .chain_update(COMMIT_LABEL)
-        .chain_update(dek.expose_secret())
-        .chain_update(nonce)
-        .finalize()
-        .into()
+/// The key that encrypts a blob's payload, and the blob's commitment.
+pub(crate) struct PayloadKey {
+    key: Zeroizing<[u8; 32]>,
+    commitment: [u8; COMMITMENT_LEN],
+}
+
+/// The payload key and commitment of a blob of format `version` (`docs/FORMAT.md`,
+/// "Payload key and commitment"):
+///
+/// - format 2: `ctx = SHA-256(data_aad)`, then HKDF-Expand with the data key as the PRK:
+///   `payload key = HMAC-SHA256(DEK, "v2-payload" || nonce || ctx || 0x01)`,
+///   `commitment = HMAC-SHA256(DEK, "v2-commit" || nonce || ctx || 0x01)`;
+/// - format 1: the data key itself, and `SHA-256("strongroom/commit/v1" || DEK || nonce)`.
+pub(crate) fn payload_key(
+    version: u8,
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    data_aad: &[u8],
+) -> PayloadKey {
+    if version == FORMAT_V1 {
+        return PayloadKey {
+            key: Zeroizing::new(*dek.expose_secret()),
+            commitment: kdf::sha256_wiping(&[COMMIT_LABEL_V1, dek.expose_secret(), nonce]),
+        };
+    }
+    let ctx: [u8; 32] = Sha256::digest(data_aad).into();
+    let prk = HmacKey::new(dek.expose_secret());
+    PayloadKey {
+        key: prk.expand32(&[PAYLOAD_KEY_INFO, nonce, &ctx]),
+        commitment: *prk.expand32(&[COMMITMENT_INFO, nonce, &ctx]),
+    }
+}
+
+/// The commitment a blob of format `version` carries for these inputs (what a reader
+/// recomputes and compares before decrypting).
+pub fn commitment(
+    version: u8,
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    data_aad: &[u8],
+) -> [u8; COMMITMENT_LEN] {
+    payload_key(version, dek, nonce, data_aad).commitment
 }
 
 /// The wrapped-DEK section: `len(key id) | key id | backend bytes`.
@@ -277,8 +455,8 @@ fn wrapped_section_len(key_id: &str, wrapped_key: &[u8]) -> Result<usize> {
     Ok(len)
 }
 
-/// Assembles a blob from its parts and encrypts `plaintext` into it. Deterministic given
-/// its inputs; [`seal`] supplies fresh randomness.
+/// Assembles a blob of the format `header3[0]` names from its parts and encrypts
+/// `plaintext` into it. Deterministic given its inputs; [`seal`] supplies fresh randomness.
 pub(crate) fn assemble(
     header3: [u8; 3],
     key_id: &str,
@@ -290,6 +468,8 @@ pub(crate) fn assemble(
 ) -> Result<Vec<u8>> {
     let section = wrapped_section_len(key_id, wrapped_key)?;
     let total = HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + plaintext.len() + TAG_LEN;
+    let aad = id.data_aad(header3[0], header3[1]);
+    let pk = payload_key(header3[0], dek, nonce, &aad);
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&header3);
     out.extend_from_slice(&(section as u16).to_be_bytes());
@@ -297,11 +477,10 @@ pub(crate) fn assemble(
     out.extend_from_slice(key_id.as_bytes());
     out.extend_from_slice(wrapped_key);
     out.extend_from_slice(nonce);
-    out.extend_from_slice(&commitment(dek, nonce));
+    out.extend_from_slice(&pk.commitment);
     let ct_start = out.len();
     out.extend_from_slice(plaintext);
-    let cipher = Aes256Gcm::new(dek.expose_secret().into());
-    let aad = id.data_aad(header3[0], header3[1]);
+    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
     let tag = cipher
         .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut out[ct_start..])
         .map_err(|_| {
@@ -343,13 +522,13 @@ pub(crate) async fn seal_keeping_key(
     plaintext: &[u8],
     id: &dyn Binding,
 ) -> Result<(Sealed, DataKey)> {
+    id.check_sealable()?;
     // One draw from the OS for both the data key and the nonce (each draw is a syscall).
-    let mut random = zeroize::Zeroizing::new([0u8; 32 + NONCE_LEN]);
+    let mut random = Zeroizing::new([0u8; 32 + NONCE_LEN]);
     fill_random(random.as_mut())?;
-    let mut key = [0u8; 32];
+    let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&random[..32]);
-    let dek = DataKey::from_bytes(key);
-    key.zeroize();
+    let dek = DataKey::from_bytes(*key);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&random[32..]);
     let header3 = [
@@ -369,7 +548,8 @@ pub(crate) async fn seal_keeping_key(
     ))
 }
 
-/// Unwraps the data key of a parsed blob and checks its commitment.
+/// Unwraps the data key of a parsed blob (its commitment is checked by [`open_with_key`],
+/// or by [`checked_payload_key`]).
 pub(crate) async fn unwrap_key(
     wrapper: &dyn KeyWrapper,
     parsed: &ParsedBlob<'_>,
@@ -378,46 +558,66 @@ pub(crate) async fn unwrap_key(
     if BackendId::from_byte(parsed.backend) != Some(wrapper.backend_id()) {
         return Err(Error::decrypt(id.describe()));
     }
-    let dek = wrapper
+    wrapper
         .unwrap(parsed.wrapped_key, &id.wrap_aad(parsed.header3()))
         .await
         .map_err(|e| match e {
             Error::DecryptFailed { .. } => Error::decrypt(id.describe()),
             other => other,
-        })?;
-    if !bool::from(commitment(&dek, parsed.nonce).ct_eq(parsed.commitment)) {
-        return Err(Error::decrypt(id.describe()));
-    }
-    Ok(dek)
+        })
 }
 
-/// Checks a (cached) key against the blob's commitment, then decrypts the payload.
-pub(crate) fn check_and_decrypt(
+/// The payload key of a parsed blob, once its commitment matched (compared in constant
+/// time); a mismatch is a decryption failure and nothing is decrypted.
+pub(crate) fn checked_payload_key(
+    dek: &DataKey,
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+    data_aad: &[u8],
+) -> Result<PayloadKey> {
+    let pk = payload_key(parsed.version, dek, parsed.nonce, data_aad);
+    if bool::from(pk.commitment.ct_eq(parsed.commitment)) {
+        return Ok(pk);
+    }
+    Err(Error::decrypt(if parsed.version == FORMAT_V1 {
+        id.describe()
+    } else {
+        format!(
+            "{} (its data key unwrapped, but its commitment does not match: {} changed \
+             after it was sealed)",
+            id.describe(),
+            id.commitment_covers()
+        )
+    }))
+}
+
+/// Checks a data key (unwrapped or cached) against the blob's commitment, then decrypts the
+/// payload.
+pub(crate) fn open_with_key(
     dek: &DataKey,
     parsed: &ParsedBlob<'_>,
     id: &dyn Binding,
 ) -> Result<SecretBox<[u8]>> {
-    if !bool::from(commitment(dek, parsed.nonce).ct_eq(parsed.commitment)) {
-        return Err(Error::decrypt(id.describe()));
-    }
-    decrypt_payload(dek, parsed, id)
+    let aad = id.data_aad(parsed.version, parsed.flags);
+    let pk = checked_payload_key(dek, parsed, id, &aad)?;
+    decrypt_payload(&pk, parsed, id, &aad)
 }
 
-/// Decrypts the payload of a parsed blob with its (already unwrapped and committed) key.
-pub(crate) fn decrypt_payload(
-    dek: &DataKey,
+/// Decrypts the payload of a parsed blob with its (committed) payload key.
+fn decrypt_payload(
+    pk: &PayloadKey,
     parsed: &ParsedBlob<'_>,
     id: &dyn Binding,
+    data_aad: &[u8],
 ) -> Result<SecretBox<[u8]>> {
     let ct_len = parsed.ciphertext.len() - TAG_LEN;
     let (ct, tag) = parsed.ciphertext.split_at(ct_len);
     let mut buf = vec![0u8; ct_len];
     buf.copy_from_slice(ct);
-    let cipher = Aes256Gcm::new(dek.expose_secret().into());
-    let aad = id.data_aad(parsed.version, parsed.flags);
+    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
     match cipher.decrypt_in_place_detached(
         Nonce::from_slice(parsed.nonce),
-        &aad,
+        data_aad,
         &mut buf,
         Tag::from_slice(tag),
     ) {
@@ -453,14 +653,21 @@ pub(crate) fn rebuild_with_wrapped(
 
 #[cfg(test)]
 mod known_answers {
-    //! The vectors in `tests/data/envelope_vectors.json` are produced by this exact code path
-    //! (`regenerate_vectors`), with fixed test patterns in place of the random data key and
-    //! nonce; the vectors in `tests/data/envelope_vectors_python.json` are produced by the
-    //! independent Python encoder in `tests/independent_decoder.py`. This encoder must
-    //! reproduce both files byte for byte.
+    //! Format 1: `tests/data/envelope_vectors.json` was produced by the format-1 encoder
+    //! (which this code still is, given a version byte of 1) and
+    //! `tests/data/envelope_vectors_python.json` and `record_vectors.json` by the
+    //! independent Python encoder in `tests/independent_decoder.py`; they never change.
+    //! Format 2: `tests/data/envelope_vectors_v2.json` is produced by `regenerate_vectors`
+    //! below, `envelope_vectors_v2_python.json` and `record_vectors_v2.json` by the Python
+    //! encoder. This encoder must reproduce every file byte for byte (blobs and associated
+    //! data).
+    use std::collections::BTreeMap;
+
+    use secrecy::ExposeSecret;
+
     use super::*;
     use crate::crypto::LocalKey;
-    use crate::model::{RecordAad, Scope, ScopeKind};
+    use crate::model::{LifecycleState, RecordAad, Scope, ScopeKind, Timestamp};
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Vector {
@@ -478,9 +685,9 @@ mod known_answers {
     }
 
     #[derive(serde::Serialize, serde::Deserialize)]
-    struct Vectors {
+    struct Vectors<V> {
         description: String,
-        vectors: Vec<Vector>,
+        vectors: Vec<V>,
     }
 
     fn arr<const N: usize>(hex_text: &str) -> [u8; N] {
@@ -489,23 +696,20 @@ mod known_answers {
         out
     }
 
-    fn encode(v: &Vector) -> String {
+    fn scope_of(kind: &str, owner: &str) -> Scope {
+        Scope::from_parts(ScopeKind::parse(kind).expect("kind"), owner).expect("scope")
+    }
+
+    /// A format-1 vector, encoded as format 1 always was: the key's format-1 id and wrap.
+    fn encode_v1(v: &Vector) -> String {
         let master = LocalKey::from_bytes(&arr::<32>(&v.master_key_hex), "vector");
-        assert_eq!(crate::crypto::KeyWrapper::key_id(&master), v.master_key_id);
-        let scope = Scope::from_parts(ScopeKind::parse(&v.scope_kind).expect("kind"), &v.owner)
-            .expect("scope");
-        let id = RecordIdentity {
-            credential_id: &v.credential_id,
-            scope: &scope,
-            version: v.version,
-        };
+        assert_eq!(master.legacy_key_id(), v.master_key_id);
+        let scope = scope_of(&v.scope_kind, &v.owner);
+        let id = RecordIdentity::new(&v.credential_id, &scope, v.version);
         let dek = DataKey::from_bytes(arr::<32>(&v.dek_hex));
-        let header3 = [
-            FORMAT_VERSION,
-            FLAG_KEY_COMMITTED,
-            BackendId::Local.to_byte(),
-        ];
+        let header3 = [FORMAT_V1, FLAG_KEY_COMMITTED, BackendId::Local.to_byte()];
         let wrapped = master
+            .legacy()
             .wrap_sync(&dek, &wrap_aad(header3, &id))
             .expect("wrap");
         let plaintext = hex::decode(&v.plaintext_hex).expect("hex");
@@ -522,32 +726,142 @@ mod known_answers {
         hex::encode(blob)
     }
 
-    const PATH: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelope_vectors.json"
-    );
-    const PYTHON_PATH: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/envelope_vectors_python.json"
-    );
-    /// Set to `1` to let `regenerate_vectors` rewrite [`PATH`].
+    fn data_path(file: &str) -> String {
+        format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(file: &str) -> T {
+        let text = std::fs::read_to_string(data_path(file)).expect("vectors file");
+        serde_json::from_str(&text).expect("vectors parse")
+    }
+
+    /// Set to `1` to let `regenerate_vectors` rewrite `envelope_vectors_v2.json`.
     const REGENERATE_VAR: &str = "STRONGROOM_REGENERATE_VECTORS";
-    const DESCRIPTION: &str = "strongroom envelope format v1 known-answer vectors, written by \
-                               the Rust encoder (regenerate_vectors in src/crypto/envelope.rs); \
-                               see docs/FORMAT.md. master_key_hex, dek_hex and nonce_hex are \
-                               fixed test patterns, not random draws: the master key is 00 01 \
-                               ... 1f, and for the case at index i (from 0) every DEK byte is \
-                               0xa0+i and every nonce byte 0xc0+i. A real seal draws the DEK \
-                               and nonce from the operating system.";
+    const V1_DESCRIPTION: &str = "strongroom envelope format v1 known-answer vectors, written by \
+                                  the Rust encoder (regenerate_vectors in src/crypto/envelope.rs); \
+                                  see docs/FORMAT.md. master_key_hex, dek_hex and nonce_hex are \
+                                  fixed test patterns, not random draws: the master key is 00 01 \
+                                  ... 1f, and for the case at index i (from 0) every DEK byte is \
+                                  0xa0+i and every nonce byte 0xc0+i. A real seal draws the DEK \
+                                  and nonce from the operating system.";
+    const V2_DESCRIPTION: &str = "strongroom envelope format v2 known-answer vectors, written by \
+                                  the Rust encoder (regenerate_vectors in src/crypto/envelope.rs); \
+                                  see docs/FORMAT.md. master_key_hex, dek_hex and nonce_hex are \
+                                  fixed test patterns, not random draws: the master key is 00 01 \
+                                  ... 1f, and for the case at index i (from 0) every DEK byte is \
+                                  0x60+i and every nonce byte 0x80+i. A vector with \"format\": 1 \
+                                  is a version-1 blob whose data key was re-wrapped onto the \
+                                  format-2 id and wrap of its master key (what key rotation does \
+                                  to a version-1 blob); it has no namespace and no bound fields. \
+                                  A real seal draws the DEK and nonce from the operating system.";
 
     #[test]
-    fn encoder_reproduces_the_known_answer_vectors() {
-        for path in [PATH, PYTHON_PATH] {
-            let text = std::fs::read_to_string(path).expect("vectors file");
-            let vectors: Vectors = serde_json::from_str(&text).expect("vectors parse");
-            assert!(vectors.vectors.len() >= 4, "{path}");
+    fn encoder_reproduces_the_format_1_vectors() {
+        for file in ["envelope_vectors.json", "envelope_vectors_python.json"] {
+            let vectors: Vectors<Vector> = read(file);
+            assert!(vectors.vectors.len() >= 4, "{file}");
             for v in &vectors.vectors {
-                assert_eq!(encode(v), v.blob_hex, "{path}: vector `{}`", v.name);
+                assert_eq!(encode_v1(v), v.blob_hex, "{file}: vector `{}`", v.name);
+            }
+        }
+    }
+
+    /// The bound fields of a vector, as JSON.
+    #[derive(serde::Serialize, serde::Deserialize, Clone)]
+    struct BoundJson {
+        name: String,
+        provider: String,
+        handler_type: String,
+        state: String,
+        agent_accessible: bool,
+        expires_at: Option<i64>,
+        metadata: BTreeMap<String, String>,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct VectorV2 {
+        name: String,
+        format: u8,
+        master_key_hex: String,
+        master_key_id: String,
+        namespace: Option<String>,
+        credential_id: String,
+        scope_kind: String,
+        owner: String,
+        version: u64,
+        bound: Option<BoundJson>,
+        dek_hex: String,
+        nonce_hex: String,
+        plaintext_hex: String,
+        wrap_aad_hex: String,
+        data_aad_hex: String,
+        blob_hex: String,
+    }
+
+    /// Encodes a format-2 vector (or a format-1 blob under the format-2 key, for
+    /// `"format": 1`); returns `(wrap aad, data aad, blob)` in hex.
+    fn encode_v2(v: &VectorV2) -> (String, String, String) {
+        let master = LocalKey::from_bytes(&arr::<32>(&v.master_key_hex), "vector");
+        assert_eq!(crate::crypto::KeyWrapper::key_id(&master), v.master_key_id);
+        let scope = scope_of(&v.scope_kind, &v.owner);
+        let state = v
+            .bound
+            .as_ref()
+            .map(|b| LifecycleState::parse(&b.state).expect("state"));
+        let bound = v.bound.as_ref().map(|b| BoundFields {
+            name: &b.name,
+            provider: &b.provider,
+            handler_type: &b.handler_type,
+            state: state.expect("state"),
+            agent_accessible: b.agent_accessible,
+            expires_at: b.expires_at.map(Timestamp),
+            metadata: &b.metadata,
+        });
+        let mut id = RecordIdentity::new(&v.credential_id, &scope, v.version);
+        if let Some(ns) = &v.namespace {
+            id = id.in_namespace(ns);
+        }
+        if let Some(bound) = bound {
+            id = id.with_bound(bound);
+        }
+        let header3 = [v.format, FLAG_KEY_COMMITTED, BackendId::Local.to_byte()];
+        let wrap = wrap_aad(header3, &id);
+        let data = data_aad(header3[0], header3[1], &id);
+        let dek = DataKey::from_bytes(arr::<32>(&v.dek_hex));
+        let wrapped = master.wrap_sync(&dek, &wrap).expect("wrap");
+        let blob = assemble(
+            header3,
+            &v.master_key_id,
+            &wrapped,
+            &dek,
+            &arr::<12>(&v.nonce_hex),
+            &hex::decode(&v.plaintext_hex).expect("hex"),
+            &id,
+        )
+        .expect("assemble");
+        (hex::encode(wrap), hex::encode(data), hex::encode(blob))
+    }
+
+    #[test]
+    fn encoder_reproduces_the_format_2_vectors() {
+        for file in [
+            "envelope_vectors_v2.json",
+            "envelope_vectors_v2_python.json",
+        ] {
+            let vectors: Vectors<VectorV2> = read(file);
+            assert!(vectors.vectors.len() >= 4, "{file}");
+            assert!(
+                vectors
+                    .vectors
+                    .iter()
+                    .any(|v| v.format == 2 && v.bound.is_some()),
+                "{file}: bound fields are covered"
+            );
+            for v in &vectors.vectors {
+                let (wrap, data, blob) = encode_v2(v);
+                assert_eq!(wrap, v.wrap_aad_hex, "{file}: `{}`: wrap aad", v.name);
+                assert_eq!(data, v.data_aad_hex, "{file}: `{}`: data aad", v.name);
+                assert_eq!(blob, v.blob_hex, "{file}: `{}`: blob", v.name);
             }
         }
     }
@@ -555,8 +869,12 @@ mod known_answers {
     #[derive(serde::Deserialize)]
     struct RecordVector {
         name: String,
+        #[serde(default)]
+        format: Option<u8>,
         master_key_hex: String,
         master_key_id: String,
+        #[serde(default)]
+        namespace: Option<String>,
         kind: String,
         owner: String,
         key: String,
@@ -569,75 +887,64 @@ mod known_answers {
         blob_hex: String,
     }
 
-    #[derive(serde::Deserialize)]
-    struct RecordVectors {
-        vectors: Vec<RecordVector>,
-    }
-
-    const RECORD_PATH: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/record_vectors.json"
-    );
-
-    /// The record associated-data domain, checked against `tests/data/record_vectors.json`,
-    /// which the independent Python encoder wrote from `docs/FORMAT.md`: the associated data
-    /// byte for byte, and the whole sealed body.
+    /// The record associated-data domain, checked against `record_vectors.json` (format 1)
+    /// and `record_vectors_v2.json` (format 2), which the independent Python encoder wrote
+    /// from `docs/FORMAT.md`: the associated data byte for byte, and the whole sealed body.
     #[test]
     fn encoder_reproduces_the_record_body_vectors() {
-        let text = std::fs::read_to_string(RECORD_PATH).expect("record vectors file");
-        let vectors: RecordVectors = serde_json::from_str(&text).expect("vectors parse");
-        assert!(vectors.vectors.len() >= 3);
-        for v in &vectors.vectors {
-            let master = LocalKey::from_bytes(&arr::<32>(&v.master_key_hex), "vector");
-            assert_eq!(crate::crypto::KeyWrapper::key_id(&master), v.master_key_id);
-            let aad = RecordAad {
-                kind: &v.kind,
-                owner: &v.owner,
-                key: &v.key,
-                version: v.version,
-            };
-            let header3 = [
-                FORMAT_VERSION,
-                FLAG_KEY_COMMITTED,
-                BackendId::Local.to_byte(),
-            ];
-            let wrap = record_wrap_aad(header3, &aad);
-            assert_eq!(hex::encode(&wrap), v.wrap_aad_hex, "{}: wrap aad", v.name);
-            assert_eq!(
-                hex::encode(record_data_aad(header3[0], header3[1], &aad)),
-                v.data_aad_hex,
-                "{}: data aad",
-                v.name
-            );
-            let dek = DataKey::from_bytes(arr::<32>(&v.dek_hex));
-            let wrapped = master.wrap_sync(&dek, &wrap).expect("wrap");
-            let blob = assemble(
-                header3,
-                &v.master_key_id,
-                &wrapped,
-                &dek,
-                &arr::<12>(&v.nonce_hex),
-                &hex::decode(&v.plaintext_hex).expect("hex"),
-                &aad,
-            )
-            .expect("assemble");
-            assert_eq!(hex::encode(blob), v.blob_hex, "{}: blob", v.name);
+        for file in ["record_vectors.json", "record_vectors_v2.json"] {
+            let vectors: Vectors<RecordVector> = read(file);
+            assert!(vectors.vectors.len() >= 3, "{file}");
+            for v in &vectors.vectors {
+                let format = v.format.unwrap_or(FORMAT_V1);
+                let master = LocalKey::from_bytes(&arr::<32>(&v.master_key_hex), "vector");
+                let mut aad = RecordAad::new(&v.kind, &v.owner, &v.key, v.version);
+                if let Some(ns) = &v.namespace {
+                    aad = aad.in_namespace(ns);
+                }
+                let header3 = [format, FLAG_KEY_COMMITTED, BackendId::Local.to_byte()];
+                let wrap = record_wrap_aad(header3, &aad);
+                assert_eq!(
+                    hex::encode(&wrap),
+                    v.wrap_aad_hex,
+                    "{file}: {}: wrap aad",
+                    v.name
+                );
+                assert_eq!(
+                    hex::encode(record_data_aad(header3[0], header3[1], &aad)),
+                    v.data_aad_hex,
+                    "{file}: {}: data aad",
+                    v.name
+                );
+                let dek = DataKey::from_bytes(arr::<32>(&v.dek_hex));
+                let wrapped = if format == FORMAT_V1 {
+                    assert_eq!(master.legacy_key_id(), v.master_key_id);
+                    master.legacy().wrap_sync(&dek, &wrap).expect("wrap")
+                } else {
+                    assert_eq!(crate::crypto::KeyWrapper::key_id(&master), v.master_key_id);
+                    master.wrap_sync(&dek, &wrap).expect("wrap")
+                };
+                let blob = assemble(
+                    header3,
+                    &v.master_key_id,
+                    &wrapped,
+                    &dek,
+                    &arr::<12>(&v.nonce_hex),
+                    &hex::decode(&v.plaintext_hex).expect("hex"),
+                    &aad,
+                )
+                .expect("assemble");
+                assert_eq!(hex::encode(blob), v.blob_hex, "{file}: {}: blob", v.name);
+            }
         }
     }
 
-    /// The worked example of `docs/FORMAT.md` "Record bodies", byte for byte.
+    /// The worked example of `docs/FORMAT.md` "Record bodies", byte for byte (format 1 and 2).
     #[test]
     fn record_associated_data_reads_as_documented() {
-        let aad = RecordAad {
-            kind: "lease",
-            owner: "refresh",
-            key: "cred-1",
-            version: 2,
-        };
-        let expected = [
-            &b"strongroom/record-data/v1"[..],
-            &[0x01, 0x01],
-            &[0, 0, 0, 5],
+        let aad = RecordAad::new("lease", "refresh", "cred-1", 2);
+        let tail = [
+            &[0, 0, 0, 5][..],
             b"lease",
             &[0, 0, 0, 7],
             b"refresh",
@@ -646,20 +953,184 @@ mod known_answers {
             &[0, 0, 0, 0, 0, 0, 0, 2],
         ]
         .concat();
-        assert_eq!(record_data_aad(1, 1, &aad), expected);
-        let mut wrap = b"strongroom/record-wrap/v1".to_vec();
-        wrap.extend_from_slice(&[0x01, 0x01, 0x01]);
-        wrap.extend_from_slice(&expected[b"strongroom/record-data/v1".len() + 2..]);
+        let v1 = [&b"strongroom/record-data/v1"[..], &[0x01, 0x01], &tail].concat();
+        assert_eq!(record_data_aad(1, 1, &aad), v1);
+        let wrap = [
+            &b"strongroom/record-wrap/v1"[..],
+            &[0x01, 0x01, 0x01],
+            &tail,
+        ]
+        .concat();
         assert_eq!(record_wrap_aad([1, 1, 1], &aad), wrap);
-        // The credential domain never yields the same bytes: the labels differ at byte 11.
-        assert_ne!(&WRAP_AAD_LABEL[..12], &RECORD_WRAP_AAD_LABEL[..12]);
-        assert_ne!(&DATA_AAD_LABEL[..12], &RECORD_DATA_AAD_LABEL[..12]);
+        let ns = [&[0, 0, 0, 7][..], b"default"].concat();
+        let v2 = [&b"strongroom/v2/record/data"[..], &[0x02, 0x01], &ns, &tail].concat();
+        assert_eq!(record_data_aad(2, 1, &aad), v2);
+        // The credential domain never yields the same bytes: the labels differ at byte 11
+        // (format 1) or byte 14 (format 2), and the formats at byte 11.
+        assert_ne!(&WRAP_AAD_LABEL_V1[..12], &RECORD_WRAP_AAD_LABEL_V1[..12]);
+        assert_ne!(&DATA_AAD_LABEL_V1[..12], &RECORD_DATA_AAD_LABEL_V1[..12]);
+        assert_ne!(&WRAP_AAD_LABEL[..15], &RECORD_WRAP_AAD_LABEL[..15]);
+        assert_ne!(&DATA_AAD_LABEL[..15], &RECORD_DATA_AAD_LABEL[..15]);
+        for v2 in [WRAP_AAD_LABEL, DATA_AAD_LABEL, RECORD_WRAP_AAD_LABEL] {
+            for v1 in [
+                WRAP_AAD_LABEL_V1,
+                DATA_AAD_LABEL_V1,
+                RECORD_WRAP_AAD_LABEL_V1,
+            ] {
+                assert_ne!(v2[11], v1[11]);
+            }
+        }
     }
 
-    /// Rebuilds `tests/data/envelope_vectors.json` from the cases below. Run alone, or by
-    /// `cargo test -- --include-ignored`, it only compares the file with what the cases
-    /// produce and writes nothing. It rewrites the file only when the environment variable
-    /// `STRONGROOM_REGENERATE_VECTORS` is `1`:
+    /// The worked example of `docs/FORMAT.md` "Associated data" (format 2), byte for byte.
+    #[test]
+    fn credential_associated_data_reads_as_documented() {
+        let scope = Scope::per_user("alice").expect("scope");
+        let metadata = BTreeMap::from([("base_url".to_string(), "https://x.test".to_string())]);
+        let bound = BoundFields {
+            name: "openai_main",
+            provider: "openai",
+            handler_type: "api_key",
+            state: LifecycleState::Valid,
+            agent_accessible: true,
+            expires_at: Some(Timestamp(1_700_000_000_000)),
+            metadata: &metadata,
+        };
+        let id = RecordIdentity::new("c1", &scope, 3)
+            .in_namespace("prod")
+            .with_bound(bound);
+        let identity = [
+            &[0, 0, 0, 4][..],
+            b"prod",
+            &[0, 0, 0, 2],
+            b"c1",
+            &[0, 0, 0, 8],
+            b"per_user",
+            &[0, 0, 0, 5],
+            b"alice",
+            &[0, 0, 0, 0, 0, 0, 0, 3],
+        ]
+        .concat();
+        let fields = [
+            &b"strongroom/v2/credential/bound-fields"[..],
+            &[0x01],
+            &[0, 0, 0, 11],
+            b"openai_main",
+            &[0, 0, 0, 6],
+            b"openai",
+            &[0, 0, 0, 7],
+            b"api_key",
+            &[0, 0, 0, 5],
+            b"valid",
+            &[0x01],
+            &[0x01],
+            &1_700_000_000_000i64.to_be_bytes(),
+            &[0, 0, 0, 1],
+            &[0, 0, 0, 8],
+            b"base_url",
+            &[0, 0, 0, 14],
+            b"https://x.test",
+        ]
+        .concat();
+        let digest: [u8; 32] = Sha256::digest(&fields).into();
+        assert_eq!(bound_digest(Some(&bound)), digest);
+        let data = [
+            &b"strongroom/v2/credential/data"[..],
+            &[0x02, 0x01],
+            &identity,
+            &digest,
+        ]
+        .concat();
+        assert_eq!(data_aad(2, 1, &id), data);
+        let wrap = [
+            &b"strongroom/v2/credential/wrap"[..],
+            &[0x02, 0x01, 0x01],
+            &identity,
+        ]
+        .concat();
+        assert_eq!(wrap_aad([2, 1, 1], &id), wrap);
+        // Format 1 ignores the namespace and the bound fields.
+        let plain = RecordIdentity::new("c1", &scope, 3);
+        assert_eq!(data_aad(1, 1, &id), data_aad(1, 1, &plain));
+        assert_eq!(wrap_aad([1, 1, 1], &id), wrap_aad([1, 1, 1], &plain));
+        let none: [u8; 32] =
+            Sha256::digest([&b"strongroom/v2/credential/bound-fields"[..], &[0x00]].concat())
+                .into();
+        assert_eq!(bound_digest(None), none);
+    }
+
+    fn seal_with(
+        master: &LocalKey,
+        dek: &DataKey,
+        nonce: [u8; NONCE_LEN],
+        plaintext: &[u8],
+        id: &RecordIdentity<'_>,
+    ) -> Vec<u8> {
+        let header3 = [
+            FORMAT_VERSION,
+            FLAG_KEY_COMMITTED,
+            BackendId::Local.to_byte(),
+        ];
+        let wrapped = master.wrap_sync(dek, &wrap_aad(header3, id)).expect("wrap");
+        let key_id = crate::crypto::KeyWrapper::key_id(master);
+        assemble(header3, key_id, &wrapped, dek, &nonce, plaintext, id).expect("assemble")
+    }
+
+    /// A data key reached some other way than through its own record's wrap (a memory
+    /// dump, a cache, a key backend that ignores associated data) opens no other record's
+    /// payload, and its own blob cannot be re-pointed to another record: the payload key
+    /// and the commitment are derived from the key, the nonce and the associated data, and
+    /// the commitment is checked before anything is decrypted.
+    #[test]
+    fn a_lifted_data_key_opens_no_other_record_and_cannot_be_re_pointed() {
+        let master = LocalKey::from_bytes(&[7u8; 32], "test");
+        let scope = Scope::per_user("alice").expect("scope");
+        let (ida, idb) = (
+            RecordIdentity::new("a", &scope, 1),
+            RecordIdentity::new("b", &scope, 1),
+        );
+        let dek_a = DataKey::from_bytes([0xa1; 32]);
+        let dek_b = DataKey::from_bytes([0xb2; 32]);
+        let a = seal_with(&master, &dek_a, [1; 12], b"secret a", &ida);
+        let b = seal_with(&master, &dek_b, [2; 12], b"secret b", &idb);
+        let parse = |blob| parse(blob, &|| "test".into()).expect("parse");
+        let opened = open_with_key(&dek_a, &parse(&a), &ida).expect("a opens with its key");
+        assert_eq!(opened.expose_secret(), b"secret a");
+
+        // A's key on B's blob.
+        let e = open_with_key(&dek_a, &parse(&b), &idb).expect_err("refused");
+        assert!(matches!(e, Error::DecryptFailed { .. }), "{e}");
+        // A's key and A's whole blob, read as B: refused by the commitment, before the
+        // payload is touched (the message says so).
+        let e = open_with_key(&dek_a, &parse(&a), &idb).expect_err("refused");
+        assert!(e.to_string().contains("commitment does not match"), "{e}");
+        // Even one data key used for two records (as a careless re-seal might) keeps them
+        // apart: A's payload, nonce and commitment in B's place do not open as B.
+        let b_same_key = seal_with(&master, &dek_a, [3; 12], b"secret b", &idb);
+        let w = u16::from_be_bytes([b_same_key[3], b_same_key[4]]) as usize;
+        let mut spliced = b_same_key.clone();
+        spliced[5 + w..].copy_from_slice(&a[5 + w..]);
+        let e = open_with_key(&dek_a, &parse(&spliced), &idb).expect_err("refused");
+        assert!(e.to_string().contains("commitment does not match"), "{e}");
+        // The data key is not the payload key: AES-GCM under the data key itself opens
+        // nothing.
+        let p = parse(&a);
+        let (ct, tag) = p.ciphertext.split_at(p.ciphertext.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        assert!(Aes256Gcm::new(dek_a.expose_secret().into())
+            .decrypt_in_place_detached(
+                Nonce::from_slice(p.nonce),
+                &data_aad(2, 1, &ida),
+                &mut buf,
+                Tag::from_slice(tag)
+            )
+            .is_err());
+    }
+
+    /// Rebuilds `tests/data/envelope_vectors_v2.json` from the cases below, and checks that
+    /// the format-1 file `envelope_vectors.json` is still what its cases produce (that file
+    /// never changes). Run alone, or by `cargo test -- --include-ignored`, it only compares.
+    /// It rewrites the format-2 file only when `STRONGROOM_REGENERATE_VECTORS` is `1`:
     ///
     /// ```text
     /// STRONGROOM_REGENERATE_VECTORS=1 cargo test --lib regenerate_vectors -- --ignored
@@ -673,7 +1144,6 @@ mod known_answers {
     fn regenerate_vectors() {
         let master_hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
         let master = LocalKey::from_bytes(&arr::<32>(master_hex), "vector");
-        let key_id = crate::crypto::KeyWrapper::key_id(&master).to_string();
         type Case = (
             &'static str,
             &'static str,
@@ -716,43 +1186,200 @@ mod known_answers {
                 (0..=255u8).collect(),
             ),
         ];
-        let vectors = cases
-            .into_iter()
+        let v1: Vec<Vector> = cases
+            .iter()
             .enumerate()
             .map(|(i, (name, cid, kind, owner, version, plaintext))| {
                 let b = i as u8;
                 let mut v = Vector {
-                    name: name.into(),
+                    name: name.to_string(),
                     master_key_hex: master_hex.into(),
-                    master_key_id: key_id.clone(),
-                    credential_id: cid.into(),
-                    scope_kind: kind.into(),
-                    owner: owner.into(),
-                    version,
+                    master_key_id: master.legacy_key_id().to_string(),
+                    credential_id: cid.to_string(),
+                    scope_kind: kind.to_string(),
+                    owner: owner.to_string(),
+                    version: *version,
                     dek_hex: hex::encode([0xA0 + b; 32]),
                     nonce_hex: hex::encode([0xC0 + b; 12]),
                     plaintext_hex: hex::encode(plaintext),
                     blob_hex: String::new(),
                 };
-                v.blob_hex = encode(&v);
+                v.blob_hex = encode_v1(&v);
                 v
             })
             .collect();
-        let doc = Vectors {
-            description: DESCRIPTION.into(),
-            vectors,
+        let v1_text = serde_json::to_string_pretty(&Vectors {
+            description: V1_DESCRIPTION.into(),
+            vectors: v1,
+        })
+        .expect("json")
+            + "\n";
+        let v1_path = data_path("envelope_vectors.json");
+        assert!(
+            std::fs::read_to_string(&v1_path).expect("vectors file") == v1_text,
+            "{v1_path} differs from what its cases produce: the format-1 encoder changed"
+        );
+
+        let bound = |name: &str,
+                     provider: &str,
+                     handler_type: &str,
+                     state: &str,
+                     agent_accessible: bool,
+                     expires_at: Option<i64>,
+                     metadata: &[(&str, &str)]| BoundJson {
+            name: name.into(),
+            provider: provider.into(),
+            handler_type: handler_type.into(),
+            state: state.into(),
+            agent_accessible,
+            expires_at,
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        let text = serde_json::to_string_pretty(&doc).expect("json") + "\n";
+        type CaseV2 = (
+            &'static str,
+            u8,
+            Option<&'static str>,
+            &'static str,
+            &'static str,
+            &'static str,
+            u64,
+            Option<BoundJson>,
+            Vec<u8>,
+        );
+        let cases: Vec<CaseV2> = vec![
+            (
+                "v2: empty payload, system_wide, default namespace, no bound fields",
+                2,
+                Some("default"),
+                "cred-0001",
+                "system_wide",
+                "",
+                1,
+                None,
+                vec![],
+            ),
+            (
+                "v2: 64-byte secret, per_user, bound fields",
+                2,
+                Some("prod"),
+                "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                "per_user",
+                "alice",
+                3,
+                Some(bound(
+                    "openai_main",
+                    "openai",
+                    "api_key",
+                    "valid",
+                    false,
+                    None,
+                    &[],
+                )),
+                b"sk-proj-CANARY-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN".to_vec(),
+            ),
+            (
+                "v2: JSON fields, per_app_per_user, metadata base_url and expiry",
+                2,
+                Some("tenant-a/eu"),
+                "cred-0003",
+                "per_app_per_user",
+                "crm/bob@example.com",
+                42,
+                Some(bound(
+                    "stripe_main",
+                    "stripe",
+                    "api_key",
+                    "filled",
+                    true,
+                    Some(1_893_456_000_000),
+                    &[
+                        ("account", "acme"),
+                        ("base_url", "https://api.example.com/v1"),
+                    ],
+                )),
+                br#"{"api_key":"sk_live_51Hxyz","webhook_secret":"whsec_\u00e9t\u00e9"}"#.to_vec(),
+            ),
+            (
+                "v2: binary payload, per_agent, version 2^64-1, unicode namespace",
+                2,
+                Some("zoë/Ωμέγα"),
+                "cred-0004",
+                "per_agent",
+                "agent-7",
+                u64::MAX,
+                Some(bound(
+                    "gh",
+                    "github_pat",
+                    "bearer_token",
+                    "invalid",
+                    true,
+                    Some(-1),
+                    &[("z", ""), ("é", "ü")],
+                )),
+                (0..=255u8).collect(),
+            ),
+            (
+                "format 1 blob re-wrapped onto the format-2 key id",
+                1,
+                None,
+                "cred-0005",
+                "per_user",
+                "alice",
+                7,
+                None,
+                b"re-wrapped".to_vec(),
+            ),
+        ];
+        let key_id = crate::crypto::KeyWrapper::key_id(&master).to_string();
+        let vectors = cases
+            .into_iter()
+            .enumerate()
+            .map(
+                |(i, (name, format, namespace, cid, kind, owner, version, bound, plaintext))| {
+                    let b = i as u8;
+                    let mut v = VectorV2 {
+                        name: name.into(),
+                        format,
+                        master_key_hex: master_hex.into(),
+                        master_key_id: key_id.clone(),
+                        namespace: namespace.map(str::to_string),
+                        credential_id: cid.into(),
+                        scope_kind: kind.into(),
+                        owner: owner.into(),
+                        version,
+                        bound,
+                        dek_hex: hex::encode([0x60 + b; 32]),
+                        nonce_hex: hex::encode([0x80 + b; 12]),
+                        plaintext_hex: hex::encode(plaintext),
+                        wrap_aad_hex: String::new(),
+                        data_aad_hex: String::new(),
+                        blob_hex: String::new(),
+                    };
+                    (v.wrap_aad_hex, v.data_aad_hex, v.blob_hex) = encode_v2(&v);
+                    v
+                },
+            )
+            .collect();
+        let text = serde_json::to_string_pretty(&Vectors {
+            description: V2_DESCRIPTION.into(),
+            vectors,
+        })
+        .expect("json")
+            + "\n";
+        let path = data_path("envelope_vectors_v2.json");
         if std::env::var_os(REGENERATE_VAR).is_some_and(|v| v == "1") {
-            std::fs::write(PATH, text).expect("write vectors");
-            println!("{REGENERATE_VAR}=1: rewrote {PATH}");
+            std::fs::write(&path, text).expect("write vectors");
+            println!("{REGENERATE_VAR}=1: rewrote {path}");
             return;
         }
-        println!("{REGENERATE_VAR} is not 1: comparing {PATH}, not writing it");
-        let on_disk = std::fs::read_to_string(PATH).expect("vectors file");
+        println!("{REGENERATE_VAR} is not 1: comparing {path}, not writing it");
+        let on_disk = std::fs::read_to_string(&path).expect("vectors file");
         assert!(
             on_disk == text,
-            "{PATH} differs from what the cases produce; if the change is deliberate, rerun \
+            "{path} differs from what the cases produce; if the change is deliberate, rerun \
              with {REGENERATE_VAR}=1 to rewrite it"
         );
     }

@@ -1,53 +1,86 @@
 //! The key ring: the active master key and retired ones, by id. Seals with the active key,
 //! opens with whichever key a blob names, and re-wraps data keys onto the active key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use secrecy::SecretBox;
+use subtle::ConstantTimeEq;
 
 use super::cache::{cache_key, DekCache};
 use super::envelope::{self, Binding, Sealed};
-use super::{DekCacheConfig, DekCacheStats, KeyWrapper};
+use super::{BackendId, DekCacheConfig, DekCacheStats, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::model::{RecordAad, RecordIdentity};
 
 /// The active master key plus older ones still named by stored blobs, and an optional
 /// cache of unwrapped data keys (see [`KeyRing::with_dek_cache`]).
+///
+/// Every key is held under its id and, for a local key, also under the id format 1 gave it
+/// ([`KeyWrapper::legacy_alias`]), so version-1 blobs keep opening. Two different keys never
+/// share an id: [`KeyRing::try_with_retired`] refuses the second, and
+/// [`KeyRing::with_retired`] makes the id unusable rather than pick one of them.
 #[derive(Clone)]
 pub struct KeyRing {
     active: Arc<dyn KeyWrapper>,
     keys: HashMap<String, Arc<dyn KeyWrapper>>,
+    /// Ids claimed by two different keys (through [`KeyRing::with_retired`]): every blob that
+    /// names one fails with [`Error::KeyUnavailable`].
+    conflicts: HashSet<String>,
     cache: Option<Arc<DekCache>>,
 }
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut ids: Vec<&String> = self.keys.keys().collect();
-        ids.sort();
         f.debug_struct("KeyRing")
             .field("active", &self.active.key_id())
-            .field("keys", &ids)
+            .field("keys", &self.key_ids())
+            .field("conflicts", &self.conflicts)
             .finish()
     }
 }
 
+/// Are `a` and `b`, which report the same id, the same key? The same object; two keys whose
+/// fingerprints (of the key material) are equal; or two remote keys of one backend family,
+/// whose id is the service's own full name for the key.
+fn same_key(a: &Arc<dyn KeyWrapper>, b: &Arc<dyn KeyWrapper>) -> bool {
+    if Arc::ptr_eq(a, b) {
+        return true;
+    }
+    if a.backend_id() != b.backend_id() {
+        return false;
+    }
+    match (a.fingerprint(), b.fingerprint()) {
+        (Some(x), Some(y)) => bool::from(x.ct_eq(&y)),
+        (None, None) => a.backend_id() != BackendId::Local,
+        _ => false,
+    }
+}
+
 impl KeyRing {
-    /// A ring whose only (and active) key is `active`.
+    /// A ring whose only (and active) key is `active` (also held under its format-1 id,
+    /// when it has one).
     pub fn new(active: Arc<dyn KeyWrapper>) -> KeyRing {
-        let mut keys = HashMap::new();
-        keys.insert(active.key_id().to_string(), active.clone());
-        KeyRing {
-            active,
-            keys,
+        let mut ring = KeyRing {
+            active: active.clone(),
+            keys: HashMap::new(),
+            conflicts: HashSet::new(),
             cache: None,
+        };
+        ring.keys
+            .insert(active.key_id().to_string(), active.clone());
+        if let Some(alias) = active.legacy_alias() {
+            ring.keys.entry(alias.key_id().to_string()).or_insert(alias);
         }
+        ring
     }
 
     /// Keeps unwrapped data keys in memory within `config`'s limits, so opening a blob
     /// whose key was unwrapped (or sealed) recently does not call the master-key backend.
-    /// Worth it for remote backends (a KMS round trip per resolve otherwise).
+    /// Worth it for remote backends (a KMS round trip per resolve otherwise). A cached key
+    /// outlives a revocation of its master key by up to [`DekCacheConfig::max_age`]: see
+    /// there.
     pub fn with_dek_cache(mut self, config: DekCacheConfig) -> KeyRing {
         self.cache = Some(Arc::new(DekCache::new(config)));
         self
@@ -58,17 +91,64 @@ impl KeyRing {
         self.cache.as_ref().map(|c| c.stats())
     }
 
-    /// Drops every cached data key (zeroising it).
+    /// Drops every cached data key (zeroising it): call it when a master key is revoked, so
+    /// cached keys stop opening blobs at once.
     pub fn clear_dek_cache(&self) {
         if let Some(c) = &self.cache {
             c.clear();
         }
     }
 
-    /// Adds a retired key that can still open (and be re-wrapped away from) old blobs.
-    pub fn with_retired(mut self, key: Arc<dyn KeyWrapper>) -> KeyRing {
-        self.keys.entry(key.key_id().to_string()).or_insert(key);
-        self
+    /// Adds a retired key that can still open (and be re-wrapped away from) old blobs,
+    /// under its id and its format-1 id. A second copy of a key the ring holds is dropped.
+    /// A *different* key whose id the ring already holds (a forged or colliding id) is
+    /// refused: rather than keep one of the two silently, the ring stops using that id
+    /// (every blob naming it fails with [`Error::KeyUnavailable`] saying why). Prefer
+    /// [`KeyRing::try_with_retired`], which returns the refusal at once.
+    pub fn with_retired(self, key: Arc<dyn KeyWrapper>) -> KeyRing {
+        let (mut ring, refused) = self.add(key);
+        for id in refused {
+            tracing::error!(
+                key_id = %id,
+                "two different master keys claim one key id; the key ring will not use it"
+            );
+            ring.keys.remove(&id);
+            ring.conflicts.insert(id);
+        }
+        ring
+    }
+
+    /// [`KeyRing::with_retired`], refusing (with a configuration error naming the id) a key
+    /// that differs from one the ring holds under the same id.
+    pub fn try_with_retired(self, key: Arc<dyn KeyWrapper>) -> Result<KeyRing> {
+        let (ring, refused) = self.add(key);
+        match refused.first() {
+            None => Ok(ring),
+            Some(id) => Err(Error::config(format!(
+                "two different master keys claim the key id `{id}`; a key ring holds one key per \
+                 id (check the retired keys given: one of them is not the key it claims to be)"
+            ))),
+        }
+    }
+
+    /// Adds `key` and its alias; returns the ids refused because another key holds them.
+    fn add(mut self, key: Arc<dyn KeyWrapper>) -> (KeyRing, Vec<String>) {
+        let mut refused = Vec::new();
+        let alias = key.legacy_alias();
+        for k in std::iter::once(key).chain(alias) {
+            let id = k.key_id().to_string();
+            if self.conflicts.contains(&id) {
+                continue;
+            }
+            match self.keys.get(&id) {
+                None => {
+                    self.keys.insert(id, k);
+                }
+                Some(held) if same_key(held, &k) => {}
+                Some(_) => refused.push(id),
+            }
+        }
+        (self, refused)
     }
 
     /// The key new blobs are sealed with.
@@ -76,26 +156,28 @@ impl KeyRing {
         &self.active
     }
 
-    /// The key with this id, if the ring holds it.
+    /// The key with this id, if the ring holds it (a format-1 id gives the key's format-1
+    /// alias; an id two keys claimed gives `None`).
     pub fn key(&self, key_id: &str) -> Option<&Arc<dyn KeyWrapper>> {
         self.keys.get(key_id)
     }
 
-    /// Ids of every key in the ring, sorted.
+    /// Ids of every key in the ring (format-1 aliases included), sorted.
     pub fn key_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.keys.keys().cloned().collect();
         ids.sort();
         ids
     }
 
-    /// Seals `plaintext` for the record `id` under the active key, with a fresh data key.
+    /// Seals `plaintext` for the record `id` under the active key, with a fresh data key
+    /// (format 2: the namespace and bound fields of `id` are bound too).
     pub async fn seal(&self, plaintext: &[u8], id: &RecordIdentity<'_>) -> Result<Sealed> {
         self.seal_bound(plaintext, id).await
     }
 
-    /// Opens a blob sealed for the record `id`, with whichever key of the ring it names.
-    /// Any tampering, a blob from another record, or a wrong key fails with a typed error
-    /// and yields no plaintext.
+    /// Opens a blob (format 1 or 2) sealed for the record `id`, with whichever key of the
+    /// ring it names. Any tampering, a blob from another record or namespace, a changed
+    /// bound field, or a wrong key fails with a typed error and yields no plaintext.
     pub async fn open(&self, blob: &[u8], id: &RecordIdentity<'_>) -> Result<SecretBox<[u8]>> {
         self.open_bound(blob, id).await
     }
@@ -108,12 +190,16 @@ impl KeyRing {
     }
 
     /// Opens a record's sealed body for the record version `aad`. A body moved to another
-    /// record or version, a credential blob, or a wrong key fails and yields nothing.
+    /// record, version or namespace, a credential blob, or a wrong key fails and yields
+    /// nothing.
     pub async fn open_record(&self, blob: &[u8], aad: &RecordAad<'_>) -> Result<SecretBox<[u8]>> {
         self.open_bound(blob, aad).await
     }
 
     async fn seal_bound(&self, plaintext: &[u8], id: &dyn Binding) -> Result<Sealed> {
+        if let Some(reason) = self.conflict(self.active.key_id()) {
+            return Err(reason);
+        }
         let Some(cache) = &self.cache else {
             return envelope::seal_keeping_key(self.active.as_ref(), plaintext, id)
                 .await
@@ -133,23 +219,38 @@ impl KeyRing {
         let wrapper = self.lookup(parsed.key_id, id)?;
         let Some(cache) = &self.cache else {
             let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
-            return envelope::decrypt_payload(&dek, &parsed, id);
+            return envelope::open_with_key(&dek, &parsed, id);
         };
         let aad = id.wrap_aad(parsed.header3());
         let k = cache_key(parsed.key_id, &aad, parsed.wrapped_key);
         if let Some(dek) = cache.get(&k) {
             // The commitment and the payload's tag are still checked with the cached key.
-            if let Ok(plain) = envelope::check_and_decrypt(&dek, &parsed, id) {
+            if let Ok(plain) = envelope::open_with_key(&dek, &parsed, id) {
                 return Ok(plain);
             }
         }
         let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
-        let plain = envelope::decrypt_payload(&dek, &parsed, id)?;
+        let plain = envelope::open_with_key(&dek, &parsed, id)?;
         cache.put(k, &dek);
         Ok(plain)
     }
 
+    /// Why the ring will not use `key_id`, when two keys claimed it.
+    fn conflict(&self, key_id: &str) -> Option<Error> {
+        self.conflicts
+            .contains(key_id)
+            .then(|| Error::KeyUnavailable {
+                key_id: key_id.to_string(),
+                reason: "two different master keys were given under this id, so the key ring uses \
+                     neither; remove the one that is not the key it claims to be"
+                    .into(),
+            })
+    }
+
     fn lookup(&self, key_id: &str, id: &dyn Binding) -> Result<&Arc<dyn KeyWrapper>> {
+        if let Some(reason) = self.conflict(key_id) {
+            return Err(reason);
+        }
         self.keys.get(key_id).ok_or_else(|| Error::KeyUnavailable {
             key_id: key_id.to_string(),
             reason: format!(
@@ -161,8 +262,11 @@ impl KeyRing {
         })
     }
 
-    /// Re-wraps one blob's data key under the active key without touching its payload.
-    /// Returns `None` when it is already wrapped by the active key.
+    /// Re-wraps one blob's data key under the active key without touching its payload (its
+    /// format version stays: a version-1 blob stays version 1, under the active key's
+    /// current id and wrap). Returns `None` when it is already wrapped by the active key.
+    /// The data key is checked against the blob's commitment first, so nothing that would
+    /// not open is re-wrapped.
     pub async fn rewrap_blob(
         &self,
         blob: &[u8],
@@ -172,8 +276,13 @@ impl KeyRing {
         if parsed.key_id == self.active.key_id() {
             return Ok(None);
         }
+        if let Some(reason) = self.conflict(self.active.key_id()) {
+            return Err(reason);
+        }
         let old = self.lookup(parsed.key_id, id)?;
         let dek = envelope::unwrap_key(old.as_ref(), &parsed, id).await?;
+        let data_aad = envelope::data_aad(parsed.version, parsed.flags, id);
+        envelope::checked_payload_key(&dek, &parsed, id, &data_aad)?;
         let backend = self.active.backend_id();
         let header3 = [parsed.version, parsed.flags, backend.to_byte()];
         let wrapped = self

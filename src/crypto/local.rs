@@ -9,12 +9,10 @@ use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use async_trait::async_trait;
 use base64::Engine;
-use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use super::{fill_random, BackendId, DataKey, KeyWrapper};
+use super::kdf::{self, HmacKey};
+use super::{fill_random, BackendId, DataKey, InternalKey, InternalUse, KeyWrapper};
 use crate::error::{Error, Result};
 
 /// Selects the master-key backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`, `vault`.
@@ -25,32 +23,110 @@ pub const ENV_MASTER_KEY: &str = "STRONGROOM_MASTER_KEY";
 /// The strongroom home folder (default `~/.strongroom`); the `file` key is `master.key` in it.
 pub const ENV_HOME: &str = "STRONGROOM_HOME";
 
-const KEY_ID_LABEL: &[u8] = b"strongroom/key-id/v1";
-const HKDF_SALT: &[u8] = b"strongroom/derive/v1";
-/// HKDF info for the key that derives local wrap nonces.
-const WRAP_NONCE_INFO: &[u8] = b"strongroom local wrap nonce v1";
+/// Format 2: every key a local master key yields is HKDF-SHA256 from one PRK, each under an
+/// info label of its own. The library's own labels start `strongroom/v2/internal/`, callers'
+/// purposes `strongroom/v2/purpose/`: the two differ at byte 14, before any caller text, so
+/// no purpose reaches an internal key (`docs/FORMAT.md`, "Local keys").
+const HKDF_SALT: &[u8] = b"strongroom/local-key/v2";
+const INFO_KEY_ID: &[u8] = b"strongroom/v2/internal/key-id";
+const INFO_WRAP_KEY: &[u8] = b"strongroom/v2/internal/wrap-key";
+const INFO_WRAP_NONCE_KEY: &[u8] = b"strongroom/v2/internal/wrap-nonce-key";
+const INFO_CHECKPOINT_KEY: &[u8] = b"strongroom/v2/internal/audit-checkpoint-key";
+const INFO_FINGERPRINT: &[u8] = b"strongroom/v2/internal/fingerprint";
+const PURPOSE_PREFIX: &[u8] = b"strongroom/v2/purpose/";
+/// Bytes of the format-2 key id (128 bits: a colliding key costs about 2^64 work).
+const KEY_ID_LEN: usize = 16;
+
+/// Format 1, kept to open what it sealed: a 64-bit id from SHA-256, the raw master key as
+/// the AES-GCM wrap key, and HKDF keys whose info was a plain string.
+const KEY_ID_LABEL_V1: &[u8] = b"strongroom/key-id/v1";
+const HKDF_SALT_V1: &[u8] = b"strongroom/derive/v1";
+const WRAP_NONCE_INFO_V1: &[u8] = b"strongroom local wrap nonce v1";
+const CHECKPOINT_INFO_V1: &[u8] = b"strongroom audit checkpoint v1";
+
 const WRAP_NONCE_LEN: usize = 12;
 const WRAPPED_LEN: usize = WRAP_NONCE_LEN + 32 + 16;
 
-/// A local 256-bit master key. Wraps data keys with AES-256-GCM, authenticating the
-/// record's associated data, under a synthetic nonce
+/// The AES-256-GCM key wrap with a synthetic nonce, under one wrap key and one nonce key.
+struct LocalWrap {
+    /// The wrap key's schedule (wiped on drop: `aes` is built with `zeroize`).
+    cipher: Aes256Gcm,
+    /// HMAC keyed with the nonce key, cloned per wrap so the key pads are hashed once.
+    nonce_mac: HmacKey,
+}
+
+impl LocalWrap {
+    fn new(wrap_key: &[u8; 32], nonce_key: &[u8; 32]) -> LocalWrap {
+        LocalWrap {
+            cipher: Aes256Gcm::new(wrap_key.into()),
+            nonce_mac: HmacKey::new(nonce_key),
+        }
+    }
+
+    /// `nonce(12) || AES-256-GCM(wrap key, nonce, DEK, aad)`, the nonce being
+    /// `HMAC-SHA256(nonce key, aad || DEK)[..12]`.
+    fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
+        let digest = self.nonce_mac.mac(&[aad, dek.expose_secret()]);
+        // Holds the data key in the clear until it is encrypted in place: wiped if that fails.
+        let mut out = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN));
+        out.extend_from_slice(&digest[..WRAP_NONCE_LEN]);
+        out.extend_from_slice(dek.expose_secret());
+        let (nonce, key) = out.split_at_mut(WRAP_NONCE_LEN);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, key)
+            .map_err(|_| Error::invalid("data key", "could not be wrapped"))?;
+        out.extend_from_slice(&tag);
+        // Ciphertext now: move it out (no copy), leaving an empty vector to wipe.
+        Ok(std::mem::take(&mut *out))
+    }
+
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8], key_id: &str) -> Result<DataKey> {
+        let fail = || Error::decrypt(format!("data key wrapped by {key_id}"));
+        if wrapped.len() != WRAPPED_LEN {
+            return Err(fail());
+        }
+        let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
+        let (ct, tag) = rest.split_at(32);
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(ct);
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                aad,
+                key.as_mut(),
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| fail())?;
+        Ok(DataKey::from_bytes(*key))
+    }
+}
+
+/// A local 256-bit master key. Wraps data keys with AES-256-GCM under a wrap key derived
+/// from it (HKDF), authenticating the record's associated data, under a synthetic nonce
 /// `HMAC-SHA256(nonce key, aad || DEK)[..12]` (the SIV construction: distinct inputs get
 /// distinct nonces without a random draw, and a repeated input only repeats its own output).
-/// Its id is a fingerprint of the key (`local:` and 16 hex digits), so the same key has the
-/// same id wherever it is loaded from.
+/// Its id is `local:` and 32 hex digits (128 bits derived from the key), so the same key has
+/// the same id wherever it is loaded from.
+///
+/// The key also answers, through [`KeyWrapper::legacy_alias`], to the 64-bit id format 1
+/// gave it (`local:` and 16 hex digits), with format 1's rules, so a [`super::KeyRing`]
+/// holding it still opens version-1 blobs.
 pub struct LocalKey {
     key_id: String,
     source: String,
-    cipher: Aes256Gcm,
-    derive: Hkdf<Sha256>,
-    /// HMAC keyed with the nonce key, cloned per wrap so the key pads are hashed once.
-    nonce_mac: Hmac<Sha256>,
+    wrap: LocalWrap,
+    /// HKDF PRK of every key below, as a keyed HMAC (wiped on drop).
+    prk: HmacKey,
+    fingerprint: [u8; 32],
+    legacy: Arc<LegacyLocalKey>,
 }
 
 impl fmt::Debug for LocalKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalKey")
             .field("key_id", &self.key_id)
+            .field("legacy_key_id", &self.legacy.key_id)
             .field("source", &self.source)
             .finish_non_exhaustive()
     }
@@ -59,23 +135,22 @@ impl fmt::Debug for LocalKey {
 impl LocalKey {
     /// Builds a key from its 32 bytes; `source` says where it came from (for messages).
     pub fn from_bytes(bytes: &[u8; 32], source: impl Into<String>) -> LocalKey {
-        let digest = Sha256::new()
-            .chain_update(KEY_ID_LABEL)
-            .chain_update(bytes)
-            .finalize();
-        let derive = Hkdf::<Sha256>::new(Some(HKDF_SALT), bytes);
-        let mut nonce_key = Zeroizing::new([0u8; 32]);
-        derive
-            .expand(WRAP_NONCE_INFO, nonce_key.as_mut())
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
-        let nonce_mac = <Hmac<Sha256> as Mac>::new_from_slice(nonce_key.as_ref())
-            .expect("HMAC takes any key length");
+        let prk = kdf::extract(HKDF_SALT, bytes);
+        let mut id = [0u8; KEY_ID_LEN];
+        prk.expand_into(&[INFO_KEY_ID], &mut id);
+        let wrap = LocalWrap::new(
+            &prk.expand32(&[INFO_WRAP_KEY]),
+            &prk.expand32(&[INFO_WRAP_NONCE_KEY]),
+        );
+        let fingerprint = *prk.expand32(&[INFO_FINGERPRINT]);
+        let legacy = Arc::new(LegacyLocalKey::new(bytes, fingerprint));
         LocalKey {
-            key_id: format!("local:{}", hex::encode(&digest[..8])),
+            key_id: format!("local:{}", hex::encode(id)),
             source: source.into(),
-            cipher: Aes256Gcm::new(bytes.into()),
-            derive,
-            nonce_mac,
+            wrap,
+            prk,
+            fingerprint,
+            legacy,
         }
     }
 
@@ -146,23 +221,113 @@ impl LocalKey {
         &self.source
     }
 
+    /// The id format 1 gave this key (`local:` and 16 hex digits), under which version-1
+    /// blobs name it.
+    pub fn legacy_key_id(&self) -> &str {
+        &self.legacy.key_id
+    }
+
     /// Wraps `dek` for `aad` (what [`KeyWrapper::wrap`] does, without the future): the
     /// output is `nonce(12) || ciphertext(32) || tag(16)`.
+    #[cfg(test)]
     pub(crate) fn wrap_sync(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
-        let mut mac = self.nonce_mac.clone();
-        mac.update(aad);
-        mac.update(dek.expose_secret());
-        let digest = mac.finalize().into_bytes();
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.extend_from_slice(&digest[..WRAP_NONCE_LEN]);
-        out.extend_from_slice(dek.expose_secret());
-        let (nonce, key) = out.split_at_mut(WRAP_NONCE_LEN);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, key)
-            .map_err(|_| Error::invalid("data key", "could not be wrapped"))?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        self.wrap.wrap(dek, aad)
+    }
+
+    /// The format-1 face of this key, as a concrete type (for the known-answer tests).
+    #[cfg(test)]
+    pub(crate) fn legacy(&self) -> &LegacyLocalKey {
+        &self.legacy
+    }
+}
+
+/// A local master key as format 1 knew it: its 64-bit id, the raw key as the AES-GCM wrap
+/// key, the format-1 nonce and checkpoint keys. Reached only through
+/// [`KeyWrapper::legacy_alias`]; it wraps and unwraps for format-1 associated data only
+/// (a version-2 blob that names a format-1 id does not open), and derives no caller keys.
+pub(crate) struct LegacyLocalKey {
+    key_id: String,
+    wrap: LocalWrap,
+    checkpoint_key: Zeroizing<[u8; 32]>,
+    fingerprint: [u8; 32],
+}
+
+impl fmt::Debug for LegacyLocalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LegacyLocalKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LegacyLocalKey {
+    fn new(bytes: &[u8; 32], fingerprint: [u8; 32]) -> LegacyLocalKey {
+        let digest = kdf::sha256_wiping(&[KEY_ID_LABEL_V1, bytes]);
+        let prk = kdf::extract(HKDF_SALT_V1, bytes);
+        LegacyLocalKey {
+            key_id: format!("local:{}", hex::encode(&digest[..8])),
+            wrap: LocalWrap::new(bytes, &prk.expand32(&[WRAP_NONCE_INFO_V1])),
+            checkpoint_key: prk.expand32(&[CHECKPOINT_INFO_V1]),
+            fingerprint,
+        }
+    }
+
+    /// Wraps for format-1 associated data (the known-answer vectors of format 1).
+    pub(crate) fn wrap_sync(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
+        self.format1_only(aad)?;
+        self.wrap.wrap(dek, aad)
+    }
+
+    fn format1_only(&self, aad: &[u8]) -> Result<()> {
+        if super::envelope::is_format1_wrap_aad(aad) {
+            Ok(())
+        } else {
+            Err(Error::decrypt(format!(
+                "a blob naming {}, the format-1 id of a local key: only version-1 blobs may \
+                 (a version-2 blob names the key's 128-bit id)",
+                self.key_id
+            )))
+        }
+    }
+}
+
+#[async_trait]
+impl KeyWrapper for LegacyLocalKey {
+    fn backend_id(&self) -> BackendId {
+        BackendId::Local
+    }
+
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
+        self.wrap_sync(dek, aad)
+    }
+
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
+        self.format1_only(aad)?;
+        self.wrap.unwrap(wrapped, aad, &self.key_id)
+    }
+
+    async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {
+        Err(Error::KeyUnavailable {
+            key_id: self.key_id.clone(),
+            reason: "the format-1 id of a local key opens old blobs and checks old checkpoints \
+                     only; derive keys with the key itself (its 128-bit id)"
+                .into(),
+        })
+    }
+
+    async fn derive_internal(&self, key: InternalKey, _proof: &InternalUse) -> Result<DataKey> {
+        match key {
+            // Checkpoints made before format 2 name this id and were made with this key.
+            InternalKey::AuditCheckpoint => Ok(DataKey::from_bytes(*self.checkpoint_key)),
+        }
+    }
+
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        Some(self.fingerprint)
     }
 }
 
@@ -240,38 +405,31 @@ impl KeyWrapper for LocalKey {
     }
 
     async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
-        self.wrap_sync(dek, aad)
+        self.wrap.wrap(dek, aad)
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
-        let fail = || Error::decrypt(format!("data key wrapped by {}", self.key_id));
-        if wrapped.len() != WRAPPED_LEN {
-            return Err(fail());
-        }
-        let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
-        let (ct, tag) = rest.split_at(32);
-        let mut key = [0u8; 32];
-        key.copy_from_slice(ct);
-        match self.cipher.decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
-            aad,
-            &mut key,
-            Tag::from_slice(tag),
-        ) {
-            Ok(()) => Ok(DataKey::from_bytes(key)),
-            Err(_) => {
-                key.zeroize();
-                Err(fail())
-            }
-        }
+        self.wrap.unwrap(wrapped, aad, &self.key_id)
     }
 
     async fn derive_key(&self, purpose: &str) -> Result<DataKey> {
-        let mut out = [0u8; 32];
-        self.derive
-            .expand(purpose.as_bytes(), &mut out)
-            .map_err(|_| Error::invalid("derived key", "length out of range"))?;
-        Ok(DataKey::from_bytes(out))
+        let key = self.prk.expand32(&[PURPOSE_PREFIX, purpose.as_bytes()]);
+        Ok(DataKey::from_bytes(*key))
+    }
+
+    async fn derive_internal(&self, key: InternalKey, _proof: &InternalUse) -> Result<DataKey> {
+        let info = match key {
+            InternalKey::AuditCheckpoint => INFO_CHECKPOINT_KEY,
+        };
+        Ok(DataKey::from_bytes(*self.prk.expand32(&[info])))
+    }
+
+    fn legacy_alias(&self) -> Option<Arc<dyn KeyWrapper>> {
+        Some(self.legacy.clone())
+    }
+
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        Some(self.fingerprint)
     }
 }
 
@@ -383,6 +541,121 @@ pub(crate) fn default_home(var: &impl Fn(&str) -> Option<String>) -> Result<Path
             "neither {ENV_HOME} nor HOME is set, so there is no place for master.key; set \
              {ENV_HOME}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aes_gcm::aead::AeadInPlace;
+
+    use super::*;
+
+    /// Every key the library derives for itself, and format 1's keys.
+    fn internal_keys(key: &LocalKey, master: &[u8; 32]) -> Vec<Zeroizing<[u8; 32]>> {
+        let prk_v1 = kdf::extract(HKDF_SALT_V1, master);
+        let mut keys: Vec<Zeroizing<[u8; 32]>> = [
+            INFO_KEY_ID,
+            INFO_WRAP_KEY,
+            INFO_WRAP_NONCE_KEY,
+            INFO_CHECKPOINT_KEY,
+            INFO_FINGERPRINT,
+        ]
+        .iter()
+        .map(|info| key.prk.expand32(&[info]))
+        .collect();
+        keys.push(prk_v1.expand32(&[WRAP_NONCE_INFO_V1]));
+        keys.push(prk_v1.expand32(&[CHECKPOINT_INFO_V1]));
+        keys.push(Zeroizing::new(*master));
+        keys
+    }
+
+    #[tokio::test]
+    async fn no_purpose_reaches_an_internal_key() {
+        let master = [9u8; 32];
+        let key = LocalKey::from_bytes(&master, "test");
+        let internal = internal_keys(&key, &master);
+        let checkpoint = key
+            .derive_internal(InternalKey::AuditCheckpoint, &InternalUse::new())
+            .await
+            .expect("checkpoint key");
+        assert_eq!(checkpoint.expose_secret(), &*internal[3]);
+        let legacy_checkpoint = key
+            .legacy
+            .derive_internal(InternalKey::AuditCheckpoint, &InternalUse::new())
+            .await
+            .expect("format-1 checkpoint key");
+        assert_eq!(legacy_checkpoint.expose_secret(), &*internal[6]);
+        let purposes = [
+            "",
+            "key-id",
+            "wrap-key",
+            "wrap-nonce-key",
+            "audit-checkpoint-key",
+            "../internal/audit-checkpoint-key",
+            "strongroom/v2/internal/audit-checkpoint-key",
+            "strongroom/v2/internal/wrap-key",
+            "strongroom audit checkpoint v1",
+            "strongroom local wrap nonce v1",
+            crate::audit::CHECKPOINT_KEY_PURPOSE,
+        ];
+        for purpose in purposes {
+            let derived = key.derive_key(purpose).await.expect("derive");
+            for k in &internal {
+                assert_ne!(derived.expose_secret(), &**k, "purpose {purpose:?}");
+            }
+        }
+        // Why no purpose can: every internal label differs from the purpose prefix before
+        // the prefix ends, so `prefix || purpose` is never an internal label.
+        for info in [
+            INFO_KEY_ID,
+            INFO_WRAP_KEY,
+            INFO_WRAP_NONCE_KEY,
+            INFO_CHECKPOINT_KEY,
+            INFO_FINGERPRINT,
+        ] {
+            let differs = info
+                .iter()
+                .zip(PURPOSE_PREFIX)
+                .position(|(a, b)| a != b)
+                .expect("they differ");
+            assert!(differs < PURPOSE_PREFIX.len() && differs < info.len());
+        }
+        // The format-1 alias derives no caller keys at all.
+        assert!(key.legacy.derive_key("x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_wrap_key_is_derived_and_the_ids_are_128_and_64_bits() {
+        let master = [3u8; 32];
+        let key = LocalKey::from_bytes(&master, "test");
+        assert_eq!(key.key_id().len(), "local:".len() + 32);
+        assert_eq!(key.legacy_key_id().len(), "local:".len() + 16);
+        let dek = DataKey::from_bytes([5u8; 32]);
+        let aad = b"strongroom/v2/credential/wrap\x02\x01\x01";
+        let wrapped = key.wrap(&dek, aad).await.expect("wrap");
+        let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
+        let try_key = |k: &[u8; 32]| {
+            let mut buf = rest[..32].to_vec();
+            Aes256Gcm::new(k.into())
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(nonce),
+                    aad,
+                    &mut buf,
+                    Tag::from_slice(&rest[32..]),
+                )
+                .is_ok()
+        };
+        assert!(!try_key(&master), "the raw master key is not the wrap key");
+        assert!(try_key(&key.prk.expand32(&[INFO_WRAP_KEY])));
+        // The alias wraps and unwraps format-1 associated data only.
+        let v1_aad = b"strongroom/wrap/v1\x01\x01\x01";
+        let old = key.legacy.wrap(&dek, v1_aad).await.expect("format-1 wrap");
+        assert!(key.legacy.unwrap(&old, v1_aad).await.is_ok());
+        assert!(key.legacy.wrap(&dek, aad).await.is_err());
+        assert!(key.legacy.unwrap(&wrapped, aad).await.is_err());
+        // The format-2 key unwraps format-1 associated data too (a re-wrapped v1 blob).
+        let rewrapped = key.wrap(&dek, v1_aad).await.expect("wrap");
+        assert!(key.unwrap(&rewrapped, v1_aad).await.is_ok());
     }
 }
 

@@ -3,14 +3,17 @@
 //! re-wraps them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 mod cache;
 pub mod envelope;
+pub(crate) mod kdf;
 mod keyring;
 #[cfg(feature = "kms")]
 pub mod kms;
@@ -24,9 +27,16 @@ pub use local::{
 };
 
 /// A 256-bit symmetric key (a data key, or a key derived from the master key). Wiped on drop;
-/// `Debug` never shows the bytes.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+/// `Debug` never shows the bytes. It has no `PartialEq`: compare two keys with
+/// [`ConstantTimeEq::ct_eq`], which takes the same time whatever the bytes.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct DataKey([u8; 32]);
+
+impl ConstantTimeEq for DataKey {
+    fn ct_eq(&self, other: &DataKey) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
 
 impl DataKey {
     /// A fresh key from the operating system's CSPRNG.
@@ -137,8 +147,70 @@ pub trait KeyWrapper: Send + Sync + fmt::Debug + 'static {
     /// [`crate::Error::DecryptFailed`]) when `aad` differs from the one used to wrap.
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey>;
 
-    /// Derives a 256-bit key for one purpose (for example audit checkpoints), so that
-    /// whoever holds the master key can authenticate data without a stored secret.
+    /// Derives a 256-bit key for a caller's own `purpose`, so that whoever holds the master
+    /// key can authenticate data without a stored secret. Callers' purposes live in a
+    /// namespace of their own (a local key derives with HKDF info
+    /// `"strongroom/v2/purpose/" || purpose`): no purpose string, whatever it spells, yields
+    /// one of the keys the library derives for itself ([`KeyWrapper::derive_internal`]).
     /// Backends that cannot derive keys return [`crate::Error::KeyUnavailable`].
     async fn derive_key(&self, purpose: &str) -> Result<DataKey>;
+
+    /// Derives one of the library's own keys (the audit checkpoint key) under a label no
+    /// [`KeyWrapper::derive_key`] purpose can produce. Only the library can call it: the
+    /// [`InternalUse`] it takes cannot be made outside the crate. A wrapper that delegates to
+    /// another passes the call on unchanged. The default (for backends that derive nothing)
+    /// is [`crate::Error::KeyUnavailable`].
+    async fn derive_internal(&self, key: InternalKey, proof: &InternalUse) -> Result<DataKey> {
+        let _ = (key, proof);
+        Err(Error::KeyUnavailable {
+            key_id: self.key_id().to_string(),
+            reason: format!(
+                "a {} master key derives no keys (audit checkpoints need a local key)",
+                self.backend_id().name()
+            ),
+        })
+    }
+
+    /// The same master key as format version 1 named and used it, so that a [`KeyRing`]
+    /// holding this key still opens version-1 blobs that name the old id. Only local keys
+    /// changed between the formats (a 64-bit id and the raw master key as the wrap key in
+    /// version 1; a 128-bit id and HKDF-derived keys in version 2); the default is `None`.
+    /// The alias opens and wraps version-1 blobs only, and derives no caller keys.
+    fn legacy_alias(&self) -> Option<Arc<dyn KeyWrapper>> {
+        None
+    }
+
+    /// A 256-bit fingerprint of the key material, when the backend holds it (local keys),
+    /// so that a [`KeyRing`] can tell a second copy of a key it holds from a different key
+    /// that claims the same id. The default is `None`: for a remote key, the id is the
+    /// service's own full name for it.
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        None
+    }
+}
+
+/// Keys the library derives from a master key for its own use
+/// ([`KeyWrapper::derive_internal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InternalKey {
+    /// The key that authenticates audit checkpoints (`docs/AUDIT.md`).
+    AuditCheckpoint,
+}
+
+/// Proof that a [`KeyWrapper::derive_internal`] call comes from inside strongroom: only the
+/// crate can make one, so code outside it cannot obtain the library's internal keys
+/// through a key wrapper (a wrapper that delegates can pass one on, not make one).
+pub struct InternalUse(());
+
+impl InternalUse {
+    pub(crate) const fn new() -> InternalUse {
+        InternalUse(())
+    }
+}
+
+impl fmt::Debug for InternalUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InternalUse")
+    }
 }

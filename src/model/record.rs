@@ -164,14 +164,16 @@ impl Record {
         }
     }
 
-    /// The associated data its sealed body is bound to.
+    /// The associated data its sealed body is bound to, in
+    /// [`crate::model::DEFAULT_NAMESPACE`]. A vault uses [`Record::aad_in`] with its own
+    /// namespace.
     pub fn aad(&self) -> RecordAad<'_> {
-        RecordAad {
-            kind: &self.kind,
-            owner: &self.owner,
-            key: &self.key,
-            version: self.version,
-        }
+        self.aad_in(crate::model::DEFAULT_NAMESPACE)
+    }
+
+    /// The associated data its sealed body is bound to, in vault namespace `namespace`.
+    pub fn aad_in<'a>(&'a self, namespace: &'a str) -> RecordAad<'a> {
+        RecordAad::new(&self.kind, &self.owner, &self.key, self.version).in_namespace(namespace)
     }
 
     /// Has it expired at `now` (its `expires_at` is `now` or earlier)? A record without an
@@ -253,12 +255,16 @@ impl fmt::Debug for Record {
     }
 }
 
-/// What a record's sealed body is bound to: its kind, owner, key and version. A sealed body
-/// moved to another record or version fails to open, and so does a credential blob opened
-/// as a record's or the reverse (records use their own associated-data labels; see
-/// `docs/FORMAT.md`, "Record bodies").
+/// What a record's sealed body is bound to: its vault namespace (format 2), kind, owner, key
+/// and version. A sealed body moved to another vault, record or version fails to open, and
+/// so does a credential blob opened as a record's or the reverse (records use their own
+/// associated-data labels; see `docs/FORMAT.md`, "Record bodies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordAad<'a> {
+    /// The vault namespace (from configuration; see [`crate::model::DEFAULT_NAMESPACE`]).
+    /// Bound by format 2 only.
+    pub namespace: &'a str,
     /// The record's kind.
     pub kind: &'a str,
     /// The record's owner.
@@ -267,6 +273,30 @@ pub struct RecordAad<'a> {
     pub key: &'a str,
     /// The record version the body was sealed for.
     pub version: u64,
+}
+
+impl<'a> RecordAad<'a> {
+    /// The associated data of record `kind`/`owner`/`key` at `version`, in
+    /// [`crate::model::DEFAULT_NAMESPACE`].
+    pub fn new(kind: &'a str, owner: &'a str, key: &'a str, version: u64) -> RecordAad<'a> {
+        RecordAad {
+            namespace: crate::model::DEFAULT_NAMESPACE,
+            kind,
+            owner,
+            key,
+            version,
+        }
+    }
+
+    /// The same, in vault namespace `namespace`.
+    pub fn in_namespace(self, namespace: &'a str) -> RecordAad<'a> {
+        RecordAad { namespace, ..self }
+    }
+
+    /// The same, for record version `version`.
+    pub fn at_version(self, version: u64) -> RecordAad<'a> {
+        RecordAad { version, ..self }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub struct VaultBuilder {
     http: Option<Arc<dyn HttpTransport>>,
     dek_cache: Option<Option<crate::crypto::DekCacheConfig>>,
     checkpoints: Option<(Arc<dyn CheckpointSink>, u64)>,
+    namespace: Option<String>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -21,6 +22,7 @@ impl fmt::Debug for VaultBuilder {
         f.debug_struct("VaultBuilder")
             .field("store", &self.store)
             .field("key", &self.key)
+            .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
 }
@@ -37,6 +39,22 @@ impl VaultBuilder {
     /// No data-key cache, whatever the master key: every open unwraps.
     pub fn no_dek_cache(mut self) -> Self {
         self.dek_cache = Some(None);
+        self
+    }
+
+    /// The vault's namespace, bound into every blob it seals (format 2), so that a blob
+    /// sealed by another vault under the same master key never opens in this one, even at
+    /// the same credential id, scope, owner and version. Default
+    /// [`crate::DEFAULT_NAMESPACE`] (`"default"`).
+    ///
+    /// **Two vaults that share a master key (two environments, two tenants) must set
+    /// distinct namespaces**, and a vault must keep its namespace for life: it comes from
+    /// configuration, never from the database, and its blobs open under no other (the
+    /// error names the namespace used). 1 to 1024 bytes of UTF-8 without control characters.
+    /// Version-1 blobs, sealed before namespaces existed, open in any namespace until they
+    /// are sealed again.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
         self
     }
 
@@ -90,6 +108,10 @@ impl VaultBuilder {
 
     /// Builds the vault.
     pub async fn build(self) -> Result<Vault> {
+        let namespace = self
+            .namespace
+            .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
+        crate::model::validate_namespace(&namespace)?;
         let key = match self.key {
             Some(key) => key,
             None => crate::crypto::key_wrapper_from_env_with(self.http.clone())?,
@@ -102,10 +124,10 @@ impl VaultBuilder {
         let cache = self
             .dek_cache
             .unwrap_or_else(|| remote.then(crate::crypto::DekCacheConfig::default));
-        let mut keys = self
-            .retired
-            .into_iter()
-            .fold(KeyRing::new(key), KeyRing::with_retired);
+        let mut keys = KeyRing::new(key);
+        for retired in self.retired {
+            keys = keys.try_with_retired(retired)?;
+        }
         if let Some(config) = cache {
             keys = keys.with_dek_cache(config);
         }
@@ -121,7 +143,7 @@ impl VaultBuilder {
         let mut audit = AuditChain::new(store.clone(), keys.clone());
         if let Some((sink, every)) = self.checkpoints {
             let active = keys.active();
-            if let Err(e) = active.derive_key(CHECKPOINT_KEY_PURPOSE).await {
+            if let Err(e) = crate::audit::checkpoint_key(active.as_ref()).await {
                 return Err(Error::config(format!(
                     "audit checkpoints need a master key that can derive keys, and the {} key \
                      `{}` cannot ({e}); use a local master key (STRONGROOM_KMS=env or file), \
@@ -142,6 +164,7 @@ impl VaultBuilder {
                 bundled,
                 providers_dir: self.providers_dir,
                 http: self.http,
+                namespace,
             }),
         })
     }

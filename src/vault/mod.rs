@@ -12,7 +12,6 @@ use zeroize::Zeroizing;
 
 use crate::audit::{
     AuditChain, AuditEvent, AuditTarget, Checkpoint, CheckpointSink, Outcome, VerifyReport,
-    CHECKPOINT_KEY_PURPOSE,
 };
 use crate::catalog::{Catalog, CatalogProblem, Provider};
 use crate::crypto::{KeyRing, KeyWrapper, LocalKey};
@@ -35,7 +34,10 @@ mod grants;
 mod keys;
 mod resolve;
 mod types;
-pub use keys::{RewrapOptions, RewrapProgress, RewrapReport};
+pub use keys::{
+    ResealOptions, ResealProgress, ResealReport, ResealSelection, RewrapOptions, RewrapProgress,
+    RewrapReport,
+};
 pub mod policy;
 mod unseal;
 mod verify;
@@ -66,6 +68,8 @@ struct Inner {
     bundled: Catalog,
     providers_dir: Option<PathBuf>,
     http: Option<Arc<dyn HttpTransport>>,
+    /// Bound into every blob the vault seals ([`VaultBuilder::namespace`]).
+    namespace: String,
 }
 
 /// The credential vault. Cheap to clone.
@@ -79,6 +83,7 @@ impl fmt::Debug for Vault {
         f.debug_struct("Vault")
             .field("store", &self.inner.store)
             .field("keys", &self.inner.keys)
+            .field("namespace", &self.inner.namespace)
             .finish()
     }
 }
@@ -304,6 +309,18 @@ impl Vault {
         Some(Timestamp(seconds.checked_mul(1000)?))
     }
 
+    /// The vault's namespace ([`VaultBuilder::namespace`]), bound into every blob it seals.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The identity `record`'s blob is bound to in this vault: its own identity and bound
+    /// fields, in the vault's namespace. Every seal, open and re-wrap the vault makes uses
+    /// this, never [`CredentialRecord::identity`] (the default namespace).
+    fn identity_of<'a>(&'a self, record: &'a CredentialRecord) -> crate::model::RecordIdentity<'a> {
+        record.identity_in(&self.inner.namespace)
+    }
+
     /// The key ring (active and retired master keys, data-key cache counters).
     pub fn keys(&self) -> &KeyRing {
         &self.inner.keys
@@ -357,7 +374,11 @@ impl Vault {
 
     /// Seals `plain` into `record` for its current identity (version), with a fresh data key.
     async fn seal_into(&self, record: &mut CredentialRecord, plain: &[u8]) -> Result<()> {
-        let sealed = self.inner.keys.seal(plain, &record.identity()).await?;
+        let sealed = self
+            .inner
+            .keys
+            .seal(plain, &self.identity_of(record))
+            .await?;
         record.key_id = sealed.key_id;
         record.sealed = sealed.bytes;
         Ok(())
@@ -473,5 +494,29 @@ mod tests {
             }
         }
         assert!(checked >= 8, "found the sources");
+    }
+
+    /// The vault binds its namespace into every blob: a seal, open or re-wrap through
+    /// `CredentialRecord::identity` (the default namespace) would ignore it.
+    #[test]
+    fn every_vault_identity_carries_the_vault_namespace() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src")
+            .join("vault");
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read file");
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let flat: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+            assert!(
+                !flat.contains(".identity()"),
+                "{} calls `.identity()`: use `self.identity_of(record)` so the vault's \
+                 namespace is bound",
+                path.display()
+            );
+        }
     }
 }

@@ -333,7 +333,7 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // They verify the audit chain and manage the master keys.
     (
         Role::SystemAdmin,
-        &[A::AuditVerify, A::Rewrap],
+        &[A::AuditVerify, A::Rewrap, A::Reseal],
         &[R::NoScope],
     ),
     // App admins manage their app's shared credentials; they may see that system-wide ones

@@ -46,7 +46,7 @@ impl Vault {
         let plain = self
             .inner
             .keys
-            .open(&record.sealed, &record.identity())
+            .open(&record.sealed, &self.identity_of(record))
             .await?;
         let fields = decode_fields(plain.expose_secret(), record)?;
         self.unsealed(&fields);
@@ -153,7 +153,11 @@ impl Vault {
         from: &CredentialRecord,
         into: &mut CredentialRecord,
     ) -> Result<()> {
-        let plain = self.inner.keys.open(&from.sealed, &from.identity()).await?;
+        let plain = self
+            .inner
+            .keys
+            .open(&from.sealed, &self.identity_of(from))
+            .await?;
         self.seal_into(into, plain.expose_secret()).await
     }
 }

@@ -11,10 +11,10 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use base64::Engine;
 
-use super::{no_derive, to_dek, Hidden, B64};
+use super::{no_derive, parse_secret, secret_json, secret_to_dek, Hidden, SecretText, Wiped, B64};
 use crate::crypto::{BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::transport::{peer_of, Bytes, HttpTransport};
+use crate::transport::{peer_of, HttpTransport};
 
 /// A master key in AWS KMS (a key id, ARN or alias).
 pub struct AwsKmsKey {
@@ -86,17 +86,15 @@ impl AwsKmsKey {
         self
     }
 
-    fn context(aad: &[u8]) -> serde_json::Value {
-        serde_json::json!({ "strongroom-aad": B64.encode(aad) })
+    fn context(aad: &[u8]) -> Context {
+        Context {
+            aad: B64.encode(aad),
+        }
     }
 
-    async fn call(
-        &self,
-        target: &str,
-        body: serde_json::Value,
-        unwrapping: bool,
-    ) -> Result<serde_json::Value> {
-        let body = serde_json::to_vec(&body).unwrap_or_default();
+    /// Sends one signed call; returns the body of a 2xx answer (wiped when dropped). The
+    /// request body is wiped by the caller's [`Wiped`] once this returns.
+    async fn call(&self, target: &str, body: &Wiped, unwrapping: bool) -> Result<Wiped> {
         let target = format!("TrentService.{target}");
         let headers = [
             ("content-type", "application/x-amz-json-1.1"),
@@ -123,7 +121,7 @@ impl AwsKmsKey {
             "POST",
             &self.endpoint,
             headers.iter().copied(),
-            SignableBody::Bytes(&body),
+            SignableBody::Bytes(body),
         )
         .map_err(|e| Error::config(format!("cannot sign the KMS request: {e}")))?;
         let (instructions, _) = sign(signable, &params)
@@ -134,7 +132,7 @@ impl AwsKmsKey {
             builder = builder.header(k, v);
         }
         let mut request = builder
-            .body(Bytes::from(body))
+            .body(body.share())
             .map_err(|_| Error::config(format!("`{}` is not a usable endpoint", self.endpoint)))?;
         instructions.apply_to_request_http1x(&mut request);
         for v in request.headers_mut().values_mut() {
@@ -150,16 +148,14 @@ impl AwsKmsKey {
                 reason: format!("no answer from {peer}: {e}"),
             })?;
         let status = response.status().as_u16();
+        let answer_body = Wiped(response.into_body());
         if (200..300).contains(&status) {
-            return serde_json::from_slice(response.body()).map_err(|_| Error::KeyUnavailable {
-                key_id: self.id.clone(),
-                reason: format!("{peer} answered with a body that is not JSON"),
-            });
+            return Ok(answer_body);
         }
         // KMS names the error in `__type` (`...#InvalidCiphertextException`); the
         // authentication layer in front of it may answer in XML (`<Code>`, `<Message>`).
-        let answer: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
-        let text = String::from_utf8_lossy(response.body());
+        let answer: serde_json::Value = serde_json::from_slice(&answer_body).unwrap_or_default();
+        let text = String::from_utf8_lossy(&answer_body);
         let xml = |tag: &str| -> Option<String> {
             let open = format!("<{tag}>");
             let start = text.find(&open)? + open.len();
@@ -210,6 +206,41 @@ impl AwsKmsKey {
     }
 }
 
+/// The encryption context: the record's associated data, which KMS binds to the ciphertext.
+#[derive(serde::Serialize)]
+struct Context {
+    #[serde(rename = "strongroom-aad")]
+    aad: String,
+}
+
+/// `Encrypt`: the plaintext is the data key.
+#[derive(serde::Serialize)]
+struct EncryptRequest<'a> {
+    #[serde(rename = "KeyId")]
+    key_id: &'a str,
+    #[serde(rename = "Plaintext")]
+    plaintext: &'a str,
+    #[serde(rename = "EncryptionContext")]
+    context: Context,
+}
+
+#[derive(serde::Serialize)]
+struct DecryptRequest<'a> {
+    #[serde(rename = "KeyId")]
+    key_id: &'a str,
+    #[serde(rename = "CiphertextBlob")]
+    ciphertext: String,
+    #[serde(rename = "EncryptionContext")]
+    context: Context,
+}
+
+/// `Decrypt`'s answer: the data key.
+#[derive(serde::Deserialize)]
+struct DecryptAnswer<'a> {
+    #[serde(rename = "Plaintext", borrow)]
+    plaintext: SecretText<'a>,
+}
+
 #[async_trait]
 impl KeyWrapper for AwsKmsKey {
     fn backend_id(&self) -> BackendId {
@@ -222,33 +253,37 @@ impl KeyWrapper for AwsKmsKey {
 
     async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
         let plaintext = zeroize::Zeroizing::new(B64.encode(dek.expose_secret()));
-        let answer = self
-            .call(
-                "Encrypt",
-                serde_json::json!({
-                    "KeyId": self.key,
-                    "Plaintext": plaintext.as_str(),
-                    "EncryptionContext": Self::context(aad),
-                }),
-                false,
-            )
-            .await?;
+        let request = EncryptRequest {
+            key_id: &self.key,
+            plaintext: plaintext.as_str(),
+            context: Self::context(aad),
+        };
+        let body = secret_json(
+            &request,
+            self.key.len() + plaintext.len() + request.context.aad.len(),
+        )?;
+        let answer = self.call("Encrypt", &body, false).await?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer).map_err(|_| Error::KeyUnavailable {
+                key_id: self.id.clone(),
+                reason: "AWS KMS answered with a body that is not JSON".into(),
+            })?;
         super::b64_field(&answer, "/CiphertextBlob", &self.id)
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
-        let answer = self
-            .call(
-                "Decrypt",
-                serde_json::json!({
-                    "KeyId": self.key,
-                    "CiphertextBlob": B64.encode(wrapped),
-                    "EncryptionContext": Self::context(aad),
-                }),
-                true,
-            )
-            .await?;
-        to_dek(super::b64_field(&answer, "/Plaintext", &self.id)?, &self.id)
+        let request = DecryptRequest {
+            key_id: &self.key,
+            ciphertext: B64.encode(wrapped),
+            context: Self::context(aad),
+        };
+        let body = secret_json(
+            &request,
+            self.key.len() + request.ciphertext.len() + request.context.aad.len(),
+        )?;
+        let answer = self.call("Decrypt", &body, true).await?;
+        let answer: DecryptAnswer<'_> = parse_secret(&answer, &self.id, "base64 `Plaintext`")?;
+        secret_to_dek(&answer.plaintext, &B64, &self.id)
     }
 
     async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {

@@ -15,7 +15,9 @@ use base64::Engine;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use super::{call_json, fetch_token, json_request, no_derive, Hidden, B64URL};
+use super::{
+    call_raw, fetch_token, no_derive, parse_secret, secret_json_request, Hidden, SecretText, B64URL,
+};
 use crate::crypto::{fill_random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::transport::HttpTransport;
@@ -110,22 +112,29 @@ impl AzureKeyVaultKey {
         Ok(bearer)
     }
 
+    /// `wrapkey` / `unwrapkey`: both carry the local key `K` (in the request or in the
+    /// answer), so both bodies are built and read in wiped buffers.
     async fn call(&self, op: &str, value: &[u8], unwrapping: bool) -> Result<Zeroizing<Vec<u8>>> {
-        let bearer = self.bearer().await?;
+        let bearer = Zeroizing::new(self.bearer().await?);
         let url = format!("{}/{op}?api-version={API_VERSION}", self.key_url);
-        let body = serde_json::json!({ "alg": "RSA-OAEP-256", "value": B64URL.encode(value) });
-        let request = json_request(
+        let value = Zeroizing::new(B64URL.encode(value));
+        let body = KeyOperation {
+            alg: "RSA-OAEP-256",
+            value: value.as_str(),
+        };
+        // `_sent` wipes the request body once the answer is in.
+        let (request, _sent) = secret_json_request(
             http::Method::POST,
             &url,
             &body,
+            value.len(),
             &[("authorization", &bearer)],
         )?;
-        let answer = call_json(self.http.as_ref(), &self.id, request, unwrapping).await?;
-        answer
-            .get("value")
-            .and_then(|v| v.as_str())
-            .and_then(|s| B64URL.decode(s.trim_end_matches('=')).ok())
-            .map(Zeroizing::new)
+        let answer = call_raw(self.http.as_ref(), &self.id, request, unwrapping).await?;
+        let parsed: KeyOperationAnswer<'_> = parse_secret(&answer, &self.id, "base64url `value`")?;
+        parsed
+            .value
+            .decode(&B64URL)
             .ok_or_else(|| Error::KeyUnavailable {
                 key_id: self.id.clone(),
                 reason: "the answer has no base64url `value`".into(),
@@ -137,6 +146,20 @@ impl AzureKeyVaultKey {
         out.extend_from_slice(aad);
         out
     }
+}
+
+/// A `wrapkey` / `unwrapkey` request.
+#[derive(serde::Serialize)]
+struct KeyOperation<'a> {
+    alg: &'a str,
+    value: &'a str,
+}
+
+/// Their answer: `value` is the wrapped or unwrapped key.
+#[derive(serde::Deserialize)]
+struct KeyOperationAnswer<'a> {
+    #[serde(borrow)]
+    value: SecretText<'a>,
 }
 
 #[async_trait]
@@ -186,9 +209,12 @@ impl KeyWrapper for AzureKeyVaultKey {
         let (wrapped_k, rest) = rest.split_at(len);
         let (nonce, rest) = rest.split_at(12);
         let (ct, tag) = rest.split_at(32);
-        let k = self.call("unwrapkey", wrapped_k, true).await?;
-        let k: [u8; 32] = k.as_slice().try_into().map_err(|_| bad())?;
-        let k = Zeroizing::new(k);
+        let unwrapped = self.call("unwrapkey", wrapped_k, true).await?;
+        if unwrapped.len() != 32 {
+            return Err(bad());
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&unwrapped);
         let mut buf = Zeroizing::new(ct.to_vec());
         Aes256Gcm::new(k.as_ref().into())
             .decrypt_in_place_detached(
@@ -198,7 +224,7 @@ impl KeyWrapper for AzureKeyVaultKey {
                 Tag::from_slice(tag),
             )
             .map_err(|_| bad())?;
-        super::to_dek(buf.to_vec(), &self.id)
+        super::to_dek(buf, &self.id)
     }
 
     async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {

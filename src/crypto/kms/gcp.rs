@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use base64::Engine;
 use tokio::sync::Mutex;
 
-use super::{call_json, fetch_token, json_request, no_derive, to_dek, Hidden, B64};
+use super::{
+    call_json, call_raw, fetch_token, json_request, no_derive, parse_secret, secret_json_request,
+    secret_to_dek, Hidden, SecretText, B64,
+};
 use crate::crypto::{BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::transport::HttpTransport;
@@ -171,23 +174,32 @@ impl GcpKmsKey {
         }
     }
 
-    async fn call(
-        &self,
-        verb: &str,
-        body: serde_json::Value,
-        unwrapping: bool,
-    ) -> Result<serde_json::Value> {
-        let token = self.token().await?;
-        let bearer = format!("Bearer {}", token.expose());
-        let url = format!("{}/v1/{}:{verb}", self.endpoint, self.name);
-        let request = json_request(
-            http::Method::POST,
-            &url,
-            &body,
-            &[("authorization", &bearer)],
-        )?;
-        call_json(self.http.as_ref(), &self.id, request, unwrapping).await
+    fn url(&self, verb: &str) -> String {
+        format!("{}/v1/{}:{verb}", self.endpoint, self.name)
     }
+
+    async fn bearer(&self) -> Result<zeroize::Zeroizing<String>> {
+        let token = self.token().await?;
+        Ok(zeroize::Zeroizing::new(format!(
+            "Bearer {}",
+            token.expose()
+        )))
+    }
+}
+
+/// `cryptoKeys.encrypt`: the plaintext is the data key.
+#[derive(serde::Serialize)]
+struct EncryptRequest<'a> {
+    plaintext: &'a str,
+    #[serde(rename = "additionalAuthenticatedData")]
+    aad: String,
+}
+
+/// `cryptoKeys.decrypt`'s answer: the data key.
+#[derive(serde::Deserialize)]
+struct DecryptAnswer<'a> {
+    #[serde(borrow)]
+    plaintext: SecretText<'a>,
 }
 
 #[async_trait]
@@ -202,31 +214,37 @@ impl KeyWrapper for GcpKmsKey {
 
     async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
         let plaintext = zeroize::Zeroizing::new(B64.encode(dek.expose_secret()));
-        let answer = self
-            .call(
-                "encrypt",
-                serde_json::json!({
-                    "plaintext": plaintext.as_str(),
-                    "additionalAuthenticatedData": B64.encode(aad),
-                }),
-                false,
-            )
-            .await?;
+        let bearer = self.bearer().await?;
+        let body = EncryptRequest {
+            plaintext: plaintext.as_str(),
+            aad: B64.encode(aad),
+        };
+        // `_sent` wipes the request body once the answer is in.
+        let (request, _sent) = secret_json_request(
+            http::Method::POST,
+            &self.url("encrypt"),
+            &body,
+            plaintext.len() + body.aad.len(),
+            &[("authorization", &bearer)],
+        )?;
+        let answer = call_json(self.http.as_ref(), &self.id, request, false).await?;
         super::b64_field(&answer, "/ciphertext", &self.id)
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
-        let answer = self
-            .call(
-                "decrypt",
-                serde_json::json!({
-                    "ciphertext": B64.encode(wrapped),
-                    "additionalAuthenticatedData": B64.encode(aad),
-                }),
-                true,
-            )
-            .await?;
-        to_dek(super::b64_field(&answer, "/plaintext", &self.id)?, &self.id)
+        let bearer = self.bearer().await?;
+        let request = json_request(
+            http::Method::POST,
+            &self.url("decrypt"),
+            &serde_json::json!({
+                "ciphertext": B64.encode(wrapped),
+                "additionalAuthenticatedData": B64.encode(aad),
+            }),
+            &[("authorization", &bearer)],
+        )?;
+        let body = call_raw(self.http.as_ref(), &self.id, request, true).await?;
+        let answer: DecryptAnswer<'_> = parse_secret(&body, &self.id, "base64 `plaintext`")?;
+        secret_to_dek(&answer.plaintext, &B64, &self.id)
     }
 
     async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {

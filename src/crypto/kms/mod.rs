@@ -8,11 +8,14 @@
 //! [`from_vars`] builds one from the `STRONGROOM_KMS` selection and the variables the
 //! backend documents (see `docs/DEPLOYMENT.md`).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{DataKey, KeyWrapper};
 use crate::error::{Error, Result};
@@ -94,13 +97,106 @@ pub(crate) fn answer_error(key_id: &str, status: u16, body: &[u8], unwrapping: b
     }
 }
 
-/// Sends a JSON request and returns the JSON answer of a 2xx; other answers become errors.
-pub(crate) async fn call_json(
+/// Bytes that may hold key material (a KMS request body, a KMS answer): wiped when dropped,
+/// when this is the last handle on them (a transport that kept a copy of a request keeps
+/// its own; the crate's own copies are all wiped).
+pub(crate) struct Wiped(Bytes);
+
+impl Wiped {
+    /// Takes a body built in a buffer of its own (moved, not copied).
+    pub(crate) fn from_buffer(mut buffer: Zeroizing<Vec<u8>>) -> Wiped {
+        Wiped(Bytes::from(std::mem::take(&mut *buffer)))
+    }
+
+    /// Another handle on the same bytes, for a request (cheap: reference counted).
+    pub(crate) fn share(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl std::ops::Deref for Wiped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        if let Ok(mut bytes) = std::mem::take(&mut self.0).try_into_mut() {
+            bytes.as_mut().zeroize();
+        }
+    }
+}
+
+/// A base64 text field of a KMS answer that holds key material: borrowed from the answer's
+/// body (which is wiped), or, when JSON escapes forced a copy, wiped itself when dropped.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(crate) struct SecretText<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl SecretText<'_> {
+    /// The decoded bytes, in a buffer sized up front and wiped on drop. An engine that
+    /// writes no padding (base64url here) is given the text without trailing `=`; the
+    /// standard engine requires its padding as sent.
+    pub(crate) fn decode(
+        &self,
+        engine: &base64::engine::GeneralPurpose,
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        use base64::engine::Config;
+        let text = if engine.config().encode_padding() {
+            &*self.0
+        } else {
+            self.0.trim_end_matches('=')
+        };
+        let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
+        engine.decode_vec(text, &mut out).ok()?;
+        Some(out)
+    }
+}
+
+impl Drop for SecretText<'_> {
+    fn drop(&mut self) {
+        if let Cow::Owned(text) = &mut self.0 {
+            text.zeroize();
+        }
+    }
+}
+
+/// Reads a KMS answer that holds key material into `T` (whose secret fields are
+/// [`SecretText`]), naming `what` when it does not fit.
+pub(crate) fn parse_secret<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    key_id: &str,
+    what: &str,
+) -> Result<T> {
+    serde_json::from_slice(body).map_err(|_| Error::KeyUnavailable {
+        key_id: key_id.to_string(),
+        reason: format!("the answer has no {what}"),
+    })
+}
+
+/// A data key from the decoded bytes of a KMS answer.
+pub(crate) fn secret_to_dek(
+    text: &SecretText<'_>,
+    engine: &base64::engine::GeneralPurpose,
+    key_id: &str,
+) -> Result<DataKey> {
+    let bytes = text.decode(engine).ok_or_else(|| Error::KeyUnavailable {
+        key_id: key_id.to_string(),
+        reason: "the answer's key is not base64".into(),
+    })?;
+    to_dek(bytes, key_id)
+}
+
+/// Sends a request and returns the body of a 2xx answer (wiped when dropped); other
+/// answers become errors.
+pub(crate) async fn call_raw(
     http: &dyn HttpTransport,
     key_id: &str,
     request: http::Request<Bytes>,
     unwrapping: bool,
-) -> Result<serde_json::Value> {
+) -> Result<Wiped> {
     let peer = peer_of(request.uri());
     let response = http
         .send(request)
@@ -110,10 +206,25 @@ pub(crate) async fn call_json(
             reason: format!("no answer from {peer}: {e}"),
         })?;
     let status = response.status().as_u16();
+    let body = Wiped(response.into_body());
     if !(200..300).contains(&status) {
-        return Err(answer_error(key_id, status, response.body(), unwrapping));
+        return Err(answer_error(key_id, status, &body, unwrapping));
     }
-    serde_json::from_slice(response.body()).map_err(|_| Error::KeyUnavailable {
+    Ok(body)
+}
+
+/// Sends a JSON request and returns the JSON answer of a 2xx; other answers become errors.
+/// For answers without key material (an answer that holds some is read from
+/// [`call_raw`] with [`parse_secret`]).
+pub(crate) async fn call_json(
+    http: &dyn HttpTransport,
+    key_id: &str,
+    request: http::Request<Bytes>,
+    unwrapping: bool,
+) -> Result<serde_json::Value> {
+    let peer = peer_of(request.uri());
+    let body = call_raw(http, key_id, request, unwrapping).await?;
+    serde_json::from_slice(&body).map_err(|_| Error::KeyUnavailable {
         key_id: key_id.to_string(),
         reason: format!("{peer} answered with a body that is not JSON"),
     })
@@ -173,6 +284,41 @@ pub(crate) fn json_request(
     body: &serde_json::Value,
     headers: &[(&str, &str)],
 ) -> Result<http::Request<Bytes>> {
+    let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+    request_with_body(method, url, body, headers)
+}
+
+/// A JSON request whose body holds key material: serialised from `body` (whose secret
+/// fields borrow from wiped buffers) into a buffer sized up front, so that no copy is left
+/// behind by growth. Keep the returned [`Wiped`] until the request has been sent; dropping
+/// it then wipes the body.
+pub(crate) fn secret_json_request(
+    method: http::Method,
+    url: &str,
+    body: &impl serde::Serialize,
+    room: usize,
+    headers: &[(&str, &str)],
+) -> Result<(http::Request<Bytes>, Wiped)> {
+    let body = secret_json(body, room)?;
+    let request = request_with_body(method, url, body.share(), headers)?;
+    Ok((request, body))
+}
+
+/// `body` as JSON in a buffer sized for `room` bytes of fields plus the JSON around them
+/// (so it never grows and leaves a copy behind), wiped when dropped.
+pub(crate) fn secret_json(body: &impl serde::Serialize, room: usize) -> Result<Wiped> {
+    let mut buffer = Zeroizing::new(Vec::with_capacity(room + 512));
+    serde_json::to_writer(&mut *buffer, body)
+        .map_err(|e| Error::config(format!("cannot encode the request: {e}")))?;
+    Ok(Wiped::from_buffer(buffer))
+}
+
+fn request_with_body(
+    method: http::Method,
+    url: &str,
+    body: Bytes,
+    headers: &[(&str, &str)],
+) -> Result<http::Request<Bytes>> {
     let mut builder = http::Request::builder()
         .method(method)
         .uri(url)
@@ -181,7 +327,7 @@ pub(crate) fn json_request(
         builder = builder.header(*k, *v);
     }
     let mut request = builder
-        .body(Bytes::from(serde_json::to_vec(body).unwrap_or_default()))
+        .body(body)
         .map_err(|_| Error::config(format!("`{url}` is not a usable URL")))?;
     for v in request.headers_mut().values_mut() {
         v.set_sensitive(true);
@@ -199,16 +345,15 @@ pub(crate) fn b64_field(v: &serde_json::Value, pointer: &str, key_id: &str) -> R
         })
 }
 
-pub(crate) fn to_dek(bytes: Vec<u8>, key_id: &str) -> Result<DataKey> {
-    let mut bytes = zeroize::Zeroizing::new(bytes);
-    let arr: [u8; 32] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::DecryptFailed {
+pub(crate) fn to_dek(bytes: Zeroizing<Vec<u8>>, key_id: &str) -> Result<DataKey> {
+    let mut arr = Zeroizing::new([0u8; 32]);
+    if bytes.len() != arr.len() {
+        return Err(Error::DecryptFailed {
             what: format!("a data key wrapped by {key_id} (it did not unwrap to 32 bytes)"),
-        })?;
-    bytes.iter_mut().for_each(|b| *b = 0);
-    Ok(DataKey::from_bytes(arr))
+        });
+    }
+    arr.copy_from_slice(&bytes);
+    Ok(DataKey::from_bytes(*arr))
 }
 
 pub(crate) fn no_derive(key_id: &str) -> Error {

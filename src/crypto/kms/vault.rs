@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::{call_json, json_request, no_derive, to_dek, Hidden, B64};
+use super::{
+    call_json, call_raw, json_request, no_derive, parse_secret, secret_json_request, secret_to_dek,
+    Hidden, SecretText, B64,
+};
 use crate::crypto::{BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::transport::HttpTransport;
@@ -79,21 +82,29 @@ impl VaultTransitKey {
         B64.encode(Sha256::digest(aad))
     }
 
-    async fn call(
-        &self,
-        op: &str,
-        body: serde_json::Value,
-        unwrapping: bool,
-    ) -> Result<serde_json::Value> {
-        let url = format!("{}/v1/{}/{op}/{}", self.addr, self.mount, self.key);
-        let request = json_request(
-            http::Method::POST,
-            &url,
-            &body,
-            &[("x-vault-token", self.token.expose())],
-        )?;
-        call_json(self.http.as_ref(), &self.id, request, unwrapping).await
+    fn url(&self, op: &str) -> String {
+        format!("{}/v1/{}/{op}/{}", self.addr, self.mount, self.key)
     }
+}
+
+/// `transit/encrypt`: the plaintext is the data key.
+#[derive(serde::Serialize)]
+struct EncryptRequest<'a> {
+    plaintext: &'a str,
+    context: String,
+}
+
+/// `transit/decrypt`'s answer: `data.plaintext` is the data key.
+#[derive(serde::Deserialize)]
+struct DecryptAnswer<'a> {
+    #[serde(borrow)]
+    data: DecryptData<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct DecryptData<'a> {
+    #[serde(borrow)]
+    plaintext: SecretText<'a>,
 }
 
 #[async_trait]
@@ -108,13 +119,19 @@ impl KeyWrapper for VaultTransitKey {
 
     async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
         let plaintext = zeroize::Zeroizing::new(B64.encode(dek.expose_secret()));
-        let answer = self
-            .call(
-                "encrypt",
-                serde_json::json!({ "plaintext": plaintext.as_str(), "context": Self::context(aad) }),
-                false,
-            )
-            .await?;
+        let body = EncryptRequest {
+            plaintext: plaintext.as_str(),
+            context: Self::context(aad),
+        };
+        // `_sent` wipes the request body once the answer is in.
+        let (request, _sent) = secret_json_request(
+            http::Method::POST,
+            &self.url("encrypt"),
+            &body,
+            plaintext.len() + body.context.len(),
+            &[("x-vault-token", self.token.expose())],
+        )?;
+        let answer = call_json(self.http.as_ref(), &self.id, request, false).await?;
         answer
             .pointer("/data/ciphertext")
             .and_then(|c| c.as_str())
@@ -130,17 +147,15 @@ impl KeyWrapper for VaultTransitKey {
         let ciphertext = std::str::from_utf8(wrapped).map_err(|_| Error::DecryptFailed {
             what: format!("a data key wrapped by {}", self.id),
         })?;
-        let answer = self
-            .call(
-                "decrypt",
-                serde_json::json!({ "ciphertext": ciphertext, "context": Self::context(aad) }),
-                true,
-            )
-            .await?;
-        to_dek(
-            super::b64_field(&answer, "/data/plaintext", &self.id)?,
-            &self.id,
-        )
+        let request = json_request(
+            http::Method::POST,
+            &self.url("decrypt"),
+            &serde_json::json!({ "ciphertext": ciphertext, "context": Self::context(aad) }),
+            &[("x-vault-token", self.token.expose())],
+        )?;
+        let body = call_raw(self.http.as_ref(), &self.id, request, true).await?;
+        let answer: DecryptAnswer<'_> = parse_secret(&body, &self.id, "base64 `data.plaintext`")?;
+        secret_to_dek(&answer.data.plaintext, &B64, &self.id)
     }
 
     async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {
