@@ -200,6 +200,11 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         .store(store)
         .key_wrapper(key)
         .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+    // The vault namespace bound into every sealed record: fixed for a vault's life, distinct
+    // for vaults that share a master key.
+    if let Ok(namespace) = std::env::var("STRONGROOM_NAMESPACE") {
+        builder = builder.namespace(namespace);
+    }
     if checkpoints {
         // The CLI lives for one command: a checkpoint after every commit.
         builder = builder.checkpoints(kept.clone(), 1);
