@@ -1,0 +1,655 @@
+//! The sealed-blob byte format, documented byte by byte in `docs/FORMAT.md`:
+//!
+//! ```text
+//! version(1) | flags(1) | backend id(1) | wrapped-DEK length(2, BE) | wrapped DEK | nonce(12) | commitment(32) | ciphertext+tag
+//! ```
+//!
+//! The wrapped-DEK section starts with the master key's id (`len(1) | id`) followed by the
+//! backend's own wrapped bytes. This crate writes version 2 and reads versions 1 and 2.
+//!
+//! Version 2 binds the vault namespace and the credential's [`BoundFields`] into the
+//! associated data, and encrypts the payload under a key derived from the data key, the
+//! nonce and a digest of the payload's associated data, next to a commitment derived the
+//! same way (checked in constant time before decrypting). Version 1 used the data key
+//! itself and committed to the key and nonce only.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use secrecy::SecretBox;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::kdf::{self, HmacKey};
+use super::{fill_random, BackendId, DataKey, KeyWrapper};
+use crate::error::{Error, Result};
+use crate::model::{BoundFields, RecordAad, RecordIdentity};
+
+/// The format version this crate writes.
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format version, still read (and re-wrapped, never written anew).
+pub const FORMAT_V1: u8 = 1;
+/// Flag bit 0: a commitment follows the nonce and is checked before decryption (format 1:
+/// to the data key and nonce; format 2: to the data key, the nonce and the associated data).
+pub const FLAG_KEY_COMMITTED: u8 = 0x01;
+/// Length of the fixed header (version, flags, backend id, wrapped-DEK length).
+pub const HEADER_LEN: usize = 5;
+/// AES-GCM nonce length.
+pub const NONCE_LEN: usize = 12;
+/// AES-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// Commitment length.
+pub const COMMITMENT_LEN: usize = 32;
+
+// Format 2 associated-data labels. Every one starts `strongroom/v2/`, which no format-1
+// label does, and the credential and record domains differ at byte 14 (`c` against `r`).
+const WRAP_AAD_LABEL: &[u8] = b"strongroom/v2/credential/wrap";
+const DATA_AAD_LABEL: &[u8] = b"strongroom/v2/credential/data";
+const BOUND_FIELDS_LABEL: &[u8] = b"strongroom/v2/credential/bound-fields";
+const RECORD_WRAP_AAD_LABEL: &[u8] = b"strongroom/v2/record/wrap";
+const RECORD_DATA_AAD_LABEL: &[u8] = b"strongroom/v2/record/data";
+/// HKDF-Expand infos, with the data key as the PRK: the payload key and the commitment.
+/// At most 10 bytes, so that `info || nonce || ctx || 0x01` (55 bytes with SHA-256's
+/// padding) is one SHA-256 block: each expansion costs one inner and one outer block.
+const PAYLOAD_KEY_INFO: &[u8] = b"v2-payload";
+const COMMITMENT_INFO: &[u8] = b"v2-commit";
+
+// Format 1 labels.
+const WRAP_AAD_LABEL_V1: &[u8] = b"strongroom/wrap/v1";
+const DATA_AAD_LABEL_V1: &[u8] = b"strongroom/data/v1";
+const COMMIT_LABEL_V1: &[u8] = b"strongroom/commit/v1";
+/// The associated-data labels of format-1 record bodies: a domain of their own, so that no
+/// record body opens as a credential blob or the reverse (the labels differ from the
+/// credential ones at their 12th byte, so no associated data of one domain equals one of
+/// the other).
+const RECORD_WRAP_AAD_LABEL_V1: &[u8] = b"strongroom/record-wrap/v1";
+const RECORD_DATA_AAD_LABEL_V1: &[u8] = b"strongroom/record-data/v1";
+
+/// Is `aad` the associated data of a format-1 data-key wrap (credential or record body)?
+/// The format-1 alias of a local key wraps and unwraps only these.
+pub(crate) fn is_format1_wrap_aad(aad: &[u8]) -> bool {
+    [WRAP_AAD_LABEL_V1, RECORD_WRAP_AAD_LABEL_V1]
+        .iter()
+        .any(|label| {
+            aad.strip_prefix(*label)
+                .is_some_and(|rest| rest.first() == Some(&FORMAT_V1))
+        })
+}
+
+/// A freshly sealed blob and the id of the master key that wraps its data key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The blob bytes (safe to store: contains no plaintext).
+    pub bytes: Vec<u8>,
+    /// The wrapping key's id, also written inside the blob.
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("len", &self.bytes.len())
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+/// A blob split into its parts, without any cryptographic check.
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedBlob<'a> {
+    /// Format version byte.
+    pub version: u8,
+    /// Flags byte.
+    pub flags: u8,
+    /// Backend id byte.
+    pub backend: u8,
+    /// The master key's id.
+    pub key_id: &'a str,
+    /// The backend's wrapped data key.
+    pub wrapped_key: &'a [u8],
+    /// The AES-GCM nonce.
+    pub nonce: &'a [u8; NONCE_LEN],
+    /// The commitment.
+    pub commitment: &'a [u8; COMMITMENT_LEN],
+    /// Ciphertext followed by the 16-byte tag.
+    pub ciphertext: &'a [u8],
+}
+
+impl ParsedBlob<'_> {
+    /// The three leading header bytes that the wrap's associated data binds.
+    pub fn header3(&self) -> [u8; 3] {
+        [self.version, self.flags, self.backend]
+    }
+}
+
+/// Splits a blob into its parts, checking structure only (lengths, version, flags, key id).
+pub fn parse<'a>(blob: &'a [u8], what: &dyn Fn() -> String) -> Result<ParsedBlob<'a>> {
+    let bad = |reason: &str| Error::corrupt(what(), format!("sealed blob: {reason}"));
+    if blob.len() < HEADER_LEN {
+        return Err(bad("shorter than the 5-byte header"));
+    }
+    let (version, flags, backend) = (blob[0], blob[1], blob[2]);
+    if version != FORMAT_VERSION && version != FORMAT_V1 {
+        return Err(bad(&format!(
+            "format version {version} is not supported (this build reads versions \
+             {FORMAT_V1} and {FORMAT_VERSION})"
+        )));
+    }
+    if flags != FLAG_KEY_COMMITTED {
+        return Err(bad(&format!(
+            "flags {flags:#04x} are not supported (version {version} requires exactly the \
+             commitment flag 0x01)"
+        )));
+    }
+    let wrapped_len = u16::from_be_bytes([blob[3], blob[4]]) as usize;
+    let rest = &blob[HEADER_LEN..];
+    if rest.len() < wrapped_len + NONCE_LEN + COMMITMENT_LEN + TAG_LEN {
+        return Err(bad("truncated"));
+    }
+    let (wrapped, rest) = rest.split_at(wrapped_len);
+    let Some((&id_len, after_len)) = wrapped.split_first() else {
+        return Err(bad("empty wrapped-key section"));
+    };
+    let id_len = id_len as usize;
+    if id_len == 0 || after_len.len() < id_len {
+        return Err(bad("key id length out of range"));
+    }
+    let (id_bytes, wrapped_key) = after_len.split_at(id_len);
+    let key_id = std::str::from_utf8(id_bytes).map_err(|_| bad("key id is not UTF-8"))?;
+    let (nonce, rest) = rest.split_at(NONCE_LEN);
+    let (commitment, ciphertext) = rest.split_at(COMMITMENT_LEN);
+    Ok(ParsedBlob {
+        version,
+        flags,
+        backend,
+        key_id,
+        wrapped_key,
+        nonce: nonce.try_into().map_err(|_| bad("nonce"))?,
+        commitment: commitment.try_into().map_err(|_| bad("commitment"))?,
+        ciphertext,
+    })
+}
+
+fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The format-1 identity: `lp(credential id) || lp(scope kind) || lp(owner) || u64be(version)`.
+fn push_identity(out: &mut Vec<u8>, id: &RecordIdentity<'_>) {
+    push_lp(out, id.credential_id.as_bytes());
+    push_lp(out, id.scope.kind().as_str().as_bytes());
+    // The owner as `Scope::owner` spells it, written without building the string.
+    let (first, second) = id.scope.owner_parts();
+    match second {
+        None => push_lp(out, first.as_bytes()),
+        Some(second) => {
+            out.extend_from_slice(&((first.len() + 1 + second.len()) as u32).to_be_bytes());
+            out.extend_from_slice(first.as_bytes());
+            out.push(b'/');
+            out.extend_from_slice(second.as_bytes());
+        }
+    }
+    out.extend_from_slice(&id.version.to_be_bytes());
+}
+
+fn push_record(out: &mut Vec<u8>, aad: &RecordAad<'_>) {
+    push_lp(out, aad.kind.as_bytes());
+    push_lp(out, aad.owner.as_bytes());
+    push_lp(out, aad.key.as_bytes());
+    out.extend_from_slice(&aad.version.to_be_bytes());
+}
+
+/// The digest of a credential's bound fields (`docs/FORMAT.md`, "Bound fields"):
+/// `SHA-256(label || 0x00)` with none, else `SHA-256(label || 0x01 || lp(name) ||
+/// lp(provider) || lp(handler type) || lp(state) || u8(agent accessible) || expiry ||
+/// u32be(entries) || (lp(key) || lp(value)) in ascending key order)`, the expiry being
+/// `0x00` or `0x01 || i64be(milliseconds)`.
+pub fn bound_digest(bound: Option<&BoundFields<'_>>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(BOUND_FIELDS_LABEL);
+    let lp = |h: &mut Sha256, bytes: &[u8]| {
+        h.update((bytes.len() as u32).to_be_bytes());
+        h.update(bytes);
+    };
+    match bound {
+        None => h.update([0x00]),
+        Some(b) => {
+            h.update([0x01]);
+            lp(&mut h, b.name.as_bytes());
+            lp(&mut h, b.provider.as_bytes());
+            lp(&mut h, b.handler_type.as_bytes());
+            lp(&mut h, b.state.as_str().as_bytes());
+            h.update([u8::from(b.agent_accessible)]);
+            match b.expires_at {
+                None => h.update([0x00]),
+                Some(at) => {
+                    h.update([0x01]);
+                    h.update(at.as_millis().to_be_bytes());
+                }
+            }
+            h.update((b.metadata.len() as u32).to_be_bytes());
+            // A BTreeMap of Strings iterates in ascending byte order of the keys.
+            for (key, value) in b.metadata {
+                lp(&mut h, key.as_bytes());
+                lp(&mut h, value.as_bytes());
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+/// Associated data for wrapping a record body's data key. Format 1: the record label, the
+/// three header bytes, then kind, owner and key (each `lp`) and the version (`u64be`);
+/// format 2 (any version byte but 1) puts `lp(namespace)` before the kind.
+pub fn record_wrap_aad(header3: [u8; 3], aad: &RecordAad<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + aad.namespace.len() + aad.kind.len() + aad.owner.len() + aad.key.len(),
+    );
+    if header3[0] == FORMAT_V1 {
+        out.extend_from_slice(RECORD_WRAP_AAD_LABEL_V1);
+        out.extend_from_slice(&header3);
+    } else {
+        out.extend_from_slice(RECORD_WRAP_AAD_LABEL);
+        out.extend_from_slice(&header3);
+        push_lp(&mut out, aad.namespace.as_bytes());
+    }
+    push_record(&mut out, aad);
+    out
+}
+
+/// Associated data for a record body's payload: the record label, the version and flags
+/// bytes, then (format 2) `lp(namespace)`, then kind, owner, key and version as in
+/// [`record_wrap_aad`].
+pub fn record_data_aad(version: u8, flags: u8, aad: &RecordAad<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + aad.namespace.len() + aad.kind.len() + aad.owner.len() + aad.key.len(),
+    );
+    if version == FORMAT_V1 {
+        out.extend_from_slice(RECORD_DATA_AAD_LABEL_V1);
+        out.push(version);
+        out.push(flags);
+    } else {
+        out.extend_from_slice(RECORD_DATA_AAD_LABEL);
+        out.push(version);
+        out.push(flags);
+        push_lp(&mut out, aad.namespace.as_bytes());
+    }
+    push_record(&mut out, aad);
+    out
+}
+
+/// What a blob is bound to: a credential version ([`RecordIdentity`]) or a record version
+/// ([`RecordAad`]), each with its own associated-data domain.
+pub(crate) trait Binding: Sync {
+    /// The associated data of the data-key wrap.
+    fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8>;
+    /// The associated data of the payload.
+    fn data_aad(&self, version: u8, flags: u8) -> Vec<u8>;
+    /// What to call it in errors (never its contents).
+    fn describe(&self) -> String;
+    /// What a format-2 blob whose data key unwrapped but whose commitment does not match
+    /// says: what else the commitment binds.
+    fn commitment_covers(&self) -> &'static str;
+    /// Refuses what must not be sealed (an empty namespace).
+    fn check_sealable(&self) -> Result<()>;
+}
+
+impl Binding for RecordIdentity<'_> {
+    fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8> {
+        wrap_aad(header3, self)
+    }
+
+    fn data_aad(&self, version: u8, flags: u8) -> Vec<u8> {
+        data_aad(version, flags, self)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "credential {} version {} ({}) in vault namespace `{}`",
+            self.credential_id,
+            self.version,
+            self.scope,
+            self.namespace.escape_debug()
+        )
+    }
+
+    fn commitment_covers(&self) -> &'static str {
+        "the columns bound to it (name, provider, handler type, state, agent_accessible, \
+         expires_at, metadata) or the blob's nonce or commitment"
+    }
+
+    fn check_sealable(&self) -> Result<()> {
+        crate::model::validate_namespace(self.namespace)
+    }
+}
+
+impl Binding for RecordAad<'_> {
+    fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8> {
+        record_wrap_aad(header3, self)
+    }
+
+    fn data_aad(&self, version: u8, flags: u8) -> Vec<u8> {
+        record_data_aad(version, flags, self)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the sealed body of record `{}` of kind `{}`, owner `{}`, version {} in vault \
+             namespace `{}`",
+            self.key.escape_debug(),
+            self.kind,
+            self.owner.escape_debug(),
+            self.version,
+            self.namespace.escape_debug()
+        )
+    }
+
+    fn commitment_covers(&self) -> &'static str {
+        "the blob's nonce or commitment"
+    }
+
+    fn check_sealable(&self) -> Result<()> {
+        crate::model::validate_namespace(self.namespace)
+    }
+}
+
+/// Associated data for wrapping the data key: label, the three header bytes, the identity.
+/// Format 1 (version byte 1): `"strongroom/wrap/v1" || header || identity`; format 2:
+/// `"strongroom/v2/credential/wrap" || header || lp(namespace) || identity`. The bound
+/// fields are not in it (they are in the payload's associated data), so a remote KMS never
+/// sees them in its encryption context.
+pub fn wrap_aad(header3: [u8; 3], id: &RecordIdentity<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + id.namespace.len() + id.credential_id.len());
+    if header3[0] == FORMAT_V1 {
+        out.extend_from_slice(WRAP_AAD_LABEL_V1);
+        out.extend_from_slice(&header3);
+    } else {
+        out.extend_from_slice(WRAP_AAD_LABEL);
+        out.extend_from_slice(&header3);
+        push_lp(&mut out, id.namespace.as_bytes());
+    }
+    push_identity(&mut out, id);
+    out
+}
+
+/// Associated data for the payload: label, version and flags bytes, the identity, and
+/// (format 2) the namespace before it and the [`bound_digest`] after it. The backend id and
+/// wrapped key are left out on purpose so re-wrapping never touches payloads; they are
+/// bound by the wrap's own associated data instead.
+pub fn data_aad(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + id.namespace.len() + id.credential_id.len());
+    if version == FORMAT_V1 {
+        out.extend_from_slice(DATA_AAD_LABEL_V1);
+        out.push(version);
+        out.push(flags);
+        push_identity(&mut out, id);
+    } else {
+        out.extend_from_slice(DATA_AAD_LABEL);
+        out.push(version);
+        out.push(flags);
+        push_lp(&mut out, id.namespace.as_bytes());
+        push_identity(&mut out, id);
+        out.extend_from_slice(&bound_digest(id.bound.as_ref()));
+    }
+    out
+}
+
+/// The key that encrypts a blob's payload, and the blob's commitment.
+pub(crate) struct PayloadKey {
+    key: Zeroizing<[u8; 32]>,
+    commitment: [u8; COMMITMENT_LEN],
+}
+
+/// The payload key and commitment of a blob of format `version` (`docs/FORMAT.md`,
+/// "Payload key and commitment"):
+///
+/// - format 2: `ctx = SHA-256(data_aad)`, then HKDF-Expand with the data key as the PRK:
+///   `payload key = HMAC-SHA256(DEK, "v2-payload" || nonce || ctx || 0x01)`,
+///   `commitment = HMAC-SHA256(DEK, "v2-commit" || nonce || ctx || 0x01)`;
+/// - format 1: the data key itself, and `SHA-256("strongroom/commit/v1" || DEK || nonce)`.
+pub(crate) fn payload_key(
+    version: u8,
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    data_aad: &[u8],
+) -> PayloadKey {
+    if version == FORMAT_V1 {
+        return PayloadKey {
+            key: Zeroizing::new(*dek.expose_secret()),
+            commitment: kdf::sha256_wiping(&[COMMIT_LABEL_V1, dek.expose_secret(), nonce]),
+        };
+    }
+    let ctx: [u8; 32] = Sha256::digest(data_aad).into();
+    let prk = HmacKey::new(dek.expose_secret());
+    PayloadKey {
+        key: prk.expand32(&[PAYLOAD_KEY_INFO, nonce, &ctx]),
+        commitment: *prk.expand32(&[COMMITMENT_INFO, nonce, &ctx]),
+    }
+}
+
+/// The commitment a blob of format `version` carries for these inputs (what a reader
+/// recomputes and compares before decrypting).
+pub fn commitment(
+    version: u8,
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    data_aad: &[u8],
+) -> [u8; COMMITMENT_LEN] {
+    payload_key(version, dek, nonce, data_aad).commitment
+}
+
+/// The wrapped-DEK section: `len(key id) | key id | backend bytes`.
+fn wrapped_section_len(key_id: &str, wrapped_key: &[u8]) -> Result<usize> {
+    if key_id.is_empty() || key_id.len() > 255 {
+        return Err(Error::config(format!(
+            "master key id `{key_id}` must be 1 to 255 bytes long"
+        )));
+    }
+    let len = 1 + key_id.len() + wrapped_key.len();
+    if len > u16::MAX as usize {
+        return Err(Error::config(format!(
+            "the wrapped data key from master key `{key_id}` is {len} bytes; at most 65535 fit"
+        )));
+    }
+    Ok(len)
+}
+
+/// Assembles a blob of the format `header3[0]` names from its parts and encrypts
+/// `plaintext` into it. Deterministic given its inputs; [`seal`] supplies fresh randomness.
+pub(crate) fn assemble(
+    header3: [u8; 3],
+    key_id: &str,
+    wrapped_key: &[u8],
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    id: &dyn Binding,
+) -> Result<Vec<u8>> {
+    let section = wrapped_section_len(key_id, wrapped_key)?;
+    let total = HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + plaintext.len() + TAG_LEN;
+    let aad = id.data_aad(header3[0], header3[1]);
+    let pk = payload_key(header3[0], dek, nonce, &aad);
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&header3);
+    out.extend_from_slice(&(section as u16).to_be_bytes());
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(wrapped_key);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(&pk.commitment);
+    let ct_start = out.len();
+    out.extend_from_slice(plaintext);
+    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut out[ct_start..])
+        .map_err(|_| {
+            out[ct_start..].zeroize();
+            Error::invalid("plaintext", "too long for AES-GCM")
+        })?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Seals `plaintext` for the record `id` under `wrapper`: a fresh data key and nonce, the
+/// data key wrapped with the record's identity as associated data.
+pub async fn seal(
+    wrapper: &dyn KeyWrapper,
+    plaintext: &[u8],
+    id: &RecordIdentity<'_>,
+) -> Result<Sealed> {
+    seal_keeping_key(wrapper, plaintext, id)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// Seals a record body for the record version `aad` under `wrapper`, as [`seal`] seals a
+/// credential's fields, with the record associated-data domain ([`record_wrap_aad`],
+/// [`record_data_aad`]).
+pub async fn seal_record(
+    wrapper: &dyn KeyWrapper,
+    plaintext: &[u8],
+    aad: &RecordAad<'_>,
+) -> Result<Sealed> {
+    seal_keeping_key(wrapper, plaintext, aad)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// [`seal`], also returning the data key (for the data-key cache).
+pub(crate) async fn seal_keeping_key(
+    wrapper: &dyn KeyWrapper,
+    plaintext: &[u8],
+    id: &dyn Binding,
+) -> Result<(Sealed, DataKey)> {
+    id.check_sealable()?;
+    // One draw from the OS for both the data key and the nonce (each draw is a syscall).
+    let mut random = Zeroizing::new([0u8; 32 + NONCE_LEN]);
+    fill_random(random.as_mut())?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&random[..32]);
+    let dek = DataKey::from_bytes(*key);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&random[32..]);
+    let header3 = [
+        FORMAT_VERSION,
+        FLAG_KEY_COMMITTED,
+        wrapper.backend_id().to_byte(),
+    ];
+    let wrapped = wrapper.wrap(&dek, &id.wrap_aad(header3)).await?;
+    let key_id = wrapper.key_id();
+    let bytes = assemble(header3, key_id, &wrapped, &dek, &nonce, plaintext, id)?;
+    Ok((
+        Sealed {
+            bytes,
+            key_id: key_id.to_string(),
+        },
+        dek,
+    ))
+}
+
+/// Unwraps the data key of a parsed blob (its commitment is checked by [`open_with_key`],
+/// or by [`checked_payload_key`]).
+pub(crate) async fn unwrap_key(
+    wrapper: &dyn KeyWrapper,
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+) -> Result<DataKey> {
+    if BackendId::from_byte(parsed.backend) != Some(wrapper.backend_id()) {
+        return Err(Error::decrypt(id.describe()));
+    }
+    wrapper
+        .unwrap(parsed.wrapped_key, &id.wrap_aad(parsed.header3()))
+        .await
+        .map_err(|e| match e {
+            Error::DecryptFailed { .. } => Error::decrypt(id.describe()),
+            other => other,
+        })
+}
+
+/// The payload key of a parsed blob, once its commitment matched (compared in constant
+/// time); a mismatch is a decryption failure and nothing is decrypted.
+pub(crate) fn checked_payload_key(
+    dek: &DataKey,
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+    data_aad: &[u8],
+) -> Result<PayloadKey> {
+    let pk = payload_key(parsed.version, dek, parsed.nonce, data_aad);
+    if bool::from(pk.commitment.ct_eq(parsed.commitment)) {
+        return Ok(pk);
+    }
+    Err(Error::decrypt(if parsed.version == FORMAT_V1 {
+        id.describe()
+    } else {
+        format!(
+            "{} (its data key unwrapped, but its commitment does not match: {} changed \
+             after it was sealed)",
+            id.describe(),
+            id.commitment_covers()
+        )
+    }))
+}
+
+/// Checks a data key (unwrapped or cached) against the blob's commitment, then decrypts the
+/// payload.
+pub(crate) fn open_with_key(
+    dek: &DataKey,
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+) -> Result<SecretBox<[u8]>> {
+    let aad = id.data_aad(parsed.version, parsed.flags);
+    let pk = checked_payload_key(dek, parsed, id, &aad)?;
+    decrypt_payload(&pk, parsed, id, &aad)
+}
+
+/// Decrypts the payload of a parsed blob with its (committed) payload key.
+fn decrypt_payload(
+    pk: &PayloadKey,
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+    data_aad: &[u8],
+) -> Result<SecretBox<[u8]>> {
+    let ct_len = parsed.ciphertext.len() - TAG_LEN;
+    let (ct, tag) = parsed.ciphertext.split_at(ct_len);
+    let mut buf = vec![0u8; ct_len];
+    buf.copy_from_slice(ct);
+    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
+    match cipher.decrypt_in_place_detached(
+        Nonce::from_slice(parsed.nonce),
+        data_aad,
+        &mut buf,
+        Tag::from_slice(tag),
+    ) {
+        Ok(()) => Ok(SecretBox::new(buf.into_boxed_slice())),
+        Err(_) => {
+            buf.zeroize();
+            Err(Error::decrypt(id.describe()))
+        }
+    }
+}
+
+/// Replaces the wrapped-key section of a blob, keeping nonce, commitment and payload.
+pub(crate) fn rebuild_with_wrapped(
+    parsed: &ParsedBlob<'_>,
+    backend: BackendId,
+    key_id: &str,
+    wrapped_key: &[u8],
+) -> Result<Vec<u8>> {
+    let section = wrapped_section_len(key_id, wrapped_key)?;
+    let mut out = Vec::with_capacity(
+        HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + parsed.ciphertext.len(),
+    );
+    out.extend_from_slice(&[parsed.version, parsed.flags, backend.to_byte()]);
+    out.extend_from_slice(&(section as u16).to_be_bytes());
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(wrapped_key);
+    out.extend_from_slice(parsed.nonce);
+    out.extend_from_slice(parsed.commitment);
+    out.extend_from_slice(parsed.ciphertext);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod known_answers;
