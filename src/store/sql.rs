@@ -30,6 +30,7 @@ pub(crate) enum Dialect {
     /// `?1`, `substr`, `length`.
     Sqlite,
     /// `$1`, `left`/`right`, `char_length`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres,
 }
 
