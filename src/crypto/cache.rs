@@ -1,18 +1,19 @@
-//! The data-key cache: unwrapped data keys kept for a while, so resolving a credential
-//! does not call a remote KMS every time. Entries expire by age and by number of uses (the
-//! expired ones are dropped on every get and put); the cache holds at most a set number of
-//! keys, evicting the oldest first. Evicted keys are zeroised (a [`DataKey`] wipes itself
-//! on drop), and every key sits in a box of its own that never moves, so the map's growth
-//! leaves no copy of a key behind in freed memory.
+//! The data-key cache: the payload keys of opened blobs kept for a while (their data keys
+//! unwrapped and their payload keys derived, the AES key schedule built), so resolving a
+//! credential neither calls a remote KMS nor derives keys every time. Entries expire by age
+//! and by number of uses (the expired ones are dropped on every get and put); the cache
+//! holds at most a set number of keys, evicting the oldest first. Evicted keys are zeroised
+//! (the key schedules wipe themselves on drop), and every key sits behind a pointer of its
+//! own that never moves, so the map's growth leaves no copy of a key behind in freed memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
-use super::DataKey;
+use super::envelope::PreparedPayload;
 
 /// Limits of the data-key cache.
 ///
@@ -59,46 +60,43 @@ pub struct DekCacheStats {
     pub entries: usize,
 }
 
-struct Entry {
-    /// Boxed so that the key's bytes stay put when the map reallocates.
-    dek: Box<DataKey>,
+struct Entry<V> {
+    /// The payload's associated data the value was made for: a lookup with any other is a
+    /// miss, so a blob copied under another identity never reaches a cached key.
+    context: Box<[u8]>,
+    /// Kept behind a pointer by the caller (`Arc`), so that the map's growth moves
+    /// pointers, never key bytes.
+    value: V,
     born: Instant,
     uses: u64,
 }
 
-pub(crate) struct DekCache {
+/// The data-key cache. Keyed by the exact bytes of a blob before its ciphertext (header,
+/// wrapped-key section, nonce, commitment: see [`crate::crypto::envelope::key_section`]) and
+/// checked against the payload's associated data, it holds what opening that blob needs:
+/// its payload key with the AES key schedule built, so a cached open neither unwraps nor
+/// derives.
+pub(crate) struct DekCache<V = Arc<PreparedPayload>> {
     config: DekCacheConfig,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<V>>,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
 }
 
 /// Entries the map and queue are sized for up front (more than this and they grow; the
-/// keys themselves are boxed, so growth moves pointers, never key bytes).
+/// keys themselves sit behind pointers, so growth moves pointers, never key bytes).
 const PREALLOCATED: usize = 1 << 16;
 
-struct Inner {
-    map: HashMap<[u8; 32], Entry>,
+struct Inner<V> {
+    map: HashMap<Arc<[u8]>, Entry<V>>,
     /// Cache keys in the order their entries were born (oldest first), with that birth
     /// time: an element whose entry was replaced or dropped since is stale and skipped.
-    order: VecDeque<([u8; 32], Instant)>,
+    order: VecDeque<(Arc<[u8]>, Instant)>,
 }
 
-/// The cache key: the wrapping key's id, the wrap's associated data (header and record
-/// identity) and the wrapped bytes, hashed. The same three always unwrap to the same key.
-pub(crate) fn cache_key(key_id: &str, wrap_aad: &[u8], wrapped: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"strongroom/dek-cache/v1");
-    for part in [key_id.as_bytes(), wrap_aad, wrapped] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
-impl DekCache {
-    pub(crate) fn new(config: DekCacheConfig) -> DekCache {
+impl<V: Clone> DekCache<V> {
+    pub(crate) fn new(config: DekCacheConfig) -> DekCache<V> {
         let room = config.max_entries.min(PREALLOCATED);
         DekCache {
             config,
@@ -113,31 +111,35 @@ impl DekCache {
     }
 
     /// Drops every entry older than `max_age` (they sit at the front of `order`).
-    fn drop_expired(&self, inner: &mut Inner, now: Instant) {
-        while let Some(&(k, born)) = inner.order.front() {
+    fn drop_expired(&self, inner: &mut Inner<V>, now: Instant) {
+        while let Some(born) = inner.order.front().map(|(_, born)| *born) {
             if now.saturating_duration_since(born) < self.config.max_age {
                 break;
             }
-            inner.order.pop_front();
-            if inner.map.get(&k).is_some_and(|e| e.born == born) {
-                inner.map.remove(&k);
+            let Some((k, _)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner.map.get(&*k).is_some_and(|e| e.born == born) {
+                inner.map.remove(&*k);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// The key for `k`, when held, young enough and not used up (counting this use).
-    pub(crate) fn get(&self, k: &[u8; 32]) -> Option<DataKey> {
+    /// The value for `key` made for `context`, when held, young enough and not used up
+    /// (counting this use). Held for another context, it is a miss and stays.
+    pub(crate) fn get(&self, key: &[u8], context: &[u8]) -> Option<V> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *inner;
         self.drop_expired(inner, Instant::now());
-        let fresh = match inner.map.get_mut(k) {
+        let fresh = match inner.map.get_mut(key) {
+            Some(e) if *e.context != *context => None,
             Some(e) if e.uses < self.config.max_uses => {
                 e.uses += 1;
-                Some((*e.dek).clone())
+                Some(e.value.clone())
             }
             Some(_) => {
-                inner.map.remove(k);
+                inner.map.remove(key);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -150,31 +152,34 @@ impl DekCache {
         fresh
     }
 
-    pub(crate) fn put(&self, k: [u8; 32], dek: &DataKey) {
+    /// Holds `value` for `key` and `context` (replacing what was held for `key`).
+    pub(crate) fn put(&self, key: &[u8], context: &[u8], value: V) {
         if self.config.max_entries == 0 || self.config.max_uses == 0 {
             return;
         }
         let now = Instant::now();
+        let key: Arc<[u8]> = Arc::from(key);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *inner;
         self.drop_expired(inner, now);
         inner.map.insert(
-            k,
+            key.clone(),
             Entry {
-                dek: Box::new(dek.clone()),
+                context: context.into(),
+                value,
                 born: now,
                 uses: 0,
             },
         );
-        inner.order.push_back((k, now));
+        inner.order.push_back((key, now));
         // Drop the oldest until within bounds; stale order entries (replaced or already
         // removed keys) are skipped.
         while inner.map.len() > self.config.max_entries {
             let Some((old, born)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.map.get(&old).is_some_and(|e| e.born == born) {
-                inner.map.remove(&old);
+            if inner.map.get(&*old).is_some_and(|e| e.born == born) {
+                inner.map.remove(&*old);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -182,7 +187,7 @@ impl DekCache {
             let map = &inner.map;
             inner
                 .order
-                .retain(|(k, born)| map.get(k).is_some_and(|e| e.born == *born));
+                .retain(|(k, born)| map.get(&**k).is_some_and(|e| e.born == *born));
         }
     }
 
@@ -214,88 +219,100 @@ impl DekCache {
 mod tests {
     use super::*;
 
-    fn dek(b: u8) -> DataKey {
-        DataKey::from_bytes([b; 32])
+    fn dek(b: u8) -> Arc<u8> {
+        Arc::new(b)
     }
+
+    const CTX: &[u8] = b"aad";
 
     #[test]
     fn entries_expire_by_uses_age_and_count() {
-        let cache = DekCache::new(DekCacheConfig {
+        let cache = DekCache::<Arc<u8>>::new(DekCacheConfig {
             max_age: Duration::from_secs(60),
             max_uses: 2,
             max_entries: 2,
         });
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        assert!(cache.get(&a).is_none());
-        cache.put(a, &dek(1));
-        assert_eq!(cache.get(&a).map(|k| k.expose_secret()[0]), Some(1));
-        assert!(cache.get(&a).is_some());
-        assert!(cache.get(&a).is_none(), "used up after two uses");
-        cache.put(a, &dek(1));
-        cache.put(b, &dek(2));
-        cache.put(c, &dek(3));
-        assert!(cache.get(&a).is_none(), "the oldest was evicted");
-        assert!(cache.get(&b).is_some() && cache.get(&c).is_some());
+        let (a, b, c): (&[u8], &[u8], &[u8]) = (b"a", b"b", b"c");
+        assert!(cache.get(a, CTX).is_none());
+        cache.put(a, CTX, dek(1));
+        assert_eq!(cache.get(a, CTX).map(|k| *k), Some(1));
+        assert!(cache.get(a, CTX).is_some());
+        assert!(cache.get(a, CTX).is_none(), "used up after two uses");
+        cache.put(a, CTX, dek(1));
+        cache.put(b, CTX, dek(2));
+        cache.put(c, CTX, dek(3));
+        assert!(cache.get(a, CTX).is_none(), "the oldest was evicted");
+        assert!(cache.get(b, CTX).is_some() && cache.get(c, CTX).is_some());
         let s = cache.stats();
         assert_eq!((s.entries, s.hits, s.misses), (2, 4, 3));
         assert!(s.evictions >= 2);
 
-        let short = DekCache::new(DekCacheConfig {
+        let short = DekCache::<Arc<u8>>::new(DekCacheConfig {
             max_age: Duration::from_millis(1),
             ..DekCacheConfig::default()
         });
-        short.put(a, &dek(1));
+        short.put(a, CTX, dek(1));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(short.get(&a).is_none(), "too old");
+        assert!(short.get(a, CTX).is_none(), "too old");
     }
 
     /// Entries past their age leave on the next get or put, whichever key it is for, so an
     /// idle key does not linger until someone asks for it again.
     #[test]
     fn expired_entries_are_dropped_on_every_get_and_put() {
-        let cache = DekCache::new(DekCacheConfig {
+        let cache = DekCache::<Arc<u8>>::new(DekCacheConfig {
             max_age: Duration::from_millis(20),
             max_uses: 100,
             max_entries: 100,
         });
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        cache.put(a, &dek(1));
-        cache.put(b, &dek(2));
+        let (a, b, c): (&[u8], &[u8], &[u8]) = (b"a", b"b", b"c");
+        cache.put(a, CTX, dek(1));
+        cache.put(b, CTX, dek(2));
         assert_eq!(cache.stats().entries, 2);
         std::thread::sleep(Duration::from_millis(30));
-        assert!(cache.get(&c).is_none());
+        assert!(cache.get(c, CTX).is_none());
         assert_eq!(
             cache.stats().entries,
             0,
             "a get for another key dropped both"
         );
-        cache.put(a, &dek(1));
+        cache.put(a, CTX, dek(1));
         std::thread::sleep(Duration::from_millis(30));
-        cache.put(c, &dek(3));
+        cache.put(c, CTX, dek(3));
         assert_eq!(cache.stats().entries, 1, "a put dropped the expired one");
         assert_eq!(cache.stats().evictions, 3);
         // A key put again is as young as its last put, whatever its first one was.
-        cache.put(c, &dek(3));
-        assert!(cache.get(&c).is_some());
+        cache.put(c, CTX, dek(3));
+        assert!(cache.get(c, CTX).is_some());
     }
 
     #[test]
     fn the_map_is_sized_up_front() {
-        let cache = DekCache::new(DekCacheConfig {
+        let cache = DekCache::<Arc<u8>>::new(DekCacheConfig {
             max_entries: 500,
             ..DekCacheConfig::default()
         });
         let capacity = cache.inner.lock().expect("lock").map.capacity();
         assert!(capacity >= 500, "{capacity}");
         for i in 0..500u32 {
-            let mut k = [0u8; 32];
-            k[..4].copy_from_slice(&i.to_be_bytes());
-            cache.put(k, &dek(1));
+            cache.put(&i.to_be_bytes(), CTX, dek(1));
         }
         assert_eq!(
             cache.inner.lock().expect("lock").map.capacity(),
             capacity,
             "filling it never grew the map"
         );
+    }
+
+    /// A value is only for the associated data it was made for: another context misses
+    /// (and leaves the entry for its own).
+    #[test]
+    fn another_context_is_a_miss() {
+        let cache = DekCache::<Arc<u8>>::new(DekCacheConfig::default());
+        cache.put(b"blob", b"identity A", dek(1));
+        assert!(cache.get(b"blob", b"identity B").is_none());
+        assert!(cache.get(b"blob", b"identity A").is_some());
+        let s = cache.stats();
+        assert_eq!((s.entries, s.hits, s.misses), (1, 1, 1));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use secrecy::SecretBox;
 use subtle::ConstantTimeEq;
 
-use super::cache::{cache_key, DekCache};
+use super::cache::DekCache;
 use super::envelope::{self, Binding, Sealed};
 use super::{BackendId, DekCacheConfig, DekCacheStats, KeyWrapper};
 use crate::error::{Error, Result};
@@ -206,10 +206,13 @@ impl KeyRing {
                 .map(|(sealed, _)| sealed);
         };
         let (sealed, dek) = envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
-        // The record is usually read soon after it is written: keep its key.
+        // The record is usually read soon after it is written: keep its payload key.
         if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
-            let aad = id.wrap_aad(parsed.header3());
-            cache.put(cache_key(parsed.key_id, &aad, parsed.wrapped_key), &dek);
+            let aad = id.data_aad(parsed.version, parsed.flags);
+            if let Ok(prepared) = envelope::prepare(&dek, &parsed, id, &aad) {
+                let section = envelope::key_section(&sealed.bytes, &parsed);
+                cache.put(section, &aad, Arc::new(prepared));
+            }
         }
         Ok(sealed)
     }
@@ -221,17 +224,21 @@ impl KeyRing {
             let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
             return envelope::open_with_key(&dek, &parsed, id);
         };
-        let aad = id.wrap_aad(parsed.header3());
-        let k = cache_key(parsed.key_id, &aad, parsed.wrapped_key);
-        if let Some(dek) = cache.get(&k) {
-            // The commitment and the payload's tag are still checked with the cached key.
-            if let Ok(plain) = envelope::open_with_key(&dek, &parsed, id) {
+        // The cache is keyed by the blob's bytes before its ciphertext and checked against
+        // this open's associated data: a hit is the key an earlier open of this very blob,
+        // under this very identity, unwrapped and checked.
+        let aad = id.data_aad(parsed.version, parsed.flags);
+        let section = envelope::key_section(blob, &parsed);
+        if let Some(prepared) = cache.get(section, &aad) {
+            // The commitment and the payload's tag are still checked.
+            if let Ok(plain) = envelope::open_prepared(&prepared, &parsed, id, &aad) {
                 return Ok(plain);
             }
         }
         let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
-        let plain = envelope::open_with_key(&dek, &parsed, id)?;
-        cache.put(k, &dek);
+        let prepared = envelope::prepare(&dek, &parsed, id, &aad)?;
+        let plain = envelope::open_prepared(&prepared, &parsed, id, &aad)?;
+        cache.put(section, &aad, Arc::new(prepared));
         Ok(plain)
     }
 

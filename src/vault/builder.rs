@@ -28,9 +28,10 @@ impl fmt::Debug for VaultBuilder {
 }
 
 impl VaultBuilder {
-    /// Caches unwrapped data keys within `config`'s limits. The default is a cache with
-    /// [`crate::crypto::DekCacheConfig::default`] when the master key is remote (a KMS), and
-    /// none for a local key (its unwrap costs less than a lookup).
+    /// Caches the payload keys of opened blobs (data keys unwrapped, payload keys derived)
+    /// within `config`'s limits. The default, for every master key, is a cache with
+    /// [`crate::crypto::DekCacheConfig::default`] (see docs/DEPLOYMENT.md, "The data-key
+    /// cache").
     pub fn dek_cache(mut self, config: crate::crypto::DekCacheConfig) -> Self {
         self.dek_cache = Some(Some(config));
         self
@@ -120,10 +121,9 @@ impl VaultBuilder {
             Some(store) => store,
             None => default_store()?,
         };
-        let remote = key.backend_id() != crate::crypto::BackendId::Local;
         let cache = self
             .dek_cache
-            .unwrap_or_else(|| remote.then(crate::crypto::DekCacheConfig::default));
+            .unwrap_or_else(|| Some(crate::crypto::DekCacheConfig::default()));
         let mut keys = KeyRing::new(key);
         for retired in self.retired {
             keys = keys.try_with_retired(retired)?;

@@ -599,23 +599,57 @@ pub(crate) fn open_with_key(
     id: &dyn Binding,
 ) -> Result<SecretBox<[u8]>> {
     let aad = id.data_aad(parsed.version, parsed.flags);
-    let pk = checked_payload_key(dek, parsed, id, &aad)?;
-    decrypt_payload(&pk, parsed, id, &aad)
+    let prepared = prepare(dek, parsed, id, &aad)?;
+    open_prepared(&prepared, parsed, id, &aad)
 }
 
-/// Decrypts the payload of a parsed blob with its (committed) payload key.
-fn decrypt_payload(
-    pk: &PayloadKey,
+/// A blob's payload key made ready for use: the AES key schedule built and the commitment
+/// it was checked against kept. What the data-key cache holds, so that opening the same
+/// blob again neither unwraps nor derives. The key schedule and GHASH state wipe
+/// themselves on drop (`aes`'s and `polyval`'s `zeroize` features).
+pub(crate) struct PreparedPayload {
+    commitment: [u8; COMMITMENT_LEN],
+    cipher: Aes256Gcm,
+}
+
+/// The bytes of a parsed blob before its ciphertext: header, wrapped-key section, nonce and
+/// commitment. With the payload's associated data they decide its payload key, so they are
+/// what the data-key cache is keyed by.
+pub(crate) fn key_section<'a>(blob: &'a [u8], parsed: &ParsedBlob<'_>) -> &'a [u8] {
+    &blob[..blob.len().saturating_sub(parsed.ciphertext.len())]
+}
+
+/// The payload key of a blob under data key `dek`, once the blob's commitment matched.
+pub(crate) fn prepare(
+    dek: &DataKey,
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+    data_aad: &[u8],
+) -> Result<PreparedPayload> {
+    let pk = checked_payload_key(dek, parsed, id, data_aad)?;
+    Ok(PreparedPayload {
+        commitment: pk.commitment,
+        cipher: Aes256Gcm::new(pk.key.as_ref().into()),
+    })
+}
+
+/// Decrypts a blob's payload with a prepared payload key. The blob's commitment is compared
+/// again (in constant time) with the one the key was checked against, and the tag checks the
+/// ciphertext and `data_aad`.
+pub(crate) fn open_prepared(
+    prepared: &PreparedPayload,
     parsed: &ParsedBlob<'_>,
     id: &dyn Binding,
     data_aad: &[u8],
 ) -> Result<SecretBox<[u8]>> {
+    if !bool::from(prepared.commitment.ct_eq(parsed.commitment)) {
+        return Err(Error::decrypt(id.describe()));
+    }
     let ct_len = parsed.ciphertext.len() - TAG_LEN;
     let (ct, tag) = parsed.ciphertext.split_at(ct_len);
     let mut buf = vec![0u8; ct_len];
     buf.copy_from_slice(ct);
-    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
-    match cipher.decrypt_in_place_detached(
+    match prepared.cipher.decrypt_in_place_detached(
         Nonce::from_slice(parsed.nonce),
         data_aad,
         &mut buf,
