@@ -482,7 +482,9 @@ pub fn key_wrapper_from_env_with(
 ///
 /// - `STRONGROOM_KMS` names the backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`,
 ///   `vault`.
-/// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise.
+/// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise. A
+///   `STRONGROOM_MASTER_KEY` that is set but empty (or blank) is a configuration error,
+///   never taken as unset.
 /// - `file` reads `$STRONGROOM_HOME/master.key` (home `~/.strongroom` by default), creating
 ///   it with mode 0600 on first use.
 /// - The cloud backends (features `kms` and `reqwest`) read the variables
