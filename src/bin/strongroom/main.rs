@@ -87,7 +87,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// A folder of provider TOML files that add to or override the bundled catalog
-    /// (default: `$STRONGROOM_HOME/providers` when it exists).
+    /// (default: `$STRONGROOM_HOME/providers` when it exists). Refused when group or others
+    /// may write it; a file they may write is skipped; an override is reported.
     #[arg(long, global = true, env = "STRONGROOM_PROVIDERS_DIR")]
     providers_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -150,6 +151,14 @@ fn main() -> ExitCode {
             // On one line, every control character escaped: error text can quote a
             // database row or a file.
             eprintln!("error: {}", one_line(&e.to_string()));
+            if e.kind() == ErrorKind::KeyUnavailable {
+                eprintln!(
+                    "hint: this command finds retired master keys in {} (file:PATH or env:VAR, \
+                     comma-separated) and under `retired` in $STRONGROOM_HOME/{}",
+                    keysel::ENV_RETIRED_KEYS,
+                    keysel::KEYS_FILE
+                );
+            }
             ExitCode::from(exit_code(&e))
         }
     }
