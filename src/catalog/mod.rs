@@ -37,6 +37,7 @@ use crate::handlers::{FieldSpec, Fields, HandlerRegistry};
 mod parse;
 pub(crate) mod template;
 
+pub(crate) use parse::secure_endpoint;
 use parse::{line_col, parse_provider};
 
 /// The bundled provider files, compiled into the crate.
@@ -135,6 +136,11 @@ pub struct VerifySpec {
     /// When set, a success also needs the response body to contain this text (for APIs
     /// that answer 200 with an error inside, like Slack's `"ok":false`).
     pub success_contains: Option<String>,
+    /// The service takes the secret only in the URL (Telegram's `/bot{token}/`), so the
+    /// endpoint may name a secret field. Off (the default), a file whose endpoint puts a
+    /// secret field in the URL's path or query is refused: URLs end up in proxy and
+    /// server logs, headers do not.
+    pub secret_in_url: bool,
 }
 
 /// One provider of the catalog.
@@ -241,6 +247,8 @@ impl From<CatalogProblem> for Error {
 pub struct Catalog {
     providers: BTreeMap<String, Arc<Provider>>,
     problems: Vec<CatalogProblem>,
+    /// The names the bundled files define, to tell an override from an addition.
+    bundled_names: std::collections::BTreeSet<String>,
 }
 
 impl Catalog {
@@ -250,12 +258,19 @@ impl Catalog {
         for (file, text) in BUNDLED {
             catalog.add_text(registry, &format!("bundled:{file}"), text);
         }
+        catalog.bundled_names = catalog.providers.keys().cloned().collect();
         catalog
     }
 
     /// The bundled providers, then every `*.toml` file of `dir` (in name order), which may
-    /// add providers or override bundled ones. A file that cannot be used is recorded in
-    /// [`Catalog::problems`] and skipped; a missing folder is an error.
+    /// add providers or override bundled ones ([`Catalog::overrides`] lists those). A file
+    /// that cannot be used is recorded in [`Catalog::problems`] and skipped; a missing
+    /// folder is an error.
+    ///
+    /// A provider file decides where a credential's secret is sent for live verification,
+    /// so the folder is refused (a configuration error) when group or others may write it,
+    /// and so is each file group or others may write (recorded as a problem, skipped), as
+    /// for the master key file.
     pub fn load(registry: &HandlerRegistry, dir: Option<&Path>) -> Result<Catalog> {
         let mut catalog = Catalog::bundled(registry);
         if let Some(dir) = dir {
@@ -265,6 +280,16 @@ impl Catalog {
     }
 
     fn add_dir(&mut self, registry: &HandlerRegistry, dir: &Path) -> Result<()> {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir.display(), e))?;
+        if let Some(mode) = writable_by_others(&meta) {
+            return Err(Error::config(format!(
+                "refusing the providers folder {}: group or others can write it (mode \
+                 {mode:04o}), so they could change where credentials are sent for \
+                 verification; run `chmod go-w {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -276,6 +301,22 @@ impl Catalog {
         let mut seen = std::collections::BTreeSet::new();
         for path in files {
             let shown = path.display().to_string();
+            if let Some(mode) = std::fs::metadata(&path)
+                .ok()
+                .as_ref()
+                .and_then(writable_by_others)
+            {
+                self.problems.push(CatalogProblem {
+                    file: shown.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!(
+                        "refusing the file: group or others can write it (mode {mode:04o}), so \
+                         they could change where credentials are sent; run `chmod go-w {shown}`"
+                    ),
+                });
+                continue;
+            }
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
                     if let Some(name) = self.add_text_checked(registry, &shown, &text, &seen) {
@@ -374,10 +415,31 @@ impl Catalog {
         self.providers.values()
     }
 
+    /// The providers a drop-in file defines under the name of a bundled one (so the file,
+    /// not the bundled definition, says where its credentials are verified), by name.
+    pub fn overrides(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers
+            .values()
+            .filter(|p| !p.source.starts_with("bundled:") && self.bundled_names.contains(&p.name))
+    }
+
     /// Files that could not be used, each with file, line and reason.
     pub fn problems(&self) -> &[CatalogProblem] {
         &self.problems
     }
+}
+
+/// The permission bits of a file or folder that group or others may write, if they may.
+#[cfg(unix)]
+fn writable_by_others(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    (mode & 0o022 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn writable_by_others(_meta: &std::fs::Metadata) -> Option<u32> {
+    None
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ struct VerifyToml {
     auth_template: Option<Spanned<String>>,
     success_codes: Option<Spanned<Vec<u16>>>,
     success_contains: Option<String>,
+    secret_in_url: Option<bool>,
 }
 
 pub(super) fn parse_provider(
@@ -162,7 +163,7 @@ pub(super) fn parse_provider(
                         name: field_name,
                         secret: f.secret.unwrap_or(true),
                         required: f.required.unwrap_or(false),
-                        format: FieldFormat::Text,
+                        format: FieldFormat::MultilineText,
                     },
                     prefix_check: prefixes,
                 });
@@ -201,6 +202,26 @@ pub(super) fn parse_provider(
             };
             check_template(v.endpoint.get_ref(), &known, false)
                 .map_err(|m| at(v.endpoint.span(), m))?;
+            let secret_in_url = v.secret_in_url.unwrap_or(false);
+            if !secret_in_url {
+                let placed = super::template::placeholders(v.endpoint.get_ref())
+                    .map_err(|m| at(v.endpoint.span(), m))?;
+                if let Some(secret) = placed.iter().find(|name| {
+                    fields
+                        .iter()
+                        .any(|f| f.spec.name == **name && f.spec.secret)
+                }) {
+                    return Err(at(
+                        v.endpoint.span(),
+                        format!(
+                            "the endpoint puts the secret field `{secret}` in the URL, where \
+                             proxies and server logs keep it; send it in auth_template \
+                             instead, or, if the service takes it only in the URL, say so with \
+                             `secret_in_url = true` in [verify]"
+                        ),
+                    ));
+                }
+            }
             // A placeholder may stand for the whole base URL (`{base_url}/v1/verify`).
             let filler = if v.endpoint.get_ref().starts_with('{') {
                 "https://example.invalid"
@@ -211,7 +232,7 @@ pub(super) fn parse_provider(
                 Some(zeroize::Zeroizing::new(filler.to_string()))
             })
             .map_err(|m| at(v.endpoint.span(), m))?;
-            url::Url::parse(sample.as_str())
+            let parsed = url::Url::parse(sample.as_str())
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
                 .ok_or_else(|| {
@@ -220,6 +241,16 @@ pub(super) fn parse_provider(
                         "endpoint must be an http or https URL".into(),
                     )
                 })?;
+            // An endpoint that starts with a placeholder is checked once rendered, when
+            // the request is made.
+            if !v.endpoint.get_ref().starts_with('{') && !secure_endpoint(&parsed) {
+                return Err(at(
+                    v.endpoint.span(),
+                    "endpoint must be an https URL (plain http only to this machine: \
+                     localhost, 127.0.0.1 or ::1), since the request carries the credential"
+                        .into(),
+                ));
+            }
             let auth_template = match &v.auth_template {
                 None => String::new(),
                 Some(t) => {
@@ -247,6 +278,7 @@ pub(super) fn parse_provider(
                 auth_template,
                 success_codes,
                 success_contains: v.success_contains,
+                secret_in_url,
             })
         }
     };
@@ -264,6 +296,13 @@ pub(super) fn parse_provider(
         },
         name_span,
     ))
+}
+
+/// May a verification request carrying a secret go to `url`? An https URL, or plain http
+/// to a loopback address (a local test server).
+pub(crate) fn secure_endpoint(url: &url::Url) -> bool {
+    url.scheme() == "https"
+        || (url.scheme() == "http" && crate::handlers::formats::is_loopback(url))
 }
 
 /// Checks a template's placeholders against the provider's fields, and (for header

@@ -202,18 +202,28 @@ impl LocalKey {
 
     /// Loads `path`, creating it with a fresh key (mode 0600, folder 0700) when absent, and
     /// refusing a file that group or others can read or write.
+    ///
+    /// Creating is safe against concurrent first use: the key is written to a temporary file
+    /// in the same folder and linked into place only if nothing is there yet, so every
+    /// process that raced to create it ends up with the one key that won, never with a file
+    /// another process has not finished writing.
     pub fn load_or_create_file(path: &Path) -> Result<LocalKey> {
         match std::fs::metadata(path) {
-            Ok(meta) => {
-                check_private(path, &meta)?;
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?,
-                );
-                LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
-            }
+            Ok(_) => LocalKey::load_file(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(path),
             Err(e) => Err(Error::io(path.display(), e)),
         }
+    }
+
+    /// Loads the key file at `path`, which must exist, refusing a file that group or others
+    /// can read or write. Never creates anything (for retired keys and existing vaults).
+    pub fn load_file(path: &Path) -> Result<LocalKey> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?;
+        check_private(path, &meta)?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?,
+        );
+        LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
     }
 
     /// Where the key came from (`STRONGROOM_MASTER_KEY`, a file path, `in-memory`).
@@ -355,21 +365,32 @@ fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<()> {
 }
 
 fn create_key_file(path: &Path) -> Result<LocalKey> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::DirBuilderExt;
-                builder.mode(0o700);
-            }
-            builder
-                .create(dir)
-                .map_err(|e| Error::io(dir.display(), e))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
         }
+        builder
+            .create(dir)
+            .map_err(|e| Error::io(dir.display(), e))?;
     }
     let text = LocalKey::generate_base64()?;
+    // The key goes into a temporary file of its own first, complete and on disk, and is
+    // then linked in under its name only if that name is free: a process that loses the
+    // race never sees a half-written file, and reads the winner's key instead.
+    let mut nonce = [0u8; 8];
+    fill_random(&mut nonce)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "master.key".into(), |n| n.to_string_lossy());
+    let temp = dir.join(format!(".{name}.{}.tmp", hex::encode(nonce)));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -377,19 +398,29 @@ fn create_key_file(path: &Path) -> Result<LocalKey> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    match options.open(path) {
-        Ok(mut file) => {
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.write_all(b"\n"))
-                .and_then(|()| file.sync_all())
-                .map_err(|e| Error::io(path.display(), e))?;
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(Error::io(temp.display(), e));
+    }
+    let linked = std::fs::hard_link(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {
+            // The new name is durable only once the folder is synced.
+            if let Ok(folder) = std::fs::File::open(dir) {
+                let _ = folder.sync_all();
+            }
             tracing::info!(path = %path.display(), "created a new master key file");
             LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
         }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            LocalKey::load_or_create_file(path)
-        }
+        // Another process created it first: use theirs (complete, since it was linked in
+        // only once written).
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => LocalKey::load_file(path),
         Err(e) => Err(Error::io(path.display(), e)),
     }
 }
@@ -451,7 +482,9 @@ pub fn key_wrapper_from_env_with(
 ///
 /// - `STRONGROOM_KMS` names the backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`,
 ///   `vault`.
-/// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise.
+/// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise. A
+///   `STRONGROOM_MASTER_KEY` that is set but empty (or blank) is a configuration error,
+///   never taken as unset.
 /// - `file` reads `$STRONGROOM_HOME/master.key` (home `~/.strongroom` by default), creating
 ///   it with mode 0600 on first use.
 /// - The cloud backends (features `kms` and `reqwest`) read the variables
@@ -466,9 +499,17 @@ fn select(
     var: &dyn Fn(&str) -> Option<String>,
     http: Option<Arc<dyn crate::transport::HttpTransport>>,
 ) -> Result<Arc<dyn KeyWrapper>> {
-    let master = var(ENV_MASTER_KEY)
-        .filter(|v| !v.is_empty())
-        .map(Zeroizing::new);
+    let master = match var(ENV_MASTER_KEY) {
+        // Set but empty is a mistake (an unexpanded variable, a blank line in an env file),
+        // not a request for the key file: taking it as unset would seal with another key.
+        Some(v) if v.trim().is_empty() => {
+            return Err(Error::config(format!(
+                "{ENV_MASTER_KEY} is set but empty; set it to the vault's master key (32 random \
+                 bytes, base64url), or unset it to use the key file in {ENV_HOME}"
+            )))
+        }
+        other => other.map(Zeroizing::new),
+    };
     let selected = var(ENV_KMS)
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty());
@@ -622,6 +663,63 @@ mod tests {
         }
         // The format-1 alias derives no caller keys at all.
         assert!(key.legacy.derive_key("x").await.is_err());
+    }
+
+    #[test]
+    fn concurrent_first_use_gives_every_caller_the_one_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("home").join("master.key");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..32)
+                .map(|_| scope.spawn(|| LocalKey::load_or_create_file(&path)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .expect("no panic")
+                        .expect("every caller gets a key")
+                        .key_id()
+                        .to_string()
+                })
+                .collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let on_disk = LocalKey::load_file(&path).expect("the file holds the key");
+        assert_eq!(on_disk.key_id(), ids[0]);
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(path.parent().expect("folder"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["master.key"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(path.parent().expect("folder")), 0o700);
+        }
+    }
+
+    #[test]
+    fn an_empty_master_key_variable_is_an_error_not_the_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().display().to_string();
+        for empty in ["", "  ", "\n"] {
+            let var = |name: &str| match name {
+                ENV_MASTER_KEY => Some(empty.to_string()),
+                ENV_HOME => Some(home.clone()),
+                _ => None,
+            };
+            let err = key_wrapper_from_vars(var).expect_err("empty is refused");
+            assert!(err.to_string().contains("set but empty"), "{err}");
+        }
+        assert!(
+            !dir.path().join("master.key").exists(),
+            "no key file was made in its place"
+        );
+        assert!(LocalKey::load_file(&dir.path().join("master.key")).is_err());
     }
 
     #[tokio::test]

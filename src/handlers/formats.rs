@@ -8,6 +8,10 @@
 pub enum FieldFormat {
     /// Printable text (tabs allowed), up to 64 KiB.
     Text,
+    /// Printable text over any number of lines (line breaks and tabs allowed), up to
+    /// 64 KiB: what `multi_field` and `custom` accept for the fields they do not define, so
+    /// that a PEM key or a JSON document fits.
+    MultilineText,
     /// A password or passphrase: anything but NUL, up to 4 KiB.
     Password,
     /// A token or key: no whitespace or control characters, up to 16 KiB.
@@ -45,6 +49,20 @@ impl FieldFormat {
                 max_len(value, 64 * KIB)?;
                 if value.chars().any(|c| c.is_control() && c != '\t') {
                     return Err("must be printable text without control characters".into());
+                }
+                Ok(())
+            }
+            FieldFormat::MultilineText => {
+                max_len(value, 64 * KIB)?;
+                if value
+                    .chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                {
+                    return Err(
+                        "must be printable text (line breaks and tabs allowed) without \
+                                other control characters"
+                            .into(),
+                    );
                 }
                 Ok(())
             }
@@ -224,6 +242,13 @@ mod tests {
             (FieldFormat::Token, "sk abc", false),
             (FieldFormat::Text, "Acme Corp", true),
             (FieldFormat::Text, "a\u{7}b", false),
+            (FieldFormat::Text, "a\nb", false),
+            (
+                FieldFormat::MultilineText,
+                "-----BEGIN X-----\r\nMII=\n\tz\n",
+                true,
+            ),
+            (FieldFormat::MultilineText, "a\u{1b}[2Jb", false),
             (FieldFormat::Password, "pa ss wörd!", true),
             (FieldFormat::Password, "a\0b", false),
             (FieldFormat::Url, "https://api.example.com/v1", true),

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::error::{Error, Result};
 
 mod builtin;
-mod formats;
+pub(crate) mod formats;
 mod keys;
 
 pub use formats::FieldFormat;
@@ -164,7 +164,7 @@ pub fn check_schema(schema: &[FieldSpec], open: bool, fields: &Fields) -> Result
     }
     for (name, value) in fields {
         if !schema.iter().any(|s| s.name == *name) {
-            FieldFormat::Text
+            FieldFormat::MultilineText
                 .check(value.expose_secret())
                 .map_err(|rule| Error::invalid(name.clone(), rule))?;
         }

@@ -37,7 +37,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats, SQLITE_APPLICATION_ID};
 
 /// What must hold for a mutation to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,13 +67,25 @@ impl Vault {
         };
         let plain = encode_fields(&new.fields)?;
         self.seal_into(&mut record, &plain).await?;
-        let event = Vault::event(
+        let mut event = Vault::event(
             actor,
             Action::Create,
             AuditTarget::credential(&record.id, &record.scope),
         )
         .detail("name", record.name.clone())
         .detail("provider", record.provider.clone());
+        // A definition from the drop-in folder is named, and one that replaces a bundled
+        // provider says so: it decides the prefix checks and where a verification goes.
+        let catalog = self.catalog();
+        if let Some(p) = catalog
+            .get(&record.provider)
+            .filter(|p| !p.source.starts_with("bundled:"))
+        {
+            event = event.detail("provider_source", p.source.clone());
+            if catalog.overrides().any(|o| o.name == p.name) {
+                event = event.detail("override", "used");
+            }
+        }
         let field_names = new.fields.keys().cloned().collect();
         self.commit_one(
             Mutation::Put {

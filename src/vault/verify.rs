@@ -277,6 +277,18 @@ fn build_request(
 ) -> Result<http::Request<Bytes>> {
     let url = crate::catalog::template::render(&spec.endpoint, lookup)
         .map_err(|m| Error::invalid("verify endpoint", m))?;
+    let secure = url::Url::parse(url.as_str())
+        .ok()
+        .is_some_and(|u| crate::catalog::secure_endpoint(&u));
+    if !secure {
+        // The URL may hold field values: it is not shown.
+        return Err(Error::invalid(
+            "verify endpoint",
+            "the endpoint rendered from the credential's fields is not an https URL (plain \
+             http goes only to this machine: localhost, 127.0.0.1 or ::1), and the request \
+             would carry the credential; fix the credential's URL field",
+        ));
+    }
     let uri: http::Uri = url.as_str().parse().map_err(|_| {
         Error::invalid(
             "verify endpoint",

@@ -27,7 +27,10 @@ pub(crate) struct CredentialSource {
     /// The `ref` name (default: `<provider>_main`).
     #[arg(long)]
     pub(crate) name: Option<String>,
-    /// Secret field as name=value; name=- reads the value from stdin, name=? prompts.
+    /// A field as name=value. name=- reads all of stdin (one field per command), name=@FILE
+    /// reads a file — both kept exactly as given, multi-line values such as a PEM key or a
+    /// JSON key file included, except that a single line loses its line ending — and
+    /// name=? prompts for a one-line value without echo.
     #[arg(short = 'f', long = "field", required = true)]
     pub(crate) fields: Vec<String>,
 }
@@ -219,15 +222,86 @@ pub(crate) fn scope_from(args: &ScopeArgs, actor: &Principal) -> Result<Option<S
     }))
 }
 
+/// The most one field may read from stdin or a file (1 MiB, above every field's limit).
+const MAX_FIELD_INPUT: usize = 1024 * 1024;
+
+/// Reads all of `reader` (at most `limit` bytes) into memory that is wiped when dropped,
+/// growing it without leaving copies behind. `None` when there is more than `limit`.
+fn read_secret(
+    mut reader: impl std::io::Read,
+    limit: usize,
+) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    use zeroize::Zeroizing;
+    let mut buf = Zeroizing::new(Vec::with_capacity(16 * 1024));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
+    loop {
+        let n = match reader.read(&mut chunk[..]) {
+            Ok(0) => return Ok(Some(buf)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.len() + n > limit {
+            return Ok(None);
+        }
+        if buf.len() + n > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity((buf.capacity() * 2).min(limit)));
+            bigger.extend_from_slice(&buf);
+            buf = bigger; // the smaller buffer is wiped as it drops
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A field value read from stdin or a file, as text. A single line loses its line ending
+/// (`echo KEY |` adds one that is no part of the key); anything longer is kept byte for
+/// byte. Errors name the field and the source, never the content.
+fn secret_text(
+    name: &str,
+    from: &str,
+    bytes: zeroize::Zeroizing<Vec<u8>>,
+) -> Result<String, Error> {
+    let mut bytes = bytes;
+    let mut text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
+        zeroize::Zeroize::zeroize(&mut e.into_bytes());
+        invalid(
+            "-f",
+            &format!("`{name}` read from {from} is not UTF-8 text"),
+        )
+    })?;
+    let single_line = text.find('\n').is_some_and(|at| at + 1 == text.len());
+    if single_line {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(invalid(
+            "-f",
+            &format!("`{name}` read from {from} is empty"),
+        ));
+    }
+    // An exact-size copy, so that turning it into a secret does not reallocate and leave
+    // the longer buffer unwiped.
+    let mut exact = String::with_capacity(text.len());
+    exact.push_str(&text);
+    zeroize::Zeroize::zeroize(&mut text);
+    Ok(exact)
+}
+
 pub(crate) fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretString>, Error> {
     let mut out = BTreeMap::new();
+    // The one field that may take stdin.
+    let mut from_stdin: Option<String> = None;
     for item in raw {
         let Some((name, value)) = item.split_once('=') else {
             let name = item.chars().take(40).collect::<String>();
             return Err(invalid(
                 "-f",
                 &format!(
-                    "`{name}` must be written name=value (name=- reads stdin, name=? prompts)"
+                    "`{name}` must be written name=value (name=- reads stdin, name=@FILE a \
+                     file, name=? prompts)"
                 ),
             ));
         };
@@ -236,26 +310,68 @@ pub(crate) fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretStri
         }
         let value = match value {
             "-" => {
-                let mut line = String::new();
-                std::io::stdin()
-                    .lock()
-                    .read_line(&mut line)
-                    .map_err(|e| invalid("-f", &format!("cannot read `{name}` from stdin: {e}")))?;
-                let trimmed = line.trim_end_matches(['\r', '\n']).to_string();
-                zeroize::Zeroize::zeroize(&mut line);
-                trimmed
+                if let Some(first) = &from_stdin {
+                    return Err(invalid(
+                        "-f",
+                        &format!(
+                            "`{first}` already reads stdin, and one field per command can; give \
+                             `{name}` as {name}=@FILE or {name}=?"
+                        ),
+                    ));
+                }
+                from_stdin = Some(name.to_string());
+                let bytes = read_secret(std::io::stdin().lock(), MAX_FIELD_INPUT)
+                    .map_err(|e| invalid("-f", &format!("cannot read `{name}` from stdin: {e}")))?
+                    .ok_or_else(|| {
+                        invalid(
+                            "-f",
+                            &format!(
+                                "`{name}` on stdin is over {MAX_FIELD_INPUT} bytes, more than any \
+                                 field holds"
+                            ),
+                        )
+                    })?;
+                secret_text(name, "stdin", bytes)?
             }
             "?" => {
                 if !std::io::stdin().is_terminal() {
                     return Err(invalid(
                         "-f",
                         &format!(
-                            "cannot prompt for `{name}`: stdin is not a terminal; use {name}=-"
+                            "cannot prompt for `{name}`: stdin is not a terminal; use {name}=- \
+                             or {name}=@FILE"
                         ),
                     ));
                 }
                 rpassword::prompt_password(format!("{name}: "))
                     .map_err(|e| invalid("-f", &format!("cannot read `{name}`: {e}")))?
+            }
+            v if v.starts_with('@') => {
+                let path = Path::new(&v[1..]);
+                // The path is not repeated: a value that merely starts with `@` (a
+                // password) must not end up in an error message.
+                let unreadable = |why: String| {
+                    invalid(
+                        "-f",
+                        &format!(
+                            "cannot read `{name}` from the file named after `@` ({why}); a value \
+                             that starts with `@` names a file: give such a value with {name}=- \
+                             or {name}=? instead"
+                        ),
+                    )
+                };
+                if v.len() == 1 {
+                    return Err(unreadable("no file named".into()));
+                }
+                let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+                let bytes = read_secret(file, MAX_FIELD_INPUT)
+                    .map_err(|e| unreadable(e.to_string()))?
+                    .ok_or_else(|| {
+                        unreadable(format!(
+                            "over {MAX_FIELD_INPUT} bytes, more than any field holds"
+                        ))
+                    })?;
+                secret_text(name, "its file", bytes)?
             }
             v => v.to_string(),
         };
@@ -398,7 +514,11 @@ pub(crate) async fn credentials(
                 println!("{:<20}  {:<28}  STATUS", "APP", "GRANTED BY");
                 for g in grants {
                     let status = if g.is_active() { "active" } else { "revoked" };
-                    println!("{:<20}  {:<28}  {status}", g.app, g.granted_by);
+                    println!(
+                        "{:<20}  {:<28}  {status}",
+                        cell(&g.app),
+                        cell(&g.granted_by)
+                    );
                 }
             }
         }

@@ -8,8 +8,13 @@ pub(crate) enum KeysCommand {
     Status,
     /// Move every data key onto a new master key while the vault keeps serving: atomic
     /// batches, resumable (run it again after a crash), with a final check that nothing
-    /// still needs the old key. The current key (`STRONGROOM_KMS`…) and any `--retired`
-    /// keys open the old blobs.
+    /// still needs the old key. The current key (`STRONGROOM_KMS`…), the retired keys
+    /// configured (`keys.toml`, `STRONGROOM_RETIRED_KEYS`) and any `--retired` keys open the
+    /// old blobs.
+    ///
+    /// Before any data key moves, the new key becomes the vault's active key: the vault
+    /// records it, and `$STRONGROOM_HOME/keys.toml` names it as `active` (and the previous
+    /// key under `retired`), so every later command seals with it and finds both.
     ///
     /// Exits 0 when complete, 9 while records still need an old key (run it again).
     ///
@@ -27,7 +32,7 @@ pub(crate) enum KeysCommand {
         /// prefix (`STRONGROOM_TO_AWS_KMS_KEY_ID`).
         #[arg(long)]
         to: String,
-        /// More keys that old blobs may name (same forms as --to).
+        /// More keys that old blobs may name (same forms as --to; a file must exist).
         #[arg(long)]
         retired: Vec<String>,
         /// Records per atomic batch.
@@ -48,7 +53,9 @@ pub(crate) fn key_from_spec(spec: &str) -> Result<Arc<dyn strongroom::KeyWrapper
     }
     if let Some(var) = spec.strip_prefix("env:") {
         let value = std::env::var(var)
-            .map_err(|_| invalid("--to", &format!("variable {var} is not set")))?;
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| invalid("--to", &format!("variable {var} is not set, or empty")))?;
         return Ok(Arc::new(strongroom::LocalKey::from_base64(
             &value,
             &format!("variable {var}"),
@@ -137,10 +144,19 @@ pub(crate) async fn keys(
             // Decided (and a refusal audited) before the new key is opened or created.
             vault.authorize_unscoped(actor, Action::Rewrap).await?;
             let new = key_from_spec(&to)?;
-            let mut ring = strongroom::KeyRing::new(new.clone()).with_retired(current);
-            for spec in &retired {
-                ring = ring.with_retired(key_from_spec(spec)?);
+            // Every key the vault was opened with, then the --retired ones; a second key
+            // under an id the ring holds is refused, not quietly dropped.
+            let mut ring = strongroom::KeyRing::new(new.clone()).try_with_retired(current)?;
+            for id in vault.keys().key_ids() {
+                if let Some(key) = vault.keys().key(&id) {
+                    ring = ring.try_with_retired(key.clone())?;
+                }
             }
+            for spec in &retired {
+                ring = ring.try_with_retired(keysel::load_spec(spec, "--retired")?.key)?;
+            }
+            // The new key seals from now on, for this command and every later one.
+            let note = keysel::activate(store.as_ref(), actor, &new, &to).await?;
             // Progress lines (see the command's help) when no one watches a spinner.
             let lines = out.json || !std::io::stderr().is_terminal();
             let bar = if lines {
@@ -225,13 +241,20 @@ pub(crate) async fn keys(
                 );
                 if done {
                     println!(
-                        "complete: no record needs the old keys any more; make {} the active \
-                         key everywhere, then retire the old ones",
+                        "complete: no record needs the old keys any more; {} is the vault's \
+                         active key (recorded in the vault and in $STRONGROOM_HOME/keys.toml)",
                         new.key_id()
                     );
                 } else {
-                    println!("not complete: run the command again to continue");
+                    println!(
+                        "not complete: run the command again to continue; {} is already the \
+                         active key",
+                        new.key_id()
+                    );
                 }
+            }
+            if let Some(note) = note {
+                eprintln!("{note}");
             }
             Ok(if done { 0 } else { 9 })
         }

@@ -11,7 +11,7 @@
 //! it vouches for, so a cut or rewritten chain is never extended (see docs/AUDIT.md).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -28,9 +28,32 @@ use strongroom::{
     Store, Timestamp, Vault,
 };
 
+// Every line the CLI prints goes through these, which shadow the standard macros in this
+// file and in every module declared below it: text is made terminal-safe (control
+// characters from a database row, a provider file or an error are escaped, not obeyed),
+// and a stdout closed by its reader (`strongroom providers list | head -c 100`) ends the
+// output instead of panicking.
+macro_rules! println {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+macro_rules! eprintln {
+    () => {
+        $crate::output::write_stderr(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod audit;
 mod credentials;
 mod keys;
+mod keysel;
 mod output;
 mod providers;
 mod store;
@@ -64,7 +87,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// A folder of provider TOML files that add to or override the bundled catalog
-    /// (default: `$STRONGROOM_HOME/providers` when it exists).
+    /// (default: `$STRONGROOM_HOME/providers` when it exists). Refused when group or others
+    /// may write it; a file they may write is skipped; an override is reported.
     #[arg(long, global = true, env = "STRONGROOM_PROVIDERS_DIR")]
     providers_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -124,10 +148,76 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e}");
+            // On one line, every control character escaped: error text can quote a
+            // database row or a file.
+            eprintln!("error: {}", one_line(&e.to_string()));
+            if e.kind() == ErrorKind::KeyUnavailable {
+                eprintln!(
+                    "hint: this command finds retired master keys in {} (file:PATH or env:VAR, \
+                     comma-separated) and under `retired` in $STRONGROOM_HOME/{}",
+                    keysel::ENV_RETIRED_KEYS,
+                    keysel::KEYS_FILE
+                );
+            }
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The home (`STRONGROOM_HOME`, default `~/.strongroom`): refused when group or others may
+/// write it (they could swap the master key, the vault or the providers folder), and made
+/// 0700 by a command that starts a vault.
+fn home(create: bool) -> Result<PathBuf, Error> {
+    let home = default_home_from_env()?;
+    check_home(&home)?;
+    if create && !home.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&home)
+            .map_err(|e| Error::Io {
+                path: home.display().to_string(),
+                source: e,
+            })?;
+    }
+    Ok(home)
+}
+
+/// Refuses a home folder that group or others may write.
+fn check_home(home: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(home) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: home.display().to_string(),
+                source: e,
+            })
+        }
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() {
+        return Err(Error::Config {
+            message: format!(
+                "STRONGROOM_HOME {} is not a folder; point it at a folder of its own",
+                home.display()
+            ),
+        });
+    }
+    if mode & 0o022 != 0 {
+        return Err(Error::Config {
+            message: format!(
+                "refusing STRONGROOM_HOME {}: group or others can write it (mode {mode:04o}), so \
+                 they could replace the master key, the vault or the providers folder; run \
+                 `chmod 700 {}`",
+                home.display(),
+                home.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn invalid(field: &str, reason: &str) -> Error {
@@ -167,13 +257,33 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     ) = &cli.command
     {
         // Refuse an unknown provider before a vault file is created for it.
-        Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?.require(&source.provider)?;
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        let provider = catalog.require(&source.provider)?;
+        if catalog.overrides().any(|o| o.name == provider.name) {
+            eprintln!(
+                "note: provider `{}` comes from the drop-in file {}, which overrides the \
+                 bundled definition",
+                one_line(&provider.name),
+                one_line(&provider.source)
+            );
+        }
     }
-    let kept = Arc::new(CheckpointFile::open(
-        &default_home_from_env()?,
-        store_label(&spec),
-    )?);
+    let home = home(creates)?;
+    let kept = Arc::new(CheckpointFile::open(&home, store_label(&spec))?);
     if let StoreSpec::Sqlite(path) = &spec {
+        // A command that only reads never makes a vault: not from a missing file, and not
+        // from an empty one either.
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+        if !creates && empty {
+            return Err(Error::NotFound {
+                what: format!("vault at {} (the file is empty)", path.display()),
+                hint: Some(
+                    "create a credential to start one (`strongroom credentials create`); the \
+                     file was left as it is"
+                        .into(),
+                ),
+            });
+        }
         if !creates && !path.exists() {
             if let (Command::Audit(_), Some(cp)) = (&cli.command, kept.highest()?) {
                 // Gone, while a checkpoint vouches for its rows: that is a broken chain.
@@ -187,19 +297,45 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
                 return Ok(6);
             }
             return Err(Error::NotFound {
-                what: format!("vault {}", path.display()),
-                hint: Some("check --store (or STRONGROOM_HOME); a vault is created by the first `credentials create`".into()),
+                what: format!("vault at {}", path.display()),
+                hint: Some(
+                    "create a credential to start one (`strongroom credentials create`), or \
+                     check --store and STRONGROOM_HOME; nothing was created"
+                        .into(),
+                ),
             });
         }
     }
-    let store = open_store(&spec, sqlite).await?;
-    let key = key_wrapper_from_env()?;
+    let store = open_store(&spec, sqlite, creates).await?;
+    let read_only = matches!(
+        cli.command,
+        Command::Credentials(
+            CredentialsCommand::List { .. }
+                | CredentialsCommand::Show { .. }
+                | CredentialsCommand::AdminList
+                | CredentialsCommand::Grants { .. }
+        ) | Command::Audit(_)
+            | Command::Keys(KeysCommand::Status)
+    );
+    let keys = keysel::select(
+        store.as_ref(),
+        &home,
+        &store_label(&spec),
+        creates,
+        !read_only,
+    )
+    .await?;
+    let key = keys.active.key.clone();
     // Checkpoints need a key derived from the master key; the cloud backends cannot yet.
     let checkpoints = key.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok();
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key)
         .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+    for retired in &keys.retired {
+        builder = builder.retired_key(retired.key.clone());
+    }
+    let _ = keysel::SELECTED.set(keys);
     // The vault namespace bound into every sealed record: fixed for a vault's life, distinct
     // for vaults that share a master key.
     if let Ok(namespace) = std::env::var("STRONGROOM_NAMESPACE") {

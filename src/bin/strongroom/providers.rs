@@ -19,9 +19,26 @@ pub(crate) fn providers_dir(flag: Option<PathBuf>) -> Result<Option<PathBuf>, Er
     match flag {
         Some(dir) => Ok(Some(dir)),
         None => {
-            let dir = default_home_from_env()?.join("providers");
+            let home = default_home_from_env()?;
+            check_home(&home)?;
+            let dir = home.join("providers");
             Ok(dir.is_dir().then_some(dir))
         }
+    }
+}
+
+/// Says on stderr which drop-in files replace a bundled provider: they decide the prefix
+/// checks and where a credential is sent for verification, so they are never silent.
+/// (Creating a credential of such a provider, and verifying one, name the file in the
+/// audit row too.)
+pub(crate) fn report_overrides(catalog: &Catalog) {
+    for p in catalog.overrides() {
+        eprintln!(
+            "note: provider `{}` comes from the drop-in file {}, which overrides the bundled \
+             definition",
+            one_line(&p.name),
+            one_line(&p.source)
+        );
     }
 }
 
@@ -36,7 +53,13 @@ pub(crate) fn providers(
             if out.json {
                 let problems: Vec<String> =
                     catalog.problems().iter().map(|p| p.to_string()).collect();
-                let doc = serde_json::json!({ "providers": all, "problems": problems });
+                let overrides: Vec<serde_json::Value> = catalog
+                    .overrides()
+                    .map(|p| serde_json::json!({ "name": p.name, "source": p.source }))
+                    .collect();
+                let doc = serde_json::json!({
+                    "providers": all, "problems": problems, "overrides": overrides,
+                });
                 println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
             } else {
                 println!(
@@ -46,17 +69,18 @@ pub(crate) fn providers(
                 for p in &all {
                     println!(
                         "{:<16}  {:<28}  {:<20}  {:<12}  {}",
-                        p.name,
-                        p.display_name,
-                        p.handler_type,
-                        p.category.as_deref().unwrap_or("-"),
+                        cell(&p.name),
+                        cell(&p.display_name),
+                        cell(&p.handler_type),
+                        cell(p.category.as_deref().unwrap_or("-")),
                         if p.verify.is_some() { "yes" } else { "no" }
                     );
                 }
                 for problem in catalog.problems() {
-                    eprintln!("skipped: {problem}");
+                    eprintln!("skipped: {}", one_line(&problem.to_string()));
                 }
             }
+            report_overrides(catalog);
             Ok(if catalog.problems().is_empty() { 0 } else { 2 })
         }
         ProvidersCommand::Show { name } => {
@@ -68,12 +92,21 @@ pub(crate) fn providers(
                 );
                 return Ok(0);
             }
-            println!("{} ({})", p.display_name, p.name);
-            println!("  handler type: {}", p.handler_type);
+            println!("{} ({})", cell(&p.display_name), cell(&p.name));
+            println!("  handler type: {}", cell(&p.handler_type));
             if let Some(c) = &p.category {
-                println!("  category:     {c}");
+                println!("  category:     {}", cell(c));
             }
-            println!("  source:       {}", p.source);
+            let overrides = catalog.overrides().any(|o| o.name == p.name);
+            println!(
+                "  source:       {}{}",
+                cell(&p.source),
+                if overrides {
+                    " (a drop-in file that overrides the bundled provider)"
+                } else {
+                    ""
+                }
+            );
             println!("  fields:");
             for f in &p.fields {
                 let mut notes = vec![if f.spec.required {
@@ -90,16 +123,24 @@ pub(crate) fn providers(
                     format!(", starts with {}", f.prefix_check.join(" or "))
                 };
                 println!(
-                    "    {:<22} {} ({}{prefix})",
-                    f.spec.name,
-                    f.spec.label,
-                    notes.join(", ")
+                    "    {:<22} {} ({}{})",
+                    cell(&f.spec.name),
+                    cell(&f.spec.label),
+                    notes.join(", "),
+                    cell(&prefix)
                 );
             }
             match &p.verify {
                 Some(v) => println!(
-                    "  verify:       {} {} (success: {:?})",
-                    v.method, v.endpoint, v.success_codes
+                    "  verify:       {} {} (success: {:?}){}",
+                    v.method,
+                    cell(&v.endpoint),
+                    v.success_codes,
+                    if v.secret_in_url {
+                        "; the secret goes in the URL (secret_in_url)"
+                    } else {
+                        ""
+                    }
                 ),
                 None => println!("  verify:       none"),
             }

@@ -26,13 +26,22 @@ pub(crate) fn store_spec(spec: Option<&str>) -> Result<StoreSpec, Error> {
 
 /// Opens the store (`STRONGROOM_PG_SCHEMA` picks the PostgreSQL schema, default
 /// `strongroom`). A SQLite store is also put in `sqlite`, for `main` to close once the
-/// command is done.
+/// command is done; it is created only when `create` says so.
 pub(crate) async fn open_store(
     spec: &StoreSpec,
     sqlite: &mut Option<SqliteStore>,
+    create: bool,
 ) -> Result<Arc<dyn Store>, Error> {
     Ok(match spec {
-        StoreSpec::Sqlite(path) => Arc::new(sqlite.insert(SqliteStore::open(path)?).clone()),
+        StoreSpec::Sqlite(path) => {
+            let mut options = strongroom::SqliteOptions::default();
+            options.create_if_missing = create;
+            Arc::new(
+                sqlite
+                    .insert(SqliteStore::open_with(path, options)?)
+                    .clone(),
+            )
+        }
         StoreSpec::Postgres(url) => {
             let mut options = strongroom::PostgresOptions::default();
             if let Ok(schema) = std::env::var("STRONGROOM_PG_SCHEMA") {

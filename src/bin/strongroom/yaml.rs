@@ -64,10 +64,7 @@ pub(crate) fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<
                         changed += 1;
                         if !write && !out.json {
                             // A closed pipe (`| head`) ends the output, not the run.
-                            bar.suspend(|| {
-                                use std::io::Write;
-                                let _ = write!(std::io::stdout(), "{}", m.diff());
-                            });
+                            bar.suspend(|| write_stdout(format_args!("{}", m.diff())));
                         }
                         for s in &m.skipped {
                             bar.suspend(|| eprintln!("{s}"));

@@ -29,7 +29,8 @@ use codec::{
     RECORD_COLUMNS,
 };
 use error::sql_error;
-use schema::{configure, load_head, migrate, read_generation};
+pub use schema::SQLITE_APPLICATION_ID;
+use schema::{check_application, configure, load_head, migrate, read_generation};
 use writer::{writer_loop, Message};
 
 mod cache;
@@ -76,6 +77,11 @@ pub struct SqliteOptions {
     /// [`StoreErrorKind::ReadOnly`](crate::StoreErrorKind::ReadOnly). For inspecting a vault
     /// on a read-only mount, or a copy (default off).
     pub read_only: bool,
+    /// Create the database when the file is missing (default on). Off, a missing file is
+    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) and an empty (0-byte) file is
+    /// refused rather than made a vault: for tools that must not create a vault by
+    /// reading one.
+    pub create_if_missing: bool,
 }
 
 impl Default for SqliteOptions {
@@ -88,6 +94,7 @@ impl Default for SqliteOptions {
             point_cache_entries: POINT_CACHE_ENTRIES,
             wal_size_limit: 4 * 1024 * 1024,
             read_only: false,
+            create_if_missing: true,
         }
     }
 }
@@ -157,24 +164,31 @@ impl SqliteStore {
     ///
     /// Opening takes the database's write lock only when a migration is due: a store whose
     /// schema is current opens (and reads) while another process holds the write lock.
-    /// With [`SqliteOptions::read_only`] the file must exist and nothing is written.
+    /// With [`SqliteOptions::read_only`] the file must exist and nothing is written; with
+    /// [`SqliteOptions::create_if_missing`] off it must exist and hold a database.
+    ///
+    /// Vault files carry SQLite's `application_id` ([`SQLITE_APPLICATION_ID`]). A database
+    /// of another application (another id, or tables and no strongroom schema) is refused
+    /// before anything is changed in it. A new database file is created with mode 0600
+    /// (its `-wal` and `-shm` files take the same mode), in a folder created 0700.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let shown = path.display().to_string();
-        let mut conn = if options.read_only {
-            Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-        } else {
-            if let Some(dir) = path.parent() {
-                if !dir.as_os_str().is_empty() && !dir.exists() {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-                }
-            }
-            Connection::open(&path)
+        if !options.read_only {
+            prepare_file(&path, options.create_if_missing)?;
         }
-        .map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
+        let flags = if options.read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            // The file exists by now (`prepare_file`): never let SQLite create another.
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
+        let mut conn = Connection::open_with_flags(&path, flags)
+            .map_err(|e| sql_error(&format!("cannot open {shown}"), e))?;
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
+        // Before anything that writes (the WAL switch, a migration).
+        check_application(&conn, &shown)?;
         configure(&conn, &options)
             .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
         migrate(&mut conn, &shown, options.read_only)?;
@@ -277,6 +291,58 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| Error::store(StoreErrorKind::Other, format!("read task failed: {e}")))?
+    }
+}
+
+/// Makes sure the database file exists before SQLite opens it, so that a new one is made
+/// with mode 0600 (SQLite gives the `-wal` and `-shm` files the database's mode) in a
+/// folder made 0700; with `create` off, a missing or empty file is refused instead.
+fn prepare_file(path: &Path, create: bool) -> Result<()> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() == 0 && !create => Err(Error::NotFound {
+            what: format!("vault {shown}"),
+            hint: Some(
+                "the file is empty (0 bytes), so it holds no vault; it was left as it is".into(),
+            ),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !create {
+                return Err(Error::NotFound {
+                    what: format!("vault {shown}"),
+                    hint: Some("nothing was created".into()),
+                });
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.exists() {
+                    let mut builder = std::fs::DirBuilder::new();
+                    builder.recursive(true);
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::DirBuilderExt;
+                        builder.mode(0o700);
+                    }
+                    builder
+                        .create(dir)
+                        .map_err(|e| Error::io(dir.display(), e))?;
+                }
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            match options.open(path) {
+                Ok(_) => Ok(()),
+                // Another process made it first; it checks and initialises it as we do.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(Error::io(shown, e)),
+            }
+        }
+        Err(e) => Err(Error::io(shown, e)),
     }
 }
 

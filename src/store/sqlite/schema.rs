@@ -84,7 +84,62 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX records_owner ON records (owner, kind, key);
     CREATE INDEX records_expires_at ON records (expires_at) WHERE expires_at IS NOT NULL;",
+    // 6: the file says it is a strongroom vault (`SQLITE_APPLICATION_ID`, 0x5374526D).
+    "PRAGMA application_id = 1400132205;",
 ];
+
+/// SQLite's `application_id` of a strongroom vault file (`PRAGMA application_id`, bytes
+/// 68–71 of the file header): `"StRm"` as a big-endian integer. Written by schema step 6
+/// (and so by the first opening of a new file); a file with another id is not opened.
+pub const SQLITE_APPLICATION_ID: i32 = 0x5374_526D;
+
+/// Refuses a database that belongs to another application: one whose `application_id` is
+/// set to something else, or one with tables but no strongroom schema (an id of 0 is a new
+/// file, or a vault from before the id was written). Reads only; changes nothing.
+pub(super) fn check_application(conn: &Connection, shown: &str) -> Result<()> {
+    let foreign = |why: String| {
+        Error::store(
+            StoreErrorKind::Schema,
+            format!(
+                "{shown} is not a strongroom vault: {why}; it was left untouched. Point the \
+                 store at a strongroom vault file, or at a path where none exists yet"
+            ),
+        )
+    };
+    let id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| sql_error(&format!("cannot read the header of {shown}"), e))?;
+    if id == SQLITE_APPLICATION_ID {
+        return Ok(());
+    }
+    if id != 0 {
+        return Err(foreign(format!(
+            "it is the SQLite database of another application (application_id {id:#010x})"
+        )));
+    }
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(|e| sql_error(&format!("cannot read the tables of {shown}"), e))?;
+    if tables.is_empty() || tables.iter().any(|t| t == "strongroom_schema") {
+        return Ok(());
+    }
+    let mut named: Vec<String> = tables
+        .iter()
+        .take(5)
+        .map(|t| format!("`{}`", t.escape_debug()))
+        .collect();
+    if tables.len() > 5 {
+        named.push(format!("and {} more", tables.len() - 5));
+    }
+    Err(foreign(format!(
+        "it is an SQLite database of another application (tables {}, no strongroom schema)",
+        named.join(", ")
+    )))
+}
 
 /// Data changes that go with a schema step, run in the same transaction right after its SQL.
 pub(super) fn after_migration(tx: &Connection, version: usize) -> rusqlite::Result<()> {
