@@ -5,6 +5,10 @@
 //! whose RSA key wrap takes no associated data, a local AES-256-GCM layer under a key that
 //! Key Vault wraps), so a wrapped key moved to another record does not unwrap.
 //!
+//! Each can also authenticate audit checkpoints with its service's MAC or signature
+//! ([`KeyWrapper::checkpoint_signer`]): AWS `GenerateMac` and Google `macSign` under an HMAC
+//! key configured on the key, Vault transit `hmac`.
+//!
 //! [`from_vars`] builds one from the `STRONGROOM_KMS` selection and the variables the
 //! backend documents (see `docs/DEPLOYMENT.md`).
 
@@ -359,8 +363,8 @@ pub(crate) fn to_dek(bytes: Zeroizing<Vec<u8>>, key_id: &str) -> Result<DataKey>
 pub(crate) fn no_derive(key_id: &str) -> Error {
     Error::KeyUnavailable {
         key_id: key_id.to_string(),
-        reason: "a cloud master key cannot derive local keys (audit checkpoints need a local \
-                 key: give the audit chain its own key)"
+        reason: "a cloud master key cannot derive local keys (audit checkpoints use the \
+                 service's MAC or signature instead: see docs/DEPLOYMENT.md)"
             .into(),
     }
 }
@@ -398,6 +402,9 @@ pub fn from_vars(
             if let Some(endpoint) = var("STRONGROOM_AWS_KMS_ENDPOINT") {
                 key = key.with_endpoint(endpoint);
             }
+            if let Some(mac) = var("STRONGROOM_AWS_KMS_MAC_KEY_ID").filter(|v| !v.is_empty()) {
+                key = key.with_mac_key(mac)?;
+            }
             Arc::new(key)
         }
         "gcp_kms" => {
@@ -412,6 +419,9 @@ pub fn from_vars(
             };
             if let Some(endpoint) = var("STRONGROOM_GCP_KMS_ENDPOINT") {
                 key = key.with_endpoint(endpoint);
+            }
+            if let Some(mac) = var("STRONGROOM_GCP_KMS_MAC_KEY").filter(|v| !v.is_empty()) {
+                key = key.with_mac_key(mac)?;
             }
             Arc::new(key)
         }
@@ -437,6 +447,9 @@ pub fn from_vars(
             )?;
             if let Some(mount) = var("STRONGROOM_VAULT_TRANSIT_MOUNT") {
                 key = key.with_mount(mount);
+            }
+            if let Some(hmac) = var("STRONGROOM_VAULT_TRANSIT_HMAC_KEY").filter(|v| !v.is_empty()) {
+                key = key.with_hmac_key(hmac)?;
             }
             Arc::new(key)
         }
