@@ -3,11 +3,12 @@
 //! [`HttpTransport`] and binds the record's associated data to the wrapped key (AWS
 //! encryption context, GCP additional authenticated data, Vault transit context; for Azure,
 //! whose RSA key wrap takes no associated data, a local AES-256-GCM layer under a key that
-//! Key Vault wraps), so a wrapped key moved to another record does not unwrap.
+//! Key Vault wraps, signed by Key Vault), so a wrapped key moved to another record does not
+//! unwrap.
 //!
 //! Each can also authenticate audit checkpoints with its service's MAC or signature
 //! ([`KeyWrapper::checkpoint_signer`]): AWS `GenerateMac` and Google `macSign` under an HMAC
-//! key configured on the key, Vault transit `hmac`.
+//! key configured on the key, Vault transit `hmac`, Azure Key Vault `sign`.
 //!
 //! [`from_vars`] builds one from the `STRONGROOM_KMS` selection and the variables the
 //! backend documents (see `docs/DEPLOYMENT.md`).
@@ -31,7 +32,7 @@ mod gcp;
 mod vault;
 
 pub use aws::AwsKmsKey;
-pub use azure::AzureKeyVaultKey;
+pub use azure::{AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY};
 pub use gcp::GcpKmsKey;
 pub use vault::VaultTransitKey;
 
@@ -369,6 +370,16 @@ pub(crate) fn no_derive(key_id: &str) -> Error {
     }
 }
 
+/// Whether a switch variable is on (`1`, `true`, `yes`, `on`).
+fn switched_on(value: Option<String>) -> bool {
+    value.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
 /// Builds the master key `STRONGROOM_KMS` names, for the cloud backends, from the variables
 /// `var` returns (the process environment in [`crate::key_wrapper_from_env`]), talking
 /// through `http`.
@@ -435,6 +446,12 @@ pub fn from_vars(
             )?;
             if let Some(authority) = var("STRONGROOM_AZURE_AUTHORITY") {
                 key = key.with_authority(authority);
+            }
+            if let Some(url) = var("STRONGROOM_AZURE_SIGNING_KEY_ID").filter(|v| !v.is_empty()) {
+                key = key.with_signing_key(&url)?;
+            }
+            if switched_on(var(ENV_AZURE_CONFIDENTIALITY_ONLY)) {
+                key = key.accept_confidentiality_only();
             }
             Arc::new(key)
         }
