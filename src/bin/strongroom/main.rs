@@ -17,15 +17,15 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand};
-use strongroom::audit::{AuditChain, CheckpointSink, CHECKPOINT_KEY_PURPOSE};
+use strongroom::audit::{checkpoint_key_id, AuditChain, AuditKey, CheckpointSink};
 use strongroom::catalog::{Catalog, Provider};
 use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
 use strongroom::handlers::HandlerRegistry;
 use strongroom::vault::policy::Action;
 use strongroom::{
     Checkpoint, CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret,
-    KeyRing, LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore,
-    Store, Timestamp, Vault,
+    LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore, Store,
+    Timestamp, Vault,
 };
 
 mod audit;
@@ -89,6 +89,10 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
 }
+
+/// A 32-byte key (base64url) that authenticates the audit checkpoints instead of the master
+/// key's checkpoint key.
+const ENV_AUDIT_KEY: &str = "STRONGROOM_AUDIT_KEY";
 
 fn exit_code(e: &Error) -> u8 {
     match e.kind() {
@@ -194,12 +198,23 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     }
     let store = open_store(&spec, sqlite).await?;
     let key = key_wrapper_from_env()?;
-    // Checkpoints need a key derived from the master key; the cloud backends cannot yet.
-    let checkpoints = key.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok();
+    // Checkpoints are authenticated by STRONGROOM_AUDIT_KEY when it is set, else by the
+    // master key's checkpoint key (a local key's derived HMAC key, a cloud key's MAC or
+    // signature); an AWS or Google Cloud key without a MAC key offers none.
+    let audit_key = match std::env::var(ENV_AUDIT_KEY) {
+        Ok(text) if !text.trim().is_empty() => {
+            Some(Arc::new(AuditKey::from_base64(&text, ENV_AUDIT_KEY)?))
+        }
+        _ => None,
+    };
+    let checkpoints = audit_key.is_some() || checkpoint_key_id(key.as_ref()).await.is_ok();
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key)
         .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+    if let Some(audit_key) = audit_key {
+        builder = builder.checkpoint_key(audit_key);
+    }
     // The vault namespace bound into every sealed record: fixed for a vault's life, distinct
     // for vaults that share a master key.
     if let Ok(namespace) = std::env::var("STRONGROOM_NAMESPACE") {
@@ -219,7 +234,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         }
         command => {
             // Never add rows (or sign a checkpoint) over a chain that was cut or rewritten.
-            if let Some(cp) = kept.newest(vault.keys())?.checkpoint {
+            if let Some(cp) = kept.newest(vault.audit()).await?.checkpoint {
                 if let Some(problem) = vault.audit().still_holds(&cp).await? {
                     eprintln!(
                         "error: audit chain BROKEN: {problem}. Nothing was done: run \
