@@ -472,7 +472,7 @@ fn hkdf32(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
 }
 
 /// The checkpoint MAC of docs/AUDIT.md.
-fn checkpoint_mac(key: &[u8], cp: &Checkpoint) -> [u8; 32] {
+fn checkpoint_mac(key: &[u8], cp: &Checkpoint) -> Vec<u8> {
     hmac256(
         key,
         &[
@@ -484,6 +484,7 @@ fn checkpoint_mac(key: &[u8], cp: &Checkpoint) -> [u8; 32] {
             cp.key_id.as_bytes(),
         ],
     )
+    .to_vec()
 }
 
 const MASTER: [u8; 32] = [0x5c; 32];
@@ -574,7 +575,7 @@ async fn checkpoints_made_before_format_2_still_verify() {
         head_hash: head.hash,
         time: strongroom::Timestamp(1_700_000_000_000),
         key_id: legacy,
-        mac: [0; 32],
+        mac: vec![0; 32],
     };
     let v1_key = hkdf32(
         b"strongroom/derive/v1",

@@ -4,18 +4,26 @@
 
 - AWS KMS: moto's server (`pip install 'moto[server]'`) with IAM checks on (it verifies the
   SigV4 signatures), a key, a user allowed to use it and a user with no policy.
+  The HMAC key for audit checkpoints is an `HMAC_256` key (GenerateMac / VerifyMac).
 - Google Cloud KMS, Azure Key Vault and HashiCorp Vault transit: one small HTTP server that
   speaks the documented endpoints used by strongroom (cryptoKeys.encrypt/decrypt with
-  additionalAuthenticatedData and the JWT-bearer token grant; wrapkey/unwrapkey with
-  RSA-OAEP-256 and the client-credentials token grant; transit encrypt/decrypt with a
-  derived key and a context). It checks tokens, signatures and associated data, and answers
-  access denied and wrong-context requests the way the services document.
+  additionalAuthenticatedData, cryptoKeyVersions.macSign/macVerify and the JWT-bearer token
+  grant; wrapkey/unwrapkey with RSA-OAEP-256, sign/verify with RS256 and ES256 over a
+  SHA-256 digest, GET of a key's public part and the client-credentials token grant; transit
+  encrypt/decrypt with a derived key and a context, hmac and verify with an HMAC). It checks
+  tokens, signatures, key permissions and associated data, and answers access denied and
+  wrong-context requests the way the services document.
 
 Prints one JSON line with the endpoints and credentials, then serves until stdin closes.
+
+`kms_servers.py --oaep-wrap PUBLIC_PEM_B64 VALUE_B64` instead prints the RSA-OAEP-256
+encryption of VALUE under the public key, base64url: what anyone holding only an Azure
+key's public part can compute (the forged-record test uses it).
 """
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import sys
@@ -25,20 +33,30 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 GCP_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/k"
 GCP_DENIED_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/denied"
+GCP_MAC_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/audit-mac/cryptoKeyVersions/1"
 AZURE_TENANT = "tenant-1"
 AZURE_CLIENT = "client-1"
 AZURE_SECRET = "azure-client-secret-CANARY"
 VAULT_TOKEN = "vault-token-CANARY"
 
 gcp_master = AESGCM.generate_key(bit_length=256)
+gcp_mac = os.urandom(32)
 vault_master = os.urandom(32)
+vault_hmac = {"strongroom": os.urandom(32), "audit": os.urandom(32)}
 azure_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+azure_ec = ec.generate_private_key(ec.SECP256R1())
+# Azure keys: name -> (latest version, private key, key_ops). `wraponly` may not sign.
+AZURE_KEYS = {
+    "master": ("v1", azure_rsa, ["wrapKey", "unwrapKey", "sign", "verify"]),
+    "audit-ec": ("e1", azure_ec, ["sign", "verify"]),
+    "wraponly": ("w1", azure_rsa, ["wrapKey", "unwrapKey"]),
+}
 sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 issued_tokens = set()
 lock = threading.Lock()
@@ -55,6 +73,45 @@ def b64e(b):
 
 def b64url(b):
     return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+
+def jwk(name, version, base):
+    _, key, ops = AZURE_KEYS[name]
+    out = {"kid": f"{base}/keys/{name}/{version}", "key_ops": ops}
+    if isinstance(key, rsa.RSAPrivateKey):
+        numbers = key.public_key().public_numbers()
+        out.update(kty="RSA", n=b64url(numbers.n.to_bytes(256, "big")), e=b64url(numbers.e.to_bytes(3, "big")))
+    else:
+        numbers = key.public_key().public_numbers()
+        out.update(kty="EC", crv="P-256", x=b64url(numbers.x.to_bytes(32, "big")), y=b64url(numbers.y.to_bytes(32, "big")))
+    return out
+
+
+def azure_sign(key, alg, digest):
+    if isinstance(key, rsa.RSAPrivateKey):
+        if alg != "RS256":
+            return None
+        return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    if alg != "ES256":
+        return None
+    r, s_ = utils.decode_dss_signature(key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
+    return r.to_bytes(32, "big") + s_.to_bytes(32, "big")
+
+
+def azure_verify(key, alg, digest, signature):
+    try:
+        if isinstance(key, rsa.RSAPrivateKey):
+            if alg != "RS256":
+                return False
+            key.public_key().verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        else:
+            if alg != "ES256" or len(signature) != 64:
+                return False
+            der = utils.encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+            key.public_key().verify(der, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        return True
+    except Exception:
+        return False
 
 
 def verify_jwt(assertion, token_uri):
@@ -104,6 +161,36 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             return auth.startswith("Bearer ") and auth[7:] in issued_tokens
 
+    def azure_gate(self, url, parts):
+        """The checks every Key Vault call passes: api-version, token, permission, key."""
+        if urllib.parse.parse_qs(url.query).get("api-version") != ["7.4"]:
+            return self.answer(400, {"error": {"code": "BadParameter", "message": "api-version is required"}})
+        if not self.bearer_ok():
+            return self.answer(401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}})
+        if parts[1] == "forbidden":
+            return self.answer(403, {"error": {"code": "Forbidden", "message": "The user, group or application does not have keys wrapKey permission on key vault"}})
+        if parts[1] not in AZURE_KEYS:
+            return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
+        return None
+
+    def do_GET(self):
+        url = urllib.parse.urlparse(self.path)
+        try:
+            # --- Azure Key Vault: get key (the public part), with or without a version
+            if url.path.startswith("/keys/"):
+                parts = url.path.strip("/").split("/")
+                refused = self.azure_gate(url, parts)
+                if refused:
+                    return refused
+                latest = AZURE_KEYS[parts[1]][0]
+                version = parts[2] if len(parts) > 2 else latest
+                if version != latest or len(parts) > 3:
+                    return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
+                return self.answer(200, {"key": jwk(parts[1], version, self.server.base), "attributes": {"enabled": True}})
+            return self.answer(404, {"error": "no such endpoint"})
+        except Exception as e:
+            return self.answer(400, {"error": {"message": "bad request: " + type(e).__name__}})
+
     def do_POST(self):
         url = urllib.parse.urlparse(self.path)
         path = url.path
@@ -124,11 +211,22 @@ class Handler(BaseHTTPRequestHandler):
                 with lock:
                     issued_tokens.add(token)
                 return self.answer(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
-            # --- Google: cryptoKeys.encrypt / decrypt
+            # --- Google: cryptoKeys.encrypt / decrypt, cryptoKeyVersions.macSign / macVerify
             if path.startswith("/gcp/v1/"):
                 name, _, verb = path[len("/gcp/v1/"):].rpartition(":")
                 if not self.bearer_ok():
                     return self.answer(401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})
+                if verb in ("macSign", "macVerify"):
+                    if name != GCP_MAC_KEY:
+                        if name.startswith(GCP_KEY):
+                            return self.answer(400, {"error": {"code": 400, "message": "The request cannot be fulfilled: the CryptoKey purpose is not MAC.", "status": "FAILED_PRECONDITION"}})
+                        return self.answer(404, {"error": {"code": 404, "message": "CryptoKeyVersion not found.", "status": "NOT_FOUND"}})
+                    req = json.loads(raw)
+                    tag = hmac.new(gcp_mac, base64.b64decode(req["data"]), hashlib.sha256).digest()
+                    if verb == "macSign":
+                        return self.answer(200, {"name": name, "mac": b64e(tag), "protectionLevel": "SOFTWARE"})
+                    ok = hmac.compare_digest(tag, base64.b64decode(req["mac"]))
+                    return self.answer(200, {"name": name, "success": ok, "protectionLevel": "SOFTWARE"})
                 if name == GCP_DENIED_KEY:
                     return self.answer(403, {"error": {"code": 403, "message": "Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on resource", "status": "PERMISSION_DENIED"}})
                 if name != GCP_KEY:
@@ -157,39 +255,68 @@ class Handler(BaseHTTPRequestHandler):
                 with lock:
                     issued_tokens.add(token)
                 return self.answer(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": token})
-            # --- Azure Key Vault: wrapkey / unwrapkey
+            # --- Azure Key Vault: wrapkey / unwrapkey (RSA-OAEP-256), sign / verify (a digest)
             if path.startswith("/keys/"):
                 parts = path.strip("/").split("/")
-                if urllib.parse.parse_qs(url.query).get("api-version") != ["7.4"]:
-                    return self.answer(400, {"error": {"code": "BadParameter", "message": "api-version is required"}})
-                if not self.bearer_ok():
-                    return self.answer(401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}})
-                if parts[1] == "forbidden":
-                    return self.answer(403, {"error": {"code": "Forbidden", "message": "The user, group or application does not have keys wrapKey permission on key vault"}})
-                if parts[1] != "master":
+                refused = self.azure_gate(url, parts)
+                if refused:
+                    return refused
+                latest, key, ops = AZURE_KEYS[parts[1]]
+                op = parts[-1]
+                if len(parts) != 4 or parts[2] != latest:
                     return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
+                allowed = {"wrapkey": "wrapKey", "unwrapkey": "unwrapKey", "sign": "sign", "verify": "verify"}
+                if op not in allowed:
+                    return self.answer(404, {"error": "no such endpoint"})
+                if allowed[op] not in ops:
+                    return self.answer(403, {"error": {"code": "Forbidden", "message": f"Operation {allowed[op]} is not permitted on this key."}})
                 req = json.loads(raw)
+                kid = f"{self.server.base}/keys/{parts[1]}/{latest}"
+                if op in ("sign", "verify"):
+                    digest = b64d(req["digest"] if op == "verify" else req["value"])
+                    if len(digest) != 32:
+                        return self.answer(400, {"error": {"code": "BadParameter", "message": "The digest length is not valid for the algorithm."}})
+                    if op == "sign":
+                        signature = azure_sign(key, req.get("alg"), digest)
+                        if signature is None:
+                            return self.answer(400, {"error": {"code": "BadParameter", "message": "Invalid algorithm for the key type."}})
+                        return self.answer(200, {"kid": kid, "value": b64url(signature)})
+                    return self.answer(200, {"value": azure_verify(key, req.get("alg"), digest, b64d(req["value"]))})
                 if req.get("alg") != "RSA-OAEP-256":
                     return self.answer(400, {"error": {"code": "BadParameter", "message": "alg"}})
                 oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
                 value = b64d(req["value"])
-                kid = self.server.base + "/keys/master/v1"
-                if parts[-1] == "wrapkey":
-                    return self.answer(200, {"kid": kid, "value": b64url(azure_rsa.public_key().encrypt(value, oaep))})
-                if parts[-1] == "unwrapkey":
-                    try:
-                        pt = azure_rsa.decrypt(value, oaep)
-                    except Exception:
-                        return self.answer(400, {"error": {"code": "BadParameter", "message": "The parameter is incorrect."}})
-                    return self.answer(200, {"kid": kid, "value": b64url(pt)})
-            # --- Vault transit (derived key: the context selects the key)
+                if op == "wrapkey":
+                    return self.answer(200, {"kid": kid, "value": b64url(key.public_key().encrypt(value, oaep))})
+                try:
+                    pt = key.decrypt(value, oaep)
+                except Exception:
+                    return self.answer(400, {"error": {"code": "BadParameter", "message": "The parameter is incorrect."}})
+                return self.answer(200, {"kid": kid, "value": b64url(pt)})
+            # --- Vault transit (derived key: the context selects the key; HMACs need none)
             if path.startswith("/v1/transit/"):
                 if self.headers.get("X-Vault-Token") != VAULT_TOKEN:
                     return self.answer(403, {"errors": ["permission denied"]})
-                _, _, op, key = path.strip("/").split("/")
-                if key != "strongroom":
+                parts = path.strip("/").split("/")
+                op, key = parts[2], parts[3]
+                algorithm = parts[4] if len(parts) > 4 else "sha2-256"
+                if key not in vault_hmac:
                     return self.answer(400, {"errors": ["encryption key not found"]})
                 req = json.loads(raw)
+                if op in ("hmac", "verify") and (op == "hmac" or "hmac" in req):
+                    if algorithm != "sha2-256":
+                        return self.answer(400, {"errors": ["unsupported algorithm " + algorithm]})
+                    tag = hmac.new(vault_hmac[key], base64.b64decode(req["input"]), hashlib.sha256).digest()
+                    if op == "hmac":
+                        return self.answer(200, {"data": {"hmac": "vault:v1:" + b64e(tag)}})
+                    given = req["hmac"]
+                    if not given.startswith("vault:v"):
+                        return self.answer(400, {"errors": ["invalid HMAC to verify: no prefix"]})
+                    version, _, value = given[len("vault:v"):].partition(":")
+                    ok = version == "1" and hmac.compare_digest(b64e(tag), value)
+                    return self.answer(200, {"data": {"valid": ok}})
+                if key != "strongroom":
+                    return self.answer(400, {"errors": ["encryption key not found"]})
                 if "context" not in req:
                     return self.answer(400, {"errors": ["missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key"]})
                 ctx = base64.b64decode(req["context"])
@@ -213,7 +340,7 @@ class Handler(BaseHTTPRequestHandler):
 def start_moto():
     # moto checks SigV4 signatures and IAM policies once its first few (setup) actions are
     # done: the key and two users are made unauthenticated, then every call is checked.
-    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "6"
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "7"
     from moto.server import ThreadedMotoServer
     import boto3
 
@@ -223,7 +350,10 @@ def start_moto():
     endpoint = f"http://{host}:{port}"
     setup = dict(endpoint_url=endpoint, region_name="eu-west-1",
                  aws_access_key_id="AKIASETUP0000000000", aws_secret_access_key="setup")
-    key = boto3.client("kms", **setup).create_key(Description="strongroom test")["KeyMetadata"]["KeyId"]
+    kms = boto3.client("kms", **setup)
+    key = kms.create_key(Description="strongroom test")["KeyMetadata"]["KeyId"]
+    mac_key = kms.create_key(Description="strongroom checkpoints", KeySpec="HMAC_256",
+                             KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
     iam = boto3.client("iam", **setup)
     iam.create_user(UserName="strongroom")
     iam.create_user(UserName="nobody")
@@ -231,9 +361,9 @@ def start_moto():
     denied = iam.create_access_key(UserName="nobody")["AccessKey"]
     iam.put_user_policy(UserName="strongroom", PolicyName="kms", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"}],
+        "Statement": [{"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateMac", "kms:VerifyMac"], "Resource": "*"}],
     }))
-    return server, {"endpoint": endpoint, "key": key, "region": "eu-west-1",
+    return server, {"endpoint": endpoint, "key": key, "mac_key": mac_key, "region": "eu-west-1",
                     "access_key_id": allowed["AccessKeyId"], "secret_access_key": allowed["SecretAccessKey"],
                     "denied_access_key_id": denied["AccessKeyId"], "denied_secret_access_key": denied["SecretAccessKey"]}
 
@@ -254,11 +384,15 @@ def main():
     }
     info = {
         "base": httpd.base,
-        "gcp": {"endpoint": httpd.base + "/gcp", "key": GCP_KEY, "denied_key": GCP_DENIED_KEY, "service_account": sa},
+        "gcp": {"endpoint": httpd.base + "/gcp", "key": GCP_KEY, "denied_key": GCP_DENIED_KEY,
+                "mac_key": GCP_MAC_KEY, "service_account": sa},
         "azure": {"key_url": httpd.base + "/keys/master/v1", "forbidden_key_url": httpd.base + "/keys/forbidden/v1",
+                  "ec_signing_key_url": httpd.base + "/keys/audit-ec", "wrap_only_key_url": httpd.base + "/keys/wraponly/w1",
+                  "public_pem": b64url(azure_rsa.public_key().public_bytes(
+                      serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)),
                   "authority": httpd.base + "/azure", "tenant": AZURE_TENANT, "client_id": AZURE_CLIENT,
                   "client_secret": AZURE_SECRET},
-        "vault": {"addr": httpd.base, "key": "strongroom", "token": VAULT_TOKEN},
+        "vault": {"addr": httpd.base, "key": "strongroom", "hmac_key": "audit", "token": VAULT_TOKEN},
     }
     moto = None
     if "--no-aws" not in sys.argv:
@@ -273,5 +407,15 @@ def main():
         moto.stop()
 
 
+def oaep_wrap(public_pem_b64, value_b64):
+    """RSA-OAEP-256 under a public key alone (no private key, no Key Vault call)."""
+    public = serialization.load_pem_public_key(b64d(public_pem_b64))
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    print(b64url(public.encrypt(b64d(value_b64), oaep)))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--oaep-wrap":
+        oaep_wrap(sys.argv[2], sys.argv[3])
+    else:
+        main()

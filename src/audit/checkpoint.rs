@@ -1,18 +1,16 @@
-//! Checkpoints: signed statements of the chain head, authenticated with a key derived from
-//! the master key, and the `AuditChain` that makes them after commits and verifies a store's
-//! chain against them.
+//! Checkpoints: signed statements of the chain head, authenticated by a checkpoint key (the
+//! master key's, or one configured apart: [`CheckpointSigner`]), and the `AuditChain` that
+//! makes them after commits and verifies a store's chain against them.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
-use super::encoding::{hex_bytes, ChainHead};
+use super::encoding::{hex_bytes, hex_vec, ChainHead};
 use super::verify::{verify_chain, verify_rows, ChainProblem, ProblemKind, VerifyReport};
-use crate::crypto::kdf::HmacKey;
-use crate::crypto::{InternalKey, InternalUse, KeyRing, KeyWrapper};
+use crate::crypto::{CheckpointSigner, InternalUse, KeyRing, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::model::Timestamp;
 use crate::store::{CommitReceipt, Store};
@@ -20,23 +18,24 @@ use crate::store::{CommitReceipt, Store};
 const CHECKPOINT_LABEL: &[u8] = b"strongroom/checkpoint/v1";
 /// The text format 1 used as the HKDF info of the checkpoint key. The checkpoint key is no
 /// longer derived from a caller-reachable purpose: it is one of the library's internal keys
-/// ([`InternalKey::AuditCheckpoint`]), and
+/// ([`crate::crypto::InternalKey::AuditCheckpoint`]), and
 /// [`KeyWrapper::derive_key`](crate::crypto::KeyWrapper::derive_key) with this text gives a
-/// caller key like any other. Kept so that a `derive_key` call with it still answers whether
-/// a master key derives keys at all (a local key does; the cloud ones do not).
+/// caller key like any other.
 pub const CHECKPOINT_KEY_PURPOSE: &str = "strongroom audit checkpoint v1";
 
-/// The checkpoint key of `wrapper`: an internal key no caller purpose reaches. A checkpoint
-/// that names a local key's format-1 id is checked with that key's format-1 checkpoint key.
-pub(crate) async fn checkpoint_key(wrapper: &dyn KeyWrapper) -> Result<crate::crypto::DataKey> {
-    wrapper
-        .derive_internal(InternalKey::AuditCheckpoint, &InternalUse::new())
-        .await
+/// The id of the key that authenticates checkpoints made under `wrapper`
+/// ([`KeyWrapper::checkpoint_signer`]), or why it offers none: what a host checks before it
+/// asks for checkpoints with this master key (the CLI does). It hands out the id only, never
+/// the power to sign.
+pub async fn checkpoint_key_id(wrapper: &dyn KeyWrapper) -> Result<String> {
+    let signer = wrapper.checkpoint_signer(&InternalUse::new()).await?;
+    Ok(signer.key_id().to_string())
 }
 
-/// A signed statement that the chain had `head_hash` at `seq` at `time`. Authenticated
-/// with HMAC-SHA256 under a key derived (HKDF) from the master key named by `key_id`, so
-/// someone who can only write the database cannot forge one.
+/// A signed statement that the chain had `head_hash` at `seq` at `time`. Authenticated by
+/// the checkpoint key named by `key_id` (`docs/AUDIT.md`: an HMAC under a key derived from a
+/// local master key, a KMS's MAC, or a Key Vault signature), so someone who can only write
+/// the database cannot forge one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Sequence number of the head row.
@@ -46,29 +45,33 @@ pub struct Checkpoint {
     pub head_hash: [u8; 32],
     /// When the checkpoint was made.
     pub time: Timestamp,
-    /// The master key whose derived key made `mac`.
+    /// The checkpoint key that made `mac`: a local master key's id, or the id of a MAC or
+    /// signing key (`aws_kms_mac:…`, `gcp_kms_mac:…`, `vault_hmac:…`, `azure_kv_sign:…`,
+    /// `audit:…`).
     pub key_id: String,
-    /// HMAC-SHA256 over the label, seq, head hash, time and key id.
-    #[serde(with = "hex_bytes")]
-    pub mac: [u8; 32],
+    /// The tag over [`Checkpoint::message`]: 32 bytes for the HMAC keys, longer for a
+    /// Key Vault signature or a Vault transit HMAC (`docs/AUDIT.md`). Hex in JSON.
+    #[serde(with = "hex_vec")]
+    pub mac: Vec<u8>,
 }
 
-fn checkpoint_mac(
-    key: &crate::crypto::DataKey,
-    seq: u64,
-    hash: &[u8; 32],
-    time: Timestamp,
-    key_id: &str,
-) -> [u8; 32] {
-    let tag = HmacKey::new(key.expose_secret()).mac(&[
-        CHECKPOINT_LABEL,
-        &seq.to_be_bytes(),
-        hash,
-        &time.0.to_be_bytes(),
-        &(key_id.len() as u32).to_be_bytes(),
-        key_id.as_bytes(),
-    ]);
-    *tag
+impl Checkpoint {
+    /// The bytes the tag covers: `"strongroom/checkpoint/v1" || u64be(seq) || head_hash ||
+    /// i64be(time) || u32be(len(key_id)) || key_id`.
+    pub fn message(&self) -> Vec<u8> {
+        checkpoint_message(self.seq, &self.head_hash, self.time, &self.key_id)
+    }
+}
+
+fn checkpoint_message(seq: u64, hash: &[u8; 32], time: Timestamp, key_id: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_LABEL.len() + 8 + 32 + 8 + 4 + key_id.len());
+    m.extend_from_slice(CHECKPOINT_LABEL);
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m.extend_from_slice(&time.0.to_be_bytes());
+    m.extend_from_slice(&(key_id.len() as u32).to_be_bytes());
+    m.extend_from_slice(key_id.as_bytes());
+    m
 }
 
 /// Receives checkpoints as they are made (write them somewhere the database's writers
@@ -89,6 +92,10 @@ impl<F: Fn(&Checkpoint) + Send + Sync> CheckpointSink for F {
 pub struct AuditChain {
     store: Arc<dyn Store>,
     keys: KeyRing,
+    /// A checkpoint key configured apart from the master key (signs new checkpoints).
+    signer: Option<Arc<dyn CheckpointSigner>>,
+    /// Older configured checkpoint keys, which still check what they signed.
+    retired_signers: Vec<Arc<dyn CheckpointSigner>>,
     sink: Option<Arc<dyn CheckpointSink>>,
     every: u64,
     last_checkpoint: Arc<AtomicU64>,
@@ -99,17 +106,23 @@ impl fmt::Debug for AuditChain {
         f.debug_struct("AuditChain")
             .field("store", &self.store)
             .field("every", &self.every)
+            .field("checkpoint_key", &self.signer.as_ref().map(|s| s.key_id()))
             .field("has_sink", &self.sink.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl AuditChain {
-    /// The chain kept by `store`; checkpoints are made with keys derived from `keys`.
+    /// The chain kept by `store`; checkpoints are made with the checkpoint key of the active
+    /// master key of `keys` ([`KeyWrapper::checkpoint_signer`]) unless one is configured
+    /// with [`AuditChain::with_checkpoint_key`], and checked with whichever key of the ring
+    /// (or configured key) made them.
     pub fn new(store: Arc<dyn Store>, keys: KeyRing) -> AuditChain {
         AuditChain {
             store,
             keys,
+            signer: None,
+            retired_signers: Vec::new(),
             sink: None,
             every: 0,
             last_checkpoint: Arc::new(AtomicU64::new(0)),
@@ -122,6 +135,71 @@ impl AuditChain {
         self.sink = Some(sink);
         self.every = every.max(1);
         self
+    }
+
+    /// Makes new checkpoints with `signer` instead of the master key's checkpoint key (an
+    /// [`crate::crypto::AuditKey`], a KMS MAC key, …). Checkpoints the master keys made
+    /// still check.
+    pub fn with_checkpoint_key(mut self, signer: Arc<dyn CheckpointSigner>) -> AuditChain {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Adds an older checkpoint key, which checks the checkpoints it made but makes none.
+    pub fn with_retired_checkpoint_key(mut self, signer: Arc<dyn CheckpointSigner>) -> AuditChain {
+        self.retired_signers.push(signer);
+        self
+    }
+
+    /// Whether a checkpoint key was configured apart from the master key.
+    pub fn has_checkpoint_key(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// The key new checkpoints are made with.
+    async fn active_signer(&self) -> Result<Arc<dyn CheckpointSigner>> {
+        match &self.signer {
+            Some(signer) => Ok(signer.clone()),
+            None => {
+                self.keys
+                    .active()
+                    .checkpoint_signer(&InternalUse::new())
+                    .await
+            }
+        }
+    }
+
+    /// The id of the key new checkpoints are made with, or why none can be made (a cloud
+    /// master key that offers no MAC, and no checkpoint key configured).
+    pub async fn checkpoint_key_id(&self) -> Result<String> {
+        Ok(self.active_signer().await?.key_id().to_string())
+    }
+
+    /// The key that checks checkpoints naming `key_id`: a configured one, or the checkpoint
+    /// key of a master key in the ring (active or retired).
+    async fn signer_for(&self, key_id: &str) -> Option<Arc<dyn CheckpointSigner>> {
+        let configured = self.signer.iter().chain(&self.retired_signers);
+        if let Some(s) = configured.into_iter().find(|s| s.key_id() == key_id) {
+            return Some(s.clone());
+        }
+        let proof = InternalUse::new();
+        // A local key's checkpoints name the key itself; a cloud key's name its MAC key.
+        let named = self.keys.key(key_id).into_iter();
+        let ids = self.keys.key_ids();
+        let others = ids.iter().filter_map(|id| self.keys.key(id));
+        for wrapper in named.chain(others) {
+            if let Ok(signer) = wrapper.checkpoint_signer(&proof).await {
+                if signer.key_id() == key_id {
+                    return Some(signer);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether this chain holds the key that checks checkpoints naming `key_id`.
+    pub async fn can_check(&self, key_id: &str) -> bool {
+        self.signer_for(key_id).await.is_some()
     }
 
     /// Makes a checkpoint of the current head (and publishes it to the sink, if any).
@@ -139,14 +217,14 @@ impl AuditChain {
     }
 
     async fn sign(&self, head: ChainHead, time: Timestamp) -> Result<Checkpoint> {
-        let active = self.keys.active();
-        let key = checkpoint_key(active.as_ref()).await?;
-        let key_id = active.key_id().to_string();
+        let signer = self.active_signer().await?;
+        let key_id = signer.key_id().to_string();
+        let message = checkpoint_message(head.seq, &head.hash, time, &key_id);
         Ok(Checkpoint {
             seq: head.seq,
             head_hash: head.hash,
             time,
-            mac: checkpoint_mac(&key, head.seq, &head.hash, time, &key_id),
+            mac: signer.sign(&message).await?,
             key_id,
         })
     }
@@ -180,18 +258,20 @@ impl AuditChain {
         &self.keys
     }
 
-    /// Checks a checkpoint's authentication code with the key ring.
+    /// Checks a checkpoint's tag with the key it names (a configured checkpoint key, or the
+    /// checkpoint key of a master key in the ring). `Ok(false)`: forged or altered; an error
+    /// when no key here checks it, or the key's service cannot be reached.
     pub async fn check_checkpoint(&self, cp: &Checkpoint) -> Result<bool> {
-        let Some(wrapper) = self.keys.key(&cp.key_id) else {
+        let Some(signer) = self.signer_for(&cp.key_id).await else {
             return Err(Error::KeyUnavailable {
                 key_id: cp.key_id.clone(),
-                reason: "the checkpoint was made with a master key this key ring does not hold"
+                reason: "the checkpoint was made with a key this vault does not hold: add the \
+                         master key that made it as a retired key, or the checkpoint key as \
+                         a retired checkpoint key (VaultBuilder::retired_checkpoint_key)"
                     .into(),
             });
         };
-        let key = checkpoint_key(wrapper.as_ref()).await?;
-        let expected = checkpoint_mac(&key, cp.seq, &cp.head_hash, cp.time, &cp.key_id);
-        Ok(bool::from(expected.ct_eq(&cp.mac)))
+        signer.verify(&cp.message(), &cp.mac).await
     }
 
     /// Verifies the chain alone: catches edited, deleted, inserted and reordered rows, but
@@ -290,8 +370,8 @@ fn forged(cp: &Checkpoint) -> ChainProblem {
         seq: cp.seq,
         kind: ProblemKind::ForgedCheckpoint,
         detail: format!(
-            "the checkpoint at seq {} does not authenticate with master key {}: it was forged \
-             or altered",
+            "the checkpoint at seq {} does not authenticate with key {}: it was forged or \
+             altered",
             cp.seq, cp.key_id
         ),
     }

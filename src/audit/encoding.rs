@@ -221,6 +221,20 @@ impl AuditDigest {
     }
 }
 
+/// Bytes of any length as lowercase hex (a checkpoint's tag).
+pub(crate) mod hex_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -9,8 +9,10 @@ pub(crate) mod encoding;
 pub(crate) mod event;
 mod verify;
 
-pub(crate) use checkpoint::checkpoint_key;
-pub use checkpoint::{AuditChain, Checkpoint, CheckpointSink, CHECKPOINT_KEY_PURPOSE};
+pub use crate::crypto::{AuditKey, CheckpointSigner};
+pub use checkpoint::{
+    checkpoint_key_id, AuditChain, Checkpoint, CheckpointSink, CHECKPOINT_KEY_PURPOSE,
+};
 pub use encoding::{
     canonical_encoding, chain_hash, AuditDigest, AuditRecord, CanonicalRow, ChainHead,
     CANONICAL_LABEL, GENESIS_HASH,

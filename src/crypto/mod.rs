@@ -18,6 +18,7 @@ mod keyring;
 #[cfg(feature = "kms")]
 pub mod kms;
 mod local;
+mod signer;
 
 pub use cache::{DekCacheConfig, DekCacheStats};
 pub use keyring::KeyRing;
@@ -25,6 +26,8 @@ pub use local::{
     default_home_from_env, key_wrapper_from_env, key_wrapper_from_env_with, key_wrapper_from_vars,
     LocalKey, ENV_HOME, ENV_KMS, ENV_MASTER_KEY,
 };
+pub(crate) use signer::HmacCheckpointKey;
+pub use signer::{AuditKey, CheckpointSigner};
 
 /// A 256-bit symmetric key (a data key, or a key derived from the master key). Wiped on drop;
 /// `Debug` never shows the bytes. It has no `PartialEq`: compare two keys with
@@ -165,10 +168,29 @@ pub trait KeyWrapper: Send + Sync + fmt::Debug + 'static {
         Err(Error::KeyUnavailable {
             key_id: self.key_id().to_string(),
             reason: format!(
-                "a {} master key derives no keys (audit checkpoints need a local key)",
+                "a {} master key derives no keys (audit checkpoints need a key of their own: \
+                 a MAC key of the service, or a separate audit key; see docs/DEPLOYMENT.md)",
                 self.backend_id().name()
             ),
         })
+    }
+
+    /// The key that authenticates audit checkpoints made under this master key
+    /// (`docs/AUDIT.md`). Only the library can call it ([`InternalUse`]): with a local key
+    /// the signer holds a key derived from the master key, which no caller may hold. A
+    /// wrapper that delegates to another passes the call on unchanged.
+    ///
+    /// The default is HMAC-SHA256 under [`InternalKey::AuditCheckpoint`] from
+    /// [`KeyWrapper::derive_internal`], named by [`KeyWrapper::key_id`] (local keys). The
+    /// cloud backends offer their service's MAC or signature instead (AWS KMS
+    /// `GenerateMac`, Google Cloud KMS `macSign`, Vault transit `hmac`, Azure Key Vault
+    /// `sign`), under an id of that key's own; one that offers none fails with
+    /// [`crate::Error::KeyUnavailable`] saying how to configure one.
+    async fn checkpoint_signer(&self, proof: &InternalUse) -> Result<Arc<dyn CheckpointSigner>> {
+        let key = self
+            .derive_internal(InternalKey::AuditCheckpoint, proof)
+            .await?;
+        Ok(Arc::new(HmacCheckpointKey::new(self.key_id(), &key)))
     }
 
     /// The same master key as format version 1 named and used it, so that a [`KeyRing`]

@@ -14,6 +14,8 @@ pub struct VaultBuilder {
     http: Option<Arc<dyn HttpTransport>>,
     dek_cache: Option<Option<crate::crypto::DekCacheConfig>>,
     checkpoints: Option<(Arc<dyn CheckpointSink>, u64)>,
+    checkpoint_key: Option<Arc<dyn crate::crypto::CheckpointSigner>>,
+    retired_checkpoint_keys: Vec<Arc<dyn crate::crypto::CheckpointSigner>>,
     namespace: Option<String>,
 }
 
@@ -93,11 +95,28 @@ impl VaultBuilder {
     /// Hands a checkpoint of the audit chain to `sink` each time the vault's commits have
     /// grown the chain by `every_n_rows` rows (1: after every commit), so that a host that
     /// keeps them out of the database writers' reach can later catch a cut tail or a
-    /// rewrite ([`Vault::verify_audit_with`]). Checkpoints are authenticated with a key
-    /// derived from the master key, so `build` fails with a configuration error for a
-    /// master key that cannot derive keys (the cloud KMS backends today).
+    /// rewrite ([`Vault::verify_audit_with`]). Checkpoints are authenticated with the
+    /// checkpoint key given to [`VaultBuilder::checkpoint_key`], or else the master key's
+    /// ([`KeyWrapper::checkpoint_signer`]: an HMAC key derived from a local key, the MAC key
+    /// configured on an AWS or Google Cloud key, the Vault transit key's HMAC, an Azure Key
+    /// Vault signature); `build` fails with a configuration error when there is none.
     pub fn checkpoints(mut self, sink: Arc<dyn CheckpointSink>, every_n_rows: u64) -> Self {
         self.checkpoints = Some((sink, every_n_rows));
+        self
+    }
+
+    /// Authenticates new checkpoints with `key` rather than the master key's checkpoint key:
+    /// a [`crate::crypto::AuditKey`] of the host's, or any [`crate::crypto::CheckpointSigner`]
+    /// (for a master key in a KMS that makes no MACs, or to keep checkpoints apart from the
+    /// master key). Checkpoints made earlier with a master key of the ring still check.
+    pub fn checkpoint_key(mut self, key: Arc<dyn crate::crypto::CheckpointSigner>) -> Self {
+        self.checkpoint_key = Some(key);
+        self
+    }
+
+    /// Adds an older checkpoint key, which still checks the checkpoints it made.
+    pub fn retired_checkpoint_key(mut self, key: Arc<dyn crate::crypto::CheckpointSigner>) -> Self {
+        self.retired_checkpoint_keys.push(key);
         self
     }
 
@@ -141,13 +160,21 @@ impl VaultBuilder {
             tracing::warn!(%problem, "provider file skipped");
         }
         let mut audit = AuditChain::new(store.clone(), keys.clone());
+        if let Some(signer) = self.checkpoint_key {
+            audit = audit.with_checkpoint_key(signer);
+        }
+        for signer in self.retired_checkpoint_keys {
+            audit = audit.with_retired_checkpoint_key(signer);
+        }
         if let Some((sink, every)) = self.checkpoints {
-            let active = keys.active();
-            if let Err(e) = crate::audit::checkpoint_key(active.as_ref()).await {
+            if let Err(e) = audit.checkpoint_key_id().await {
+                let active = keys.active();
                 return Err(Error::config(format!(
-                    "audit checkpoints need a master key that can derive keys, and the {} key \
-                     `{}` cannot ({e}); use a local master key (STRONGROOM_KMS=env or file), \
-                     or build the vault without VaultBuilder::checkpoints",
+                    "audit checkpoints need a key that authenticates them, and the {} master \
+                     key `{}` offers none ({e}); configure the service's MAC key on it (see \
+                     docs/DEPLOYMENT.md, \"Audit checkpoints with a cloud master key\"), give \
+                     the vault a checkpoint key of its own (VaultBuilder::checkpoint_key, an \
+                     AuditKey), or build the vault without VaultBuilder::checkpoints",
                     active.backend_id().name(),
                     active.key_id()
                 )));

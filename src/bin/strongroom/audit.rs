@@ -19,7 +19,7 @@ pub(crate) async fn audit_verify(
     checkpoints: bool,
     out: &Output,
 ) -> Result<u8, Error> {
-    let newest = kept.newest(vault.keys())?;
+    let newest = kept.newest(vault.audit()).await?;
     let report = match &newest.checkpoint {
         Some(cp) => vault.verify_audit_with(actor, cp).await?,
         None => vault.verify_audit(actor).await?,
@@ -51,15 +51,16 @@ pub(crate) async fn audit_verify(
     }
     if newest.unheld > 0 {
         eprintln!(
-            "note: {} newer checkpoint(s) were made with master keys this vault does not hold \
-             and were not used",
+            "note: {} newer checkpoint(s) were made with keys this vault does not hold and \
+             were not used",
             newest.unheld
         );
     }
     if !checkpoints {
         eprintln!(
-            "note: the master key {} cannot derive the checkpoint key (cloud KMS backends \
-             cannot yet), so this vault's commands keep no checkpoints",
+            "note: the master key {} offers no checkpoint key (an AWS or Google Cloud KMS key \
+             without a MAC key) and no STRONGROOM_AUDIT_KEY is set, so this vault's commands \
+             keep no checkpoints; see docs/DEPLOYMENT.md",
             vault.keys().active().key_id()
         );
     }
@@ -160,21 +161,25 @@ impl CheckpointFile {
         Ok(mine.into_iter().rev().max_by_key(|c| c.seq))
     }
 
-    /// This vault's newest checkpoint that `ring` can check (its master key is active or
-    /// retired there).
-    pub(crate) fn newest(&self, ring: &KeyRing) -> Result<Newest, Error> {
+    /// This vault's newest checkpoint that `chain` can check (made with a master key active
+    /// or retired in its ring, or with its audit key).
+    pub(crate) async fn newest(&self, chain: &AuditChain) -> Result<Newest, Error> {
         let (mine, unreadable) = self.read()?;
+        let mut held = std::collections::HashMap::new();
+        for c in &mine {
+            if !held.contains_key(&c.key_id) {
+                held.insert(c.key_id.clone(), chain.can_check(&c.key_id).await);
+            }
+        }
+        let holds = |c: &&Checkpoint| held.get(&c.key_id).copied().unwrap_or(false);
         let checkpoint = mine
             .iter()
             .rev()
-            .filter(|c| ring.key(&c.key_id).is_some())
+            .filter(holds)
             .max_by_key(|c| c.seq)
             .cloned();
         let floor = checkpoint.as_ref().map_or(0, |c| c.seq);
-        let unheld = mine
-            .iter()
-            .filter(|c| c.seq > floor && ring.key(&c.key_id).is_none())
-            .count();
+        let unheld = mine.iter().filter(|c| c.seq > floor && !holds(c)).count();
         Ok(Newest {
             checkpoint,
             unreadable,

@@ -17,15 +17,15 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand};
-use strongroom::audit::{AuditChain, CheckpointSink, CHECKPOINT_KEY_PURPOSE};
+use strongroom::audit::{checkpoint_key_id, AuditChain, AuditKey, CheckpointSink};
 use strongroom::catalog::{Catalog, Provider};
 use strongroom::crypto::{default_home_from_env, key_wrapper_from_env};
 use strongroom::handlers::HandlerRegistry;
 use strongroom::vault::policy::Action;
 use strongroom::{
     Checkpoint, CredentialFilter, CredentialId, CredentialInfo, Error, ErrorKind, ExposeSecret,
-    KeyRing, LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore,
-    Store, Timestamp, Vault,
+    LifecycleState, NewCredential, Principal, Scope, ScopeKind, SecretString, SqliteStore, Store,
+    Timestamp, Vault,
 };
 
 // Every line the CLI prints goes through these, which shadow the standard macros in this
@@ -113,6 +113,10 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
 }
+
+/// A 32-byte key (base64url) that authenticates the audit checkpoints instead of the master
+/// key's checkpoint key.
+const ENV_AUDIT_KEY: &str = "STRONGROOM_AUDIT_KEY";
 
 fn exit_code(e: &Error) -> u8 {
     match e.kind() {
@@ -326,8 +330,16 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     )
     .await?;
     let key = keys.active.key.clone();
-    // Checkpoints need a key derived from the master key; the cloud backends cannot yet.
-    let checkpoints = key.derive_key(CHECKPOINT_KEY_PURPOSE).await.is_ok();
+    // Checkpoints are authenticated by STRONGROOM_AUDIT_KEY when it is set, else by the
+    // master key's checkpoint key (a local key's derived HMAC key, a cloud key's MAC or
+    // signature); an AWS or Google Cloud key without a MAC key offers none.
+    let audit_key = match std::env::var(ENV_AUDIT_KEY) {
+        Ok(text) if !text.trim().is_empty() => {
+            Some(Arc::new(AuditKey::from_base64(&text, ENV_AUDIT_KEY)?))
+        }
+        _ => None,
+    };
+    let checkpoints = audit_key.is_some() || checkpoint_key_id(key.as_ref()).await.is_ok();
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key)
@@ -336,6 +348,9 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         builder = builder.retired_key(retired.key.clone());
     }
     let _ = keysel::SELECTED.set(keys);
+    if let Some(audit_key) = audit_key {
+        builder = builder.checkpoint_key(audit_key);
+    }
     // The vault namespace bound into every sealed record: fixed for a vault's life, distinct
     // for vaults that share a master key.
     if let Ok(namespace) = std::env::var("STRONGROOM_NAMESPACE") {
@@ -355,7 +370,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         }
         command => {
             // Never add rows (or sign a checkpoint) over a chain that was cut or rewritten.
-            if let Some(cp) = kept.newest(vault.keys())?.checkpoint {
+            if let Some(cp) = kept.newest(vault.audit()).await?.checkpoint {
                 if let Some(problem) = vault.audit().still_holds(&cp).await? {
                     eprintln!(
                         "error: audit chain BROKEN: {problem}. Nothing was done: run \

@@ -3,7 +3,12 @@
 //! [`HttpTransport`] and binds the record's associated data to the wrapped key (AWS
 //! encryption context, GCP additional authenticated data, Vault transit context; for Azure,
 //! whose RSA key wrap takes no associated data, a local AES-256-GCM layer under a key that
-//! Key Vault wraps), so a wrapped key moved to another record does not unwrap.
+//! Key Vault wraps, signed by Key Vault), so a wrapped key moved to another record does not
+//! unwrap.
+//!
+//! Each can also authenticate audit checkpoints with its service's MAC or signature
+//! ([`KeyWrapper::checkpoint_signer`]): AWS `GenerateMac` and Google `macSign` under an HMAC
+//! key configured on the key, Vault transit `hmac`, Azure Key Vault `sign`.
 //!
 //! [`from_vars`] builds one from the `STRONGROOM_KMS` selection and the variables the
 //! backend documents (see `docs/DEPLOYMENT.md`).
@@ -27,7 +32,7 @@ mod gcp;
 mod vault;
 
 pub use aws::AwsKmsKey;
-pub use azure::AzureKeyVaultKey;
+pub use azure::{AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY};
 pub use gcp::GcpKmsKey;
 pub use vault::VaultTransitKey;
 
@@ -359,10 +364,20 @@ pub(crate) fn to_dek(bytes: Zeroizing<Vec<u8>>, key_id: &str) -> Result<DataKey>
 pub(crate) fn no_derive(key_id: &str) -> Error {
     Error::KeyUnavailable {
         key_id: key_id.to_string(),
-        reason: "a cloud master key cannot derive local keys (audit checkpoints need a local \
-                 key: give the audit chain its own key)"
+        reason: "a cloud master key cannot derive local keys (audit checkpoints use the \
+                 service's MAC or signature instead: see docs/DEPLOYMENT.md)"
             .into(),
     }
+}
+
+/// Whether a switch variable is on (`1`, `true`, `yes`, `on`).
+fn switched_on(value: Option<String>) -> bool {
+    value.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 /// Builds the master key `STRONGROOM_KMS` names, for the cloud backends, from the variables
@@ -398,6 +413,9 @@ pub fn from_vars(
             if let Some(endpoint) = var("STRONGROOM_AWS_KMS_ENDPOINT") {
                 key = key.with_endpoint(endpoint);
             }
+            if let Some(mac) = var("STRONGROOM_AWS_KMS_MAC_KEY_ID").filter(|v| !v.is_empty()) {
+                key = key.with_mac_key(mac)?;
+            }
             Arc::new(key)
         }
         "gcp_kms" => {
@@ -413,6 +431,9 @@ pub fn from_vars(
             if let Some(endpoint) = var("STRONGROOM_GCP_KMS_ENDPOINT") {
                 key = key.with_endpoint(endpoint);
             }
+            if let Some(mac) = var("STRONGROOM_GCP_KMS_MAC_KEY").filter(|v| !v.is_empty()) {
+                key = key.with_mac_key(mac)?;
+            }
             Arc::new(key)
         }
         "azure_kv" => {
@@ -426,6 +447,12 @@ pub fn from_vars(
             if let Some(authority) = var("STRONGROOM_AZURE_AUTHORITY") {
                 key = key.with_authority(authority);
             }
+            if let Some(url) = var("STRONGROOM_AZURE_SIGNING_KEY_ID").filter(|v| !v.is_empty()) {
+                key = key.with_signing_key(&url)?;
+            }
+            if switched_on(var(ENV_AZURE_CONFIDENTIALITY_ONLY)) {
+                key = key.accept_confidentiality_only();
+            }
             Arc::new(key)
         }
         "vault" => {
@@ -437,6 +464,9 @@ pub fn from_vars(
             )?;
             if let Some(mount) = var("STRONGROOM_VAULT_TRANSIT_MOUNT") {
                 key = key.with_mount(mount);
+            }
+            if let Some(hmac) = var("STRONGROOM_VAULT_TRANSIT_HMAC_KEY").filter(|v| !v.is_empty()) {
+                key = key.with_hmac_key(hmac)?;
             }
             Arc::new(key)
         }
