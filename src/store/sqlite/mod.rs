@@ -32,6 +32,7 @@ use error::sql_error;
 use schema::{configure, load_head, migrate, read_generation};
 use writer::{writer_loop, Message};
 
+mod backup;
 mod cache;
 mod codec;
 mod error;
