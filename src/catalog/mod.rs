@@ -356,16 +356,36 @@ impl Catalog {
         self.providers.get(name)
     }
 
-    /// A provider by name, or an error that says how to see the known ones.
+    /// A provider by name, or an error that says how to see the known ones — and, when
+    /// provider files could not be loaded, which and why: the one named after the provider
+    /// first, since a broken file is the likely reason a provider is missing.
     pub fn require(&self, name: &str) -> Result<&Arc<Provider>> {
         self.get(name).ok_or_else(|| {
-            Error::invalid(
-                "provider",
-                format!(
-                    "`{name}` is not in the provider catalog (`strongroom providers list` shows \
-                     the known ones; a TOML file in the providers folder adds one)"
-                ),
-            )
+            let shown: String = name.chars().take(64).flat_map(char::escape_debug).collect();
+            let mut reason = format!(
+                "`{shown}` is not in the provider catalog (`strongroom providers list` shows the \
+                 known ones; a TOML file in the providers folder adds one)"
+            );
+            let named_after = |p: &&CatalogProblem| {
+                Path::new(&p.file)
+                    .file_stem()
+                    .is_some_and(|stem| stem.to_string_lossy() == name)
+            };
+            let mut problems: Vec<&CatalogProblem> =
+                self.problems.iter().filter(named_after).collect();
+            problems.extend(self.problems.iter().filter(|p| !named_after(p)));
+            if !problems.is_empty() {
+                const SHOWN: usize = 3;
+                let listed: Vec<String> =
+                    problems.iter().take(SHOWN).map(|p| p.to_string()).collect();
+                reason.push_str(&format!(
+                    "; {} provider file(s) could not be loaded and may define it: {}{}",
+                    problems.len(),
+                    listed.join("; "),
+                    if problems.len() > SHOWN { "; …" } else { "" }
+                ));
+            }
+            Error::invalid("provider", reason)
         })
     }
 
