@@ -236,6 +236,30 @@ impl From<CatalogProblem> for Error {
     }
 }
 
+/// The largest provider file the catalog reads: 256 KiB. A real one is a few KiB (the
+/// largest bundled file is under 2 KiB); a bigger file is reported as a problem and
+/// skipped, so no file in the providers folder can make every command slow or large.
+pub const MAX_PROVIDER_FILE_BYTES: u64 = 256 * 1024;
+
+/// Reads a provider file of at most [`MAX_PROVIDER_FILE_BYTES`], or says why not.
+fn read_capped(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut bytes = Vec::new();
+    // One byte past the cap tells a file at the cap from a larger one without reading it all.
+    file.take(MAX_PROVIDER_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_PROVIDER_FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {} KiB, the most a provider file may hold; a provider \
+             file describes one provider in a few KiB",
+            MAX_PROVIDER_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "the file is not valid UTF-8".to_string())
+}
+
 /// The providers a vault knows.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -276,17 +300,17 @@ impl Catalog {
         let mut seen = std::collections::BTreeSet::new();
         for path in files {
             let shown = path.display().to_string();
-            match std::fs::read_to_string(&path) {
+            match read_capped(&path) {
                 Ok(text) => {
                     if let Some(name) = self.add_text_checked(registry, &shown, &text, &seen) {
                         seen.insert(name);
                     }
                 }
-                Err(e) => self.problems.push(CatalogProblem {
+                Err(message) => self.problems.push(CatalogProblem {
                     file: shown,
                     line: 1,
                     column: 1,
-                    message: format!("cannot read the file: {e}"),
+                    message,
                 }),
             }
         }
