@@ -29,7 +29,10 @@ use strongroom::{
 };
 
 mod audit;
+mod backup;
 mod credentials;
+mod errors;
+mod history;
 mod keys;
 mod output;
 mod providers;
@@ -37,7 +40,10 @@ mod store;
 mod yaml;
 
 use audit::*;
+use backup::*;
 use credentials::*;
+use errors::*;
+use history::*;
 use keys::*;
 use output::*;
 use providers::*;
@@ -88,21 +94,22 @@ enum Command {
     /// Master keys: how many records each wraps, and rotation onto a new key.
     #[command(subcommand)]
     Keys(KeysCommand),
-}
-
-fn exit_code(e: &Error) -> u8 {
-    match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::Config => 2,
-        ErrorKind::NotFound => 3,
-        ErrorKind::PermissionDenied => 4,
-        ErrorKind::AlreadyExists | ErrorKind::VersionConflict => 5,
-        ErrorKind::DecryptFailed | ErrorKind::Corrupt => 6,
-        _ => 1,
-    }
+    /// Write a consistent copy of a SQLite vault to PATH while it keeps serving (SQLite's
+    /// online backup API; mode 0600; an existing PATH is refused). System admins. For
+    /// PostgreSQL use pg_dump (see docs/DEPLOYMENT.md).
+    Backup(BackupArgs),
+    /// Replace the SQLite vault with a backup, after checking that the backup's audit chain
+    /// holds (and matches the checkpoints kept for this vault) and that the master key
+    /// opens every credential in it; nothing is replaced when a check fails (exit 6). The
+    /// replace is atomic; the vault as it was is kept beside it
+    /// (`vault.db.before-restore-TIME`), and its checkpoints are set aside likewise.
+    /// System admins.
+    Restore(RestoreArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,10 +130,7 @@ fn main() -> ExitCode {
     }
     match outcome {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(exit_code(&e))
-        }
+        Err(e) => ExitCode::from(tell_error(json, &e)),
     }
 }
 
@@ -173,6 +177,10 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         &default_home_from_env()?,
         store_label(&spec),
     )?);
+    if let Command::Restore(args) = cli.command {
+        // Works on the file itself, which may not exist yet: no vault is opened first.
+        return restore(&actor, &spec, &kept, args, sqlite, &out).await;
+    }
     if let StoreSpec::Sqlite(path) = &spec {
         if !creates && !path.exists() {
             if let (Command::Audit(_), Some(cp)) = (&cli.command, kept.highest()?) {
@@ -217,27 +225,55 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         Command::Audit(AuditCommand::Verify) => {
             audit_verify(&vault, &actor, &kept, checkpoints, &out).await
         }
+        // Reading the log is what an investigation of a broken chain needs, and it adds no
+        // row for someone the policy lets read it: allowed over a broken chain, with a note.
+        Command::Audit(cmd @ (AuditCommand::List(_) | AuditCommand::Show { .. }))
+            if may_read_audit(&actor) =>
+        {
+            if let Some(cp) = kept.newest(vault.keys())?.checkpoint {
+                if let Some(problem) = vault.audit().still_holds(&cp).await? {
+                    eprintln!(
+                        "note: the audit chain is BROKEN ({problem}); rows are shown as \
+                         stored: run `strongroom audit verify`"
+                    );
+                }
+            }
+            audit_browse(&vault, &actor, cmd, &out).await
+        }
         command => {
             // Never add rows (or sign a checkpoint) over a chain that was cut or rewritten.
             if let Some(cp) = kept.newest(vault.keys())?.checkpoint {
                 if let Some(problem) = vault.audit().still_holds(&cp).await? {
-                    eprintln!(
-                        "error: audit chain BROKEN: {problem}. Nothing was done: run \
-                         `strongroom audit verify`, and see docs/AUDIT.md (checkpoints) before \
-                         setting {} aside",
-                        kept.path.display()
+                    tell_failure(
+                        out.json,
+                        "audit_chain_broken",
+                        &format!(
+                            "audit chain BROKEN: {problem}. Nothing was done: run \
+                             `strongroom audit verify`, and see docs/AUDIT.md (checkpoints) \
+                             before setting {} aside",
+                            kept.path.display()
+                        ),
                     );
                     return Ok(6);
                 }
             }
-            run_command(&vault, &actor, command, &kept, &out).await
+            match command {
+                Command::Backup(args) => {
+                    backup(&vault, &actor, sqlite.as_ref(), &spec, args, &out).await
+                }
+                command => run_command(&vault, &actor, command, &kept, &out).await,
+            }
         }
     };
     if let Some(why) = kept.failure() {
-        eprintln!(
-            "error: the audit checkpoint could not be kept in {} ({why}); what the command \
-             did is done and audited, but a cut tail after it would not be caught",
-            kept.path.display()
+        tell_failure(
+            out.json,
+            "checkpoint_not_kept",
+            &format!(
+                "the audit checkpoint could not be kept in {} ({why}); what the command did is \
+                 done and audited, but a cut tail after it would not be caught",
+                kept.path.display()
+            ),
         );
         return result.and(Ok(1));
     }
@@ -279,6 +315,9 @@ async fn run_command(
             })
         }
         Command::Credentials(cmd) => credentials(vault, actor, cmd, out).await.map(|()| 0),
-        Command::Providers(_) | Command::Yaml(_) | Command::Audit(_) => Ok(0),
+        Command::Audit(cmd) => audit_browse(vault, actor, cmd, out).await,
+        Command::Providers(_) | Command::Yaml(_) | Command::Backup(_) | Command::Restore(_) => {
+            Ok(0)
+        }
     }
 }
