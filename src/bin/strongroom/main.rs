@@ -1,9 +1,12 @@
 //! `strongroom`: the operator command-line tool.
 //!
-//! Exit codes: 0 success, 1 other failure, 2 bad input or configuration, 3 not found,
-//! 4 permission denied, 5 conflict (already exists, stale version), 6 integrity failure
-//! (a broken audit chain, a blob that does not decrypt), 7 a credential the provider rejected,
-//! 8 verification inconclusive, 9 a key rotation that is not complete yet.
+//! Exit codes (the README's table; `errors.rs`): 0 success, 1 other failure, 2 bad input or
+//! configuration (a master key file others can read, an unknown key backend), 3 not found
+//! (also a provider asked for by name), 4 permission denied, 5 conflict (already exists,
+//! stale version), 6 integrity failure (a broken audit chain, a blob that does not decrypt
+//! or that no held key opens, a backup that fails its checks), 7 a credential the provider
+//! rejected, 8 verification inconclusive, 9 a key rotation that is not complete yet. Under
+//! `--json` a failure is one JSON object on stderr: `{"error": {"kind", "message"}}`.
 //!
 //! Audit checkpoints: every command that commits appends a checkpoint of the audit chain to
 //! `$STRONGROOM_HOME/checkpoints` (one per commit), `audit verify` checks the chain against
