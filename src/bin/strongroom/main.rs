@@ -85,7 +85,7 @@ enum Command {
     /// Manage credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
-    /// Inspect the audit chain.
+    /// Verify the audit chain and read its rows.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Browse the provider catalog.
