@@ -28,8 +28,8 @@ pub use model::{
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::lease::{Lease, LeaseClaim};
 pub use store::{
-    stale_read, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition, ReadStamp,
-    RecordFilter, Store,
+    stale_read, AuditQuery, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition,
+    ReadStamp, RecordFilter, Store,
 };
 #[cfg(feature = "postgres")]
 pub use store::{PostgresOptions, PostgresStore};
@@ -39,8 +39,9 @@ pub use store::{SqliteOptions, SqliteStore};
 pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
-    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, HeldFields, NewCredential,
-    Principal, ResealOptions, ResealProgress, ResealReport, ResealSelection, ResolveContext,
-    ResolveItem, ResolveManyError, Resolved, RevealedCredential, RewrapOptions, RewrapProgress,
-    RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
+    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, CredentialVersion,
+    HeldFields, NewCredential, Principal, ResealOptions, ResealProgress, ResealReport,
+    ResealSelection, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential,
+    RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
+    VersionChange,
 };

@@ -779,7 +779,8 @@ fn providers_list_and_show_the_catalog_and_a_drop_in_folder_adds_and_reports() {
         "https://api.stripe.com/v1/balance"
     );
     let missing = env.run(ALICE, &["providers", "show", "nosuch"]);
-    fails(&missing, 2, "`nosuch` is not in the provider catalog");
+    // Asked for by name, a provider that does not exist is not found (exit 3).
+    fails(&missing, 3, "`nosuch` is not in the provider catalog");
     // A drop-in folder: one good file, one broken one (reported with file and line).
     let dir = env.home.path().join("providers");
     std::fs::create_dir_all(&dir).expect("mkdir");

@@ -85,7 +85,7 @@ fn a_group_or_world_readable_key_file_is_refused() {
     for mode in [0o644, 0o640, 0o604, 0o660, 0o606] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         let err = key_wrapper_from_vars(&v).expect_err("refused");
-        assert_eq!(err.kind(), ErrorKind::KeyUnavailable, "mode {mode:o}");
+        assert_eq!(err.kind(), ErrorKind::Config, "mode {mode:o}");
         let msg = err.to_string();
         assert!(
             msg.contains("chmod 600") && msg.contains("master.key"),

@@ -242,6 +242,30 @@ impl From<CatalogProblem> for Error {
     }
 }
 
+/// The largest provider file the catalog reads: 256 KiB. A real one is a few KiB (the
+/// largest bundled file is under 2 KiB); a bigger file is reported as a problem and
+/// skipped, so no file in the providers folder can make every command slow or large.
+pub const MAX_PROVIDER_FILE_BYTES: u64 = 256 * 1024;
+
+/// Reads a provider file of at most [`MAX_PROVIDER_FILE_BYTES`], or says why not.
+fn read_capped(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut bytes = Vec::new();
+    // One byte past the cap tells a file at the cap from a larger one without reading it all.
+    file.take(MAX_PROVIDER_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_PROVIDER_FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {} KiB, the most a provider file may hold; a provider \
+             file describes one provider in a few KiB",
+            MAX_PROVIDER_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "the file is not valid UTF-8".to_string())
+}
+
 /// The providers a vault knows.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -317,17 +341,17 @@ impl Catalog {
                 });
                 continue;
             }
-            match std::fs::read_to_string(&path) {
+            match read_capped(&path) {
                 Ok(text) => {
                     if let Some(name) = self.add_text_checked(registry, &shown, &text, &seen) {
                         seen.insert(name);
                     }
                 }
-                Err(e) => self.problems.push(CatalogProblem {
+                Err(message) => self.problems.push(CatalogProblem {
                     file: shown,
                     line: 1,
                     column: 1,
-                    message: format!("cannot read the file: {e}"),
+                    message,
                 }),
             }
         }
@@ -397,16 +421,36 @@ impl Catalog {
         self.providers.get(name)
     }
 
-    /// A provider by name, or an error that says how to see the known ones.
+    /// A provider by name, or an error that says how to see the known ones — and, when
+    /// provider files could not be loaded, which and why: the one named after the provider
+    /// first, since a broken file is the likely reason a provider is missing.
     pub fn require(&self, name: &str) -> Result<&Arc<Provider>> {
         self.get(name).ok_or_else(|| {
-            Error::invalid(
-                "provider",
-                format!(
-                    "`{name}` is not in the provider catalog (`strongroom providers list` shows \
-                     the known ones; a TOML file in the providers folder adds one)"
-                ),
-            )
+            let shown: String = name.chars().take(64).flat_map(char::escape_debug).collect();
+            let mut reason = format!(
+                "`{shown}` is not in the provider catalog (`strongroom providers list` shows the \
+                 known ones; a TOML file in the providers folder adds one)"
+            );
+            let named_after = |p: &&CatalogProblem| {
+                Path::new(&p.file)
+                    .file_stem()
+                    .is_some_and(|stem| stem.to_string_lossy() == name)
+            };
+            let mut problems: Vec<&CatalogProblem> =
+                self.problems.iter().filter(named_after).collect();
+            problems.extend(self.problems.iter().filter(|p| !named_after(p)));
+            if !problems.is_empty() {
+                const SHOWN: usize = 3;
+                let listed: Vec<String> =
+                    problems.iter().take(SHOWN).map(|p| p.to_string()).collect();
+                reason.push_str(&format!(
+                    "; {} provider file(s) could not be loaded and may define it: {}{}",
+                    problems.len(),
+                    listed.join("; "),
+                    if problems.len() > SHOWN { "; …" } else { "" }
+                ));
+            }
+            Error::invalid("provider", reason)
         })
     }
 

@@ -116,7 +116,13 @@ pub(super) fn parse_provider(
             prefix_check: Vec::new(),
         })
         .collect();
-    let mut named = std::collections::BTreeSet::new();
+    // Where each field is in `fields`, so a file with many fields loads in linear time.
+    let mut index: std::collections::HashMap<String, usize> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.spec.name.clone(), i))
+        .collect();
+    let mut named = std::collections::HashSet::new();
     for f in parsed.fields {
         let span = f.span();
         let f = f.into_inner();
@@ -140,7 +146,7 @@ pub(super) fn parse_provider(
                 ));
             }
         }
-        let existing = fields.iter_mut().find(|x| x.spec.name == field_name);
+        let existing = index.get(&field_name).map(|&i| &mut fields[i]);
         match existing {
             Some(field) => {
                 if let Some(label) = f.label {
@@ -157,6 +163,7 @@ pub(super) fn parse_provider(
             None if handler.open_schema() => {
                 crate::model::validate_id("field name", &field_name)
                     .map_err(|e| at(f.name.span(), e.to_string()))?;
+                index.insert(field_name.clone(), fields.len());
                 fields.push(ProviderField {
                     spec: FieldSpec {
                         label: f.label.unwrap_or_else(|| field_name.clone()),

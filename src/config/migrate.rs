@@ -16,7 +16,7 @@ use super::{odd_key_message, template_blocks, templates, BlockPath, Diagnostic, 
 mod diff;
 mod files;
 
-pub use files::{yaml_files, yaml_files_excluding, IGNORE_FILE};
+pub use files::{yaml_files, yaml_files_excluding, yaml_walk, YamlWalk, IGNORE_FILE};
 
 /// The comment added after a template the migration keeps as the development fallback.
 pub const FALLBACK_COMMENT: &str = "# dev-only fallback";
@@ -578,8 +578,12 @@ pub fn migrate_file(path: &Path, write: bool) -> FileOutcome {
     FileOutcome::Changed(m)
 }
 
+/// Replaces the file at `path` with `text` atomically (a temporary file beside it, renamed
+/// over it), keeping its permissions. A symbolic link is written through: the file it
+/// points to (after every link) is replaced and the link stays a link.
 fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let path = &std::fs::canonicalize(path)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -35,7 +35,7 @@ mod leases;
 mod records;
 mod scopes;
 
-pub use audit::{audit_chain, concurrent_commits};
+pub use audit::{audit_chain, audit_queries, concurrent_commits};
 pub use credentials::{
     atomicity, grants, list_filters, names_unique_within_scope, precondition_conflicts, round_trip,
 };
@@ -180,6 +180,7 @@ where
     names_unique_within_scope(first_of(fresh().await)).await;
     atomicity(first_of(fresh().await)).await;
     audit_chain(first_of(fresh().await)).await;
+    audit_queries(first_of(fresh().await)).await;
     grants(first_of(fresh().await)).await;
     concurrent_commits(first_of(fresh().await), 32, 20).await;
     stamped_reads(first_of(fresh().await)).await;

@@ -346,15 +346,13 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Error::KeyUnavailable {
-            key_id: "file".into(),
-            reason: format!(
-                "refusing master key file {} with mode {mode:04o}: group or others can access it; \
-                 run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ),
-        });
+        // A configuration problem (the CLI exits 2), not a key that is missing.
+        return Err(Error::config(format!(
+            "refusing master key file {} with mode {mode:04o}: group or others can access it; \
+             run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -156,7 +156,7 @@ pub fn check_schema(schema: &[FieldSpec], open: bool, fields: &Fields) -> Result
             return Err(Error::invalid(
                 extra.clone(),
                 format!(
-                    "not a field of this credential type; its fields are {}",
+                    "`{extra}` is not a field of this credential type; its fields are {}",
                     known.join(", ")
                 ),
             ));

@@ -17,6 +17,7 @@ use crate::audit::event::AuditEvent;
 use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
 
+mod audit_query;
 mod filter;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod group;
@@ -30,6 +31,7 @@ mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use audit_query::{audit_query_by_scan, AuditQuery};
 pub use filter::{ListFilter, OwnerMatch, RecordFilter, ScopeMatch};
 pub use rules::stale_read;
 
@@ -337,6 +339,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn commit_checked(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
         let _ = stamp;
         self.commit(batch).await
+    }
+
+    /// The audit rows matching `query` (see [`AuditQuery`]: filters by credential, actor,
+    /// action, outcome and time, a `seq` cursor, oldest or newest first, a limit). The
+    /// provided implementation scans the chain with [`Store::audit_range`]
+    /// ([`audit_query_by_scan`]); a store may override it with a query of its own, which must
+    /// return the same rows in the same order (the conformance suite compares them). A row
+    /// that does not decode fails the read with [`Error::CorruptAuditRow`] naming it.
+    async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        audit_query_by_scan(self, query).await
     }
 
     /// Up to `limit` rows from `from`, reduced to what chain verification needs (see

@@ -209,3 +209,48 @@ impl RecordFilter {
         (clauses.join(" AND "), values)
     }
 }
+
+impl super::AuditQuery {
+    /// The query's filters and cursor as a SQL `WHERE` condition on the audit columns
+    /// (`1 = 1` when there is none) and its values, every value bound; the caller adds the
+    /// order and the limit.
+    pub(crate) fn sql_where(&self, dialect: Dialect) -> (String, Vec<SqlValue>) {
+        use SqlValue::{Int, Text};
+        let seq = |n: u64| Int(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut c = Conditions::new(dialect);
+        if let Some(after) = self.after {
+            c.compare("seq", ">", seq(after));
+        }
+        if let Some(before) = self.before {
+            c.compare("seq", "<", seq(before));
+        }
+        if let Some(id) = &self.credential_id {
+            c.compare("credential_id", "=", Text(id.as_str().to_string()));
+        }
+        if let Some(actor) = &self.actor {
+            c.compare("actor", "=", Text(actor.clone()));
+        }
+        if let Some(action) = self.action {
+            c.compare("action", "=", Text(action.as_str().to_string()));
+        }
+        if let Some(outcome) = self.outcome {
+            c.compare("outcome", "=", Text(outcome.as_str().to_string()));
+        }
+        if let Some(since) = self.since {
+            c.compare("time", ">=", Int(since.0));
+        }
+        if let Some(until) = self.until {
+            c.compare("time", "<", Int(until.0));
+        }
+        c.finish()
+    }
+
+    /// `ORDER BY … LIMIT …` for the query.
+    pub(crate) fn sql_order_limit(&self) -> String {
+        format!(
+            " ORDER BY seq {} LIMIT {}",
+            if self.newest_first { "DESC" } else { "ASC" },
+            self.limit.min(i64::MAX as usize)
+        )
+    }
+}

@@ -49,6 +49,8 @@ impl Vault {
         let expires_at = new
             .expires_at
             .or_else(|| self.expiry_from_fields(&handler_type, &new.fields));
+        let mut metadata = new.metadata;
+        metadata.insert(FIELD_NAMES.into(), field_names_text(&new.fields));
         let mut record = CredentialRecord {
             id: CredentialId::generate(),
             name: new.name,
@@ -56,7 +58,7 @@ impl Vault {
             provider: new.provider,
             handler_type,
             state: LifecycleState::Filled,
-            metadata: new.metadata,
+            metadata,
             agent_accessible: new.agent_accessible,
             version: 1,
             created_at: now,
@@ -138,12 +140,17 @@ impl Vault {
             None => None,
         };
         if let Some(metadata) = update.metadata {
-            let kept: Vec<(String, String)> = [DISABLED_BY]
+            let kept: Vec<(String, String)> = KEPT_METADATA
                 .into_iter()
                 .filter_map(|k| record.metadata.remove_entry(k))
                 .collect();
             record.metadata = metadata;
             record.metadata.extend(kept);
+        }
+        if let Some(fields) = &new_fields {
+            record
+                .metadata
+                .insert(FIELD_NAMES.into(), field_names_text(fields));
         }
         if let Some(flag) = update.agent_accessible {
             record.agent_accessible = flag;
@@ -166,7 +173,16 @@ impl Vault {
             Action::Update,
             AuditTarget::credential(&record.id, &record.scope),
         )
-        .detail("version", record.version.to_string());
+        .detail("version", record.version.to_string())
+        .detail("state", record.state.as_str())
+        .detail(
+            "fields",
+            if new_fields.is_some() {
+                "replaced"
+            } else {
+                "kept"
+            },
+        );
         self.commit_one(
             Mutation::Put {
                 record: record.clone(),
@@ -359,7 +375,8 @@ impl Vault {
         )
         .detail("from", from.as_str())
         .detail("to", to.as_str())
-        .detail("reason", reason);
+        .detail("reason", reason)
+        .detail("version", record.version.to_string());
         self.commit_one(
             Mutation::Put {
                 record: record.clone(),
@@ -401,4 +418,13 @@ fn visible_scopes(actor: &Principal) -> Vec<ScopeMatch> {
             Relation::NoScope => None,
         })
         .collect()
+}
+
+/// The names of `fields`, as [`FIELD_NAMES`] keeps them.
+pub(super) fn field_names_text(fields: &BTreeMap<String, SecretString>) -> String {
+    fields
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -31,6 +31,7 @@ mod batch;
 mod builder;
 mod credentials;
 mod grants;
+mod history;
 mod keys;
 mod resolve;
 mod types;
@@ -43,6 +44,7 @@ mod unseal;
 mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
+pub use history::{CredentialVersion, VersionChange};
 pub use verify::{Verification, VerifyResult};
 
 pub use builder::VaultBuilder;
@@ -57,6 +59,16 @@ pub use types::{
 /// kept by the vault, never taken from a caller. While it is set, only someone other than
 /// the owner may lift the disable (see docs/ACCESS.md).
 pub const DISABLED_BY: &str = "disabled_by";
+
+/// Metadata key holding the names of a credential's secret fields (never their values),
+/// comma-separated, so that metadata reads can say which fields a credential has without
+/// opening it. Kept by the vault (set by `create` and by an `update` with new fields), never
+/// taken from a caller, and shown as [`CredentialInfo::field_names`] rather than as
+/// metadata. Credentials written before it existed have it from their next field update.
+pub const FIELD_NAMES: &str = "field_names";
+
+/// The metadata keys the vault keeps itself.
+const KEPT_METADATA: [&str; 2] = [DISABLED_BY, FIELD_NAMES];
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -115,6 +127,21 @@ fn expires_at(record: &CredentialRecord) -> Option<Timestamp> {
 }
 
 fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
+    let mut metadata = record.metadata.clone();
+    let stored = metadata.remove(FIELD_NAMES);
+    let field_names = if field_names.is_empty() {
+        stored
+            .map(|names| {
+                names
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        field_names
+    };
     CredentialInfo {
         id: record.id.clone(),
         name: record.name.clone(),
@@ -122,7 +149,7 @@ fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
         provider: record.provider.clone(),
         handler_type: record.handler_type.clone(),
         state: effective_state(record, Timestamp::now()),
-        metadata: record.metadata.clone(),
+        metadata,
         agent_accessible: record.agent_accessible,
         version: record.version,
         created_at: record.created_at,
@@ -191,6 +218,14 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
         return Err(Error::invalid(
             "metadata",
             format!("`{DISABLED_BY}` is kept by the vault (set_state records it); remove it"),
+        ));
+    }
+    if metadata.contains_key(FIELD_NAMES) {
+        return Err(Error::invalid(
+            "metadata",
+            format!(
+                "`{FIELD_NAMES}` is kept by the vault (the names of the secret fields); remove it"
+            ),
         ));
     }
     if metadata.contains_key("expires_at") {

@@ -223,7 +223,8 @@ impl Vault {
                 .detail("step", "result")
                 .detail("result", format!("{result:?}").to_lowercase())
                 .detail("from", from.as_str())
-                .detail("to", effective_state(after, Timestamp::now()).as_str());
+                .detail("to", effective_state(after, Timestamp::now()).as_str())
+                .detail("version", after.version.to_string());
             if let Some(code) = status {
                 event = event.detail("http_status", code.to_string());
             }

@@ -1,4 +1,5 @@
-//! `strongroom credentials …`: create, list, show, grants, delete, verify.
+//! `strongroom credentials …`: create, list, show, grants, delete, verify (update, history
+//! and rename are in `history.rs`).
 
 use super::*;
 
@@ -133,6 +134,8 @@ pub(crate) enum CredentialsCommand {
         /// Credential id.
         id: String,
     },
+    #[command(flatten)]
+    Versions(VersionCommand),
 }
 
 /// `--expires-at`: an RFC 3339 time or `+N` minutes, hours, days or weeks from `now`; a
@@ -296,13 +299,12 @@ pub(crate) fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretStri
     let mut from_stdin: Option<String> = None;
     for item in raw {
         let Some((name, value)) = item.split_once('=') else {
-            let name = item.chars().take(40).collect::<String>();
+            // Never echoed: without `name=`, what was given may well be the secret itself.
             return Err(invalid(
                 "-f",
-                &format!(
-                    "`{name}` must be written name=value (name=- reads stdin, name=@FILE a \
-                     file, name=? prompts)"
-                ),
+                "a field must be written name=value (name=- reads stdin, name=@FILE a file, \
+                 name=? prompts); what was given has no `name=` and is not shown here, since \
+                 it may be a secret",
             ));
         };
         if name.is_empty() {
@@ -495,6 +497,7 @@ pub(crate) async fn credentials(
         }
         // Handled in `run`, which sets the exit code from the verdict.
         CredentialsCommand::Verify { .. } => {}
+        CredentialsCommand::Versions(cmd) => versions(vault, actor, cmd, out).await?,
         CredentialsCommand::AdminDelete { id: raw } => {
             vault.delete(actor, &id(&raw)?, None).await?;
             if !out.json {

@@ -1,9 +1,12 @@
 //! `strongroom`: the operator command-line tool.
 //!
-//! Exit codes: 0 success, 1 other failure, 2 bad input or configuration, 3 not found,
-//! 4 permission denied, 5 conflict (already exists, stale version), 6 integrity failure
-//! (a broken audit chain, a blob that does not decrypt), 7 a credential the provider rejected,
-//! 8 verification inconclusive, 9 a key rotation that is not complete yet.
+//! Exit codes (the README's table; `errors.rs`): 0 success, 1 other failure, 2 bad input or
+//! configuration (a master key file others can read, an unknown key backend), 3 not found
+//! (also a provider asked for by name), 4 permission denied, 5 conflict (already exists,
+//! stale version), 6 integrity failure (a broken audit chain, a blob that does not decrypt
+//! or that no held key opens, a backup that fails its checks), 7 a credential the provider
+//! rejected, 8 verification inconclusive, 9 a key rotation that is not complete yet. Under
+//! `--json` a failure is one JSON object on stderr: `{"error": {"kind", "message"}}`.
 //!
 //! Audit checkpoints: every command that commits appends a checkpoint of the audit chain to
 //! `$STRONGROOM_HOME/checkpoints` (one per commit), `audit verify` checks the chain against
@@ -51,7 +54,10 @@ macro_rules! eprintln {
 }
 
 mod audit;
+mod backup;
 mod credentials;
+mod errors;
+mod history;
 mod keys;
 mod keysel;
 mod output;
@@ -60,7 +66,10 @@ mod store;
 mod yaml;
 
 use audit::*;
+use backup::*;
 use credentials::*;
+use errors::*;
+use history::*;
 use keys::*;
 use output::*;
 use providers::*;
@@ -100,7 +109,7 @@ enum Command {
     /// Manage credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
-    /// Inspect the audit chain.
+    /// Verify the audit chain and read its rows.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Browse the provider catalog.
@@ -112,25 +121,26 @@ enum Command {
     /// Master keys: how many records each wraps, and rotation onto a new key.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Write a consistent copy of a SQLite vault to PATH while it keeps serving (SQLite's
+    /// online backup API; mode 0600; an existing PATH is refused). System admins. For
+    /// PostgreSQL use pg_dump (see docs/DEPLOYMENT.md).
+    Backup(BackupArgs),
+    /// Replace the SQLite vault with a backup, after checking that the backup's audit chain
+    /// holds (and matches the checkpoints kept for this vault) and that the master key
+    /// opens every credential in it; nothing is replaced when a check fails (exit 6). The
+    /// replace is atomic; the vault as it was is kept beside it
+    /// (`vault.db.before-restore-TIME`), and its checkpoints are set aside likewise.
+    /// System admins.
+    Restore(RestoreArgs),
 }
 
 /// A 32-byte key (base64url) that authenticates the audit checkpoints instead of the master
 /// key's checkpoint key.
 const ENV_AUDIT_KEY: &str = "STRONGROOM_AUDIT_KEY";
 
-fn exit_code(e: &Error) -> u8 {
-    match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::Config => 2,
-        ErrorKind::NotFound => 3,
-        ErrorKind::PermissionDenied => 4,
-        ErrorKind::AlreadyExists | ErrorKind::VersionConflict => 5,
-        ErrorKind::DecryptFailed | ErrorKind::Corrupt => 6,
-        _ => 1,
-    }
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,10 +162,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // On one line, every control character escaped: error text can quote a
-            // database row or a file.
-            eprintln!("error: {}", one_line(&e.to_string()));
-            if e.kind() == ErrorKind::KeyUnavailable {
+            let code = tell_error(json, &e);
+            if e.kind() == ErrorKind::KeyUnavailable && !json {
                 eprintln!(
                     "hint: this command finds retired master keys in {} (file:PATH or env:VAR, \
                      comma-separated) and under `retired` in $STRONGROOM_HOME/{}",
@@ -163,7 +171,7 @@ fn main() -> ExitCode {
                     keysel::KEYS_FILE
                 );
             }
-            ExitCode::from(exit_code(&e))
+            ExitCode::from(code)
         }
     }
 }
@@ -274,6 +282,10 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     }
     let home = home(creates)?;
     let kept = Arc::new(CheckpointFile::open(&home, store_label(&spec))?);
+    if let Command::Restore(args) = cli.command {
+        // Works on the file itself, which may not exist yet: no vault is opened first.
+        return restore(&actor, &spec, &kept, args, sqlite, &out).await;
+    }
     if let StoreSpec::Sqlite(path) = &spec {
         // A command that only reads never makes a vault: not from a missing file, and not
         // from an empty one either.
@@ -318,6 +330,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
                 | CredentialsCommand::Show { .. }
                 | CredentialsCommand::AdminList
                 | CredentialsCommand::Grants { .. }
+                | CredentialsCommand::Versions(history::VersionCommand::History { .. })
         ) | Command::Audit(_)
             | Command::Keys(KeysCommand::Status)
     );
@@ -368,27 +381,55 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         Command::Audit(AuditCommand::Verify) => {
             audit_verify(&vault, &actor, &kept, checkpoints, &out).await
         }
+        // Reading the log is what an investigation of a broken chain needs, and it adds no
+        // row for someone the policy lets read it: allowed over a broken chain, with a note.
+        Command::Audit(cmd @ (AuditCommand::List(_) | AuditCommand::Show { .. }))
+            if may_read_audit(&actor) =>
+        {
+            if let Some(cp) = kept.newest(vault.audit()).await?.checkpoint {
+                if let Some(problem) = vault.audit().still_holds(&cp).await? {
+                    eprintln!(
+                        "note: the audit chain is BROKEN ({problem}); rows are shown as \
+                         stored: run `strongroom audit verify`"
+                    );
+                }
+            }
+            audit_browse(&vault, &actor, cmd, &out).await
+        }
         command => {
             // Never add rows (or sign a checkpoint) over a chain that was cut or rewritten.
             if let Some(cp) = kept.newest(vault.audit()).await?.checkpoint {
                 if let Some(problem) = vault.audit().still_holds(&cp).await? {
-                    eprintln!(
-                        "error: audit chain BROKEN: {problem}. Nothing was done: run \
-                         `strongroom audit verify`, and see docs/AUDIT.md (checkpoints) before \
-                         setting {} aside",
-                        kept.path.display()
+                    tell_failure(
+                        out.json,
+                        "audit_chain_broken",
+                        &format!(
+                            "audit chain BROKEN: {problem}. Nothing was done: run \
+                             `strongroom audit verify`, and see docs/AUDIT.md (checkpoints) \
+                             before setting {} aside",
+                            kept.path.display()
+                        ),
                     );
                     return Ok(6);
                 }
             }
-            run_command(&vault, &actor, command, &kept, &out).await
+            match command {
+                Command::Backup(args) => {
+                    backup(&vault, &actor, sqlite.as_ref(), &spec, args, &out).await
+                }
+                command => run_command(&vault, &actor, command, &kept, &out).await,
+            }
         }
     };
     if let Some(why) = kept.failure() {
-        eprintln!(
-            "error: the audit checkpoint could not be kept in {} ({why}); what the command \
-             did is done and audited, but a cut tail after it would not be caught",
-            kept.path.display()
+        tell_failure(
+            out.json,
+            "checkpoint_not_kept",
+            &format!(
+                "the audit checkpoint could not be kept in {} ({why}); what the command did is \
+                 done and audited, but a cut tail after it would not be caught",
+                kept.path.display()
+            ),
         );
         return result.and(Ok(1));
     }
@@ -430,6 +471,9 @@ async fn run_command(
             })
         }
         Command::Credentials(cmd) => credentials(vault, actor, cmd, out).await.map(|()| 0),
-        Command::Providers(_) | Command::Yaml(_) | Command::Audit(_) => Ok(0),
+        Command::Audit(cmd) => audit_browse(vault, actor, cmd, out).await,
+        Command::Providers(_) | Command::Yaml(_) | Command::Backup(_) | Command::Restore(_) => {
+            Ok(0)
+        }
     }
 }

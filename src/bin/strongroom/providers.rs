@@ -84,7 +84,14 @@ pub(crate) fn providers(
             Ok(if catalog.problems().is_empty() { 0 } else { 2 })
         }
         ProvidersCommand::Show { name } => {
-            let p = catalog.require(&name)?;
+            // Asked for by name, a missing provider is not found (exit 3), as a credential is.
+            let p = catalog.require(&name).map_err(|e| match e {
+                Error::InvalidInput { reason, .. } => Error::NotFound {
+                    what: format!("provider `{}`", name.escape_debug()),
+                    hint: Some(reason),
+                },
+                other => other,
+            })?;
             if out.json {
                 println!(
                     "{}",

@@ -9,10 +9,13 @@ pub(crate) enum YamlCommand {
     /// --write is given. `${{ ... }}` (GitHub Actions) is not a template.
     ///
     /// In a folder it visits the *.yaml / *.yml files, not those whose name starts with `.`
-    /// (nor hidden folders such as .git and .github), nor symbolic links, nor the paths a
+    /// (nor hidden folders such as .git and .github), nor symbolic links (each skipped link
+    /// is listed on stderr; name one as PATH to migrate it), nor the paths a
     /// .strongroomignore file in the folder or an --exclude pattern names (gitignore-style).
-    /// A file that cannot be read, parsed or rewritten safely is reported and left as it
-    /// was; the others are migrated; the exit code is then 2.
+    /// A symbolic link named as PATH is written through: --write rewrites the file it
+    /// points to and the link stays a link. A file that cannot be read, parsed or rewritten
+    /// safely is reported and left as it was; the others are migrated; the exit code is
+    /// then 2.
     MigrateCredentials {
         /// A YAML file, or a folder of *.yaml / *.yml files.
         path: PathBuf,
@@ -39,7 +42,7 @@ pub(crate) enum YamlCommand {
 }
 
 pub(crate) fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<u8, Error> {
-    use strongroom::config::migrate::{migrate_file, yaml_files_excluding, FileOutcome};
+    use strongroom::config::migrate::{migrate_file, yaml_walk, FileOutcome};
     match cmd {
         YamlCommand::MigrateCredentials {
             path,
@@ -47,11 +50,11 @@ pub(crate) fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<
             recursive,
             exclude,
         } => {
-            let files =
-                yaml_files_excluding(&path, recursive, &exclude).map_err(|source| Error::Io {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+            let walk = yaml_walk(&path, recursive, &exclude).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let files = walk.files;
             let bar = indicatif::ProgressBar::new(files.len() as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg}")
@@ -94,6 +97,20 @@ pub(crate) fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<
                 bar.inc(1);
             }
             bar.finish_and_clear();
+            // Nothing is passed over without a word: the links a folder run does not follow.
+            for link in &walk.skipped_links {
+                if !out.json {
+                    eprintln!(
+                        "skipped {}: a symbolic link (a folder run does not follow links; name \
+                         it as PATH to migrate what it points to)",
+                        link.display()
+                    );
+                }
+                report.push(serde_json::json!({
+                    "file": link.display().to_string(), "status": "skipped",
+                    "reason": "symbolic link",
+                }));
+            }
             if out.json {
                 println!(
                     "{}",
@@ -101,12 +118,16 @@ pub(crate) fn yaml(catalog: &Catalog, cmd: YamlCommand, out: &Output) -> Result<
                 );
             }
             eprintln!(
-                "{} file(s): {changed} {}, {failed} could not be migrated",
+                "{} file(s): {changed} {}, {failed} could not be migrated{}",
                 files.len(),
                 if write {
                     "migrated"
                 } else {
                     "would change (run again with --write)"
+                },
+                match walk.skipped_links.len() {
+                    0 => String::new(),
+                    n => format!("; {n} symbolic link(s) skipped"),
                 }
             );
             Ok(if failed > 0 { 2 } else { 0 })

@@ -16,7 +16,8 @@ pub fn yaml_files(path: &Path, recursive: bool) -> std::io::Result<Vec<PathBuf>>
 
 /// The YAML files at `path`, as [`yaml_files`], leaving out in a folder: entries whose
 /// name starts with `.` (`.git`, `.github`, `.gitlab-ci.yml`), symbolic links, and the
-/// paths matched by the patterns of a [`IGNORE_FILE`] in `path` or by `exclude`.
+/// paths matched by the patterns of a [`IGNORE_FILE`] in `path` or by `exclude`
+/// ([`yaml_walk`] also lists the links it passed over).
 ///
 /// Patterns are gitignore-style, relative to `path`: `*` and `?` match within a name,
 /// `[a-z]` a character class, `**` any number of folders; a pattern without a `/` matches
@@ -28,9 +29,29 @@ pub fn yaml_files_excluding(
     recursive: bool,
     exclude: &[String],
 ) -> std::io::Result<Vec<PathBuf>> {
+    yaml_walk(path, recursive, exclude).map(|walk| walk.files)
+}
+
+/// What a folder run visits, and the symbolic links it passed over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct YamlWalk {
+    /// The files to visit, sorted.
+    pub files: Vec<PathBuf>,
+    /// Symbolic links a folder run does not follow, sorted: those named `*.yaml`/`*.yml`,
+    /// and (with `recursive`) links to folders. Hidden and excluded entries are not listed
+    /// (they are left out on purpose); these are, so that nothing is skipped without a word.
+    pub skipped_links: Vec<PathBuf>,
+}
+
+/// The YAML files at `path`, as [`yaml_files_excluding`], with the symbolic links the walk
+/// passed over ([`YamlWalk::skipped_links`]). A link named as `path` itself is followed.
+pub fn yaml_walk(path: &Path, recursive: bool, exclude: &[String]) -> std::io::Result<YamlWalk> {
     let meta = std::fs::metadata(path)?;
     if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
+        return Ok(YamlWalk {
+            files: vec![path.to_path_buf()],
+            skipped_links: Vec::new(),
+        });
     }
     let mut rules = Vec::new();
     match std::fs::read_to_string(path.join(IGNORE_FILE)) {
@@ -40,6 +61,7 @@ pub fn yaml_files_excluding(
     }
     rules.extend(exclude.iter().filter_map(|p| Rule::parse(p)));
     let mut out = Vec::new();
+    let mut links = Vec::new();
     let mut dirs = vec![(path.to_path_buf(), Vec::<String>::new())];
     while let Some((dir, rel)) = dirs.pop() {
         for entry in std::fs::read_dir(&dir)? {
@@ -56,6 +78,13 @@ pub fn yaml_files_excluding(
                 continue;
             }
             let p = entry.path();
+            if ft.is_symlink() {
+                let yaml_name = p.extension().is_some_and(|e| e == "yaml" || e == "yml");
+                if yaml_name || (recursive && p.is_dir()) {
+                    links.push(p);
+                }
+                continue;
+            }
             if is_dir {
                 if recursive {
                     dirs.push((p, segs));
@@ -66,7 +95,11 @@ pub fn yaml_files_excluding(
         }
     }
     out.sort();
-    Ok(out)
+    links.sort();
+    Ok(YamlWalk {
+        files: out,
+        skipped_links: links,
+    })
 }
 
 fn excluded(rules: &[Rule], segs: &[String], is_dir: bool) -> bool {

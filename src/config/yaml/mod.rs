@@ -216,7 +216,8 @@ impl Node {
     }
 }
 
-/// Aliases may not expand a document past this many nodes ("billion laughs").
+/// No stream may hold more nodes than this, aliases expanded: a guard against alias bombs
+/// ("billion laughs") and against files far larger than any config.
 const MAX_NODES: usize = 1_000_000;
 
 /// How deep collections may nest (aliases expanded), as in `serde_json`. Deeper files are
@@ -366,6 +367,7 @@ fn build(file: &str, source: &Patched<'_>) -> Result<Vec<Node>, Failed> {
         source,
         anchors: HashMap::new(),
         nodes: 0,
+        aliased: 0,
         error_at: 0,
     };
     let mut parser = Parser::new_from_str(text);
@@ -532,6 +534,8 @@ struct Builder<'a> {
     source: &'a Patched<'a>,
     anchors: HashMap<usize, Built>,
     nodes: usize,
+    /// Of `nodes`, those that aliases added (copies of anchored nodes).
+    aliased: usize,
     /// The byte offset (in `text`) of the last parser error.
     error_at: usize,
 }
@@ -587,13 +591,32 @@ impl Builder<'_> {
         }
     }
 
-    fn count(&mut self, pos: Pos, n: usize) -> Result<(), YamlError> {
-        self.nodes += n;
+    /// Counts `n` more nodes (`aliased`: copies an alias adds), refusing a stream past
+    /// [`MAX_NODES`] with the reason that is true: aliases that expand it, or its own size.
+    fn count(&mut self, pos: Pos, n: usize, aliased: bool) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if aliased {
+            self.aliased = self.aliased.saturating_add(n);
+        }
         if self.nodes > MAX_NODES {
-            return Err(self.error(
-                pos,
-                "aliases expand this document past a million nodes; refusing to expand it",
-            ));
+            let written = self.nodes - self.aliased;
+            let message = if self.aliased > written {
+                format!(
+                    "aliases expand this document past a million nodes ({} of the {} come from \
+                     aliases); refusing to expand it",
+                    self.aliased, self.nodes
+                )
+            } else {
+                format!(
+                    "this file holds more than a million YAML nodes ({} written out, {} from \
+                     aliases) by the time it reaches here ({} bytes in all); strongroom does \
+                     not load files that large: split it",
+                    written,
+                    self.aliased,
+                    self.text.len()
+                )
+            };
+            return Err(self.error(pos, message));
         }
         Ok(())
     }
@@ -646,7 +669,7 @@ impl Builder<'_> {
                     if depth > MAX_DEPTH {
                         return Err(self.too_deep(start, false));
                     }
-                    self.count(start, 1)?;
+                    self.count(start, 1, false)?;
                     let kind = if matches!(event_kind, StartKind::Map) {
                         OpenKind::Map(Vec::new(), None)
                     } else {
@@ -682,7 +705,7 @@ impl Builder<'_> {
                     if depth > MAX_DEPTH {
                         return Err(self.too_deep(start, false));
                     }
-                    self.count(start, 1)?;
+                    self.count(start, 1, false)?;
                     let style = match style {
                         ScalarStyle::Plain => Style::Plain,
                         ScalarStyle::SingleQuoted => Style::SingleQuoted,
@@ -730,7 +753,7 @@ impl Builder<'_> {
                     }
                     let mut built = target.clone();
                     built.node.alias = Some(start);
-                    self.count(start, built.size)?;
+                    self.count(start, built.size, true)?;
                     (built, 0)
                 }
                 _ => return Err(self.error(start, "unexpected YAML event")),

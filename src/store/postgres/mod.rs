@@ -18,7 +18,7 @@ use tokio_postgres::{NoTls, Row};
 
 use super::group::{self, Request};
 use super::sql::{Dialect, SqlValue};
-use super::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
+use super::{AuditQuery, Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditRecord, ChainHead};
 use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
@@ -270,6 +270,26 @@ impl Store for PostgresStore {
                 "the audit log",
             )
             .await?;
+        rows.iter().map(decode_audit).collect()
+    }
+
+    async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (condition, values) = query.sql_where(Dialect::Postgres);
+        let sql = format!(
+            "SELECT seq, time, actor, action, credential_id, scope_kind, owner, outcome, \
+             details, prev_hash, hash FROM {}.audit WHERE {condition}{}",
+            self.sql.schema,
+            query.sql_order_limit()
+        );
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(sql_param).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(&sql, &refs)
+            .await
+            .map_err(|e| db_error("cannot read the audit log", e))?;
         rows.iter().map(decode_audit).collect()
     }
 

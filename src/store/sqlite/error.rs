@@ -8,7 +8,15 @@ use crate::error::{Error, StoreErrorKind};
 /// `context` (what the store was doing) failed with `e`.
 pub(super) fn sql_error(context: &str, e: rusqlite::Error) -> Error {
     let kind = kind_of(&e);
-    let message = format!("{context}: {}{}", reason(&e), hint(kind));
+    let message = match kind {
+        // The cause first: whatever was being written, the database refuses all writes.
+        StoreErrorKind::ReadOnly => format!(
+            "{context}: the database is read-only ({}){}",
+            reason(&e),
+            hint(kind)
+        ),
+        _ => format!("{context}: {}{}", reason(&e), hint(kind)),
+    };
     Error::store_with_source(kind, message, e)
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::group;
 
 use super::sql::{Dialect, SqlValue};
-use super::{Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
+use super::{AuditQuery, Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
@@ -33,6 +33,7 @@ pub use schema::SQLITE_APPLICATION_ID;
 use schema::{check_application, configure, load_head, migrate, read_generation};
 use writer::{writer_loop, Message};
 
+mod backup;
 mod cache;
 mod codec;
 mod error;
@@ -516,6 +517,35 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| sql_error("cannot read the audit log", e))?;
             let mut out = Vec::with_capacity(limit.min(16_384));
+            for row in rows {
+                out.push(row.map_err(|e| sql_error("cannot read the audit log", e))??);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (condition, values) = query.sql_where(Dialect::Sqlite);
+        let sql = format!(
+            "SELECT seq, time, actor, action, credential_id, scope_kind, owner, outcome, \
+             details, prev_hash, hash FROM audit WHERE {condition}{}",
+            query.sql_order_limit()
+        );
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&sql)
+                .map_err(|e| sql_error("cannot prepare an audit query", e))?;
+            let rows = stmt
+                .query_map(
+                    rusqlite::params_from_iter(values.into_iter().map(sql_value)),
+                    decode_audit,
+                )
+                .map_err(|e| sql_error("cannot read the audit log", e))?;
+            let mut out = Vec::new();
             for row in rows {
                 out.push(row.map_err(|e| sql_error("cannot read the audit log", e))??);
             }

@@ -256,7 +256,9 @@ fn apply_batch(
             conn,
             "UPDATE strongroom_generation SET value = value + 1 WHERE id = 1",
         )
-        .map_err(|e| sql_error("cannot bump the data generation", e))?;
+        // The batch's first write: when the database refuses writes, this is where it shows,
+        // so the message names the database rather than the counter.
+        .map_err(|e| sql_error(&format!("cannot write to {}", database_name(conn)), e))?;
     }
     for mutation in batch.mutations {
         apply_mutation(conn, mutation)?;
@@ -454,4 +456,11 @@ pub(super) fn stored_record_version(
         })
         .map(|v| v.map(|v| v as u64))
         .map_err(|e| sql_error("cannot read a record's version", e))
+}
+
+/// The database file of `conn`, for messages.
+fn database_name(conn: &Connection) -> String {
+    conn.path()
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| "the database".to_string(), str::to_string)
 }
