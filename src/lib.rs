@@ -39,9 +39,9 @@ pub use store::{SqliteOptions, SqliteStore};
 pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
-    CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, CredentialVersion,
-    HeldFields, NewCredential, Principal, ResealOptions, ResealProgress, ResealReport,
-    ResealSelection, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential,
-    RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder, Verification, VerifyResult,
-    VersionChange,
+    BlobCheck, CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate,
+    CredentialVersion, HeldFields, NewCredential, Principal, ResealOptions, ResealProgress,
+    ResealReport, ResealSelection, ResolveContext, ResolveItem, ResolveManyError, Resolved,
+    RevealedCredential, RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder,
+    Verification, VerifyResult, VersionChange,
 };

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -68,7 +68,8 @@ struct Entry<V> {
     /// pointers, never key bytes.
     value: V,
     born: Instant,
-    uses: u64,
+    /// Counted under the read lock.
+    uses: AtomicU64,
 }
 
 /// The data-key cache. Keyed by the exact bytes of a blob before its ciphertext (header,
@@ -78,9 +79,15 @@ struct Entry<V> {
 /// derives.
 pub(crate) struct DekCache<V = Arc<PreparedPayload>> {
     config: DekCacheConfig,
-    inner: Mutex<Inner<V>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Lookups share the lock; puts, evictions and expiry take it alone.
+    inner: Padded<RwLock<Inner<V>>>,
+    /// When the cache was made: times below are nanoseconds since.
+    epoch: Instant,
+    /// The birth of the oldest entry `order` may still hold (`u64::MAX` when empty), so a
+    /// lookup knows without the write lock whether anything may have expired.
+    oldest: Padded<AtomicU64>,
+    hits: Striped,
+    misses: Striped,
     evictions: AtomicU64,
 }
 
@@ -88,8 +95,84 @@ pub(crate) struct DekCache<V = Arc<PreparedPayload>> {
 /// keys themselves sit behind pointers, so growth moves pointers, never key bytes).
 const PREALLOCATED: usize = 1 << 16;
 
+/// Hashes a cache key by its last eight bytes: the end of a blob's commitment, an HMAC (or
+/// SHA-256) output that is uniform for every entry the cache holds (only blobs that opened
+/// are put), so hashing the rest of the key, as SipHash would, buys nothing. Equality is
+/// still decided on the whole key.
+#[derive(Default, Clone, Copy)]
+struct TailHash;
+
+#[derive(Default)]
+struct TailHasher(u64);
+
+impl std::hash::BuildHasher for TailHash {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(0)
+    }
+}
+
+impl std::hash::Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut tail = [0u8; 8];
+        let n = bytes.len().min(8);
+        tail[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+        self.0 ^= u64::from_le_bytes(tail);
+    }
+    fn write_usize(&mut self, n: usize) {
+        // The length prefix of a slice: mixed in so keys of other lengths spread too.
+        self.0 ^= (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A value on cache lines of its own, so that writes to its neighbours (the lock word, the
+/// counters) by another core do not evict it from this one's cache.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// A counter that every thread adds to without contending: one padded cell per stripe,
+/// summed when read.
+#[derive(Default)]
+struct Striped([Padded<AtomicU64>; STRIPES]);
+
+const STRIPES: usize = 8;
+
+impl Default for Padded<AtomicU64> {
+    fn default() -> Self {
+        Padded(AtomicU64::new(0))
+    }
+}
+
+impl Striped {
+    fn add_one(&self) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+            };
+        }
+        let stripe = STRIPE.with(|s| *s);
+        self.0[stripe].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
 struct Inner<V> {
-    map: HashMap<Arc<[u8]>, Entry<V>>,
+    map: HashMap<Arc<[u8]>, Entry<V>, TailHash>,
     /// Cache keys in the order their entries were born (oldest first), with that birth
     /// time: an element whose entry was replaced or dropped since is stale and skipped.
     order: VecDeque<(Arc<[u8]>, Instant)>,
@@ -100,14 +183,41 @@ impl<V: Clone> DekCache<V> {
         let room = config.max_entries.min(PREALLOCATED);
         DekCache {
             config,
-            inner: Mutex::new(Inner {
-                map: HashMap::with_capacity(room),
+            inner: Padded(RwLock::new(Inner {
+                map: HashMap::with_capacity_and_hasher(room, TailHash),
                 order: VecDeque::with_capacity(room),
-            }),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            })),
+            epoch: Instant::now(),
+            oldest: Padded(AtomicU64::new(u64::MAX)),
+            hits: Striped::default(),
+            misses: Striped::default(),
             evictions: AtomicU64::new(0),
         }
+    }
+
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Records the birth of the front of `order` (called with the write lock held, after
+    /// `order` changed).
+    fn note_oldest(&self, inner: &Inner<V>) {
+        let oldest = inner
+            .order
+            .front()
+            .map_or(u64::MAX, |(_, born)| self.since_epoch(*born));
+        self.oldest.store(oldest, Ordering::Relaxed);
+    }
+
+    /// Whether an entry may have passed `max_age` by `now` (without taking the lock).
+    fn expiry_due(&self, now: Instant) -> bool {
+        let oldest = self.oldest.load(Ordering::Relaxed);
+        let max_age = u64::try_from(self.config.max_age.as_nanos()).unwrap_or(u64::MAX);
+        oldest != u64::MAX && self.since_epoch(now) >= oldest.saturating_add(max_age)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner<V>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drops every entry older than `max_age` (they sit at the front of `order`).
@@ -124,31 +234,55 @@ impl<V: Clone> DekCache<V> {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.note_oldest(inner);
     }
 
     /// The value for `key` made for `context`, when held, young enough and not used up
-    /// (counting this use). Held for another context, it is a miss and stays.
+    /// (counting this use). Held for another context, it is a miss and stays. Expired
+    /// entries (of any key) are dropped first.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: &[u8], context: &[u8]) -> Option<V> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let inner = &mut *inner;
-        self.drop_expired(inner, Instant::now());
-        let fresh = match inner.map.get_mut(key) {
-            Some(e) if *e.context != *context => None,
-            Some(e) if e.uses < self.config.max_uses => {
-                e.uses += 1;
-                Some(e.value.clone())
+        self.with(key, context, |value| value.clone())
+    }
+
+    /// `f` of the value for `key` made for `context` (see [`DekCache::get`]), called under
+    /// the shared lock so the value is neither cloned nor counted twice.
+    pub(crate) fn with<R>(&self, key: &[u8], context: &[u8], f: impl FnOnce(&V) -> R) -> Option<R> {
+        let now = Instant::now();
+        if self.expiry_due(now) {
+            let mut inner = self.write();
+            self.drop_expired(&mut inner, now);
+        }
+        let (fresh, used_up) = {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            match inner.map.get(key) {
+                Some(e) if *e.context != *context => (None, false),
+                Some(e) => {
+                    if e.uses.fetch_add(1, Ordering::Relaxed) < self.config.max_uses {
+                        (Some(f(&e.value)), false)
+                    } else {
+                        (None, true)
+                    }
+                }
+                None => (None, false),
             }
-            Some(_) => {
+        };
+        if used_up {
+            let mut inner = self.write();
+            let max_uses = self.config.max_uses;
+            if inner
+                .map
+                .get(key)
+                .is_some_and(|e| e.uses.load(Ordering::Relaxed) >= max_uses)
+            {
                 inner.map.remove(key);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
-                None
             }
-            None => None,
-        };
+        }
         match &fresh {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
+            Some(_) => self.hits.add_one(),
+            None => self.misses.add_one(),
+        }
         fresh
     }
 
@@ -159,7 +293,7 @@ impl<V: Clone> DekCache<V> {
         }
         let now = Instant::now();
         let key: Arc<[u8]> = Arc::from(key);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.write();
         let inner = &mut *inner;
         self.drop_expired(inner, now);
         inner.map.insert(
@@ -168,7 +302,7 @@ impl<V: Clone> DekCache<V> {
                 context: context.into(),
                 value,
                 born: now,
-                uses: 0,
+                uses: AtomicU64::new(0),
             },
         );
         inner.order.push_back((key, now));
@@ -189,26 +323,28 @@ impl<V: Clone> DekCache<V> {
                 .order
                 .retain(|(k, born)| map.get(&**k).is_some_and(|e| e.born == *born));
         }
+        self.note_oldest(inner);
     }
 
     pub(crate) fn clear(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.write();
         let n = inner.map.len() as u64;
         inner.map.clear();
         inner.order.clear();
+        self.note_oldest(&inner);
         self.evictions.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> DekCacheStats {
         let entries = self
             .inner
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .map
             .len();
         DekCacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits: self.hits.sum(),
+            misses: self.misses.sum(),
             evictions: self.evictions.load(Ordering::Relaxed),
             entries,
         }
@@ -292,13 +428,13 @@ mod tests {
             max_entries: 500,
             ..DekCacheConfig::default()
         });
-        let capacity = cache.inner.lock().expect("lock").map.capacity();
+        let capacity = cache.inner.read().expect("lock").map.capacity();
         assert!(capacity >= 500, "{capacity}");
         for i in 0..500u32 {
             cache.put(&i.to_be_bytes(), CTX, dek(1));
         }
         assert_eq!(
-            cache.inner.lock().expect("lock").map.capacity(),
+            cache.inner.read().expect("lock").map.capacity(),
             capacity,
             "filling it never grew the map"
         );

@@ -229,11 +229,12 @@ impl KeyRing {
         // under this very identity, unwrapped and checked.
         let aad = id.data_aad(parsed.version, parsed.flags);
         let section = envelope::key_section(blob, &parsed);
-        if let Some(prepared) = cache.get(section, &aad) {
-            // The commitment and the payload's tag are still checked.
-            if let Ok(plain) = envelope::open_prepared(&prepared, &parsed, id, &aad) {
-                return Ok(plain);
-            }
+        // The commitment and the payload's tag are still checked.
+        let hit = cache.with(section, &aad, |prepared| {
+            envelope::open_prepared(prepared, &parsed, id, &aad)
+        });
+        if let Some(Ok(plain)) = hit {
+            return Ok(plain);
         }
         let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
         let prepared = envelope::prepare(&dek, &parsed, id, &aad)?;

@@ -45,6 +45,7 @@ mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
+pub use unseal::BlobCheck;
 pub use verify::{Verification, VerifyResult};
 
 pub use builder::VaultBuilder;

@@ -26,6 +26,18 @@ pub(crate) struct Release<'a> {
     pub held: Option<Arc<Fields>>,
 }
 
+/// What [`Vault::check_blobs`] found.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct BlobCheck {
+    /// Credentials looked at.
+    pub checked: u64,
+    /// Credentials whose blob did not open.
+    pub unopenable: u64,
+    /// The first of those, with why.
+    pub first: Vec<(crate::model::CredentialId, Error)>,
+}
+
 fn decode_fields(plain: &[u8], record: &CredentialRecord) -> Result<Fields> {
     let map: BTreeMap<String, String> = serde_json::from_slice(plain).map_err(|_| {
         Error::corrupt(
@@ -143,6 +155,45 @@ impl Vault {
             .pop()
             .ok_or_else(|| Error::config("nothing was released"))?;
         Ok(Arc::try_unwrap(fields).unwrap_or_else(|shared| (*shared).clone()))
+    }
+
+    /// Opens every credential's blob with the vault's keys and drops each plaintext at
+    /// once: how many were looked at, how many do not open, and the first `limit` of those
+    /// with their errors. Nothing is released, so nothing is audited but a
+    /// refusal; for whoever may reseal (a check that a master key opens a backup before it
+    /// is restored, or before a key is retired).
+    pub async fn check_blobs(&self, actor: &Principal, limit: usize) -> Result<BlobCheck> {
+        self.authorize_unscoped(actor, Action::Reseal).await?;
+        let mut after = None;
+        let mut check = BlobCheck::default();
+        loop {
+            let page = self
+                .inner
+                .store
+                .list(&crate::store::ListFilter {
+                    after_id: after.clone(),
+                    limit: Some(500),
+                    ..crate::store::ListFilter::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for record in &page {
+                check.checked += 1;
+                let opened = self
+                    .inner
+                    .keys
+                    .open(&record.sealed, &self.identity_of(record))
+                    .await;
+                if let Err(e) = opened {
+                    check.unopenable += 1;
+                    if check.first.len() < limit {
+                        check.first.push((record.id.clone(), e));
+                    }
+                }
+            }
+        }
+        Ok(check)
     }
 
     /// Seals `from`'s secret fields again into `into` (the same credential at a new

@@ -183,7 +183,7 @@ pub(crate) async fn restore(
         )),
         _ => e,
     })?;
-    let checked = check_backup(&copy, kept, &store_label(spec)).await;
+    let checked = check_backup(actor, &copy, kept, &store_label(spec)).await;
     let _ = copy.close().await;
     let (found, ring, namespace) = checked?;
 
@@ -267,6 +267,7 @@ pub(crate) async fn restore(
 /// newest checkpoint this home kept for the vault at or below its end, and the master key
 /// opens every credential. Returns what it holds and the key ring that opened it.
 async fn check_backup(
+    actor: &Principal,
     copy: &SqliteStore,
     kept: &CheckpointFile,
     label: &str,
@@ -332,38 +333,29 @@ async fn check_backup(
             ),
         ));
     }
-    // Every credential opens with the master key (the values are dropped at once).
-    let mut after = None;
-    let mut failed: Vec<(CredentialId, Error)> = Vec::new();
-    loop {
-        let page = store
-            .list(&strongroom::ListFilter {
-                after_id: after.clone(),
-                limit: Some(500),
-                ..strongroom::ListFilter::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
-        for record in &page {
-            if let Err(e) = ring
-                .open(&record.sealed, &record.identity_in(&namespace))
-                .await
-            {
-                failed.push((record.id.clone(), e));
-            }
-        }
+    // Every credential opens with the master key (each value dropped at once, inside the
+    // vault's one door to secret material).
+    let mut builder = Vault::builder()
+        .store(store.clone())
+        .key_wrapper(keys.active.key.clone())
+        .namespace(namespace.clone())
+        .no_dek_cache();
+    for retired in &keys.retired {
+        builder = builder.retired_key(retired.key.clone());
     }
+    let vault = builder.build().await?;
+    let check = vault.check_blobs(actor, 5).await?;
+    let failed = check.first;
     if let Some((_, first)) = failed.first() {
-        let ids: Vec<&str> = failed.iter().take(5).map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = failed.iter().map(|(id, _)| id.as_str()).collect();
         let message = format!(
             "{} of {} credentials in the backup do not open with this master key ({}{}); the \
              first fails with: {first}. Restore with the master key the backup was made with \
              (and STRONGROOM_NAMESPACE as it was); nothing was replaced",
-            failed.len(),
-            found.credentials,
+            check.unopenable,
+            check.checked,
             ids.join(", "),
-            if failed.len() > ids.len() {
+            if check.unopenable > ids.len() as u64 {
                 ", …"
             } else {
                 ""
