@@ -42,6 +42,33 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         max_batches: Option<usize>,
     },
+    /// Seal credentials afresh: each gets a new data key, nonce and payload under the
+    /// active master key, in the current sealed format (docs/FORMAT.md). By default only
+    /// records of an older format (format 1) are resealed, which brings a vault to format
+    /// 2; `--all` reseals every credential, after a data key or a master key may have
+    /// leaked (a rotation only re-wraps data keys). Atomic batches of one audit row each
+    /// (`keys.reseal`), resumable: run it again, or pass `--after` the id it printed.
+    /// System admins.
+    ///
+    /// Exits 0 when complete, 9 when it stopped early (`--max-batches`; run it again) and 6
+    /// when some credentials did not open (they are listed and left as they are).
+    ///
+    /// Progress: with --json, or when stderr is not a terminal, one JSON line on stderr per
+    /// committed batch: {"batch":1,"resealed":500,"next_after":"ID"}.
+    Reseal {
+        /// Reseal every credential, not only those of an older format.
+        #[arg(long)]
+        all: bool,
+        /// Start after this credential id (what an interrupted run printed as next_after).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+        /// Records per atomic batch.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// Stop after this many batches (run again to continue).
+        #[arg(long)]
+        max_batches: Option<usize>,
+    },
 }
 
 /// A key named on the command line: `file:PATH`, `env:VAR` or a cloud backend.
@@ -68,7 +95,10 @@ pub(crate) fn key_from_spec(spec: &str) -> Result<Arc<dyn strongroom::KeyWrapper
                 if name == "STRONGROOM_KMS" {
                     return Some(backend.clone());
                 }
-                std::env::var(format!("STRONGROOM_TO_{name}"))
+                // STRONGROOM_AWS_KMS_KEY_ID is overridden by STRONGROOM_TO_AWS_KMS_KEY_ID;
+                // an unprefixed variable (AWS_ACCESS_KEY_ID) by STRONGROOM_TO_AWS_ACCESS_KEY_ID.
+                let short = name.strip_prefix("STRONGROOM_").unwrap_or(name);
+                std::env::var(format!("STRONGROOM_TO_{short}"))
                     .or_else(|_| std::env::var(name))
                     .ok()
             })
@@ -262,5 +292,122 @@ pub(crate) async fn keys(
             }
             Ok(if done { 0 } else { 9 })
         }
+        KeysCommand::Reseal {
+            all,
+            after,
+            batch_size,
+            max_batches,
+        } => reseal(vault, actor, all, after, batch_size, max_batches, out).await,
     }
+}
+
+async fn reseal(
+    vault: &Vault,
+    actor: &Principal,
+    all: bool,
+    after: Option<String>,
+    batch_size: usize,
+    max_batches: Option<usize>,
+    out: &Output,
+) -> Result<u8, Error> {
+    let after = after.map(CredentialId::new).transpose()?;
+    let lines = out.json || !std::io::stderr().is_terminal();
+    let bar = if lines {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar
+    };
+    let progress: strongroom::ResealProgress = if lines {
+        let reported = std::sync::atomic::AtomicUsize::new(0);
+        Arc::new(move |r: &strongroom::ResealReport| {
+            // Also called after a batch that conflicted and was dropped: only committed
+            // batches get a line.
+            if reported.swap(r.batches, std::sync::atomic::Ordering::Relaxed) == r.batches {
+                return;
+            }
+            let line = serde_json::json!({
+                "batch": r.batches,
+                "resealed": r.resealed,
+                "next_after": r.next_after.as_ref().map(|id| id.as_str()),
+            });
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+        })
+    } else {
+        let progress_bar = bar.clone();
+        Arc::new(move |r: &strongroom::ResealReport| {
+            progress_bar.set_message(format!("{} records resealed", r.resealed));
+            progress_bar.tick();
+        })
+    };
+    let mut options = strongroom::ResealOptions::default();
+    options.selection = if all {
+        strongroom::ResealSelection::All
+    } else {
+        strongroom::ResealSelection::OlderFormat
+    };
+    options.batch_size = batch_size;
+    options.max_batches = max_batches;
+    options.after = after;
+    options.progress = Some(progress);
+    let report = vault.reseal_credentials(actor, options).await;
+    bar.finish_and_clear();
+    let report = report?;
+    let next_after = report.next_after.as_ref().map(|id| id.as_str().to_string());
+    if out.json {
+        let unopenable: Vec<&str> = report.unopenable.iter().map(|id| id.as_str()).collect();
+        let doc = serde_json::json!({
+            "selection": if all { "all" } else { "older_format" },
+            "resealed": report.resealed,
+            "batches": report.batches,
+            "conflicts": report.conflicts,
+            "unopenable": unopenable,
+            "next_after": next_after,
+            "complete": report.complete,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        println!(
+            "resealed {} records in {} batches under {}",
+            report.resealed,
+            report.batches,
+            vault.keys().active().key_id()
+        );
+        if !report.unopenable.is_empty() {
+            println!(
+                "{} credentials did not open and were left as they are: {}",
+                report.unopenable.len(),
+                report
+                    .unopenable
+                    .iter()
+                    .map(|id| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if report.complete {
+            println!("complete");
+        } else {
+            println!(
+                "not complete: run it again{}",
+                next_after
+                    .as_deref()
+                    .filter(|_| all)
+                    .map(|id| format!(" with --all --after {id}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(if !report.unopenable.is_empty() {
+        6
+    } else if report.complete {
+        0
+    } else {
+        9
+    })
 }
