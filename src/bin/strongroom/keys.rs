@@ -187,18 +187,7 @@ pub(crate) async fn keys(
             }
             // The new key seals from now on, for this command and every later one.
             let note = keysel::activate(store.as_ref(), actor, &new, &to).await?;
-            // Progress lines (see the command's help) when no one watches a spinner.
-            let lines = out.json || !std::io::stderr().is_terminal();
-            let bar = if lines {
-                indicatif::ProgressBar::hidden()
-            } else {
-                let bar = indicatif::ProgressBar::new_spinner();
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
-                bar
-            };
+            let (lines, bar) = progress_display(out);
             let progress: strongroom::RewrapProgress = if lines {
                 let counts = key_counts(store.as_ref()).await?;
                 let at_start: u64 = counts
@@ -311,17 +300,7 @@ async fn reseal(
     out: &Output,
 ) -> Result<u8, Error> {
     let after = after.map(CredentialId::new).transpose()?;
-    let lines = out.json || !std::io::stderr().is_terminal();
-    let bar = if lines {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar
-    };
+    let (lines, bar) = progress_display(out);
     let progress: strongroom::ResealProgress = if lines {
         let reported = std::sync::atomic::AtomicUsize::new(0);
         Arc::new(move |r: &strongroom::ResealReport| {
@@ -410,4 +389,20 @@ async fn reseal(
     } else {
         9
     })
+}
+
+/// How a long key operation shows progress: JSON lines on stderr (see the commands' help)
+/// when no one watches a spinner (`--json`, or stderr not a terminal), else a spinner.
+/// Returns whether lines are wanted, and the spinner (hidden when they are).
+fn progress_display(out: &Output) -> (bool, indicatif::ProgressBar) {
+    let lines = out.json || !std::io::stderr().is_terminal();
+    if lines {
+        return (true, indicatif::ProgressBar::hidden());
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    (false, bar)
 }
