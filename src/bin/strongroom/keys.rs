@@ -324,16 +324,17 @@ async fn reseal(
             progress_bar.tick();
         })
     };
-    let mut options = strongroom::ResealOptions::default();
-    options.selection = if all {
-        strongroom::ResealSelection::All
-    } else {
-        strongroom::ResealSelection::OlderFormat
+    let options = strongroom::ResealOptions {
+        selection: if all {
+            strongroom::ResealSelection::All
+        } else {
+            strongroom::ResealSelection::OlderFormat
+        },
+        batch_size,
+        max_batches,
+        after,
+        progress: Some(progress),
     };
-    options.batch_size = batch_size;
-    options.max_batches = max_batches;
-    options.after = after;
-    options.progress = Some(progress);
     let report = vault.reseal_credentials(actor, options).await;
     bar.finish_and_clear();
     let report = report?;
