@@ -393,7 +393,13 @@ impl Scope {
             Scope::SystemWide => String::new(),
             Scope::PerAppShared { app } => app.clone(),
             Scope::PerUser { user } => user.clone(),
-            Scope::PerAppPerUser { app, user } => format!("{app}/{user}"),
+            Scope::PerAppPerUser { app, user } => {
+                let mut owner = String::with_capacity(app.len() + 1 + user.len());
+                owner.push_str(app);
+                owner.push('/');
+                owner.push_str(user);
+                owner
+            }
             Scope::PerAgent { agent } => agent.clone(),
         }
     }

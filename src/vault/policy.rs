@@ -162,16 +162,25 @@ impl Principal {
 }
 
 impl fmt::Display for Principal {
+    // Written piece by piece (no format string): an audit row's actor is made from this on
+    // every audited call.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Principal::SystemAdmin { id } => write!(f, "system_admin:{id}"),
-            Principal::AppAdmin { id, app } => write!(f, "app_admin:{app}:{id}"),
-            Principal::AppUser { id, app } => write!(f, "app_user:{app}:{id}"),
-            Principal::Viewer { id } => write!(f, "viewer:{id}"),
-            Principal::AppRuntime { app, user } => write!(f, "runtime:{app}:{user}"),
-            Principal::Agent { id } => write!(f, "agent:{id}"),
-            Principal::Service { id } => write!(f, "service:{id}"),
+        let (kind, first, second) = match self {
+            Principal::SystemAdmin { id } => ("system_admin:", id, None),
+            Principal::AppAdmin { id, app } => ("app_admin:", app, Some(id)),
+            Principal::AppUser { id, app } => ("app_user:", app, Some(id)),
+            Principal::Viewer { id } => ("viewer:", id, None),
+            Principal::AppRuntime { app, user } => ("runtime:", app, Some(user)),
+            Principal::Agent { id } => ("agent:", id, None),
+            Principal::Service { id } => ("service:", id, None),
+        };
+        f.write_str(kind)?;
+        f.write_str(first)?;
+        if let Some(second) = second {
+            f.write_str(":")?;
+            f.write_str(second)?;
         }
+        Ok(())
     }
 }
 

@@ -3,10 +3,9 @@
 //! audit rows are durable (fail-closed); a blob opened to be sealed again for a new version
 //! never leaves the vault (the change's own audit row records it).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::{Action, Principal, Role, Vault};
 use crate::audit::{AuditEvent, Outcome};
@@ -39,16 +38,13 @@ pub struct BlobCheck {
 }
 
 fn decode_fields(plain: &[u8], record: &CredentialRecord) -> Result<Fields> {
-    let map: BTreeMap<String, String> = serde_json::from_slice(plain).map_err(|_| {
+    // Straight into the secret strings: no intermediate map of plain `String`s.
+    serde_json::from_slice::<Fields>(plain).map_err(|_| {
         Error::corrupt(
             record.describe(),
             "the sealed fields are not a JSON object of strings",
         )
-    })?;
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| (k, SecretString::from(v)))
-        .collect())
+    })
 }
 
 impl Vault {
