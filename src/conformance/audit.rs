@@ -137,10 +137,10 @@ pub async fn concurrent_commits(store: Arc<dyn Store>, tasks: usize, rounds: usi
     assert_eq!(report.rows, total, "no gap in sequence numbers");
 }
 
-/// [`Store::audit_query`] returns exactly the rows [`AuditQuery::matches`] keeps, in `seq`
+/// [`Store::audit_query`] returns exactly the rows [`AuditQuery::matches`](crate::store::AuditQuery::matches) keeps, in `seq`
 /// order (or reverse), capped by the limit, and pages through the log by the `seq` cursor:
 /// every filter alone and combined, each compared with the provided scan
-/// ([`audit_query_by_scan`]) and with a filter over every row.
+/// ([`audit_query_by_scan`](crate::store::audit_query_by_scan)) and with a filter over every row.
 pub async fn audit_queries(store: Arc<dyn Store>) {
     use crate::audit::Outcome;
     use crate::model::{CredentialId, Timestamp};

@@ -44,7 +44,7 @@ pub(super) fn check_id(field: &str, value: &str, slash_allowed: bool) -> Result<
     Ok(())
 }
 
-/// The vault namespace a [`RecordIdentity`] or [`RecordAad`] is in unless it says otherwise
+/// The vault namespace a [`RecordIdentity`](super::RecordIdentity) or [`RecordAad`](super::RecordAad) is in unless it says otherwise
 /// (and a vault's unless `VaultBuilder::namespace` sets another). Two vaults that share a
 /// master key must use distinct namespaces: the namespace is what keeps a blob from one
 /// opening in the other.
