@@ -34,11 +34,13 @@ use secrecy::ExposeSecret;
 use crate::error::{Error, Result};
 use crate::handlers::{FieldSpec, Fields, HandlerRegistry};
 
+mod oauth;
 mod parse;
 pub(crate) mod template;
 
-pub(crate) use parse::secure_endpoint;
-use parse::{line_col, parse_provider};
+pub use oauth::{ClientAuthMethod, OAuthSpec, ResponseStyle, TokenRequestFormat};
+pub(crate) use parse::{line_col, secure_endpoint};
+use parse::parse_provider;
 
 /// The bundled provider files, compiled into the crate.
 const BUNDLED: &[(&str, &str)] = &[
@@ -160,6 +162,8 @@ pub struct Provider {
     pub fields: Vec<ProviderField>,
     /// Live verification, when the provider's API allows it with a plain HTTP call.
     pub verify: Option<VerifySpec>,
+    /// The authorization server (the `[oauth]` table), for the OAuth handler types.
+    pub oauth: Option<OAuthSpec>,
     /// Where it was loaded from (`bundled:openai.toml` or a file path).
     pub source: String,
 }

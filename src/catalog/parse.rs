@@ -8,7 +8,7 @@ use super::{CatalogProblem, Provider, ProviderField, VerifySpec};
 use crate::handlers::{FieldFormat, FieldSpec, HandlerRegistry};
 
 /// 1-based line and column of a byte offset.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
@@ -23,6 +23,7 @@ struct FileToml {
     #[serde(default)]
     fields: Vec<Spanned<FieldToml>>,
     verify: Option<Spanned<VerifyToml>>,
+    oauth: Option<Spanned<super::oauth::OAuthToml>>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +290,11 @@ pub(super) fn parse_provider(
             })
         }
     };
+    let oauth = parsed
+        .oauth
+        .map(|table| super::oauth::check_oauth(table, &p.handler_type))
+        .transpose()
+        .map_err(|(span, message)| at(span, message))?;
     let name_span = p.name.span();
     Ok((
         Provider {
@@ -299,6 +305,7 @@ pub(super) fn parse_provider(
             category: p.category,
             fields,
             verify,
+            oauth,
             source: file.to_string(),
         },
         name_span,
