@@ -10,6 +10,7 @@ pub mod crypto;
 mod error;
 pub mod handlers;
 pub mod model;
+pub mod oauth;
 pub mod store;
 pub mod transport;
 pub mod vault;

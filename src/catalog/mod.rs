@@ -39,6 +39,7 @@ mod parse;
 pub(crate) mod template;
 
 pub use oauth::{ClientAuthMethod, OAuthSpec, ResponseStyle, TokenRequestFormat};
+pub(crate) use oauth::RESERVED_AUTHORIZE_PARAMS;
 pub(crate) use parse::{line_col, secure_endpoint};
 use parse::parse_provider;
 
