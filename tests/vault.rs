@@ -259,24 +259,27 @@ async fn grants_gate_per_user_credentials() {
 /// relation → the actions allowed, as letters (the table of docs/ACCESS.md).
 /// C create, U update, D delete, M read metadata, R reveal, X resolve, S set state,
 /// T test live (verify), L grant list, G grant add, V grant revoke, A audit verify,
-/// I inject, K re-wrap keys, E re-seal every credential.
+/// I inject, K re-wrap keys, E re-seal every credential, O start an OAuth flow, Q complete
+/// it, F refresh an OAuth token, Y revoke it at the provider.
 fn expected(role: Role, relation: Relation) -> &'static str {
     use Relation::*;
     match (role, relation) {
         (Role::SystemAdmin, SystemWide | OtherAppShared | Agent) => "CUDMRST",
-        (Role::SystemAdmin, OtherUser | OtherUserOtherApp) => "MDSTLV",
+        (Role::SystemAdmin, OtherUser) => "MDSTLVFY",
+        (Role::SystemAdmin, OtherUserOtherApp) => "MDSTLV",
         (Role::SystemAdmin, NoScope) => "AKE",
         (Role::AppAdmin, OwnAppShared) => "CUDMRST",
         (Role::AppAdmin, SystemWide | OtherUserOwnApp) => "M",
-        (Role::AppUser, OwnUser) => "CUDMRSTLGV",
+        (Role::AppUser, OwnUser) => "CUDMRSTLGVOQFY",
         (Role::AppUser, OwnUserOwnApp | OwnUserOtherApp) => "CUDMRST",
         (Role::AppUser, OwnAppShared) => "M",
         (Role::Viewer, NoScope) => "A",
         (Role::Viewer, _) => "M",
-        (Role::AppRuntime, SystemWide | OwnAppShared | OwnUser | OwnUserOwnApp) => "XI",
+        (Role::AppRuntime, OwnUser) => "XIOQ",
+        (Role::AppRuntime, SystemWide | OwnAppShared | OwnUserOwnApp) => "XI",
         (Role::Agent, OwnAgent) => "MX",
         (Role::Service, NoScope) => "",
-        (Role::Service, _) => "UMST",
+        (Role::Service, _) => "UMSTF",
         _ => "",
     }
 }
@@ -298,6 +301,10 @@ fn letter(action: Action) -> char {
         Action::Verify => 'T',
         Action::Rewrap => 'K',
         Action::Reseal => 'E',
+        Action::OAuthStart => 'O',
+        Action::OAuthComplete => 'Q',
+        Action::Refresh => 'F',
+        Action::Revoke => 'Y',
         _ => '?',
     }
 }
@@ -318,7 +325,7 @@ fn the_policy_table_matches_the_specification_in_every_cell() {
             }
         }
     }
-    assert_eq!(cells, 7 * 12 * 15);
+    assert_eq!(cells, 7 * 12 * 19);
 }
 
 fn all_scopes() -> Vec<Scope> {
@@ -416,6 +423,9 @@ async fn attempt(
         // The vault has no HTTP client: an allowed check stops there, before any request.
         Action::Verify => vault.test_live_connection(actor, &id).await.map(drop),
         Action::Inject => inject(vault, actor, &name, scope).await,
+        // An allowed refresh or revoke of an `api_key` credential is refused as not OAuth.
+        Action::Refresh => vault.oauth_refresh(actor, &id).await.map(drop),
+        Action::Revoke => vault.oauth_revoke(actor, &id).await.map(drop),
         _ => unreachable!("not a credential action"),
     };
     match result {
@@ -544,6 +554,9 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
                     Action::AuditVerify | Action::Rewrap | Action::Reseal
                 ) {
                     continue; // about no credential: below
+                }
+                if matches!(action, Action::OAuthStart | Action::OAuthComplete) {
+                    continue; // about the actor's own user, not a credential: tests/oauth.rs
                 }
                 if action == Action::Resolve && matches!(scope, Scope::PerAgent { .. }) {
                     continue;

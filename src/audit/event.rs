@@ -49,11 +49,20 @@ pub enum Action {
     /// Open every (selected) credential blob and seal it afresh: new data keys, the
     /// current format (how version-1 records become version 2).
     Reseal,
+    /// Start an OAuth flow (authorization code or device code) that will create a per-user
+    /// credential.
+    OAuthStart,
+    /// Complete an OAuth flow: exchange its code (or device code) for tokens.
+    OAuthComplete,
+    /// Refresh an OAuth credential's access token with its refresh token.
+    Refresh,
+    /// Revoke an OAuth credential's tokens at the provider (RFC 7009).
+    Revoke,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 19] = [
         Action::Create,
         Action::Update,
         Action::Delete,
@@ -69,6 +78,10 @@ impl Action {
         Action::Verify,
         Action::Rewrap,
         Action::Reseal,
+        Action::OAuthStart,
+        Action::OAuthComplete,
+        Action::Refresh,
+        Action::Revoke,
     ];
 
     /// The stable name written into audit rows (`credential.create`, …).
@@ -89,6 +102,10 @@ impl Action {
             Action::Verify => "credential.verify",
             Action::Rewrap => "keys.rewrap",
             Action::Reseal => "keys.reseal",
+            Action::OAuthStart => "oauth.start",
+            Action::OAuthComplete => "oauth.complete",
+            Action::Refresh => "credential.refresh",
+            Action::Revoke => "credential.revoke",
         }
     }
 

@@ -17,6 +17,9 @@ pub struct VaultBuilder {
     checkpoint_key: Option<Arc<dyn crate::crypto::CheckpointSigner>>,
     retired_checkpoint_keys: Vec<Arc<dyn crate::crypto::CheckpointSigner>>,
     namespace: Option<String>,
+    oauth_clients: Option<crate::oauth::OAuthClients>,
+    oauth_clients_file: Option<PathBuf>,
+    refresh_window: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -126,6 +129,33 @@ impl VaultBuilder {
         self
     }
 
+    /// Registers the OAuth client (id, secret, redirect URI) of `provider`, for its flows
+    /// and refreshes. Replaces one read from [`VaultBuilder::oauth_clients_file`].
+    pub fn oauth_client(
+        mut self,
+        provider: impl Into<String>,
+        client: crate::oauth::OAuthClient,
+    ) -> Self {
+        self.oauth_clients
+            .get_or_insert_with(crate::oauth::OAuthClients::new)
+            .insert(provider, client);
+        self
+    }
+
+    /// Reads OAuth clients from this file (`oauth_providers.toml`: one table per provider;
+    /// it must not be readable by group or others). A missing file registers none.
+    pub fn oauth_clients_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.oauth_clients_file = Some(path.into());
+        self
+    }
+
+    /// Refreshes OAuth tokens that expire sooner than this (default 10 minutes), in the
+    /// background refresher and when a resolve meets one.
+    pub fn refresh_window(mut self, window: std::time::Duration) -> Self {
+        self.refresh_window = Some(window);
+        self
+    }
+
     /// Builds the vault.
     pub async fn build(self) -> Result<Vault> {
         let namespace = self
@@ -181,8 +211,25 @@ impl VaultBuilder {
             }
             audit = audit.with_sink(sink, every);
         }
+        let mut clients = match &self.oauth_clients_file {
+            Some(path) => crate::oauth::OAuthClients::load(path)?,
+            None => crate::oauth::OAuthClients::new(),
+        };
+        if let Some(given) = self.oauth_clients {
+            for provider in given.providers() {
+                if let Some(client) = given.get(provider) {
+                    clients.insert(provider, client.clone());
+                }
+            }
+        }
+        let oauth = oauth::OAuthState::new(
+            clients,
+            self.refresh_window
+                .unwrap_or(oauth::DEFAULT_REFRESH_WINDOW),
+        );
         Ok(Vault {
             inner: Arc::new(Inner {
+                oauth,
                 audit,
                 store,
                 keys,

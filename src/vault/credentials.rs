@@ -206,6 +206,9 @@ impl Vault {
         expected_version: Option<u64>,
     ) -> Result<()> {
         let record = self.load_for(actor, Action::Delete, id).await?;
+        // An OAuth credential's tokens are revoked at the provider once the delete is
+        // durable (best effort, audited).
+        let tokens = self.tokens_to_revoke(&record).await;
         let event = Vault::event(
             actor,
             Action::Delete,
@@ -220,6 +223,9 @@ impl Vault {
             event,
         )
         .await?;
+        if let Some(tokens) = tokens {
+            self.revoke_at_provider(actor, &record, &tokens).await;
+        }
         Ok(())
     }
 

@@ -33,6 +33,7 @@ mod credentials;
 mod grants;
 mod history;
 mod keys;
+pub mod oauth;
 mod resolve;
 mod types;
 pub use keys::{
@@ -45,6 +46,10 @@ mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
+pub use oauth::{
+    DeviceFlow, DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, OAuthStarted, RefreshOutcome,
+    RefreshPass, RefresherConfig, RefresherHandle,
+};
 pub use unseal::BlobCheck;
 pub use verify::{Verification, VerifyResult};
 
@@ -83,6 +88,8 @@ struct Inner {
     http: Option<Arc<dyn HttpTransport>>,
     /// Bound into every blob the vault seals ([`VaultBuilder::namespace`]).
     namespace: String,
+    /// OAuth clients, refresh window, events and this instance's lease holder name.
+    oauth: oauth::OAuthState,
 }
 
 /// The credential vault. Cheap to clone.

@@ -339,6 +339,12 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         ],
         &[R::OtherUser, R::OtherUserOtherApp],
     ),
+    // …and refresh users' OAuth tokens or revoke them at the provider (neither reads them).
+    (
+        Role::SystemAdmin,
+        &[A::Refresh, A::Revoke],
+        &[R::OtherUser],
+    ),
     // They verify the audit chain and manage the master keys.
     (
         Role::SystemAdmin,
@@ -367,6 +373,10 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
             A::GrantList,
             A::GrantAdd,
             A::GrantRevoke,
+            A::OAuthStart,
+            A::OAuthComplete,
+            A::Refresh,
+            A::Revoke,
         ],
         &[R::OwnUser],
     ),
@@ -386,6 +396,12 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         &[A::Resolve, A::Inject],
         &[R::SystemWide, R::OwnAppShared, R::OwnUser, R::OwnUserOwnApp],
     ),
+    // …and runs its user's OAuth logins, whose tokens become that user's credentials.
+    (
+        Role::AppRuntime,
+        &[A::OAuthStart, A::OAuthComplete],
+        &[R::OwnUser],
+    ),
     // An agent sees and resolves its own per-agent credentials (the vault releases only
     // those marked agent-accessible).
     (Role::Agent, &[A::ReadMetadata, A::Resolve], &[R::OwnAgent]),
@@ -394,7 +410,7 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // resolve.
     (
         Role::Service,
-        &[A::ReadMetadata, A::Update, A::SetState, A::Verify],
+        &[A::ReadMetadata, A::Update, A::SetState, A::Verify, A::Refresh],
         CREDENTIAL_SCOPES,
     ),
 ];

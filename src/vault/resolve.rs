@@ -217,7 +217,13 @@ impl Vault {
                 });
             }
         }
-        let state = effective_state(&record, Timestamp::now());
+        let now = Timestamp::now();
+        // An OAuth token inside the refresh window is refreshed first (once across every
+        // instance); the resolve then starts over and reads the new version.
+        if self.refresh_due(&record, now) && self.refresh_for_resolve(&record).await {
+            return Err(stale_read());
+        }
+        let state = effective_state(&record, now);
         if !matches!(state, LifecycleState::Filled | LifecycleState::Valid) {
             return Err(unconfirmed(Error::Unusable {
                 what: record.describe(),

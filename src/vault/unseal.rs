@@ -192,6 +192,63 @@ impl Vault {
         Ok(check)
     }
 
+    /// Opens a credential's fields for a change the vault makes itself (a refresh, a
+    /// revocation, a device-flow poll): the values go only to the provider or into the new
+    /// version, never to a caller, and the change's own audit row records the use.
+    pub(crate) async fn open_for_change(&self, record: &CredentialRecord) -> Result<Fields> {
+        self.open_fields(record).await
+    }
+
+    /// Opens the sealed PKCE verifier of a pending OAuth flow.
+    pub(crate) async fn open_pending_verifier(
+        &self,
+        record: &crate::model::Record,
+    ) -> Result<secrecy::SecretString> {
+        let sealed = record
+            .sealed
+            .as_ref()
+            .ok_or_else(|| Error::corrupt(record.describe(), "it has no sealed verifier"))?;
+        let plain = self
+            .inner
+            .keys
+            .open_record(sealed, &record.aad_in(&self.inner.namespace))
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Sealed {
+            code_verifier: secrecy::SecretString,
+        }
+        let opened: Sealed = serde_json::from_slice(plain.expose_secret()).map_err(|_| {
+            Error::corrupt(record.describe(), "its sealed body is not a PKCE verifier")
+        })?;
+        Ok(opened.code_verifier)
+    }
+
+    /// Reads an OAuth client secret kept as a vault credential: released to the vault's
+    /// OAuth service alone, and audited as its resolve of that credential.
+    pub(crate) async fn open_client_secret(
+        &self,
+        id: &crate::model::CredentialId,
+    ) -> Result<Fields> {
+        let record = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("credential {id}, named as an OAuth client secret"),
+                hint: Some("create it, or fix client_secret_credential".into()),
+            })?;
+        let service = Vault::oauth_service();
+        let event = Vault::event(
+            &service,
+            Action::Resolve,
+            crate::audit::AuditTarget::credential(&record.id, &record.scope),
+        )
+        .detail("purpose", "oauth client secret");
+        self.release_one(&service, &record, event, ReadStamp::UNCHECKED)
+            .await
+    }
+
     /// Seals `from`'s secret fields again into `into` (the same credential at a new
     /// version, to which the blob is bound), with a fresh data key. The plaintext never
     /// leaves this function.
