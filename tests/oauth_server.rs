@@ -193,7 +193,7 @@ async fn client_authentication() {
         )
         .await;
     assert_eq!(r.error().as_deref(), Some("invalid_grant"));
-    assert_eq!(server.token_requests(), 7);
+    assert_eq!(server.token_requests(), 6);
 }
 
 #[tokio::test]
@@ -509,4 +509,51 @@ async fn many_concurrent_connections_and_the_provider_toml() {
         Some("Authorization: Bearer {access_token}")
     );
     assert_eq!(doc["oauth"]["pkce"].as_bool(), Some(true));
+}
+
+/// The vault's own transport (reqwest, with its connection pool) against the server: a code
+/// grant, then rotations back to back on one client.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn reqwest_transport_interoperates() {
+    use bytes::Bytes;
+    use strongroom::transport::{HttpTransport, ReqwestTransport};
+
+    let server = OAuthServer::start().await;
+    let http = ReqwestTransport::new().expect("client");
+    let post = |form: &[(&str, &str)]| {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        http::Request::post(format!("{}/token", server.base_url()))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Accept", "application/json")
+            .header("Authorization", basic())
+            .body(Bytes::from(body))
+            .expect("request")
+    };
+    let code = server.authorize(CONFIDENTIAL_CLIENT, REDIRECT, "read", Some(&s256(VERIFIER)));
+    let r = http
+        .send(post(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ]))
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
+    let mut rt = body["refresh_token"].as_str().expect("rt").to_string();
+    for _ in 0..5 {
+        let r = http
+            .send(post(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]))
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
+        rt = body["refresh_token"].as_str().expect("rt").to_string();
+    }
+    assert_eq!(server.refresh_count(), 5);
+    assert_eq!(server.family_revocations(), 0);
 }
