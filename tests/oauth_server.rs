@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::oauth_server::{
-    basic_auth, s256, HttpReply, OAuthServer, Revocation, CONFIDENTIAL_CLIENT,
-    CONFIDENTIAL_SECRET, DEVICE_GRANT, PUBLIC_CLIENT,
+    basic_auth, s256, HttpReply, OAuthServer, Revocation, CONFIDENTIAL_CLIENT, CONFIDENTIAL_SECRET,
+    DEVICE_GRANT, PUBLIC_CLIENT,
 };
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
@@ -486,9 +486,9 @@ async fn many_concurrent_connections_and_the_provider_toml() {
     for _ in 0..100 {
         let server = server.clone();
         let access = access.clone();
-        tasks.push(tokio::spawn(async move {
-            userinfo(&server, &access).await
-        }));
+        tasks.push(tokio::spawn(
+            async move { userinfo(&server, &access).await },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.expect("task"), 200);
@@ -547,7 +547,10 @@ async fn reqwest_transport_interoperates() {
     let mut rt = body["refresh_token"].as_str().expect("rt").to_string();
     for _ in 0..5 {
         let r = http
-            .send(post(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]))
+            .send(post(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rt),
+            ]))
             .await
             .expect("send");
         assert_eq!(r.status(), 200);

@@ -635,9 +635,9 @@ impl OAuthServer {
     /// Whether a refresh grant with this token would succeed now.
     pub fn is_refresh_token_live(&self, refresh_token: &str) -> bool {
         let st = self.st();
-        st.refresh.get(refresh_token).is_some_and(|r| {
-            !r.used && !r.revoked && !st.families[r.family].revoked
-        })
+        st.refresh
+            .get(refresh_token)
+            .is_some_and(|r| !r.used && !r.revoked && !st.families[r.family].revoked)
     }
 
     /// Every request received so far, in order of arrival.
@@ -1009,7 +1009,9 @@ fn authenticate(st: &State, req: &Request, p: &Params) -> Result<String, Reply> 
                 ));
             }
             if p.get("client_id").is_some_and(|b| *b != id) {
-                return Err(Reply::client("client_id differs from the Basic credentials"));
+                return Err(Reply::client(
+                    "client_id differs from the Basic credentials",
+                ));
             }
             (id, Some(secret))
         }
@@ -1139,9 +1141,7 @@ fn refresh_grant(st: &mut State, p: &Params, client: &str) -> Reply {
     let granted = r.scope.clone();
     let scope = match p.get("scope") {
         Some(asked) => {
-            let ok = asked
-                .split(' ')
-                .all(|s| granted.split(' ').any(|g| g == s));
+            let ok = asked.split(' ').all(|s| granted.split(' ').any(|g| g == s));
             if !ok {
                 return Reply::bad("invalid_scope", "scope exceeds the original grant");
             }
@@ -1298,7 +1298,8 @@ fn authorize_endpoint(st: &mut State, req: &Request) -> Reply {
     let challenge = q.get("code_challenge").filter(|c| !c.is_empty());
     let error = if q.get("response_type").map(String::as_str) != Some("code") {
         Some("unsupported_response_type")
-    } else if challenge.is_some() && q.get("code_challenge_method").map(String::as_str) != Some("S256")
+    } else if challenge.is_some()
+        && q.get("code_challenge_method").map(String::as_str) != Some("S256")
         || challenge.is_none() && q.contains_key("code_challenge_method")
     {
         Some("invalid_request")
@@ -1313,12 +1314,7 @@ fn authorize_endpoint(st: &mut State, req: &Request) -> Reply {
             }
             None => {
                 let scope = q.get("scope").cloned().unwrap_or_default();
-                let code = st.new_code(
-                    client_id,
-                    redirect,
-                    &scope,
-                    challenge.map(String::as_str),
-                );
+                let code = st.new_code(client_id, redirect, &scope, challenge.map(String::as_str));
                 pairs.append_pair("code", &code);
             }
         }
