@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod oauth_server;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
