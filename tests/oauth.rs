@@ -100,8 +100,14 @@ async fn setup() -> Setup {
 async fn consent(server: &OAuthServer, authorize_url: &str) -> (String, String) {
     let url = url::Url::parse(authorize_url).expect("authorize url");
     let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
-    assert_eq!(query.get("code_challenge_method").map(String::as_str), Some("S256"));
-    assert_eq!(query.get("redirect_uri").map(String::as_str), Some(REDIRECT));
+    assert_eq!(
+        query.get("code_challenge_method").map(String::as_str),
+        Some("S256")
+    );
+    assert_eq!(
+        query.get("redirect_uri").map(String::as_str),
+        Some(REDIRECT)
+    );
     let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
     let reply = server.call("GET", &target, &[], "").await;
     assert_eq!(reply.status, 302, "{}", reply.body);
@@ -112,7 +118,12 @@ async fn consent(server: &OAuthServer, authorize_url: &str) -> (String, String) 
 }
 
 /// A full login as `actor`: the credential `name` in the actor's per-user scope.
-async fn login(server: &OAuthServer, vault: &Vault, actor: &Principal, name: &str) -> CredentialInfo {
+async fn login(
+    server: &OAuthServer,
+    vault: &Vault,
+    actor: &Principal,
+    name: &str,
+) -> CredentialInfo {
     let started = vault
         .oauth_start(actor, OAuthStart::new("local", name))
         .await
@@ -149,11 +160,16 @@ async fn the_code_flow_with_pkce_stores_a_valid_credential_granted_to_the_app() 
     let s = setup().await;
     let info = login(&s.server, &s.vault, &alice(), "local_main").await;
     assert_eq!(info.state, LifecycleState::Valid);
-    assert_eq!(info.scope, strongroom::Scope::per_user("alice").expect("scope"));
+    assert_eq!(
+        info.scope,
+        strongroom::Scope::per_user("alice").expect("scope")
+    );
     assert_eq!(info.handler_type, "oauth2");
     assert!(info.expires_at.is_some());
     // The runtime resolves it at once: the grant to crm came with the login.
-    let token = resolve(&s.vault, &alice(), "local_main").await.expect("resolve");
+    let token = resolve(&s.vault, &alice(), "local_main")
+        .await
+        .expect("resolve");
     assert!(s.server.is_access_token_live(&token));
     // The token request carried the verifier and the client's Basic credentials.
     let token_calls = s.server.requests_to("/token");
@@ -162,14 +178,22 @@ async fn the_code_flow_with_pkce_stores_a_valid_credential_granted_to_the_app() 
     assert_eq!(form["grant_type"], "authorization_code");
     assert!(form["code_verifier"].len() >= 43);
     assert_eq!(form["redirect_uri"], REDIRECT);
-    assert!(!form.contains_key("client_secret"), "basic auth, not the body");
+    assert!(
+        !form.contains_key("client_secret"),
+        "basic auth, not the body"
+    );
     assert!(token_calls[0]
         .header("Authorization")
         .is_some_and(|h| h.starts_with("Basic ")));
     // Audited: the start, the completion and the grant; the chain holds.
     let rows = s.vault.store().audit_range(1, 1000).await.expect("audit");
     let actions: Vec<&str> = rows.iter().map(|r| r.event.action.as_str()).collect();
-    for action in ["oauth.start", "oauth.complete", "grant.add", "credential.resolve"] {
+    for action in [
+        "oauth.start",
+        "oauth.complete",
+        "grant.add",
+        "credential.resolve",
+    ] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
     assert!(s.vault.audit().verify().await.expect("verify").is_ok());
@@ -260,7 +284,11 @@ async fn a_state_is_single_use_lapses_and_is_its_users_own() {
         .expect("lapse it");
     let err = s
         .vault
-        .oauth_complete(&alice(), &SecretString::from(state), &SecretString::from(code))
+        .oauth_complete(
+            &alice(),
+            &SecretString::from(state),
+            &SecretString::from(code),
+        )
         .await
         .expect_err("lapsed");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -268,10 +296,16 @@ async fn a_state_is_single_use_lapses_and_is_its_users_own() {
     let rows = s.vault.store().audit_range(1, 1000).await.expect("audit");
     let refused = rows
         .iter()
-        .filter(|r| r.event.action.as_str() == "oauth.complete" && r.event.outcome == Outcome::Denied)
+        .filter(|r| {
+            r.event.action.as_str() == "oauth.complete" && r.event.outcome == Outcome::Denied
+        })
         .count();
     assert_eq!(refused, 4);
-    assert_eq!(s.server.code_reuses(), 0, "a replayed state never reaches the server");
+    assert_eq!(
+        s.server.code_reuses(),
+        0,
+        "a replayed state never reaches the server"
+    );
 }
 
 #[tokio::test]
@@ -287,18 +321,40 @@ async fn the_device_flow_waits_slows_down_and_ends_valid_or_invalid() {
     assert_eq!(flow.credential.state, LifecycleState::Pending);
     assert!(flow.verification_uri.starts_with(&s.server.base_url()));
     let id = flow.credential.id.clone();
-    let first = s.vault.oauth_device_poll(&alice(), &id).await.expect("poll");
-    assert!(matches!(first, DeviceStatus::Pending { interval: 1 }), "{first:?}");
+    let first = s
+        .vault
+        .oauth_device_poll(&alice(), &id)
+        .await
+        .expect("poll");
+    assert!(
+        matches!(first, DeviceStatus::Pending { interval: 1 }),
+        "{first:?}"
+    );
     // Too soon: the server says slow_down, and the vault adds five seconds.
-    let second = s.vault.oauth_device_poll(&alice(), &id).await.expect("poll");
-    assert!(matches!(second, DeviceStatus::SlowDown { interval: 6 }), "{second:?}");
+    let second = s
+        .vault
+        .oauth_device_poll(&alice(), &id)
+        .await
+        .expect("poll");
+    assert!(
+        matches!(second, DeviceStatus::SlowDown { interval: 6 }),
+        "{second:?}"
+    );
     assert_eq!(s.server.slow_downs(&flow.user_code), 1);
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let third = s.vault.oauth_device_poll(&alice(), &id).await.expect("poll");
+    let third = s
+        .vault
+        .oauth_device_poll(&alice(), &id)
+        .await
+        .expect("poll");
     assert!(matches!(third, DeviceStatus::Pending { .. }), "{third:?}");
     assert!(s.server.approve_device(&flow.user_code));
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let done = s.vault.oauth_device_poll(&alice(), &id).await.expect("poll");
+    let done = s
+        .vault
+        .oauth_device_poll(&alice(), &id)
+        .await
+        .expect("poll");
     let DeviceStatus::Done(info) = done else {
         panic!("not done: {done:?}")
     };
@@ -322,7 +378,11 @@ async fn the_device_flow_waits_slows_down_and_ends_valid_or_invalid() {
         .await
         .expect("wait");
     assert!(matches!(denied, DeviceStatus::Denied), "{denied:?}");
-    let info = s.vault.get(&alice_user(), &flow.credential.id).await.expect("get");
+    let info = s
+        .vault
+        .get(&alice_user(), &flow.credential.id)
+        .await
+        .expect("get");
     assert_eq!(info.state, LifecycleState::Invalid);
     s.server.set_device_expires_in(1);
     let flow = s
@@ -337,7 +397,11 @@ async fn the_device_flow_waits_slows_down_and_ends_valid_or_invalid() {
         .await
         .expect("poll");
     assert!(matches!(lapsed, DeviceStatus::Expired), "{lapsed:?}");
-    let info = s.vault.get(&alice_user(), &flow.credential.id).await.expect("get");
+    let info = s
+        .vault
+        .get(&alice_user(), &flow.credential.id)
+        .await
+        .expect("get");
     assert_eq!(info.state, LifecycleState::Invalid);
 }
 
@@ -361,7 +425,11 @@ async fn one_refresh_across_instances(server: &OAuthServer, a: Vault, b: Vault) 
         assert!(server.is_access_token_live(&token), "a live token");
     }
     assert_eq!(server.refresh_count(), 1, "exactly one refresh");
-    assert_eq!(server.family_revocations(), 0, "no refresh token used twice");
+    assert_eq!(
+        server.family_revocations(),
+        0,
+        "no refresh token used twice"
+    );
     assert_eq!(server.refresh_reuses(), 0);
     let now = a.get(&alice_user(), &info.id).await.expect("get");
     assert_eq!(now.version, 2, "one new version");
@@ -408,9 +476,12 @@ async fn sixty_four_resolves_on_two_postgres_instances_refresh_once() {
     getrandom::fill(&mut bytes).expect("random");
     let schema = format!("t_oauth_{}", hex::encode(bytes));
     let open = || async {
-        PostgresStore::connect_with(&url, PostgresOptions::default().schema(&schema).pool_size(8))
-            .await
-            .expect("PostgreSQL must be running for this test")
+        PostgresStore::connect_with(
+            &url,
+            PostgresOptions::default().schema(&schema).pool_size(8),
+        )
+        .await
+        .expect("PostgreSQL must be running for this test")
     };
     let server = OAuthServer::start().await;
     let dir = tempfile::tempdir().expect("dir");
@@ -434,14 +505,28 @@ async fn a_refresh_that_omits_the_refresh_token_keeps_the_old_one() {
     let info = login(&s.server, &s.vault, &alice(), "keep").await;
     let before = fields(&s.vault, &info.id).await;
     s.server.set_omit_refresh_token(true);
-    let outcome = s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
-    assert!(matches!(outcome, RefreshOutcome::Refreshed { version: 2, .. }), "{outcome:?}");
+    let outcome = s
+        .vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
+    assert!(
+        matches!(outcome, RefreshOutcome::Refreshed { version: 2, .. }),
+        "{outcome:?}"
+    );
     let after = fields(&s.vault, &info.id).await;
     assert_ne!(after["access_token"], before["access_token"]);
     assert_eq!(after["refresh_token"], before["refresh_token"], "kept");
     // And it still works.
-    let outcome = s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
-    assert!(matches!(outcome, RefreshOutcome::Refreshed { version: 3, .. }), "{outcome:?}");
+    let outcome = s
+        .vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
+    assert!(
+        matches!(outcome, RefreshOutcome::Refreshed { version: 3, .. }),
+        "{outcome:?}"
+    );
     assert_eq!(s.server.family_revocations(), 0);
 }
 
@@ -451,7 +536,11 @@ async fn invalid_grant_expires_the_credential() {
     let info = login(&s.server, &s.vault, &alice(), "dead").await;
     let mut events = s.vault.oauth_events();
     s.server.invalidate_refresh_tokens();
-    let outcome = s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
+    let outcome = s
+        .vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
     assert_eq!(
         outcome,
         RefreshOutcome::Expired {
@@ -460,11 +549,15 @@ async fn invalid_grant_expires_the_credential() {
     );
     let now = s.vault.get(&alice_user(), &info.id).await.expect("get");
     assert_eq!(now.state, LifecycleState::Expired);
-    let err = resolve(&s.vault, &alice(), "dead").await.expect_err("expired");
+    let err = resolve(&s.vault, &alice(), "dead")
+        .await
+        .expect_err("expired");
     assert_eq!(err.kind(), ErrorKind::Unusable, "{err}");
     assert_eq!(
         events.recv().await.expect("event"),
-        OAuthEvent::Expired { id: info.id.clone() }
+        OAuthEvent::Expired {
+            id: info.id.clone()
+        }
     );
 }
 
@@ -472,17 +565,28 @@ async fn invalid_grant_expires_the_credential() {
 async fn server_errors_keep_the_credential_usable_until_it_runs_out() {
     let s = setup().await;
     let info = login(&s.server, &s.vault, &alice(), "flaky").await;
-    s.server.fail_next(5, 503);
-    let outcome = s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
-    assert!(matches!(outcome, RefreshOutcome::Retrying { .. }), "{outcome:?}");
-    let token = resolve(&s.vault, &alice(), "flaky").await.expect("still usable");
+    s.server.fail_next(1, 503);
+    let outcome = s
+        .vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
+    assert!(
+        matches!(outcome, RefreshOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    let token = resolve(&s.vault, &alice(), "flaky")
+        .await
+        .expect("still usable");
     assert!(s.server.is_access_token_live(&token));
     // A token that runs out while the provider fails is expired, not handed out.
     s.server.set_expires_in(Some(1));
     let short = login(&s.server, &s.vault, &alice(), "short").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     s.server.fail_next(5, 503);
-    let err = resolve(&s.vault, &alice(), "short").await.expect_err("ran out");
+    let err = resolve(&s.vault, &alice(), "short")
+        .await
+        .expect_err("ran out");
     assert_eq!(err.kind(), ErrorKind::Unusable, "{err}");
     let now = s.vault.get(&alice_user(), &short.id).await.expect("get");
     assert_eq!(now.state, LifecycleState::Expired);
@@ -493,7 +597,11 @@ async fn revocation_sends_the_refresh_token_first_and_the_credential_is_invalid_
     let s = setup().await;
     let info = login(&s.server, &s.vault, &alice(), "gone").await;
     let tokens = fields(&s.vault, &info.id).await;
-    let revoked = s.vault.oauth_revoke(&alice_user(), &info.id).await.expect("revoke");
+    let revoked = s
+        .vault
+        .oauth_revoke(&alice_user(), &info.id)
+        .await
+        .expect("revoke");
     assert_eq!(revoked.state, LifecycleState::Invalid);
     let sent = s.server.revocations();
     assert_eq!(sent.len(), 2);
@@ -505,7 +613,10 @@ async fn revocation_sends_the_refresh_token_first_and_the_credential_is_invalid_
     assert!(!s.server.is_refresh_token_live(&tokens["refresh_token"]));
     // Deleting an OAuth credential revokes too; a provider that fails does not stop it.
     let other = login(&s.server, &s.vault, &alice(), "deleted").await;
-    s.vault.delete(&alice_user(), &other.id, None).await.expect("delete");
+    s.vault
+        .delete(&alice_user(), &other.id, None)
+        .await
+        .expect("delete");
     assert_eq!(s.server.revocations().len(), 4);
     let rows = s.vault.store().audit_range(1, 1000).await.expect("audit");
     let revokes: Vec<_> = rows
@@ -522,7 +633,11 @@ async fn the_background_refresher_renews_due_tokens_and_stops() {
     s.server.set_expires_in(Some(120));
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(login(&s.server, &s.vault, &alice(), &format!("bg{i}")).await.id);
+        ids.push(
+            login(&s.server, &s.vault, &alice(), &format!("bg{i}"))
+                .await
+                .id,
+        );
     }
     s.server.set_expires_in(Some(3600));
     let mut events = s.vault.oauth_events();
@@ -553,11 +668,15 @@ async fn a_token_without_expiry_is_reported() {
     assert_eq!(info.expires_at, None);
     assert_eq!(
         events.recv().await.expect("event"),
-        OAuthEvent::NoExpiry { id: info.id.clone() }
+        OAuthEvent::NoExpiry {
+            id: info.id.clone()
+        }
     );
     let rows = s.vault.store().audit_range(1, 1000).await.expect("audit");
-    assert!(rows.iter().any(|r| r.event.action.as_str() == "oauth.complete"
-        && r.event.details.get("expiry").map(String::as_str) == Some("not reported")));
+    assert!(rows
+        .iter()
+        .any(|r| r.event.action.as_str() == "oauth.complete"
+            && r.event.details.get("expiry").map(String::as_str) == Some("not reported")));
 }
 
 /// A `tracing` writer that keeps everything written, to grep.
@@ -589,13 +708,23 @@ async fn no_token_reaches_errors_logs_or_audit_rows() {
     let info = login(&s.server, &s.vault, &alice(), "canary").await;
     seen.extend(fields(&s.vault, &info.id).await.into_values());
     s.server.set_omit_refresh_token(false);
-    s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
+    s.vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
     seen.extend(fields(&s.vault, &info.id).await.into_values());
     s.server.fail_next(1, 503);
-    let outcome = s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
+    let outcome = s
+        .vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
     errors.push(format!("{outcome:?}"));
     s.server.invalidate_refresh_tokens();
-    s.vault.oauth_refresh(&alice_user(), &info.id).await.expect("refresh");
+    s.vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
     if let Err(e) = resolve(&s.vault, &alice(), "canary").await {
         errors.push(format!("{e} {e:?}"));
     }
@@ -611,12 +740,19 @@ async fn no_token_reaches_errors_logs_or_audit_rows() {
     s.server.fail_next(1, 400);
     if let Err(e) = s
         .vault
-        .oauth_complete(&alice(), &SecretString::from(state), &SecretString::from(code))
+        .oauth_complete(
+            &alice(),
+            &SecretString::from(state),
+            &SecretString::from(code),
+        )
         .await
     {
         errors.push(format!("{e} {e:?}"));
     }
-    s.vault.oauth_revoke(&alice_user(), &info.id).await.expect("revoke");
+    s.vault
+        .oauth_revoke(&alice_user(), &info.id)
+        .await
+        .expect("revoke");
     let rows = s.vault.store().audit_range(1, 10_000).await.expect("audit");
     let audit = format!("{rows:?}");
     let logged = String::from_utf8_lossy(&log.0.lock().expect("log")).to_string();

@@ -224,8 +224,7 @@ impl VaultBuilder {
         }
         let oauth = oauth::OAuthState::new(
             clients,
-            self.refresh_window
-                .unwrap_or(oauth::DEFAULT_REFRESH_WINDOW),
+            self.refresh_window.unwrap_or(oauth::DEFAULT_REFRESH_WINDOW),
         );
         Ok(Vault {
             inner: Arc::new(Inner {

@@ -340,11 +340,7 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         &[R::OtherUser, R::OtherUserOtherApp],
     ),
     // …and refresh users' OAuth tokens or revoke them at the provider (neither reads them).
-    (
-        Role::SystemAdmin,
-        &[A::Refresh, A::Revoke],
-        &[R::OtherUser],
-    ),
+    (Role::SystemAdmin, &[A::Refresh, A::Revoke], &[R::OtherUser]),
     // They verify the audit chain and manage the master keys.
     (
         Role::SystemAdmin,
@@ -410,7 +406,13 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // resolve.
     (
         Role::Service,
-        &[A::ReadMetadata, A::Update, A::SetState, A::Verify, A::Refresh],
+        &[
+            A::ReadMetadata,
+            A::Update,
+            A::SetState,
+            A::Verify,
+            A::Refresh,
+        ],
         CREDENTIAL_SCOPES,
     ),
 ];

@@ -6,15 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-
 use super::super::credentials::field_names_text;
 use super::super::{info, printable, Action, CredentialInfo, Principal, Vault, FIELD_NAMES};
 use super::{token_fields, OAuthEvent};
 use crate::audit::{AuditTarget, Outcome};
 use crate::error::{Error, Result};
-use crate::model::{
-    validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Timestamp,
-};
+use crate::model::{validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Timestamp};
 use crate::oauth::{ClientAuth, DevicePoll};
 use crate::store::{Mutation, Precondition, ReadStamp};
 
@@ -96,7 +93,10 @@ impl Vault {
         start: DeviceStart,
     ) -> Result<DeviceFlow> {
         let (_, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
-        let what = format!("an OAuth login to `{}` ({scope})", printable(&start.provider));
+        let what = format!(
+            "an OAuth login to `{}` ({scope})",
+            printable(&start.provider)
+        );
         self.authorize(
             actor,
             Action::OAuthStart,

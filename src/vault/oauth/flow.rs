@@ -90,7 +90,11 @@ fn bad_state() -> Error {
 impl Vault {
     /// The user whose credential a flow makes: the actor's own. A principal with no user
     /// (an admin, a viewer, the service) is refused, audited.
-    pub(super) async fn oauth_user(&self, actor: &Principal, action: Action) -> Result<(String, Scope)> {
+    pub(super) async fn oauth_user(
+        &self,
+        actor: &Principal,
+        action: Action,
+    ) -> Result<(String, Scope)> {
         actor.validate()?;
         let Some(user) = actor.user() else {
             self.authorize(
@@ -116,7 +120,10 @@ impl Vault {
     /// its verifier sealed — and audited (`oauth.start`).
     pub async fn oauth_start(&self, actor: &Principal, start: OAuthStart) -> Result<OAuthStarted> {
         let (user, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
-        let what = format!("an OAuth login to `{}` ({scope})", printable(&start.provider));
+        let what = format!(
+            "an OAuth login to `{}` ({scope})",
+            printable(&start.provider)
+        );
         self.authorize(
             actor,
             Action::OAuthStart,
@@ -250,8 +257,11 @@ impl Vault {
         let key = RecordKey::new(PENDING_KIND, user.clone(), state_key(state.expose_secret()))?;
         let pending = self.inner.store.record(&key).await?;
         let Some(pending) = pending else {
-            self.commit(Batch::events(vec![refuse("unknown state")]), ReadStamp::UNCHECKED)
-                .await?;
+            self.commit(
+                Batch::events(vec![refuse("unknown state")]),
+                ReadStamp::UNCHECKED,
+            )
+            .await?;
             return Err(bad_state());
         };
         let now = Timestamp::now();

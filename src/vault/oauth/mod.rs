@@ -89,8 +89,9 @@ pub(crate) struct OAuthState {
     clients: RwLock<OAuthClients>,
     pub(crate) window: Duration,
     pub(crate) events: broadcast::Sender<OAuthEvent>,
-    /// Unique per vault instance, so that two instances never take each other's leases.
+    /// Unique per vault instance: the prefix of its lease holders' names.
     pub(crate) instance: String,
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl OAuthState {
@@ -101,7 +102,16 @@ impl OAuthState {
             window,
             events,
             instance: format!("vault-{}", uuid::Uuid::now_v7().simple()),
+            attempts: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A lease holder name no other attempt, here or in another instance, uses.
+    pub(crate) fn next_holder(&self) -> String {
+        let n = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}:{n}", self.instance)
     }
 }
 
@@ -138,10 +148,13 @@ pub(crate) fn token_fields(
     if let Some(scope) = tokens.scope {
         fields.insert("scope".into(), SecretString::from(scope));
     }
-    fields.insert("client_id".into(), SecretString::from(client_id.to_string()));
-    let expires_at = tokens.expires_in.map(|s| {
-        now.saturating_add(Duration::from_secs(s))
-    });
+    fields.insert(
+        "client_id".into(),
+        SecretString::from(client_id.to_string()),
+    );
+    let expires_at = tokens
+        .expires_in
+        .map(|s| now.saturating_add(Duration::from_secs(s)));
     match expires_at {
         Some(at) => {
             fields.insert(
@@ -196,7 +209,10 @@ impl Vault {
     }
 
     /// The provider and its `[oauth]` table.
-    pub(crate) fn oauth_provider(&self, name: &str) -> Result<(std::sync::Arc<Provider>, OAuthSpec)> {
+    pub(crate) fn oauth_provider(
+        &self,
+        name: &str,
+    ) -> Result<(std::sync::Arc<Provider>, OAuthSpec)> {
         let provider = self.provider(name)?;
         let spec = provider.oauth.clone().ok_or_else(|| {
             Error::config(format!(

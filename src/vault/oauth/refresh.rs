@@ -124,7 +124,9 @@ impl Vault {
     ) -> Result<RefreshOutcome> {
         let store = &self.inner.store;
         let key = Lease::key(REFRESH_LEASE_OWNER, id.as_str())?;
-        let holder = self.inner.oauth.instance.clone();
+        // One holder per attempt: two tasks of one instance must not take each other's
+        // lease for their own (a holder may renew its lease).
+        let holder = self.inner.oauth.next_holder();
         let now = Timestamp::now();
         let current = store.record(&key).await?;
         let Some(claim) = Lease::claim(&key, current.as_ref(), &holder, now, LEASE_TTL)? else {
@@ -163,7 +165,9 @@ impl Vault {
             self.release_lease(&lease).await;
             return Ok(RefreshOutcome::NotDue);
         }
-        let outcome = self.refresh_under_lease(actor, &record, &lease, trigger).await;
+        let outcome = self
+            .refresh_under_lease(actor, &record, &lease, trigger)
+            .await;
         if outcome.is_err() {
             self.release_lease(&lease).await;
         }
@@ -236,7 +240,8 @@ impl Vault {
                 if no_expiry {
                     audit = audit.detail("expiry", "not reported");
                 }
-                self.store_refresh(record, next.clone(), lease, audit).await?;
+                self.store_refresh(record, next.clone(), lease, audit)
+                    .await?;
                 if no_expiry {
                     tracing::warn!(
                         credential = %record.id,

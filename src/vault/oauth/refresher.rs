@@ -10,8 +10,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::super::{Inner, Vault};
-use super::refresh::{RefreshOutcome, Trigger};
 use super::is_oauth_type;
+use super::refresh::{RefreshOutcome, Trigger};
 use crate::error::Result;
 use crate::model::{CredentialId, Timestamp};
 use crate::store::ListFilter;
@@ -166,7 +166,12 @@ impl Vault {
                 running.spawn(async move {
                     let _permit = permit;
                     vault
-                        .refresh_record(&Vault::oauth_service(), &record.id, Trigger::Schedule, false)
+                        .refresh_record(
+                            &Vault::oauth_service(),
+                            &record.id,
+                            Trigger::Schedule,
+                            false,
+                        )
                         .await
                 });
                 while let Some(done) = running.try_join_next() {

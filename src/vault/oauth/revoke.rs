@@ -15,7 +15,11 @@ impl Vault {
     /// Revokes an OAuth credential: it becomes `invalid` at once (audited), then its tokens
     /// are revoked at the provider when it has a revocation endpoint (refresh token first),
     /// best effort; what the provider answered is audited (`credential.revoke`).
-    pub async fn oauth_revoke(&self, actor: &Principal, id: &CredentialId) -> Result<CredentialInfo> {
+    pub async fn oauth_revoke(
+        &self,
+        actor: &Principal,
+        id: &CredentialId,
+    ) -> Result<CredentialInfo> {
         let record = self.load_for(actor, Action::Revoke, id).await?;
         if !is_oauth_type(&record.handler_type) {
             return Err(Error::invalid(
@@ -85,12 +89,17 @@ impl Vault {
             Ok(sent) if sent.is_empty() => Vault::event(actor, Action::Revoke, target)
                 .outcome(Outcome::Failure)
                 .detail("reason", "no revocation endpoint"),
-            Ok(sent) => Vault::event(actor, Action::Revoke, target).detail("tokens", sent.join(",")),
+            Ok(sent) => {
+                Vault::event(actor, Action::Revoke, target).detail("tokens", sent.join(","))
+            }
             Err(reason) => Vault::event(actor, Action::Revoke, target)
                 .outcome(Outcome::Failure)
                 .detail("reason", reason.clone()),
         };
-        if let Err(e) = self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED).await {
+        if let Err(e) = self
+            .commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+            .await
+        {
             tracing::warn!(credential = %record.id, error = %e, "revocation not audited");
         }
     }
@@ -101,7 +110,9 @@ impl Vault {
         record: &CredentialRecord,
         fields: &Fields,
     ) -> std::result::Result<Vec<String>, String> {
-        let (provider, spec) = self.oauth_provider(&record.provider).map_err(|_| "no [oauth] table".to_string())?;
+        let (provider, spec) = self
+            .oauth_provider(&record.provider)
+            .map_err(|_| "no [oauth] table".to_string())?;
         if spec.revocation_url.is_none() {
             return Ok(Vec::new());
         }
