@@ -828,7 +828,9 @@ mod tests {
                         client_secret: Some(&canary_secret),
                     };
                     if let Err(e) = request_token(&fake, &spec, &client, grant).await {
-                        let shown = format!("{e} {e:?} {}", crate::Error::from(e));
+                        let mut shown = format!("{e} {e:?}");
+                        let e = crate::Error::from(e);
+                        shown.push_str(&format!(" {e} {e:?}"));
                         assert!(!shown.contains(CANARY), "{shown}");
                     }
                 }
