@@ -38,10 +38,10 @@ mod oauth;
 mod parse;
 pub(crate) mod template;
 
-pub use oauth::{ClientAuthMethod, OAuthSpec, ResponseStyle, TokenRequestFormat};
 pub(crate) use oauth::RESERVED_AUTHORIZE_PARAMS;
-pub(crate) use parse::{line_col, secure_endpoint};
+pub use oauth::{ClientAuthMethod, OAuthSpec, ResponseStyle, TokenRequestFormat};
 use parse::parse_provider;
+pub(crate) use parse::{line_col, secure_endpoint};
 
 /// The bundled provider files, compiled into the crate.
 const BUNDLED: &[(&str, &str)] = &[

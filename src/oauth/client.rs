@@ -95,9 +95,7 @@ impl OAuthClients {
         let shown = path.display().to_string();
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(OAuthClients::new())
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OAuthClients::new()),
             Err(e) => return Err(Error::io(&shown, e)),
         };
         check_private(&meta, path)?;
@@ -218,8 +216,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         }
         path
     }
@@ -256,7 +253,11 @@ client_id = "id-3"
             Some(ClientSecret::Credential(id)) => assert_eq!(id.as_str(), "gh_client"),
             other => panic!("credential expected, got {other:?}"),
         }
-        assert!(clients.get("public_app").expect("public").client_secret.is_none());
+        assert!(clients
+            .get("public_app")
+            .expect("public")
+            .client_secret
+            .is_none());
         assert_eq!(clients.providers().count(), 3);
         let shown = format!("{clients:?}");
         assert!(!shown.contains("canary-secret-value"), "{shown}");
@@ -270,7 +271,10 @@ client_id = "id-3"
         let path = write(dir.path(), GOOD, 0o644);
         let e = OAuthClients::load(&path).expect_err("0644 refused");
         let m = e.to_string();
-        assert!(m.contains("chmod 600") && m.contains("oauth_providers.toml"), "{m}");
+        assert!(
+            m.contains("chmod 600") && m.contains("oauth_providers.toml"),
+            "{m}"
+        );
         assert!(!m.contains("canary-secret-value"));
     }
 
@@ -288,7 +292,10 @@ client_id = "id-3"
                     client_secret_credential = \"c\"\n";
         let e = OAuthClients::load(&write(dir.path(), text, 0o600)).expect_err("both");
         let m = e.to_string();
-        assert!(m.contains("both client_secret and client_secret_credential"), "{m}");
+        assert!(
+            m.contains("both client_secret and client_secret_credential"),
+            "{m}"
+        );
         assert!(m.contains("oauth_providers.toml:"), "{m}");
         assert!(!m.contains("canary-secret-value"));
     }

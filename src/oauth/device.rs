@@ -5,7 +5,7 @@
 use secrecy::SecretString;
 use serde_json::Value;
 
-use super::token::{check_response, post, request_token, secrets_with, seconds, text};
+use super::token::{check_response, post, request_token, seconds, secrets_with, text};
 use super::{ClientAuth, OAuthError, TokenGrant, TokenResponse};
 use crate::catalog::OAuthSpec;
 use crate::transport::HttpTransport;
@@ -69,9 +69,7 @@ pub async fn start_device(
     let response = post(http, spec, "device_authorization_url", url, client, params).await?;
     let fields = check_response(spec, &response, &secrets_with(client, &[]))?;
     let missing = |key: &str| {
-        OAuthError::Malformed(format!(
-            "the device authorization response has no {key}"
-        ))
+        OAuthError::Malformed(format!("the device authorization response has no {key}"))
     };
     let device_code = text(&fields, "device_code").ok_or_else(|| missing("device_code"))?;
     let user_code = text(&fields, "user_code").ok_or_else(|| missing("user_code"))?;
@@ -157,7 +155,10 @@ mod tests {
         assert_eq!((d.expires_in, d.interval), (900, 5));
         assert!(!format!("{d:?}").contains("dc-1"));
         let (method, uri, headers, body) = fake.last();
-        assert_eq!((method.as_str(), uri.as_str()), ("POST", "http://127.0.0.1:9/device"));
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            ("POST", "http://127.0.0.1:9/device")
+        );
         assert!(headers.get("authorization").is_none());
         assert_eq!(
             FakeTransport::form(&body),
@@ -174,12 +175,16 @@ mod tests {
             200,
             r#"{"device_code":"dc","user_code":"GQVQ-JKEC","verification_url":"https://www.google.com/device","expires_in":"1800","verification_uri_complete":"https://www.google.com/device?user_code=GQVQ-JKEC"}"#,
         );
-        let d = start_device(&fake, &spec(), &CLIENT, &[]).await.expect("started");
+        let d = start_device(&fake, &spec(), &CLIENT, &[])
+            .await
+            .expect("started");
         assert_eq!(d.verification_uri, "https://www.google.com/device");
         assert_eq!(d.interval, 5);
         assert_eq!(d.expires_in, 1800);
         assert!(d.verification_uri_complete.is_some());
-        assert!(!FakeTransport::form(&fake.last().3).iter().any(|(k, _)| k == "scope"));
+        assert!(!FakeTransport::form(&fake.last().3)
+            .iter()
+            .any(|(k, _)| k == "scope"));
     }
 
     #[tokio::test]
@@ -187,16 +192,22 @@ mod tests {
         let mut no_endpoint = spec();
         no_endpoint.device_authorization_url = None;
         let fake = FakeTransport::json(200, "{}");
-        let e = start_device(&fake, &no_endpoint, &CLIENT, &[]).await.expect_err("none");
+        let e = start_device(&fake, &no_endpoint, &CLIENT, &[])
+            .await
+            .expect_err("none");
         assert!(e.to_string().contains("device_authorization_url"), "{e}");
         let fake = FakeTransport::json(200, r#"{"device_code":"dc","user_code":"u"}"#);
-        let e = start_device(&fake, &spec(), &CLIENT, &[]).await.expect_err("fields");
+        let e = start_device(&fake, &spec(), &CLIENT, &[])
+            .await
+            .expect_err("fields");
         assert!(matches!(e, OAuthError::Malformed(_)));
         let fake = FakeTransport::json(
             200,
             r#"{"device_code":"dc","user_code":"u","verification_uri":"javascript:alert(1)","expires_in":5}"#,
         );
-        let e = start_device(&fake, &spec(), &CLIENT, &[]).await.expect_err("scheme");
+        let e = start_device(&fake, &spec(), &CLIENT, &[])
+            .await
+            .expect_err("scheme");
         assert!(matches!(e, OAuthError::Malformed(_)));
     }
 
@@ -210,11 +221,18 @@ mod tests {
             (400, r#"{"error":"expired_token"}"#, "expired"),
             // GitHub answers 200 with the error.
             (200, r#"{"error":"authorization_pending"}"#, "pending"),
-            (200, r#"{"access_token":"at","token_type":"bearer"}"#, "done"),
+            (
+                200,
+                r#"{"access_token":"at","token_type":"bearer"}"#,
+                "done",
+            ),
         ];
         for (status, body, want) in cases {
             let fake = FakeTransport::json(status, body);
-            let got = match poll_device(&fake, &spec(), &CLIENT, &dc).await.expect("mapped") {
+            let got = match poll_device(&fake, &spec(), &CLIENT, &dc)
+                .await
+                .expect("mapped")
+            {
                 DevicePoll::Done(t) => {
                     assert_eq!(t.access_token.expose_secret(), "at");
                     "done"
@@ -229,10 +247,14 @@ mod tests {
             assert!(form.contains(&("device_code".into(), "dc-1".into())));
         }
         let fake = FakeTransport::json(400, r#"{"error":"invalid_client"}"#);
-        let e = poll_device(&fake, &spec(), &CLIENT, &dc).await.expect_err("other");
+        let e = poll_device(&fake, &spec(), &CLIENT, &dc)
+            .await
+            .expect_err("other");
         assert_eq!(e.code(), Some("invalid_client"));
         let fake = FakeTransport::json(503, "");
-        let e = poll_device(&fake, &spec(), &CLIENT, &dc).await.expect_err("down");
+        let e = poll_device(&fake, &spec(), &CLIENT, &dc)
+            .await
+            .expect_err("down");
         assert!(e.is_retryable());
     }
 }

@@ -95,15 +95,13 @@ impl OAuthError {
         status: u16,
         secrets: &[&str],
     ) -> OAuthError {
-        let description = description
-            .filter(|d| !d.trim().is_empty())
-            .map(|d| {
-                let mut d = d.to_string();
-                for s in secrets.iter().filter(|s| !s.is_empty()) {
-                    d = d.replace(s, "[REDACTED]");
-                }
-                untrusted(&d, MAX_DESCRIPTION_CHARS)
-            });
+        let description = description.filter(|d| !d.trim().is_empty()).map(|d| {
+            let mut d = d.to_string();
+            for s in secrets.iter().filter(|s| !s.is_empty()) {
+                d = d.replace(s, "[REDACTED]");
+            }
+            untrusted(&d, MAX_DESCRIPTION_CHARS)
+        });
         let mut code = untrusted(code, MAX_CODE_CHARS);
         for s in secrets.iter().filter(|s| !s.is_empty()) {
             if code.contains(s) {
@@ -200,7 +198,9 @@ impl From<OAuthError> for crate::Error {
     fn from(e: OAuthError) -> crate::Error {
         match e {
             OAuthError::Transport(e) => e,
-            OAuthError::Unavailable { .. } => crate::Error::transport("oauth server", e.to_string()),
+            OAuthError::Unavailable { .. } => {
+                crate::Error::transport("oauth server", e.to_string())
+            }
             OAuthError::Rejected { .. } | OAuthError::Malformed(_) => {
                 crate::Error::config(e.to_string())
             }
@@ -235,7 +235,11 @@ pub(crate) mod testing {
         }
 
         /// One response of this status, content type and body.
-        pub(crate) fn response(status: u16, content_type: &str, body: &str) -> http::Response<Bytes> {
+        pub(crate) fn response(
+            status: u16,
+            content_type: &str,
+            body: &str,
+        ) -> http::Response<Bytes> {
             let mut r = http::Response::new(Bytes::from(body.to_string()));
             *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
             r.headers_mut().insert(
@@ -276,7 +280,10 @@ pub(crate) mod testing {
 
     #[async_trait::async_trait]
     impl crate::transport::HttpTransport for FakeTransport {
-        async fn send(&self, request: http::Request<Bytes>) -> crate::Result<http::Response<Bytes>> {
+        async fn send(
+            &self,
+            request: http::Request<Bytes>,
+        ) -> crate::Result<http::Response<Bytes>> {
             let peer = crate::transport::peer_of(request.uri());
             self.requests.lock().expect("lock").push(request);
             self.responses
@@ -308,7 +315,12 @@ mod tests {
 
     #[test]
     fn a_description_repeating_a_secret_is_redacted() {
-        let e = OAuthError::rejected("invalid_grant", Some("code abc123 is bad"), 400, &["abc123"]);
+        let e = OAuthError::rejected(
+            "invalid_grant",
+            Some("code abc123 is bad"),
+            400,
+            &["abc123"],
+        );
         assert!(!format!("{e} {e:?}").contains("abc123"));
     }
 

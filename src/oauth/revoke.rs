@@ -55,8 +55,7 @@ pub async fn revoke(
     if response.status().is_success() {
         // The body is usually empty; an OAuth error in it (defensively) is still an error.
         let status = response.status().as_u16();
-        return match response_fields(&response).and_then(|f| error_in(spec, &f, status, &secrets))
-        {
+        return match response_fields(&response).and_then(|f| error_in(spec, &f, status, &secrets)) {
             Some(e) => Err(e),
             None => Ok(()),
         };
@@ -88,7 +87,10 @@ mod tests {
             .await
             .expect("revoked");
         let (method, uri, headers, body) = fake.last();
-        assert_eq!((method.as_str(), uri.as_str()), ("POST", "http://127.0.0.1:9/revoke"));
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            ("POST", "http://127.0.0.1:9/revoke")
+        );
         assert!(headers.get("authorization").is_some());
         assert_eq!(
             FakeTransport::form(&body),
@@ -136,6 +138,9 @@ mod tests {
         let e = revoke(&fake, &none, &client, &token, TokenKind::AccessToken)
             .await
             .expect_err("no endpoint");
-        assert!(e.to_string().contains("provider has no revocation_url"), "{e}");
+        assert!(
+            e.to_string().contains("provider has no revocation_url"),
+            "{e}"
+        );
     }
 }

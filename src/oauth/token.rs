@@ -202,7 +202,7 @@ pub(super) async fn post<'p>(
 ) -> std::result::Result<http::Response<Bytes>, OAuthError> {
     if url::Url::parse(url)
         .ok()
-        .filter(|u| secure_endpoint(u))
+        .filter(secure_endpoint)
         .is_none()
     {
         return Err(OAuthError::Malformed(format!(
@@ -221,10 +221,7 @@ pub(super) async fn post<'p>(
             ));
             let value = Zeroizing::new(format!(
                 "Basic {}",
-                base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    pair.as_bytes()
-                )
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pair.as_bytes())
             ));
             let mut header = http::HeaderValue::from_str(&value).map_err(|_| {
                 OAuthError::Malformed("the client id cannot go in an HTTP header".into())
@@ -255,7 +252,10 @@ pub(super) async fn post<'p>(
             for (k, v) in &params {
                 form.append_pair(k, v);
             }
-            ("application/x-www-form-urlencoded", form.finish().into_bytes())
+            (
+                "application/x-www-form-urlencoded",
+                form.finish().into_bytes(),
+            )
         }
     };
     let mut builder = http::Request::builder()
@@ -406,9 +406,8 @@ fn token_from(
             }
         }
     }
-    let access_token = text(source, "access_token").ok_or_else(|| {
-        OAuthError::Malformed("the token response has no access_token".into())
-    })?;
+    let access_token = text(source, "access_token")
+        .ok_or_else(|| OAuthError::Malformed("the token response has no access_token".into()))?;
     let scope = match source.get("scope") {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Array(items)) => {
@@ -463,7 +462,9 @@ mod tests {
             Some("chal"),
         )
         .expect("url");
-        assert!(url.as_str().starts_with("https://auth.example.com/authorize?tenant=a&"));
+        assert!(url
+            .as_str()
+            .starts_with("https://auth.example.com/authorize?tenant=a&"));
         assert!(url.as_str().contains("client_id=id%261"), "{url}");
         assert!(url.as_str().contains("scope=openid+email"), "{url}");
         assert_eq!(
@@ -486,8 +487,15 @@ mod tests {
     fn authorize_url_uses_the_scope_separator_and_omits_empty_scopes() {
         let mut spec = spec();
         spec.scope_separator = ",".into();
-        let url = authorize_url(&spec, "id", "https://r", &["a".into(), "b".into()], "s", None)
-            .expect("url");
+        let url = authorize_url(
+            &spec,
+            "id",
+            "https://r",
+            &["a".into(), "b".into()],
+            "s",
+            None,
+        )
+        .expect("url");
         assert!(query(&url).contains(&("scope".into(), "a,b".into())));
         assert!(!url.as_str().contains("code_challenge"));
         let url = authorize_url(&spec, "id", "https://r", &[], "s", None).expect("url");
@@ -543,12 +551,18 @@ mod tests {
         let s = secret("s3cr:t/+");
         let t = exchange(&spec(), &fake, Some(&s)).await.expect("tokens");
         assert_eq!(t.access_token.expose_secret(), "at-1");
-        assert_eq!(t.refresh_token.as_ref().map(|r| r.expose_secret()), Some("rt-1"));
+        assert_eq!(
+            t.refresh_token.as_ref().map(|r| r.expose_secret()),
+            Some("rt-1")
+        );
         assert_eq!(t.expires_in, Some(3600));
         assert_eq!(t.token_type.as_deref(), Some("Bearer"));
         assert_eq!(t.scope.as_deref(), Some("a b"));
         let (method, uri, headers, body) = fake.last();
-        assert_eq!((method.as_str(), uri.as_str()), ("POST", "http://127.0.0.1:9/token"));
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            ("POST", "http://127.0.0.1:9/token")
+        );
         let auth = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -609,7 +623,10 @@ mod tests {
     async fn notion_takes_a_json_request() {
         let mut spec = spec();
         spec.token_request = TokenRequestFormat::Json;
-        let fake = FakeTransport::json(200, r#"{"access_token":"secret_x","token_type":"bearer","bot_id":"b"}"#);
+        let fake = FakeTransport::json(
+            200,
+            r#"{"access_token":"secret_x","token_type":"bearer","bot_id":"b"}"#,
+        );
         let s = secret("sec");
         let t = exchange(&spec, &fake, Some(&s)).await.expect("tokens");
         assert_eq!(t.access_token.expose_secret(), "secret_x");
@@ -636,7 +653,10 @@ mod tests {
         );
         let t = exchange(&spec, &fake, None).await.expect("tokens");
         assert_eq!(t.access_token.expose_secret(), "xoxp-1");
-        assert_eq!(t.refresh_token.as_ref().map(|r| r.expose_secret()), Some("xoxe-1"));
+        assert_eq!(
+            t.refresh_token.as_ref().map(|r| r.expose_secret()),
+            Some("xoxe-1")
+        );
         assert_eq!(t.expires_in, Some(43200));
         assert_eq!(t.scope.as_deref(), Some("chat:write"));
         assert_eq!(t.token_type.as_deref(), Some("user"));
@@ -715,13 +735,18 @@ mod tests {
         assert_eq!(e.code(), Some("invalid_request"));
         for status in [503, 500, 429] {
             let fake = FakeTransport::json(status, r#"{"error":"invalid_grant"}"#);
-            let e = exchange(&spec(), &fake, None).await.expect_err("unavailable");
+            let e = exchange(&spec(), &fake, None)
+                .await
+                .expect_err("unavailable");
             assert!(matches!(e, OAuthError::Unavailable { status: s } if s == status));
             assert!(e.is_retryable());
         }
         let fake = FakeTransport::json(200, r#"{"token_type":"Bearer"}"#);
         let e = exchange(&spec(), &fake, None).await.expect_err("malformed");
-        assert!(matches!(&e, OAuthError::Malformed(m) if m.contains("access_token")), "{e}");
+        assert!(
+            matches!(&e, OAuthError::Malformed(m) if m.contains("access_token")),
+            "{e}"
+        );
         let fake = FakeTransport::answering(vec![FakeTransport::response(
             200,
             "text/html",
@@ -756,17 +781,27 @@ mod tests {
             client_id: "id",
             client_secret: None,
         };
-        request_token(&fake, &spec(), &client, &TokenGrant::RefreshToken { refresh_token: &rt })
-            .await
-            .expect("tokens");
+        request_token(
+            &fake,
+            &spec(),
+            &client,
+            &TokenGrant::RefreshToken { refresh_token: &rt },
+        )
+        .await
+        .expect("tokens");
         let form = FakeTransport::form(&fake.last().3);
         assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
         assert!(form.contains(&("refresh_token".into(), "rt-old".into())));
         let fake = FakeTransport::json(200, OK);
         let dc = secret("dc-1");
-        request_token(&fake, &spec(), &client, &TokenGrant::DeviceCode { device_code: &dc })
-            .await
-            .expect("tokens");
+        request_token(
+            &fake,
+            &spec(),
+            &client,
+            &TokenGrant::DeviceCode { device_code: &dc },
+        )
+        .await
+        .expect("tokens");
         let form = FakeTransport::form(&fake.last().3);
         assert!(form.contains(&(
             "grant_type".into(),
@@ -791,20 +826,52 @@ mod tests {
     async fn canary_secrets_never_reach_an_error() {
         const CANARY: &str = "CANARY-7f3a9c";
         let answers: Vec<(u16, &str, String)> = vec![
-            (400, "application/json", format!(r#"{{"error":"invalid_grant","error_description":"grant {CANARY} bad"}}"#)),
-            (400, "application/json", format!(r#"{{"error":"{CANARY}"}}"#)),
-            (200, "application/json", format!(r#"{{"error":"x","error_description":"{CANARY}"}}"#)),
-            (200, "application/json", format!(r#"{{"ok":false,"error":"e","error_description":"{CANARY}"}}"#)),
-            (200, "application/json", format!(r#"{{"refresh_token":"{CANARY}"}}"#)),
-            (200, "application/json", format!(r#"{{"access_token":"{CANARY}","expires_in":"{CANARY}"}}"#)),
+            (
+                400,
+                "application/json",
+                format!(r#"{{"error":"invalid_grant","error_description":"grant {CANARY} bad"}}"#),
+            ),
+            (
+                400,
+                "application/json",
+                format!(r#"{{"error":"{CANARY}"}}"#),
+            ),
+            (
+                200,
+                "application/json",
+                format!(r#"{{"error":"x","error_description":"{CANARY}"}}"#),
+            ),
+            (
+                200,
+                "application/json",
+                format!(r#"{{"ok":false,"error":"e","error_description":"{CANARY}"}}"#),
+            ),
+            (
+                200,
+                "application/json",
+                format!(r#"{{"refresh_token":"{CANARY}"}}"#),
+            ),
+            (
+                200,
+                "application/json",
+                format!(r#"{{"access_token":"{CANARY}","expires_in":"{CANARY}"}}"#),
+            ),
             (200, "text/html", format!("<p>{CANARY}</p>")),
             (401, "text/plain", CANARY.to_string()),
-            (503, "application/json", format!(r#"{{"error":"{CANARY}"}}"#)),
+            (
+                503,
+                "application/json",
+                format!(r#"{{"error":"{CANARY}"}}"#),
+            ),
             (302, "text/plain", CANARY.to_string()),
         ];
         let canary = secret(&format!("{CANARY}-code"));
         let canary_secret = secret(CANARY);
-        for style in [ResponseStyle::Standard, ResponseStyle::Slack, ResponseStyle::Github] {
+        for style in [
+            ResponseStyle::Standard,
+            ResponseStyle::Slack,
+            ResponseStyle::Github,
+        ] {
             for (status, content_type, body) in &answers {
                 let mut spec = spec();
                 spec.response = style;
@@ -814,8 +881,12 @@ mod tests {
                         redirect_uri: "https://app/cb",
                         code_verifier: Some(&canary),
                     },
-                    TokenGrant::RefreshToken { refresh_token: &canary },
-                    TokenGrant::DeviceCode { device_code: &canary },
+                    TokenGrant::RefreshToken {
+                        refresh_token: &canary,
+                    },
+                    TokenGrant::DeviceCode {
+                        device_code: &canary,
+                    },
                 ];
                 for grant in &grants {
                     let fake = FakeTransport::answering(vec![FakeTransport::response(
