@@ -7,6 +7,20 @@
 //! `oauth_providers.toml` ([`OAuthClients`]). Every request goes through the host's
 //! [`crate::transport::HttpTransport`].
 //!
+//! ```rust,ignore
+//! let spec = catalog.require("google_oauth")?.oauth.as_ref().ok_or(...)?;
+//! let client = clients.get("google_oauth").ok_or(...)?;
+//! let (pkce, state) = (oauth::Pkce::generate()?, oauth::random_state()?);
+//! let url = oauth::authorize_url(spec, &client.client_id, redirect, &spec.scopes, &state,
+//!                                spec.pkce.then(|| pkce.challenge()))?;
+//! // ... the browser comes back to `redirect` with `code` and the same `state` ...
+//! let auth = oauth::ClientAuth { client_id: &client.client_id, client_secret: secret.as_ref() };
+//! let grant = oauth::TokenGrant::AuthorizationCode {
+//!     code: &code, redirect_uri: redirect, code_verifier: spec.pkce.then(|| pkce.verifier()),
+//! };
+//! let tokens = oauth::request_token(&*http, spec, &auth, &grant).await?;
+//! ```
+//!
 //! Secrets (codes, verifiers, tokens, client secrets) are [`secrecy::SecretString`]s and
 //! never reach an error: [`OAuthError`] carries the server's error code and its (shortened,
 //! escaped) description, never a request or response body, and never a URL's query.

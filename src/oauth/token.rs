@@ -51,6 +51,12 @@ pub fn authorize_url(
              with oauth::random_state",
         ));
     }
+    if redirect_uri.is_empty() {
+        return Err(Error::invalid(
+            "redirect_uri",
+            "must not be empty; set it in oauth_providers.toml (http://127.0.0.1:8765/callback)",
+        ));
+    }
     if client_id.is_empty() {
         return Err(Error::invalid(
             "client_id",
@@ -200,11 +206,7 @@ pub(super) async fn post<'p>(
     client: &ClientAuth<'p>,
     mut params: Vec<(&'static str, &'p str)>,
 ) -> std::result::Result<http::Response<Bytes>, OAuthError> {
-    if url::Url::parse(url)
-        .ok()
-        .filter(|u| secure_endpoint(u))
-        .is_none()
-    {
+    if url::Url::parse(url).ok().filter(secure_endpoint).is_none() {
         return Err(OAuthError::Malformed(format!(
             "the provider's {key} must be an https URL (http only to this machine), since the \
              request carries codes, tokens and client secrets"
@@ -899,7 +901,9 @@ mod tests {
                         client_secret: Some(&canary_secret),
                     };
                     if let Err(e) = request_token(&fake, &spec, &client, grant).await {
-                        let shown = format!("{e} {e:?} {}", crate::Error::from(e));
+                        let mut shown = format!("{e} {e:?}");
+                        let e = crate::Error::from(e);
+                        shown.push_str(&format!(" {e} {e:?}"));
                         assert!(!shown.contains(CANARY), "{shown}");
                     }
                 }
