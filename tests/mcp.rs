@@ -3,7 +3,7 @@
 //! that ignores stdin EOF and SIGTERM after `stop_timeout`, and leaves nothing running.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ fn line_fields(text: &str) -> Vec<(String, u32)> {
 }
 
 /// A child that appends "<$var> <pid>" to `out` and waits on stdin.
-fn recorder(out: &PathBuf, var: &str) -> String {
+fn recorder(out: &Path, var: &str) -> String {
     format!(
         "printf '%s %s\\n' \"${var}\" \"$$\" >> '{}'; cat >/dev/null",
         out.display()

@@ -37,7 +37,10 @@ impl BearerHeaderSource {
         let token = self.source.token().await?;
         let token = token.expose_secret();
         if token.is_empty() {
-            return Err(Error::invalid("token", "is empty; a bearer token is required"));
+            return Err(Error::invalid(
+                "token",
+                "is empty; a bearer token is required",
+            ));
         }
         // Visible ASCII only: refuses control characters, spaces and bytes above 0x7e, which
         // an HTTP library or proxy might otherwise mangle or split on.
@@ -51,9 +54,8 @@ impl BearerHeaderSource {
         let mut text = Zeroizing::new(String::with_capacity(7 + token.len()));
         text.push_str("Bearer ");
         text.push_str(token);
-        let mut value = HeaderValue::from_str(&text).map_err(|_| {
-            Error::invalid("token", "is not a valid HTTP header value")
-        })?;
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| Error::invalid("token", "is not a valid HTTP header value"))?;
         value.set_sensitive(true);
         Ok((AUTHORIZATION, value))
     }
@@ -89,9 +91,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_with_a_newline_is_refused_without_its_value() {
-        for bad in ["line\nbreak-canary", "", "sp ace-canary", "caf\u{e9}-canary"] {
+        for bad in [
+            "line\nbreak-canary",
+            "",
+            "sp ace-canary",
+            "caf\u{e9}-canary",
+        ] {
             let err = source(bad).header().await.err();
-            let text = format!("{err:?} {}", err.as_ref().map(|e| e.to_string()).unwrap_or_default());
+            let text = format!(
+                "{err:?} {}",
+                err.as_ref().map(|e| e.to_string()).unwrap_or_default()
+            );
             assert!(err.is_some(), "accepted {bad:?}");
             assert!(!text.contains("canary"), "{text}");
         }

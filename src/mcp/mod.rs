@@ -105,7 +105,10 @@ mod tests {
         source.set(SecretString::from("second"));
         assert!(rx.has_changed().unwrap_or(false));
         assert_eq!(*rx.borrow_and_update(), 1);
-        let token = source.token().await.unwrap_or_else(|_| SecretString::from(""));
+        let token = source
+            .token()
+            .await
+            .unwrap_or_else(|_| SecretString::from(""));
         assert_eq!(token.expose_secret(), "second");
         assert!(!format!("{source:?}").contains("second"));
     }

@@ -576,8 +576,14 @@ mod tests {
     #[test]
     fn the_default_token_variable_is_mcp_token() {
         assert_eq!(StdioServerConfig::default().token_var, "MCP_TOKEN");
-        assert_eq!(StdioServerConfig::default().stop_timeout, Duration::from_secs(5));
-        assert_eq!(StdioServerConfig::default().restart_backoff, Duration::from_secs(1));
+        assert_eq!(
+            StdioServerConfig::default().stop_timeout,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            StdioServerConfig::default().restart_backoff,
+            Duration::from_secs(1)
+        );
         assert!(config("MCP_TOKEN").validate().is_ok());
     }
 
