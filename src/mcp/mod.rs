@@ -27,6 +27,9 @@ pub use supervisor::{
 };
 
 /// Where the current token comes from, and how to hear that it changed.
+///
+/// An implementation's `Debug` must not show the token: the types of this module print their
+/// source in theirs.
 #[async_trait::async_trait]
 pub trait TokenSource: Send + Sync + fmt::Debug + 'static {
     /// The current token (resolved and audited by the implementation).
