@@ -765,3 +765,69 @@ async fn no_token_reaches_errors_logs_or_audit_rows() {
         }
     }
 }
+
+/// The stdio supervisor with the vault as its token source: a real child sees the access
+/// token in its environment, and after a refresh a new child sees the new one.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_restarts_the_stdio_mcp_server_with_the_new_token() {
+    use strongroom::mcp::{StdioServerConfig, StdioSupervisor, VaultTokenSource};
+    let s = setup().await;
+    let info = login(&s.server, &s.vault, &alice(), "mcp_token").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("seen");
+    let source = VaultTokenSource::new(
+        &s.vault,
+        &alice(),
+        CredentialRef::compact("mcp_token"),
+        "access_token",
+    )
+    .await
+    .expect("source");
+    let config = StdioServerConfig {
+        args: vec![
+            "-c".into(),
+            format!(
+                "printf '%s\\n' \"$MCP_TOKEN\" >> '{}'; cat >/dev/null",
+                out.display()
+            ),
+        ],
+        stop_timeout: Duration::from_millis(1000),
+        ..StdioServerConfig::new("/bin/sh")
+    };
+    let handle = StdioSupervisor::start(config, Arc::new(source))
+        .await
+        .expect("start");
+    let read_lines = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let wait_lines = |n: usize| async move {
+        for _ in 0..250 {
+            if read_lines().len() >= n {
+                return read_lines();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the child did not start {n} times: {:?}", read_lines());
+    };
+    let first = wait_lines(1).await;
+    let before = fields(&s.vault, &info.id).await;
+    assert_eq!(first[0], before["access_token"]);
+    s.vault
+        .oauth_refresh(&alice_user(), &info.id)
+        .await
+        .expect("refresh");
+    let lines = wait_lines(2).await;
+    let after = fields(&s.vault, &info.id).await;
+    assert_ne!(after["access_token"], before["access_token"]);
+    assert_eq!(
+        lines[1], after["access_token"],
+        "the new child has the new token"
+    );
+    assert_eq!(handle.restarts(), 1);
+    handle.stop().await.expect("stop");
+}

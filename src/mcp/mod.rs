@@ -18,9 +18,11 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 
 mod header;
+mod source;
 mod supervisor;
 
 pub use header::BearerHeaderSource;
+pub use source::VaultTokenSource;
 pub use supervisor::{
     ChildStdio, StdioServerConfig, StdioSupervisor, SupervisorHandle, DEFAULT_INHERITED_ENV,
     DEFAULT_TOKEN_VAR,
