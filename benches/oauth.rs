@@ -7,7 +7,6 @@
 //! `cargo bench --bench oauth --features reqwest`  (`STRONGROOM_BENCH_QUICK=1`: a short run)
 
 #[path = "../tests/common/oauth_server.rs"]
-#[allow(dead_code)]
 mod oauth_server;
 
 use std::collections::BTreeMap;

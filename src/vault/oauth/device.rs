@@ -76,7 +76,7 @@ pub enum DeviceStatus {
         interval: u64,
     },
     /// Tokens are stored; the credential is `valid`.
-    Done(CredentialInfo),
+    Done(Box<CredentialInfo>),
     /// The user refused; the credential is `invalid`.
     Denied,
     /// The code lapsed before the user finished; the credential is `invalid`.
@@ -299,7 +299,7 @@ impl Vault {
                     });
                 }
                 let names = fields.keys().cloned().collect();
-                Ok(DeviceStatus::Done(info(&next, names)))
+                Ok(DeviceStatus::Done(Box::new(info(&next, names))))
             }
         }
     }
