@@ -600,11 +600,11 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
             "{actor} re-seal: {resealed:?}"
         );
     }
-    // 7 principals × 11 scopes × 12 credential actions, less resolve on the two per_agent
+    // 7 principals × 11 scopes × 14 credential actions (refresh and revoke among them), less resolve on the two per_agent
     // scopes (7 × 2; an agent's own door is `agent_secret`, tested on its own) and the
     // injections no public call can make (6 principals × 11 scopes, and the runtime's 7
     // scopes of other apps, users and agents).
-    assert_eq!(checked, 7 * 11 * 12 - 7 * 2 - (6 * 11 + 7));
+    assert_eq!(checked, 7 * 11 * 14 - 7 * 2 - (6 * 11 + 7));
     assert!(vault.audit().verify().await.expect("verify").is_ok());
 }
 
