@@ -831,3 +831,46 @@ async fn a_refresh_restarts_the_stdio_mcp_server_with_the_new_token() {
     assert_eq!(handle.restarts(), 1);
     handle.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_refresher_pass_sweeps_lapsed_logins() {
+    let s = setup().await;
+    for name in ["a", "b"] {
+        s.vault
+            .oauth_start(&alice(), OAuthStart::new("local", name))
+            .await
+            .expect("start");
+    }
+    let pending = s
+        .vault
+        .store()
+        .records(&RecordFilter::kind("oauth.pending"))
+        .await
+        .expect("records");
+    assert_eq!(pending.len(), 2);
+    // The first lapses; the second is still within its 10 minutes.
+    let mut lapsed = pending[0].next_version(Timestamp::now());
+    lapsed.expires_at = Some(Timestamp(Timestamp::now().0 - 1));
+    s.vault
+        .store()
+        .commit(Batch {
+            mutations: vec![Mutation::update_record(lapsed)],
+            events: vec![],
+        })
+        .await
+        .expect("lapse it");
+    let pass = s
+        .vault
+        .refresh_due_now(&RefresherConfig::default())
+        .await
+        .expect("pass");
+    assert_eq!(pass.swept, 1);
+    let left = s
+        .vault
+        .store()
+        .records(&RecordFilter::kind("oauth.pending"))
+        .await
+        .expect("records");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].key, pending[1].key);
+}

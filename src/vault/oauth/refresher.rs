@@ -14,7 +14,7 @@ use super::is_oauth_type;
 use super::refresh::{RefreshOutcome, Trigger};
 use crate::error::Result;
 use crate::model::{CredentialId, Timestamp};
-use crate::store::ListFilter;
+use crate::store::{Batch, ListFilter, Mutation, ReadStamp, RecordFilter};
 
 /// How the refresher runs.
 #[derive(Debug, Clone)]
@@ -68,6 +68,8 @@ pub struct RefreshPass {
     pub expired: u64,
     /// Errors that are not the provider's answer (no client registered, a store error).
     pub errors: u64,
+    /// Lapsed pending logins deleted.
+    pub swept: u64,
 }
 
 /// Stops the refresher: [`RefresherHandle::stop`] waits for the pass under way to end;
@@ -182,7 +184,38 @@ impl Vault {
         while let Some(done) = running.join_next().await {
             tally(&mut pass, done);
         }
+        pass.swept = self.sweep_lapsed_flows(config.page_size.max(1)).await?;
         Ok(pass)
+    }
+
+    /// Deletes pending authorization-code flows that lapsed (nobody can complete them any
+    /// more; they hold only a sealed verifier). Each delete is if-version: a flow completed
+    /// or swept meanwhile by another instance is left to it.
+    async fn sweep_lapsed_flows(&self, page_size: usize) -> Result<u64> {
+        let mut swept = 0;
+        let filter = RecordFilter::kind(super::PENDING_KIND)
+            .expires_before(Timestamp::now())
+            .limit(page_size);
+        loop {
+            let lapsed = self.inner.store.records(&filter).await?;
+            if lapsed.is_empty() {
+                return Ok(swept);
+            }
+            let n = lapsed.len();
+            let batch = Batch {
+                mutations: lapsed.iter().map(Mutation::delete_record).collect(),
+                events: vec![],
+            };
+            match self.commit(batch, ReadStamp::UNCHECKED).await {
+                Ok(_) => swept += n as u64,
+                // Someone else swept or completed one of them: the next pass tries again.
+                Err(e) if crate::store::lease::Lease::lost_race(&e) => return Ok(swept),
+                Err(e) => return Err(e),
+            }
+            if n < page_size {
+                return Ok(swept);
+            }
+        }
     }
 }
 
