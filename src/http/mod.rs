@@ -294,7 +294,10 @@ mod tests {
     fn a_repeated_parameter_is_refused() {
         let m = refused("code=c&state=secret-one&state=secret-two");
         assert!(m.contains("`state` appears more than once"), "{m}");
-        assert!(!m.contains("secret-one") && !m.contains("secret-two"), "{m}");
+        assert!(
+            !m.contains("secret-one") && !m.contains("secret-two"),
+            "{m}"
+        );
         let m = refused("code=secret-one&code=secret-two&state=s");
         assert!(m.contains("`code` appears more than once"), "{m}");
         // Any parameter, not just code and state; encoded names count as the same name.
@@ -320,7 +323,10 @@ mod tests {
         };
         let d = format!("{r:?}");
         assert!(!d.contains("secret-state-value"), "{d}");
-        assert!(d.contains("https://idp.example/authorize?[REDACTED]"), "{d}");
+        assert!(
+            d.contains("https://idp.example/authorize?[REDACTED]"),
+            "{d}"
+        );
         assert_eq!(redacted_url("not a url ?state=x"), "[REDACTED]");
         assert_eq!(redacted_url("https://a.example/p"), "https://a.example/p");
     }
