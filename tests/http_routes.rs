@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::oauth_server::{HttpReply, OAuthServer, CONFIDENTIAL_CLIENT, CONFIDENTIAL_SECRET};
-use serde_json::Value;
 use strongroom::oauth::{ClientSecret, OAuthClient};
 use strongroom::transport::ReqwestTransport;
 use strongroom::{
