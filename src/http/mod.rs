@@ -9,7 +9,7 @@
 //!   (RFC 6749 4.1.2 / 4.1.2.1), checks it, and completes the flow
 //!   ([`Vault::oauth_complete`]).
 //!
-//! With the `axum` feature, [`routes::oauth_router`] mounts both (and a status route) as an
+//! With the `axum` feature, `routes::oauth_router` mounts both (and a status route) as an
 //! `axum::Router`. See docs/OAUTH.md, "Mounting the callback".
 //!
 //! # The callback's query
