@@ -319,7 +319,7 @@ mod tests {
             "name=x&state=s",
             "name=x&code=c",
         ] {
-            let e = start_request("local", q).err().expect(q);
+            let e = start_request("local", q).expect_err(q);
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{q}: {e}");
         }
     }
