@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod crypto;
 mod error;
 pub mod handlers;
+pub mod http;
 pub mod mcp;
 pub mod model;
 pub mod oauth;
