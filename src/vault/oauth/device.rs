@@ -64,9 +64,6 @@ pub struct DeviceFlow {
 /// Where a device flow stands after a poll.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-// A poll's answer, built once per poll and matched at once: boxing `Done` would only make
-// callers write `*info`.
-#[allow(clippy::large_enum_variant)]
 pub enum DeviceStatus {
     /// The user has not finished yet; poll again after `interval` seconds.
     Pending {
