@@ -269,7 +269,10 @@ fn secret_text(
     let mut bytes = bytes;
     let mut text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
         zeroize::Zeroize::zeroize(&mut e.into_bytes());
-        invalid(flag, &format!("`{name}` read from {from} is not UTF-8 text"))
+        invalid(
+            flag,
+            &format!("`{name}` read from {from} is not UTF-8 text"),
+        )
     })?;
     let single_line = text.find('\n').is_some_and(|at| at + 1 == text.len());
     if single_line {
@@ -279,7 +282,10 @@ fn secret_text(
         }
     }
     if text.is_empty() {
-        return Err(invalid(flag, &format!("`{name}` read from {from} is empty")));
+        return Err(invalid(
+            flag,
+            &format!("`{name}` read from {from} is empty"),
+        ));
     }
     // An exact-size copy, so that turning it into a secret does not reallocate and leave
     // the longer buffer unwiped.
@@ -314,7 +320,11 @@ impl SecretInput<'_> {
     /// Reads the value as given: `-` all of stdin (`stdin_taken` names the one value per
     /// command that may), `@FILE` a file, `?` a prompt without echo on a terminal, anything
     /// else is the value itself.
-    pub(crate) fn read(&self, value: &str, stdin_taken: &mut Option<String>) -> Result<String, Error> {
+    pub(crate) fn read(
+        &self,
+        value: &str,
+        stdin_taken: &mut Option<String>,
+    ) -> Result<String, Error> {
         let (flag, name) = (self.flag, self.name);
         let spell = |form: &str| (self.spell)(name, form);
         Ok(match value {

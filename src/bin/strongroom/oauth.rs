@@ -113,9 +113,8 @@ pub(crate) async fn oauth(
         OauthCommand::Start(args) => start(vault, actor, args, home, out).await,
         OauthCommand::Complete { state, code } => {
             let mut stdin_taken = None;
-            let state = SecretString::from(
-                flag_input("--state", "state").read(&state, &mut stdin_taken)?,
-            );
+            let state =
+                SecretString::from(flag_input("--state", "state").read(&state, &mut stdin_taken)?);
             let code =
                 SecretString::from(flag_input("--code", "code").read(&code, &mut stdin_taken)?);
             out.info(&vault.oauth_complete(actor, &state, &code).await?, None);
@@ -332,14 +331,8 @@ fn status(info: &CredentialInfo, now: Timestamp, out: &Output) {
         }
         _ => println!("expires_at:    (not reported by the provider)"),
     }
-    println!(
-        "refresh_token: {}",
-        if has_refresh { "yes" } else { "no" }
-    );
-    println!(
-        "fields:        {}",
-        cell(info.field_names.join(", "))
-    );
+    println!("refresh_token: {}", if has_refresh { "yes" } else { "no" });
+    println!("fields:        {}", cell(info.field_names.join(", ")));
 }
 
 /// `oauth start`.
@@ -415,7 +408,7 @@ async fn start(
         u64::try_from(started.expires_at.0.saturating_sub(Timestamp::now().0)).unwrap_or(0),
     );
     let wait = listen_timeout.map_or(lapses, |s| Duration::from_secs(s).min(lapses));
-    let callback = match tokio::time::timeout(wait, listener.callback()).await {
+    let callback = match tokio::time::timeout(wait, listener.callback(&started.state)).await {
         Ok(callback) => callback?,
         Err(_) => {
             tell_failure(
@@ -432,14 +425,7 @@ async fn start(
         }
     };
     drop(listener);
-    let state_matches = callback.state.as_ref().is_some_and(|s| {
-        use subtle::ConstantTimeEq;
-        bool::from(
-            s.expose_secret()
-                .as_bytes()
-                .ct_eq(started.state.expose_secret().as_bytes()),
-        )
-    });
+    let state_matches = callback.state_matches;
     if callback.state.is_some() && !state_matches {
         tell_failure(
             out.json,
@@ -506,6 +492,8 @@ fn registered_redirect(home: &Path, provider: &str) -> Result<String, Error> {
 struct Callback {
     code: Option<SecretString>,
     state: Option<SecretString>,
+    /// Whether `state` is the login's own.
+    state_matches: bool,
     error: Option<String>,
     error_description: Option<String>,
 }
@@ -570,9 +558,10 @@ impl Loopback {
         })
     }
 
-    /// Waits for one GET of the redirect path and answers it; other requests (a browser's
+    /// Waits for one GET of the redirect path and answers it (200 when it carries a code
+    /// and `expected`, the login's state; 400 otherwise); other requests (a browser's
     /// `/favicon.ico`) get a 404 and the wait goes on.
-    async fn callback(&self) -> Result<Callback, Error> {
+    async fn callback(&self, expected: &SecretString) -> Result<Callback, Error> {
         loop {
             let (mut socket, _) = self.accept().await?;
             let Ok(Ok(Some(head))) =
@@ -593,6 +582,7 @@ impl Loopback {
             let mut callback = Callback {
                 code: None,
                 state: None,
+                state_matches: false,
                 error: None,
                 error_description: None,
             };
@@ -607,9 +597,16 @@ impl Loopback {
             }
             drop(text);
             drop(head);
-            let complete = callback.error.is_none()
-                && callback.code.is_some()
-                && callback.state.is_some();
+            callback.state_matches = callback.state.as_ref().is_some_and(|s| {
+                use subtle::ConstantTimeEq;
+                bool::from(
+                    s.expose_secret()
+                        .as_bytes()
+                        .ct_eq(expected.expose_secret().as_bytes()),
+                )
+            });
+            let complete =
+                callback.error.is_none() && callback.code.is_some() && callback.state_matches;
             let _ = if complete {
                 answer(
                     &mut socket,
@@ -649,9 +646,7 @@ impl Loopback {
 
 /// Reads a request's head (up to the blank line), at most [`MAX_REQUEST`] bytes; `None`
 /// when it is longer or the connection ends first. Wiped when dropped: it holds the code.
-async fn read_head(
-    socket: &mut TcpStream,
-) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+async fn read_head(socket: &mut TcpStream) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(MAX_REQUEST));
     let mut chunk = zeroize::Zeroizing::new([0u8; 2048]);
     loop {
