@@ -90,7 +90,7 @@ impl Env {
     }
 
     fn keep(&self, out: &Output) {
-        let mut printed = self.printed.lock().unwrap();
+        let mut printed = self.printed.lock().expect("lock");
         printed.push(text(&out.stdout));
         printed.push(text(&out.stderr));
     }
@@ -137,7 +137,7 @@ impl Env {
 
     /// Asserts that no command printed any of `secrets`.
     fn never_printed(&self, secrets: &[String]) {
-        let printed = self.printed.lock().unwrap();
+        let printed = self.printed.lock().expect("lock");
         for secret in secrets {
             assert!(
                 secret.len() >= 20,
@@ -228,7 +228,7 @@ async fn finish(
         .await
         .expect("exits in time")
         .expect("wait");
-    let mut printed = env.printed.lock().unwrap();
+    let mut printed = env.printed.lock().expect("lock");
     printed.push(format!("{first}\n{rest}"));
     printed.push(stderr.clone());
     (status.code(), rest, stderr)
