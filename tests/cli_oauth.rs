@@ -270,6 +270,13 @@ async fn get(url: &url::Url) -> (u16, String) {
 async fn browser_login_by_hand_then_refresh_status_and_revoke() {
     let env = Env::new().await;
 
+    // An unknown provider is refused before a vault is made for it.
+    let out = env
+        .run(ALICE, &["oauth", "start", "--provider", "nosuch"])
+        .await;
+    fails(&out, 2, "not in the provider catalog");
+    assert!(!env.home.path().join("vault.db").exists());
+
     // Only a user logs in.
     let out = env
         .run(ADMIN, &["oauth", "start", "--provider", "local"])

@@ -288,6 +288,14 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
             );
         }
     }
+    if let Command::Oauth(
+        OauthCommand::Start(StartArgs { provider, .. }) | OauthCommand::Device { provider, .. },
+    ) = &cli.command
+    {
+        // Likewise before a login starts a vault.
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        catalog.require(provider)?;
+    }
     let home = home(creates)?;
     let kept = Arc::new(CheckpointFile::open(&home, store_label(&spec))?);
     if let Command::Restore(args) = cli.command {

@@ -80,7 +80,7 @@ pub(crate) struct StartArgs {
     /// The provider (its file needs an [oauth] table with an authorize_url; its client is
     /// the `[PROVIDER]` table of $STRONGROOM_HOME/oauth_providers.toml).
     #[arg(long)]
-    provider: String,
+    pub(crate) provider: String,
     /// The credential's name (`ref`) in your per_user scope (default: the provider's name).
     #[arg(long)]
     name: Option<String>,
