@@ -258,8 +258,10 @@ fn read_secret(
 
 /// A field value read from stdin or a file, as text. A single line loses its line ending
 /// (`echo KEY |` adds one that is no part of the key); anything longer is kept byte for
-/// byte. Errors name the field and the source, never the content.
+/// byte. Errors name the field (and `flag`, the option it came through) and the source,
+/// never the content.
 fn secret_text(
+    flag: &str,
     name: &str,
     from: &str,
     bytes: zeroize::Zeroizing<Vec<u8>>,
@@ -268,7 +270,7 @@ fn secret_text(
     let mut text = String::from_utf8(std::mem::take(&mut *bytes)).map_err(|e| {
         zeroize::Zeroize::zeroize(&mut e.into_bytes());
         invalid(
-            "-f",
+            flag,
             &format!("`{name}` read from {from} is not UTF-8 text"),
         )
     })?;
@@ -281,7 +283,7 @@ fn secret_text(
     }
     if text.is_empty() {
         return Err(invalid(
-            "-f",
+            flag,
             &format!("`{name}` read from {from} is empty"),
         ));
     }
@@ -291,6 +293,113 @@ fn secret_text(
     exact.push_str(&text);
     zeroize::Zeroize::zeroize(&mut text);
     Ok(exact)
+}
+
+/// Where a secret value given on the command line comes from, and how errors spell it: the
+/// `-f name=value` fields, or an option of its own (`oauth complete --code -`).
+pub(crate) struct SecretInput<'a> {
+    /// The option, as errors name it (`-f`, `--code`).
+    pub(crate) flag: &'a str,
+    /// The value's name (a field name, or `code`).
+    pub(crate) name: &'a str,
+    /// How the value is written with a given form (`-`, `@FILE`, `?`): `name=-` for a
+    /// field, `--code -` for an option.
+    pub(crate) spell: fn(&str, &str) -> String,
+}
+
+impl SecretInput<'_> {
+    /// A `-f name=value` field.
+    fn field(name: &str) -> SecretInput<'_> {
+        SecretInput {
+            flag: "-f",
+            name,
+            spell: |name, form| format!("{name}={form}"),
+        }
+    }
+
+    /// Reads the value as given: `-` all of stdin (`stdin_taken` names the one value per
+    /// command that may), `@FILE` a file, `?` a prompt without echo on a terminal, anything
+    /// else is the value itself.
+    pub(crate) fn read(
+        &self,
+        value: &str,
+        stdin_taken: &mut Option<String>,
+    ) -> Result<String, Error> {
+        let (flag, name) = (self.flag, self.name);
+        let spell = |form: &str| (self.spell)(name, form);
+        Ok(match value {
+            "-" => {
+                if let Some(first) = stdin_taken {
+                    return Err(invalid(
+                        flag,
+                        &format!(
+                            "`{first}` already reads stdin, and one value per command can; give \
+                             `{name}` as {} or {}",
+                            spell("@FILE"),
+                            spell("?")
+                        ),
+                    ));
+                }
+                *stdin_taken = Some(name.to_string());
+                let bytes = read_secret(std::io::stdin().lock(), MAX_FIELD_INPUT)
+                    .map_err(|e| invalid(flag, &format!("cannot read `{name}` from stdin: {e}")))?
+                    .ok_or_else(|| {
+                        invalid(
+                            flag,
+                            &format!(
+                                "`{name}` on stdin is over {MAX_FIELD_INPUT} bytes, more than any \
+                                 field holds"
+                            ),
+                        )
+                    })?;
+                secret_text(flag, name, "stdin", bytes)?
+            }
+            "?" => {
+                if !std::io::stdin().is_terminal() {
+                    return Err(invalid(
+                        flag,
+                        &format!(
+                            "cannot prompt for `{name}`: stdin is not a terminal; use {} or {}",
+                            spell("-"),
+                            spell("@FILE")
+                        ),
+                    ));
+                }
+                rpassword::prompt_password(format!("{name}: "))
+                    .map_err(|e| invalid(flag, &format!("cannot read `{name}`: {e}")))?
+            }
+            v if v.starts_with('@') => {
+                let path = Path::new(&v[1..]);
+                // The path is not repeated: a value that merely starts with `@` (a
+                // password) must not end up in an error message.
+                let unreadable = |why: String| {
+                    invalid(
+                        flag,
+                        &format!(
+                            "cannot read `{name}` from the file named after `@` ({why}); a value \
+                             that starts with `@` names a file: give such a value with {} or {} \
+                             instead",
+                            spell("-"),
+                            spell("?")
+                        ),
+                    )
+                };
+                if v.len() == 1 {
+                    return Err(unreadable("no file named".into()));
+                }
+                let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+                let bytes = read_secret(file, MAX_FIELD_INPUT)
+                    .map_err(|e| unreadable(e.to_string()))?
+                    .ok_or_else(|| {
+                        unreadable(format!(
+                            "over {MAX_FIELD_INPUT} bytes, more than any field holds"
+                        ))
+                    })?;
+                secret_text(flag, name, "its file", bytes)?
+            }
+            v => v.to_string(),
+        })
+    }
 }
 
 pub(crate) fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretString>, Error> {
@@ -310,73 +419,7 @@ pub(crate) fn parse_fields(raw: &[String]) -> Result<BTreeMap<String, SecretStri
         if name.is_empty() {
             return Err(invalid("-f", "a field needs a name before `=`"));
         }
-        let value = match value {
-            "-" => {
-                if let Some(first) = &from_stdin {
-                    return Err(invalid(
-                        "-f",
-                        &format!(
-                            "`{first}` already reads stdin, and one field per command can; give \
-                             `{name}` as {name}=@FILE or {name}=?"
-                        ),
-                    ));
-                }
-                from_stdin = Some(name.to_string());
-                let bytes = read_secret(std::io::stdin().lock(), MAX_FIELD_INPUT)
-                    .map_err(|e| invalid("-f", &format!("cannot read `{name}` from stdin: {e}")))?
-                    .ok_or_else(|| {
-                        invalid(
-                            "-f",
-                            &format!(
-                                "`{name}` on stdin is over {MAX_FIELD_INPUT} bytes, more than any \
-                                 field holds"
-                            ),
-                        )
-                    })?;
-                secret_text(name, "stdin", bytes)?
-            }
-            "?" => {
-                if !std::io::stdin().is_terminal() {
-                    return Err(invalid(
-                        "-f",
-                        &format!(
-                            "cannot prompt for `{name}`: stdin is not a terminal; use {name}=- \
-                             or {name}=@FILE"
-                        ),
-                    ));
-                }
-                rpassword::prompt_password(format!("{name}: "))
-                    .map_err(|e| invalid("-f", &format!("cannot read `{name}`: {e}")))?
-            }
-            v if v.starts_with('@') => {
-                let path = Path::new(&v[1..]);
-                // The path is not repeated: a value that merely starts with `@` (a
-                // password) must not end up in an error message.
-                let unreadable = |why: String| {
-                    invalid(
-                        "-f",
-                        &format!(
-                            "cannot read `{name}` from the file named after `@` ({why}); a value \
-                             that starts with `@` names a file: give such a value with {name}=- \
-                             or {name}=? instead"
-                        ),
-                    )
-                };
-                if v.len() == 1 {
-                    return Err(unreadable("no file named".into()));
-                }
-                let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
-                let bytes = read_secret(file, MAX_FIELD_INPUT)
-                    .map_err(|e| unreadable(e.to_string()))?
-                    .ok_or_else(|| {
-                        unreadable(format!(
-                            "over {MAX_FIELD_INPUT} bytes, more than any field holds"
-                        ))
-                    })?;
-                secret_text(name, "its file", bytes)?
-            }
-            v => v.to_string(),
-        };
+        let value = SecretInput::field(name).read(value, &mut from_stdin)?;
         if out
             .insert(name.to_string(), SecretString::from(value))
             .is_some()

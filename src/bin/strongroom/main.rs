@@ -5,7 +5,8 @@
 //! (also a provider asked for by name), 4 permission denied, 5 conflict (already exists,
 //! stale version), 6 integrity failure (a broken audit chain, a blob that does not decrypt
 //! or that no held key opens, a backup that fails its checks), 7 a credential the provider
-//! rejected, 8 verification inconclusive, 9 a key rotation that is not complete yet. Under
+//! rejected (also in an OAuth login or refresh), 8 verification inconclusive (also an OAuth
+//! refresh that will be retried or runs elsewhere), 9 a key rotation that is not complete yet. Under
 //! `--json` a failure is one JSON object on stderr: `{"error": {"kind", "message"}}`.
 //!
 //! Audit checkpoints: every command that commits appends a checkpoint of the audit chain to
@@ -60,6 +61,7 @@ mod errors;
 mod history;
 mod keys;
 mod keysel;
+mod oauth;
 mod output;
 mod providers;
 mod store;
@@ -71,6 +73,7 @@ use credentials::*;
 use errors::*;
 use history::*;
 use keys::*;
+use oauth::*;
 use output::*;
 use providers::*;
 use store::*;
@@ -121,6 +124,11 @@ enum Command {
     /// Master keys: how many records each wraps, and rotation onto a new key.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// OAuth logins (browser with PKCE, or device code) that end in a per-user credential,
+    /// and refreshing, inspecting and revoking such credentials. Clients come from
+    /// `$STRONGROOM_HOME/oauth_providers.toml` (mode 0600).
+    #[command(subcommand)]
+    Oauth(OauthCommand),
     /// Write a consistent copy of a SQLite vault to PATH while it keeps serving (SQLite's
     /// online backup API; mode 0600; an existing PATH is refused). System admins. For
     /// PostgreSQL use pg_dump (see docs/DEPLOYMENT.md).
@@ -261,7 +269,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         cli.command,
         Command::Credentials(
             CredentialsCommand::Create(_) | CredentialsCommand::AdminCreate { .. }
-        )
+        ) | Command::Oauth(OauthCommand::Start(_) | OauthCommand::Device { .. })
     );
     if let Command::Credentials(
         CredentialsCommand::Create(CreateArgs { source, .. })
@@ -279,6 +287,14 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
                 one_line(&provider.source)
             );
         }
+    }
+    if let Command::Oauth(
+        OauthCommand::Start(StartArgs { provider, .. }) | OauthCommand::Device { provider, .. },
+    ) = &cli.command
+    {
+        // Likewise before a login starts a vault.
+        let catalog = Catalog::load(&HandlerRegistry::builtin(), dir.as_deref())?;
+        catalog.require(provider)?;
     }
     let home = home(creates)?;
     let kept = Arc::new(CheckpointFile::open(&home, store_label(&spec))?);
@@ -333,6 +349,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
                 | CredentialsCommand::Versions(history::VersionCommand::History { .. })
         ) | Command::Audit(_)
             | Command::Keys(KeysCommand::Status)
+            | Command::Oauth(OauthCommand::Status { .. })
     );
     let keys = keysel::select(
         store.as_ref(),
@@ -356,7 +373,9 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     let mut builder = Vault::builder()
         .store(store)
         .key_wrapper(key)
-        .http(Arc::new(strongroom::transport::ReqwestTransport::new()?));
+        .http(Arc::new(strongroom::transport::ReqwestTransport::new()?))
+        // The OAuth clients (none when the file is missing; refused unless it is private).
+        .oauth_clients_file(home.join(OAUTH_CLIENTS_FILE));
     for retired in &keys.retired {
         builder = builder.retired_key(retired.key.clone());
     }
@@ -417,7 +436,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
                 Command::Backup(args) => {
                     backup(&vault, &actor, sqlite.as_ref(), &spec, args, &out).await
                 }
-                command => run_command(&vault, &actor, command, &kept, &out).await,
+                command => run_command(&vault, &actor, command, &home, &kept, &out).await,
             }
         }
     };
@@ -441,11 +460,13 @@ async fn run_command(
     vault: &Vault,
     actor: &Principal,
     command: Command,
+    home: &Path,
     kept: &Arc<CheckpointFile>,
     out: &Output,
 ) -> Result<u8, Error> {
     match command {
         Command::Keys(cmd) => keys(vault, actor, cmd, kept, out).await,
+        Command::Oauth(cmd) => oauth(vault, actor, cmd, home, out).await,
         Command::Credentials(CredentialsCommand::Verify { id: text }) => {
             let v = vault.test_live_connection(actor, &id(&text)?).await?;
             if out.json {

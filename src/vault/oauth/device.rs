@@ -64,6 +64,7 @@ pub struct DeviceFlow {
 /// Where a device flow stands after a poll.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+// `Done` is as large as a credential's metadata; a poll's answer is not kept in bulk.
 pub enum DeviceStatus {
     /// The user has not finished yet; poll again after `interval` seconds.
     Pending {
