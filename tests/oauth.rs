@@ -874,3 +874,41 @@ async fn a_refresher_pass_sweeps_lapsed_logins() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].key, pending[1].key);
 }
+
+/// Two completions racing on one state: one sends the code, the other is refused before it
+/// reaches the provider (a code sent twice would make the provider revoke the tokens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_completions_send_the_code_once() {
+    let s = setup().await;
+    s.server.set_refresh_delay(Duration::ZERO);
+    for round in 0..8 {
+        let started = s
+            .vault
+            .oauth_start(&alice(), OAuthStart::new("local", format!("race{round}")))
+            .await
+            .expect("start");
+        let (code, state) = consent(&s.server, &started.authorize_url).await;
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let vault = s.vault.clone();
+            let (code, state) = (code.clone(), state.clone());
+            tasks.push(tokio::spawn(async move {
+                vault
+                    .oauth_complete(&alice(), &SecretString::from(state), &SecretString::from(code))
+                    .await
+            }));
+        }
+        let mut won = Vec::new();
+        for task in tasks {
+            if let Ok(info) = task.await.expect("task") {
+                won.push(info);
+            }
+        }
+        assert_eq!(won.len(), 1, "exactly one completion");
+        let token = resolve(&s.vault, &alice(), &format!("race{round}"))
+            .await
+            .expect("resolve");
+        assert!(s.server.is_access_token_live(&token));
+    }
+    assert_eq!(s.server.code_reuses(), 0, "no code was sent twice");
+}

@@ -286,6 +286,36 @@ impl Vault {
         };
         let secret = self.client_secret(&client, &provider.handler_type).await?;
         let http = self.http_for("completing an OAuth login")?;
+        // Claim the flow before its code goes to the provider: of two completions racing on
+        // one state, exactly one sends the code (a code presented twice makes a provider
+        // revoke what it issued for it). A claimed flow is not completed again.
+        if pending.body.get("completing").is_some() {
+            self.commit(
+                Batch::events(vec![refuse("state in use")]),
+                ReadStamp::UNCHECKED,
+            )
+            .await?;
+            return Err(bad_state());
+        }
+        let mut claimed = pending.next_version(now);
+        claimed.body["completing"] = serde_json::Value::Bool(true);
+        let claim = Batch {
+            mutations: vec![Mutation::update_record(claimed.clone())],
+            events: vec![],
+        };
+        match self.commit(claim, ReadStamp::UNCHECKED).await {
+            Ok(_) => {}
+            Err(e) if crate::store::lease::Lease::lost_race(&e) => {
+                self.commit(
+                    Batch::events(vec![refuse("state in use")]),
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                return Err(bad_state());
+            }
+            Err(e) => return Err(e),
+        }
+        let pending = claimed;
         let exchanged = crate::oauth::request_token(
             http.as_ref(),
             &spec,

@@ -86,10 +86,13 @@ impl Vault {
         let target = AuditTarget::credential(&record.id, &record.scope);
         let result = self.send_revocations(record, fields).await;
         let event = match &result {
-            Ok(sent) if sent.is_empty() => Vault::event(actor, Action::Revoke, target)
+            Ok(None) => Vault::event(actor, Action::Revoke, target)
                 .outcome(Outcome::Failure)
                 .detail("reason", "no revocation endpoint"),
-            Ok(sent) => {
+            Ok(Some(sent)) if sent.is_empty() => Vault::event(actor, Action::Revoke, target)
+                .outcome(Outcome::Failure)
+                .detail("reason", "no tokens to revoke"),
+            Ok(Some(sent)) => {
                 Vault::event(actor, Action::Revoke, target).detail("tokens", sent.join(","))
             }
             Err(reason) => Vault::event(actor, Action::Revoke, target)
@@ -109,12 +112,12 @@ impl Vault {
         &self,
         record: &CredentialRecord,
         fields: &Fields,
-    ) -> std::result::Result<Vec<String>, String> {
+    ) -> std::result::Result<Option<Vec<String>>, String> {
         let (provider, spec) = self
             .oauth_provider(&record.provider)
             .map_err(|_| "no [oauth] table".to_string())?;
         if spec.revocation_url.is_none() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let client = self
             .oauth_client(&provider.name)
@@ -143,6 +146,6 @@ impl Vault {
                 .map_err(|e| format!("{name}: {}", super::reason_of(&e)))?;
             sent.push(name.to_string());
         }
-        Ok(sent)
+        Ok(Some(sent))
     }
 }
