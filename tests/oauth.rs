@@ -166,6 +166,11 @@ async fn the_code_flow_with_pkce_stores_a_valid_credential_granted_to_the_app() 
     );
     assert_eq!(info.handler_type, "oauth2");
     assert!(info.expires_at.is_some());
+    // Only the tokens are sealed; what the provider said of them is metadata.
+    assert_eq!(info.field_names, vec!["access_token", "refresh_token"]);
+    assert_eq!(info.metadata["oauth_token_type"], "Bearer");
+    assert_eq!(info.metadata["oauth_scope"], "read");
+    assert_eq!(info.metadata["oauth_client_id"], CONFIDENTIAL_CLIENT);
     // The runtime resolves it at once: the grant to crm came with the login.
     let token = resolve(&s.vault, &alice(), "local_main")
         .await
@@ -894,7 +899,11 @@ async fn racing_completions_send_the_code_once() {
             let (code, state) = (code.clone(), state.clone());
             tasks.push(tokio::spawn(async move {
                 vault
-                    .oauth_complete(&alice(), &SecretString::from(state), &SecretString::from(code))
+                    .oauth_complete(
+                        &alice(),
+                        &SecretString::from(state),
+                        &SecretString::from(code),
+                    )
                     .await
             }));
         }

@@ -74,7 +74,13 @@ pub const DISABLED_BY: &str = "disabled_by";
 pub const FIELD_NAMES: &str = "field_names";
 
 /// The metadata keys the vault keeps itself.
-const KEPT_METADATA: [&str; 2] = [DISABLED_BY, FIELD_NAMES];
+const KEPT_METADATA: [&str; 5] = [
+    DISABLED_BY,
+    FIELD_NAMES,
+    oauth::OAUTH_CLIENT_ID,
+    oauth::OAUTH_TOKEN_TYPE,
+    oauth::OAUTH_SCOPE,
+];
 
 struct Inner {
     store: Arc<dyn Store>,
@@ -235,6 +241,18 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
                 "`{FIELD_NAMES}` is kept by the vault (the names of the secret fields); remove it"
             ),
         ));
+    }
+    for key in [
+        oauth::OAUTH_CLIENT_ID,
+        oauth::OAUTH_TOKEN_TYPE,
+        oauth::OAUTH_SCOPE,
+    ] {
+        if metadata.contains_key(key) {
+            return Err(Error::invalid(
+                "metadata",
+                format!("`{key}` is kept by the vault (what the OAuth provider said); remove it"),
+            ));
+        }
     }
     if metadata.contains_key("expires_at") {
         return Err(Error::invalid(

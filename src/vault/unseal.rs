@@ -38,13 +38,16 @@ pub struct BlobCheck {
 }
 
 fn decode_fields(plain: &[u8], record: &CredentialRecord) -> Result<Fields> {
-    // Straight into the secret strings: no intermediate map of plain `String`s.
-    serde_json::from_slice::<Fields>(plain).map_err(|_| {
+    let corrupt = || {
         Error::corrupt(
             record.describe(),
             "the sealed fields are not a JSON object of strings",
         )
-    })
+    };
+    // One UTF-8 check of the whole text rather than one per string, then straight into the
+    // secret strings: no intermediate map of plain `String`s.
+    let text = std::str::from_utf8(plain).map_err(|_| corrupt())?;
+    serde_json::from_str::<Fields>(text).map_err(|_| corrupt())
 }
 
 impl Vault {

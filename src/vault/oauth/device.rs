@@ -245,7 +245,8 @@ impl Vault {
             }
             DevicePoll::Done(tokens) => {
                 let no_expiry = tokens.expires_in.is_none();
-                let (fields, expires_at) = token_fields(None, tokens, &client.client_id, now);
+                let stored = token_fields(None, tokens, &client.client_id, now);
+                let (fields, expires_at) = (stored.fields, stored.expires_at);
                 let app = record.metadata.get(DEVICE_APP).cloned();
                 let mut next = record.clone();
                 next.metadata.remove(DEVICE_INTERVAL);
@@ -253,6 +254,9 @@ impl Vault {
                 next.metadata.remove(DEVICE_APP);
                 next.metadata
                     .insert(FIELD_NAMES.to_string(), field_names_text(&fields));
+                for (key, value) in stored.metadata {
+                    next.metadata.insert(key.to_string(), value);
+                }
                 next.state = LifecycleState::Valid;
                 next.expires_at = expires_at;
                 next.version += 1;

@@ -350,9 +350,14 @@ impl Vault {
             }
         };
         let no_expiry = tokens.expires_in.is_none();
-        let (fields, expires_at) = token_fields(None, tokens, &client.client_id, now);
+        let stored = token_fields(None, tokens, &client.client_id, now);
+        let (fields, expires_at) = (stored.fields, stored.expires_at);
         self.check_against_catalog(&provider.name, &provider.handler_type, &fields)?;
-        let mut metadata = BTreeMap::new();
+        let mut metadata: BTreeMap<String, String> = stored
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         metadata.insert(FIELD_NAMES.to_string(), field_names_text(&fields));
         let mut record = CredentialRecord {
             id: CredentialId::generate(),

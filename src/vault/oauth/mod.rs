@@ -126,15 +126,31 @@ fn state_key(state: &str) -> String {
     hex::encode(sha2::Sha256::digest(state.as_bytes()))
 }
 
-/// The secret fields of a token response, merged over `old` (a refresh that omits the
-/// refresh token keeps the old one, RFC 6749 section 6). Returns the fields and the new
-/// expiry.
+/// Metadata keys of the non-secret parts of an OAuth token the vault stored: kept by the
+/// vault (a caller's metadata update leaves them), refused from callers. Only the tokens
+/// are sealed; these stay readable without decrypting anything (`oauth status`).
+pub const OAUTH_CLIENT_ID: &str = "oauth_client_id";
+/// The token type (`Bearer`).
+pub const OAUTH_TOKEN_TYPE: &str = "oauth_token_type";
+/// The scopes the provider granted.
+pub const OAUTH_SCOPE: &str = "oauth_scope";
+
+/// A token response as the vault stores it: the secret fields, merged over `old` (a refresh
+/// that omits the refresh token keeps the old one, RFC 6749 section 6), the new expiry, and
+/// the non-secret parts for the metadata. A credential written by hand whose fields carry
+/// `expires_at`, `token_type` or `scope` has those fields kept current instead.
+pub(crate) struct StoredTokens {
+    pub fields: BTreeMap<String, SecretString>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Vec<(&'static str, String)>,
+}
+
 pub(crate) fn token_fields(
     old: Option<&BTreeMap<String, SecretString>>,
     tokens: TokenResponse,
     client_id: &str,
     now: Timestamp,
-) -> (BTreeMap<String, SecretString>, Option<Timestamp>) {
+) -> StoredTokens {
     let mut fields = old.cloned().unwrap_or_default();
     // A code of a device flow in progress is no token: never carried over.
     fields.remove("device_code");
@@ -142,31 +158,39 @@ pub(crate) fn token_fields(
     if let Some(refresh) = tokens.refresh_token {
         fields.insert("refresh_token".into(), refresh);
     }
-    if let Some(kind) = tokens.token_type {
-        fields.insert("token_type".into(), SecretString::from(kind));
+    let mut metadata = vec![(OAUTH_CLIENT_ID, client_id.to_string())];
+    for (field, key, value) in [
+        ("token_type", OAUTH_TOKEN_TYPE, tokens.token_type),
+        ("scope", OAUTH_SCOPE, tokens.scope),
+    ] {
+        let Some(value) = value else { continue };
+        if fields.contains_key(field) {
+            fields.insert(field.to_string(), SecretString::from(value));
+        } else {
+            metadata.push((key, value));
+        }
     }
-    if let Some(scope) = tokens.scope {
-        fields.insert("scope".into(), SecretString::from(scope));
-    }
-    fields.insert(
-        "client_id".into(),
-        SecretString::from(client_id.to_string()),
-    );
     let expires_at = tokens
         .expires_in
         .map(|s| now.saturating_add(Duration::from_secs(s)));
-    match expires_at {
-        Some(at) => {
-            fields.insert(
-                "expires_at".into(),
-                SecretString::from((at.0 / 1000).to_string()),
-            );
-        }
-        None => {
-            fields.remove("expires_at");
+    if fields.contains_key("expires_at") {
+        match expires_at {
+            Some(at) => {
+                fields.insert(
+                    "expires_at".into(),
+                    SecretString::from((at.0 / 1000).to_string()),
+                );
+            }
+            None => {
+                fields.remove("expires_at");
+            }
         }
     }
-    (fields, expires_at)
+    StoredTokens {
+        fields,
+        expires_at,
+        metadata,
+    }
 }
 
 impl Vault {
@@ -276,16 +300,13 @@ impl Vault {
     /// columns and metadata only.
     pub(crate) fn refresh_due(&self, record: &CredentialRecord, now: Timestamp) -> bool {
         use crate::model::LifecycleState as S;
-        if !is_oauth_type(&record.handler_type)
-            || !matches!(record.state, S::Filled | S::Valid)
-            || !has_field(record, "refresh_token")
-        {
-            return false;
-        }
-        match record.expires_at {
-            Some(at) => at.0.saturating_sub(now.0) < window_ms(self.inner.oauth.window),
-            None => false,
-        }
+        // The field names are read last: most tokens are not inside the window.
+        is_oauth_type(&record.handler_type)
+            && matches!(record.state, S::Filled | S::Valid)
+            && record
+                .expires_at
+                .is_some_and(|at| at.0.saturating_sub(now.0) < window_ms(self.inner.oauth.window))
+            && has_field(record, "refresh_token")
     }
 }
 

@@ -224,8 +224,12 @@ impl Vault {
         match sent {
             Ok(tokens) => {
                 let no_expiry = tokens.expires_in.is_none();
-                let (fields, expires_at) = token_fields(Some(&old), tokens, &client.client_id, now);
+                let stored = token_fields(Some(&old), tokens, &client.client_id, now);
+                let (fields, expires_at) = (stored.fields, stored.expires_at);
                 let mut next = record.clone();
+                for (key, value) in stored.metadata {
+                    next.metadata.insert(key.to_string(), value);
+                }
                 next.metadata.insert(
                     FIELD_NAMES.to_string(),
                     super::super::credentials::field_names_text(&fields),
