@@ -86,6 +86,23 @@ async fn main() {
     let verify_rows: u64 = if quick { 50_000 } else { 1_000_000 };
     let dir = tempfile::tempdir().expect("tempdir");
 
+    // `STRONGROOM_BENCH_ONLY=sqlite_group_commit`: the SQLite group commit alone, `runs`
+    // times, for quick A/B comparisons of two builds.
+    if std::env::var("STRONGROOM_BENCH_ONLY").as_deref() == Ok("sqlite_group_commit") {
+        let mut rates = Vec::new();
+        for run in 0..runs {
+            let store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(dir.path().join(format!("g{run}.db"))).expect("open"));
+            rates.push(concurrent(store, per_writer).await.0);
+        }
+        let json = serde_json::json!({
+            "sqlite_full_group_commit_events_per_s": median(rates).round(),
+            "runs": runs,
+        });
+        println!("{json}");
+        return;
+    }
+
     let mut sqlite = (Vec::new(), Vec::new(), Vec::new());
     let mut memory = (Vec::new(), Vec::new(), Vec::new());
     let mut baseline = Vec::new();
