@@ -14,9 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oauth_server::{OAuthServer, CONFIDENTIAL_CLIENT, CONFIDENTIAL_SECRET};
-use strongroom::oauth::{ClientSecret, OAuthClient};
-use strongroom::transport::ReqwestTransport;
+use oauth_server::{OAuthServer, CONFIDENTIAL_CLIENT};
 use strongroom::vault::RefresherConfig;
 use strongroom::{
     CredentialRef, LocalKey, MemoryStore, NewCredential, Principal, ResolveContext, Scope,
@@ -24,31 +22,8 @@ use strongroom::{
 };
 
 async fn vault(server: &OAuthServer, store: Arc<dyn Store>, dir: &std::path::Path) -> Vault {
-    let providers = dir.join("providers");
-    std::fs::create_dir_all(&providers).expect("dir");
-    std::fs::write(
-        providers.join("local.toml"),
-        server.provider_toml("local", "oauth2"),
-    )
-    .expect("provider");
-    Vault::builder()
-        .store(store)
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
-        .providers_dir(&providers)
-        .http(Arc::new(ReqwestTransport::new().expect("http")))
-        .oauth_client(
-            "local",
-            OAuthClient {
-                client_id: CONFIDENTIAL_CLIENT.into(),
-                client_secret: Some(ClientSecret::Inline(SecretString::from(
-                    CONFIDENTIAL_SECRET,
-                ))),
-                redirect_uri: None,
-            },
-        )
-        .build()
-        .await
-        .expect("vault")
+    let key = Arc::new(LocalKey::generate().expect("key"));
+    oauth_server::local_vault(server, store, key, dir, None).await
 }
 
 /// A token as the vault stores one it obtained: the two tokens sealed, the expiry in the

@@ -9,12 +9,9 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::oauth_server::{HttpReply, OAuthServer, CONFIDENTIAL_CLIENT, CONFIDENTIAL_SECRET};
-use strongroom::oauth::{ClientSecret, OAuthClient};
-use strongroom::transport::ReqwestTransport;
+use common::oauth_server::{HttpReply, OAuthServer};
 use strongroom::{
-    CredentialRef, ExposeSecret, LocalKey, Principal, ResolveContext, SecretString, SqliteStore,
-    Vault,
+    CredentialRef, ExposeSecret, LocalKey, Principal, ResolveContext, SqliteStore, Vault,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,35 +43,18 @@ fn principal_of(parts: &http::request::Parts) -> Option<Principal> {
 async fn setup() -> Setup {
     let server = OAuthServer::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let providers = dir.path().join("providers");
-    std::fs::create_dir_all(&providers).expect("dir");
-    std::fs::write(
-        providers.join("local.toml"),
-        server.provider_toml("local", "oauth2"),
-    )
-    .expect("provider");
     // The router's address first: the client's registered redirect URI is its callback.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let store = Arc::new(SqliteStore::open(dir.path().join("vault.db")).expect("store"));
-    let vault = Vault::builder()
-        .store(store)
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
-        .providers_dir(&providers)
-        .http(Arc::new(ReqwestTransport::new().expect("http")))
-        .oauth_client(
-            "local",
-            OAuthClient {
-                client_id: CONFIDENTIAL_CLIENT.into(),
-                client_secret: Some(ClientSecret::Inline(SecretString::from(
-                    CONFIDENTIAL_SECRET,
-                ))),
-                redirect_uri: Some(format!("http://{addr}/oauth/callback")),
-            },
-        )
-        .build()
-        .await
-        .expect("vault");
+    let vault = common::oauth_server::local_vault(
+        &server,
+        store,
+        Arc::new(LocalKey::generate().expect("key")),
+        dir.path(),
+        Some(format!("http://{addr}/oauth/callback")),
+    )
+    .await;
     let router = strongroom::http::routes::oauth_router(vault.clone(), principal_of);
     tokio::spawn(async move { axum::serve(listener, router).await });
     Setup {

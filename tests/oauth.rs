@@ -13,12 +13,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::oauth_server::{OAuthServer, CONFIDENTIAL_CLIENT, CONFIDENTIAL_SECRET};
+use common::oauth_server::{OAuthServer, CONFIDENTIAL_CLIENT};
 use strongroom::audit::Outcome;
 use strongroom::model::{LifecycleState, Record};
-use strongroom::oauth::{ClientSecret, OAuthClient};
 use strongroom::store::{Batch, Mutation, RecordFilter, Store};
-use strongroom::transport::ReqwestTransport;
 use strongroom::vault::{
     DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, RefreshOutcome, RefresherConfig,
 };
@@ -49,31 +47,7 @@ async fn vault(
     key: Arc<LocalKey>,
     dir: &Path,
 ) -> Vault {
-    let providers = dir.join("providers");
-    std::fs::create_dir_all(&providers).expect("dir");
-    std::fs::write(
-        providers.join("local.toml"),
-        server.provider_toml("local", "oauth2"),
-    )
-    .expect("provider");
-    Vault::builder()
-        .store(store)
-        .key_wrapper(key)
-        .providers_dir(&providers)
-        .http(Arc::new(ReqwestTransport::new().expect("http")))
-        .oauth_client(
-            "local",
-            OAuthClient {
-                client_id: CONFIDENTIAL_CLIENT.into(),
-                client_secret: Some(ClientSecret::Inline(SecretString::from(
-                    CONFIDENTIAL_SECRET,
-                ))),
-                redirect_uri: Some(REDIRECT.into()),
-            },
-        )
-        .build()
-        .await
-        .expect("vault")
+    common::oauth_server::local_vault(server, store, key, dir, Some(REDIRECT.into())).await
 }
 
 struct Setup {

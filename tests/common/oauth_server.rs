@@ -1356,3 +1356,44 @@ fn userinfo_endpoint(st: &mut State, req: &Request) -> Reply {
         }
     }
 }
+
+/// A vault on `store` (master key `key`) whose provider `local` is `server`, through a
+/// drop-in providers folder under `dir`, with the confidential client registered for
+/// `redirect_uri` and a real HTTP client.
+#[cfg(feature = "reqwest")]
+pub async fn local_vault(
+    server: &OAuthServer,
+    store: std::sync::Arc<dyn strongroom::Store>,
+    key: std::sync::Arc<strongroom::LocalKey>,
+    dir: &std::path::Path,
+    redirect_uri: Option<String>,
+) -> strongroom::Vault {
+    use strongroom::oauth::{ClientSecret, OAuthClient};
+    let providers = dir.join("providers");
+    std::fs::create_dir_all(&providers).expect("dir");
+    std::fs::write(
+        providers.join("local.toml"),
+        server.provider_toml("local", "oauth2"),
+    )
+    .expect("provider");
+    strongroom::Vault::builder()
+        .store(store)
+        .key_wrapper(key)
+        .providers_dir(&providers)
+        .http(std::sync::Arc::new(
+            strongroom::transport::ReqwestTransport::new().expect("http"),
+        ))
+        .oauth_client(
+            "local",
+            OAuthClient {
+                client_id: CONFIDENTIAL_CLIENT.into(),
+                client_secret: Some(ClientSecret::Inline(strongroom::SecretString::from(
+                    CONFIDENTIAL_SECRET,
+                ))),
+                redirect_uri,
+            },
+        )
+        .build()
+        .await
+        .expect("vault")
+}

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::super::credentials::field_names_text;
-use super::super::{info, printable, Action, CredentialInfo, Principal, Vault, FIELD_NAMES};
+use super::super::{info, Action, CredentialInfo, Principal, Vault, FIELD_NAMES};
 use super::{token_fields, OAuthEvent};
 use crate::audit::{AuditTarget, Outcome};
 use crate::error::{Error, Result};
-use crate::model::{validate_id, CredentialId, CredentialRecord, Grant, LifecycleState, Timestamp};
+use crate::model::{CredentialId, CredentialRecord, Grant, LifecycleState, Timestamp};
 use crate::oauth::{ClientAuth, DevicePoll};
 use crate::store::{Mutation, Precondition, ReadStamp};
 
@@ -94,21 +94,9 @@ impl Vault {
         start: DeviceStart,
     ) -> Result<DeviceFlow> {
         let (_, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
-        let what = format!(
-            "an OAuth login to `{}` ({scope})",
-            printable(&start.provider)
-        );
-        self.authorize(
-            actor,
-            Action::OAuthStart,
-            Some(&scope),
-            AuditTarget::scope(&scope),
-            &what,
-        )
-        .await?;
-        validate_id("credential name", &start.name)?;
-        let (provider, spec) = self.oauth_provider(&start.provider)?;
-        let client = self.oauth_client(&provider.name)?;
+        let (provider, spec, client) = self
+            .authorize_login(actor, &scope, &start.provider, &start.name)
+            .await?;
         let secret = self.client_secret(&client, &provider.handler_type).await?;
         let scopes = start.scopes.clone().unwrap_or_else(|| spec.scopes.clone());
         let http = self.http_for("a device login")?;
@@ -332,25 +320,14 @@ impl Vault {
         let mut next = record.clone();
         next.metadata
             .insert(DEVICE_INTERVAL.to_string(), interval.to_string());
-        next.version += 1;
-        next.updated_at = Timestamp::now();
-        self.reseal(record, &mut next).await?;
         let event = Vault::event(
             &Vault::oauth_service(),
             Action::Update,
             AuditTarget::credential(&next.id, &next.scope),
         )
-        .detail("version", next.version.to_string())
         .detail("reason", "slow_down")
         .detail("fields", "kept");
-        self.commit_one(
-            Mutation::Put {
-                record: next,
-                precondition: Precondition::IfVersion(record.version),
-            },
-            event,
-        )
-        .await
+        self.put_next_version(record, next, event).await.map(drop)
     }
 
     /// Ends a device flow that will give no tokens: the credential becomes `invalid`.
@@ -362,9 +339,6 @@ impl Vault {
     ) -> Result<()> {
         let mut next = record.clone();
         next.state = LifecycleState::Invalid;
-        next.version += 1;
-        next.updated_at = Timestamp::now();
-        self.reseal(record, &mut next).await?;
         let event = Vault::event(
             actor,
             Action::OAuthComplete,
@@ -374,13 +348,6 @@ impl Vault {
         .detail("flow", "device")
         .detail("reason", reason.to_string())
         .detail("to", "invalid");
-        self.commit_one(
-            Mutation::Put {
-                record: next,
-                precondition: Precondition::IfVersion(record.version),
-            },
-            event,
-        )
-        .await
+        self.put_next_version(record, next, event).await.map(drop)
     }
 }

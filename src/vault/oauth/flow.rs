@@ -115,26 +115,42 @@ impl Vault {
         Ok((user.to_string(), scope))
     }
 
+    /// The checks every login starts with: `oauth.start` on the user's scope (a denial
+    /// audited), a usable credential name, the provider's `[oauth]` table and its client.
+    pub(super) async fn authorize_login(
+        &self,
+        actor: &Principal,
+        scope: &Scope,
+        provider: &str,
+        name: &str,
+    ) -> Result<(
+        std::sync::Arc<crate::catalog::Provider>,
+        crate::catalog::OAuthSpec,
+        crate::oauth::OAuthClient,
+    )> {
+        let what = format!("an OAuth login to `{}` ({scope})", printable(provider));
+        self.authorize(
+            actor,
+            Action::OAuthStart,
+            Some(scope),
+            AuditTarget::scope(scope),
+            &what,
+        )
+        .await?;
+        validate_id("credential name", name)?;
+        let (provider, spec) = self.oauth_provider(provider)?;
+        let client = self.oauth_client(&provider.name)?;
+        Ok((provider, spec, client))
+    }
+
     /// Starts an authorization-code flow for the actor's user (PKCE S256 unless the
     /// provider turns it off; always for a public client). The pending flow is stored —
     /// its verifier sealed — and audited (`oauth.start`).
     pub async fn oauth_start(&self, actor: &Principal, start: OAuthStart) -> Result<OAuthStarted> {
         let (user, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
-        let what = format!(
-            "an OAuth login to `{}` ({scope})",
-            printable(&start.provider)
-        );
-        self.authorize(
-            actor,
-            Action::OAuthStart,
-            Some(&scope),
-            AuditTarget::scope(&scope),
-            &what,
-        )
-        .await?;
-        validate_id("credential name", &start.name)?;
-        let (provider, spec) = self.oauth_provider(&start.provider)?;
-        let client = self.oauth_client(&provider.name)?;
+        let (provider, spec, client) = self
+            .authorize_login(actor, &scope, &start.provider, &start.name)
+            .await?;
         if spec.authorize_url.is_none() {
             return Err(Error::config(format!(
                 "provider `{}` has no authorize_url in its [oauth] table; use the device flow",

@@ -215,6 +215,30 @@ impl Vault {
         let _ = self.inner.oauth.events.send(event);
     }
 
+    /// Writes `next` (`before` with the caller's changes) as `before`'s next version: the
+    /// same sealed fields, bound to the new version, committed if-version with `event`
+    /// (which is told the new version).
+    pub(crate) async fn put_next_version(
+        &self,
+        before: &CredentialRecord,
+        mut next: CredentialRecord,
+        event: crate::audit::AuditEvent,
+    ) -> Result<CredentialRecord> {
+        next.version = before.version + 1;
+        next.updated_at = Timestamp::now();
+        self.reseal(before, &mut next).await?;
+        let event = event.detail("version", next.version.to_string());
+        self.commit_one(
+            crate::store::Mutation::Put {
+                record: next.clone(),
+                precondition: crate::store::Precondition::IfVersion(before.version),
+            },
+            event,
+        )
+        .await?;
+        Ok(next)
+    }
+
     /// The principal the vault's own OAuth work acts as.
     pub(crate) fn oauth_service() -> Principal {
         Principal::Service {

@@ -7,9 +7,9 @@ use super::{is_oauth_type, OAuthEvent};
 use crate::audit::{AuditTarget, Outcome};
 use crate::error::{Error, Result};
 use crate::handlers::Fields;
-use crate::model::{CredentialId, CredentialRecord, LifecycleState, Timestamp};
+use crate::model::{CredentialId, CredentialRecord, LifecycleState};
 use crate::oauth::{ClientAuth, TokenKind};
-use crate::store::{Batch, Mutation, Precondition, ReadStamp};
+use crate::store::{Batch, ReadStamp};
 
 impl Vault {
     /// Revokes an OAuth credential: it becomes `invalid` at once (audited), then its tokens
@@ -35,9 +35,6 @@ impl Vault {
         let fields = self.open_for_change(&record).await?;
         let mut next = record.clone();
         next.state = LifecycleState::Invalid;
-        next.version += 1;
-        next.updated_at = Timestamp::now();
-        self.reseal(&record, &mut next).await?;
         let event = Vault::event(
             actor,
             Action::SetState,
@@ -45,16 +42,8 @@ impl Vault {
         )
         .detail("from", record.state.as_str())
         .detail("to", "invalid")
-        .detail("reason", "revoked")
-        .detail("version", next.version.to_string());
-        self.commit_one(
-            Mutation::Put {
-                record: next.clone(),
-                precondition: Precondition::IfVersion(record.version),
-            },
-            event,
-        )
-        .await?;
+        .detail("reason", "revoked");
+        let next = self.put_next_version(&record, next, event).await?;
         self.revoke_at_provider(actor, &record, &fields).await;
         self.emit(OAuthEvent::Revoked {
             id: record.id.clone(),
