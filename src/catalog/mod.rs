@@ -38,10 +38,11 @@ mod oauth;
 mod parse;
 pub(crate) mod template;
 
+pub(crate) use crate::handlers::formats::secure_endpoint;
 pub(crate) use oauth::RESERVED_AUTHORIZE_PARAMS;
 pub use oauth::{ClientAuthMethod, OAuthSpec, ResponseStyle, TokenRequestFormat};
+pub(crate) use parse::line_col;
 use parse::parse_provider;
-pub(crate) use parse::{line_col, secure_endpoint};
 
 /// The bundled provider files, compiled into the crate.
 const BUNDLED: &[(&str, &str)] = &[

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::parse::secure_endpoint;
+use crate::handlers::formats::secure_endpoint;
 
 /// How the client authenticates to the token, device and revocation endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, Deserialize)]

@@ -251,7 +251,9 @@ pub(super) fn parse_provider(
                 })?;
             // An endpoint that starts with a placeholder is checked once rendered, when
             // the request is made.
-            if !v.endpoint.get_ref().starts_with('{') && !secure_endpoint(&parsed) {
+            if !v.endpoint.get_ref().starts_with('{')
+                && !crate::handlers::formats::secure_endpoint(&parsed)
+            {
                 return Err(at(
                     v.endpoint.span(),
                     "endpoint must be an https URL (plain http only to this machine: \
@@ -310,13 +312,6 @@ pub(super) fn parse_provider(
         },
         name_span,
     ))
-}
-
-/// May a verification request carrying a secret go to `url`? An https URL, or plain http
-/// to a loopback address (a local test server).
-pub(crate) fn secure_endpoint(url: &url::Url) -> bool {
-    url.scheme() == "https"
-        || (url.scheme() == "http" && crate::handlers::formats::is_loopback(url))
 }
 
 /// Checks a template's placeholders against the provider's fields, and (for header

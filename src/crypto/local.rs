@@ -772,9 +772,15 @@ mod transport_tests {
 
     #[async_trait]
     impl HttpTransport for Counting {
-        async fn send(&self, _: http::Request<Bytes>) -> crate::Result<http::Response<Bytes>> {
+        async fn send(
+            &self,
+            _: http::Request<Bytes>,
+        ) -> crate::error::Result<http::Response<Bytes>> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            Err(crate::Error::transport("127.0.0.1", "refused by the test"))
+            Err(crate::error::Error::transport(
+                "127.0.0.1",
+                "refused by the test",
+            ))
         }
     }
 

@@ -68,7 +68,7 @@ impl fmt::Debug for DataKey {
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
-    getrandom::fill(buf).map_err(|e| crate::Error::KeyUnavailable {
+    getrandom::fill(buf).map_err(|e| crate::error::Error::KeyUnavailable {
         key_id: "os-random".into(),
         reason: format!("the operating system's random number generator failed: {e}"),
     })
@@ -147,7 +147,7 @@ pub trait KeyWrapper: Send + Sync + fmt::Debug + 'static {
     async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>>;
 
     /// Unwraps what [`KeyWrapper::wrap`] produced. Must fail (with
-    /// [`crate::Error::DecryptFailed`]) when `aad` differs from the one used to wrap.
+    /// [`crate::error::Error::DecryptFailed`]) when `aad` differs from the one used to wrap.
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey>;
 
     /// Derives a 256-bit key for a caller's own `purpose`, so that whoever holds the master
@@ -155,14 +155,14 @@ pub trait KeyWrapper: Send + Sync + fmt::Debug + 'static {
     /// namespace of their own (a local key derives with HKDF info
     /// `"strongroom/v2/purpose/" || purpose`): no purpose string, whatever it spells, yields
     /// one of the keys the library derives for itself ([`KeyWrapper::derive_internal`]).
-    /// Backends that cannot derive keys return [`crate::Error::KeyUnavailable`].
+    /// Backends that cannot derive keys return [`crate::error::Error::KeyUnavailable`].
     async fn derive_key(&self, purpose: &str) -> Result<DataKey>;
 
     /// Derives one of the library's own keys (the audit checkpoint key) under a label no
     /// [`KeyWrapper::derive_key`] purpose can produce. Only the library can call it: the
     /// [`InternalUse`] it takes cannot be made outside the crate. A wrapper that delegates to
     /// another passes the call on unchanged. The default (for backends that derive nothing)
-    /// is [`crate::Error::KeyUnavailable`].
+    /// is [`crate::error::Error::KeyUnavailable`].
     async fn derive_internal(&self, key: InternalKey, proof: &InternalUse) -> Result<DataKey> {
         let _ = (key, proof);
         Err(Error::KeyUnavailable {
@@ -185,7 +185,7 @@ pub trait KeyWrapper: Send + Sync + fmt::Debug + 'static {
     /// cloud backends offer their service's MAC or signature instead (AWS KMS
     /// `GenerateMac`, Google Cloud KMS `macSign`, Vault transit `hmac`, Azure Key Vault
     /// `sign`), under an id of that key's own; one that offers none fails with
-    /// [`crate::Error::KeyUnavailable`] saying how to configure one.
+    /// [`crate::error::Error::KeyUnavailable`] saying how to configure one.
     async fn checkpoint_signer(&self, proof: &InternalUse) -> Result<Arc<dyn CheckpointSigner>> {
         let key = self
             .derive_internal(InternalKey::AuditCheckpoint, proof)

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
-
-use super::formats::{self, FieldFormat as F};
+use super::formats::{self, get, FieldFormat as F};
 use super::{check_schema, keys, CredentialHandler, ExpiryRule, FieldSpec, Fields};
 use crate::error::{Error, Result};
 
@@ -81,10 +79,6 @@ fn opt(name: &str, label: &str, format: F) -> FieldSpec {
 
 fn none(_: &Fields) -> Result<()> {
     Ok(())
-}
-
-pub(crate) fn get<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
-    fields.get(name).map(|v| v.expose_secret())
 }
 
 fn refreshable() -> ExpiryRule {

@@ -1,6 +1,11 @@
 //! Value formats a field can require. A failed check returns the rule that was broken, in
 //! words a person can act on, and never the value.
 
+/// A field's value, if the field is there (for the rules that check fields).
+pub(crate) fn get<'a>(fields: &'a super::Fields, name: &str) -> Option<&'a str> {
+    secrecy::ExposeSecret::expose_secret(fields.get(name)?).into()
+}
+
 /// The shape a field's value must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +149,12 @@ pub(crate) fn http_url(value: &str) -> std::result::Result<url::Url, String> {
         "http" | "https" => Err("must be a URL with a host".into()),
         _ => Err("must be an http or https URL".into()),
     }
+}
+
+/// May a request carrying a secret go to `url`? An https URL, or plain http to a loopback
+/// address (a local test server).
+pub(crate) fn secure_endpoint(url: &url::Url) -> bool {
+    url.scheme() == "https" || (url.scheme() == "http" && is_loopback(url))
 }
 
 pub(crate) fn is_loopback(url: &url::Url) -> bool {

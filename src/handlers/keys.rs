@@ -6,7 +6,7 @@ use der::asn1::ObjectIdentifier;
 use der::{Decode, DecodePem};
 use zeroize::Zeroizing;
 
-use super::builtin::get;
+use super::formats::get;
 use super::Fields;
 use crate::error::{Error, Result};
 

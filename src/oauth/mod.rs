@@ -48,11 +48,11 @@ const MAX_CODE_CHARS: usize = 64;
 
 /// Why an OAuth exchange failed.
 ///
-/// Converted into a [`crate::Error`] (with `?` in a function returning [`crate::Result`]):
-/// [`Unavailable`](Self::Unavailable) becomes an [`crate::Error::Transport`] to
+/// Converted into a [`crate::error::Error`] (with `?` in a function returning [`crate::error::Result`]):
+/// [`Unavailable`](Self::Unavailable) becomes an [`crate::error::Error::Transport`] to
 /// `oauth server`, [`Transport`](Self::Transport) the transport's own error, and
 /// [`Rejected`](Self::Rejected) and [`Malformed`](Self::Malformed) an
-/// [`crate::Error::Config`] (a refusal is fixed by the operator: a new sign-in, the right
+/// [`crate::error::Error::Config`] (a refusal is fixed by the operator: a new sign-in, the right
 /// client secret, the right endpoint). Match on this type first when the difference matters.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -74,7 +74,7 @@ pub enum OAuthError {
         status: u16,
     },
     /// No response at all (the transport's error): worth retrying.
-    Transport(crate::Error),
+    Transport(crate::error::Error),
     /// A response that is not OAuth (bad JSON, no access_token, ...), or a spec that cannot
     /// be used: says what was wrong, never the body.
     Malformed(String),
@@ -208,15 +208,15 @@ impl std::error::Error for OAuthError {
     }
 }
 
-impl From<OAuthError> for crate::Error {
-    fn from(e: OAuthError) -> crate::Error {
+impl From<OAuthError> for crate::error::Error {
+    fn from(e: OAuthError) -> crate::error::Error {
         match e {
             OAuthError::Transport(e) => e,
             OAuthError::Unavailable { .. } => {
-                crate::Error::transport("oauth server", e.to_string())
+                crate::error::Error::transport("oauth server", e.to_string())
             }
             OAuthError::Rejected { .. } | OAuthError::Malformed(_) => {
-                crate::Error::config(e.to_string())
+                crate::error::Error::config(e.to_string())
             }
         }
     }
@@ -297,14 +297,14 @@ pub(crate) mod testing {
         async fn send(
             &self,
             request: http::Request<Bytes>,
-        ) -> crate::Result<http::Response<Bytes>> {
+        ) -> crate::error::Result<http::Response<Bytes>> {
             let peer = crate::transport::peer_of(request.uri());
             self.requests.lock().expect("lock").push(request);
             self.responses
                 .lock()
                 .expect("lock")
                 .pop()
-                .ok_or_else(|| crate::Error::transport(peer, "connection refused"))
+                .ok_or_else(|| crate::error::Error::transport(peer, "connection refused"))
         }
     }
 }
@@ -352,12 +352,13 @@ mod tests {
 
     #[test]
     fn conversion_into_the_crate_error() {
-        use crate::ErrorKind;
-        let e: crate::Error = OAuthError::Unavailable { status: 502 }.into();
+        use crate::error::ErrorKind;
+        let e: crate::error::Error = OAuthError::Unavailable { status: 502 }.into();
         assert_eq!(e.kind(), ErrorKind::Transport);
-        let e: crate::Error = OAuthError::rejected("invalid_grant", None, 400, &[]).into();
+        let e: crate::error::Error = OAuthError::rejected("invalid_grant", None, 400, &[]).into();
         assert_eq!(e.kind(), ErrorKind::Config);
-        let e: crate::Error = OAuthError::Transport(crate::Error::transport("h", "down")).into();
+        let e: crate::error::Error =
+            OAuthError::Transport(crate::error::Error::transport("h", "down")).into();
         assert_eq!(e.kind(), ErrorKind::Transport);
     }
 }

@@ -902,7 +902,7 @@ mod tests {
                     };
                     if let Err(e) = request_token(&fake, &spec, &client, grant).await {
                         let mut shown = format!("{e} {e:?}");
-                        let e = crate::Error::from(e);
+                        let e = crate::error::Error::from(e);
                         shown.push_str(&format!(" {e} {e:?}"));
                         assert!(!shown.contains(CANARY), "{shown}");
                     }
