@@ -100,6 +100,49 @@ impl StdioServerConfig {
         }
     }
 
+    /// The configuration an `mcp_server` credential describes (as resolved from the vault):
+    /// `command`, `args` (a JSON array of strings), `env` (a JSON object of strings) and
+    /// `env_token_var` (default [`DEFAULT_TOKEN_VAR`]); the other settings are the defaults.
+    /// The token itself comes from the supervisor's [`TokenSource`](super::TokenSource): a
+    /// [`VaultTokenSource`](super::VaultTokenSource) on this credential's `token` field, or
+    /// on the OAuth credential whose access token the server takes. A token in `env` under
+    /// the token variable is dropped (the source is what the server gets). Errors name the
+    /// field, never a value.
+    pub fn from_fields(fields: &crate::handlers::Fields) -> Result<StdioServerConfig> {
+        let text = |name: &str| fields.get(name).map(|v| v.expose_secret());
+        let command = text("command")
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| {
+                Error::invalid("command", "the mcp_server credential names no command")
+            })?;
+        let args: Vec<String> = match text("args") {
+            Some(json) => serde_json::from_str(json).map_err(|_| {
+                Error::invalid(
+                    "args",
+                    "must be a JSON array of strings, such as [\"--port\", \"8080\"]",
+                )
+            })?,
+            None => Vec::new(),
+        };
+        let mut env: BTreeMap<String, String> = match text("env") {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|_| Error::invalid("env", "must be a JSON object of strings"))?,
+            None => BTreeMap::new(),
+        };
+        let token_var = text("env_token_var")
+            .unwrap_or(DEFAULT_TOKEN_VAR)
+            .to_string();
+        env.remove(&token_var);
+        let config = StdioServerConfig {
+            args,
+            env,
+            token_var,
+            ..StdioServerConfig::new(command)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Check the configuration: a program is named, [`token_var`](Self::token_var) and every
     /// [`env`](Self::env) and [`inherit_env`](Self::inherit_env) name is an environment
     /// variable name, `env` does not set the token variable, and the durations are usable.
@@ -564,6 +607,37 @@ fn terminate(_child: &Child) {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_mcp_server_credential_becomes_a_config() {
+        let mut fields = crate::handlers::Fields::new();
+        let put = |f: &mut crate::handlers::Fields, k: &str, v: &str| {
+            f.insert(k.to_string(), SecretString::from(v.to_string()));
+        };
+        put(&mut fields, "command", "/usr/bin/mcp-notion");
+        put(&mut fields, "args", r#"["--stdio"]"#);
+        put(
+            &mut fields,
+            "env",
+            r#"{"LOG_LEVEL":"info","NOTION_TOKEN":"stale-CANARY"}"#,
+        );
+        put(&mut fields, "env_token_var", "NOTION_TOKEN");
+        let config = StdioServerConfig::from_fields(&fields).expect("config");
+        assert_eq!(config.program, PathBuf::from("/usr/bin/mcp-notion"));
+        assert_eq!(config.args, vec!["--stdio"]);
+        assert_eq!(config.token_var, "NOTION_TOKEN");
+        assert_eq!(
+            config.env.len(),
+            1,
+            "the token variable comes from the source only"
+        );
+        assert!(!format!("{config:?}").contains("CANARY"));
+        put(&mut fields, "args", "--stdio");
+        let err = StdioServerConfig::from_fields(&fields).expect_err("args");
+        assert!(err.to_string().contains("args"));
+        fields.remove("command");
+        assert!(StdioServerConfig::from_fields(&fields).is_err());
+    }
+
     use super::*;
 
     fn config(token_var: &str) -> StdioServerConfig {
