@@ -127,6 +127,17 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 
+    /// A service refused what it was sent on the caller's behalf: an OAuth provider's
+    /// `invalid_grant`, `access_denied` or `expired_token`, a code used twice. Retrying
+    /// the same thing will not help; logging in again (or fixing the input) may.
+    #[error("{peer} refused: {message}")]
+    Rejected {
+        /// Which service.
+        peer: String,
+        /// Its error code and what it means (never a token).
+        message: String,
+    },
+
     /// A network peer (KMS, provider API) failed.
     #[error("transport error talking to {peer}: {message}")]
     Transport {
@@ -225,6 +236,8 @@ pub enum ErrorKind {
     Config,
     /// [`Error::Store`]
     Store,
+    /// [`Error::Rejected`]
+    Rejected,
     /// [`Error::Transport`]
     Transport,
     /// [`Error::Io`]
@@ -246,6 +259,7 @@ impl Error {
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,
             Error::Config { .. } => ErrorKind::Config,
             Error::Store { .. } => ErrorKind::Store,
+            Error::Rejected { .. } => ErrorKind::Rejected,
             Error::Transport { .. } => ErrorKind::Transport,
             Error::Io { .. } => ErrorKind::Io,
         }

@@ -388,37 +388,69 @@ async fn the_device_flow_waits_slows_down_and_ends_valid_or_invalid() {
 /// instances sharing `a` and `b`'s store: exactly one refresh reaches the server, and no
 /// refresh token is used twice (which would revoke the family).
 async fn one_refresh_across_instances(server: &OAuthServer, a: Vault, b: Vault) {
-    server.set_expires_in(Some(120)); // inside the 10-minute window from the start
-    let info = login(server, &a, &alice(), "shared").await;
-    server.set_expires_in(Some(3600)); // the refreshed token is not due again
+    let resolve_all = |name: &'static str| {
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let vault = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                resolve(&vault, &alice(), name).await
+            }));
+        }
+        tasks
+    };
+    // A token that has run out: every resolve waits for the one refresh, and gets the
+    // new token (an expired one is never handed out).
+    server.set_expires_in(Some(1));
+    let expired = login(server, &a, &alice(), "expired").await;
+    // One inside the window but still good for two minutes, for the second half.
+    server.set_expires_in(Some(120));
+    let due = login(server, &a, &alice(), "due").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.set_expires_in(Some(3600)); // refreshed tokens are not due again
     server.set_refresh_delay(Duration::from_millis(200));
-    let mut tasks = Vec::new();
-    for i in 0..64 {
-        let vault = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move {
-            resolve(&vault, &alice(), "shared").await
-        }));
-    }
-    for task in tasks {
+    let mut tokens = std::collections::BTreeSet::new();
+    for task in resolve_all("expired") {
         let token = task.await.expect("task").expect("resolve");
         assert!(server.is_access_token_live(&token), "a live token");
+        tokens.insert(token);
     }
+    assert_eq!(tokens.len(), 1, "everyone got the one new token");
     assert_eq!(server.refresh_count(), 1, "exactly one refresh");
+    // A token inside the window but still good: handed out at once, refreshed once in
+    // the background.
+    let mut handed = std::collections::BTreeSet::new();
+    for task in resolve_all("due") {
+        let token = task.await.expect("task").expect("resolve");
+        assert!(server.is_access_token_live(&token), "a live token");
+        handed.insert(token);
+    }
+    for _ in 0..200 {
+        if server.refresh_count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.refresh_count(), 2, "exactly one background refresh");
     assert_eq!(
         server.family_revocations(),
         0,
         "no refresh token used twice"
     );
     assert_eq!(server.refresh_reuses(), 0);
-    let now = a.get(&alice_user(), &info.id).await.expect("get");
-    assert_eq!(now.version, 2, "one new version");
-    assert!(now.expires_at > info.expires_at);
+    for info in [&expired, &due] {
+        let now = a.get(&alice_user(), &info.id).await.expect("get");
+        assert_eq!(now.version, 2, "one new version");
+        assert!(now.expires_at > info.expires_at);
+    }
     let rows = a.store().audit_range(1, 100_000).await.expect("audit");
     let refreshes = rows
         .iter()
-        .filter(|r| r.event.action.as_str() == "credential.refresh")
+        .filter(|r| {
+            r.event.action.as_str() == "credential.refresh" && r.event.outcome == Outcome::Success
+        })
         .count();
-    assert_eq!(refreshes, 1);
+    assert_eq!(refreshes, 2);
     assert!(a.audit().verify().await.expect("verify").is_ok());
 }
 
@@ -894,4 +926,101 @@ async fn racing_completions_send_the_code_once() {
         assert!(s.server.is_access_token_live(&token));
     }
     assert_eq!(s.server.code_reuses(), 0, "no code was sent twice");
+}
+
+/// A provider whose tokens live no longer than the refresh window: resolves keep working
+/// and do not ask it again and again.
+#[tokio::test]
+async fn short_lived_tokens_do_not_make_resolves_loop() {
+    let s = setup().await;
+    s.server.set_expires_in(Some(60)); // always inside the 10-minute window
+    login(&s.server, &s.vault, &alice(), "short_lived").await;
+    for _ in 0..20 {
+        let token = resolve(&s.vault, &alice(), "short_lived")
+            .await
+            .expect("resolve");
+        assert!(s.server.is_access_token_live(&token));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.server.refresh_count() <= 3,
+        "{} refreshes for 20 resolves",
+        s.server.refresh_count()
+    );
+}
+
+/// A refresh never lifts a revocation or an admin's disable.
+#[tokio::test]
+async fn a_refresh_does_not_revive_a_revoked_or_disabled_credential() {
+    let s = setup().await;
+    let revoked = login(&s.server, &s.vault, &alice(), "revoked").await;
+    s.vault
+        .oauth_revoke(&alice_user(), &revoked.id)
+        .await
+        .expect("revoke");
+    let err = s
+        .vault
+        .oauth_refresh(&alice_user(), &revoked.id)
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.kind(), ErrorKind::Unusable, "{err}");
+    let disabled = login(&s.server, &s.vault, &alice(), "disabled").await;
+    let admin = Principal::parse("system_admin:root").expect("admin");
+    s.vault
+        .set_state(
+            &admin,
+            &disabled.id,
+            disabled.version,
+            LifecycleState::Invalid,
+            "suspicious",
+        )
+        .await
+        .expect("disable");
+    let err = s
+        .vault
+        .oauth_refresh(&alice_user(), &disabled.id)
+        .await
+        .expect_err("disabled");
+    assert_eq!(err.kind(), ErrorKind::Unusable, "{err}");
+    let now = s.vault.get(&alice_user(), &disabled.id).await.expect("get");
+    assert_eq!(now.state, LifecycleState::Invalid);
+    assert_eq!(s.server.refresh_count(), 0);
+}
+
+/// Logging in again under the same name replaces the tokens (a new version of the same
+/// credential); a name held by something else is refused before any code is spent.
+#[tokio::test]
+async fn a_login_again_replaces_the_tokens_and_a_taken_name_is_refused_early() {
+    let s = setup().await;
+    let first = login(&s.server, &s.vault, &alice(), "again").await;
+    let second = login(&s.server, &s.vault, &alice(), "again").await;
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.version, first.version + 1);
+    let token = resolve(&s.vault, &alice(), "again").await.expect("resolve");
+    assert!(s.server.is_access_token_live(&token));
+    let mut key = BTreeMap::new();
+    key.insert(
+        "api_key".to_string(),
+        SecretString::from("sk-taken-0123456789"),
+    );
+    s.vault
+        .create(
+            &alice_user(),
+            strongroom::NewCredential::new(
+                "taken",
+                strongroom::Scope::per_user("alice").expect("scope"),
+                "openai",
+                "api_key",
+                key,
+            ),
+        )
+        .await
+        .expect("create");
+    let err = s
+        .vault
+        .oauth_start(&alice(), OAuthStart::new("local", "taken"))
+        .await
+        .expect_err("taken");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(s.server.token_requests(), 2, "no code was spent on it");
 }

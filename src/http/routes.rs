@@ -16,7 +16,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /oauth/{provider}/start?name=N[&scope=S]...[&redirect_uri=U]` | `302 Found` to the provider's authorize URL |
+//! | `GET /oauth/{provider}/start?name=N[&scope=S]...` | `302 Found` to the provider's authorize URL |
 //! | `GET /oauth/callback?code=..&state=..` | `200` with the new credential's metadata ([`CredentialInfo`] as JSON) |
 //! | `GET /oauth/status/{id}` | `200` with the credential's metadata ([`Vault::oauth_status`]) |
 //!
@@ -44,9 +44,9 @@
 //! and log no URL.
 //!
 //! `start` takes `name` once (the credential's name), `scope` any number of times (each
-//! value may hold several space-separated scopes; none: the provider's), `redirect_uri` at
-//! most once (default: the client's registered one, and anything else is refused when one
-//! is registered — register one); any other parameter is refused. A provider named
+//! value may hold several space-separated scopes; none: the provider's); any other parameter
+//! is refused — `redirect_uri` too: the browser comes back to the client's registered
+//! redirect URI (this router's callback), never to one a link names. A provider named
 //! `callback` or `status` cannot be started through these routes.
 
 use std::sync::Arc;
@@ -157,23 +157,17 @@ where
 fn start_request(provider: &str, query: &str) -> Result<OAuthStart> {
     const FIELD: &str = "oauth start";
     let mut name = None;
-    let mut redirect_uri = None;
     let mut scopes: Option<Vec<String>> = None;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "name" | "redirect_uri" => {
-                let slot = if key == "name" {
-                    &mut name
-                } else {
-                    &mut redirect_uri
-                };
-                if slot.is_some() {
+            "name" => {
+                if name.is_some() {
                     return Err(Error::invalid(
                         FIELD,
-                        format!("the parameter `{key}` appears more than once"),
+                        "the parameter `name` appears more than once",
                     ));
                 }
-                *slot = Some(value.into_owned());
+                name = Some(value.into_owned());
             }
             "scope" => scopes
                 .get_or_insert_with(Vec::new)
@@ -181,8 +175,8 @@ fn start_request(provider: &str, query: &str) -> Result<OAuthStart> {
             _ => {
                 return Err(Error::invalid(
                     FIELD,
-                    "unknown parameter; the start route takes `name`, `scope` and \
-                     `redirect_uri`",
+                    "unknown parameter; the start route takes `name` and `scope` (the \
+                     browser returns to the client's registered redirect URI)",
                 ))
             }
         }
@@ -194,9 +188,6 @@ fn start_request(provider: &str, query: &str) -> Result<OAuthStart> {
         ));
     };
     let mut start = OAuthStart::new(provider, name);
-    if let Some(uri) = redirect_uri {
-        start = start.redirect_uri(uri);
-    }
     if let Some(scopes) = scopes.filter(|s| !s.is_empty()) {
         start = start.scopes(scopes);
     }
@@ -272,6 +263,7 @@ fn status_of(e: &Error) -> (StatusCode, &'static str) {
         ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
         ErrorKind::VersionConflict => (StatusCode::CONFLICT, "version_conflict"),
         ErrorKind::Unusable => (StatusCode::CONFLICT, "unusable"),
+        ErrorKind::Rejected => (StatusCode::BAD_REQUEST, "rejected"),
         ErrorKind::Config => (StatusCode::INTERNAL_SERVER_ERROR, "config"),
         ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
         ErrorKind::DecryptFailed => (StatusCode::INTERNAL_SERVER_ERROR, "decrypt_failed"),
@@ -297,16 +289,11 @@ mod tests {
         let s = start_request("local", "name=x").expect("start");
         assert_eq!((s.provider.as_str(), s.name.as_str()), ("local", "x"));
         assert_eq!((s.redirect_uri, s.scopes), (None, None));
-        let s = start_request(
-            "local",
-            "name=x&scope=read&scope=write+admin&redirect_uri=https%3A%2F%2Fh%2Fcb",
-        )
-        .expect("start");
+        let s = start_request("local", "name=x&scope=read&scope=write+admin").expect("start");
         assert_eq!(
             s.scopes,
             Some(vec!["read".into(), "write".into(), "admin".into()])
         );
-        assert_eq!(s.redirect_uri.as_deref(), Some("https://h/cb"));
     }
 
     #[test]
@@ -315,7 +302,7 @@ mod tests {
             "",
             "scope=read",
             "name=x&name=y",
-            "name=x&redirect_uri=a&redirect_uri=b",
+            "name=x&redirect_uri=https%3A%2F%2Fh%2Fcb",
             "name=x&state=s",
             "name=x&code=c",
         ] {

@@ -22,7 +22,7 @@ mod source;
 mod supervisor;
 
 pub use header::BearerHeaderSource;
-pub use source::VaultTokenSource;
+pub use source::{VaultTokenSource, VERSION_POLL};
 pub use supervisor::{
     ChildStdio, StdioServerConfig, StdioSupervisor, SupervisorHandle, DEFAULT_INHERITED_ENV,
     DEFAULT_TOKEN_VAR,

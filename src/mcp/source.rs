@@ -13,6 +13,10 @@ use super::TokenSource;
 use crate::error::{Error, Result};
 use crate::vault::{CredentialRef, OAuthEvent, Principal, ResolveContext, Vault};
 
+/// How often a [`VaultTokenSource`] reads its credential's version, to hear of refreshes
+/// made by other vault instances sharing the store.
+pub const VERSION_POLL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The token of one credential, as `actor` resolves it: an OAuth credential's
 /// `access_token`, or any other field. Dropping it stops its listener.
 pub struct VaultTokenSource {
@@ -73,17 +77,37 @@ impl VaultTokenSource {
         let id = first.info.id.clone();
         let (tx, changes) = watch::channel(0u64);
         let mut events = vault.oauth_events();
+        let store = vault.store().clone();
+        let mut seen = first.info.version;
         let listener = tokio::spawn(async move {
+            // Another vault instance on the same store refreshes without telling this one:
+            // the credential's version (read from its metadata, nothing decrypted) is
+            // checked every `VERSION_POLL` as well.
+            let mut poll = tokio::time::interval(VERSION_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                match events.recv().await {
-                    Ok(OAuthEvent::Refreshed { id: refreshed, .. }) if refreshed == id => {
-                        tx.send_modify(|n| *n += 1);
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(OAuthEvent::Refreshed { id: refreshed, version, .. })
+                            if refreshed == id =>
+                        {
+                            seen = seen.max(version);
+                            tx.send_modify(|n| *n += 1);
+                        }
+                        Ok(_) => {}
+                        // Missed events may have held a refresh: a spurious restart is
+                        // harmless, a missed one is not.
+                        Err(broadcast::error::RecvError::Lagged(_)) => tx.send_modify(|n| *n += 1),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = poll.tick() => {
+                        if let Ok(Some(now)) = store.get(&id).await {
+                            if now.version > seen {
+                                seen = now.version;
+                                tx.send_modify(|n| *n += 1);
+                            }
+                        }
                     }
-                    Ok(_) => {}
-                    // Missed events may have held a refresh: a spurious restart is
-                    // harmless, a missed one is not.
-                    Err(broadcast::error::RecvError::Lagged(_)) => tx.send_modify(|n| *n += 1),
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         });

@@ -9,7 +9,7 @@
 //!
 //! [github_oauth]
 //! client_id = "Iv1.abc"
-//! client_secret_credential = "github_oauth_client"   # a credential holding the secret
+//! client_secret_credential = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"  # the id of a credential holding it
 //! ```
 
 use std::collections::BTreeMap;

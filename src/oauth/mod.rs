@@ -215,9 +215,17 @@ impl From<OAuthError> for crate::error::Error {
             OAuthError::Unavailable { .. } => {
                 crate::error::Error::transport("oauth server", e.to_string())
             }
-            OAuthError::Rejected { .. } | OAuthError::Malformed(_) => {
+            // The client's own registration is wrong: the operator's to fix.
+            OAuthError::Rejected { ref code, .. }
+                if matches!(code.as_str(), "invalid_client" | "unauthorized_client") =>
+            {
                 crate::error::Error::config(e.to_string())
             }
+            OAuthError::Rejected { .. } => crate::error::Error::Rejected {
+                peer: "the OAuth provider".into(),
+                message: e.to_string(),
+            },
+            OAuthError::Malformed(_) => crate::error::Error::config(e.to_string()),
         }
     }
 }

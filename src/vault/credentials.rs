@@ -225,6 +225,9 @@ impl Vault {
         .await?;
         if let Some(tokens) = tokens {
             self.revoke_at_provider(actor, &record, &tokens).await;
+            self.emit(super::oauth::OAuthEvent::Revoked {
+                id: record.id.clone(),
+            });
         }
         Ok(())
     }

@@ -13,6 +13,8 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
         ErrorKind::AlreadyExists | ErrorKind::VersionConflict => 5,
         // A blob that no held key opens is as undecryptable as a tampered one.
         ErrorKind::DecryptFailed | ErrorKind::Corrupt | ErrorKind::KeyUnavailable => 6,
+        // A provider refused the login or the refresh token (invalid_grant, access_denied).
+        ErrorKind::Rejected => 7,
         _ => 1,
     }
 }
@@ -31,6 +33,7 @@ pub(crate) fn kind_name(e: &Error) -> &'static str {
         ErrorKind::InvalidInput => "invalid_input",
         ErrorKind::Config => "config",
         ErrorKind::Store => "store",
+        ErrorKind::Rejected => "rejected",
         ErrorKind::Transport => "transport",
         ErrorKind::Io => "io",
         _ => "other",

@@ -558,9 +558,10 @@ impl Loopback {
         })
     }
 
-    /// Waits for one GET of the redirect path and answers it (200 when it carries a code
-    /// and `expected`, the login's state; 400 otherwise); other requests (a browser's
-    /// `/favicon.ico`) get a 404 and the wait goes on.
+    /// Waits for the GET of the redirect path that carries `expected`, the login's state,
+    /// and answers it (200 when it also carries a code; 400 for an error); a request of
+    /// that path with another state or none gets a 400, and other requests (a browser's
+    /// `/favicon.ico`) a 404, and the wait goes on.
     async fn callback(&self, expected: &SecretString) -> Result<Callback, Error> {
         loop {
             let (mut socket, _) = self.accept().await?;
@@ -605,8 +606,19 @@ impl Loopback {
                         .ct_eq(expected.expose_secret().as_bytes()),
                 )
             });
-            let complete =
-                callback.error.is_none() && callback.code.is_some() && callback.state_matches;
+            // Only the provider's answer to this login counts: a request without this
+            // login's state (any page can make a browser send one) is refused and the wait
+            // goes on, error callbacks included.
+            if !callback.state_matches {
+                let _ = answer(
+                    &mut socket,
+                    400,
+                    "This is not the answer to the login strongroom is waiting for.",
+                )
+                .await;
+                continue;
+            }
+            let complete = callback.error.is_none() && callback.code.is_some();
             let _ = if complete {
                 answer(
                     &mut socket,

@@ -17,6 +17,8 @@ use crate::store::{Mutation, Precondition, ReadStamp};
 
 /// Metadata keys of a device flow in progress (non-secret).
 const DEVICE_INTERVAL: &str = "device_interval";
+/// The longest polling interval taken from a provider, in seconds.
+const MAX_INTERVAL: u64 = 300;
 const DEVICE_EXPIRES_AT: &str = "device_expires_at";
 const DEVICE_APP: &str = "device_app";
 
@@ -109,10 +111,28 @@ impl Vault {
             },
             &scopes,
         )
-        .await?;
+        .await;
+        let device = match device {
+            Ok(device) => device,
+            Err(e) => {
+                let event = Vault::event(actor, Action::OAuthStart, AuditTarget::scope(&scope))
+                    .outcome(Outcome::Failure)
+                    .detail("flow", "device")
+                    .detail("provider", provider.name.clone())
+                    .detail("reason", super::reason_of(&e));
+                self.commit(
+                    crate::store::Batch::events(vec![event]),
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                return Err(e.into());
+            }
+        };
         let now = Timestamp::now();
         let expires_at = now.saturating_add(Duration::from_secs(device.expires_in));
-        let interval = device.interval.max(1);
+        // A provider's interval is bounded (1 s to 5 min), so a bad answer can neither make
+        // the vault hammer it nor wait for ever.
+        let interval = device.interval.clamp(1, MAX_INTERVAL);
         let mut fields = BTreeMap::new();
         fields.insert("device_code".to_string(), device.device_code.clone());
         let mut metadata = BTreeMap::new();
@@ -214,12 +234,31 @@ impl Vault {
             },
             device_code,
         )
-        .await?;
+        .await;
+        let polled = match polled {
+            Ok(polled) => polled,
+            Err(e) => {
+                let event = Vault::event(
+                    actor,
+                    Action::OAuthComplete,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .outcome(Outcome::Failure)
+                .detail("flow", "device")
+                .detail("reason", super::reason_of(&e));
+                self.commit(
+                    crate::store::Batch::events(vec![event]),
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                return Err(e.into());
+            }
+        };
         match polled {
             DevicePoll::Pending => Ok(DeviceStatus::Pending { interval }),
             DevicePoll::SlowDown => {
                 // RFC 8628 section 3.5: every slow_down adds five seconds, for good.
-                let interval = interval + 5;
+                let interval = interval.saturating_add(5).min(MAX_INTERVAL + 60);
                 self.set_device_interval(&record, interval).await?;
                 Ok(DeviceStatus::SlowDown { interval })
             }

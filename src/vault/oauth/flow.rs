@@ -151,6 +151,8 @@ impl Vault {
         let (provider, spec, client) = self
             .authorize_login(actor, &scope, &start.provider, &start.name)
             .await?;
+        self.login_target(&scope, &provider.name, &start.name)
+            .await?;
         if spec.authorize_url.is_none() {
             return Err(Error::config(format!(
                 "provider `{}` has no authorize_url in its [oauth] table; use the device flow",
@@ -169,7 +171,22 @@ impl Vault {
                     ),
                 ))
             }
-            (Some(uri), _) | (None, Some(uri)) => uri.clone(),
+            (Some(uri), None) => {
+                // Nothing registered to match: the URI must at least be one a browser may
+                // be sent to with a code (https, or http to this machine), with no fragment.
+                let ok = url::Url::parse(uri).is_ok_and(|u| {
+                    crate::handlers::formats::secure_endpoint(&u) && u.fragment().is_none()
+                });
+                if !ok {
+                    return Err(Error::invalid(
+                        "redirect_uri",
+                        "must be an https URL (or http to 127.0.0.1 or localhost) without a \
+                         fragment; register the client's redirect_uri in oauth_providers.toml",
+                    ));
+                }
+                uri.clone()
+            }
+            (Some(uri), Some(_)) | (None, Some(uri)) => uri.clone(),
             (None, None) => {
                 return Err(Error::invalid(
                     "redirect_uri",
@@ -302,6 +319,10 @@ impl Vault {
         };
         let secret = self.client_secret(&client, &provider.handler_type).await?;
         let http = self.http_for("completing an OAuth login")?;
+        // A name taken meanwhile by something a login may not replace is refused before the
+        // code is spent (the flow stays; another name can be tried after deleting).
+        self.login_target(&scope, &provider.name, &body.name)
+            .await?;
         // Claim the flow before its code goes to the provider: of two completions racing on
         // one state, exactly one sends the code (a code presented twice makes a provider
         // revoke what it issued for it). A claimed flow is not completed again.
@@ -367,47 +388,167 @@ impl Vault {
         };
         let no_expiry = tokens.expires_in.is_none();
         let stored = token_fields(None, tokens, &client.client_id, now);
-        let (fields, expires_at) = (stored.fields, stored.expires_at);
-        self.check_against_catalog(&provider.name, &provider.handler_type, &fields)?;
-        let mut metadata: BTreeMap<String, String> = stored
-            .metadata
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        metadata.insert(FIELD_NAMES.to_string(), field_names_text(&fields));
+        let (fields, expires_at) = (stored.fields.clone(), stored.expires_at);
+        let stored_at = self
+            .store_login(
+                actor, &scope, &provider, &body, &pending, &stored, now, no_expiry,
+            )
+            .await;
+        let record = match stored_at {
+            Ok(record) => record,
+            Err(e) => {
+                // The provider issued tokens that will not be kept: revoke them (best
+                // effort) and say so in the audit log.
+                let event = Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
+                    .outcome(Outcome::Failure)
+                    .detail("provider", provider.name.clone())
+                    .detail("reason", "not stored")
+                    .detail("error", format!("{:?}", e.kind()));
+                if let Err(audit) = self
+                    .commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                    .await
+                {
+                    tracing::warn!(error = %audit, "failed login not audited");
+                }
+                let unkept = CredentialRecord {
+                    id: CredentialId::generate(),
+                    name: body.name.clone(),
+                    scope: scope.clone(),
+                    provider: provider.name.clone(),
+                    handler_type: provider.handler_type.clone(),
+                    state: LifecycleState::Invalid,
+                    metadata: BTreeMap::new(),
+                    agent_accessible: false,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    expires_at,
+                    key_id: String::new(),
+                    sealed: Vec::new(),
+                };
+                self.revoke_at_provider(actor, &unkept, &fields).await;
+                return Err(e);
+            }
+        };
+        if no_expiry {
+            tracing::warn!(
+                credential = %record.id,
+                provider = %provider.name,
+                "the provider gave an access token without expires_in; it cannot be refreshed \
+                 ahead of time"
+            );
+            self.emit(OAuthEvent::NoExpiry {
+                id: record.id.clone(),
+            });
+        }
+        let names = fields.keys().cloned().collect();
+        Ok(info(&record, names))
+    }
+}
+
+impl Vault {
+    /// What a login of `provider` named `name` would write over: nothing (a new
+    /// credential), or the user's own OAuth credential of that provider under that name (a
+    /// login again replaces its tokens as its next version). Anything else under the name
+    /// is refused before any code is spent, and so is a credential an admin disabled.
+    pub(super) async fn login_target(
+        &self,
+        scope: &Scope,
+        provider: &str,
+        name: &str,
+    ) -> Result<Option<CredentialRecord>> {
+        let (found, _) = self.inner.store.find_named(scope, name).await?;
+        let Some(found) = found else { return Ok(None) };
+        if found.provider != provider || !is_oauth_type(&found.handler_type) {
+            return Err(Error::AlreadyExists {
+                what: format!(
+                    "credential `{}` ({scope}, a `{}` credential of provider `{}`); log in \
+                     under another name, or delete it first",
+                    printable(name),
+                    found.handler_type,
+                    found.provider
+                ),
+            });
+        }
+        if found.metadata.contains_key(super::super::DISABLED_BY) {
+            return Err(Error::Unusable {
+                what: found.describe(),
+                state: "disabled by an admin".into(),
+            });
+        }
+        Ok(Some((*found).clone()))
+    }
+
+    /// Stores a completed login in one batch: the tokens as a new `valid` credential (or
+    /// as the next version of the user's own credential of that name and provider), the
+    /// grant to the app that started the flow, the pending flow consumed, and the rows.
+    #[allow(clippy::too_many_arguments)]
+    async fn store_login(
+        &self,
+        actor: &Principal,
+        scope: &Scope,
+        provider: &crate::catalog::Provider,
+        body: &PendingFlow,
+        pending: &Record,
+        stored: &super::StoredTokens,
+        now: Timestamp,
+        no_expiry: bool,
+    ) -> Result<CredentialRecord> {
+        let fields = &stored.fields;
+        self.check_against_catalog(&provider.name, &provider.handler_type, fields)?;
+        let existing = self.login_target(scope, &provider.name, &body.name).await?;
+        let mut metadata: BTreeMap<String, String> = match &existing {
+            Some(old) => old.metadata.clone(),
+            None => BTreeMap::new(),
+        };
+        for (key, value) in &stored.metadata {
+            metadata.insert(key.to_string(), value.clone());
+        }
+        metadata.insert(FIELD_NAMES.to_string(), field_names_text(fields));
+        let (id, version, created_at, precondition) = match &existing {
+            Some(old) => (
+                old.id.clone(),
+                old.version + 1,
+                old.created_at,
+                Precondition::IfVersion(old.version),
+            ),
+            None => (CredentialId::generate(), 1, now, Precondition::CreateOnly),
+        };
         let mut record = CredentialRecord {
-            id: CredentialId::generate(),
+            id,
             name: body.name.clone(),
             scope: scope.clone(),
             provider: provider.name.clone(),
-            handler_type: provider.handler_type.clone(),
+            handler_type: existing
+                .as_ref()
+                .map_or_else(|| provider.handler_type.clone(), |o| o.handler_type.clone()),
             state: LifecycleState::Valid,
             metadata,
-            agent_accessible: false,
-            version: 1,
-            created_at: now,
+            agent_accessible: existing.as_ref().is_some_and(|o| o.agent_accessible),
+            version,
+            created_at,
             updated_at: now,
-            expires_at,
+            expires_at: stored.expires_at,
             key_id: String::new(),
             sealed: Vec::new(),
         };
-        debug_assert!(is_oauth_type(&record.handler_type));
-        let plain = super::super::encode_fields(&fields)?;
+        let plain = super::super::encode_fields(fields)?;
         self.seal_into(&mut record, &plain).await?;
         let target = AuditTarget::credential(&record.id, &record.scope);
         let mut event = Vault::event(actor, Action::OAuthComplete, target.clone())
             .detail("flow", "code")
             .detail("provider", provider.name.clone())
-            .detail("name", record.name.clone());
+            .detail("name", record.name.clone())
+            .detail("version", record.version.to_string());
         if no_expiry {
             event = event.detail("expiry", "not reported");
         }
         let mut mutations = vec![
             Mutation::Put {
                 record: record.clone(),
-                precondition: Precondition::CreateOnly,
+                precondition,
             },
-            Mutation::delete_record(&pending),
+            Mutation::delete_record(pending),
         ];
         let mut events = vec![event];
         if let Some(app) = &body.app {
@@ -429,19 +570,7 @@ impl Vault {
         }
         self.commit(Batch { mutations, events }, ReadStamp::UNCHECKED)
             .await?;
-        if no_expiry {
-            tracing::warn!(
-                credential = %record.id,
-                provider = %provider.name,
-                "the provider gave an access token without expires_in; it cannot be refreshed \
-                 ahead of time"
-            );
-            self.emit(OAuthEvent::NoExpiry {
-                id: record.id.clone(),
-            });
-        }
-        let names = fields.keys().cloned().collect();
-        Ok(info(&record, names))
+        Ok(record)
     }
 }
 

@@ -25,7 +25,7 @@ mod revoke;
 
 pub use device::{DeviceFlow, DeviceStart, DeviceStatus};
 pub use flow::{OAuthStart, OAuthStarted};
-pub use refresh::RefreshOutcome;
+pub use refresh::{RefreshOutcome, SYNC_MARGIN};
 pub use refresher::{RefreshPass, RefresherConfig, RefresherHandle};
 
 /// The record kind of a pending authorization-code flow (owner: the user; key: the SHA-256
@@ -92,6 +92,8 @@ pub(crate) struct OAuthState {
     /// Unique per vault instance: the prefix of its lease holders' names.
     pub(crate) instance: String,
     attempts: std::sync::atomic::AtomicU64,
+    /// Credentials this instance is refreshing in the background for resolves.
+    pub(crate) background: std::sync::Mutex<std::collections::HashSet<CredentialId>>,
 }
 
 impl OAuthState {
@@ -103,6 +105,7 @@ impl OAuthState {
             events,
             instance: format!("vault-{}", uuid::Uuid::now_v7().simple()),
             attempts: std::sync::atomic::AtomicU64::new(0),
+            background: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 

@@ -165,11 +165,55 @@ impl Vault {
             self.release_lease(&lease).await;
             return Ok(RefreshOutcome::NotDue);
         }
+        // A refresh never lifts a revocation, an admin's disable or a login in progress: it
+        // renews a credential that is usable, or expired only for want of a refresh.
+        let disabled = record.metadata.contains_key(super::super::DISABLED_BY);
+        if disabled
+            || !matches!(
+                record.state,
+                LifecycleState::Filled | LifecycleState::Valid | LifecycleState::Expired
+            )
+        {
+            self.release_lease(&lease).await;
+            return Err(Error::Unusable {
+                what: record.describe(),
+                state: if disabled {
+                    "disabled".into()
+                } else {
+                    record.state.as_str().into()
+                },
+            });
+        }
         let outcome = self
             .refresh_under_lease(actor, &record, &lease, trigger)
             .await;
-        if outcome.is_err() {
-            self.release_lease(&lease).await;
+        if let Err(e) = &outcome {
+            // Nothing was sent, or nothing could be stored: the row says why; the lease is
+            // kept for the back-off so that no instance tries again at once.
+            let event = Vault::event(
+                actor,
+                Action::Refresh,
+                AuditTarget::credential(&record.id, &record.scope),
+            )
+            .outcome(Outcome::Failure)
+            .detail("trigger", trigger.as_str())
+            .detail("error", format!("{:?}", e.kind()));
+            let mutations = match lease.renew(Timestamp::now(), RETRY_BACKOFF) {
+                Ok(renewal) => vec![renewal.mutation],
+                Err(_) => vec![lease.release()],
+            };
+            if let Err(e) = self
+                .commit(
+                    Batch {
+                        mutations,
+                        events: vec![event],
+                    },
+                    ReadStamp::UNCHECKED,
+                )
+                .await
+            {
+                tracing::warn!(credential = %record.id, error = %e, "refresh failure not audited");
+            }
         }
         outcome
     }
@@ -204,16 +248,22 @@ impl Vault {
             )
         })?;
         let http = self.http_for("refreshing an OAuth token")?;
-        let sent = crate::oauth::request_token(
-            http.as_ref(),
-            &spec,
-            &ClientAuth {
-                client_id: &client.client_id,
-                client_secret: secret.as_ref(),
-            },
-            &TokenGrant::RefreshToken { refresh_token },
-        )
-        .await;
+        // The answer must come while the lease still holds, with time to store it.
+        let left = lease.expires_at().0.saturating_sub(Timestamp::now().0) - 10_000;
+        let budget = Duration::from_millis(u64::try_from(left).unwrap_or(0).max(1_000));
+        let auth = ClientAuth {
+            client_id: &client.client_id,
+            client_secret: secret.as_ref(),
+        };
+        let grant = TokenGrant::RefreshToken { refresh_token };
+        let request = crate::oauth::request_token(http.as_ref(), &spec, &auth, &grant);
+        let sent = match tokio::time::timeout(budget, request).await {
+            Ok(sent) => sent,
+            Err(_) => Err(OAuthError::Transport(Error::transport(
+                "oauth server",
+                "no answer before the refresh lease ran out",
+            ))),
+        };
         let now = Timestamp::now();
         let target = AuditTarget::credential(&record.id, &record.scope);
         let event = |outcome: Outcome| {
@@ -225,27 +275,47 @@ impl Vault {
             Ok(tokens) => {
                 let no_expiry = tokens.expires_in.is_none();
                 let stored = token_fields(Some(&old), tokens, &client.client_id, now);
-                let (fields, expires_at) = (stored.fields, stored.expires_at);
-                let mut next = record.clone();
-                for (key, value) in stored.metadata {
-                    next.metadata.insert(key.to_string(), value);
-                }
-                next.metadata.insert(
-                    FIELD_NAMES.to_string(),
-                    super::super::credentials::field_names_text(&fields),
-                );
-                next.state = LifecycleState::Valid;
-                next.expires_at = expires_at;
-                next.version += 1;
-                next.updated_at = now;
-                let plain = encode_fields(&fields)?;
-                self.seal_into(&mut next, &plain).await?;
-                let mut audit = event(Outcome::Success).detail("version", next.version.to_string());
-                if no_expiry {
-                    audit = audit.detail("expiry", "not reported");
-                }
-                self.store_refresh(record, next.clone(), lease, audit)
-                    .await?;
+                let expires_at = stored.expires_at;
+                let audit = |version: u64| {
+                    let audit = event(Outcome::Success).detail("version", version.to_string());
+                    if no_expiry {
+                        audit.detail("expiry", "not reported")
+                    } else {
+                        audit
+                    }
+                };
+                let next = self.with_tokens(record, &stored, now).await?;
+                let next = match self
+                    .store_refresh(record, next.clone(), lease, audit(next.version))
+                    .await
+                {
+                    Ok(()) => next,
+                    // The credential changed under the lease (its metadata, a rename) after
+                    // the provider had rotated the token: the new tokens go onto what is
+                    // stored now, once, unless it may no longer be refreshed.
+                    Err(e) if Lease::lost_race(&e) => {
+                        let latest = match self.inner.store.get(&record.id).await? {
+                            Some(latest)
+                                if latest.version != record.version
+                                    && !latest.metadata.contains_key(super::super::DISABLED_BY)
+                                    && matches!(
+                                        latest.state,
+                                        LifecycleState::Filled
+                                            | LifecycleState::Valid
+                                            | LifecycleState::Expired
+                                    ) =>
+                            {
+                                latest
+                            }
+                            _ => return Err(e),
+                        };
+                        let next = self.with_tokens(&latest, &stored, now).await?;
+                        self.store_refresh(&latest, next.clone(), lease, audit(next.version))
+                            .await?;
+                        next
+                    }
+                    Err(e) => return Err(e),
+                };
                 if no_expiry {
                     tracing::warn!(
                         credential = %record.id,
@@ -305,13 +375,9 @@ impl Vault {
             return Ok(RefreshOutcome::Expired { reason });
         }
         let retrying = error.is_retryable();
-        // Keep the lease for the back-off, so that no instance hammers a failing provider;
-        // a failure that retrying cannot mend lets it go.
-        let mutation = if retrying {
-            lease.renew(now, RETRY_BACKOFF)?.mutation
-        } else {
-            lease.release()
-        };
+        // Keep the lease for the back-off, so that no instance (and no resolve) hammers a
+        // failing provider; the next pass after it tries again.
+        let mutation = lease.renew(now, RETRY_BACKOFF)?.mutation;
         let audit = event
             .detail("reason", reason.clone())
             .detail("retry", if retrying { "yes" } else { "no" });
@@ -330,6 +396,31 @@ impl Vault {
             retrying,
         });
         Ok(RefreshOutcome::Retrying { reason })
+    }
+
+    /// `base`'s next version holding the refreshed tokens: `valid`, the new expiry, the
+    /// provider's token type and scope, sealed afresh.
+    async fn with_tokens(
+        &self,
+        base: &CredentialRecord,
+        stored: &super::StoredTokens,
+        now: Timestamp,
+    ) -> Result<CredentialRecord> {
+        let mut next = base.clone();
+        for (key, value) in &stored.metadata {
+            next.metadata.insert(key.to_string(), value.clone());
+        }
+        next.metadata.insert(
+            FIELD_NAMES.to_string(),
+            super::super::credentials::field_names_text(&stored.fields),
+        );
+        next.state = LifecycleState::Valid;
+        next.expires_at = stored.expires_at;
+        next.version = base.version + 1;
+        next.updated_at = now;
+        let plain = encode_fields(&stored.fields)?;
+        self.seal_into(&mut next, &plain).await?;
+        Ok(next)
     }
 
     /// Stores a refreshed (or expired) credential, releases the lease and commits the audit
@@ -359,25 +450,36 @@ impl Vault {
     }
 
     /// The on-demand refresh of a resolve that found `record` inside the refresh window.
-    /// Returns true when the caller should read the credential again (it was refreshed, or
-    /// another instance's refresh of an already expired token has ended); false to go on
-    /// with the token read (still valid, or the refresh failed and the state decides).
+    ///
+    /// A token that is still good for a while ([`SYNC_MARGIN`]) is handed out as it is and
+    /// refreshed in the background (one task per credential and instance at a time), so a
+    /// resolve never waits for the provider, and a provider whose tokens live no longer
+    /// than the window is not asked again by every resolve. A token that has run out (or
+    /// nearly) is refreshed first; a refresh under way elsewhere is waited for, a little.
+    /// Returns true when the caller should read the credential again; false to go on with
+    /// the token read (the state then decides).
+    ///
+    /// The refresh itself runs in a task of its own, so a caller that stops waiting (a
+    /// request timeout) never cancels a refresh the provider has already answered.
     pub(crate) async fn refresh_for_resolve(&self, record: &CredentialRecord) -> bool {
         // Nothing to try without a client or an HTTP client: the state decides.
         if self.inner.http.is_none() || self.oauth_client(&record.provider).is_err() {
             return false;
         }
-        let service = Vault::oauth_service();
-        let expired = || record.expires_at.is_some_and(|at| at <= Timestamp::now());
-        // A token that has run out waits (a little) for a refresh under way elsewhere.
+        let urgent = |now: Timestamp| {
+            record
+                .expires_at
+                .is_some_and(|at| at.0.saturating_sub(now.0) < margin_ms())
+        };
+        if !urgent(Timestamp::now()) {
+            self.refresh_in_background(record.id.clone());
+            return false;
+        }
         for _ in 0..100 {
-            match self
-                .refresh_record(&service, &record.id, Trigger::Resolve, false)
-                .await
-            {
+            match self.refresh_detached(&record.id, Trigger::Resolve).await {
                 Ok(RefreshOutcome::Refreshed { .. }) | Ok(RefreshOutcome::NotDue) => return true,
                 Ok(RefreshOutcome::Expired { .. }) => return true,
-                Ok(RefreshOutcome::Busy) if expired() => {
+                Ok(RefreshOutcome::Busy) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if let Ok(Some(now)) = self.inner.store.get(&record.id).await {
                         if now.version != record.version {
@@ -385,7 +487,7 @@ impl Vault {
                         }
                     }
                 }
-                Ok(RefreshOutcome::Busy) | Ok(RefreshOutcome::Retrying { .. }) => return false,
+                Ok(RefreshOutcome::Retrying { .. }) => return false,
                 Err(e) => {
                     tracing::warn!(credential = %record.id, error = %e, "on-demand refresh failed");
                     return false;
@@ -394,4 +496,61 @@ impl Vault {
         }
         false
     }
+
+    /// [`Vault::refresh_record`] as the OAuth service, in a task of its own: dropping the
+    /// caller does not cancel it.
+    pub(crate) async fn refresh_detached(
+        &self,
+        id: &CredentialId,
+        trigger: Trigger,
+    ) -> Result<RefreshOutcome> {
+        let vault = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            vault
+                .refresh_record(&Vault::oauth_service(), &id, trigger, false)
+                .await
+        })
+        .await
+        .map_err(|e| Error::config(format!("the refresh task ended early: {e}")))?
+    }
+
+    /// Starts a background refresh of `id` unless this instance has one running already.
+    fn refresh_in_background(&self, id: CredentialId) {
+        {
+            let mut running = self
+                .inner
+                .oauth
+                .background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !running.insert(id.clone()) {
+                return;
+            }
+        }
+        let vault = self.clone();
+        tokio::spawn(async move {
+            let outcome = vault
+                .refresh_record(&Vault::oauth_service(), &id, Trigger::Resolve, false)
+                .await;
+            if let Err(e) = outcome {
+                tracing::warn!(credential = %id, error = %e, "background refresh failed");
+            }
+            vault
+                .inner
+                .oauth
+                .background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+}
+
+/// A token with less than this left is refreshed before a resolve hands it out; one with
+/// more is handed out and refreshed in the background.
+pub const SYNC_MARGIN: Duration = Duration::from_secs(30);
+
+fn margin_ms() -> i64 {
+    i64::try_from(SYNC_MARGIN.as_millis()).unwrap_or(i64::MAX)
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Semaphore};
-use tokio::task::JoinSet;
 
 use super::super::{Inner, Vault};
 use super::is_oauth_type;
@@ -72,8 +71,9 @@ pub struct RefreshPass {
     pub swept: u64,
 }
 
-/// Stops the refresher: [`RefresherHandle::stop`] waits for the pass under way to end;
-/// dropping the handle stops it too.
+/// Stops the refresher: [`RefresherHandle::stop`] ends it and waits for it; dropping the
+/// handle ends it too. Refreshes already sent to a provider finish in the background (their
+/// answer may carry the only valid refresh token), whatever stops the refresher.
 #[derive(Debug)]
 pub struct RefresherHandle {
     stop: Option<oneshot::Sender<()>>,
@@ -139,7 +139,9 @@ impl Vault {
         let mut pass = RefreshPass::default();
         let mut after: Option<CredentialId> = None;
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        let mut running = JoinSet::new();
+        // Each refresh is a task of its own, so stopping the refresher (which drops this
+        // pass) never cancels a refresh the provider may have answered already.
+        let mut running = Vec::new();
         loop {
             let page = self
                 .inner
@@ -165,7 +167,7 @@ impl Vault {
                     .await
                     .map_err(|_| crate::Error::config("the refresher's limiter closed"))?;
                 let vault = self.clone();
-                running.spawn(async move {
+                running.push(tokio::spawn(async move {
                     let _permit = permit;
                     vault
                         .refresh_record(
@@ -175,14 +177,11 @@ impl Vault {
                             false,
                         )
                         .await
-                });
-                while let Some(done) = running.try_join_next() {
-                    tally(&mut pass, done);
-                }
+                }));
             }
         }
-        while let Some(done) = running.join_next().await {
-            tally(&mut pass, done);
+        for task in running {
+            tally(&mut pass, task.await);
         }
         pass.swept = self.sweep_lapsed_flows(config.page_size.max(1)).await?;
         Ok(pass)

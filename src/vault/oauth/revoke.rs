@@ -59,7 +59,10 @@ impl Vault {
             return None;
         }
         let spec = self.provider(&record.provider).ok()?.oauth.clone()?;
-        spec.revocation_url.as_ref()?;
+        if spec.revocation_url.is_none() {
+            // Nothing to send, but the delete still says so in its `credential.revoke` row.
+            return Some(Fields::new());
+        }
         self.open_for_change(record).await.ok()
     }
 
@@ -78,12 +81,18 @@ impl Vault {
             Ok(None) => Vault::event(actor, Action::Revoke, target)
                 .outcome(Outcome::Failure)
                 .detail("reason", "no revocation endpoint"),
-            Ok(Some(sent)) if sent.is_empty() => Vault::event(actor, Action::Revoke, target)
-                .outcome(Outcome::Failure)
-                .detail("reason", "no tokens to revoke"),
-            Ok(Some(sent)) => {
-                Vault::event(actor, Action::Revoke, target).detail("tokens", sent.join(","))
+            Ok(Some(sent)) if sent.revoked.is_empty() && sent.failed.is_empty() => {
+                Vault::event(actor, Action::Revoke, target)
+                    .outcome(Outcome::Failure)
+                    .detail("reason", "no tokens to revoke")
             }
+            Ok(Some(sent)) if sent.failed.is_empty() => {
+                Vault::event(actor, Action::Revoke, target).detail("tokens", sent.revoked.join(","))
+            }
+            Ok(Some(sent)) => Vault::event(actor, Action::Revoke, target)
+                .outcome(Outcome::Failure)
+                .detail("tokens", sent.revoked.join(","))
+                .detail("reason", sent.failed.join(",")),
             Err(reason) => Vault::event(actor, Action::Revoke, target)
                 .outcome(Outcome::Failure)
                 .detail("reason", reason.clone()),
@@ -101,7 +110,7 @@ impl Vault {
         &self,
         record: &CredentialRecord,
         fields: &Fields,
-    ) -> std::result::Result<Option<Vec<String>>, String> {
+    ) -> std::result::Result<Option<Revocations>, String> {
         let (provider, spec) = self
             .oauth_provider(&record.provider)
             .map_err(|_| "no [oauth] table".to_string())?;
@@ -122,19 +131,30 @@ impl Vault {
             client_id: &client.client_id,
             client_secret: secret.as_ref(),
         };
-        let mut sent = Vec::new();
-        for (field, kind, name) in [
-            ("refresh_token", TokenKind::RefreshToken, "refresh_token"),
-            ("access_token", TokenKind::AccessToken, "access_token"),
+        // Each token on its own: a failed refresh-token revocation still sends the access
+        // token's.
+        let mut sent = Revocations::default();
+        for (field, kind) in [
+            ("refresh_token", TokenKind::RefreshToken),
+            ("access_token", TokenKind::AccessToken),
         ] {
             let Some(token) = fields.get(field) else {
                 continue;
             };
-            crate::oauth::revoke(http.as_ref(), &spec, &auth, token, kind)
-                .await
-                .map_err(|e| format!("{name}: {}", super::reason_of(&e)))?;
-            sent.push(name.to_string());
+            match crate::oauth::revoke(http.as_ref(), &spec, &auth, token, kind).await {
+                Ok(()) => sent.revoked.push(field.to_string()),
+                Err(e) => sent
+                    .failed
+                    .push(format!("{field}: {}", super::reason_of(&e))),
+            }
         }
         Ok(Some(sent))
     }
+}
+
+/// What the revocation requests came to, per token kind.
+#[derive(Default)]
+struct Revocations {
+    revoked: Vec<String>,
+    failed: Vec<String>,
 }
