@@ -10,6 +10,7 @@ pub mod crypto;
 mod error;
 pub mod handlers;
 pub mod http;
+pub mod integrations;
 pub mod mcp;
 pub mod model;
 pub mod oauth;
@@ -42,7 +43,7 @@ pub use store::{SqliteOptions, SqliteStore};
 pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
-    BlobCheck, CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate,
+    AgentCredentials, BlobCheck, CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate,
     CredentialVersion, HeldFields, NewCredential, Principal, ResealOptions, ResealProgress,
     ResealReport, ResealSelection, ResolveContext, ResolveItem, ResolveManyError, Resolved,
     RevealedCredential, RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder,

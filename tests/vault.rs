@@ -260,11 +260,14 @@ async fn grants_gate_per_user_credentials() {
 /// C create, U update, D delete, M read metadata, R reveal, X resolve, S set state,
 /// T test live (verify), L grant list, G grant add, V grant revoke, A audit verify,
 /// I inject, K re-wrap keys, E re-seal every credential, O start an OAuth flow, Q complete
-/// it, F refresh an OAuth token, Y revoke it at the provider.
+/// it, F refresh an OAuth token, Y revoke it at the provider, N link an agent's integration,
+/// W unlink it, J list an agent's integrations, P its credentials through the credentials
+/// path.
 fn expected(role: Role, relation: Relation) -> &'static str {
     use Relation::*;
     match (role, relation) {
-        (Role::SystemAdmin, SystemWide | OtherAppShared | Agent) => "CUDMRST",
+        (Role::SystemAdmin, SystemWide | OtherAppShared) => "CUDMRST",
+        (Role::SystemAdmin, Agent) => "CUDMRSTNWJP",
         (Role::SystemAdmin, OtherUser) => "MDSTLVFY",
         (Role::SystemAdmin, OtherUserOtherApp) => "MDSTLV",
         (Role::SystemAdmin, NoScope) => "AKE",
@@ -277,7 +280,7 @@ fn expected(role: Role, relation: Relation) -> &'static str {
         (Role::Viewer, _) => "M",
         (Role::AppRuntime, OwnUser) => "XIOQ",
         (Role::AppRuntime, SystemWide | OwnAppShared | OwnUserOwnApp) => "XI",
-        (Role::Agent, OwnAgent) => "MX",
+        (Role::Agent, OwnAgent) => "MXP",
         (Role::Service, NoScope) => "",
         (Role::Service, _) => "UMSTF",
         _ => "",
@@ -305,6 +308,10 @@ fn letter(action: Action) -> char {
         Action::OAuthComplete => 'Q',
         Action::Refresh => 'F',
         Action::Revoke => 'Y',
+        Action::IntegrationLink => 'N',
+        Action::IntegrationUnlink => 'W',
+        Action::IntegrationList => 'J',
+        Action::IntegrationCredentials => 'P',
         _ => '?',
     }
 }
@@ -325,7 +332,7 @@ fn the_policy_table_matches_the_specification_in_every_cell() {
             }
         }
     }
-    assert_eq!(cells, 7 * 12 * 19);
+    assert_eq!(cells, 7 * 12 * 23);
 }
 
 fn all_scopes() -> Vec<Scope> {
@@ -557,6 +564,17 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
                 }
                 if matches!(action, Action::OAuthStart | Action::OAuthComplete) {
                     continue; // about the actor's own user, not a credential: tests/oauth.rs
+                }
+                if matches!(
+                    action,
+                    Action::IntegrationLink
+                        | Action::IntegrationUnlink
+                        | Action::IntegrationList
+                        | Action::IntegrationCredentials
+                ) {
+                    // About an agent's integrations, not a credential: tests/integrations.rs
+                    // runs them for every role on an own and another agent.
+                    continue;
                 }
                 if action == Action::Resolve && matches!(scope, Scope::PerAgent { .. }) {
                     continue;

@@ -58,11 +58,21 @@ pub enum Action {
     Refresh,
     /// Revoke an OAuth credential's tokens at the provider (RFC 7009).
     Revoke,
+    /// Link an agent's integration (GitHub, GitLab, Telegram): its credential checked with
+    /// the service and stored as the agent's not-agent-accessible secret.
+    IntegrationLink,
+    /// Unlink an agent's integration: the record and its secrets removed.
+    IntegrationUnlink,
+    /// List an agent's integrations (metadata only).
+    IntegrationList,
+    /// Get an agent's integration credentials through the credentials path (the one
+    /// audited chokepoint through which an agent reaches them).
+    IntegrationCredentials,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 23] = [
         Action::Create,
         Action::Update,
         Action::Delete,
@@ -82,6 +92,10 @@ impl Action {
         Action::OAuthComplete,
         Action::Refresh,
         Action::Revoke,
+        Action::IntegrationLink,
+        Action::IntegrationUnlink,
+        Action::IntegrationList,
+        Action::IntegrationCredentials,
     ];
 
     /// The stable name written into audit rows (`credential.create`, …).
@@ -106,6 +120,10 @@ impl Action {
             Action::OAuthComplete => "oauth.complete",
             Action::Refresh => "credential.refresh",
             Action::Revoke => "credential.revoke",
+            Action::IntegrationLink => "integration.link",
+            Action::IntegrationUnlink => "integration.unlink",
+            Action::IntegrationList => "integration.list",
+            Action::IntegrationCredentials => "integration.credentials",
         }
     }
 

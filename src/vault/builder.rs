@@ -20,6 +20,7 @@ pub struct VaultBuilder {
     oauth_clients: Option<crate::oauth::OAuthClients>,
     oauth_clients_file: Option<PathBuf>,
     refresh_window: Option<std::time::Duration>,
+    integration_base_urls: Vec<(crate::integrations::IntegrationProvider, String)>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -156,8 +157,26 @@ impl VaultBuilder {
         self
     }
 
+    /// The API base URL of an integration provider: a GitHub Enterprise Server
+    /// (`https://HOST/api/v3`), a self-managed GitLab (`https://HOST/api/v4`), a local Bot API
+    /// server. Defaults: `https://api.github.com`, `https://gitlab.com/api/v4`,
+    /// `https://api.telegram.org`. Checked by [`VaultBuilder::build`] (an http(s) URL with a
+    /// host).
+    pub fn integration_base_url(
+        mut self,
+        provider: crate::integrations::IntegrationProvider,
+        url: impl Into<String>,
+    ) -> Self {
+        self.integration_base_urls.push((provider, url.into()));
+        self
+    }
+
     /// Builds the vault.
     pub async fn build(self) -> Result<Vault> {
+        let mut integrations = crate::integrations::IntegrationsConfig::default();
+        for (provider, url) in &self.integration_base_urls {
+            integrations.set_base_url(*provider, url)?;
+        }
         let namespace = self
             .namespace
             .unwrap_or_else(|| crate::model::DEFAULT_NAMESPACE.to_string());
@@ -238,6 +257,7 @@ impl VaultBuilder {
                 providers_dir: self.providers_dir,
                 http: self.http,
                 namespace,
+                integrations,
             }),
         })
     }

@@ -32,6 +32,7 @@ mod builder;
 mod credentials;
 mod grants;
 mod history;
+mod integrations;
 mod keys;
 pub mod oauth;
 mod resolve;
@@ -46,6 +47,7 @@ mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
+pub use integrations::AgentCredentials;
 pub use oauth::{
     DeviceFlow, DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, OAuthStarted, RefreshOutcome,
     RefreshPass, RefresherConfig, RefresherHandle,
@@ -96,6 +98,8 @@ struct Inner {
     namespace: String,
     /// OAuth clients, refresh window, events and this instance's lease holder name.
     oauth: oauth::OAuthState,
+    /// The integration providers' API base URLs.
+    integrations: crate::integrations::IntegrationsConfig,
 }
 
 /// The credential vault. Cheap to clone.

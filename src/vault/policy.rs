@@ -341,6 +341,18 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     ),
     // …and refresh users' OAuth tokens or revoke them at the provider (neither reads them).
     (Role::SystemAdmin, &[A::Refresh, A::Revoke], &[R::OtherUser]),
+    // …and manage agents' integrations (operator-managed), and may fetch an agent's
+    // integration credentials through the audited credentials path.
+    (
+        Role::SystemAdmin,
+        &[
+            A::IntegrationLink,
+            A::IntegrationUnlink,
+            A::IntegrationList,
+            A::IntegrationCredentials,
+        ],
+        &[R::Agent],
+    ),
     // They verify the audit chain and manage the master keys.
     (
         Role::SystemAdmin,
@@ -401,6 +413,9 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
     // An agent sees and resolves its own per-agent credentials (the vault releases only
     // those marked agent-accessible).
     (Role::Agent, &[A::ReadMetadata, A::Resolve], &[R::OwnAgent]),
+    // …and gets its own integrations' credentials through the credentials path (audited
+    // every time; not-agent-accessible secrets reach it only this way).
+    (Role::Agent, &[A::IntegrationCredentials], &[R::OwnAgent]),
     // The vault's background work keeps every credential current (new fields, state, a
     // live check against the bundled endpoint), without reading secrets through reveal or
     // resolve.

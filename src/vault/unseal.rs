@@ -202,6 +202,38 @@ impl Vault {
         self.open_fields(record).await
     }
 
+    /// Releases an agent's integration credentials through the credentials path
+    /// (`Vault::credentials_for`): the caller has authorised the actor for its own agent's
+    /// integration (or as a system admin), so the agent-accessible flag — which keeps these
+    /// secrets off the secrets path — is not asked here. Opens each record's fields, commits
+    /// their events (one per record) checked against `stamp`, and only then hands the fields
+    /// back; a blob that does not open has its event committed as a failure.
+    pub(crate) async fn release_integration(
+        &self,
+        items: Vec<(&CredentialRecord, AuditEvent)>,
+        stamp: ReadStamp,
+    ) -> Result<Vec<Fields>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut events = Vec::with_capacity(items.len());
+        for (record, event) in items {
+            match self.open_fields(record).await {
+                Ok(fields) => {
+                    out.push(fields);
+                    events.push(event);
+                }
+                Err(e) => {
+                    let event = event
+                        .outcome(Outcome::Failure)
+                        .detail("error", format!("{:?}", e.kind()));
+                    self.commit(Batch::events(vec![event]), stamp).await?;
+                    return Err(e);
+                }
+            }
+        }
+        self.commit(Batch::events(events), stamp).await?;
+        Ok(out)
+    }
+
     /// Opens the sealed PKCE verifier of a pending OAuth flow.
     pub(crate) async fn open_pending_verifier(
         &self,

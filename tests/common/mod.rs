@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod oauth_server;
+pub mod service_servers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,697 @@
+//! Agents' integrations as the vault keeps them (see [`crate::integrations`] and
+//! docs/INTEGRATIONS.md): linking checks the credential with the service, then stores the
+//! agent's secrets (never agent-accessible), the integration record (create-only) and their
+//! audit rows in one batch; unlinking removes them in one batch; the credentials path
+//! ([`Vault::credentials_for`]) is the one audited door through which an agent gets them.
+
+use super::*;
+use crate::integrations::{
+    github, gitlab, owner_of, telegram, AuthType, Integration, IntegrationProvider,
+    ServiceIdentity, GITHUB_TOKEN, GITLAB_TOKEN, INTEGRATION_KIND, TELEGRAM_ALLOWED_USERS,
+    TELEGRAM_BOT_TOKEN,
+};
+use crate::model::{Record, RecordKey};
+use crate::store::RecordFilter;
+
+/// What the credentials path hands an agent (or a system admin) for one integration. Its
+/// `Debug` shows no secret.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AgentCredentials {
+    /// The agent.
+    pub agent: String,
+    /// The service.
+    pub provider: IntegrationProvider,
+    /// How the credential came to be.
+    pub auth_type: AuthType,
+    /// The identity's name at the service.
+    pub username: String,
+    /// The token to use: the stored PAT or provisioned token, or the bot token.
+    pub token: SecretString,
+    /// When the token stops working, if known.
+    pub expires_at: Option<Timestamp>,
+    /// Telegram: the user ids allowed to talk to the bot (empty for other providers).
+    pub allowed_users: Vec<i64>,
+}
+
+impl fmt::Debug for AgentCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentCredentials")
+            .field("agent", &self.agent)
+            .field("provider", &self.provider)
+            .field("auth_type", &self.auth_type)
+            .field("username", &self.username)
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("allowed_users", &self.allowed_users.len())
+            .finish()
+    }
+}
+
+/// One secret a link stores: its name, catalog provider, handler type and fields.
+struct NewSecret {
+    name: &'static str,
+    provider: &'static str,
+    /// Empty: the provider's (checked against the catalog).
+    handler_type: &'static str,
+    fields: BTreeMap<String, SecretString>,
+}
+
+fn token_fields(field: &str, value: SecretString) -> BTreeMap<String, SecretString> {
+    let mut fields = BTreeMap::new();
+    fields.insert(field.to_string(), value);
+    fields
+}
+
+fn describe(provider: IntegrationProvider, agent: &str) -> String {
+    format!("the {provider} integration of agent `{}`", printable(agent))
+}
+
+fn integration_key(agent: &str, provider: IntegrationProvider) -> Result<RecordKey> {
+    RecordKey::new(INTEGRATION_KIND, owner_of(agent), provider.as_str())
+}
+
+/// A short, fixed reason for an audit row of a failed link.
+fn reason_of(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidInput { .. } => "rejected",
+        Error::Transport { .. } => "unreachable",
+        Error::Config { .. } => "misconfigured",
+        Error::AlreadyExists { .. } => "already_linked",
+        _ => "error",
+    }
+}
+
+impl Vault {
+    /// Links a GitHub personal access token to `agent` (system admins): the token is
+    /// checked with `GET /user` at the GitHub base URL, then stored as the agent's
+    /// `github:token` (provider `github_pat`, not agent-accessible) with an integration
+    /// record naming the login — all in one batch. A token GitHub refuses stores nothing
+    /// (`InvalidInput`); so does an unreachable GitHub (`Transport`). An agent that already
+    /// has a GitHub integration is refused with `AlreadyExists` (unlink it first).
+    pub async fn link_github_token(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        token: SecretString,
+    ) -> Result<Integration> {
+        let provider = IntegrationProvider::Github;
+        let scope = self
+            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+            .await?;
+        let secrets = vec![NewSecret {
+            name: GITHUB_TOKEN,
+            provider: "github_pat",
+            handler_type: "",
+            fields: token_fields("token", token.clone()),
+        }];
+        self.precheck_link(actor, agent, &scope, provider, &secrets)
+            .await?;
+        let http = self.http_for("linking a GitHub integration")?;
+        let base = self.inner.integrations.base_url(provider);
+        let identity = github::user(http.as_ref(), base, &token).await;
+        let identity = self.checked(actor, &scope, provider, identity).await?;
+        self.commit_link(
+            actor,
+            agent,
+            &scope,
+            provider,
+            AuthType::Token,
+            identity,
+            "user_id",
+            secrets,
+        )
+        .await
+    }
+
+    /// Links a GitLab access token to `agent` (system admins): checked with `GET /user`
+    /// (`PRIVATE-TOKEN`) at the GitLab base URL, then stored as the agent's `gitlab:token`
+    /// (provider `gitlab`, not agent-accessible) with the integration record, in one batch.
+    /// Refusals as [`Vault::link_github_token`].
+    pub async fn link_gitlab_token(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        token: SecretString,
+    ) -> Result<Integration> {
+        let provider = IntegrationProvider::Gitlab;
+        let scope = self
+            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+            .await?;
+        let secrets = vec![NewSecret {
+            name: GITLAB_TOKEN,
+            provider: "gitlab",
+            handler_type: "",
+            fields: token_fields("token", token.clone()),
+        }];
+        self.precheck_link(actor, agent, &scope, provider, &secrets)
+            .await?;
+        let http = self.http_for("linking a GitLab integration")?;
+        let base = self.inner.integrations.base_url(provider);
+        let identity = gitlab::user(http.as_ref(), base, &token).await;
+        let identity = self.checked(actor, &scope, provider, identity).await?;
+        self.commit_link(
+            actor,
+            agent,
+            &scope,
+            provider,
+            AuthType::Token,
+            identity,
+            "user_id",
+            secrets,
+        )
+        .await
+    }
+
+    /// Links a Telegram bot to `agent` (system admins): `allowed_users` must be
+    /// comma-separated Telegram user ids (integers); the bot token is checked with `getMe`,
+    /// then stored as `telegram:bot_token` (provider `telegram`) and the list as
+    /// `telegram:allowed_users` (both not agent-accessible) with the integration record, in
+    /// one batch. Refusals as [`Vault::link_github_token`].
+    pub async fn link_telegram(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        bot_token: SecretString,
+        allowed_users: &str,
+    ) -> Result<Integration> {
+        let provider = IntegrationProvider::Telegram;
+        let scope = self
+            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+            .await?;
+        let users = telegram::parse_allowed_users(allowed_users)?;
+        let secrets = vec![
+            NewSecret {
+                name: TELEGRAM_BOT_TOKEN,
+                provider: "telegram",
+                handler_type: "",
+                fields: token_fields("token", bot_token.clone()),
+            },
+            // No bundled provider describes a list of user ids: kept under `telegram` as a
+            // `custom` credential with one field.
+            NewSecret {
+                name: TELEGRAM_ALLOWED_USERS,
+                provider: "telegram",
+                handler_type: "custom",
+                fields: token_fields(
+                    "allowed_users",
+                    SecretString::from(telegram::format_allowed_users(&users)),
+                ),
+            },
+        ];
+        self.precheck_link(actor, agent, &scope, provider, &secrets)
+            .await?;
+        let http = self.http_for("linking a Telegram bot")?;
+        let base = self.inner.integrations.base_url(provider);
+        let identity = telegram::get_me(http.as_ref(), base, &bot_token).await;
+        let identity = self.checked(actor, &scope, provider, identity).await?;
+        self.commit_link(
+            actor,
+            agent,
+            &scope,
+            provider,
+            AuthType::Token,
+            identity,
+            "bot_id",
+            secrets,
+        )
+        .await
+    }
+
+    /// `agent`'s integrations, in provider order (system admins; metadata only, no secret).
+    pub async fn integrations(&self, actor: &Principal, agent: &str) -> Result<Vec<Integration>> {
+        actor.validate()?;
+        let raw = Scope::PerAgent {
+            agent: agent.to_string(),
+        };
+        let valid = raw.validate();
+        let target = match valid {
+            Ok(()) => AuditTarget::scope(&raw),
+            Err(_) => AuditTarget::none(),
+        };
+        let what = format!("the integrations of agent `{}`", printable(agent));
+        self.authorize(actor, Action::IntegrationList, Some(&raw), target, &what)
+            .await?;
+        valid?;
+        let records = self
+            .inner
+            .store
+            .records(&RecordFilter::kind(INTEGRATION_KIND).owner(owner_of(agent)))
+            .await?;
+        records.iter().map(Integration::from_record).collect()
+    }
+
+    /// Unlinks `agent`'s integration with `provider` (system admins): the integration
+    /// record and every secret it holds ([`IntegrationProvider::secret_names`]) are removed
+    /// in one batch, with an `integration.unlink` row and a `credential.delete` row per
+    /// secret. Takes effect at the next [`Vault::credentials_for`]. Returns what was
+    /// unlinked; an agent with no such integration is `NotFound`.
+    pub async fn unlink(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        provider: IntegrationProvider,
+    ) -> Result<Integration> {
+        let scope = self
+            .authorize_integration(actor, Action::IntegrationUnlink, agent, provider)
+            .await?;
+        let key = integration_key(agent, provider)?;
+        let Some(record) = self.inner.store.record(&key).await? else {
+            return Err(Error::NotFound {
+                what: describe(provider, agent),
+                hint: Some("list the agent's integrations with Vault::integrations".into()),
+            });
+        };
+        let integration = Integration::from_record(&record)?;
+        // Hook: a provisioned GitLab identity is deprovisioned in GitLab (best effort) by
+        // the credential provider (`integrations::gitlab_provider`) once this batch is
+        // durable; a GitHub App integration's `github:private_key` is among the secrets
+        // removed below.
+        let mut mutations = vec![Mutation::DeleteRecord {
+            key,
+            precondition: Precondition::IfVersion(record.version),
+        }];
+        let mut events =
+            vec![
+                Vault::event(actor, Action::IntegrationUnlink, AuditTarget::scope(&scope))
+                    .detail("provider", provider.as_str())
+                    .detail("auth_type", integration.auth_type.as_str())
+                    .detail("username", printable(&integration.username)),
+            ];
+        for name in provider.secret_names() {
+            let Some(secret) = self.named(&scope, name).await?.0 else {
+                continue;
+            };
+            mutations.push(Mutation::Delete {
+                id: secret.id.clone(),
+                precondition: Precondition::IfVersion(secret.version),
+            });
+            events.push(
+                Vault::event(
+                    actor,
+                    Action::Delete,
+                    AuditTarget::credential(&secret.id, &secret.scope),
+                )
+                .detail("name", secret.name.clone())
+                .detail("integration", provider.as_str()),
+            );
+        }
+        self.commit(Batch { mutations, events }, ReadStamp::UNCHECKED)
+            .await?;
+        Ok(integration)
+    }
+
+    /// The credentials path: `agent`'s credential for its `provider` integration — for a
+    /// token integration the stored token (for Telegram the bot token and the allowed
+    /// users). Callable by the agent itself (`Principal::Agent` with that id) and by system
+    /// admins; refused (and audited) for anyone else, another agent included. Every call is
+    /// audited (`integration.credentials`), and the token is handed back only once its row
+    /// is durable. Reads the integration afresh each time, so an unlink takes effect at the
+    /// next call (`NotFound`).
+    pub async fn credentials_for(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        provider: IntegrationProvider,
+    ) -> Result<AgentCredentials> {
+        let scope = self
+            .authorize_integration(actor, Action::IntegrationCredentials, agent, provider)
+            .await?;
+        let mut attempts = 0;
+        loop {
+            match self.credentials_once(actor, agent, &scope, provider).await {
+                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn credentials_once(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        scope: &Scope,
+        provider: IntegrationProvider,
+    ) -> Result<AgentCredentials> {
+        let failed = |reason: &'static str| {
+            Vault::event(
+                actor,
+                Action::IntegrationCredentials,
+                AuditTarget::scope(scope),
+            )
+            .outcome(Outcome::Failure)
+            .detail("provider", provider.as_str())
+            .detail("reason", reason)
+        };
+        let key = integration_key(agent, provider)?;
+        let Some(record) = self.inner.store.record(&key).await? else {
+            self.commit(
+                Batch::events(vec![failed("not_linked")]),
+                ReadStamp::UNCHECKED,
+            )
+            .await?;
+            return Err(Error::NotFound {
+                what: describe(provider, agent),
+                hint: Some("a system admin links one (Vault::link_*)".into()),
+            });
+        };
+        let integration = Integration::from_record(&record)?;
+        let names: &[&str] = match (provider, integration.auth_type) {
+            (_, AuthType::App) => {
+                self.commit(
+                    Batch::events(vec![failed("app_mode")]),
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                return Err(Error::config(format!(
+                    "{} is a GitHub App integration: its installation tokens are minted from \
+                     the app's private key (integrations::github_app), which this build does \
+                     not provide yet",
+                    describe(provider, agent)
+                )));
+            }
+            (IntegrationProvider::Github, _) => &[GITHUB_TOKEN],
+            (IntegrationProvider::Gitlab, _) => &[GITLAB_TOKEN],
+            (IntegrationProvider::Telegram, _) => &[TELEGRAM_BOT_TOKEN, TELEGRAM_ALLOWED_USERS],
+        };
+        let mut stamp = ReadStamp::UNCHECKED;
+        let mut records = Vec::with_capacity(names.len());
+        let now = Timestamp::now();
+        for name in names {
+            let (found, read) = self.named(scope, name).await?;
+            stamp = if records.is_empty() {
+                read
+            } else {
+                stamp.and(read)
+            };
+            let Some(secret) = found else {
+                self.commit(Batch::events(vec![failed("secret_missing")]), stamp)
+                    .await?;
+                return Err(Error::NotFound {
+                    what: format!("secret `{name}` of agent `{}`", printable(agent)),
+                    hint: Some(format!(
+                        "{} is linked but its secret is gone; unlink it and link it again",
+                        describe(provider, agent)
+                    )),
+                });
+            };
+            let state = effective_state(&secret, now);
+            if !matches!(state, LifecycleState::Filled | LifecycleState::Valid) {
+                self.commit(Batch::events(vec![failed("unusable")]), stamp)
+                    .await?;
+                return Err(Error::Unusable {
+                    what: secret.describe(),
+                    state: state.as_str().into(),
+                });
+            }
+            records.push(secret);
+        }
+        let items = records
+            .iter()
+            .map(|secret| {
+                let event = Vault::event(
+                    actor,
+                    Action::IntegrationCredentials,
+                    AuditTarget::credential(&secret.id, &secret.scope),
+                )
+                .detail("provider", provider.as_str())
+                .detail("auth_type", integration.auth_type.as_str())
+                .detail("name", secret.name.clone());
+                (secret, event)
+            })
+            .collect();
+        let mut opened = self.release_integration(items, stamp).await?.into_iter();
+        let missing = |what: &str| {
+            Error::corrupt(
+                describe(provider, agent),
+                format!("its secret has no `{what}` field"),
+            )
+        };
+        let token = opened
+            .next()
+            .and_then(|mut f| f.remove("token"))
+            .ok_or_else(|| missing("token"))?;
+        let allowed_users = match opened.next() {
+            Some(mut fields) => {
+                let text = fields
+                    .remove("allowed_users")
+                    .ok_or_else(|| missing("allowed_users"))?;
+                telegram::parse_allowed_users(text.expose_secret())?
+            }
+            None => Vec::new(),
+        };
+        Ok(AgentCredentials {
+            agent: agent.to_string(),
+            provider,
+            auth_type: integration.auth_type,
+            username: integration.username,
+            token,
+            expires_at: records.first().and_then(|r| r.expires_at),
+            allowed_users,
+        })
+    }
+
+    /// Decides `action` on `agent`'s integrations (a denial audited); an agent id the vault
+    /// refuses is refused after the decision and left out of the audit row.
+    async fn authorize_integration(
+        &self,
+        actor: &Principal,
+        action: Action,
+        agent: &str,
+        provider: IntegrationProvider,
+    ) -> Result<Scope> {
+        actor.validate()?;
+        let raw = Scope::PerAgent {
+            agent: agent.to_string(),
+        };
+        let valid = raw.validate();
+        let target = match valid {
+            Ok(()) => AuditTarget::scope(&raw),
+            Err(_) => AuditTarget::none(),
+        };
+        self.authorize(
+            actor,
+            action,
+            Some(&raw),
+            target,
+            &describe(provider, agent),
+        )
+        .await?;
+        valid?;
+        Ok(raw)
+    }
+
+    /// The credential named `name` in `scope`, read exactly, with the stamp of a stamped
+    /// read taken just before (as a fresh resolve reads).
+    async fn named(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<(Option<CredentialRecord>, ReadStamp)> {
+        let store = &self.inner.store;
+        let (_, before) = store.find_named(scope, name).await?;
+        let found = store
+            .list(&ListFilter {
+                scope: Some(scope.clone()),
+                name: Some(name.to_string()),
+                limit: Some(1),
+                ..ListFilter::default()
+            })
+            .await?;
+        Ok((found.into_iter().next(), before))
+    }
+
+    /// What a link can refuse before asking the service: the secrets' fields against the
+    /// catalog (a token of the wrong shape), and an integration that exists already (the
+    /// create-only write decides races; this spares the service a call).
+    async fn precheck_link(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        scope: &Scope,
+        provider: IntegrationProvider,
+        secrets: &[NewSecret],
+    ) -> Result<()> {
+        for secret in secrets {
+            if secret.handler_type.is_empty() {
+                self.check_against_catalog(secret.provider, "", &secret.fields)?;
+            }
+        }
+        if self
+            .inner
+            .store
+            .record(&integration_key(agent, provider)?)
+            .await?
+            .is_some()
+        {
+            let e = already_linked(provider, agent);
+            self.link_failed(actor, scope, provider, &e).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A service check's answer: an error is audited as a failed link (nothing stored).
+    async fn checked(
+        &self,
+        actor: &Principal,
+        scope: &Scope,
+        provider: IntegrationProvider,
+        identity: Result<ServiceIdentity>,
+    ) -> Result<ServiceIdentity> {
+        match identity {
+            Ok(identity) => Ok(identity),
+            Err(e) => {
+                self.link_failed(actor, scope, provider, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Audits a link that stored nothing. A row that cannot be written is logged: the
+    /// caller returns the link's own error either way.
+    async fn link_failed(
+        &self,
+        actor: &Principal,
+        scope: &Scope,
+        provider: IntegrationProvider,
+        error: &Error,
+    ) {
+        let event = Vault::event(actor, Action::IntegrationLink, AuditTarget::scope(scope))
+            .outcome(Outcome::Failure)
+            .detail("provider", provider.as_str())
+            .detail("reason", reason_of(error));
+        if let Err(e) = self
+            .commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+            .await
+        {
+            tracing::warn!(error = %e, "audit row of a failed integration link not written");
+        }
+    }
+
+    /// Stores a checked link in one batch: each secret sealed as a new per-agent credential
+    /// (create-only, not agent-accessible), the integration record (create-only), an
+    /// `integration.link` row and a `credential.create` row per secret.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_link(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        scope: &Scope,
+        provider: IntegrationProvider,
+        auth_type: AuthType,
+        identity: ServiceIdentity,
+        id_name: &str,
+        secrets: Vec<NewSecret>,
+    ) -> Result<Integration> {
+        let now = Timestamp::now();
+        let mut external_ids = BTreeMap::new();
+        external_ids.insert(id_name.to_string(), identity.id);
+        let integration = Integration {
+            agent: agent.to_string(),
+            provider,
+            auth_type,
+            username: identity.username,
+            external_ids,
+            linked_at: now,
+            linked_by: actor.to_string(),
+        };
+        let mut mutations = Vec::with_capacity(secrets.len() + 1);
+        let mut events = Vec::with_capacity(secrets.len() + 1);
+        for secret in secrets {
+            let handler_type = if secret.handler_type.is_empty() {
+                self.check_against_catalog(secret.provider, "", &secret.fields)?
+            } else {
+                secret.handler_type.to_string()
+            };
+            let mut metadata = BTreeMap::new();
+            metadata.insert(
+                FIELD_NAMES.to_string(),
+                super::credentials::field_names_text(&secret.fields),
+            );
+            metadata.insert("integration".to_string(), provider.as_str().to_string());
+            let mut record = CredentialRecord {
+                id: CredentialId::generate(),
+                name: secret.name.to_string(),
+                scope: scope.clone(),
+                provider: secret.provider.to_string(),
+                handler_type,
+                state: LifecycleState::Valid,
+                metadata,
+                agent_accessible: false,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+                expires_at: None,
+                key_id: String::new(),
+                sealed: Vec::new(),
+            };
+            let plain = encode_fields(&secret.fields)?;
+            self.seal_into(&mut record, &plain).await?;
+            events.push(
+                Vault::event(
+                    actor,
+                    Action::Create,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .detail("name", record.name.clone())
+                .detail("provider", record.provider.clone())
+                .detail("integration", provider.as_str()),
+            );
+            mutations.push(Mutation::Put {
+                record,
+                precondition: Precondition::CreateOnly,
+            });
+        }
+        let key = integration_key(agent, provider)?;
+        mutations.push(Mutation::create_record(Record::new(
+            key,
+            integration.to_body()?,
+            now,
+        )));
+        events.push(
+            Vault::event(actor, Action::IntegrationLink, AuditTarget::scope(scope))
+                .detail("provider", provider.as_str())
+                .detail("auth_type", auth_type.as_str())
+                .detail("username", printable(&integration.username)),
+        );
+        match self
+            .commit(Batch { mutations, events }, ReadStamp::UNCHECKED)
+            .await
+        {
+            Ok(_) => Ok(integration),
+            Err(Error::AlreadyExists { what }) => {
+                // The integration record won a race, or a secret of that name was made by
+                // hand: say which.
+                let linked = self
+                    .inner
+                    .store
+                    .record(&integration_key(agent, provider)?)
+                    .await?
+                    .is_some();
+                let e = if linked {
+                    already_linked(provider, agent)
+                } else {
+                    Error::AlreadyExists {
+                        what: format!(
+                            "{what} (a secret the {provider} integration stores; delete it \
+                             before linking)"
+                        ),
+                    }
+                };
+                self.link_failed(actor, scope, provider, &e).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn already_linked(provider: IntegrationProvider, agent: &str) -> Error {
+    Error::AlreadyExists {
+        what: format!(
+            "{} (an agent has at most one per provider; unlink it first with Vault::unlink)",
+            describe(provider, agent)
+        ),
+    }
+}
