@@ -248,9 +248,7 @@ impl GitlabProviderConfig {
     /// The token scopes of either mode.
     pub fn scopes(&self) -> &[String] {
         match &self.mode {
-            Mode::ServiceAccount { scopes, .. } | Mode::ProjectAccessToken { scopes, .. } => {
-                scopes
-            }
+            Mode::ServiceAccount { scopes, .. } | Mode::ProjectAccessToken { scopes, .. } => scopes,
         }
     }
 
@@ -1102,11 +1100,7 @@ fn check_scopes(scopes: &[String]) -> Result<()> {
     }
     for (i, scope) in scopes.iter().enumerate() {
         if !KNOWN_SCOPES.contains(&scope.as_str()) {
-            let shown: String = scope
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(40)
-                .collect();
+            let shown: String = scope.chars().filter(|c| !c.is_control()).take(40).collect();
             return Err(Error::invalid(
                 "gitlab provider scopes",
                 format!(
@@ -1221,7 +1215,9 @@ pub fn is_valid_username(name: &str) -> bool {
         return false;
     };
     name.len() <= 255
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || special(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || special(c))
         && first.is_ascii_alphanumeric()
         && last.is_ascii_alphanumeric()
         && !name
@@ -1264,7 +1260,6 @@ fn encode_segment(segment: &str) -> String {
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1457,7 +1452,16 @@ mod tests {
             assert!(is_valid_username(ok), "{ok}");
         }
         for bad in [
-            "", "-a", "a-", "a..b", "a._b", "a b", "a/b", "repo.git", "feed.atom", "ü",
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a._b",
+            "a b",
+            "a/b",
+            "repo.git",
+            "feed.atom",
+            "ü",
         ] {
             assert!(!is_valid_username(bad), "{bad}");
         }
@@ -1545,9 +1549,18 @@ mod tests {
             status_error(&cfg, &admin(), &op, status, body.as_bytes()).kind()
         };
         use crate::error::ErrorKind;
-        assert_eq!(kind(401, r#"{"message":"401 Unauthorized"}"#), ErrorKind::Config);
-        assert_eq!(kind(403, r#"{"message":"403 Forbidden"}"#), ErrorKind::Config);
-        assert_eq!(kind(404, r#"{"message":"404 Group Not Found"}"#), ErrorKind::NotFound);
+        assert_eq!(
+            kind(401, r#"{"message":"401 Unauthorized"}"#),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            kind(403, r#"{"message":"403 Forbidden"}"#),
+            ErrorKind::Config
+        );
+        assert_eq!(
+            kind(404, r#"{"message":"404 Group Not Found"}"#),
+            ErrorKind::NotFound
+        );
         assert_eq!(kind(400, r#"{"message":"bad"}"#), ErrorKind::InvalidInput);
         assert_eq!(kind(422, "not json"), ErrorKind::InvalidInput);
         assert_eq!(kind(409, "{}"), ErrorKind::AlreadyExists);
