@@ -24,6 +24,7 @@ use crate::transport::{peer_of, Bytes, HttpTransport};
 
 pub mod github;
 pub mod gitlab;
+pub mod gitlab_provider;
 pub mod telegram;
 
 /// The record kind of an integration (owner `agent:<agent id>`, key the provider's name).
