@@ -10,6 +10,7 @@ pub mod crypto;
 mod error;
 pub mod handlers;
 pub mod http;
+pub mod integrations;
 pub mod mcp;
 pub mod model;
 pub mod oauth;
