@@ -753,7 +753,7 @@ fn github_message(body: &[u8], jwt: &SecretString) -> String {
     if quotes_credential {
         return ": GitHub's message withheld, it quoted the request's credentials".to_string();
     }
-    let line: String = message
+    let line: String = redact_token_shaped(&message)
         .chars()
         .filter(|c| !c.is_control())
         .take(200)
@@ -763,6 +763,34 @@ fn github_message(body: &[u8], jwt: &SecretString) -> String {
     } else {
         format!(": {line}")
     }
+}
+
+/// `text` with every token-shaped word (16 characters or more of letters, digits and
+/// `_-.+/=`, with at least one letter and one digit) replaced by `[redacted]`: a server that
+/// quotes a credential back does not get it into an error. GitHub's own messages keep
+/// their words.
+fn redact_token_shaped(text: &str) -> String {
+    let is_token_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+' | '/' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let shaped = word.len() >= 16
+            && word.chars().any(|c| c.is_ascii_digit())
+            && word.chars().any(|c| c.is_ascii_alphabetic());
+        out.push_str(if shaped { "[redacted]" } else { word.as_str() });
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_token_char(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// One cached token.
@@ -1320,6 +1348,17 @@ HiU5A2dYem/5mtkt6wycVSHVpN9ueSZZUqx2ILPvnyfy\n\
             ": Integration not found"
         );
         assert_eq!(github_message(b"<html>", &jwt), "");
+        assert_eq!(
+            github_message(
+                &body("'exp' is too far in the future (ghs_16C7e42F292c6912E7710c838347Ae178B4a)"),
+                &jwt
+            ),
+            ": 'exp' is too far in the future ([redacted])"
+        );
+        assert_eq!(
+            redact_token_shaped("repository 'octo-org/docs' at 2016-07-11T22:14:10Z"),
+            "repository 'octo-org/docs' at 2016-07-11T22:14:10Z"
+        );
         let echoed = github_message(&body(&format!("bad {}", jwt.expose_secret())), &jwt);
         assert!(echoed.contains("withheld"), "{echoed}");
         let sig = jwt
