@@ -23,6 +23,7 @@ use crate::model::Timestamp;
 use crate::transport::{peer_of, Bytes, HttpTransport};
 
 pub mod github;
+pub mod github_app;
 pub mod gitlab;
 pub mod gitlab_provider;
 pub mod telegram;
