@@ -88,10 +88,12 @@ impl VaultTokenSource {
             loop {
                 tokio::select! {
                     event = events.recv() => match event {
+                        // A version already seen (the poll may read it first) changes
+                        // nothing: one refresh, one restart.
                         Ok(OAuthEvent::Refreshed { id: refreshed, version, .. })
-                            if refreshed == id =>
+                            if refreshed == id && version > seen =>
                         {
-                            seen = seen.max(version);
+                            seen = version;
                             tx.send_modify(|n| *n += 1);
                         }
                         Ok(_) => {}

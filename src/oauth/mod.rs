@@ -364,6 +364,10 @@ mod tests {
         let e: crate::error::Error = OAuthError::Unavailable { status: 502 }.into();
         assert_eq!(e.kind(), ErrorKind::Transport);
         let e: crate::error::Error = OAuthError::rejected("invalid_grant", None, 400, &[]).into();
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        let e: crate::error::Error = OAuthError::rejected("invalid_client", None, 401, &[]).into();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        let e: crate::error::Error = OAuthError::Malformed("no access_token".into()).into();
         assert_eq!(e.kind(), ErrorKind::Config);
         let e: crate::error::Error =
             OAuthError::Transport(crate::error::Error::transport("h", "down")).into();
