@@ -95,33 +95,8 @@ impl Vault {
         agent: &str,
         token: SecretString,
     ) -> Result<Integration> {
-        let provider = IntegrationProvider::Github;
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
-            .await?;
-        let secrets = vec![NewSecret {
-            name: GITHUB_TOKEN,
-            provider: "github_pat",
-            handler_type: "",
-            fields: token_fields("token", token.clone()),
-        }];
-        self.precheck_link(actor, agent, &scope, provider, &secrets)
-            .await?;
-        let http = self.http_for("linking a GitHub integration")?;
-        let base = self.inner.integrations.base_url(provider);
-        let identity = github::user(http.as_ref(), base, &token).await;
-        let identity = self.checked(actor, &scope, provider, identity).await?;
-        self.commit_link(
-            actor,
-            agent,
-            &scope,
-            provider,
-            AuthType::Token,
-            identity,
-            "user_id",
-            secrets,
-        )
-        .await
+        self.link_token(actor, agent, IntegrationProvider::Github, token)
+            .await
     }
 
     /// Links a GitLab access token to `agent` (system admins): checked with `GET /user`
@@ -134,21 +109,40 @@ impl Vault {
         agent: &str,
         token: SecretString,
     ) -> Result<Integration> {
-        let provider = IntegrationProvider::Gitlab;
+        self.link_token(actor, agent, IntegrationProvider::Gitlab, token)
+            .await
+    }
+
+    /// A token integration: the token checked with the service's `GET /user`, then stored
+    /// as the agent's secret with the integration record, in one batch.
+    async fn link_token(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        provider: IntegrationProvider,
+        token: SecretString,
+    ) -> Result<Integration> {
         let scope = self
             .authorize_integration(actor, Action::IntegrationLink, agent, provider)
             .await?;
+        let (name, catalog_provider, what) = match provider {
+            IntegrationProvider::Gitlab => (GITLAB_TOKEN, "gitlab", "linking a GitLab integration"),
+            _ => (GITHUB_TOKEN, "github_pat", "linking a GitHub integration"),
+        };
         let secrets = vec![NewSecret {
-            name: GITLAB_TOKEN,
-            provider: "gitlab",
+            name,
+            provider: catalog_provider,
             handler_type: "",
             fields: token_fields("token", token.clone()),
         }];
         self.precheck_link(actor, agent, &scope, provider, &secrets)
             .await?;
-        let http = self.http_for("linking a GitLab integration")?;
+        let http = self.http_for(what)?;
         let base = self.inner.integrations.base_url(provider);
-        let identity = gitlab::user(http.as_ref(), base, &token).await;
+        let identity = match provider {
+            IntegrationProvider::Gitlab => gitlab::user(http.as_ref(), base, &token).await,
+            _ => github::user(http.as_ref(), base, &token).await,
+        };
         let identity = self.checked(actor, &scope, provider, identity).await?;
         self.commit_link(
             actor,
