@@ -34,6 +34,7 @@ mod grants;
 mod history;
 mod integrations;
 mod keys;
+mod named;
 pub mod oauth;
 mod resolve;
 mod types;
@@ -48,6 +49,7 @@ mod verify;
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
 pub use integrations::AgentCredentials;
+pub use named::{agent_override_name, NamedSecret, NamedSource, LLMPROXY_API_KEY, NAMED_SECRETS};
 pub use oauth::{
     DeviceFlow, DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, OAuthStarted, RefreshOutcome,
     RefreshPass, RefresherConfig, RefresherHandle,

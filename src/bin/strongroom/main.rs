@@ -54,6 +54,7 @@ macro_rules! eprintln {
     };
 }
 
+mod agent;
 mod audit;
 mod backup;
 mod credentials;
@@ -67,6 +68,7 @@ mod providers;
 mod store;
 mod yaml;
 
+use agent::*;
 use audit::*;
 use backup::*;
 use credentials::*;
@@ -140,6 +142,9 @@ enum Command {
     /// (`vault.db.before-restore-TIME`), and its checkpoints are set aside likewise.
     /// System admins.
     Restore(RestoreArgs),
+    /// Agents: their integrations (GitHub, GitLab, Telegram), what the credentials path
+    /// hands them, and their named secrets (an org-level secret with a per-agent override).
+    Agent(AgentArgs),
 }
 
 /// A 32-byte key (base64url) that authenticates the audit checkpoints instead of the master
@@ -270,7 +275,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         Command::Credentials(
             CredentialsCommand::Create(_) | CredentialsCommand::AdminCreate { .. }
         ) | Command::Oauth(OauthCommand::Start(_) | OauthCommand::Device { .. })
-    );
+    ) || matches!(&cli.command, Command::Agent(args) if args.creates());
     if let Command::Credentials(
         CredentialsCommand::Create(CreateArgs { source, .. })
         | CredentialsCommand::AdminCreate { source, .. },
@@ -395,6 +400,11 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
     if let Some(dir) = dir {
         builder = builder.providers_dir(dir);
     }
+    if let Command::Agent(args) = &cli.command {
+        for (provider, url) in args.urls.given() {
+            builder = builder.integration_base_url(provider, url);
+        }
+    }
     let vault = builder.build().await?;
     let result = match cli.command {
         Command::Audit(AuditCommand::Verify) => {
@@ -492,6 +502,7 @@ async fn run_command(
             })
         }
         Command::Credentials(cmd) => credentials(vault, actor, cmd, out).await.map(|()| 0),
+        Command::Agent(args) => agent(vault, actor, args, out).await,
         Command::Audit(cmd) => audit_browse(vault, actor, cmd, out).await,
         Command::Providers(_) | Command::Yaml(_) | Command::Backup(_) | Command::Restore(_) => {
             Ok(0)
