@@ -226,7 +226,7 @@ async fn a_rejected_or_unchecked_credential_stores_nothing() {
             .expect_err("telegram refuses"),
     ];
     for err in &errors {
-        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
         assert!(err.to_string().contains("rejected"), "{err}");
         assert!(!err.to_string().contains(CANARY), "{err}");
     }
@@ -482,7 +482,7 @@ async fn who_may_do_what_with_integrations() {
                     Ok(()) => false,
                     Err(e) => {
                         let want = match action {
-                            Action::IntegrationLink => ErrorKind::InvalidInput,
+                            Action::IntegrationLink => ErrorKind::Rejected,
                             _ => ErrorKind::NotFound,
                         };
                         assert_eq!(e.kind(), want, "{actor} {action:?} {target}: {e}");

@@ -285,14 +285,15 @@ pub(crate) async fn get_json(
     })?;
     let status = response.status();
     if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "{name} at {peer} rejected the credential (HTTP {}); nothing was stored — \
-                 check that it is current, not revoked, and for this {name} instance",
+        let _ = field;
+        return Err(Error::Rejected {
+            peer: peer.clone(),
+            message: format!(
+                "{name} rejected the credential (HTTP {}); nothing was stored — check that it \
+                 is current, not revoked, and for this {name} instance",
                 status.as_u16()
             ),
-        ));
+        });
     }
     if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
         return Err(Error::Transport {

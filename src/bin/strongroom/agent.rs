@@ -151,21 +151,6 @@ fn token_input(flag: &'static str, value: Option<&str>) -> Result<SecretString, 
     Ok(SecretString::from(text.to_string()))
 }
 
-/// A link's error as the CLI tells it: a credential the service rejected is exit 7 (as a
-/// credential a provider rejects elsewhere), not bad input.
-fn link_error(e: Error) -> Error {
-    match e {
-        Error::InvalidInput { field, reason } if reason.contains("rejected the credential") => {
-            let _ = field;
-            Error::Rejected {
-                peer: "the service".into(),
-                message: reason,
-            }
-        }
-        other => other,
-    }
-}
-
 /// A token as printed without `--reveal`: its first four characters and `…` (nothing of
 /// one shorter than 12 characters).
 pub(crate) fn masked(token: &str) -> String {
@@ -338,12 +323,12 @@ async fn integration(
         IntegrationCommand::Github(TokenCommand::Link { agent, pat }) => {
             let token = token_input("--pat", pat.as_deref())?;
             let linked = vault.link_github_token(actor, &agent, token).await;
-            ("linked", linked.map_err(link_error)?)
+            ("linked", linked?)
         }
         IntegrationCommand::Gitlab(TokenCommand::Link { agent, pat }) => {
             let token = token_input("--pat", pat.as_deref())?;
             let linked = vault.link_gitlab_token(actor, &agent, token).await;
-            ("linked", linked.map_err(link_error)?)
+            ("linked", linked?)
         }
         IntegrationCommand::Telegram(TelegramCommand::Link {
             agent,
@@ -354,7 +339,7 @@ async fn integration(
             let linked = vault
                 .link_telegram(actor, &agent, token, &allowed_users)
                 .await;
-            ("linked", linked.map_err(link_error)?)
+            ("linked", linked?)
         }
         IntegrationCommand::Github(TokenCommand::Unlink { agent }) => (
             "unlinked",

@@ -74,7 +74,7 @@ fn integration_key(agent: &str, provider: IntegrationProvider) -> Result<RecordK
 /// A short, fixed reason for an audit row of a failed link.
 fn reason_of(e: &Error) -> &'static str {
     match e {
-        Error::InvalidInput { .. } => "rejected",
+        Error::Rejected { .. } | Error::InvalidInput { .. } => "rejected",
         Error::Transport { .. } => "unreachable",
         Error::Config { .. } => "misconfigured",
         Error::AlreadyExists { .. } => "already_linked",
@@ -87,7 +87,7 @@ impl Vault {
     /// checked with `GET /user` at the GitHub base URL, then stored as the agent's
     /// `github:token` (provider `github_pat`, not agent-accessible) with an integration
     /// record naming the login — all in one batch. A token GitHub refuses stores nothing
-    /// (`InvalidInput`); so does an unreachable GitHub (`Transport`). An agent that already
+    /// (`Rejected`); so does an unreachable GitHub (`Transport`). An agent that already
     /// has a GitHub integration is refused with `AlreadyExists` (unlink it first).
     pub async fn link_github_token(
         &self,
