@@ -47,7 +47,10 @@ mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
-pub use integrations::AgentCredentials;
+pub use integrations::{
+    AgentCredentials, CredentialProviderInfo, DeprovisionReport, DeprovisionStep,
+    ProvisioningReport, RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
+};
 pub use oauth::{
     DeviceFlow, DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, OAuthStarted, RefreshOutcome,
     RefreshPass, RefresherConfig, RefresherHandle,
