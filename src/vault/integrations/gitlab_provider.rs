@@ -1067,7 +1067,7 @@ impl Vault {
             after = Some(last.id.clone());
             for record in &page {
                 if !record.metadata.contains_key(META_PROVIDER)
-                    || !record.expires_at.is_some_and(|at| at <= horizon)
+                    || record.expires_at.is_none_or(|at| at > horizon)
                 {
                     continue;
                 }
@@ -1155,9 +1155,9 @@ impl Vault {
         let Some(record) = self.inner.store.get(id).await? else {
             return Ok(RotationOutcome::NotDue);
         };
-        if !record
+        if record
             .expires_at
-            .is_some_and(|at| at <= now.saturating_add(ROTATE_WINDOW))
+            .is_none_or(|at| at > now.saturating_add(ROTATE_WINDOW))
         {
             return Ok(RotationOutcome::NotDue);
         }
