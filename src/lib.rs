@@ -43,9 +43,11 @@ pub use store::{SqliteOptions, SqliteStore};
 pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
-    AgentCredentials, BlobCheck, CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate,
-    CredentialVersion, HeldFields, NamedSecret, NamedSource, NewCredential, Principal,
-    ResealOptions, ResealProgress, ResealReport, ResealSelection, ResolveContext, ResolveItem,
-    ResolveManyError, Resolved, RevealedCredential, RewrapOptions, RewrapProgress, RewrapReport,
-    Vault, VaultBuilder, Verification, VerifyResult, VersionChange,
+    AgentCredentials, BlobCheck, CredentialFilter, CredentialInfo, CredentialProviderInfo,
+    CredentialRef, CredentialUpdate, CredentialVersion, DeprovisionReport, DeprovisionStep,
+    HeldFields, NamedSecret, NamedSource, NewCredential, Principal, ProvisioningReport,
+    RecoveredIntent, ResealOptions, ResealProgress, ResealReport, ResealSelection, ResolveContext,
+    ResolveItem, ResolveManyError, Resolved, RevealedCredential, RewrapOptions, RewrapProgress,
+    RewrapReport, RotationOutcome, RotationReport, UnlinkReport, Vault, VaultBuilder, Verification,
+    VerifyResult, VersionChange,
 };

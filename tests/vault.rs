@@ -262,7 +262,7 @@ async fn grants_gate_per_user_credentials() {
 /// I inject, K re-wrap keys, E re-seal every credential, O start an OAuth flow, Q complete
 /// it, F refresh an OAuth token, Y revoke it at the provider, N link an agent's integration,
 /// W unlink it, J list an agent's integrations, P its credentials through the credentials
-/// path.
+/// path, B register a credential provider, H remove one, Z list them.
 fn expected(role: Role, relation: Relation) -> &'static str {
     use Relation::*;
     match (role, relation) {
@@ -270,7 +270,7 @@ fn expected(role: Role, relation: Relation) -> &'static str {
         (Role::SystemAdmin, Agent) => "CUDMRSTNWJP",
         (Role::SystemAdmin, OtherUser) => "MDSTLVFY",
         (Role::SystemAdmin, OtherUserOtherApp) => "MDSTLV",
-        (Role::SystemAdmin, NoScope) => "AKE",
+        (Role::SystemAdmin, NoScope) => "AKEBHZ",
         (Role::AppAdmin, OwnAppShared) => "CUDMRST",
         (Role::AppAdmin, SystemWide | OtherUserOwnApp) => "M",
         (Role::AppUser, OwnUser) => "CUDMRSTLGVOQFY",
@@ -312,6 +312,9 @@ fn letter(action: Action) -> char {
         Action::IntegrationUnlink => 'W',
         Action::IntegrationList => 'J',
         Action::IntegrationCredentials => 'P',
+        Action::ProviderAdd => 'B',
+        Action::ProviderRemove => 'H',
+        Action::ProviderList => 'Z',
         _ => '?',
     }
 }
@@ -332,7 +335,7 @@ fn the_policy_table_matches_the_specification_in_every_cell() {
             }
         }
     }
-    assert_eq!(cells, 7 * 12 * 23);
+    assert_eq!(cells, 7 * 12 * 26);
 }
 
 fn all_scopes() -> Vec<Scope> {
@@ -571,6 +574,9 @@ async fn the_vault_enforces_every_cell_of_the_policy() {
                         | Action::IntegrationUnlink
                         | Action::IntegrationList
                         | Action::IntegrationCredentials
+                        | Action::ProviderAdd
+                        | Action::ProviderRemove
+                        | Action::ProviderList
                 ) {
                     // About an agent's integrations, not a credential: tests/integrations.rs
                     // runs them for every role on an own and another agent.

@@ -68,11 +68,17 @@ pub enum Action {
     /// Get an agent's integration credentials through the credentials path (the one
     /// audited chokepoint through which an agent reaches them).
     IntegrationCredentials,
+    /// Register an org-level credential provider (GitLab): its config and sealed admin token.
+    ProviderAdd,
+    /// Remove a credential provider (refused while an integration uses it).
+    ProviderRemove,
+    /// List the credential providers (metadata only), or sweep their leftover provisioning.
+    ProviderList,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 23] = [
+    pub const ALL: [Action; 26] = [
         Action::Create,
         Action::Update,
         Action::Delete,
@@ -96,6 +102,9 @@ impl Action {
         Action::IntegrationUnlink,
         Action::IntegrationList,
         Action::IntegrationCredentials,
+        Action::ProviderAdd,
+        Action::ProviderRemove,
+        Action::ProviderList,
     ];
 
     /// The stable name written into audit rows (`credential.create`, …).
@@ -124,6 +133,9 @@ impl Action {
             Action::IntegrationUnlink => "integration.unlink",
             Action::IntegrationList => "integration.list",
             Action::IntegrationCredentials => "integration.credentials",
+            Action::ProviderAdd => "provider.add",
+            Action::ProviderRemove => "provider.remove",
+            Action::ProviderList => "provider.list",
         }
     }
 

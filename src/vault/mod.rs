@@ -48,7 +48,10 @@ mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
-pub use integrations::AgentCredentials;
+pub use integrations::{
+    AgentCredentials, CredentialProviderInfo, DeprovisionReport, DeprovisionStep,
+    ProvisioningReport, RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
+};
 pub use named::{agent_override_name, NamedSecret, NamedSource, LLMPROXY_API_KEY, NAMED_SECRETS};
 pub use oauth::{
     DeviceFlow, DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, OAuthStarted, RefreshOutcome,

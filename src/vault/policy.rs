@@ -359,6 +359,12 @@ pub const POLICY: &[(Role, &[Action], &[Relation])] = &[
         &[A::AuditVerify, A::Rewrap, A::Reseal],
         &[R::NoScope],
     ),
+    // …and the org-level credential providers (GitLab), whose admin tokens no one reads.
+    (
+        Role::SystemAdmin,
+        &[A::ProviderAdd, A::ProviderRemove, A::ProviderList],
+        &[R::NoScope],
+    ),
     // App admins manage their app's shared credentials; they may see that system-wide ones
     // and their users' app credentials exist, not read them.
     (Role::AppAdmin, MANAGE, &[R::OwnAppShared]),

@@ -258,6 +258,31 @@ impl Vault {
         Ok(opened.code_verifier)
     }
 
+    /// Opens the sealed admin token of a credential provider record (kind
+    /// `credential_provider`): passed only to the provider's GitLab calls.
+    pub(crate) async fn open_provider_token(
+        &self,
+        record: &crate::model::Record,
+    ) -> Result<secrecy::SecretString> {
+        let sealed = record
+            .sealed
+            .as_ref()
+            .ok_or_else(|| Error::corrupt(record.describe(), "it has no sealed admin token"))?;
+        let plain = self
+            .inner
+            .keys
+            .open_record(sealed, &record.aad_in(&self.inner.namespace))
+            .await?;
+        #[derive(serde::Deserialize)]
+        struct Sealed {
+            admin_token: secrecy::SecretString,
+        }
+        let opened: Sealed = serde_json::from_slice(plain.expose_secret()).map_err(|_| {
+            Error::corrupt(record.describe(), "its sealed body is not an admin token")
+        })?;
+        Ok(opened.admin_token)
+    }
+
     /// Reads an OAuth client secret kept as a vault credential: released to the vault's
     /// OAuth service alone, and audited as its resolve of that credential.
     pub(crate) async fn open_client_secret(

@@ -13,6 +13,12 @@ use crate::integrations::{
 use crate::model::{Record, RecordKey};
 use crate::store::RecordFilter;
 
+mod gitlab_provider;
+pub use gitlab_provider::{
+    CredentialProviderInfo, DeprovisionReport, DeprovisionStep, ProvisioningReport,
+    RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
+};
+
 /// What the credentials path hands an agent (or a system admin) for one integration. Its
 /// `Debug` shows no secret.
 #[derive(Clone)]
@@ -246,6 +252,16 @@ impl Vault {
         agent: &str,
         provider: IntegrationProvider,
     ) -> Result<Integration> {
+        Ok(self.unlink_reported(actor, agent, provider).await?.0)
+    }
+
+    /// [`Vault::unlink`] with the remote deprovisioning's report (provisioned GitLab only).
+    async fn unlink_reported(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        provider: IntegrationProvider,
+    ) -> Result<(Integration, Option<DeprovisionReport>)> {
         let scope = self
             .authorize_integration(actor, Action::IntegrationUnlink, agent, provider)
             .await?;
@@ -257,10 +273,10 @@ impl Vault {
             });
         };
         let integration = Integration::from_record(&record)?;
-        // Hook: a provisioned GitLab identity is deprovisioned in GitLab (best effort) by
-        // the credential provider (`integrations::gitlab_provider`) once this batch is
-        // durable; a GitHub App integration's `github:private_key` is among the secrets
-        // removed below.
+        // A provisioned GitLab identity is deprovisioned in GitLab first (best effort; a
+        // failure is in the row and the report, and the local state goes anyway); a GitHub
+        // App integration's `github:private_key` is among the secrets removed below.
+        let deprovision = self.deprovision_for_unlink(&scope, &integration).await;
         let mut mutations = vec![Mutation::DeleteRecord {
             key,
             precondition: Precondition::IfVersion(record.version),
@@ -272,6 +288,16 @@ impl Vault {
                     .detail("auth_type", integration.auth_type.as_str())
                     .detail("username", printable(&integration.username)),
             ];
+        if let Some(report) = &deprovision {
+            let first = events.remove(0);
+            let first = first
+                .detail("credential_provider", printable(&report.provider))
+                .detail(
+                    "deprovision",
+                    if report.complete() { "done" } else { "failed" },
+                );
+            events.insert(0, first);
+        }
         for name in provider.secret_names() {
             let Some(secret) = self.named(&scope, name).await?.0 else {
                 continue;
@@ -292,7 +318,7 @@ impl Vault {
         }
         self.commit(Batch { mutations, events }, ReadStamp::UNCHECKED)
             .await?;
-        Ok(integration)
+        Ok((integration, deprovision))
     }
 
     /// The credentials path: `agent`'s credential for its `provider` integration — for a
