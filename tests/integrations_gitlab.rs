@@ -136,7 +136,7 @@ async fn register_list_and_refuse_bad_providers() {
         )
         .await
         .expect_err("refused token");
-    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(e.kind(), ErrorKind::Rejected);
     assert!(!format!("{e} {e:?}").contains("CANARY"));
     let mut bad = f.gitlab.service_account_cfg();
     bad.target = Target::Project("acme/api".into());
