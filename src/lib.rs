@@ -44,8 +44,8 @@ pub use transport::ReqwestTransport;
 pub use transport::{Bytes, HttpTransport};
 pub use vault::{
     AgentCredentials, BlobCheck, CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate,
-    CredentialVersion, HeldFields, NewCredential, Principal, ResealOptions, ResealProgress,
-    ResealReport, ResealSelection, ResolveContext, ResolveItem, ResolveManyError, Resolved,
-    RevealedCredential, RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder,
+    CredentialVersion, GithubAppLink, HeldFields, NewCredential, Principal, ResealOptions,
+    ResealProgress, ResealReport, ResealSelection, ResolveContext, ResolveItem, ResolveManyError,
+    Resolved, RevealedCredential, RewrapOptions, RewrapProgress, RewrapReport, Vault, VaultBuilder,
     Verification, VerifyResult, VersionChange,
 };

@@ -47,7 +47,7 @@ mod verify;
 
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
-pub use integrations::AgentCredentials;
+pub use integrations::{AgentCredentials, GithubAppLink};
 pub use oauth::{
     DeviceFlow, DeviceStart, DeviceStatus, OAuthEvent, OAuthStart, OAuthStarted, RefreshOutcome,
     RefreshPass, RefresherConfig, RefresherHandle,
@@ -100,6 +100,8 @@ struct Inner {
     oauth: oauth::OAuthState,
     /// The integration providers' API base URLs.
     integrations: crate::integrations::IntegrationsConfig,
+    /// GitHub App installation tokens minted for agents (`Vault::credentials_for`).
+    app_tokens: integrations::AppTokenCache,
 }
 
 /// The credential vault. Cheap to clone.
