@@ -309,12 +309,35 @@ impl Vault {
     /// version key the cache), then either serves the cached installation token or releases
     /// the key (audited, through [`Vault::release_integration`]) and mints one. Either way
     /// one `integration.credentials` row is durable before the token is handed back.
+    ///
+    /// The key's record is read as a resolve reads (the store's cache allowed the first
+    /// time, exact reads stamped after a stale one).
     pub(super) async fn app_credentials(
         &self,
         actor: &Principal,
         agent: &str,
         scope: &Scope,
         integration: Integration,
+    ) -> Result<AgentCredentials> {
+        let mut fresh = false;
+        loop {
+            match self
+                .app_credentials_once(actor, agent, scope, &integration, fresh)
+                .await
+            {
+                Err(e) if is_stale(&e) && !fresh => fresh = true,
+                other => return other,
+            }
+        }
+    }
+
+    async fn app_credentials_once(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        scope: &Scope,
+        integration: &Integration,
+        fresh: bool,
     ) -> Result<AgentCredentials> {
         let provider = integration.provider;
         let failed = |reason: &'static str| {
@@ -339,8 +362,25 @@ impl Vault {
                 describe(provider, agent)
             )));
         }
-        let ids = app_ids(&integration)?;
-        let (found, stamp) = self.named(scope, GITHUB_PRIVATE_KEY).await?;
+        let ids = app_ids(integration)?;
+        let (found, stamp) = if fresh {
+            let (found, stamp) = self.named(scope, GITHUB_PRIVATE_KEY).await?;
+            (found.map(Arc::new), stamp)
+        } else {
+            match self
+                .inner
+                .store
+                .find_named(scope, GITHUB_PRIVATE_KEY)
+                .await?
+            {
+                (Some(found), stamp) => (Some(found), stamp),
+                // A missing key is confirmed by exact reads.
+                (None, _) => {
+                    let (found, stamp) = self.named(scope, GITHUB_PRIVATE_KEY).await?;
+                    (found.map(Arc::new), stamp)
+                }
+            }
+        };
         let Some(key) = found else {
             self.commit(Batch::events(vec![failed("secret_missing")]), stamp)
                 .await?;
@@ -388,7 +428,7 @@ impl Vault {
                 // The key goes to the vault alone (to sign the JWT); the release's row
                 // records the call.
                 let mut opened = self
-                    .release_integration(vec![(&key, event("minted"))], stamp)
+                    .release_integration(vec![(key.as_ref(), event("minted"))], stamp)
                     .await?;
                 let pem = opened
                     .pop()
@@ -429,7 +469,7 @@ impl Vault {
             agent: agent.to_string(),
             provider,
             auth_type: AuthType::App,
-            username: integration.username,
+            username: integration.username.clone(),
             token,
             expires_at: Some(expires_at),
             allowed_users: Vec::new(),
