@@ -362,7 +362,16 @@ impl Vault {
                 describe(provider, agent)
             )));
         }
-        let ids = app_ids(integration)?;
+        let installation_id = integration
+            .external_ids
+            .get("installation_id")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    describe(provider, agent),
+                    "its record has no valid `installation_id`",
+                )
+            })?;
         let (found, stamp) = if fresh {
             let (found, stamp) = self.named(scope, GITHUB_PRIVATE_KEY).await?;
             (found.map(Arc::new), stamp)
@@ -416,7 +425,7 @@ impl Vault {
             .detail("name", key.name.clone())
             .detail("token", token)
         };
-        let slot = self.inner.app_tokens.slot(agent, ids.installation_id, &key);
+        let slot = self.inner.app_tokens.slot(agent, installation_id, &key);
         let mut cached = slot.lock().await;
         let (token, expires_at) = match cached.as_ref().filter(|c| c.fresh_at(now)) {
             Some(c) => {
@@ -440,6 +449,8 @@ impl Vault {
                         )
                     })?;
                 let minted = async {
+                    // The rest of the App's ids, read on a miss alone.
+                    let ids = app_ids(integration)?;
                     let app = GithubApp::new(ids.app_id, ids.client_id, ids.installation_id, pem)?;
                     let http = self.http_for("minting a GitHub App installation token")?;
                     let base = self.inner.integrations.base_url(provider);
