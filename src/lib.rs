@@ -45,9 +45,9 @@ pub use transport::{Bytes, HttpTransport};
 pub use vault::{
     AgentCredentials, BlobCheck, CredentialFilter, CredentialInfo, CredentialProviderInfo,
     CredentialRef, CredentialUpdate, CredentialVersion, DeprovisionReport, DeprovisionStep,
-    HeldFields, NamedSecret, NamedSource, NewCredential, Principal, ProvisioningReport,
-    RecoveredIntent, ResealOptions, ResealProgress, ResealReport, ResealSelection, ResolveContext,
-    ResolveItem, ResolveManyError, Resolved, RevealedCredential, RewrapOptions, RewrapProgress,
-    RewrapReport, RotationOutcome, RotationReport, UnlinkReport, Vault, VaultBuilder, Verification,
-    VerifyResult, VersionChange,
+    GithubAppLink, HeldFields, NamedSecret, NamedSource, NewCredential, Principal,
+    ProvisioningReport, RecoveredIntent, ResealOptions, ResealProgress, ResealReport,
+    ResealSelection, ResolveContext, ResolveItem, ResolveManyError, Resolved, RevealedCredential,
+    RewrapOptions, RewrapProgress, RewrapReport, RotationOutcome, RotationReport, UnlinkReport,
+    Vault, VaultBuilder, Verification, VerifyResult, VersionChange,
 };

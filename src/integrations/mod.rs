@@ -182,7 +182,7 @@ pub struct Integration {
 impl Integration {
     /// Reads an integration from its record's body.
     pub fn from_record(record: &crate::model::Record) -> Result<Integration> {
-        serde_json::from_value(record.body.clone())
+        Integration::deserialize(&record.body)
             .map_err(|e| Error::corrupt(record.describe(), format!("not an integration: {e}")))
     }
 

@@ -258,6 +258,7 @@ impl VaultBuilder {
                 http: self.http,
                 namespace,
                 integrations,
+                app_tokens: Default::default(),
             }),
         })
     }

@@ -49,7 +49,7 @@ mod verify;
 pub use batch::{HeldFields, ResolveItem, ResolveManyError, Resolved};
 pub use history::{CredentialVersion, VersionChange};
 pub use integrations::{
-    AgentCredentials, CredentialProviderInfo, DeprovisionReport, DeprovisionStep,
+    AgentCredentials, CredentialProviderInfo, DeprovisionReport, DeprovisionStep, GithubAppLink,
     ProvisioningReport, RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
 };
 pub use named::{agent_override_name, NamedSecret, NamedSource, LLMPROXY_API_KEY, NAMED_SECRETS};
@@ -105,6 +105,8 @@ struct Inner {
     oauth: oauth::OAuthState,
     /// The integration providers' API base URLs.
     integrations: crate::integrations::IntegrationsConfig,
+    /// GitHub App installation tokens minted for agents (`Vault::credentials_for`).
+    app_tokens: integrations::AppTokenCache,
 }
 
 /// The credential vault. Cheap to clone.

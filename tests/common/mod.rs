@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod github_app_server;
 pub mod gitlab_server;
 pub mod oauth_server;
 pub mod service_servers;

@@ -18,6 +18,9 @@ pub use gitlab_provider::{
     CredentialProviderInfo, DeprovisionReport, DeprovisionStep, ProvisioningReport,
     RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
 };
+mod github_app;
+pub(crate) use github_app::AppTokenCache;
+pub use github_app::GithubAppLink;
 
 /// What the credentials path hands an agent (or a system admin) for one integration. Its
 /// `Debug` shows no secret.
@@ -318,6 +321,9 @@ impl Vault {
         }
         self.commit(Batch { mutations, events }, ReadStamp::UNCHECKED)
             .await?;
+        if provider == IntegrationProvider::Github {
+            self.inner.app_tokens.invalidate(agent);
+        }
         Ok((integration, deprovision))
     }
 
@@ -378,17 +384,7 @@ impl Vault {
         let integration = Integration::from_record(&record)?;
         let names: &[&str] = match (provider, integration.auth_type) {
             (_, AuthType::App) => {
-                self.commit(
-                    Batch::events(vec![failed("app_mode")]),
-                    ReadStamp::UNCHECKED,
-                )
-                .await?;
-                return Err(Error::config(format!(
-                    "{} is a GitHub App integration: its installation tokens are minted from \
-                     the app's private key (integrations::github_app), which this build does \
-                     not provide yet",
-                    describe(provider, agent)
-                )));
+                return self.app_credentials(actor, agent, scope, integration).await;
             }
             (IntegrationProvider::Github, _) => &[GITHUB_TOKEN],
             (IntegrationProvider::Gitlab, _) => &[GITLAB_TOKEN],
@@ -616,6 +612,23 @@ impl Vault {
             linked_at: now,
             linked_by: actor.to_string(),
         };
+        self.commit_integration(actor, agent, scope, integration, secrets)
+            .await
+    }
+
+    /// Stores a checked link in one batch (see [`Vault::commit_link`]): `integration` as
+    /// given, with its secrets.
+    async fn commit_integration(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        scope: &Scope,
+        integration: Integration,
+        secrets: Vec<NewSecret>,
+    ) -> Result<Integration> {
+        let now = integration.linked_at;
+        let provider = integration.provider;
+        let auth_type = integration.auth_type;
         let mut mutations = Vec::with_capacity(secrets.len() + 1);
         let mut events = Vec::with_capacity(secrets.len() + 1);
         for secret in secrets {
