@@ -236,10 +236,7 @@ fn private_key(path: &Path) -> Result<SecretString, Error> {
 /// (exit 1 when a remote step failed: the integration is gone, something at GitLab may
 /// be left).
 fn print_unlink_report(report: &UnlinkReport, out: &Output) -> u8 {
-    let complete = report
-        .deprovision
-        .as_ref()
-        .is_none_or(|d| d.complete());
+    let complete = report.deprovision.as_ref().is_none_or(|d| d.complete());
     if out.json {
         let mut doc = integration_json(&report.integration);
         if let serde_json::Value::Object(map) = &mut doc {

@@ -8,8 +8,7 @@
 
 use strongroom::integrations::gitlab_provider::{GitlabProviderConfig, Mode, Removal, Target};
 use strongroom::{
-    CredentialProviderInfo, DeprovisionReport, ProvisioningReport, RotationOutcome,
-    RotationReport,
+    CredentialProviderInfo, DeprovisionReport, ProvisioningReport, RotationOutcome, RotationReport,
 };
 
 use super::*;
@@ -343,10 +342,7 @@ pub(crate) async fn credential_provider(
                 spell: |name, form| format!("--{name} {form}"),
             };
             let mut stdin_taken = None;
-            let text = input.read(
-                args.admin_token.as_deref().unwrap_or("?"),
-                &mut stdin_taken,
-            )?;
+            let text = input.read(args.admin_token.as_deref().unwrap_or("?"), &mut stdin_taken)?;
             let text = text.trim();
             if text.is_empty() {
                 return Err(invalid("--admin-token", "the token is empty"));
@@ -374,10 +370,7 @@ pub(crate) async fn credential_provider(
             } else if list.is_empty() {
                 println!("no credential providers");
             } else {
-                println!(
-                    "{:<20} {:<24} {:<40} MODE",
-                    "NAME", "TARGET", "BASE URL"
-                );
+                println!("{:<20} {:<24} {:<40} MODE", "NAME", "TARGET", "BASE URL");
                 for i in &list {
                     println!(
                         "{:<20} {:<24} {:<40} {}",
