@@ -169,8 +169,8 @@ fn mode_text(m: &Mode) -> String {
 fn print_info(info: &CredentialProviderInfo) {
     println!("name:       {}", cell(&info.name));
     println!("base url:   {}", cell(&info.config.base_url));
-    println!("target:     {}", cell(&target_text(&info.config.target)));
-    println!("mode:       {}", cell(&mode_text(&info.config.mode)));
+    println!("target:     {}", cell(target_text(&info.config.target)));
+    println!("mode:       {}", cell(mode_text(&info.config.mode)));
     println!("created at: {}", info.created_at);
 }
 
@@ -218,7 +218,7 @@ pub(crate) fn print_deprovision(d: &DeprovisionReport, indent: &str) {
         println!(
             "{indent}  {}: {}",
             cell(&s.what),
-            cell(&removal_text(&s.outcome))
+            cell(removal_text(&s.outcome))
         );
     }
 }
@@ -375,9 +375,9 @@ pub(crate) async fn credential_provider(
                     println!(
                         "{:<20} {:<24} {:<40} {}",
                         cell(&i.name),
-                        cell(&target_text(&i.config.target)),
+                        cell(target_text(&i.config.target)),
                         cell(&i.config.base_url),
-                        cell(&mode_text(&i.config.mode))
+                        cell(mode_text(&i.config.mode))
                     );
                 }
             }
