@@ -5,8 +5,11 @@
 //! characters and `…`. A token the service rejects when linking exits 7 (nothing is stored);
 //! a service that cannot be reached exits 1.
 
+use strongroom::integrations::github_app::TokenNarrowing;
 use strongroom::integrations::{Integration, IntegrationProvider};
-use strongroom::NamedSource;
+use strongroom::{GithubAppLink, NamedSource, UnlinkReport};
+
+use crate::credential_provider::{deprovision_json, print_deprovision};
 
 use super::*;
 
@@ -79,28 +82,74 @@ pub(crate) enum AgentCommand {
 pub(crate) enum IntegrationCommand {
     /// The agent's integrations (metadata only).
     List { agent: String },
-    /// GitHub (personal access token).
+    /// GitHub (a personal access token, or a GitHub App installation).
     #[command(subcommand)]
-    Github(TokenCommand),
-    /// GitLab (personal, group or project access token).
+    Github(GithubCommand),
+    /// GitLab (a personal, group or project access token, or an identity minted by a
+    /// credential provider).
     #[command(subcommand)]
-    Gitlab(TokenCommand),
+    Gitlab(GitlabCommand),
     /// Telegram (a bot the agent is reached through).
     #[command(subcommand)]
     Telegram(TelegramCommand),
 }
 
 #[derive(Subcommand)]
-pub(crate) enum TokenCommand {
-    /// Check the token with the service, then store it for the agent (not agent-accessible).
+pub(crate) enum GithubCommand {
+    /// Check the token with GitHub, then store it for the agent (not agent-accessible); or,
+    /// with --app-id, check the App and the installation (a JWT signed with the private key,
+    /// then an installation token), then store the key for the agent: the agent is handed
+    /// installation tokens minted from it, never the key.
     Link {
         agent: String,
-        /// The token: VALUE, `-` (stdin), `@FILE`; omitted, a prompt without echo on a
-        /// terminal.
-        #[arg(long)]
+        /// The token: VALUE, `-` (stdin), `@FILE`; omitted (and no --app-id), a prompt
+        /// without echo on a terminal.
+        #[arg(long, conflicts_with = "app_id")]
         pat: Option<String>,
+        /// GitHub App mode: the App's numeric id.
+        #[arg(long, requires_all = ["installation_id", "private_key_file"])]
+        app_id: Option<String>,
+        /// The installation the agent acts through (App mode).
+        #[arg(long, requires = "app_id")]
+        installation_id: Option<u64>,
+        /// The App's private key (`.pem`, App mode): refused unless only its owner can read
+        /// it (`chmod 600`). Never printed.
+        #[arg(long, requires = "app_id")]
+        private_key_file: Option<PathBuf>,
+        /// The App's client id, used as the JWTs' issuer (App mode).
+        #[arg(long, requires = "app_id")]
+        client_id: Option<String>,
+        /// Narrow the agent's installation tokens to this repository (name without its
+        /// owner; repeatable; App mode).
+        #[arg(long = "repository", value_name = "NAME", requires = "app_id")]
+        repositories: Vec<String>,
+        /// Narrow the agent's installation tokens to this permission, `name=level` (e.g.
+        /// `contents=read`; repeatable; App mode).
+        #[arg(long = "permission", value_name = "NAME=LEVEL", requires = "app_id")]
+        permissions: Vec<String>,
     },
     /// Remove the integration and its secrets.
+    Unlink { agent: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GitlabCommand {
+    /// Check the token with GitLab, then store it for the agent (not agent-accessible); or,
+    /// with --provider, have credential provider NAME mint an identity for the agent (a
+    /// service account and its token, or a project access token; `strongroom
+    /// credential-provider`).
+    Link {
+        agent: String,
+        /// The token: VALUE, `-` (stdin), `@FILE`; omitted (and no --provider), a prompt
+        /// without echo on a terminal.
+        #[arg(long, conflicts_with = "provider")]
+        pat: Option<String>,
+        /// The credential provider that mints the agent's identity.
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+    },
+    /// Remove the integration and its secrets; a provisioned identity is deprovisioned at
+    /// GitLab (its token revoked, its service account deleted) and the steps are printed.
     Unlink { agent: String },
 }
 
@@ -127,8 +176,8 @@ impl AgentArgs {
         matches!(
             &self.command,
             AgentCommand::Integration(
-                IntegrationCommand::Github(TokenCommand::Link { .. })
-                    | IntegrationCommand::Gitlab(TokenCommand::Link { .. })
+                IntegrationCommand::Github(GithubCommand::Link { .. })
+                    | IntegrationCommand::Gitlab(GitlabCommand::Link { .. })
                     | IntegrationCommand::Telegram(TelegramCommand::Link { .. })
             )
         )
@@ -149,6 +198,68 @@ fn token_input(flag: &'static str, value: Option<&str>) -> Result<SecretString, 
         return Err(invalid(flag, "the token is empty"));
     }
     Ok(SecretString::from(text.to_string()))
+}
+
+/// A GitHub App's private key from `path`: refused (exit 2) unless it is a regular file only
+/// its owner can access, as master key files are (keysel.rs). Never printed.
+fn private_key(path: &Path) -> Result<SecretString, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_file() || mode & 0o077 != 0 {
+        return Err(Error::Config {
+            message: format!(
+                "refusing {}: {}; it holds a GitHub App's private key, so only its owner may \
+                 read or change it: run `chmod 600 {}`",
+                path.display(),
+                if meta.is_file() {
+                    format!("group or others can access it (mode {mode:04o})")
+                } else {
+                    "it is not a regular file".into()
+                },
+                path.display()
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    if text.trim().is_empty() {
+        return Err(invalid("--private-key-file", "the file is empty"));
+    }
+    Ok(SecretString::from(text))
+}
+
+/// Prints what an unlink did: the integration, and the deprovisioning of a provisioned one
+/// (exit 1 when a remote step failed: the integration is gone, something at GitLab may
+/// be left).
+fn print_unlink_report(report: &UnlinkReport, out: &Output) -> u8 {
+    let complete = report.deprovision.as_ref().is_none_or(|d| d.complete());
+    if out.json {
+        let mut doc = integration_json(&report.integration);
+        if let serde_json::Value::Object(map) = &mut doc {
+            map.insert(
+                "deprovision".into(),
+                report
+                    .deprovision
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, deprovision_json),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print_linked("unlinked", &report.integration, out);
+        if let Some(d) = &report.deprovision {
+            print_deprovision(d, "  ");
+        }
+    }
+    if complete {
+        0
+    } else {
+        1
+    }
 }
 
 /// A token as printed without `--reveal`: its first four characters and `…` (nothing of
@@ -320,12 +431,60 @@ async fn integration(
             print_integrations(&vault.integrations(actor, &agent).await?, out);
             return Ok(0);
         }
-        IntegrationCommand::Github(TokenCommand::Link { agent, pat }) => {
+        IntegrationCommand::Github(GithubCommand::Link {
+            agent,
+            pat,
+            app_id: Some(app_id),
+            installation_id,
+            private_key_file,
+            client_id,
+            repositories,
+            permissions,
+        }) => {
+            let (Some(installation_id), Some(key_file)) = (installation_id, private_key_file)
+            else {
+                return Err(invalid(
+                    "--app-id",
+                    "give --installation-id and --private-key-file with it",
+                ));
+            };
+            drop(pat);
+            let mut narrowing = TokenNarrowing::none();
+            narrowing.repositories = repositories;
+            for p in &permissions {
+                let (name, level) = p
+                    .split_once('=')
+                    .filter(|(n, l)| !n.trim().is_empty() && !l.trim().is_empty())
+                    .ok_or_else(|| {
+                        invalid("--permission", "give it as name=level (e.g. contents=read)")
+                    })?;
+                narrowing
+                    .permissions
+                    .insert(name.trim().to_string(), level.trim().to_string());
+            }
+            let pem = private_key(&key_file)?;
+            let mut link = GithubAppLink::new(app_id, installation_id, pem).narrowing(narrowing);
+            if let Some(client_id) = client_id {
+                link = link.client_id(client_id);
+            }
+            ("linked", vault.link_github_app(actor, &agent, link).await?)
+        }
+        IntegrationCommand::Github(GithubCommand::Link { agent, pat, .. }) => {
             let token = token_input("--pat", pat.as_deref())?;
             let linked = vault.link_github_token(actor, &agent, token).await;
             ("linked", linked?)
         }
-        IntegrationCommand::Gitlab(TokenCommand::Link { agent, pat }) => {
+        IntegrationCommand::Gitlab(GitlabCommand::Link {
+            agent,
+            provider: Some(provider),
+            ..
+        }) => (
+            "linked",
+            vault
+                .link_gitlab_provisioned(actor, &agent, &provider)
+                .await?,
+        ),
+        IntegrationCommand::Gitlab(GitlabCommand::Link { agent, pat, .. }) => {
             let token = token_input("--pat", pat.as_deref())?;
             let linked = vault.link_gitlab_token(actor, &agent, token).await;
             ("linked", linked?)
@@ -341,18 +500,18 @@ async fn integration(
                 .await;
             ("linked", linked?)
         }
-        IntegrationCommand::Github(TokenCommand::Unlink { agent }) => (
+        IntegrationCommand::Github(GithubCommand::Unlink { agent }) => (
             "unlinked",
             vault
                 .unlink(actor, &agent, IntegrationProvider::Github)
                 .await?,
         ),
-        IntegrationCommand::Gitlab(TokenCommand::Unlink { agent }) => (
-            "unlinked",
-            vault
-                .unlink(actor, &agent, IntegrationProvider::Gitlab)
-                .await?,
-        ),
+        IntegrationCommand::Gitlab(GitlabCommand::Unlink { agent }) => {
+            let report = vault
+                .unlink_provisioned(actor, &agent, IntegrationProvider::Gitlab)
+                .await?;
+            return Ok(print_unlink_report(&report, out));
+        }
         IntegrationCommand::Telegram(TelegramCommand::Unlink { agent }) => (
             "unlinked",
             vault

@@ -57,6 +57,7 @@ macro_rules! eprintln {
 mod agent;
 mod audit;
 mod backup;
+mod credential_provider;
 mod credentials;
 mod errors;
 mod history;
@@ -71,6 +72,7 @@ mod yaml;
 use agent::*;
 use audit::*;
 use backup::*;
+use credential_provider::*;
 use credentials::*;
 use errors::*;
 use history::*;
@@ -145,6 +147,11 @@ enum Command {
     /// Agents: their integrations (GitHub, GitLab, Telegram), what the credentials path
     /// hands them, and their named secrets (an org-level secret with a per-agent override).
     Agent(AgentArgs),
+    /// Org-level credential providers (GitLab) that mint an identity per agent for
+    /// `agent integration gitlab link AGENT --provider NAME`: add, list, remove, finish
+    /// (clean up after crashed links), rotate (tokens due within seven days). System admins.
+    #[command(subcommand)]
+    CredentialProvider(CredentialProviderCommand),
 }
 
 /// A 32-byte key (base64url) that authenticates the audit checkpoints instead of the master
@@ -275,7 +282,8 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         Command::Credentials(
             CredentialsCommand::Create(_) | CredentialsCommand::AdminCreate { .. }
         ) | Command::Oauth(OauthCommand::Start(_) | OauthCommand::Device { .. })
-    ) || matches!(&cli.command, Command::Agent(args) if args.creates());
+    ) || matches!(&cli.command, Command::Agent(args) if args.creates())
+        || matches!(&cli.command, Command::CredentialProvider(cmd) if cmd.creates());
     if let Command::Credentials(
         CredentialsCommand::Create(CreateArgs { source, .. })
         | CredentialsCommand::AdminCreate { source, .. },
@@ -355,7 +363,7 @@ async fn run(cli: Cli, sqlite: &mut Option<SqliteStore>) -> Result<u8, Error> {
         ) | Command::Audit(_)
             | Command::Keys(KeysCommand::Status)
             | Command::Oauth(OauthCommand::Status { .. })
-    );
+    ) || matches!(&cli.command, Command::CredentialProvider(cmd) if cmd.reads_only());
     let keys = keysel::select(
         store.as_ref(),
         &home,
@@ -503,6 +511,7 @@ async fn run_command(
         }
         Command::Credentials(cmd) => credentials(vault, actor, cmd, out).await.map(|()| 0),
         Command::Agent(args) => agent(vault, actor, args, out).await,
+        Command::CredentialProvider(cmd) => credential_provider(vault, actor, cmd, out).await,
         Command::Audit(cmd) => audit_browse(vault, actor, cmd, out).await,
         Command::Providers(_) | Command::Yaml(_) | Command::Backup(_) | Command::Restore(_) => {
             Ok(0)
