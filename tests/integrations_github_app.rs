@@ -400,3 +400,105 @@ async fn no_key_jwt_or_token_in_errors_debug_or_audit_rows() {
         }
     }
 }
+
+/// An unlink made by another vault instance on the same store (whose cache this one never
+/// hears of) ends this instance's cached token at its next call all the same.
+#[tokio::test]
+async fn an_unlink_elsewhere_ends_a_cached_token_here() {
+    let f = fixture().await;
+    let path = f._dir.path().join("vault.db");
+    let key = Arc::new(strongroom::LocalKey::generate().expect("key"));
+    let build = |store: SqliteStore, key: Arc<strongroom::LocalKey>| {
+        let server = f.server.base();
+        async move {
+            Vault::builder()
+                .store(Arc::new(store))
+                .key_wrapper(key)
+                .http(Arc::new(ReqwestTransport::new().expect("http")))
+                .integration_base_url(IntegrationProvider::Github, server)
+                .build()
+                .await
+                .expect("vault")
+        }
+    };
+    let here = build(SqliteStore::open(&path).expect("sqlite"), key.clone()).await;
+    let there = build(SqliteStore::open(&path).expect("sqlite"), key).await;
+    here.link_github_app(&admin(), "agent7", the_link())
+        .await
+        .expect("link");
+    creds(&here, &agent("agent7")).await;
+    creds(&here, &agent("agent7")).await; // from the cache
+    there
+        .unlink(&admin(), "agent7", IntegrationProvider::Github)
+        .await
+        .expect("unlink elsewhere");
+    let err = here
+        .credentials_for(&agent("agent7"), "agent7", IntegrationProvider::Github)
+        .await
+        .expect_err("unlinked elsewhere");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+/// A `tracing` writer that keeps everything written, to grep.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line the vault writes while linking (a refused key too), minting, serving
+/// from the cache and unlinking holds no key line and no token.
+#[tokio::test]
+async fn no_key_or_token_in_the_logs() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let f = fixture().await;
+    let v = &f.vault;
+    let wrong = GithubAppLink::new(
+        "999999".to_string(),
+        INSTALLATION,
+        SecretString::from(APP_KEY.to_string()),
+    );
+    let _ = v.link_github_app(&admin(), "agent7", wrong).await;
+    v.link_github_app(&admin(), "agent7", the_link())
+        .await
+        .expect("link");
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(
+            creds(v, &agent("agent7"))
+                .await
+                .token
+                .expose_secret()
+                .to_string(),
+        );
+    }
+    v.unlink(&admin(), "agent7", IntegrationProvider::Github)
+        .await
+        .expect("unlink");
+    let _ = v
+        .credentials_for(&agent("agent7"), "agent7", IntegrationProvider::Github)
+        .await;
+    let logged = String::from_utf8_lossy(&log.0.lock().expect("log")).to_string();
+    for token in &tokens {
+        assert!(!logged.contains(token.as_str()), "a token in the logs");
+    }
+    for line in APP_KEY
+        .lines()
+        .filter(|l| l.len() > 20 && !l.starts_with("-----"))
+    {
+        assert!(!logged.contains(line), "a key line in the logs");
+    }
+}

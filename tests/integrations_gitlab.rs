@@ -615,6 +615,14 @@ async fn racing_rotations_call_gitlab_once() {
 /// No admin or agent token in an error, a Debug output, an audit row or a record body.
 #[tokio::test]
 async fn no_token_in_errors_debug_audit_or_records() {
+    // The logs too: everything the vault writes through `tracing` is kept and grepped.
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let f = fixture().await;
     let v = &f.vault;
     let mut seen = Vec::new();
@@ -667,6 +675,7 @@ async fn no_token_in_errors_debug_audit_or_records() {
             f.store.records(&RecordFilter::kind(kind)).await.expect("r")
         ));
     }
+    seen.push(String::from_utf8_lossy(&log.0.lock().expect("log")).to_string());
     let tokens: Vec<String> = f.gitlab.tokens().into_iter().map(|t| t.token).collect();
     assert!(tokens.len() >= 2);
     for text in &seen {
@@ -675,5 +684,19 @@ async fn no_token_in_errors_debug_audit_or_records() {
         for token in &tokens {
             assert!(!text.contains(token.as_str()), "{text}");
         }
+    }
+}
+
+/// A `tracing` writer that keeps everything written, to grep.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -101,6 +101,8 @@ struct Entry {
     installation_id: u64,
     key_id: CredentialId,
     key_version: u64,
+    /// The App's slug, as the integration names it.
+    username: String,
     slot: Slot,
 }
 
@@ -112,7 +114,22 @@ impl AppTokenCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn slot(&self, agent: &str, installation_id: u64, key: &CredentialRecord) -> Slot {
+    /// The slot of `agent`'s token if it was minted for exactly this key (id and version),
+    /// with the App's slug.
+    fn slot_for_key(&self, agent: &str, key: &CredentialRecord) -> Option<(Slot, String)> {
+        let map = self.map();
+        let e = map.get(agent)?;
+        (e.key_id == key.id && e.key_version == key.version)
+            .then(|| (Arc::clone(&e.slot), e.username.clone()))
+    }
+
+    fn slot(
+        &self,
+        agent: &str,
+        installation_id: u64,
+        key: &CredentialRecord,
+        username: &str,
+    ) -> Slot {
         let mut map = self.map();
         if let Some(e) = map.get(agent) {
             if e.installation_id == installation_id
@@ -130,10 +147,15 @@ impl AppTokenCache {
                 installation_id,
                 key_id: key.id.clone(),
                 key_version: key.version,
+                username: username.to_string(),
                 slot: Arc::clone(&slot),
             },
         );
         slot
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map().is_empty()
     }
 
     /// Forgets `agent`'s token (an unlink).
@@ -312,6 +334,64 @@ impl Vault {
     ///
     /// The key's record is read as a resolve reads (the store's cache allowed the first
     /// time, exact reads stamped after a stale one).
+    /// The credentials path's fast way for a GitHub App token this instance holds: the key
+    /// credential read (metadata only, as a resolve reads it) and found to be the one the
+    /// token was minted for, the token still fresh, the call audited. `None` sends the
+    /// caller the full way (a miss, another key, a token near its end).
+    pub(super) async fn app_credentials_cached(
+        &self,
+        actor: &Principal,
+        agent: &str,
+        scope: &Scope,
+    ) -> Result<Option<AgentCredentials>> {
+        if self.inner.app_tokens.is_empty() {
+            return Ok(None);
+        }
+        let (Some(key), stamp) = self
+            .inner
+            .store
+            .find_named(scope, GITHUB_PRIVATE_KEY)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let now = Timestamp::now();
+        if !matches!(
+            effective_state(&key, now),
+            LifecycleState::Filled | LifecycleState::Valid
+        ) {
+            return Ok(None);
+        }
+        let Some((slot, username)) = self.inner.app_tokens.slot_for_key(agent, &key) else {
+            return Ok(None);
+        };
+        let cached = slot.lock().await;
+        let Some(token) = cached.as_ref().filter(|c| c.fresh_at(now)) else {
+            return Ok(None);
+        };
+        let event = Vault::event(
+            actor,
+            Action::IntegrationCredentials,
+            AuditTarget::credential(&key.id, &key.scope),
+        )
+        .detail("provider", IntegrationProvider::Github.as_str())
+        .detail("auth_type", AuthType::App.as_str())
+        .detail("name", key.name.clone())
+        .detail("token", "cached");
+        // Checked against the read: a key deleted (an unlink) or replaced since sends the
+        // call round again, the full way.
+        self.commit(Batch::events(vec![event]), stamp).await?;
+        Ok(Some(AgentCredentials {
+            agent: agent.to_string(),
+            provider: IntegrationProvider::Github,
+            auth_type: AuthType::App,
+            username,
+            token: token.token.clone(),
+            expires_at: Some(token.expires_at),
+            allowed_users: Vec::new(),
+        }))
+    }
+
     pub(super) async fn app_credentials(
         &self,
         actor: &Principal,
@@ -425,7 +505,10 @@ impl Vault {
             .detail("name", key.name.clone())
             .detail("token", token)
         };
-        let slot = self.inner.app_tokens.slot(agent, installation_id, &key);
+        let slot = self
+            .inner
+            .app_tokens
+            .slot(agent, installation_id, &key, &integration.username);
         let mut cached = slot.lock().await;
         let (token, expires_at) = match cached.as_ref().filter(|c| c.fresh_at(now)) {
             Some(c) => {

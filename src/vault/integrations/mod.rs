@@ -369,6 +369,14 @@ impl Vault {
             .detail("provider", provider.as_str())
             .detail("reason", reason)
         };
+        // A GitHub App token this instance holds is handed out without reading the
+        // integration record: the key it was minted for still being there (same id and
+        // version) is the proof the integration is (unlink deletes both in one batch).
+        if provider == IntegrationProvider::Github {
+            if let Some(done) = self.app_credentials_cached(actor, agent, scope).await? {
+                return Ok(done);
+            }
+        }
         let key = integration_key(agent, provider)?;
         let Some(record) = self.inner.store.record(&key).await? else {
             self.commit(
