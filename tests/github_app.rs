@@ -8,7 +8,7 @@
 //!   for a bad JWT, 404 for an unknown installation, 422 when the narrowing names a
 //!   repository the installation cannot reach.
 //!
-//! It verifies the JWT independently of the library that signed it (jsonwebtoken): the RS256
+//! It verifies the JWT independently of the library that signed it (ring): the RS256
 //! signature by hand with the `rsa` crate's `pkcs1v15::VerifyingKey<Sha256>`, and GitHub's
 //! rules on the claims (`iss` the App id or client id, `iat` at least 50 s in the past, `exp`
 //! at most 600 s ahead and not passed).
