@@ -69,6 +69,9 @@ pub struct RefreshPass {
     pub errors: u64,
     /// Lapsed pending logins deleted.
     pub swept: u64,
+    /// Provisioned GitLab tokens due for rotation that the pass tried (see
+    /// `Vault::rotate_provisioned_tokens`).
+    pub rotated: u64,
 }
 
 /// Stops the refresher: [`RefresherHandle::stop`] ends it and waits for it; dropping the
@@ -184,6 +187,15 @@ impl Vault {
             tally(&mut pass, task.await);
         }
         pass.swept = self.sweep_lapsed_flows(config.page_size.max(1)).await?;
+        // The vault's other tokens with a life: provisioned GitLab tokens nearing their
+        // expiry are rotated in the same pass (each under its own lease).
+        match self.rotate_provisioned_tokens(Timestamp::now()).await {
+            Ok(report) => pass.rotated = report.tokens.len() as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "GitLab token rotation pass failed");
+                pass.errors += 1;
+            }
+        }
         Ok(pass)
     }
 
