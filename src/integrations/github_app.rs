@@ -973,8 +973,6 @@ impl fmt::Debug for InstallationTokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine as _;
 
     /// A PKCS#1 RSA-2048 key (`openssl genrsa -traditional 2048`); a test key only.
     const PKCS1_KEY: &str = "\
