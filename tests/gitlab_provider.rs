@@ -100,7 +100,7 @@ async fn service_account_then_its_token_with_the_documented_requests() {
     assert_eq!(
         seen[1].body,
         Some(json!({
-            "name": "strongroom agent agent-7",
+            "name": name,
             "scopes": ["read_api", "read_repository"],
             "expires_at": "2026-01-31",
         }))

@@ -205,7 +205,7 @@ async fn provisioned_links_in_each_mode() {
         Some(json!({"name": "strongroom agent a1", "username": username}))
     );
     let body = account[1].body.clone().expect("token body");
-    assert_eq!(body["name"], "strongroom agent a1");
+    assert_eq!(body["name"], glp::token_name("a1").expect("name"));
     assert_eq!(body["scopes"], json!(["read_api", "read_repository"]));
     assert!(body["expires_at"].as_str().is_some());
     for seen in f.gitlab.seen() {
@@ -249,7 +249,7 @@ async fn provisioned_links_in_each_mode() {
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0].path, "/api/v4/projects/acme%2Fapi/access_tokens");
     let body = posts[0].body.clone().expect("body");
-    assert_eq!(body["name"], "strongroom agent a2");
+    assert_eq!(body["name"], glp::token_name("a2").expect("name"));
     assert_eq!(body["access_level"], 30);
     assert_eq!(body["scopes"], json!(["api"]));
 
@@ -698,5 +698,35 @@ impl std::io::Write for Captured {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// The ids rotation and unlink act on are the vault's: no caller's metadata may set them, so
+/// a credential made by hand can never point rotation at someone else's GitLab token.
+#[tokio::test]
+async fn a_provisioned_identitys_ids_cannot_be_forged_in_metadata() {
+    let f = fixture().await;
+    let user = Principal::parse("app_user:crm:mallory").expect("p");
+    for key in [
+        "credential_provider",
+        "gitlab_user_id",
+        "gitlab_token_id",
+        "gitlab_mode",
+    ] {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert(
+            "token".to_string(),
+            SecretString::from("glpat-forged0123456789abcdef".to_string()),
+        );
+        let mut new = strongroom::NewCredential::new(
+            "gitlab:token",
+            strongroom::Scope::per_user("mallory").expect("scope"),
+            "gitlab",
+            "",
+            fields,
+        );
+        new.metadata.insert(key.to_string(), "1".to_string());
+        let e = f.vault.create(&user, new).await.expect_err(key);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{key}: {e}");
     }
 }

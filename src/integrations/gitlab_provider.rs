@@ -300,12 +300,19 @@ impl GitlabProviderConfig {
     }
 }
 
-/// The name a provisioned token gets for `agent_id`: `strongroom agent <agent>` (the
-/// agent id with characters GitLab may refuse replaced by `-`, at most 200 characters).
+/// The name a provisioned token gets for `agent_id`: `strongroom agent <agent> <hash>` (the
+/// agent id with characters GitLab may refuse replaced by `-`, then 12 hex digits of a hash
+/// of the whole id, so that two ids that read alike never share a name).
 /// Deterministic, so [`find_project_token`] can find a token a crashed run created.
 pub fn token_name(agent_id: &str) -> Result<String> {
     check_agent_id(agent_id)?;
-    Ok(display_name(agent_id))
+    // The label alone is lossy (`bot:1` and `bot-1` read alike), and cleanup revokes tokens
+    // by name: a hash of the whole id keeps two agents' token names apart.
+    let mut hasher = Sha256::new();
+    hasher.update(b"strongroom gitlab token name\0");
+    hasher.update(agent_id.as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    Ok(format!("{} {}", display_name(agent_id), &digest[..12]))
 }
 
 /// A group service account.
@@ -1469,14 +1476,17 @@ mod tests {
 
     #[test]
     fn token_names_are_deterministic_and_tame() {
-        assert_eq!(
-            token_name("agent-1").expect("name"),
-            "strongroom agent agent-1"
+        let name = token_name("agent-1").expect("name");
+        assert!(name.starts_with("strongroom agent agent-1 "), "{name}");
+        assert_eq!(name, token_name("agent-1").expect("again"));
+        let tame = token_name("a<b>/c").expect("name");
+        assert!(tame.starts_with("strongroom agent a-b--c "), "{tame}");
+        // Ids whose labels read alike still name different tokens.
+        let (colon, dash) = (
+            token_name("bot:1").expect("name"),
+            token_name("bot-1").expect("name"),
         );
-        assert_eq!(
-            token_name("a<b>/c").expect("name"),
-            "strongroom agent a-b--c"
-        );
+        assert_ne!(colon, dash);
         assert!(token_name(" ").is_err());
     }
 

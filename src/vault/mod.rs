@@ -81,12 +81,16 @@ pub const DISABLED_BY: &str = "disabled_by";
 pub const FIELD_NAMES: &str = "field_names";
 
 /// The metadata keys the vault keeps itself.
-const KEPT_METADATA: [&str; 5] = [
+const KEPT_METADATA: [&str; 9] = [
     DISABLED_BY,
     FIELD_NAMES,
     oauth::OAUTH_CLIENT_ID,
     oauth::OAUTH_TOKEN_TYPE,
     oauth::OAUTH_SCOPE,
+    integrations::KEPT_METADATA[0],
+    integrations::KEPT_METADATA[1],
+    integrations::KEPT_METADATA[2],
+    integrations::KEPT_METADATA[3],
 ];
 
 struct Inner {
@@ -262,6 +266,14 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<()> {
             return Err(Error::invalid(
                 "metadata",
                 format!("`{key}` is kept by the vault (what the OAuth provider said); remove it"),
+            ));
+        }
+    }
+    for key in integrations::KEPT_METADATA {
+        if metadata.contains_key(key) {
+            return Err(Error::invalid(
+                "metadata",
+                format!("`{key}` is kept by the vault (a provisioned identity's ids); remove it"),
             ));
         }
     }

@@ -34,6 +34,14 @@ const ROTATE_LEASE_TTL: Duration = Duration::from_secs(60);
 /// The secret metadata of a provisioned token: the provider's name, the mode, and GitLab's
 /// ids of the identity (the token id changes with every rotation).
 const META_PROVIDER: &str = "credential_provider";
+/// The metadata keys a provisioned token's credential carries, kept by the vault: a
+/// caller's metadata may not set them (they name what rotation and unlink act on).
+pub(crate) const KEPT_METADATA: [&str; 4] = [
+    META_PROVIDER,
+    "gitlab_mode",
+    "gitlab_user_id",
+    "gitlab_token_id",
+];
 const META_MODE: &str = "gitlab_mode";
 const META_USER_ID: &str = "gitlab_user_id";
 const META_TOKEN_ID: &str = "gitlab_token_id";
@@ -1166,6 +1174,29 @@ impl Vault {
             .get(META_PROVIDER)
             .cloned()
             .unwrap_or_default();
+        // Only the vault's own provisioned tokens are rotated: an agent's `gitlab:token`
+        // whose agent has a provisioned GitLab integration of this provider and this
+        // identity. Metadata alone proves nothing (a credential anyone creates could name
+        // someone else's GitLab token).
+        let Scope::PerAgent { agent } = &record.scope else {
+            return Ok(RotationOutcome::NotDue);
+        };
+        let owned = match self
+            .inner
+            .store
+            .record(&integration_key(agent, IntegrationProvider::Gitlab)?)
+            .await?
+        {
+            Some(found) => Integration::from_record(&found).is_ok_and(|i| {
+                i.auth_type == AuthType::Provisioned
+                    && i.external_ids.get(META_PROVIDER) == Some(&provider_name)
+                    && i.external_ids.get("user_id") == record.metadata.get(META_USER_ID)
+            }),
+            None => false,
+        };
+        if !owned {
+            return Ok(RotationOutcome::NotDue);
+        }
         let (cfg, admin) = self.credential_provider_of(&provider_name).await?;
         let token_id = parse_id(record.metadata.get(META_TOKEN_ID));
         let user_id = parse_id(record.metadata.get(META_USER_ID));

@@ -14,6 +14,7 @@ use crate::model::{Record, RecordKey};
 use crate::store::RecordFilter;
 
 mod gitlab_provider;
+pub(crate) use gitlab_provider::KEPT_METADATA;
 pub use gitlab_provider::{
     CredentialProviderInfo, DeprovisionReport, DeprovisionStep, ProvisioningReport,
     RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
