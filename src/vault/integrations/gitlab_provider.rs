@@ -1020,15 +1020,35 @@ impl Vault {
                     glp::delete_service_account(http.as_ref(), &cfg, &admin, user_id).await;
                 report.step(format!("delete service account {user_id}"), outcome);
             }
-            (Mode::ProjectAccessToken { .. }, Some(token_id), _) => {
-                let outcome = glp::revoke_token(
-                    http.as_ref(),
-                    &cfg,
-                    &admin,
-                    &TokenRef::ProjectAccessToken { token_id },
-                )
-                .await;
-                report.step(format!("revoke token {token_id}"), outcome);
+            (Mode::ProjectAccessToken { .. }, token_id, _) => {
+                if let Some(token_id) = token_id {
+                    let outcome = glp::revoke_token(
+                        http.as_ref(),
+                        &cfg,
+                        &admin,
+                        &TokenRef::ProjectAccessToken { token_id },
+                    )
+                    .await;
+                    report.step(format!("revoke token {token_id}"), outcome);
+                }
+                // A token of this agent's name that the vault does not know (a rotation
+                // whose answer was never stored) is revoked too: found by its name.
+                if let Ok(name) = glp::token_name(&integration.agent) {
+                    match glp::find_project_token(http.as_ref(), &cfg, &admin, &name).await {
+                        Ok(Some(live)) if Some(live.id) != token_id => {
+                            let outcome = glp::revoke_token(
+                                http.as_ref(),
+                                &cfg,
+                                &admin,
+                                &TokenRef::ProjectAccessToken { token_id: live.id },
+                            )
+                            .await;
+                            report.step(format!("revoke token {}", live.id), outcome);
+                        }
+                        Ok(_) => {}
+                        Err(e) => report.step("look for the agent's tokens".into(), Err(e)),
+                    }
+                }
             }
             _ => report.step(
                 "find the identity's ids".into(),
