@@ -239,23 +239,8 @@ impl Vault {
         &self,
         record: &crate::model::Record,
     ) -> Result<secrecy::SecretString> {
-        let sealed = record
-            .sealed
-            .as_ref()
-            .ok_or_else(|| Error::corrupt(record.describe(), "it has no sealed verifier"))?;
-        let plain = self
-            .inner
-            .keys
-            .open_record(sealed, &record.aad_in(&self.inner.namespace))
-            .await?;
-        #[derive(serde::Deserialize)]
-        struct Sealed {
-            code_verifier: secrecy::SecretString,
-        }
-        let opened: Sealed = serde_json::from_slice(plain.expose_secret()).map_err(|_| {
-            Error::corrupt(record.describe(), "its sealed body is not a PKCE verifier")
-        })?;
-        Ok(opened.code_verifier)
+        self.open_record_field(record, "code_verifier", "PKCE verifier")
+            .await
     }
 
     /// Opens the sealed admin token of a credential provider record (kind
@@ -264,23 +249,36 @@ impl Vault {
         &self,
         record: &crate::model::Record,
     ) -> Result<secrecy::SecretString> {
+        self.open_record_field(record, "admin_token", "admin token")
+            .await
+    }
+
+    /// Opens a record's sealed body (a JSON object of secret strings) and takes its field
+    /// `field`; `what` names it in errors (never its value).
+    async fn open_record_field(
+        &self,
+        record: &crate::model::Record,
+        field: &str,
+        what: &str,
+    ) -> Result<secrecy::SecretString> {
         let sealed = record
             .sealed
             .as_ref()
-            .ok_or_else(|| Error::corrupt(record.describe(), "it has no sealed admin token"))?;
+            .ok_or_else(|| Error::corrupt(record.describe(), format!("it has no sealed {what}")))?;
         let plain = self
             .inner
             .keys
             .open_record(sealed, &record.aad_in(&self.inner.namespace))
             .await?;
-        #[derive(serde::Deserialize)]
-        struct Sealed {
-            admin_token: secrecy::SecretString,
-        }
-        let opened: Sealed = serde_json::from_slice(plain.expose_secret()).map_err(|_| {
-            Error::corrupt(record.describe(), "its sealed body is not an admin token")
+        let mut opened: Fields = serde_json::from_slice(plain.expose_secret()).map_err(|_| {
+            Error::corrupt(
+                record.describe(),
+                format!("its sealed body is not a {what}"),
+            )
         })?;
-        Ok(opened.admin_token)
+        opened.remove(field).ok_or_else(|| {
+            Error::corrupt(record.describe(), format!("its sealed body has no {what}"))
+        })
     }
 
     /// Reads an OAuth client secret kept as a vault credential: released to the vault's

@@ -222,39 +222,41 @@ pub async fn revoke_token(
                 format!("revoke token {token_id} of service account {user_id} in"),
                 group,
             );
-            let request = build(
+            if removal(
+                http,
                 cfg,
                 admin_token,
-                http::Method::DELETE,
+                &op,
                 &format!(
                     "{}/service_accounts/{user_id}/personal_access_tokens/{token_id}",
                     group.path()
                 ),
-                None,
-            )?;
-            if removal(http, cfg, admin_token, &op, request).await? == Removal::Removed {
+            )
+            .await?
+                == Removal::Removed
+            {
                 return Ok(Removal::Removed);
             }
-            let request = build(
+            removal(
+                http,
                 cfg,
                 admin_token,
-                http::Method::DELETE,
+                &op,
                 &format!("/personal_access_tokens/{token_id}"),
-                None,
-            )?;
-            removal(http, cfg, admin_token, &op, request).await
+            )
+            .await
         }
         TokenRef::ProjectAccessToken { token_id } => {
             let project = project_of(cfg)?;
             let op = Op::new(format!("revoke access token {token_id} of"), project);
-            let request = build(
+            removal(
+                http,
                 cfg,
                 admin_token,
-                http::Method::DELETE,
+                &op,
                 &format!("{}/access_tokens/{token_id}", project.path()),
-                None,
-            )?;
-            removal(http, cfg, admin_token, &op, request).await
+            )
+            .await
         }
     }
 }
@@ -270,14 +272,14 @@ pub async fn delete_service_account(
 ) -> Result<Removal> {
     let group = group_of(cfg)?;
     let op = Op::new(format!("delete service account {user_id} of"), group);
-    let request = build(
+    removal(
+        http,
         cfg,
         admin_token,
-        http::Method::DELETE,
+        &op,
         &format!("{}/service_accounts/{user_id}", group.path()),
-        None,
-    )?;
-    removal(http, cfg, admin_token, &op, request).await
+    )
+    .await
 }
 
 /// Rotates an issued token through the admin-side endpoints

@@ -107,8 +107,9 @@ pub(super) async fn removal(
     cfg: &GitlabProviderConfig,
     admin_token: &SecretString,
     op: &Op<'_>,
-    request: http::Request<Bytes>,
+    path: &str,
 ) -> Result<Removal> {
+    let request = build(cfg, admin_token, http::Method::DELETE, path, None)?;
     match exchange(http, cfg, admin_token, op, request).await {
         Ok(_) => Ok(Removal::Removed),
         Err(Error::NotFound { .. }) => Ok(Removal::AlreadyGone),
