@@ -447,6 +447,31 @@ impl Vault {
         }
     }
 
+    /// Claims the lease `key` for `holder` for `ttl` and commits the claim: the lease, or
+    /// `None` when someone else holds it (or claimed it first).
+    pub(crate) async fn claim_lease(
+        &self,
+        key: &crate::model::RecordKey,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<crate::store::lease::Lease>> {
+        use crate::store::lease::Lease;
+        let current = self.inner.store.record(key).await?;
+        let Some(claim) = Lease::claim(key, current.as_ref(), holder, Timestamp::now(), ttl)?
+        else {
+            return Ok(None);
+        };
+        let batch = Batch {
+            mutations: vec![claim.mutation],
+            events: vec![],
+        };
+        match self.commit(batch, ReadStamp::UNCHECKED).await {
+            Ok(_) => Ok(Some(claim.lease)),
+            Err(e) if Lease::lost_race(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Commits one mutation with the audit event that records it.
     async fn commit_one(&self, mutation: Mutation, event: AuditEvent) -> Result<()> {
         let batch = Batch {

@@ -127,28 +127,9 @@ impl Vault {
         // One holder per attempt: two tasks of one instance must not take each other's
         // lease for their own (a holder may renew its lease).
         let holder = self.inner.oauth.next_holder();
-        let now = Timestamp::now();
-        let current = store.record(&key).await?;
-        let Some(claim) = Lease::claim(&key, current.as_ref(), &holder, now, LEASE_TTL)? else {
+        let Some(lease) = self.claim_lease(&key, &holder, LEASE_TTL).await? else {
             return Ok(RefreshOutcome::Busy);
         };
-        if let Err(e) = self
-            .commit(
-                Batch {
-                    mutations: vec![claim.mutation],
-                    events: vec![],
-                },
-                ReadStamp::UNCHECKED,
-            )
-            .await
-        {
-            return if Lease::lost_race(&e) {
-                Ok(RefreshOutcome::Busy)
-            } else {
-                Err(e)
-            };
-        }
-        let lease = claim.lease;
         // Under the lease, what is stored now is what counts.
         let record = match store.get(id).await {
             Ok(Some(record)) => record,

@@ -53,34 +53,9 @@ impl Vault {
         let store = &self.inner.store;
         let key = Lease::key(ROTATE_LEASE_OWNER, id.as_str())?;
         let holder = format!("rotate-{}", CredentialId::generate());
-        let current = store.record(&key).await?;
-        let Some(claim) = Lease::claim(
-            &key,
-            current.as_ref(),
-            &holder,
-            Timestamp::now(),
-            ROTATE_LEASE_TTL,
-        )?
-        else {
+        let Some(lease) = self.claim_lease(&key, &holder, ROTATE_LEASE_TTL).await? else {
             return Ok(RotationOutcome::Busy);
         };
-        if let Err(e) = self
-            .commit(
-                Batch {
-                    mutations: vec![claim.mutation],
-                    events: vec![],
-                },
-                ReadStamp::UNCHECKED,
-            )
-            .await
-        {
-            return if Lease::lost_race(&e) {
-                Ok(RotationOutcome::Busy)
-            } else {
-                Err(e)
-            };
-        }
-        let lease = claim.lease;
         let release = |lease: &Lease| Batch {
             mutations: vec![lease.release()],
             events: vec![],
