@@ -35,7 +35,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kms_vault_server  # noqa: E402  (the Vault stand-in, beside this file)
 
 GCP_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/k"
 GCP_DENIED_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/denied"
@@ -43,12 +45,9 @@ GCP_MAC_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/audit-mac/crypt
 AZURE_TENANT = "tenant-1"
 AZURE_CLIENT = "client-1"
 AZURE_SECRET = "azure-client-secret-CANARY"
-VAULT_TOKEN = "vault-token-CANARY"
 
 gcp_master = AESGCM.generate_key(bit_length=256)
 gcp_mac = os.urandom(32)
-vault_master = os.urandom(32)
-vault_hmac = {"strongroom": os.urandom(32), "audit": os.urandom(32)}
 azure_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 azure_ec = ec.generate_private_key(ec.SECP256R1())
 # Azure keys: name -> (latest version, private key, key_ops). `wraponly` may not sign.
@@ -144,11 +143,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def answer(self, status, body):
-        data = json.dumps(body).encode()
+    def answer(self, status, body, headers=None):
+        data = json.dumps(body).encode() if status != 204 else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
 
@@ -173,9 +174,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
         return None
 
+    def do_DELETE(self):
+        url = urllib.parse.urlparse(self.path)
+        if not kms_vault_server.handle(self, "DELETE", url.path, self.body()):
+            self.answer(404, {"error": "no such endpoint"})
+
     def do_GET(self):
         url = urllib.parse.urlparse(self.path)
         try:
+            if kms_vault_server.handle(self, "GET", url.path, b""):
+                return None
             # --- Azure Key Vault: get key (the public part), with or without a version
             if url.path.startswith("/keys/"):
                 parts = url.path.strip("/").split("/")
@@ -196,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         raw = self.body()
         try:
+            if kms_vault_server.handle(self, "POST", path, raw):
+                return None
             # --- Google: token endpoint (RFC 7523 JWT bearer grant)
             if path == "/gcp/token":
                 form = urllib.parse.parse_qs(raw.decode())
@@ -293,45 +303,6 @@ class Handler(BaseHTTPRequestHandler):
                 except Exception:
                     return self.answer(400, {"error": {"code": "BadParameter", "message": "The parameter is incorrect."}})
                 return self.answer(200, {"kid": kid, "value": b64url(pt)})
-            # --- Vault transit (derived key: the context selects the key; HMACs need none)
-            if path.startswith("/v1/transit/"):
-                if self.headers.get("X-Vault-Token") != VAULT_TOKEN:
-                    return self.answer(403, {"errors": ["permission denied"]})
-                parts = path.strip("/").split("/")
-                op, key = parts[2], parts[3]
-                algorithm = parts[4] if len(parts) > 4 else "sha2-256"
-                if key not in vault_hmac:
-                    return self.answer(400, {"errors": ["encryption key not found"]})
-                req = json.loads(raw)
-                if op in ("hmac", "verify") and (op == "hmac" or "hmac" in req):
-                    if algorithm != "sha2-256":
-                        return self.answer(400, {"errors": ["unsupported algorithm " + algorithm]})
-                    tag = hmac.new(vault_hmac[key], base64.b64decode(req["input"]), hashlib.sha256).digest()
-                    if op == "hmac":
-                        return self.answer(200, {"data": {"hmac": "vault:v1:" + b64e(tag)}})
-                    given = req["hmac"]
-                    if not given.startswith("vault:v"):
-                        return self.answer(400, {"errors": ["invalid HMAC to verify: no prefix"]})
-                    version, _, value = given[len("vault:v"):].partition(":")
-                    ok = version == "1" and hmac.compare_digest(b64e(tag), value)
-                    return self.answer(200, {"data": {"valid": ok}})
-                if key != "strongroom":
-                    return self.answer(400, {"errors": ["encryption key not found"]})
-                if "context" not in req:
-                    return self.answer(400, {"errors": ["missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key"]})
-                ctx = base64.b64decode(req["context"])
-                k = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ctx).derive(vault_master)
-                if op == "encrypt":
-                    nonce = os.urandom(12)
-                    ct = AESGCM(k).encrypt(nonce, base64.b64decode(req["plaintext"]), None)
-                    return self.answer(200, {"data": {"ciphertext": "vault:v1:" + b64e(nonce + ct), "key_version": 1}})
-                if op == "decrypt":
-                    blob = base64.b64decode(req["ciphertext"].split(":", 2)[2])
-                    try:
-                        pt = AESGCM(k).decrypt(blob[:12], blob[12:], None)
-                    except Exception:
-                        return self.answer(400, {"errors": ["cipher: message authentication failed"]})
-                    return self.answer(200, {"data": {"plaintext": b64e(pt)}})
             return self.answer(404, {"error": "no such endpoint"})
         except Exception as e:  # a malformed request is the client's fault
             return self.answer(400, {"error": {"message": "bad request: " + type(e).__name__}})
@@ -392,7 +363,7 @@ def main():
                       serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)),
                   "authority": httpd.base + "/azure", "tenant": AZURE_TENANT, "client_id": AZURE_CLIENT,
                   "client_secret": AZURE_SECRET},
-        "vault": {"addr": httpd.base, "key": "strongroom", "hmac_key": "audit", "token": VAULT_TOKEN},
+        "vault": kms_vault_server.info(httpd.base),
     }
     moto = None
     if "--no-aws" not in sys.argv:

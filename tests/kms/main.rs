@@ -7,6 +7,7 @@
 
 mod azure;
 mod checkpoints;
+mod vault;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

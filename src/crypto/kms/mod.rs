@@ -28,13 +28,24 @@ use crate::transport::{peer_of, Bytes, HttpTransport};
 
 mod aws;
 mod azure;
+mod call;
 mod gcp;
 mod vault;
+
+// Some are for the backends' own readings of their services' failures.
+#[allow(unused_imports)]
+pub(crate) use call::{
+    answer_error, call_json, call_json_with, call_raw, call_raw_with, service_reason, unavailable,
+    Classify, Failure,
+};
+pub use call::{RetryPolicy, ENV_KMS_RETRY_ATTEMPTS, ENV_KMS_RETRY_SECONDS};
 
 pub use aws::AwsKmsKey;
 pub use azure::{AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY};
 pub use gcp::GcpKmsKey;
-pub use vault::VaultTransitKey;
+pub use vault::{
+    SecretSource, VaultAuth, VaultTransitKey, ENV_VAULT_ACCEPT_UNDERIVED, KUBERNETES_TOKEN_FILE,
+};
 
 pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 pub(crate) const B64URL: base64::engine::GeneralPurpose =
@@ -56,49 +67,6 @@ impl Hidden {
     }
     pub(crate) fn expose(&self) -> &str {
         self.0.expose_secret()
-    }
-}
-
-/// Why a KMS call failed, turned into the vault's errors: rejected associated data or a
-/// wrapped key that is not this key's is [`Error::DecryptFailed`]; access denied, a missing
-/// key or an unreachable service is [`Error::KeyUnavailable`] naming the key and the reason.
-pub(crate) fn answer_error(key_id: &str, status: u16, body: &[u8], unwrapping: bool) -> Error {
-    // Services put a short reason in JSON; never echo more than a line of it.
-    let text = String::from_utf8_lossy(body);
-    let reason: String = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .or_else(|| v.pointer("/message"))
-                .or_else(|| v.pointer("/Message"))
-                .or_else(|| v.pointer("/errors/0"))
-                .or_else(|| v.pointer("/__type"))
-                .and_then(|m| m.as_str().map(str::to_string))
-        })
-        .unwrap_or_else(|| text.chars().take(200).collect());
-    let reason: String = reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(300)
-        .collect();
-    match status {
-        400 | 422 if unwrapping => Error::DecryptFailed {
-            what: format!("a data key wrapped by {key_id} ({reason})"),
-        },
-        401 | 403 => Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!(
-                "access denied ({status}): {reason}; check the credentials and the key's policy"
-            ),
-        },
-        404 => Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!("the key was not found (404): {reason}"),
-        },
-        _ => Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!("the service answered {status}: {reason}"),
-        },
     }
 }
 
@@ -141,6 +109,11 @@ impl Drop for Wiped {
 pub(crate) struct SecretText<'a>(#[serde(borrow)] Cow<'a, str>);
 
 impl SecretText<'_> {
+    /// The text itself, in a copy wiped on drop (a token, say).
+    pub(crate) fn text(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.0.to_string())
+    }
+
     /// The decoded bytes, in a buffer sized up front and wiped on drop. An engine that
     /// writes no padding (base64url here) is given the text without trailing `=`; the
     /// standard engine requires its padding as sent.
@@ -192,47 +165,6 @@ pub(crate) fn secret_to_dek(
         reason: "the answer's key is not base64".into(),
     })?;
     to_dek(bytes, key_id)
-}
-
-/// Sends a request and returns the body of a 2xx answer (wiped when dropped); other
-/// answers become errors.
-pub(crate) async fn call_raw(
-    http: &dyn HttpTransport,
-    key_id: &str,
-    request: http::Request<Bytes>,
-    unwrapping: bool,
-) -> Result<Wiped> {
-    let peer = peer_of(request.uri());
-    let response = http
-        .send(request)
-        .await
-        .map_err(|e| Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!("no answer from {peer}: {e}"),
-        })?;
-    let status = response.status().as_u16();
-    let body = Wiped(response.into_body());
-    if !(200..300).contains(&status) {
-        return Err(answer_error(key_id, status, &body, unwrapping));
-    }
-    Ok(body)
-}
-
-/// Sends a JSON request and returns the JSON answer of a 2xx; other answers become errors.
-/// For answers without key material (an answer that holds some is read from
-/// [`call_raw`] with [`parse_secret`]).
-pub(crate) async fn call_json(
-    http: &dyn HttpTransport,
-    key_id: &str,
-    request: http::Request<Bytes>,
-    unwrapping: bool,
-) -> Result<serde_json::Value> {
-    let peer = peer_of(request.uri());
-    let body = call_raw(http, key_id, request, unwrapping).await?;
-    serde_json::from_slice(&body).map_err(|_| Error::KeyUnavailable {
-        key_id: key_id.to_string(),
-        reason: format!("{peer} answered with a body that is not JSON"),
-    })
 }
 
 /// Posts an OAuth 2.0 token request (a form body) and returns the access token with the
@@ -456,17 +388,25 @@ pub fn from_vars(
             Arc::new(key)
         }
         "vault" => {
+            let auth = vault_auth(var)?;
             let mut key = VaultTransitKey::new(
                 need("VAULT_ADDR")?,
                 need("STRONGROOM_VAULT_TRANSIT_KEY")?,
-                need("VAULT_TOKEN")?,
+                "",
                 http,
-            )?;
+            )?
+            .with_auth(auth);
+            if let Some(ns) = var("VAULT_NAMESPACE").filter(|v| !v.is_empty()) {
+                key = key.with_namespace(ns);
+            }
             if let Some(mount) = var("STRONGROOM_VAULT_TRANSIT_MOUNT") {
                 key = key.with_mount(mount);
             }
             if let Some(hmac) = var("STRONGROOM_VAULT_TRANSIT_HMAC_KEY").filter(|v| !v.is_empty()) {
                 key = key.with_hmac_key(hmac)?;
+            }
+            if switched_on(var(ENV_VAULT_ACCEPT_UNDERIVED)) {
+                key = key.accept_underived_for_reading();
             }
             Arc::new(key)
         }
@@ -476,4 +416,55 @@ pub fn from_vars(
             )))
         }
     })
+}
+
+/// The Vault token source the variables name, first found wins: `VAULT_TOKEN`;
+/// `STRONGROOM_VAULT_TOKEN_FILE` (a Vault Agent sink, read at every call); AppRole
+/// (`VAULT_ROLE_ID` or `STRONGROOM_VAULT_ROLE_ID_FILE`, with `VAULT_SECRET_ID` or
+/// `STRONGROOM_VAULT_SECRET_ID_FILE`; mount `STRONGROOM_VAULT_APPROLE_MOUNT`, default
+/// `approle`); Kubernetes (`STRONGROOM_VAULT_KUBERNETES_ROLE`, the token at
+/// `STRONGROOM_VAULT_KUBERNETES_TOKEN_FILE` or the pod's default; mount
+/// `STRONGROOM_VAULT_KUBERNETES_MOUNT`, default `kubernetes`).
+fn vault_auth(var: &dyn Fn(&str) -> Option<String>) -> Result<VaultAuth> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let secret = |value: &str, file: &str| {
+        get(value)
+            .map(SecretSource::value)
+            .or_else(|| get(file).map(SecretSource::file))
+    };
+    if let Some(token) = get("VAULT_TOKEN") {
+        return Ok(VaultAuth::Token(SecretSource::value(token)));
+    }
+    if let Some(path) = get("STRONGROOM_VAULT_TOKEN_FILE") {
+        return Ok(VaultAuth::Token(SecretSource::file(path)));
+    }
+    if let Some(role_id) = secret("VAULT_ROLE_ID", "STRONGROOM_VAULT_ROLE_ID_FILE") {
+        let secret_id =
+            secret("VAULT_SECRET_ID", "STRONGROOM_VAULT_SECRET_ID_FILE").ok_or_else(|| {
+                Error::config(
+                    "Vault AppRole login needs VAULT_SECRET_ID or STRONGROOM_VAULT_SECRET_ID_FILE \
+                     beside the role id (see docs/DEPLOYMENT.md)",
+                )
+            })?;
+        return Ok(VaultAuth::AppRole {
+            mount: get("STRONGROOM_VAULT_APPROLE_MOUNT").unwrap_or_else(|| "approle".into()),
+            role_id,
+            secret_id,
+        });
+    }
+    if let Some(role) = get("STRONGROOM_VAULT_KUBERNETES_ROLE") {
+        return Ok(VaultAuth::Kubernetes {
+            mount: get("STRONGROOM_VAULT_KUBERNETES_MOUNT").unwrap_or_else(|| "kubernetes".into()),
+            role,
+            jwt: SecretSource::file(
+                get("STRONGROOM_VAULT_KUBERNETES_TOKEN_FILE")
+                    .unwrap_or_else(|| KUBERNETES_TOKEN_FILE.into()),
+            ),
+        });
+    }
+    Err(Error::config(
+        "STRONGROOM_KMS=vault needs a token source: VAULT_TOKEN, STRONGROOM_VAULT_TOKEN_FILE, \
+         AppRole (VAULT_ROLE_ID and VAULT_SECRET_ID, or their _FILE forms) or Kubernetes \
+         (STRONGROOM_VAULT_KUBERNETES_ROLE) (see docs/DEPLOYMENT.md)",
+    ))
 }
