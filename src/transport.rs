@@ -29,6 +29,7 @@ pub(crate) fn peer_of(uri: &http::Uri) -> String {
 
 #[cfg(feature = "reqwest")]
 mod reqwest_impl {
+    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
@@ -41,18 +42,61 @@ mod reqwest_impl {
         client: reqwest::Client,
     }
 
+    /// Variable: a PEM file of CA certificates to trust besides the built-in roots (a
+    /// self-hosted Vault or a proxy on an internal CA). `SSL_CERT_FILE` is read when it is
+    /// not set.
+    pub const ENV_CA_BUNDLE: &str = "STRONGROOM_CA_BUNDLE";
+
     impl ReqwestTransport {
-        /// A transport with a 30 s timeout.
+        /// A transport with a 30 s timeout, trusting the CA bundle named by
+        /// `STRONGROOM_CA_BUNDLE` (or `SSL_CERT_FILE`) besides the built-in roots.
         pub fn new() -> Result<ReqwestTransport> {
-            ReqwestTransport::with_timeout(Duration::from_secs(30))
+            ReqwestTransport::from_vars(|name| std::env::var(name).ok())
         }
 
-        /// A transport with this request timeout.
+        /// [`ReqwestTransport::new`], with the variables `var` returns.
+        pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ReqwestTransport> {
+            let bundle = var(ENV_CA_BUNDLE)
+                .or_else(|| var("SSL_CERT_FILE"))
+                .filter(|v| !v.trim().is_empty());
+            match bundle {
+                Some(path) => ReqwestTransport::with_ca_bundle(path),
+                None => ReqwestTransport::with_timeout(Duration::from_secs(30)),
+            }
+        }
+
+        /// A transport with this request timeout (built-in roots only).
         pub fn with_timeout(timeout: Duration) -> Result<ReqwestTransport> {
-            let client = reqwest::Client::builder()
+            ReqwestTransport::build(timeout, Vec::new())
+        }
+
+        /// A transport with a 30 s timeout that also trusts every CA certificate in the PEM
+        /// file at `path`. A file that does not read or holds no certificate is an error
+        /// naming it.
+        pub fn with_ca_bundle(path: impl AsRef<Path>) -> Result<ReqwestTransport> {
+            let path = path.as_ref();
+            let pem = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("the CA bundle {}", path.display()),
+                        "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    )
+                })?;
+            ReqwestTransport::build(Duration::from_secs(30), roots)
+        }
+
+        fn build(timeout: Duration, roots: Vec<reqwest::Certificate>) -> Result<ReqwestTransport> {
+            let mut builder = reqwest::Client::builder()
                 .timeout(timeout)
                 .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("strongroom/", env!("CARGO_PKG_VERSION")))
+                .user_agent(concat!("strongroom/", env!("CARGO_PKG_VERSION")));
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+            let client = builder
                 .build()
                 .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))?;
             Ok(ReqwestTransport { client })
@@ -117,4 +161,4 @@ mod reqwest_impl {
 }
 
 #[cfg(feature = "reqwest")]
-pub use reqwest_impl::ReqwestTransport;
+pub use reqwest_impl::{ReqwestTransport, ENV_CA_BUNDLE};

@@ -41,7 +41,9 @@ pub(crate) use call::{
 pub use call::{RetryPolicy, ENV_KMS_RETRY_ATTEMPTS, ENV_KMS_RETRY_SECONDS};
 
 pub use aws::AwsKmsKey;
-pub use azure::{AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY};
+pub use azure::{
+    AzureCredential, AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY, IMDS_HOST, PUBLIC_AUTHORITY,
+};
 pub use gcp::GcpKmsKey;
 pub use vault::{
     SecretSource, VaultAuth, VaultTransitKey, ENV_VAULT_ACCEPT_UNDERIVED, KUBERNETES_TOKEN_FILE,
@@ -186,8 +188,19 @@ pub(crate) async fn fetch_token(
         .headers_mut()
         .values_mut()
         .for_each(|v| v.set_sensitive(true));
+    token_request(http, key_id, request).await
+}
+
+/// Sends a token request (a form POST, or a managed-identity GET) and reads its answer:
+/// `access_token` with `expires_in` (a number or a string) or `expires_on` (epoch seconds),
+/// kept until a minute before it ends.
+pub(crate) async fn token_request(
+    http: &dyn HttpTransport,
+    key_id: &str,
+    request: http::Request<Bytes>,
+) -> Result<(Hidden, std::time::Duration)> {
     let peer = peer_of(request.uri());
-    let answer = call_json(http, key_id, request, false)
+    let answer = call_raw(http, key_id, request, false)
         .await
         .map_err(|e| match e {
             Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
@@ -196,23 +209,51 @@ pub(crate) async fn fetch_token(
             },
             other => other,
         })?;
-    let token = answer
-        .get("access_token")
-        .and_then(|t| t.as_str())
+    #[derive(Deserialize)]
+    struct TokenAnswer<'a> {
+        #[serde(borrow)]
+        access_token: Option<SecretText<'a>>,
+        #[serde(default)]
+        expires_in: Option<serde_json::Value>,
+        #[serde(default)]
+        expires_on: Option<serde_json::Value>,
+    }
+    let parsed: TokenAnswer<'_> = parse_secret(&answer, key_id, "token")?;
+    let token = parsed
+        .access_token
+        .as_ref()
+        .map(|t| t.text())
+        .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::KeyUnavailable {
             key_id: key_id.to_string(),
             reason: format!("{peer} gave no access_token"),
         })?;
-    // Entra ID has sent `expires_in` as a string at times.
-    let ttl = answer
-        .get("expires_in")
-        .and_then(|t| {
-            t.as_u64()
-                .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
+    let number = |v: &serde_json::Value| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    };
+    // Entra ID has sent `expires_in` as a string at times; App Service sends `expires_on`.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ttl = parsed
+        .expires_in
+        .as_ref()
+        .and_then(number)
+        .or_else(|| {
+            parsed
+                .expires_on
+                .as_ref()
+                .and_then(number)
+                .map(|on| on.saturating_sub(now))
         })
         .unwrap_or(3600)
         .saturating_sub(60);
-    Ok((Hidden::new(token), std::time::Duration::from_secs(ttl)))
+    Ok((
+        Hidden::new(token.as_str()),
+        std::time::Duration::from_secs(ttl),
+    ))
 }
 
 pub(crate) fn json_request(
@@ -369,15 +410,20 @@ pub fn from_vars(
             Arc::new(key)
         }
         "azure_kv" => {
-            let mut key = AzureKeyVaultKey::new(
+            let credential = azure_credential(var)?;
+            let mut key = AzureKeyVaultKey::with_credential(
                 &need("STRONGROOM_AZURE_KEY_ID")?,
-                need("AZURE_TENANT_ID")?,
-                need("AZURE_CLIENT_ID")?,
-                need("AZURE_CLIENT_SECRET")?,
+                credential,
                 http,
             )?;
-            if let Some(authority) = var("STRONGROOM_AZURE_AUTHORITY") {
+            if let Some(authority) = var("AZURE_AUTHORITY_HOST")
+                .or_else(|| var("STRONGROOM_AZURE_AUTHORITY"))
+                .filter(|v| !v.is_empty())
+            {
                 key = key.with_authority(authority);
+            }
+            if let Some(scope) = var("STRONGROOM_AZURE_SCOPE").filter(|v| !v.is_empty()) {
+                key = key.with_scope(scope);
             }
             if let Some(url) = var("STRONGROOM_AZURE_SIGNING_KEY_ID").filter(|v| !v.is_empty()) {
                 key = key.with_signing_key(&url)?;
@@ -467,4 +513,64 @@ fn vault_auth(var: &dyn Fn(&str) -> Option<String>) -> Result<VaultAuth> {
          AppRole (VAULT_ROLE_ID and VAULT_SECRET_ID, or their _FILE forms) or Kubernetes \
          (STRONGROOM_VAULT_KUBERNETES_ROLE) (see docs/DEPLOYMENT.md)",
     ))
+}
+
+/// The Azure credential the variables name, in the order of the Azure SDKs'
+/// `DefaultAzureCredential`: a client secret (`AZURE_CLIENT_SECRET`), a certificate
+/// (`AZURE_CLIENT_CERTIFICATE_PATH`), workload identity (`AZURE_FEDERATED_TOKEN_FILE`),
+/// App Service's managed identity (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`), then the
+/// instance metadata service's (`AZURE_POD_IDENTITY_AUTHORITY_HOST` or
+/// `http://169.254.169.254`); the first three need `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`,
+/// the managed identities take `AZURE_CLIENT_ID` as a user-assigned identity's.
+fn azure_credential(var: &dyn Fn(&str) -> Option<String>) -> Result<AzureCredential> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let app = |how: &str| -> Result<(String, String)> {
+        let need = |name: &str| {
+            get(name).ok_or_else(|| {
+                Error::config(format!(
+                    "STRONGROOM_KMS=azure_kv with {how} needs {name} (see docs/DEPLOYMENT.md)"
+                ))
+            })
+        };
+        Ok((need("AZURE_TENANT_ID")?, need("AZURE_CLIENT_ID")?))
+    };
+    if let Some(secret) = get("AZURE_CLIENT_SECRET") {
+        let (tenant, client_id) = app("AZURE_CLIENT_SECRET")?;
+        return Ok(AzureCredential::ClientSecret {
+            tenant,
+            client_id,
+            secret: SecretString::from(secret),
+        });
+    }
+    if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH") {
+        let (tenant, client_id) = app("AZURE_CLIENT_CERTIFICATE_PATH")?;
+        if get("AZURE_CLIENT_CERTIFICATE_PASSWORD").is_some() {
+            return Err(Error::config(
+                "AZURE_CLIENT_CERTIFICATE_PASSWORD is set: strongroom reads a PEM file with the \
+                 certificate and an unencrypted key (`openssl pkcs12 -in cert.pfx -out cert.pem \
+                 -nodes`), not a password-protected PFX",
+            ));
+        }
+        let pem = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?);
+        return AzureCredential::from_certificate_pem(tenant, client_id, &pem);
+    }
+    if let Some(path) = get("AZURE_FEDERATED_TOKEN_FILE") {
+        let (tenant, client_id) = app("AZURE_FEDERATED_TOKEN_FILE")?;
+        return Ok(AzureCredential::WorkloadIdentity {
+            tenant,
+            client_id,
+            token_file: path.into(),
+        });
+    }
+    if let (Some(endpoint), Some(header)) = (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
+        return Ok(AzureCredential::AppServiceIdentity {
+            endpoint,
+            header: SecretString::from(header),
+            client_id: get("AZURE_CLIENT_ID"),
+        });
+    }
+    Ok(AzureCredential::ManagedIdentity {
+        host: get("AZURE_POD_IDENTITY_AUTHORITY_HOST").unwrap_or_else(|| IMDS_HOST.to_string()),
+        client_id: get("AZURE_CLIENT_ID"),
+    })
 }
