@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""Local stand-ins for the cloud key services, for tests/kms.rs. Everything listens on
-127.0.0.1 only.
+"""Local stand-ins for the cloud key services, for tests/kms. Everything listens on
+127.0.0.1 only. The Azure stand-ins (Key Vault with key versions, Entra ID, managed
+identity) are in tests/kms_azure_server.py and the Vault one (transit, AppRole,
+Kubernetes, token renewal, namespaces) in tests/kms_vault_server.py; this server routes to
+them.
 
 - AWS KMS: moto's server (`pip install 'moto[server]'`) with IAM checks on (it verifies the
   SigV4 signatures), a key, a user allowed to use it and a user with no policy.

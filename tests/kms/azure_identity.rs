@@ -406,3 +406,114 @@ async fn the_token_scope_and_sign_in_host_follow_the_key_s_cloud() {
         other => panic!("expected KeyUnavailable, got {other:?}"),
     }
 }
+
+/// A format-2 section, made the way the code before key versions made it (docs/FORMAT.md,
+/// "Azure Key Vault sections": no `WV`, the v2 labels), through the stand-in's own
+/// `wrapkey` and `sign` with key version `v1`.
+async fn format_2_section(z: &serde_json::Value, dek: &[u8], aad: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let bearer = token(z).await;
+    let url = s(z, "/key_url");
+    let mut k = [0u8; 32];
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut k).expect("random");
+    getrandom::fill(&mut nonce).expect("random");
+    let op = |op: &str, alg: &str, value: Vec<u8>| {
+        let url = format!("{url}/{op}?api-version=7.4");
+        let body = serde_json::json!({"alg": alg, "value": b64.encode(value)}).to_string();
+        let bearer = bearer.clone();
+        async move {
+            let (status, answer) = send(
+                "POST",
+                &url,
+                Bytes::from(body),
+                "application/json",
+                Some(&bearer),
+            )
+            .await;
+            assert_eq!(status, 200, "{answer}");
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s(&answer, "/value"))
+                .expect("base64url")
+        }
+    };
+    let w = op("wrapkey", "RSA-OAEP-256", k.to_vec()).await;
+    let sealed = aes_gcm::Aes256Gcm::new_from_slice(&k)
+        .expect("key")
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&nonce),
+            Payload {
+                msg: dek,
+                aad: &[b"strongroom/azure-kv/v2".as_slice(), aad].concat(),
+            },
+        )
+        .expect("seal");
+    let mut u = vec![2u8];
+    u.extend_from_slice(&(w.len() as u16).to_be_bytes());
+    u.extend_from_slice(&w);
+    u.extend_from_slice(&nonce);
+    u.extend_from_slice(&sealed);
+    u.push(2);
+    u.extend_from_slice(b"v1");
+    let mut m = b"strongroom/azure-kv/v2/signature".to_vec();
+    m.extend_from_slice(&(u.len() as u32).to_be_bytes());
+    m.extend_from_slice(&u);
+    m.extend_from_slice(aad);
+    let signature = op("sign", "RS256", sha2::Sha256::digest(&m).to_vec()).await;
+    u.extend_from_slice(&(signature.len() as u16).to_be_bytes());
+    u.extend_from_slice(&signature);
+    u
+}
+
+#[tokio::test]
+async fn format_2_sections_still_open_also_after_a_rotation() {
+    let srv = servers();
+    let z = srv.info["azure"].clone();
+    let dek = DataKey::generate().expect("dek");
+    let section = format_2_section(&z, dek.expose_secret(), b"aad-2").await;
+    let make = || {
+        AzureKeyVaultKey::new(
+            &s(&z, "/versionless_key_url"),
+            s(&z, "/tenant"),
+            s(&z, "/client_id"),
+            s(&z, "/client_secret"),
+            http(),
+        )
+        .expect("key")
+        .with_authority(s(&z, "/authority"))
+    };
+    let key = make();
+    assert_eq!(
+        key.unwrap(&section, b"aad-2")
+            .await
+            .expect("format 2")
+            .expose_secret(),
+        dek.expose_secret()
+    );
+    assert!(matches!(
+        key.unwrap(&section, b"another record").await,
+        Err(Error::DecryptFailed { .. })
+    ));
+    // After a rotation, the version that signed (the wrapping key's) unwraps it.
+    let base = s(&z, "/key_url").replace("/keys/master/v1", "");
+    let (status, _) = send(
+        "POST",
+        &format!("{base}/keys/master/rotate?api-version=7.4"),
+        Bytes::new(),
+        "application/json",
+        Some(&token(&z).await),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        make()
+            .unwrap(&section, b"aad-2")
+            .await
+            .expect("format 2 after a rotation")
+            .expose_secret(),
+        dek.expose_secret()
+    );
+}

@@ -366,3 +366,60 @@ async fn throttling_and_server_errors_are_retried_within_bounds() {
         .unwrap_or(0);
     assert_eq!(after - before, 1);
 }
+
+#[tokio::test]
+async fn a_read_whose_kms_calls_give_up_is_audited_as_a_failure() {
+    use std::collections::BTreeMap;
+    use strongroom::{AuditQuery, NewCredential, Outcome, Principal, Scope, SecretString, Vault};
+    let srv = servers();
+    let v = &srv.info["vault"];
+    let vault = Vault::builder()
+        .store(Arc::new(strongroom::MemoryStore::new()))
+        .key_wrapper(Arc::new(root_key(v, "strongroom")))
+        .no_dek_cache()
+        .build()
+        .await
+        .expect("vault");
+    let admin = Principal::parse("system_admin:root").expect("principal");
+    let fields = BTreeMap::from([(
+        "api_key".to_string(),
+        SecretString::from("sk-x".to_string()),
+    )]);
+    let info = vault
+        .create(
+            &admin,
+            NewCredential::new("k", Scope::SystemWide, "openai", "", fields),
+        )
+        .await
+        .expect("create");
+    poke(
+        "POST",
+        &format!("{}/test/vault/fail", s(v, "/addr")),
+        serde_json::json!({"path": "/v1/transit/decrypt/strongroom", "status": 503, "times": 100}),
+        None,
+    )
+    .await;
+    match vault.reveal(&admin, &info.id).await {
+        Err(Error::KeyUnavailable { reason, .. }) => {
+            assert!(reason.contains("gave up after 4 attempts"), "{reason}")
+        }
+        other => panic!("expected KeyUnavailable, got {other:?}"),
+    }
+    let rows = vault
+        .audit_log(
+            &admin,
+            &AuditQuery {
+                credential_id: Some(info.id.clone()),
+                outcome: Some(Outcome::Failure),
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .expect("audit");
+    let row = rows.last().expect("the failed read is audited");
+    assert_eq!(
+        row.event.details.get("error").map(String::as_str),
+        Some("KeyUnavailable"),
+        "{row:?}"
+    );
+}

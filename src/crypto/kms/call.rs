@@ -129,8 +129,9 @@ pub(crate) fn unavailable(key_id: &str, reason: &str) -> Error {
 
 /// The reason a service gave in an error body (`error.message`, `message`, `Message`,
 /// `errors[0]`, `error_description`, `__type`, or the text), sanitised: one line of at most
-/// 300 characters, without control characters, and with any run of 40 or more token-like
-/// characters (a bearer token or ciphertext a service might echo) replaced by `[…]`.
+/// 300 characters, without control characters, and with any run of 48 or more token-like
+/// characters (letters, digits, `+=_-.`: a bearer token or ciphertext a service might
+/// echo) replaced by `[…]`; key ids, versions and URLs (cut at `/` and `:`) stay.
 pub(crate) fn service_reason(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let reason: String = serde_json::from_slice::<serde_json::Value>(body)
@@ -156,7 +157,7 @@ fn sanitise(reason: &str) -> String {
     let mut out = String::new();
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
-        if run.chars().count() >= 40 {
+        if run.chars().count() >= 48 {
             out.push_str("[…]");
         } else {
             out.push_str(run);
@@ -164,7 +165,7 @@ fn sanitise(reason: &str) -> String {
         run.clear();
     };
     for c in reason.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_' | '-' | '.') {
+        if c.is_ascii_alphanumeric() || matches!(c, '+' | '=' | '_' | '-' | '.') {
             run.push(c);
         } else {
             flush(&mut run, &mut out);
@@ -382,9 +383,12 @@ mod tests {
 
     #[test]
     fn reasons_are_one_short_line_without_tokens() {
-        let body = br#"{"error":{"message":"bad token eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9abcdefghij\nnext"}}"#;
+        let body = br#"{"error":{"message":"bad token eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.sig\nnext"}}"#;
         let reason = service_reason(body);
         assert_eq!(reason, "bad token […] next");
+        let kept =
+            "key arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert_eq!(service_reason(kept.as_bytes()), kept);
         assert_eq!(
             service_reason(br#"{"errors":["encryption key not found"]}"#),
             "encryption key not found"
