@@ -43,8 +43,9 @@ mod reqwest_impl {
     }
 
     /// Variable: a PEM file of CA certificates to trust besides the built-in roots (a
-    /// self-hosted Vault or a proxy on an internal CA). `SSL_CERT_FILE` is read when it is
-    /// not set.
+    /// self-hosted Vault or a proxy on an internal CA); one that does not read is an error.
+    /// `SSL_CERT_FILE` is read when it is not set (and passed over, with a warning, when
+    /// it does not read).
     pub const ENV_CA_BUNDLE: &str = "STRONGROOM_CA_BUNDLE";
 
     impl ReqwestTransport {
@@ -56,13 +57,19 @@ mod reqwest_impl {
 
         /// [`ReqwestTransport::new`], with the variables `var` returns.
         pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ReqwestTransport> {
-            let bundle = var(ENV_CA_BUNDLE)
-                .or_else(|| var("SSL_CERT_FILE"))
-                .filter(|v| !v.trim().is_empty());
-            match bundle {
-                Some(path) => ReqwestTransport::with_ca_bundle(path),
-                None => ReqwestTransport::with_timeout(Duration::from_secs(30)),
+            let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+            if let Some(path) = set(ENV_CA_BUNDLE) {
+                return ReqwestTransport::with_ca_bundle(path);
             }
+            // SSL_CERT_FILE is everyone's variable (OpenSSL's): a file of it that does not
+            // read here is passed over with a warning rather than stopping the process.
+            if let Some(path) = set("SSL_CERT_FILE") {
+                match ReqwestTransport::with_ca_bundle(&path) {
+                    Ok(transport) => return Ok(transport),
+                    Err(e) => tracing::warn!(error = %e, "SSL_CERT_FILE not used"),
+                }
+            }
+            ReqwestTransport::with_timeout(Duration::from_secs(30))
         }
 
         /// A transport with this request timeout (built-in roots only).

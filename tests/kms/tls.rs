@@ -95,4 +95,13 @@ async fn a_vault_on_an_internal_ca_needs_its_bundle() {
     let err = ReqwestTransport::with_ca_bundle(&bogus).expect_err("no certificate");
     assert!(err.to_string().contains("not-a-bundle.pem"), "{err}");
     assert!(ReqwestTransport::with_ca_bundle(srv._dir.path().join("missing.pem")).is_err());
+    let named = bogus.display().to_string();
+    assert!(
+        ReqwestTransport::from_vars(|n| (n == "STRONGROOM_CA_BUNDLE").then(|| named.clone()))
+            .is_err()
+    );
+    // SSL_CERT_FILE, everyone's variable, is passed over when it does not read.
+    let plain = ReqwestTransport::from_vars(|n| (n == "SSL_CERT_FILE").then(|| named.clone()))
+        .expect("built-in roots");
+    assert!(wrap_with(&srv, plain).await.is_err());
 }
