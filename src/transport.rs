@@ -29,6 +29,7 @@ pub(crate) fn peer_of(uri: &http::Uri) -> String {
 
 #[cfg(feature = "reqwest")]
 mod reqwest_impl {
+    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
@@ -41,18 +42,68 @@ mod reqwest_impl {
         client: reqwest::Client,
     }
 
+    /// Variable: a PEM file of CA certificates to trust besides the built-in roots (a
+    /// self-hosted Vault or a proxy on an internal CA); one that does not read is an error.
+    /// `SSL_CERT_FILE` is read when it is not set (and passed over, with a warning, when
+    /// it does not read).
+    pub const ENV_CA_BUNDLE: &str = "STRONGROOM_CA_BUNDLE";
+
     impl ReqwestTransport {
-        /// A transport with a 30 s timeout.
+        /// A transport with a 30 s timeout, trusting the CA bundle named by
+        /// `STRONGROOM_CA_BUNDLE` (or `SSL_CERT_FILE`) besides the built-in roots.
         pub fn new() -> Result<ReqwestTransport> {
+            ReqwestTransport::from_vars(|name| std::env::var(name).ok())
+        }
+
+        /// [`ReqwestTransport::new`], with the variables `var` returns.
+        pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<ReqwestTransport> {
+            let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+            if let Some(path) = set(ENV_CA_BUNDLE) {
+                return ReqwestTransport::with_ca_bundle(path);
+            }
+            // SSL_CERT_FILE is everyone's variable (OpenSSL's): a file of it that does not
+            // read here is passed over with a warning rather than stopping the process.
+            if let Some(path) = set("SSL_CERT_FILE") {
+                match ReqwestTransport::with_ca_bundle(&path) {
+                    Ok(transport) => return Ok(transport),
+                    Err(e) => tracing::warn!(error = %e, "SSL_CERT_FILE not used"),
+                }
+            }
             ReqwestTransport::with_timeout(Duration::from_secs(30))
         }
 
-        /// A transport with this request timeout.
+        /// A transport with this request timeout (built-in roots only).
         pub fn with_timeout(timeout: Duration) -> Result<ReqwestTransport> {
-            let client = reqwest::Client::builder()
+            ReqwestTransport::build(timeout, Vec::new())
+        }
+
+        /// A transport with a 30 s timeout that also trusts every CA certificate in the PEM
+        /// file at `path`. A file that does not read or holds no certificate is an error
+        /// naming it.
+        pub fn with_ca_bundle(path: impl AsRef<Path>) -> Result<ReqwestTransport> {
+            let path = path.as_ref();
+            let pem = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("the CA bundle {}", path.display()),
+                        "holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                    )
+                })?;
+            ReqwestTransport::build(Duration::from_secs(30), roots)
+        }
+
+        fn build(timeout: Duration, roots: Vec<reqwest::Certificate>) -> Result<ReqwestTransport> {
+            let mut builder = reqwest::Client::builder()
                 .timeout(timeout)
                 .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("strongroom/", env!("CARGO_PKG_VERSION")))
+                .user_agent(concat!("strongroom/", env!("CARGO_PKG_VERSION")));
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+            let client = builder
                 .build()
                 .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))?;
             Ok(ReqwestTransport { client })
@@ -117,4 +168,4 @@ mod reqwest_impl {
 }
 
 #[cfg(feature = "reqwest")]
-pub use reqwest_impl::ReqwestTransport;
+pub use reqwest_impl::{ReqwestTransport, ENV_CA_BUNDLE};

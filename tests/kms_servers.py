@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
-"""Local stand-ins for the cloud key services, for tests/kms.rs. Everything listens on
-127.0.0.1 only.
+"""Local stand-ins for the cloud key services, for tests/kms. Everything listens on
+127.0.0.1 only. The Azure stand-ins (Key Vault with key versions, Entra ID, managed
+identity) are in tests/kms_azure_server.py and the Vault one (transit, AppRole,
+Kubernetes, token renewal, namespaces) in tests/kms_vault_server.py; this server routes to
+them.
 
 - AWS KMS: moto's server (`pip install 'moto[server]'`) with IAM checks on (it verifies the
   SigV4 signatures), a key, a user allowed to use it and a user with no policy.
@@ -35,28 +38,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kms_azure_server  # noqa: E402  (the Azure stand-ins, beside this file)
+import kms_vault_server  # noqa: E402  (the Vault stand-in, beside this file)
 
 GCP_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/k"
 GCP_DENIED_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/denied"
 GCP_MAC_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/audit-mac/cryptoKeyVersions/1"
-AZURE_TENANT = "tenant-1"
-AZURE_CLIENT = "client-1"
-AZURE_SECRET = "azure-client-secret-CANARY"
-VAULT_TOKEN = "vault-token-CANARY"
 
 gcp_master = AESGCM.generate_key(bit_length=256)
 gcp_mac = os.urandom(32)
-vault_master = os.urandom(32)
-vault_hmac = {"strongroom": os.urandom(32), "audit": os.urandom(32)}
-azure_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-azure_ec = ec.generate_private_key(ec.SECP256R1())
-# Azure keys: name -> (latest version, private key, key_ops). `wraponly` may not sign.
-AZURE_KEYS = {
-    "master": ("v1", azure_rsa, ["wrapKey", "unwrapKey", "sign", "verify"]),
-    "audit-ec": ("e1", azure_ec, ["sign", "verify"]),
-    "wraponly": ("w1", azure_rsa, ["wrapKey", "unwrapKey"]),
-}
 sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 issued_tokens = set()
 lock = threading.Lock()
@@ -73,45 +65,6 @@ def b64e(b):
 
 def b64url(b):
     return base64.urlsafe_b64encode(b).decode().rstrip("=")
-
-
-def jwk(name, version, base):
-    _, key, ops = AZURE_KEYS[name]
-    out = {"kid": f"{base}/keys/{name}/{version}", "key_ops": ops}
-    if isinstance(key, rsa.RSAPrivateKey):
-        numbers = key.public_key().public_numbers()
-        out.update(kty="RSA", n=b64url(numbers.n.to_bytes(256, "big")), e=b64url(numbers.e.to_bytes(3, "big")))
-    else:
-        numbers = key.public_key().public_numbers()
-        out.update(kty="EC", crv="P-256", x=b64url(numbers.x.to_bytes(32, "big")), y=b64url(numbers.y.to_bytes(32, "big")))
-    return out
-
-
-def azure_sign(key, alg, digest):
-    if isinstance(key, rsa.RSAPrivateKey):
-        if alg != "RS256":
-            return None
-        return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-    if alg != "ES256":
-        return None
-    r, s_ = utils.decode_dss_signature(key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
-    return r.to_bytes(32, "big") + s_.to_bytes(32, "big")
-
-
-def azure_verify(key, alg, digest, signature):
-    try:
-        if isinstance(key, rsa.RSAPrivateKey):
-            if alg != "RS256":
-                return False
-            key.public_key().verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-        else:
-            if alg != "ES256" or len(signature) != 64:
-                return False
-            der = utils.encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-            key.public_key().verify(der, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-        return True
-    except Exception:
-        return False
 
 
 def verify_jwt(assertion, token_uri):
@@ -144,11 +97,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def answer(self, status, body):
-        data = json.dumps(body).encode()
+    def answer(self, status, body, headers=None):
+        data = json.dumps(body).encode() if status != 204 else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
 
@@ -161,32 +116,23 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             return auth.startswith("Bearer ") and auth[7:] in issued_tokens
 
-    def azure_gate(self, url, parts):
-        """The checks every Key Vault call passes: api-version, token, permission, key."""
-        if urllib.parse.parse_qs(url.query).get("api-version") != ["7.4"]:
-            return self.answer(400, {"error": {"code": "BadParameter", "message": "api-version is required"}})
-        if not self.bearer_ok():
-            return self.answer(401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}})
-        if parts[1] == "forbidden":
-            return self.answer(403, {"error": {"code": "Forbidden", "message": "The user, group or application does not have keys wrapKey permission on key vault"}})
-        if parts[1] not in AZURE_KEYS:
-            return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
-        return None
+    def do_PATCH(self):
+        url = urllib.parse.urlparse(self.path)
+        if not kms_azure_server.handle(self, "PATCH", url, self.body()):
+            self.answer(404, {"error": "no such endpoint"})
+
+    def do_DELETE(self):
+        url = urllib.parse.urlparse(self.path)
+        if not kms_vault_server.handle(self, "DELETE", url.path, self.body()):
+            self.answer(404, {"error": "no such endpoint"})
 
     def do_GET(self):
         url = urllib.parse.urlparse(self.path)
         try:
-            # --- Azure Key Vault: get key (the public part), with or without a version
-            if url.path.startswith("/keys/"):
-                parts = url.path.strip("/").split("/")
-                refused = self.azure_gate(url, parts)
-                if refused:
-                    return refused
-                latest = AZURE_KEYS[parts[1]][0]
-                version = parts[2] if len(parts) > 2 else latest
-                if version != latest or len(parts) > 3:
-                    return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
-                return self.answer(200, {"key": jwk(parts[1], version, self.server.base), "attributes": {"enabled": True}})
+            if kms_vault_server.handle(self, "GET", url.path, b""):
+                return None
+            if kms_azure_server.handle(self, "GET", url, b""):
+                return None
             return self.answer(404, {"error": "no such endpoint"})
         except Exception as e:
             return self.answer(400, {"error": {"message": "bad request: " + type(e).__name__}})
@@ -196,6 +142,10 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         raw = self.body()
         try:
+            if kms_vault_server.handle(self, "POST", path, raw):
+                return None
+            if kms_azure_server.handle(self, "POST", url, raw):
+                return None
             # --- Google: token endpoint (RFC 7523 JWT bearer grant)
             if path == "/gcp/token":
                 form = urllib.parse.parse_qs(raw.decode())
@@ -244,94 +194,6 @@ class Handler(BaseHTTPRequestHandler):
                     except Exception:
                         return self.answer(400, {"error": {"code": 400, "message": "Decryption failed: the ciphertext is invalid.", "status": "INVALID_ARGUMENT"}})
                     return self.answer(200, {"plaintext": b64e(pt)})
-            # --- Azure: client-credentials token
-            if path == "/azure/" + AZURE_TENANT + "/oauth2/v2.0/token":
-                form = urllib.parse.parse_qs(raw.decode())
-                if form.get("client_id") != [AZURE_CLIENT] or form.get("client_secret") != [AZURE_SECRET]:
-                    return self.answer(401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."})
-                if form.get("grant_type") != ["client_credentials"] or form.get("scope") != ["https://vault.azure.net/.default"]:
-                    return self.answer(400, {"error": "invalid_request"})
-                token = "eyJ0" + os.urandom(16).hex()
-                with lock:
-                    issued_tokens.add(token)
-                return self.answer(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": token})
-            # --- Azure Key Vault: wrapkey / unwrapkey (RSA-OAEP-256), sign / verify (a digest)
-            if path.startswith("/keys/"):
-                parts = path.strip("/").split("/")
-                refused = self.azure_gate(url, parts)
-                if refused:
-                    return refused
-                latest, key, ops = AZURE_KEYS[parts[1]]
-                op = parts[-1]
-                if len(parts) != 4 or parts[2] != latest:
-                    return self.answer(404, {"error": {"code": "KeyNotFound", "message": "A key with (name/id) was not found"}})
-                allowed = {"wrapkey": "wrapKey", "unwrapkey": "unwrapKey", "sign": "sign", "verify": "verify"}
-                if op not in allowed:
-                    return self.answer(404, {"error": "no such endpoint"})
-                if allowed[op] not in ops:
-                    return self.answer(403, {"error": {"code": "Forbidden", "message": f"Operation {allowed[op]} is not permitted on this key."}})
-                req = json.loads(raw)
-                kid = f"{self.server.base}/keys/{parts[1]}/{latest}"
-                if op in ("sign", "verify"):
-                    digest = b64d(req["digest"] if op == "verify" else req["value"])
-                    if len(digest) != 32:
-                        return self.answer(400, {"error": {"code": "BadParameter", "message": "The digest length is not valid for the algorithm."}})
-                    if op == "sign":
-                        signature = azure_sign(key, req.get("alg"), digest)
-                        if signature is None:
-                            return self.answer(400, {"error": {"code": "BadParameter", "message": "Invalid algorithm for the key type."}})
-                        return self.answer(200, {"kid": kid, "value": b64url(signature)})
-                    return self.answer(200, {"value": azure_verify(key, req.get("alg"), digest, b64d(req["value"]))})
-                if req.get("alg") != "RSA-OAEP-256":
-                    return self.answer(400, {"error": {"code": "BadParameter", "message": "alg"}})
-                oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-                value = b64d(req["value"])
-                if op == "wrapkey":
-                    return self.answer(200, {"kid": kid, "value": b64url(key.public_key().encrypt(value, oaep))})
-                try:
-                    pt = key.decrypt(value, oaep)
-                except Exception:
-                    return self.answer(400, {"error": {"code": "BadParameter", "message": "The parameter is incorrect."}})
-                return self.answer(200, {"kid": kid, "value": b64url(pt)})
-            # --- Vault transit (derived key: the context selects the key; HMACs need none)
-            if path.startswith("/v1/transit/"):
-                if self.headers.get("X-Vault-Token") != VAULT_TOKEN:
-                    return self.answer(403, {"errors": ["permission denied"]})
-                parts = path.strip("/").split("/")
-                op, key = parts[2], parts[3]
-                algorithm = parts[4] if len(parts) > 4 else "sha2-256"
-                if key not in vault_hmac:
-                    return self.answer(400, {"errors": ["encryption key not found"]})
-                req = json.loads(raw)
-                if op in ("hmac", "verify") and (op == "hmac" or "hmac" in req):
-                    if algorithm != "sha2-256":
-                        return self.answer(400, {"errors": ["unsupported algorithm " + algorithm]})
-                    tag = hmac.new(vault_hmac[key], base64.b64decode(req["input"]), hashlib.sha256).digest()
-                    if op == "hmac":
-                        return self.answer(200, {"data": {"hmac": "vault:v1:" + b64e(tag)}})
-                    given = req["hmac"]
-                    if not given.startswith("vault:v"):
-                        return self.answer(400, {"errors": ["invalid HMAC to verify: no prefix"]})
-                    version, _, value = given[len("vault:v"):].partition(":")
-                    ok = version == "1" and hmac.compare_digest(b64e(tag), value)
-                    return self.answer(200, {"data": {"valid": ok}})
-                if key != "strongroom":
-                    return self.answer(400, {"errors": ["encryption key not found"]})
-                if "context" not in req:
-                    return self.answer(400, {"errors": ["missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key"]})
-                ctx = base64.b64decode(req["context"])
-                k = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ctx).derive(vault_master)
-                if op == "encrypt":
-                    nonce = os.urandom(12)
-                    ct = AESGCM(k).encrypt(nonce, base64.b64decode(req["plaintext"]), None)
-                    return self.answer(200, {"data": {"ciphertext": "vault:v1:" + b64e(nonce + ct), "key_version": 1}})
-                if op == "decrypt":
-                    blob = base64.b64decode(req["ciphertext"].split(":", 2)[2])
-                    try:
-                        pt = AESGCM(k).decrypt(blob[:12], blob[12:], None)
-                    except Exception:
-                        return self.answer(400, {"errors": ["cipher: message authentication failed"]})
-                    return self.answer(200, {"data": {"plaintext": b64e(pt)}})
             return self.answer(404, {"error": "no such endpoint"})
         except Exception as e:  # a malformed request is the client's fault
             return self.answer(400, {"error": {"message": "bad request: " + type(e).__name__}})
@@ -386,13 +248,8 @@ def main():
         "base": httpd.base,
         "gcp": {"endpoint": httpd.base + "/gcp", "key": GCP_KEY, "denied_key": GCP_DENIED_KEY,
                 "mac_key": GCP_MAC_KEY, "service_account": sa},
-        "azure": {"key_url": httpd.base + "/keys/master/v1", "forbidden_key_url": httpd.base + "/keys/forbidden/v1",
-                  "ec_signing_key_url": httpd.base + "/keys/audit-ec", "wrap_only_key_url": httpd.base + "/keys/wraponly/w1",
-                  "public_pem": b64url(azure_rsa.public_key().public_bytes(
-                      serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)),
-                  "authority": httpd.base + "/azure", "tenant": AZURE_TENANT, "client_id": AZURE_CLIENT,
-                  "client_secret": AZURE_SECRET},
-        "vault": {"addr": httpd.base, "key": "strongroom", "hmac_key": "audit", "token": VAULT_TOKEN},
+        "azure": kms_azure_server.info(httpd.base),
+        "vault": kms_vault_server.info(httpd.base),
     }
     moto = None
     if "--no-aws" not in sys.argv:

@@ -124,12 +124,14 @@ fn azure_section(blob: &[u8]) -> &[u8] {
     &section[1 + usize::from(section[0])..]
 }
 
-/// What follows the sealed data key in a format-2 section: `u8(len(V)) || V ||
-/// u16be(len(S)) || S`.
+/// What follows the sealed data key in a format-3 section: `u8(len(V)) || V ||
+/// u16be(len(S)) || S` (after `0x03 || u8(len(WV)) || WV || u16be(len(W)) || W || nonce
+/// || sealed`).
 fn signature_tail(section: &[u8]) -> Vec<u8> {
-    assert_eq!(section[0], 2, "format-2 section");
-    let w = usize::from(u16::from_be_bytes([section[1], section[2]]));
-    section[3 + w + 12 + 48..].to_vec()
+    assert_eq!(section[0], 3, "format-3 section");
+    let at = 2 + usize::from(section[1]);
+    let w = usize::from(u16::from_be_bytes([section[at], section[at + 1]]));
+    section[at + 2 + w + 12 + 48..].to_vec()
 }
 
 fn expect_decrypt_failed(result: strongroom::Result<impl std::fmt::Debug>, why: &str) {
@@ -152,7 +154,10 @@ async fn a_record_forged_with_the_public_key_alone_is_refused() {
         .await
         .expect("seal");
     let section = azure_section(&genuine.bytes);
-    assert_eq!(section[0], 2, "new data keys are signed (section format 2)");
+    assert_eq!(
+        section[0], 3,
+        "new data keys are signed and name their key version (section format 3)"
+    );
     let opened = ring.open(&genuine.bytes, &id).await.expect("open");
     assert_eq!(opened.expose_secret(), b"{\"api_key\":\"sk-genuine\"}");
 
@@ -190,9 +195,9 @@ async fn a_record_forged_with_the_public_key_alone_is_refused() {
         .expect("forged");
     expect_decrypt_failed(ring.open(&copied.bytes, &id).await, "a copied signature");
     // A genuine section with one bit of its wrapped key `W` changed (the Azure section
-    // starts after the 5-byte header and the key id; `W` after its own 3 bytes).
+    // starts after the 5-byte header and the key id; `W` after its own 6 bytes, format 3).
     let mut tampered = genuine.bytes.clone();
-    let at = 5 + 1 + usize::from(genuine.bytes[5]) + 3 + 10;
+    let at = 5 + 1 + usize::from(genuine.bytes[5]) + 6 + 10;
     tampered[at] ^= 1;
     expect_decrypt_failed(ring.open(&tampered, &id).await, "a changed wrapped key");
     // The genuine blob under another record's identity (the signature binds it).

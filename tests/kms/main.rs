@@ -6,7 +6,10 @@
 //! Vault's signed data keys, and records forged with its public key alone (`azure.rs`).
 
 mod azure;
+mod azure_identity;
 mod checkpoints;
+mod tls;
+mod vault;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

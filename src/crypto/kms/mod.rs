@@ -28,13 +28,26 @@ use crate::transport::{peer_of, Bytes, HttpTransport};
 
 mod aws;
 mod azure;
+mod call;
 mod gcp;
 mod vault;
 
+// Some are for the backends' own readings of their services' failures.
+#[allow(unused_imports)]
+pub(crate) use call::{
+    answer_error, call_json, call_json_with, call_raw, call_raw_with, service_reason, unavailable,
+    Classify, Failure,
+};
+pub use call::{RetryPolicy, ENV_KMS_RETRY_ATTEMPTS, ENV_KMS_RETRY_SECONDS};
+
 pub use aws::AwsKmsKey;
-pub use azure::{AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY};
+pub use azure::{
+    AzureCredential, AzureKeyVaultKey, ENV_AZURE_CONFIDENTIALITY_ONLY, IMDS_HOST, PUBLIC_AUTHORITY,
+};
 pub use gcp::GcpKmsKey;
-pub use vault::VaultTransitKey;
+pub use vault::{
+    SecretSource, VaultAuth, VaultTransitKey, ENV_VAULT_ACCEPT_UNDERIVED, KUBERNETES_TOKEN_FILE,
+};
 
 pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 pub(crate) const B64URL: base64::engine::GeneralPurpose =
@@ -56,49 +69,6 @@ impl Hidden {
     }
     pub(crate) fn expose(&self) -> &str {
         self.0.expose_secret()
-    }
-}
-
-/// Why a KMS call failed, turned into the vault's errors: rejected associated data or a
-/// wrapped key that is not this key's is [`Error::DecryptFailed`]; access denied, a missing
-/// key or an unreachable service is [`Error::KeyUnavailable`] naming the key and the reason.
-pub(crate) fn answer_error(key_id: &str, status: u16, body: &[u8], unwrapping: bool) -> Error {
-    // Services put a short reason in JSON; never echo more than a line of it.
-    let text = String::from_utf8_lossy(body);
-    let reason: String = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .or_else(|| v.pointer("/message"))
-                .or_else(|| v.pointer("/Message"))
-                .or_else(|| v.pointer("/errors/0"))
-                .or_else(|| v.pointer("/__type"))
-                .and_then(|m| m.as_str().map(str::to_string))
-        })
-        .unwrap_or_else(|| text.chars().take(200).collect());
-    let reason: String = reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(300)
-        .collect();
-    match status {
-        400 | 422 if unwrapping => Error::DecryptFailed {
-            what: format!("a data key wrapped by {key_id} ({reason})"),
-        },
-        401 | 403 => Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!(
-                "access denied ({status}): {reason}; check the credentials and the key's policy"
-            ),
-        },
-        404 => Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!("the key was not found (404): {reason}"),
-        },
-        _ => Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!("the service answered {status}: {reason}"),
-        },
     }
 }
 
@@ -141,6 +111,11 @@ impl Drop for Wiped {
 pub(crate) struct SecretText<'a>(#[serde(borrow)] Cow<'a, str>);
 
 impl SecretText<'_> {
+    /// The text itself, in a copy wiped on drop (a token, say).
+    pub(crate) fn text(&self) -> Zeroizing<String> {
+        Zeroizing::new(self.0.to_string())
+    }
+
     /// The decoded bytes, in a buffer sized up front and wiped on drop. An engine that
     /// writes no padding (base64url here) is given the text without trailing `=`; the
     /// standard engine requires its padding as sent.
@@ -194,47 +169,6 @@ pub(crate) fn secret_to_dek(
     to_dek(bytes, key_id)
 }
 
-/// Sends a request and returns the body of a 2xx answer (wiped when dropped); other
-/// answers become errors.
-pub(crate) async fn call_raw(
-    http: &dyn HttpTransport,
-    key_id: &str,
-    request: http::Request<Bytes>,
-    unwrapping: bool,
-) -> Result<Wiped> {
-    let peer = peer_of(request.uri());
-    let response = http
-        .send(request)
-        .await
-        .map_err(|e| Error::KeyUnavailable {
-            key_id: key_id.to_string(),
-            reason: format!("no answer from {peer}: {e}"),
-        })?;
-    let status = response.status().as_u16();
-    let body = Wiped(response.into_body());
-    if !(200..300).contains(&status) {
-        return Err(answer_error(key_id, status, &body, unwrapping));
-    }
-    Ok(body)
-}
-
-/// Sends a JSON request and returns the JSON answer of a 2xx; other answers become errors.
-/// For answers without key material (an answer that holds some is read from
-/// [`call_raw`] with [`parse_secret`]).
-pub(crate) async fn call_json(
-    http: &dyn HttpTransport,
-    key_id: &str,
-    request: http::Request<Bytes>,
-    unwrapping: bool,
-) -> Result<serde_json::Value> {
-    let peer = peer_of(request.uri());
-    let body = call_raw(http, key_id, request, unwrapping).await?;
-    serde_json::from_slice(&body).map_err(|_| Error::KeyUnavailable {
-        key_id: key_id.to_string(),
-        reason: format!("{peer} answered with a body that is not JSON"),
-    })
-}
-
 /// Posts an OAuth 2.0 token request (a form body) and returns the access token with the
 /// time it may be kept (its `expires_in` less a minute).
 pub(crate) async fn fetch_token(
@@ -254,8 +188,19 @@ pub(crate) async fn fetch_token(
         .headers_mut()
         .values_mut()
         .for_each(|v| v.set_sensitive(true));
+    token_request(http, key_id, request).await
+}
+
+/// Sends a token request (a form POST, or a managed-identity GET) and reads its answer:
+/// `access_token` with `expires_in` (a number or a string) or `expires_on` (epoch seconds),
+/// kept until a minute before it ends.
+pub(crate) async fn token_request(
+    http: &dyn HttpTransport,
+    key_id: &str,
+    request: http::Request<Bytes>,
+) -> Result<(Hidden, std::time::Duration)> {
     let peer = peer_of(request.uri());
-    let answer = call_json(http, key_id, request, false)
+    let answer = call_raw(http, key_id, request, false)
         .await
         .map_err(|e| match e {
             Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
@@ -264,23 +209,51 @@ pub(crate) async fn fetch_token(
             },
             other => other,
         })?;
-    let token = answer
-        .get("access_token")
-        .and_then(|t| t.as_str())
+    #[derive(Deserialize)]
+    struct TokenAnswer<'a> {
+        #[serde(borrow)]
+        access_token: Option<SecretText<'a>>,
+        #[serde(default)]
+        expires_in: Option<serde_json::Value>,
+        #[serde(default)]
+        expires_on: Option<serde_json::Value>,
+    }
+    let parsed: TokenAnswer<'_> = parse_secret(&answer, key_id, "token")?;
+    let token = parsed
+        .access_token
+        .as_ref()
+        .map(|t| t.text())
+        .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::KeyUnavailable {
             key_id: key_id.to_string(),
             reason: format!("{peer} gave no access_token"),
         })?;
-    // Entra ID has sent `expires_in` as a string at times.
-    let ttl = answer
-        .get("expires_in")
-        .and_then(|t| {
-            t.as_u64()
-                .or_else(|| t.as_str().and_then(|s| s.parse().ok()))
+    let number = |v: &serde_json::Value| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    };
+    // Entra ID has sent `expires_in` as a string at times; App Service sends `expires_on`.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let ttl = parsed
+        .expires_in
+        .as_ref()
+        .and_then(number)
+        .or_else(|| {
+            parsed
+                .expires_on
+                .as_ref()
+                .and_then(number)
+                .map(|on| on.saturating_sub(now))
         })
         .unwrap_or(3600)
         .saturating_sub(60);
-    Ok((Hidden::new(token), std::time::Duration::from_secs(ttl)))
+    Ok((
+        Hidden::new(token.as_str()),
+        std::time::Duration::from_secs(ttl),
+    ))
 }
 
 pub(crate) fn json_request(
@@ -437,15 +410,20 @@ pub fn from_vars(
             Arc::new(key)
         }
         "azure_kv" => {
-            let mut key = AzureKeyVaultKey::new(
+            let credential = azure_credential(var)?;
+            let mut key = AzureKeyVaultKey::with_credential(
                 &need("STRONGROOM_AZURE_KEY_ID")?,
-                need("AZURE_TENANT_ID")?,
-                need("AZURE_CLIENT_ID")?,
-                need("AZURE_CLIENT_SECRET")?,
+                credential,
                 http,
             )?;
-            if let Some(authority) = var("STRONGROOM_AZURE_AUTHORITY") {
+            if let Some(authority) = var("AZURE_AUTHORITY_HOST")
+                .or_else(|| var("STRONGROOM_AZURE_AUTHORITY"))
+                .filter(|v| !v.is_empty())
+            {
                 key = key.with_authority(authority);
+            }
+            if let Some(scope) = var("STRONGROOM_AZURE_SCOPE").filter(|v| !v.is_empty()) {
+                key = key.with_scope(scope);
             }
             if let Some(url) = var("STRONGROOM_AZURE_SIGNING_KEY_ID").filter(|v| !v.is_empty()) {
                 key = key.with_signing_key(&url)?;
@@ -456,17 +434,25 @@ pub fn from_vars(
             Arc::new(key)
         }
         "vault" => {
+            let auth = vault_auth(var)?;
             let mut key = VaultTransitKey::new(
                 need("VAULT_ADDR")?,
                 need("STRONGROOM_VAULT_TRANSIT_KEY")?,
-                need("VAULT_TOKEN")?,
+                "",
                 http,
-            )?;
+            )?
+            .with_auth(auth);
+            if let Some(ns) = var("VAULT_NAMESPACE").filter(|v| !v.is_empty()) {
+                key = key.with_namespace(ns);
+            }
             if let Some(mount) = var("STRONGROOM_VAULT_TRANSIT_MOUNT") {
                 key = key.with_mount(mount);
             }
             if let Some(hmac) = var("STRONGROOM_VAULT_TRANSIT_HMAC_KEY").filter(|v| !v.is_empty()) {
                 key = key.with_hmac_key(hmac)?;
+            }
+            if switched_on(var(ENV_VAULT_ACCEPT_UNDERIVED)) {
+                key = key.accept_underived_for_reading();
             }
             Arc::new(key)
         }
@@ -475,5 +461,116 @@ pub fn from_vars(
                 "`{other}` is not a cloud master-key backend (aws_kms, gcp_kms, azure_kv, vault)"
             )))
         }
+    })
+}
+
+/// The Vault token source the variables name, first found wins: `VAULT_TOKEN`;
+/// `STRONGROOM_VAULT_TOKEN_FILE` (a Vault Agent sink, read at every call); AppRole
+/// (`VAULT_ROLE_ID` or `STRONGROOM_VAULT_ROLE_ID_FILE`, with `VAULT_SECRET_ID` or
+/// `STRONGROOM_VAULT_SECRET_ID_FILE`; mount `STRONGROOM_VAULT_APPROLE_MOUNT`, default
+/// `approle`); Kubernetes (`STRONGROOM_VAULT_KUBERNETES_ROLE`, the token at
+/// `STRONGROOM_VAULT_KUBERNETES_TOKEN_FILE` or the pod's default; mount
+/// `STRONGROOM_VAULT_KUBERNETES_MOUNT`, default `kubernetes`).
+fn vault_auth(var: &dyn Fn(&str) -> Option<String>) -> Result<VaultAuth> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let secret = |value: &str, file: &str| {
+        get(value)
+            .map(SecretSource::value)
+            .or_else(|| get(file).map(SecretSource::file))
+    };
+    if let Some(token) = get("VAULT_TOKEN") {
+        return Ok(VaultAuth::Token(SecretSource::value(token)));
+    }
+    if let Some(path) = get("STRONGROOM_VAULT_TOKEN_FILE") {
+        return Ok(VaultAuth::Token(SecretSource::file(path)));
+    }
+    if let Some(role_id) = secret("VAULT_ROLE_ID", "STRONGROOM_VAULT_ROLE_ID_FILE") {
+        let secret_id =
+            secret("VAULT_SECRET_ID", "STRONGROOM_VAULT_SECRET_ID_FILE").ok_or_else(|| {
+                Error::config(
+                    "Vault AppRole login needs VAULT_SECRET_ID or STRONGROOM_VAULT_SECRET_ID_FILE \
+                     beside the role id (see docs/DEPLOYMENT.md)",
+                )
+            })?;
+        return Ok(VaultAuth::AppRole {
+            mount: get("STRONGROOM_VAULT_APPROLE_MOUNT").unwrap_or_else(|| "approle".into()),
+            role_id,
+            secret_id,
+        });
+    }
+    if let Some(role) = get("STRONGROOM_VAULT_KUBERNETES_ROLE") {
+        return Ok(VaultAuth::Kubernetes {
+            mount: get("STRONGROOM_VAULT_KUBERNETES_MOUNT").unwrap_or_else(|| "kubernetes".into()),
+            role,
+            jwt: SecretSource::file(
+                get("STRONGROOM_VAULT_KUBERNETES_TOKEN_FILE")
+                    .unwrap_or_else(|| KUBERNETES_TOKEN_FILE.into()),
+            ),
+        });
+    }
+    Err(Error::config(
+        "STRONGROOM_KMS=vault needs a token source: VAULT_TOKEN, STRONGROOM_VAULT_TOKEN_FILE, \
+         AppRole (VAULT_ROLE_ID and VAULT_SECRET_ID, or their _FILE forms) or Kubernetes \
+         (STRONGROOM_VAULT_KUBERNETES_ROLE) (see docs/DEPLOYMENT.md)",
+    ))
+}
+
+/// The Azure credential the variables name, in the order of the Azure SDKs'
+/// `DefaultAzureCredential`: a client secret (`AZURE_CLIENT_SECRET`), a certificate
+/// (`AZURE_CLIENT_CERTIFICATE_PATH`), workload identity (`AZURE_FEDERATED_TOKEN_FILE`),
+/// App Service's managed identity (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER`), then the
+/// instance metadata service's (`AZURE_POD_IDENTITY_AUTHORITY_HOST` or
+/// `http://169.254.169.254`); the first three need `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`,
+/// the managed identities take `AZURE_CLIENT_ID` as a user-assigned identity's.
+fn azure_credential(var: &dyn Fn(&str) -> Option<String>) -> Result<AzureCredential> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let app = |how: &str| -> Result<(String, String)> {
+        let need = |name: &str| {
+            get(name).ok_or_else(|| {
+                Error::config(format!(
+                    "STRONGROOM_KMS=azure_kv with {how} needs {name} (see docs/DEPLOYMENT.md)"
+                ))
+            })
+        };
+        Ok((need("AZURE_TENANT_ID")?, need("AZURE_CLIENT_ID")?))
+    };
+    if let Some(secret) = get("AZURE_CLIENT_SECRET") {
+        let (tenant, client_id) = app("AZURE_CLIENT_SECRET")?;
+        return Ok(AzureCredential::ClientSecret {
+            tenant,
+            client_id,
+            secret: SecretString::from(secret),
+        });
+    }
+    if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH") {
+        let (tenant, client_id) = app("AZURE_CLIENT_CERTIFICATE_PATH")?;
+        if get("AZURE_CLIENT_CERTIFICATE_PASSWORD").is_some() {
+            return Err(Error::config(
+                "AZURE_CLIENT_CERTIFICATE_PASSWORD is set: strongroom reads a PEM file with the \
+                 certificate and an unencrypted key (`openssl pkcs12 -in cert.pfx -out cert.pem \
+                 -nodes`), not a password-protected PFX",
+            ));
+        }
+        let pem = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?);
+        return AzureCredential::from_certificate_pem(tenant, client_id, &pem);
+    }
+    if let Some(path) = get("AZURE_FEDERATED_TOKEN_FILE") {
+        let (tenant, client_id) = app("AZURE_FEDERATED_TOKEN_FILE")?;
+        return Ok(AzureCredential::WorkloadIdentity {
+            tenant,
+            client_id,
+            token_file: path.into(),
+        });
+    }
+    if let (Some(endpoint), Some(header)) = (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
+        return Ok(AzureCredential::AppServiceIdentity {
+            endpoint,
+            header: SecretString::from(header),
+            client_id: get("AZURE_CLIENT_ID"),
+        });
+    }
+    Ok(AzureCredential::ManagedIdentity {
+        host: get("AZURE_POD_IDENTITY_AUTHORITY_HOST").unwrap_or_else(|| IMDS_HOST.to_string()),
+        client_id: get("AZURE_CLIENT_ID"),
     })
 }

@@ -6,25 +6,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
+use secrecy::ExposeSecret;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use super::super::{
-    call_json, call_raw, fetch_token, json_request, parse_secret, secret_json_request, Hidden,
-    SecretText, B64URL,
+    call_json_with, call_raw_with, fetch_token, json_request, parse_secret, secret_json_request,
+    token_request, unavailable, Failure, Hidden, SecretText, B64URL,
 };
+use super::credential::AzureCredential;
 use crate::error::{Error, Result};
 use crate::transport::{Bytes, HttpTransport};
 
 pub(super) const API_VERSION: &str = "7.4";
 
-/// Who calls Key Vault (an app registration of a tenant) and through what: shared by a key
-/// and the key that signs for it.
+/// Who calls Key Vault and through what: shared by a key and the key that signs for it.
 pub(super) struct AzureClient {
-    tenant: String,
-    client_id: String,
-    client_secret: Hidden,
+    credential: AzureCredential,
     authority: String,
+    scope: String,
     token: Mutex<Option<(Hidden, Instant)>>,
     pub(super) http: Arc<dyn HttpTransport>,
 }
@@ -32,9 +32,9 @@ pub(super) struct AzureClient {
 impl fmt::Debug for AzureClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AzureClient")
-            .field("tenant", &self.tenant)
-            .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
             .field("authority", &self.authority)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -46,48 +46,63 @@ struct KeyOperation<'a> {
     value: &'a str,
 }
 
-/// Their answer: `value` is the wrapped or unwrapped key, or the signature.
+/// Their answer: `value` is the wrapped or unwrapped key, or the signature; `kid` the key
+/// version that did it.
 #[derive(serde::Deserialize)]
 struct KeyOperationAnswer<'a> {
     #[serde(borrow)]
     value: SecretText<'a>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Key Vault's answers that are not tampering though they come on an unwrap: a disabled
+/// key (version), or one not yet valid or expired (Key Vault answers 403 or 400 with such
+/// a message).
+fn key_vault_failure(key_id: &str, failure: &Failure<'_>) -> Option<Error> {
+    let reason = failure.reason;
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("disabled") || lower.contains("expired") || lower.contains("not yet valid") {
+        return Some(unavailable(
+            key_id,
+            &format!(
+                "Key Vault ({}): {reason} (enable the key version, or re-seal its records \
+                 onto another)",
+                failure.status
+            ),
+        ));
+    }
+    None
 }
 
 impl AzureClient {
     pub(super) fn new(
-        tenant: String,
-        client_id: String,
-        client_secret: Hidden,
+        credential: AzureCredential,
+        authority: String,
+        scope: String,
         http: Arc<dyn HttpTransport>,
     ) -> AzureClient {
         AzureClient {
-            tenant,
-            client_id,
-            client_secret,
-            authority: "https://login.microsoftonline.com".into(),
+            credential,
+            authority: authority.trim_end_matches('/').to_string(),
+            scope,
             token: Mutex::new(None),
             http,
         }
     }
 
-    /// The same app registration, with tokens from `authority`.
-    pub(super) fn with_authority(&self, authority: String) -> AzureClient {
-        AzureClient {
-            tenant: self.tenant.clone(),
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone(),
-            authority: authority.trim_end_matches('/').to_string(),
-            token: Mutex::new(None),
-            http: self.http.clone(),
-        }
+    /// The same credential, with tokens from `authority` for `scope`.
+    pub(super) fn with(&self, authority: Option<String>, scope: Option<String>) -> AzureClient {
+        AzureClient::new(
+            self.credential.clone(),
+            authority.unwrap_or_else(|| self.authority.clone()),
+            scope.unwrap_or_else(|| self.scope.clone()),
+            self.http.clone(),
+        )
     }
 
-    pub(super) fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    pub(super) fn client_id(&self) -> &str {
-        &self.client_id
+    pub(super) fn credential(&self) -> &AzureCredential {
+        &self.credential
     }
 
     /// `Bearer <token>`, fetched once and kept until shortly before it expires.
@@ -98,19 +113,66 @@ impl AzureClient {
                 return Ok(Zeroizing::new(format!("Bearer {}", token.expose())));
             }
         }
-        let url = format!("{}/{}/oauth2/v2.0/token", self.authority, self.tenant);
-        let form = Zeroizing::new(
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "client_credentials")
-                .append_pair("client_id", &self.client_id)
-                .append_pair("client_secret", self.client_secret.expose())
-                .append_pair("scope", "https://vault.azure.net/.default")
-                .finish(),
-        );
-        let (token, ttl) = fetch_token(self.http.as_ref(), key_id, &url, form.to_string()).await?;
+        let (token, ttl) = self.fetch(key_id).await?;
         let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
         *slot = Some((token, Instant::now() + ttl));
         Ok(bearer)
+    }
+
+    /// A new token: the client-credentials grant of the app registration, or a managed
+    /// identity's endpoint (which takes the resource, the scope without `/.default`).
+    async fn fetch(&self, key_id: &str) -> Result<(Hidden, std::time::Duration)> {
+        let resource = self.scope.trim_end_matches("/.default");
+        let get = |url: String, header: (&str, &str)| {
+            let mut request = http::Request::builder()
+                .method("GET")
+                .uri(&url)
+                .header(header.0, header.1)
+                .body(Bytes::new())
+                .map_err(|_| Error::config(format!("`{url}` is not a usable token endpoint")))?;
+            request
+                .headers_mut()
+                .values_mut()
+                .for_each(|v| v.set_sensitive(true));
+            Ok::<_, Error>(request)
+        };
+        let query = |api: &str, client_id: &Option<String>| {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("api-version", api)
+                .append_pair("resource", resource);
+            if let Some(id) = client_id {
+                q.append_pair("client_id", id);
+            }
+            q.finish()
+        };
+        match &self.credential {
+            AzureCredential::ManagedIdentity { host, client_id } => {
+                let url = format!(
+                    "{}/metadata/identity/oauth2/token?{}",
+                    host.trim_end_matches('/'),
+                    query("2018-02-01", client_id)
+                );
+                token_request(self.http.as_ref(), key_id, get(url, ("metadata", "true"))?).await
+            }
+            AzureCredential::AppServiceIdentity {
+                endpoint,
+                header,
+                client_id,
+            } => {
+                let sep = if endpoint.contains('?') { '&' } else { '?' };
+                let url = format!("{endpoint}{sep}{}", query("2019-08-01", client_id));
+                let request = get(url, ("x-identity-header", header.expose_secret()))?;
+                token_request(self.http.as_ref(), key_id, request).await
+            }
+            credential => {
+                let (tenant, _) = credential
+                    .app()
+                    .ok_or_else(|| Error::config("this Azure credential has no tenant"))?;
+                let url = format!("{}/{tenant}/oauth2/v2.0/token", self.authority);
+                let form = credential.token_form(&url, &self.scope)?;
+                fetch_token(self.http.as_ref(), key_id, &url, form.to_string()).await
+            }
+        }
     }
 
     /// `POST {key_url}/{op}` with `{alg, value}`: `wrapkey` / `unwrapkey` carry the local key
@@ -125,6 +187,23 @@ impl AzureClient {
         value: &[u8],
         unwrapping: bool,
     ) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(self
+            .key_operation_kid(key_id, key_url, op, alg, value, unwrapping)
+            .await?
+            .0)
+    }
+
+    /// [`AzureClient::key_operation`], with the answer's `kid` (the key version that did
+    /// it), when it has one.
+    pub(super) async fn key_operation_kid(
+        &self,
+        key_id: &str,
+        key_url: &str,
+        op: &str,
+        alg: &str,
+        value: &[u8],
+        unwrapping: bool,
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<String>)> {
         let bearer = self.bearer(key_id).await?;
         let url = format!("{key_url}/{op}?api-version={API_VERSION}");
         let value = Zeroizing::new(B64URL.encode(value));
@@ -140,15 +219,18 @@ impl AzureClient {
             value.len(),
             &[("authorization", &bearer)],
         )?;
-        let answer = call_raw(self.http.as_ref(), key_id, request, unwrapping).await?;
+        let classify = |f: &Failure<'_>| key_vault_failure(key_id, f);
+        let answer =
+            call_raw_with(self.http.as_ref(), key_id, request, unwrapping, &classify).await?;
         let parsed: KeyOperationAnswer<'_> = parse_secret(&answer, key_id, "base64url `value`")?;
-        parsed
+        let decoded = parsed
             .value
             .decode(&B64URL)
             .ok_or_else(|| Error::KeyUnavailable {
                 key_id: key_id.to_string(),
                 reason: "the answer has no base64url `value`".into(),
-            })
+            })?;
+        Ok((decoded, parsed.kid.clone()))
     }
 
     /// `GET {key_url}`: the key bundle's public JSON web key (`key`).
@@ -163,7 +245,8 @@ impl AzureClient {
         )?;
         *request.body_mut() = Bytes::new();
         request.headers_mut().remove("content-type");
-        let answer = call_json(self.http.as_ref(), key_id, request, false).await?;
+        let classify = |f: &Failure<'_>| key_vault_failure(key_id, f);
+        let answer = call_json_with(self.http.as_ref(), key_id, request, false, &classify).await?;
         answer
             .get("key")
             .cloned()
