@@ -11,10 +11,13 @@ pub(crate) fn exit_code(e: &Error) -> u8 {
         ErrorKind::NotFound => 3,
         ErrorKind::PermissionDenied => 4,
         ErrorKind::AlreadyExists | ErrorKind::VersionConflict => 5,
-        // A blob that no held key opens is as undecryptable as a tampered one.
-        ErrorKind::DecryptFailed | ErrorKind::Corrupt | ErrorKind::KeyUnavailable => 6,
+        // Tampering or damage: nothing to retry.
+        ErrorKind::DecryptFailed | ErrorKind::Corrupt => 6,
         // A provider refused the login or the refresh token (invalid_grant, access_denied).
         ErrorKind::Rejected => 7,
+        // A master key that cannot be used now (not held, or the key service refused or
+        // failed: disabled, destroyed, too old, throttled): an operator's fix, not tampering.
+        ErrorKind::KeyUnavailable => 10,
         _ => 1,
     }
 }

@@ -3,10 +3,11 @@
 //! Exit codes (the README's table; `errors.rs`): 0 success, 1 other failure, 2 bad input or
 //! configuration (a master key file others can read, an unknown key backend), 3 not found
 //! (also a provider asked for by name), 4 permission denied, 5 conflict (already exists,
-//! stale version), 6 integrity failure (a broken audit chain, a blob that does not decrypt
-//! or that no held key opens, a backup that fails its checks), 7 a credential the provider
+//! stale version), 6 integrity failure (a broken audit chain, a blob that does not decrypt,
+//! a backup that fails its checks), 7 a credential the provider
 //! rejected (also in an OAuth login or refresh), 8 verification inconclusive (also an OAuth
-//! refresh that will be retried or runs elsewhere), 9 a key rotation that is not complete yet. Under
+//! refresh that will be retried or runs elsewhere), 9 a key rotation that is not complete yet, 10 a master key that cannot be used
+//! now (not held, or the key service refused or failed, with its reason). Under
 //! `--json` a failure is one JSON object on stderr: `{"error": {"kind", "message"}}`.
 //!
 //! Audit checkpoints: every command that commits appends a checkpoint of the audit chain to
