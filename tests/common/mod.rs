@@ -2,7 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod github_app_server;
+pub mod log_capture;
+pub mod random_faults;
 pub mod gitlab_server;
 pub mod oauth_server;
 pub mod service_servers;
