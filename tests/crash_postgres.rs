@@ -21,8 +21,8 @@ use common::random_faults::SplitMix;
 use strongroom::audit::{CheckpointSink, Outcome};
 use strongroom::{
     Action, Checkpoint, CredentialId, CredentialRef, ErrorKind, ExposeSecret, LocalKey,
-    NewCredential, PostgresOptions, PostgresStore, Principal, ResolveContext, Scope,
-    SecretString, Store, StoreErrorKind, Vault,
+    NewCredential, PostgresOptions, PostgresStore, Principal, ResolveContext, Scope, SecretString,
+    StoreErrorKind, Vault,
 };
 
 fn url() -> String {
@@ -145,8 +145,7 @@ async fn worker(vault: Vault, user: String, stop: Arc<AtomicBool>) -> Acked {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminated_backends_mid_commit_leave_no_half_write_gap_or_fork_and_the_vault_reconnects(
-) {
+async fn terminated_backends_mid_commit_leave_no_half_write_gap_or_fork_and_the_vault_reconnects() {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).expect("random");
     let schema = format!("crash_{}", hex::encode(bytes));
@@ -181,7 +180,10 @@ async fn terminated_backends_mid_commit_leave_no_half_write_gap_or_fork_and_the_
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while kills < 40 {
-        assert!(Instant::now() < deadline, "only {kills} commits caught in 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "only {kills} commits caught in 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(5 + rng.below(30))).await;
         let killed: Vec<bool> = control
             .query(
@@ -268,7 +270,10 @@ async fn terminated_backends_mid_commit_leave_no_half_write_gap_or_fork_and_the_
         }
         for id in &a.granted {
             let grants = store.grants(id).await.expect("grants");
-            assert!(grants.iter().any(|g| g.app == "crm" && g.is_active()), "{id}");
+            assert!(
+                grants.iter().any(|g| g.app == "crm" && g.is_active()),
+                "{id}"
+            );
         }
     }
 
@@ -312,7 +317,10 @@ async fn terminated_backends_mid_commit_leave_no_half_write_gap_or_fork_and_the_
         .into_iter()
         .map(|r| r.id)
         .collect();
-    assert_eq!(created_rows, stored, "credentials and their create rows differ");
+    assert_eq!(
+        created_rows, stored,
+        "credentials and their create rows differ"
+    );
     let grant_rows: BTreeSet<CredentialId> = rows
         .iter()
         .filter(|r| r.event.action == Action::GrantAdd && r.event.outcome == Outcome::Success)

@@ -141,12 +141,9 @@ async fn run(inner: Arc<dyn Store>, seed: u64, ops: usize) -> (usize, usize, usi
         let result = match op {
             Op::Resolve => {
                 let ctx = ResolveContext::of(&u.runtime).expect("ctx");
-                vault
-                    .resolve(&u.runtime, &reference, &ctx)
-                    .await
-                    .map(|r| {
-                        assert_eq!(r.fields["api_key"].expose_secret(), u.secret);
-                    })
+                vault.resolve(&u.runtime, &reference, &ctx).await.map(|r| {
+                    assert_eq!(r.fields["api_key"].expose_secret(), u.secret);
+                })
             }
             Op::Reveal => vault.reveal(&u.owner, &u.id).await.map(|r| {
                 assert_eq!(r.fields["api_key"].expose_secret(), u.secret);
@@ -207,8 +204,16 @@ async fn run(inner: Arc<dyn Store>, seed: u64, ops: usize) -> (usize, usize, usi
                     Error::Store { kind, message, .. } => (*kind, message.clone()),
                     other => panic!("call {i}: {other:?}"),
                 };
-                assert_no_leak(&format!("call {i}'s error"), e.to_string().as_bytes(), &secrets);
-                assert_no_leak(&format!("call {i}'s error"), format!("{e:?}").as_bytes(), &secrets);
+                assert_no_leak(
+                    &format!("call {i}'s error"),
+                    e.to_string().as_bytes(),
+                    &secrets,
+                );
+                assert_no_leak(
+                    &format!("call {i}'s error"),
+                    format!("{e:?}").as_bytes(),
+                    &secrets,
+                );
                 if message.contains(DROPPED) {
                     assert_eq!(kind, StoreErrorKind::Other);
                     assert!(new.is_empty(), "call {i}: a dropped commit wrote {new:?}");
@@ -226,7 +231,11 @@ async fn run(inner: Arc<dyn Store>, seed: u64, ops: usize) -> (usize, usize, usi
     }
     assert_eq!(calls.len(), ops);
     assert_eq!(released + refused + landed_unanswered, ops);
-    assert_eq!(refused, faults.count(Fate::Dropped), "one refusal per dropped commit");
+    assert_eq!(
+        refused,
+        faults.count(Fate::Dropped),
+        "one refusal per dropped commit"
+    );
     assert_eq!(
         landed_unanswered,
         faults.count(Fate::LostReply),

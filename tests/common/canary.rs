@@ -55,12 +55,17 @@ pub fn encodings(secret: &str) -> Vec<(String, String)> {
         ("base64".into(), STANDARD.encode(bytes)),
         ("base64 (no padding)".into(), STANDARD_NO_PAD.encode(bytes)),
         ("base64url".into(), URL_SAFE.encode(bytes)),
-        ("base64url (no padding)".into(), URL_SAFE_NO_PAD.encode(bytes)),
+        (
+            "base64url (no padding)".into(),
+            URL_SAFE_NO_PAD.encode(bytes),
+        ),
         ("URL-encoded".into(), percent_encode(secret, false)),
         ("form-encoded".into(), percent_encode(secret, true)),
         (
             "JSON-escaped".into(),
-            serde_json::to_string(secret).expect("json")[1..].trim_end_matches('"').to_string(),
+            serde_json::to_string(secret).expect("json")[1..]
+                .trim_end_matches('"')
+                .to_string(),
         ),
         (
             "Debug-escaped".into(),
@@ -84,28 +89,38 @@ pub fn encodings(secret: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The first of `secrets` found in `haystack`, in any encoding: "`secret` as `encoding`".
-pub fn find_leak(haystack: &[u8], secrets: &[String]) -> Option<String> {
+/// The first of `secrets` found in `haystack`, in any encoding: "`secret` as `encoding`",
+/// and where.
+pub fn find_leak_at(haystack: &[u8], secrets: &[String]) -> Option<(String, usize)> {
     for secret in secrets {
         for (name, form) in encodings(secret) {
-            if !form.is_empty()
-                && haystack
-                    .windows(form.len())
-                    .any(|w| w == form.as_bytes())
+            if form.is_empty() {
+                continue;
+            }
+            if let Some(at) = haystack
+                .windows(form.len())
+                .position(|w| w == form.as_bytes())
             {
-                return Some(format!("`{secret}` as {name} (`{form}`)"));
+                return Some((format!("`{secret}` as {name} (`{form}`)"), at));
             }
         }
     }
     None
 }
 
-/// Panics naming `what` and the encoding when any of `secrets` is in `haystack`.
+/// The first of `secrets` found in `haystack`, in any encoding.
+pub fn find_leak(haystack: &[u8], secrets: &[String]) -> Option<String> {
+    find_leak_at(haystack, secrets).map(|(leak, _)| leak)
+}
+
+/// Panics naming `what`, the encoding and the text around it when any of `secrets` is in
+/// `haystack`.
 pub fn assert_no_leak(what: &str, haystack: &[u8], secrets: &[String]) {
-    if let Some(leak) = find_leak(haystack, secrets) {
-        let text = String::from_utf8_lossy(haystack);
-        let shown: String = text.chars().take(2000).collect();
-        panic!("{what} leaks {leak}:\n{shown}");
+    if let Some((leak, at)) = find_leak_at(haystack, secrets) {
+        let start = at.saturating_sub(1500);
+        let end = (at + 500).min(haystack.len());
+        let around = String::from_utf8_lossy(&haystack[start..end]);
+        panic!("{what} leaks {leak} at byte {at}:\n...{around}...");
     }
 }
 

@@ -4,10 +4,10 @@
 
 pub mod canary;
 pub mod github_app_server;
-pub mod log_capture;
-pub mod random_faults;
 pub mod gitlab_server;
+pub mod log_capture;
 pub mod oauth_server;
+pub mod random_faults;
 pub mod service_servers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

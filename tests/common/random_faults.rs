@@ -189,6 +189,7 @@ impl Store for RandomFaults {
         stamp: ReadStamp,
     ) -> strongroom::Result<CommitReceipt> {
         let fate = self.decide(&batch);
-        self.run(fate, self.inner.commit_checked(batch, stamp)).await
+        self.run(fate, self.inner.commit_checked(batch, stamp))
+            .await
     }
 }
