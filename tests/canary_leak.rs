@@ -23,6 +23,7 @@ use common::log_capture::capture_all;
 use common::FaultStore;
 use strongroom::audit::{CheckpointSink, Outcome};
 use strongroom::config::{compile, AppConfig, CredentialSlot, Deployment, Slots};
+use strongroom::integrations::IntegrationProvider;
 use strongroom::oauth::{ClientSecret, OAuthClient};
 use strongroom::store::AuditQuery;
 use strongroom::transport::ReqwestTransport;
@@ -361,6 +362,9 @@ async fn no_canary_leaks_from_any_path_failing_or_not() {
     let refresh_token = plain_canary("refresh");
     let client_secret = plain_canary("clientsecret");
     let oauth_code = plain_canary("code");
+    let github_token = format!("ghp_{}", plain_canary("gh").replace('-', "_"));
+    let gitlab_token = format!("glpat-{}", plain_canary("gl"));
+    let telegram_token = format!("123456789:AA{}", plain_canary("tg").replace('-', "_"));
     let refused_value = plain_canary("refused");
     let master = [0x42u8; 32];
     let secrets: Vec<String> = vec![
@@ -373,6 +377,9 @@ async fn no_canary_leaks_from_any_path_failing_or_not() {
         client_secret.clone(),
         oauth_code.clone(),
         refused_value.clone(),
+        github_token.clone(),
+        gitlab_token.clone(),
+        telegram_token.clone(),
     ];
     // The master key too, as bytes (hex and base64 of it are covered by the encodings of
     // its base64url text, and its raw bytes are checked in the files below).
@@ -400,6 +407,9 @@ async fn no_canary_leaks_from_any_path_failing_or_not() {
         .providers_dir(&providers)
         .http(Arc::new(ReqwestTransport::new().expect("http")))
         .checkpoints(sink.clone(), 3)
+        .integration_base_url(IntegrationProvider::Github, echo.clone())
+        .integration_base_url(IntegrationProvider::Gitlab, echo.clone())
+        .integration_base_url(IntegrationProvider::Telegram, echo.clone())
         .oauth_client(
             "echo",
             OAuthClient {
@@ -533,8 +543,10 @@ async fn no_canary_leaks_from_any_path_failing_or_not() {
             .resolve_slot("alice", "agents[assistant].brain", "brain_credential")
             .await,
     );
-    let mut update = CredentialUpdate::default();
-    update.fields = Some(fields(&[("api_key", &api_key_v2)]));
+    let update = CredentialUpdate {
+        fields: Some(fields(&[("api_key", &api_key_v2)])),
+        ..CredentialUpdate::default()
+    };
     seen.add("update", format!("{update:?}"));
     seen.ok(
         "update",
@@ -638,6 +650,31 @@ async fn no_canary_leaks_from_any_path_failing_or_not() {
         "device start",
         &vault
             .oauth_device_start(&runtime, DeviceStart::new("echo", "echo_device"))
+            .await,
+    );
+
+    // --- Integrations whose API (the echo server) fails, echoing the token back.
+    seen.result(
+        "link GitHub",
+        &vault
+            .link_github_token(&admin, "bot1", SecretString::from(github_token.clone()))
+            .await,
+    );
+    seen.result(
+        "link GitLab",
+        &vault
+            .link_gitlab_token(&admin, "bot1", SecretString::from(gitlab_token.clone()))
+            .await,
+    );
+    seen.result(
+        "link Telegram",
+        &vault
+            .link_telegram(
+                &admin,
+                "bot1",
+                SecretString::from(telegram_token.clone()),
+                "12345",
+            )
             .await,
     );
 

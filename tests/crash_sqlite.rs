@@ -120,8 +120,10 @@ async fn child() {
         assert_eq!(resolved.fields["api_key"].expose_secret(), value);
         report(&format!("resolved {}", info.id));
         let new_value = format!("{value}-v2");
-        let mut update = CredentialUpdate::default();
-        update.fields = Some(fields(&new_value));
+        let update = CredentialUpdate {
+            fields: Some(fields(&new_value)),
+            ..CredentialUpdate::default()
+        };
         let updated = vault
             .update(&owner, &info.id, info.version, update)
             .await

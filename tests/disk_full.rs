@@ -192,8 +192,10 @@ async fn writes_on_a_full_disk_succeed_durably_or_fail_clearly_and_the_vault_rec
                     let (vault, owner, id, new_value) =
                         (vault.clone(), owner.clone(), id.clone(), new_value.clone());
                     async move {
-                        let mut update = CredentialUpdate::default();
-                        update.fields = Some(fields(&new_value));
+                        let update = CredentialUpdate {
+                            fields: Some(fields(&new_value)),
+                            ..CredentialUpdate::default()
+                        };
                         vault.update(&owner, &id, version, update).await
                     }
                 })
