@@ -102,23 +102,29 @@ impl OAuthError {
     }
 
     /// A refusal built from a server's `error` and `error_description`, shortened and
-    /// escaped; any of `secrets` the description repeats is replaced by `[REDACTED]`.
+    /// escaped; any of `secrets` the description repeats is replaced by `[REDACTED]`, and a
+    /// description (or code) that repeats one encoded — the base64 of an `Authorization:
+    /// Basic` header a server echoes, a form-encoded body — is withheld whole.
     pub(crate) fn rejected(
         code: &str,
         description: Option<&str>,
         status: u16,
         secrets: &[&str],
     ) -> OAuthError {
+        let secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
         let description = description.filter(|d| !d.trim().is_empty()).map(|d| {
             let mut d = d.to_string();
-            for s in secrets.iter().filter(|s| !s.is_empty()) {
+            for s in &secrets {
                 d = d.replace(s, "[REDACTED]");
+            }
+            if secrets.iter().any(|s| repeats_encoded(&d, s)) {
+                return "[REDACTED: the description repeated a secret of the request]".into();
             }
             untrusted(&d, MAX_DESCRIPTION_CHARS)
         });
         let mut code = untrusted(code, MAX_CODE_CHARS);
-        for s in secrets.iter().filter(|s| !s.is_empty()) {
-            if code.contains(s) {
+        for s in &secrets {
+            if code.contains(s) || repeats_encoded(&code, s) {
                 code = "[REDACTED]".to_string();
             }
         }
@@ -128,6 +134,43 @@ impl OAuthError {
             status,
         }
     }
+}
+
+/// Does `text` hold `secret` in one of the encodings a server may echo it in: base64 or
+/// base64url at any byte alignment (of the secret, or of its form encoding, as in an
+/// `Authorization: Basic` header), URL- or form-encoded, JSON-escaped, hex?
+fn repeats_encoded(text: &str, secret: &str) -> bool {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::Engine;
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let mut forms = vec![
+        form.replace('+', "%20"),
+        form.clone(),
+        serde_json::to_string(secret)
+            .unwrap_or_default()
+            .trim_matches('"')
+            .to_string(),
+        hex::encode(secret),
+        hex::encode_upper(secret),
+    ];
+    for raw in [secret, form.as_str()] {
+        for engine in [&STANDARD, &URL_SAFE] {
+            for offset in 0..3 {
+                // The characters that depend on `raw` alone, wherever it sits.
+                let mut input = vec![0u8; offset];
+                input.extend_from_slice(raw.as_bytes());
+                let encoded = engine.encode(&input);
+                let first = (8 * offset).div_ceil(6);
+                let last = (8 * (offset + raw.len()) / 6).min(encoded.len());
+                if last > first {
+                    forms.push(encoded[first..last].to_string());
+                }
+            }
+        }
+    }
+    forms
+        .iter()
+        .any(|f| f.len() >= 4 && f != secret && text.contains(f.as_str()))
 }
 
 /// At most `max` characters of `text`, with control characters escaped.
@@ -344,6 +387,29 @@ mod tests {
             &["abc123"],
         );
         assert!(!format!("{e} {e:?}").contains("abc123"));
+    }
+
+    /// Found by tests/canary_leak.rs: a server echoing the request's `Authorization: Basic`
+    /// header put the client secret, base64-encoded, into the error.
+    #[test]
+    fn a_description_repeating_a_secret_encoded_is_withheld() {
+        use base64::Engine;
+        let secret = "cs-7f3a9c+/x";
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("client:{secret}"));
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for echoed in [
+            format!("Authorization: Basic {basic}"),
+            format!("body: client_secret={form}"),
+            format!("hex {}", hex::encode(secret)),
+        ] {
+            let e = OAuthError::rejected("invalid_client", Some(&echoed), 401, &[secret]);
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains(&basic) && !text.contains(&form), "{text}");
+            assert!(text.contains("[REDACTED"), "{text}");
+        }
+        // An ordinary description stays.
+        let e = OAuthError::rejected("invalid_grant", Some("code expired"), 400, &[secret]);
+        assert!(e.to_string().contains("code expired"), "{e}");
     }
 
     #[test]

@@ -2,9 +2,12 @@
 
 #![allow(dead_code)]
 
+pub mod canary;
 pub mod github_app_server;
 pub mod gitlab_server;
+pub mod log_capture;
 pub mod oauth_server;
+pub mod random_faults;
 pub mod service_servers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
