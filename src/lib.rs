@@ -36,7 +36,7 @@ pub use store::{
     ReadStamp, RecordFilter, Store,
 };
 #[cfg(feature = "postgres")]
-pub use store::{PostgresOptions, PostgresStore};
+pub use store::{PostgresOptions, PostgresStore, PostgresWriterStats};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
 #[cfg(feature = "reqwest")]

@@ -553,4 +553,4 @@ async fn thirty_two_lease_claimers_on_two_instances_have_one_winner() {
 }
 
 /// The schema version this build writes.
-const LATEST_SCHEMA: i32 = 3;
+const LATEST_SCHEMA: i32 = 4;
