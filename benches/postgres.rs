@@ -62,7 +62,11 @@ async fn seed(vault: &Vault) {
 }
 
 /// `callers` tasks resolving for `duration`, spread round-robin over `vaults`.
-async fn resolve_load(vaults: &[Vault], callers: usize, duration: Duration) -> (usize, f64, Vec<Duration>) {
+async fn resolve_load(
+    vaults: &[Vault],
+    callers: usize,
+    duration: Duration,
+) -> (usize, f64, Vec<Duration>) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..callers {

@@ -368,8 +368,12 @@ impl Store for PostgresStore {
         // The head read may be a group's whose WAL flush is still under way (its callers are
         // not answered yet). A head is what a checkpoint vouches for, so it is returned only
         // once durable: this synchronous write's commit record comes after the head's.
-        self.read(&self.sql.flush, &[], "the chain head (waiting for its flush)")
-            .await?;
+        self.read(
+            &self.sql.flush,
+            &[],
+            "the chain head (waiting for its flush)",
+        )
+        .await?;
         Ok(head)
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
@@ -24,8 +24,10 @@ use crate::store::rules::{
 };
 use crate::store::{Batch, CommitReceipt, Mutation};
 
-/// Group transactions of one instance in flight at once: one holding the chain-head lock,
-/// the ones before it waiting for their WAL flush, the next one waiting for the lock.
+/// Group transactions of one instance in flight at once: the ones before it waiting for
+/// their WAL flush, one holding the chain-head lock, the next one waiting for the lock.
+/// Only one at a time waits for the lock: it takes everything queued meanwhile, so groups
+/// stay as large as the callers make them.
 pub(super) const GROUPS_IN_FLIGHT: usize = 4;
 
 /// What the writer shares with its group tasks.
@@ -68,8 +70,12 @@ fn drain(queue: &Mutex<mpsc::UnboundedReceiver<Request>>, group: &mut Vec<Reques
 pub(super) async fn writer(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Request>) {
     let queue = Arc::new(Mutex::new(rx));
     let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    let asking = Arc::new(Semaphore::new(1));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(asking) = asking.clone().acquire_owned().await else {
             return;
         };
         let mut group = {
@@ -83,7 +89,7 @@ pub(super) async fn writer(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Requ
         let shared = shared.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
-            run_group(&shared, &queue, group).await;
+            run_group(&shared, &queue, group, asking).await;
             drop(permit);
         });
     }
@@ -144,6 +150,7 @@ async fn run_group(
     shared: &Shared,
     queue: &Mutex<mpsc::UnboundedReceiver<Request>>,
     mut group: Vec<Request>,
+    asking: OwnedSemaphorePermit,
 ) {
     let sql = &*shared.sql;
     let fail_all = |group: Vec<Request>, error: Error| {
@@ -186,6 +193,8 @@ async fn run_group(
     // What was queued while the lock was awaited joins this group: it would otherwise
     // wait for the lock again behind it.
     drain(queue, &mut group, shared.max_group);
+    // The next group may ask for the lock now (it queues behind this one).
+    drop(asking);
     let (mut generation, mut head) = match decode_state(&state) {
         Ok(s) => s,
         Err(e) => {
