@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strongroom::{
-    CredentialRef, LocalKey, MemoryStore, NewCredential, Principal, ResolveContext, Scope,
-    ScopeKind, SecretString, Vault,
+    Batch, CredentialId, CredentialRecord, CredentialRef, KeyRing, LifecycleState, LocalKey,
+    MemoryStore, Mutation, Precondition, Principal, ResolveContext, Scope, ScopeKind, Store,
+    Timestamp, Vault,
 };
 
 const CALLERS: usize = 64;
@@ -55,32 +56,59 @@ fn median(v: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Stores `openai_main` for (crm, user{i}), i < `USERS` (as `benches/resolve.rs` does).
+async fn seed(store: &MemoryStore, keys: &KeyRing) {
+    let now = Timestamp::now();
+    let mut mutations = Vec::new();
+    for u in 0..USERS {
+        let mut record = CredentialRecord {
+            id: CredentialId::generate(),
+            name: "openai_main".into(),
+            scope: Scope::per_app_per_user("crm", format!("user{u}")).expect("scope"),
+            provider: "openai".into(),
+            handler_type: "api_key".into(),
+            state: LifecycleState::Valid,
+            metadata: BTreeMap::new(),
+            agent_accessible: false,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            key_id: String::new(),
+            sealed: Vec::new(),
+        };
+        let sealed = keys
+            .seal(
+                br#"{"api_key":"sk-proj-0123456789abcdefghijklmnopqrstuvwxyz"}"#,
+                &record.identity(),
+            )
+            .await
+            .expect("seal");
+        record.key_id = sealed.key_id;
+        record.sealed = sealed.bytes;
+        mutations.push(Mutation::Put {
+            record,
+            precondition: Precondition::CreateOnly,
+        });
+    }
+    store
+        .commit(Batch {
+            mutations,
+            events: vec![],
+        })
+        .await
+        .expect("seed");
+}
+
 async fn run(store: Arc<MemoryStore>, total: Duration, slice: Duration) -> serde_json::Value {
+    let key = Arc::new(LocalKey::generate().expect("key"));
+    seed(&store, &KeyRing::new(key.clone())).await;
     let vault = Vault::builder()
         .store(store.clone())
-        .key_wrapper(Arc::new(LocalKey::generate().expect("key")))
+        .key_wrapper(key)
         .build()
         .await
         .expect("vault");
-    let admin = Principal::parse("system_admin:root").expect("p");
-    for u in 0..USERS {
-        vault
-            .create(
-                &admin,
-                NewCredential::new(
-                    "openai_main",
-                    Scope::per_app_per_user("crm", format!("user{u}")).expect("scope"),
-                    "openai",
-                    "",
-                    BTreeMap::from([(
-                        "api_key".to_string(),
-                        SecretString::from("sk-proj-0123456789abcdefghijklmnopqrstuvwxyz"),
-                    )]),
-                ),
-            )
-            .await
-            .expect("create");
-    }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();

@@ -280,7 +280,7 @@ async fn a_vault_on_a_windowed_store_resolves_past_the_window() {
             &admin,
             NewCredential::new(
                 "openai_main",
-                Scope::per_app_per_user("crm", "alice").expect("scope"),
+                Scope::SystemWide,
                 "openai",
                 "",
                 BTreeMap::from([("api_key".to_string(), SecretString::from("sk-test-1"))]),
@@ -292,7 +292,7 @@ async fn a_vault_on_a_windowed_store_resolves_past_the_window() {
     let ctx = ResolveContext::of(&actor).expect("ctx");
     let reference = CredentialRef::explicit(
         "openai_main",
-        ScopeKind::PerAppPerUser,
+        ScopeKind::SystemWide,
         Some("openai".into()),
     );
     for _ in 0..200 {
@@ -309,4 +309,15 @@ async fn a_vault_on_a_windowed_store_resolves_past_the_window() {
         .await
         .expect_err("the whole chain is not kept");
     assert!(not_found_text(&err).contains("with_audit_window"));
+}
+
+/// While nothing has been dropped, a windowed store is a `MemoryStore` like any other: it
+/// passes the conformance suite.
+#[cfg(feature = "conformance")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_windowed_store_that_has_dropped_nothing_conforms() {
+    strongroom::conformance::run_all(|| async {
+        Arc::new(MemoryStore::with_audit_window(1_000_000)) as Arc<dyn Store>
+    })
+    .await;
 }

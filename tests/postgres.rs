@@ -435,22 +435,23 @@ async fn a_change_on_one_instance_shows_in_the_next_resolve_on_the_other() {
         .await
         .expect("vault");
     let admin = Principal::parse("system_admin:root").expect("p");
-    let fields = |v: &str| BTreeMap::from([("token".into(), SecretString::from(v.to_string()))]);
+    let alice = Principal::parse("app_user:crm:alice").expect("p");
+    let fields = |v: &str| BTreeMap::from([("api_key".into(), SecretString::from(v.to_string()))]);
     let info = there
         .create(
-            &admin,
+            &alice,
             NewCredential::new(
                 "gh",
                 Scope::per_user("alice").expect("scope"),
-                "github",
+                "openai",
                 "",
-                fields("ghp-one"),
+                fields("sk-one"),
             ),
         )
         .await
         .expect("create");
     there
-        .grant_add(&admin, &info.id, "crm")
+        .grant_add(&alice, &info.id, "crm")
         .await
         .expect("grant");
     let runtime = Principal::parse("runtime:crm:alice").expect("p");
@@ -459,34 +460,34 @@ async fn a_change_on_one_instance_shows_in_the_next_resolve_on_the_other() {
     let resolve = || here.resolve(&runtime, &reference, &ctx);
     for _ in 0..3 {
         let got = resolve().await.expect("resolve");
-        assert_eq!(got.fields["token"].expose_secret(), "ghp-one");
+        assert_eq!(got.fields["api_key"].expose_secret(), "sk-one");
     }
     let before = here_store.writer_stats();
     assert!(before.groups >= 1 && before.events >= 3, "{before:?}");
 
     there
         .update(
-            &admin,
+            &alice,
             &info.id,
             info.version,
             CredentialUpdate {
-                fields: Some(fields("ghp-two")),
+                fields: Some(fields("sk-two")),
                 ..CredentialUpdate::default()
             },
         )
         .await
         .expect("update");
     let got = resolve().await.expect("resolve after the update");
-    assert_eq!(got.fields["token"].expose_secret(), "ghp-two");
+    assert_eq!(got.fields["api_key"].expose_secret(), "sk-two");
 
     there
-        .grant_revoke(&admin, &info.id, "crm", false)
+        .grant_revoke(&alice, &info.id, "crm", false)
         .await
         .expect("revoke");
     let err = resolve().await.expect_err("the grant is revoked");
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
 
-    there.delete(&admin, &info.id, None).await.expect("delete");
+    there.delete(&alice, &info.id, None).await.expect("delete");
     let err = resolve().await.expect_err("deleted");
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
 

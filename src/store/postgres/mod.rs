@@ -28,7 +28,7 @@ use super::group::{self, Request};
 use super::sql::{Dialect, SqlValue};
 use super::{AuditQuery, Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditRecord, ChainHead};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
 use cache::{NameKey, PointCache, POINT_CACHE_ENTRIES};
 use codec::{decode_audit, decode_credential, decode_grant, decode_record, decode_state};
@@ -368,13 +368,19 @@ impl Store for PostgresStore {
         // The head read may be a group's whose WAL flush is still under way (its callers are
         // not answered yet). A head is what a checkpoint vouches for, so it is returned only
         // once durable: this synchronous write's commit record comes after the head's.
-        self.read(
-            &self.sql.flush,
-            &[],
-            "the chain head (waiting for its flush)",
-        )
-        .await?;
-        Ok(head)
+        // On a read-only server (a standby) the write is refused; what a standby shows came
+        // from the primary's WAL, durable there.
+        match self
+            .read(&self.sql.flush, &[], "the chain head (waiting for its flush)")
+            .await
+        {
+            Err(Error::Store {
+                kind: StoreErrorKind::ReadOnly,
+                ..
+            })
+            | Ok(_) => Ok(head),
+            Err(e) => Err(e),
+        }
     }
 
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
