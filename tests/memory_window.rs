@@ -290,11 +290,8 @@ async fn a_vault_on_a_windowed_store_resolves_past_the_window() {
         .expect("create");
     let actor = Principal::parse("runtime:crm:alice").expect("p");
     let ctx = ResolveContext::of(&actor).expect("ctx");
-    let reference = CredentialRef::explicit(
-        "openai_main",
-        ScopeKind::SystemWide,
-        Some("openai".into()),
-    );
+    let reference =
+        CredentialRef::explicit("openai_main", ScopeKind::SystemWide, Some("openai".into()));
     for _ in 0..200 {
         vault
             .resolve(&actor, &reference, &ctx)

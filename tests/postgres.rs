@@ -416,8 +416,8 @@ async fn a_vault_runs_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_instance_shows_in_the_next_resolve_on_the_other() {
     use strongroom::{
-        CredentialRef, CredentialUpdate, Error, ExposeSecret, LocalKey, NewCredential,
-        Principal, ResolveContext, ScopeKind, SecretString, Vault,
+        CredentialRef, CredentialUpdate, Error, ExposeSecret, LocalKey, NewCredential, Principal,
+        ResolveContext, ScopeKind, SecretString, Vault,
     };
     let schema = fresh_schema();
     let key = Arc::new(LocalKey::generate().expect("key"));

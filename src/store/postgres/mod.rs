@@ -371,7 +371,11 @@ impl Store for PostgresStore {
         // On a read-only server (a standby) the write is refused; what a standby shows came
         // from the primary's WAL, durable there.
         match self
-            .read(&self.sql.flush, &[], "the chain head (waiting for its flush)")
+            .read(
+                &self.sql.flush,
+                &[],
+                "the chain head (waiting for its flush)",
+            )
             .await
         {
             Err(Error::Store {
