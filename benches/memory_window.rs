@@ -169,12 +169,20 @@ async fn run(store: Arc<MemoryStore>, total: Duration, slice: Duration) -> serde
     let k = slices.len().min(5);
     let first = median(&slices[..k]);
     let tail = median(&slices[slices.len() - k..]);
+    // The same run in 5-slice steps (5 s with the default slice), each the mean of its
+    // slices.
+    let fives: Vec<f64> = slices
+        .chunks(5)
+        .filter(|c| c.len() == 5)
+        .map(|c| (c.iter().sum::<f64>() / 5.0).round())
+        .collect();
     let window = store.audit_window();
     serde_json::json!({
         "seconds": start.elapsed().as_secs_f64().round(),
         "resolves": done.load(Ordering::Relaxed),
         "slice_ms": slice.as_millis() as u64,
         "per_s_slices": slices,
+        "per_s_five_slices": fives,
         "median_first_5": first,
         "median_last_5": tail,
         "last_over_first": ((tail / first.max(1.0)) * 100.0).round() / 100.0,

@@ -68,26 +68,36 @@ impl AuditLog {
         }
     }
 
-    pub(super) fn push(&mut self, record: AuditRecord) {
+    /// Appends a row; a window returns the row it drops to make room (the caller frees it,
+    /// outside the store's lock).
+    #[must_use]
+    pub(super) fn push(&mut self, record: AuditRecord) -> Option<AuditRecord> {
         match &mut self.rows {
-            Rows::All(chunks) => match chunks.last_mut() {
-                Some(chunk) if chunk.len() < AUDIT_CHUNK => chunk.push(record),
-                _ => {
-                    let mut chunk = Vec::with_capacity(AUDIT_CHUNK);
-                    chunk.push(record);
-                    chunks.push(chunk);
-                }
-            },
-            Rows::Window { capacity, rows } => {
-                if rows.len() == *capacity {
-                    if let Some(old) = rows.pop_front() {
-                        self.anchor = Some(ChainHead {
-                            seq: old.seq,
-                            hash: old.hash,
-                        });
+            Rows::All(chunks) => {
+                match chunks.last_mut() {
+                    Some(chunk) if chunk.len() < AUDIT_CHUNK => chunk.push(record),
+                    _ => {
+                        let mut chunk = Vec::with_capacity(AUDIT_CHUNK);
+                        chunk.push(record);
+                        chunks.push(chunk);
                     }
                 }
+                None
+            }
+            Rows::Window { capacity, rows } => {
+                let old = if rows.len() == *capacity {
+                    rows.pop_front()
+                } else {
+                    None
+                };
+                if let Some(old) = &old {
+                    self.anchor = Some(ChainHead {
+                        seq: old.seq,
+                        hash: old.hash,
+                    });
+                }
                 rows.push_back(record);
+                old
             }
         }
     }

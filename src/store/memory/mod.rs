@@ -222,7 +222,7 @@ impl MemoryStore {
         let mut rows = state.audit.take_rows();
         f(&mut rows);
         for row in rows {
-            state.audit.push(row);
+            let _ = state.audit.push(row);
         }
         state.head = state.audit.last().map(|r| ChainHead {
             seq: r.seq,
@@ -378,15 +378,19 @@ impl MemoryStore {
         }
         let mut seqs = None;
         let mut head = state.head;
+        // Rows a window drops are freed once the lock is released.
+        let mut dropped = Vec::new();
         for event in batch.events {
             let record = ChainHead::append(&mut head, event);
             seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
-            state.audit.push(record);
+            dropped.extend(state.audit.push(record));
         }
         state.head = head;
         if changes {
             state.generation += 1;
         }
+        drop(state);
+        drop(dropped);
         Ok(CommitReceipt { seqs, head })
     }
 }
