@@ -32,11 +32,11 @@ pub use model::{
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::lease::{Lease, LeaseClaim};
 pub use store::{
-    stale_read, AuditQuery, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation, Precondition,
-    ReadStamp, RecordFilter, Store,
+    stale_read, AuditQuery, AuditWindow, Batch, CommitReceipt, ListFilter, MemoryStore, Mutation,
+    Precondition, ReadStamp, RecordFilter, Store,
 };
 #[cfg(feature = "postgres")]
-pub use store::{PostgresOptions, PostgresStore};
+pub use store::{PostgresOptions, PostgresStore, PostgresWriterStats};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteOptions, SqliteStore};
 #[cfg(feature = "reqwest")]

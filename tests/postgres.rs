@@ -409,6 +409,93 @@ async fn a_vault_runs_on_postgres() {
     drop_schema(&schema).await;
 }
 
+/// Each instance caches scope + name lookups and grants for the data generation it read
+/// them at. A change made through the other instance (new secret, revoked grant, deletion)
+/// must show in the very next resolve here: the stale entry's checked commit is refused
+/// under the chain-head lock and the resolve reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_instance_shows_in_the_next_resolve_on_the_other() {
+    use strongroom::{
+        CredentialRef, CredentialUpdate, Error, ExposeSecret, LocalKey, NewCredential, Principal,
+        ResolveContext, ScopeKind, SecretString, Vault,
+    };
+    let schema = fresh_schema();
+    let key = Arc::new(LocalKey::generate().expect("key"));
+    let here_store = Arc::new(open(&schema).await);
+    let here = Vault::builder()
+        .store(here_store.clone())
+        .key_wrapper(key.clone())
+        .build()
+        .await
+        .expect("vault");
+    let there = Vault::builder()
+        .store(Arc::new(open(&schema).await))
+        .key_wrapper(key)
+        .build()
+        .await
+        .expect("vault");
+    let admin = Principal::parse("system_admin:root").expect("p");
+    let alice = Principal::parse("app_user:crm:alice").expect("p");
+    let fields = |v: &str| BTreeMap::from([("api_key".into(), SecretString::from(v.to_string()))]);
+    let info = there
+        .create(
+            &alice,
+            NewCredential::new(
+                "gh",
+                Scope::per_user("alice").expect("scope"),
+                "openai",
+                "",
+                fields("sk-one"),
+            ),
+        )
+        .await
+        .expect("create");
+    there
+        .grant_add(&alice, &info.id, "crm")
+        .await
+        .expect("grant");
+    let runtime = Principal::parse("runtime:crm:alice").expect("p");
+    let ctx = ResolveContext::of(&runtime).expect("ctx");
+    let reference = CredentialRef::explicit("gh", ScopeKind::PerUser, None);
+    let resolve = || here.resolve(&runtime, &reference, &ctx);
+    for _ in 0..3 {
+        let got = resolve().await.expect("resolve");
+        assert_eq!(got.fields["api_key"].expose_secret(), "sk-one");
+    }
+    let before = here_store.writer_stats();
+    assert!(before.groups >= 1 && before.events >= 3, "{before:?}");
+
+    there
+        .update(
+            &alice,
+            &info.id,
+            info.version,
+            CredentialUpdate {
+                fields: Some(fields("sk-two")),
+                ..CredentialUpdate::default()
+            },
+        )
+        .await
+        .expect("update");
+    let got = resolve().await.expect("resolve after the update");
+    assert_eq!(got.fields["api_key"].expose_secret(), "sk-two");
+
+    there
+        .grant_revoke(&alice, &info.id, "crm", false)
+        .await
+        .expect("revoke");
+    let err = resolve().await.expect_err("the grant is revoked");
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+
+    there.delete(&alice, &info.id, None).await.expect("delete");
+    let err = resolve().await.expect_err("deleted");
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+
+    let report = here.verify_audit(&admin).await.expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    drop_schema(&schema).await;
+}
+
 /// Schema version 1 exactly as it shipped (never edit: it is what old databases hold).
 fn schema_v1(s: &str) -> String {
     format!(
@@ -553,4 +640,4 @@ async fn thirty_two_lease_claimers_on_two_instances_have_one_winner() {
 }
 
 /// The schema version this build writes.
-const LATEST_SCHEMA: i32 = 3;
+const LATEST_SCHEMA: i32 = 4;

@@ -35,9 +35,9 @@ pub use audit_query::{audit_query_by_scan, AuditQuery};
 pub use filter::{ListFilter, OwnerMatch, RecordFilter, ScopeMatch};
 pub use rules::stale_read;
 
-pub use memory::MemoryStore;
+pub use memory::{AuditWindow, MemoryStore};
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresOptions, PostgresStore, PostgresWriterStats};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, WriterStats, SQLITE_APPLICATION_ID};
 

@@ -6,8 +6,16 @@
 //! `state`, which holds the audit chain head and the data generation: commits from every
 //! instance serialise on it, so the chain never forks and sequence numbers have no gaps,
 //! and a batch is applied whole or not at all.
+//!
+//! Hot paths (issue 14): scope + name lookups and grant reads are cached for the data
+//! generation they were read at (`cache`), so an audited resolve costs no read round trip
+//! when nothing changed; the writer keeps a few group transactions in flight and releases
+//! the chain-head lock of an audit-only group before its WAL flush, waiting for the flush
+//! before answering (see `writer::run_group`). Callers are answered only once their batch
+//! is durable.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,14 +28,16 @@ use super::group::{self, Request};
 use super::sql::{Dialect, SqlValue};
 use super::{AuditQuery, Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditRecord, ChainHead};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
+use cache::{NameKey, PointCache, POINT_CACHE_ENTRIES};
 use codec::{decode_audit, decode_credential, decode_grant, decode_record, decode_state};
 use error::{db_error, pool_error};
 use schema::{migrate, valid_schema};
 use statements::{Sql, COLUMNS, RECORD_COLUMNS};
-use writer::writer;
+use writer::{writer, Counters, Shared};
 
+mod cache;
 mod codec;
 mod error;
 mod schema;
@@ -48,6 +58,10 @@ pub struct PostgresOptions {
     pub allow_async_commit: bool,
     /// Most batches one group transaction takes.
     pub max_group: usize,
+    /// Most scope + name lookups (and, apart, most credentials' grant lists) kept by the
+    /// point-read cache; `0` turns it off. Entries are valid for one data generation only,
+    /// so a change by any instance retires them (see [`Store::commit_checked`]).
+    pub point_cache_entries: usize,
 }
 
 impl Default for PostgresOptions {
@@ -57,6 +71,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             allow_async_commit: false,
             max_group: 512,
+            point_cache_entries: POINT_CACHE_ENTRIES,
         }
     }
 }
@@ -74,6 +89,12 @@ impl PostgresOptions {
         self
     }
 
+    /// Options with this point-read cache size (`0`: no cache).
+    pub fn point_cache_entries(mut self, entries: usize) -> Self {
+        self.point_cache_entries = entries;
+        self
+    }
+
     /// Accept `synchronous_commit = off` (see the field).
     pub fn allow_async_commit(mut self, allow: bool) -> Self {
         self.allow_async_commit = allow;
@@ -86,7 +107,30 @@ pub struct PostgresStore {
     pool: Pool,
     sql: Arc<Sql>,
     writer: mpsc::UnboundedSender<Request>,
+    cache: Arc<PointCache>,
+    stats: Arc<Counters>,
     shown: String,
+}
+
+/// What a [`PostgresStore`]'s writer has done since the store was opened
+/// ([`PostgresStore::writer_stats`]): committed group transactions, the batches and audit
+/// events in them, and where their time went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PostgresWriterStats {
+    /// Group transactions committed.
+    pub groups: u64,
+    /// Batches in them (refused batches included).
+    pub batches: u64,
+    /// Audit events they appended.
+    pub events: u64,
+    /// Microseconds, summed over groups, from asking for the chain-head lock to holding it.
+    pub lock_wait_us: u64,
+    /// Microseconds, summed over groups, from holding the lock to the commit's answer (the
+    /// lock is held that long).
+    pub locked_us: u64,
+    /// Microseconds, summed over groups, from the commit's answer to the WAL flush's.
+    pub flush_wait_us: u64,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -129,7 +173,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(options.pool_size + 1)
+            .max_size(options.pool_size + writer::GROUPS_IN_FLIGHT)
             .build()
             .map_err(|e| Error::config(format!("cannot build the connection pool: {e}")))?;
         let sql = Arc::new(Sql::new(&options.schema));
@@ -154,18 +198,38 @@ impl PostgresStore {
             migrate(&mut client, &options.schema, &shown).await?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(
-            pool.clone(),
-            sql.clone(),
-            rx,
-            options.max_group.max(1),
-        ));
+        let cache = Arc::new(PointCache::new(options.point_cache_entries));
+        let stats = Arc::new(Counters::default());
+        let shared = Shared {
+            pool: pool.clone(),
+            sql: sql.clone(),
+            cache: cache.clone(),
+            stats: stats.clone(),
+            max_group: options.max_group.max(1),
+        };
+        tokio::spawn(writer(Arc::new(shared), rx));
         Ok(PostgresStore {
             pool,
             sql,
             writer: tx,
+            cache,
+            stats,
             shown,
         })
+    }
+
+    /// What the writer has done so far (group sizes, lock and flush times).
+    pub fn writer_stats(&self) -> PostgresWriterStats {
+        let s = &self.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        PostgresWriterStats {
+            groups: get(&s.groups),
+            batches: get(&s.batches),
+            events: get(&s.events),
+            lock_wait_us: get(&s.lock_wait_us),
+            locked_us: get(&s.locked_us),
+            flush_wait_us: get(&s.flush_wait_us),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -300,7 +364,27 @@ impl Store for PostgresStore {
         let row = rows
             .first()
             .ok_or_else(|| Error::corrupt("the store's state row", "it is missing"))?;
-        decode_state(row).map(|(_, head)| head)
+        let head = decode_state(row).map(|(_, head)| head)?;
+        // The head read may be a group's whose WAL flush is still under way (its callers are
+        // not answered yet). A head is what a checkpoint vouches for, so it is returned only
+        // once durable: this synchronous write's commit record comes after the head's.
+        // On a read-only server (a standby) the write is refused; what a standby shows came
+        // from the primary's WAL, durable there.
+        match self
+            .read(
+                &self.sql.flush,
+                &[],
+                "the chain head (waiting for its flush)",
+            )
+            .await
+        {
+            Err(Error::Store {
+                kind: StoreErrorKind::ReadOnly,
+                ..
+            })
+            | Ok(_) => Ok(head),
+            Err(e) => Err(e),
+        }
     }
 
     async fn commit(&self, batch: Batch) -> Result<CommitReceipt> {
@@ -312,11 +396,14 @@ impl Store for PostgresStore {
         scope: &Scope,
         name: &str,
     ) -> Result<(Option<Arc<CredentialRecord>>, ReadStamp)> {
-        let owner = scope.owner();
+        let key: NameKey = (scope.kind().as_str(), scope.owner(), name.to_string());
+        if let Some((found, generation)) = self.cache.name(&key) {
+            return Ok((found, ReadStamp::at(generation)));
+        }
         let rows = self
             .read(
                 &self.sql.find_named,
-                &[&scope.kind().as_str(), &owner, &name],
+                &[&key.0, &key.1, &key.2],
                 "a credential",
             )
             .await?;
@@ -334,6 +421,7 @@ impl Store for PostgresStore {
             None => None,
             Some(_) => Some(Arc::new(decode_credential(row, 1)?)),
         };
+        self.cache.keep_name(key, generation, record.clone());
         Ok((record, ReadStamp::at(generation)))
     }
 
@@ -341,6 +429,9 @@ impl Store for PostgresStore {
         &self,
         credential_id: &CredentialId,
     ) -> Result<(Vec<Grant>, ReadStamp)> {
+        if let Some((grants, generation)) = self.cache.grants(credential_id) {
+            return Ok((grants, ReadStamp::at(generation)));
+        }
         let rows = self
             .read(
                 &self.sql.grants_stamped,
@@ -361,6 +452,8 @@ impl Store for PostgresStore {
                 grants.push(decode_grant(row, 1)?);
             }
         }
+        self.cache
+            .keep_grants(credential_id.clone(), generation, grants.clone());
         Ok((grants, ReadStamp::at(generation)))
     }
 

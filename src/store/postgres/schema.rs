@@ -86,6 +86,14 @@ pub(super) fn migrations(s: &str) -> Vec<String> {
             CREATE INDEX records_expires_at ON {s}.records (expires_at)
                 WHERE expires_at IS NOT NULL;"
         ),
+        // 4: one row per writing connection, updated by the synchronous write that waits for
+        //    the WAL flush of a group committed asynchronously (see the writer).
+        format!(
+            "CREATE TABLE {s}.flushes (
+                pid INTEGER PRIMARY KEY,
+                n   BIGINT NOT NULL
+            );"
+        ),
     ]
 }
 

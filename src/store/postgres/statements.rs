@@ -18,6 +18,7 @@ pub(super) struct Sql {
     pub(super) put_grant: String,
     pub(super) delete_grant: String,
     pub(super) insert_audit: String,
+    pub(super) flush: String,
     pub(super) record: String,
     pub(super) record_version: String,
     pub(super) put_record: String,
@@ -104,6 +105,10 @@ impl Sql {
             ),
             delete_record: format!(
                 "DELETE FROM {s}.records WHERE kind = $1 AND owner = $2 AND key = $3"
+            ),
+            flush: format!(
+                "INSERT INTO {s}.flushes (pid, n) VALUES (pg_backend_pid(), 1) \
+                 ON CONFLICT (pid) DO UPDATE SET n = {s}.flushes.n + 1"
             ),
             insert_audit: format!(
                 "INSERT INTO {s}.audit (seq, time, actor, action, credential_id, scope_kind, \

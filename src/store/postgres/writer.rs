@@ -1,13 +1,16 @@
 //! The group-commit writer: one task per instance that takes the batches queued while it
 //! was busy into one transaction, serialised with every other instance on the state row.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::cache::PointCache;
 use super::codec::decode_state;
 use super::error::{db_error, kind_of, pool_error, reason};
 use super::statements::Sql;
@@ -21,21 +24,74 @@ use crate::store::rules::{
 };
 use crate::store::{Batch, CommitReceipt, Mutation};
 
-pub(super) async fn writer(
-    pool: Pool,
-    sql: Arc<Sql>,
-    mut rx: mpsc::UnboundedReceiver<Request>,
-    max_group: usize,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < max_group {
+/// Group transactions of one instance in flight at once: the ones before it waiting for
+/// their WAL flush, one holding the chain-head lock, the next one waiting for the lock.
+/// Only one at a time waits for the lock: it takes everything queued meanwhile, so groups
+/// stay as large as the callers make them.
+pub(super) const GROUPS_IN_FLIGHT: usize = 4;
+
+/// What the writer shares with its group tasks.
+pub(super) struct Shared {
+    pub(super) pool: Pool,
+    pub(super) sql: Arc<Sql>,
+    pub(super) cache: Arc<PointCache>,
+    pub(super) stats: Arc<Counters>,
+    pub(super) max_group: usize,
+}
+
+/// Running totals of the writer, for [`super::PostgresStore::writer_stats`].
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) groups: AtomicU64,
+    pub(super) batches: AtomicU64,
+    pub(super) events: AtomicU64,
+    pub(super) lock_wait_us: AtomicU64,
+    pub(super) locked_us: AtomicU64,
+    pub(super) flush_wait_us: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, since: Instant) {
+    counter.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+}
+
+/// Takes the batches queued so far, up to `max` in all.
+fn drain(queue: &Mutex<mpsc::UnboundedReceiver<Request>>, group: &mut Vec<Request>, max: usize) {
+    // The writer loop holds the queue only while it waits for an empty queue to fill.
+    if let Ok(mut rx) = queue.try_lock() {
+        while group.len() < max {
             match rx.try_recv() {
                 Ok(r) => group.push(r),
                 Err(_) => break,
             }
         }
-        run_group(&pool, &sql, group).await;
+    }
+}
+
+pub(super) async fn writer(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Request>) {
+    let queue = Arc::new(Mutex::new(rx));
+    let in_flight = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    let asking = Arc::new(Semaphore::new(1));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(asking) = asking.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = {
+            let mut rx = queue.lock().await;
+            match rx.recv().await {
+                Some(first) => vec![first],
+                None => return,
+            }
+        };
+        drain(&queue, &mut group, shared.max_group);
+        let shared = shared.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            run_group(&shared, &queue, group, asking).await;
+            drop(permit);
+        });
     }
 }
 
@@ -77,13 +133,32 @@ impl AuditColumns {
 }
 
 /// Runs one group in one transaction and answers every caller in it.
-async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
+///
+/// The transaction locks the state row (the chain head and the data generation), so the
+/// groups of every instance serialise on it. A group that changes no credential, grant or
+/// record (audited reads, denials: the common case) commits with `synchronous_commit` off
+/// for that transaction only, which releases the lock as soon as its commit record is in
+/// the WAL, and then waits for the flush with a one-row write of its own
+/// (`sql.flush`) committed synchronously: its commit record comes after the group's, so
+/// once it is durable the group is too. The callers are answered only then. So the next
+/// group (of any instance) takes the lock while this one's WAL is flushed, and the flushes
+/// of both overlap. Another instance may read the group's audit rows and head during that
+/// flush; it builds on them only through its own commit, whose flush covers them (the WAL
+/// is one sequence). A group with mutations commits synchronously, holding the lock until
+/// its data is durable, so no credential, grant or record is visible before it is durable.
+async fn run_group(
+    shared: &Shared,
+    queue: &Mutex<mpsc::UnboundedReceiver<Request>>,
+    mut group: Vec<Request>,
+    asking: OwnedSemaphorePermit,
+) {
+    let sql = &*shared.sql;
     let fail_all = |group: Vec<Request>, error: Error| {
         let failure = GroupFailure::from(error);
         let skipped = group.into_iter().map(|req| (req.reply, Outcome::Skipped));
         answer(skipped.collect(), Some(&failure));
     };
-    let client = match pool.get().await {
+    let client = match shared.pool.get().await {
         Ok(c) => c,
         Err(e) => {
             return fail_all(
@@ -98,7 +173,13 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         Err(e) => return fail_all(group, e),
     };
     // BEGIN and the lock on the state row go out together (one round trip).
-    let (begun, state) = tokio::join!(tx.batch_execute("BEGIN"), tx.query_one(&lock, &[]));
+    let asked = Instant::now();
+    let (begun, state) = tokio::join!(
+        tx.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off"),
+        tx.query_one(&lock, &[])
+    );
+    add(&shared.stats.lock_wait_us, asked);
+    let locked = Instant::now();
     let state = match (begun, state) {
         (Ok(()), Ok(row)) => row,
         (Err(e), _) | (_, Err(e)) => {
@@ -109,6 +190,11 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             );
         }
     };
+    // What was queued while the lock was awaited joins this group: it would otherwise
+    // wait for the lock again behind it.
+    drain(queue, &mut group, shared.max_group);
+    // The next group may ask for the lock now (it queues behind this one).
+    drop(asking);
     let (mut generation, mut head) = match decode_state(&state) {
         Ok(s) => s,
         Err(e) => {
@@ -116,11 +202,15 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             return fail_all(group, e);
         }
     };
+    shared.cache.set_generation(generation);
     let start_generation = generation;
+    let batches = group.len() as u64;
     let mut audit = AuditColumns::default();
     let mut results: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
     // Set when something fails outside a savepoint: then the whole group rolls back.
     let mut poisoned: Option<GroupFailure> = None;
+    // Set once a batch's mutations are applied: the commit is then synchronous.
+    let mut mutated = false;
     for req in group {
         if poisoned.is_some() {
             results.push((req.reply, Outcome::Skipped));
@@ -157,6 +247,7 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
                 results.push((req.reply, Outcome::Refused(e)));
                 continue;
             }
+            mutated = true;
             if bumps_generation {
                 generation += 1;
             }
@@ -172,6 +263,8 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         }
         results.push((req.reply, Outcome::Applied(CommitReceipt { seqs, head })));
     }
+    let events = audit.seq.len() as u64;
+    let mut flush_started = None;
     let committed: std::result::Result<(), GroupFailure> = async {
         if let Some(failure) = poisoned {
             return Err(failure.rolled_back());
@@ -179,6 +272,7 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
         let rolled_back = |failure: Error| GroupFailure::from(failure).rolled_back();
         let insert = prepared(tx, &sql.insert_audit).await.map_err(rolled_back)?;
         let update = prepared(tx, &sql.update_state).await.map_err(rolled_back)?;
+        let flush = prepared(tx, &sql.flush).await.map_err(rolled_back)?;
         let (seq, hash) = match &head {
             Some(h) => (h.seq as i64, Some(h.hash.to_vec())),
             None => (0, None),
@@ -197,10 +291,10 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             &audit.hash,
         ];
         let moved = !audit.seq.is_empty() || generation != start_generation;
-        // The audit rows, the new head and COMMIT go out together (one round trip). A
-        // failed statement aborts the transaction, and COMMIT then rolls it back, so
-        // success needs all three.
-        let (inserted, updated, commit) = tokio::join!(
+        // The audit rows, the new head, COMMIT and (after an asynchronous commit) the
+        // flushing write go out together (one round trip). A failed statement aborts the
+        // transaction, and COMMIT then rolls it back, so success needs all of them.
+        let (inserted, updated, commit, flushed) = tokio::join!(
             async {
                 if audit.seq.is_empty() {
                     Ok(0)
@@ -215,7 +309,24 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
                     Ok(0)
                 }
             },
-            tx.batch_execute("COMMIT")
+            async {
+                // A group with mutations commits synchronously (see above).
+                let end = if mutated {
+                    "RESET synchronous_commit; COMMIT"
+                } else {
+                    "COMMIT"
+                };
+                let done = tx.batch_execute(end).await;
+                flush_started = Some(Instant::now());
+                done
+            },
+            async {
+                if mutated || !moved {
+                    Ok(0)
+                } else {
+                    tx.execute(&flush, &[]).await
+                }
+            }
         );
         inserted.map_err(|e| rolled_back(db_error("cannot append the audit rows", e)))?;
         match updated {
@@ -229,20 +340,37 @@ async fn run_group(pool: &Pool, sql: &Sql, group: Vec<Request>) {
             }
             Err(e) => return Err(rolled_back(db_error("cannot move the chain head", e))),
         }
-        commit.map_err(|e| {
+        let unsure = |e: tokio_postgres::Error, what: &str| -> GroupFailure {
             let kind = kind_of(&e);
             let message = format!(
-                "the commit did not complete ({}); the batch was applied whole or not at all: \
-                 read again before retrying",
+                "{what} ({}); the batch was applied whole or not at all: read again before \
+                 retrying",
                 reason(&e)
             );
             Error::store_with_source(kind, message, e).into()
-        })
+        };
+        commit.map_err(|e| unsure(e, "the commit did not complete"))?;
+        flushed
+            .map(|_| ())
+            .map_err(|e| unsure(e, "the commit was not confirmed durable"))
     }
     .await;
+    if let Some(t) = flush_started {
+        let stats = &shared.stats;
+        stats
+            .locked_us
+            .fetch_add((t - locked).as_micros() as u64, Ordering::Relaxed);
+        add(&stats.flush_wait_us, t);
+    }
     if committed.is_err() {
         // Leaves the connection out of any transaction (a no-op after COMMIT/ROLLBACK).
         let _ = tx.batch_execute("ROLLBACK").await;
+    } else {
+        shared.cache.set_generation(generation);
+        let stats = &shared.stats;
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats.batches.fetch_add(batches, Ordering::Relaxed);
+        stats.events.fetch_add(events, Ordering::Relaxed);
     }
     answer(results, committed.err().as_ref());
 }

@@ -1,5 +1,8 @@
 //! `MemoryStore`: everything in process memory, for test suites. Fast, no disk, same
 //! semantics as the durable stores (it runs the same conformance suite).
+//!
+//! Its audit log keeps every row, or with [`MemoryStore::with_audit_window`] only the newest
+//! rows (`audit_log`), for test suites that run long enough for the log to matter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,63 +13,18 @@ use super::rules::{
     check_credential_delete, check_credential_put, check_record_delete, check_record_put,
     grant_missing, grant_target_missing, name_taken, stale_read,
 };
-use super::{Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, Store};
+use super::{
+    AuditQuery, Batch, CommitReceipt, ListFilter, Mutation, ReadStamp, RecordFilter, Store,
+};
 use crate::audit::encoding::{AuditRecord, ChainHead};
 use crate::error::Result;
+use audit_log::AuditLog;
+pub use audit_log::AuditWindow;
+
+mod audit_log;
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope, ScopeKind};
 
 type NameKey = (ScopeKind, String, String);
-
-/// The audit rows in fixed-size chunks, so a long-running store never copies its whole log
-/// to grow it (a copy that would hold the lock for as long as it takes).
-#[derive(Default)]
-struct AuditLog {
-    chunks: Vec<Vec<AuditRecord>>,
-}
-
-const AUDIT_CHUNK: usize = 1 << 14;
-
-impl AuditLog {
-    fn push(&mut self, record: AuditRecord) {
-        match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < AUDIT_CHUNK => chunk.push(record),
-            _ => {
-                let mut chunk = Vec::with_capacity(AUDIT_CHUNK);
-                chunk.push(record);
-                self.chunks.push(chunk);
-            }
-        }
-    }
-
-    fn last(&self) -> Option<&AuditRecord> {
-        self.chunks.last().and_then(|c| c.last())
-    }
-
-    /// Rows with `seq >= from` (rows are in sequence order), at most `limit`.
-    fn range(&self, from: u64, limit: usize) -> Vec<AuditRecord> {
-        let first_chunk = self
-            .chunks
-            .partition_point(|c| c.last().is_some_and(|r| r.seq < from));
-        let mut out = Vec::new();
-        for chunk in &self.chunks[first_chunk..] {
-            let start = chunk.partition_point(|r| r.seq < from);
-            for row in &chunk[start..] {
-                if out.len() == limit {
-                    return out;
-                }
-                out.push(row.clone());
-            }
-        }
-        out
-    }
-
-    fn flatten(&mut self) -> Vec<AuditRecord> {
-        std::mem::take(&mut self.chunks)
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-}
 
 /// What to put back if a batch fails part way.
 enum Undo {
@@ -201,9 +159,54 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store that keeps every audit row.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// An empty store that keeps only the newest `rows` audit rows (at least 1), for test
+    /// suites that run long: the log's memory stays bounded, and so does the cost of a
+    /// commit (an unbounded log keeps asking the system for new pages).
+    ///
+    /// What it keeps: the newest `rows` rows, the chain head, and the *anchor* — the
+    /// sequence number and hash of the last row it dropped, which the oldest kept row's
+    /// `prev_hash` must equal. So the kept rows stay verifiable on their own:
+    /// [`MemoryStore::verify_kept_audit`] checks them from the anchor to the head (and
+    /// [`MemoryStore::audit_window`] says what is kept). Commits, sequence numbers and
+    /// hashes are exactly those of an unbounded store.
+    ///
+    /// What it no longer has: rows `1..=dropped`. A read that needs them fails with
+    /// [`crate::Error::NotFound`] naming the dropped rows and the first kept one:
+    /// [`Store::audit_range`] from a dropped row, an oldest-first [`Store::audit_query`]
+    /// whose range starts in them, and a newest-first one that runs out of kept rows
+    /// before its limit. Verifying the whole chain (`Vault::verify_audit`,
+    /// `audit::verify_chain`, checkpoints) starts at row 1, so it fails with that error
+    /// too rather than reporting a chain it cannot see. Reads within the kept rows answer
+    /// as an unbounded store would.
+    pub fn with_audit_window(rows: usize) -> MemoryStore {
+        MemoryStore {
+            state: Mutex::new(State {
+                audit: AuditLog::window(rows),
+                ..State::default()
+            }),
+        }
+    }
+
+    /// What the audit log holds: its capacity, the rows kept and dropped, the anchor and
+    /// the head.
+    pub fn audit_window(&self) -> AuditWindow {
+        let state = self.lock();
+        state.audit.describe(state.head)
+    }
+
+    /// Verifies the kept audit rows on their own: consecutive sequence numbers from the
+    /// anchor (row 1 when nothing was dropped), each row chained to the one before (the
+    /// oldest to the anchor's hash), each hash recomputed from the row, and the newest row
+    /// the chain head. The first bad row is reported as [`crate::Error::CorruptAuditRow`]
+    /// with its sequence number; otherwise the window is returned.
+    pub fn verify_kept_audit(&self) -> Result<AuditWindow> {
+        let state = self.lock();
+        state.audit.verify(state.head)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -216,10 +219,10 @@ impl MemoryStore {
     #[doc(hidden)]
     pub fn tamper_audit(&self, f: impl FnOnce(&mut Vec<AuditRecord>)) {
         let mut state = self.lock();
-        let mut rows = state.audit.flatten();
+        let mut rows = state.audit.take_rows();
         f(&mut rows);
         for row in rows {
-            state.audit.push(row);
+            let _ = state.audit.push(row);
         }
         state.head = state.audit.last().map(|r| ChainHead {
             seq: r.seq,
@@ -275,7 +278,11 @@ impl Store for MemoryStore {
 
     async fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<AuditRecord>> {
         let state = self.lock();
-        Ok(state.audit.range(from, limit))
+        state.audit.range(from, limit)
+    }
+
+    async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        self.lock().audit.query(query)
     }
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
@@ -371,15 +378,19 @@ impl MemoryStore {
         }
         let mut seqs = None;
         let mut head = state.head;
+        // Rows a window drops are freed once the lock is released.
+        let mut dropped = Vec::new();
         for event in batch.events {
             let record = ChainHead::append(&mut head, event);
             seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
-            state.audit.push(record);
+            dropped.extend(state.audit.push(record));
         }
         state.head = head;
         if changes {
             state.generation += 1;
         }
+        drop(state);
+        drop(dropped);
         Ok(CommitReceipt { seqs, head })
     }
 }
