@@ -1,17 +1,29 @@
 //! The point cache: results of point reads (a credential by name or id, a credential's
 //! grants), valid for one data generation.
 
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::error::sql_error;
 use super::writer::exec_cached;
-use super::{list_sync, SqliteStore};
+use super::packed::{pack_absent, pack_row, unpack};
+use super::codec::{decode_credential, CREDENTIAL_COLUMNS};
+use super::SqliteStore;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Scope, ScopeKind, Timestamp};
-use crate::store::ListFilter;
+
+/// The lookup of a credential by scope and name.
+static NAMED_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {CREDENTIAL_COLUMNS} FROM credentials \
+         WHERE scope_kind = ?1 AND owner = ?2 AND name = ?3"
+    )
+});
 
 /// What a point read asked for.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -34,14 +46,114 @@ pub(super) enum PointValue {
 /// Results of point reads, valid for one data generation. Every credential or grant change
 /// (from this process or any other) bumps the generation in the same transaction, so an
 /// entry read at generation G is exactly what any snapshot at generation G would return.
-#[derive(Default)]
+///
+/// Credentials (by name or by id, found or not) are kept packed (see `packed`), keyed by a
+/// keyed SipHash of the lookup: no copy of the lookup's strings is kept, and an entry is
+/// checked against the lookup when it is unpacked, so two lookups with one hash only ever
+/// cost a miss. Grants are kept as they are.
 pub(super) struct PointCache {
     generation: i64,
-    entries: std::collections::HashMap<PointKey, PointValue>,
+    limit: usize,
+    hasher: RandomState,
+    rows: HashMap<u64, Box<[u8]>, BuildHasherDefault<PassThrough>>,
+    grants: HashMap<CredentialId, Vec<Grant>>,
 }
 
-/// Default of [`SqliteOptions::point_cache_entries`].
+/// What a reset took out of the cache, to be dropped after the lock is released.
+pub(super) type Dropped = Option<(HashMap<u64, Box<[u8]>, BuildHasherDefault<PassThrough>>, HashMap<CredentialId, Vec<Grant>>)>;
+
+/// The least [`SqliteOptions::point_cache_entries`] sized from the file chooses.
 pub(super) const POINT_CACHE_ENTRIES: usize = 100_000;
+
+/// The cache size chosen at open when none is set: room for every credential in the file
+/// twice over (by name and by id) and for as many again, at least [`POINT_CACHE_ENTRIES`].
+pub(super) fn default_entries(credentials: u64) -> usize {
+    usize::try_from(credentials.saturating_mul(4))
+        .unwrap_or(usize::MAX)
+        .max(POINT_CACHE_ENTRIES)
+}
+
+impl PointCache {
+    pub(super) fn new(limit: usize) -> PointCache {
+        PointCache {
+            generation: 0,
+            limit: limit.max(1),
+            hasher: RandomState::new(),
+            rows: HashMap::default(),
+            grants: HashMap::new(),
+        }
+    }
+
+    /// The entry for `key` at this cache's generation, if any.
+    fn get(&self, key: &PointKey) -> Option<PointValue> {
+        if let PointKey::Grants(id) = key {
+            return self.grants.get(id).cloned().map(PointValue::Grants);
+        }
+        let packed = self.rows.get(&self.hasher.hash_one(key))?;
+        let found = unpack(packed, key)?;
+        Some(match key {
+            PointKey::Id(_) => PointValue::Credential(found.map(Box::new)),
+            _ => PointValue::Named(found.map(Arc::new)),
+        })
+    }
+
+    /// Stores `value` for `key` read at `generation`: entries of an older generation are
+    /// dropped first, and a read older than the entries is not kept. When the cache is full
+    /// it starts over. What was dropped is returned, to be freed outside the lock.
+    fn put(&mut self, key: &PointKey, value: &PointValue, generation: i64) -> Dropped {
+        if generation < self.generation {
+            return None;
+        }
+        let mut dropped = None;
+        if generation > self.generation || self.rows.len() + self.grants.len() >= self.limit {
+            dropped = Some((
+                std::mem::take(&mut self.rows),
+                std::mem::take(&mut self.grants),
+            ));
+            self.generation = generation;
+        }
+        match (key, value) {
+            (PointKey::Grants(id), PointValue::Grants(grants)) => {
+                self.grants.insert(id.clone(), grants.clone());
+            }
+            (_, PointValue::Named(found)) => self.put_row(key, found.as_deref()),
+            (_, PointValue::Credential(found)) => self.put_row(key, found.as_deref()),
+            _ => {}
+        }
+        dropped
+    }
+
+    fn put_row(&mut self, key: &PointKey, found: Option<&CredentialRecord>) {
+        let packed = match found {
+            Some(record) => pack_row(record),
+            None => pack_absent(key),
+        };
+        if let Some(packed) = packed {
+            self.rows.insert(self.hasher.hash_one(key), packed);
+        }
+    }
+}
+
+/// The hash map's hasher for keys that are already keyed SipHash values.
+#[derive(Default)]
+pub(super) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; anything else is folded in, never dropped.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 impl SqliteStore {
     /// A point read through the generation-checked cache: one read transaction reads the
@@ -52,7 +164,7 @@ impl SqliteStore {
     /// is returned without touching the database at all.
     pub(super) fn read_cached(
         &self,
-        key: PointKey,
+        key: &PointKey,
         stamped: bool,
         f: impl FnOnce(&Connection) -> Result<PointValue>,
     ) -> Result<(PointValue, i64)> {
@@ -62,8 +174,8 @@ impl SqliteStore {
             {
                 let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.generation >= seen {
-                    if let Some(value) = cache.entries.get(&key) {
-                        return Ok((value.clone(), cache.generation));
+                    if let Some(value) = cache.get(key) {
+                        return Ok((value, cache.generation));
                     }
                 }
             }
@@ -72,17 +184,13 @@ impl SqliteStore {
             // is committed), so the stamp is never newer than the data: if the data is
             // newer, the checked commit fails as stale and the caller reads again.
             let value = self.read_point(f)?;
-            let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if (cache.generation < seen
-                || cache.entries.len() >= self.inner.options.point_cache_entries.max(1))
-                && seen >= cache.generation
-            {
-                cache.entries.clear();
-                cache.generation = seen;
-            }
-            if cache.generation == seen {
-                cache.entries.insert(key, value.clone());
-            }
+            let dropped = self
+                .inner
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(key, &value, seen);
+            drop(dropped);
             return Ok((value, seen));
         }
         self.read_point(|conn| {
@@ -95,25 +203,20 @@ impl SqliteStore {
                 {
                     let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
                     if cache.generation == generation {
-                        if let Some(value) = cache.entries.get(&key) {
-                            return Ok((value.clone(), generation));
+                        if let Some(value) = cache.get(key) {
+                            return Ok((value, generation));
                         }
                     }
                 }
                 let value = f(conn)?;
-                let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.generation != generation
-                    || cache.entries.len() >= self.inner.options.point_cache_entries.max(1)
-                {
-                    // Keep only the newest generation's entries.
-                    if generation >= cache.generation {
-                        cache.entries.clear();
-                        cache.generation = generation;
-                    }
-                }
-                if cache.generation == generation {
-                    cache.entries.insert(key, value.clone());
-                }
+                // Only the newest generation's entries are kept.
+                let dropped = self
+                    .inner
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .put(key, &value, generation);
+                drop(dropped);
                 Ok((value, generation))
             })();
             // A read-only transaction: ending it cannot lose anything.
@@ -133,15 +236,27 @@ impl SqliteStore {
         stamped: bool,
     ) -> Result<(Option<Arc<CredentialRecord>>, i64)> {
         let key = PointKey::Name(scope.kind(), scope.owner(), name.to_string());
-        match self.read_cached(key, stamped, |conn| {
-            let only = ListFilter {
-                scope: Some(scope.clone()),
-                name: Some(name.to_string()),
-                ..ListFilter::default()
-            };
-            list_sync(conn, &only)
-                .map(|found| PointValue::Named(found.into_iter().next().map(Arc::new)))
-        })? {
+        let owner = match &key {
+            PointKey::Name(_, owner, _) => owner.as_str(),
+            _ => "",
+        };
+        let lookup = |conn: &Connection| {
+            // One statement, prepared once per connection: (scope_kind, owner, name) is
+            // unique, so this is one probe of its index and one of the table.
+            let mut stmt = conn
+                .prepare_cached(&NAMED_SELECT)
+                .map_err(|e| sql_error("cannot prepare a credential lookup", e))?;
+            let found = stmt
+                .query_row(
+                    rusqlite::params![scope.kind().as_str(), owner, name],
+                    decode_credential,
+                )
+                .optional()
+                .map_err(|e| sql_error("cannot read a credential", e))?
+                .transpose()?;
+            Ok(PointValue::Named(found.map(Arc::new)))
+        };
+        match self.read_cached(&key, stamped, lookup)? {
             (PointValue::Named(found), generation) => Ok((found, generation)),
             _ => Err(Error::store(
                 StoreErrorKind::Other,
@@ -157,7 +272,7 @@ impl SqliteStore {
         stamped: bool,
     ) -> Result<(Vec<Grant>, i64)> {
         let id = credential_id.clone();
-        let value = self.read_cached(PointKey::Grants(id.clone()), stamped, move |conn| {
+        let value = self.read_cached(&PointKey::Grants(id.clone()), stamped, move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT app, granted_by, granted_at, revoked_at, revoked_by FROM grants
