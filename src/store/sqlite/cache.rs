@@ -12,6 +12,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::error::sql_error;
 use super::writer::exec_cached;
 use super::packed::{pack_absent, pack_row, unpack};
+use super::schema::count_credentials;
 use super::codec::{decode_credential, CREDENTIAL_COLUMNS};
 use super::SqliteStore;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -54,9 +55,21 @@ pub(super) enum PointValue {
 pub(super) struct PointCache {
     generation: i64,
     limit: usize,
+    /// Whether `limit` follows the number of credentials in the file.
+    sized_from_file: bool,
+    /// Set while one caller counts the file's credentials for a full cache.
+    counting: bool,
     hasher: RandomState,
     rows: HashMap<u64, Box<[u8]>, BuildHasherDefault<PassThrough>>,
     grants: HashMap<CredentialId, Vec<Grant>>,
+}
+
+/// What [`PointCache::put`] did.
+enum Put {
+    /// Stored (or not needed); what was dropped, if anything.
+    Done(Dropped),
+    /// Full: count the file's credentials and call [`PointCache::resize`].
+    Recount,
 }
 
 /// What a reset took out of the cache, to be dropped after the lock is released.
@@ -74,10 +87,14 @@ pub(super) fn default_entries(credentials: u64) -> usize {
 }
 
 impl PointCache {
-    pub(super) fn new(limit: usize) -> PointCache {
+    /// A cache of at most `limit` entries; `sized_from_file` lets it grow with the file
+    /// (see [`PointCache::put`]).
+    pub(super) fn new(limit: usize, sized_from_file: bool) -> PointCache {
         PointCache {
             generation: 0,
             limit: limit.max(1),
+            sized_from_file,
+            counting: false,
             hasher: RandomState::new(),
             rows: HashMap::default(),
             grants: HashMap::new(),
@@ -98,14 +115,27 @@ impl PointCache {
     }
 
     /// Stores `value` for `key` read at `generation`: entries of an older generation are
-    /// dropped first, and a read older than the entries is not kept. When the cache is full
-    /// it starts over. What was dropped is returned, to be freed outside the lock.
-    fn put(&mut self, key: &PointKey, value: &PointValue, generation: i64) -> Dropped {
+    /// dropped first, and a read older than the entries is not kept. What was dropped is
+    /// returned, to be freed outside the lock.
+    ///
+    /// When the cache is full it starts over; but a cache sized from the file first asks
+    /// (once, `Put::Recount`) for the file's credentials to be counted again, since the
+    /// vault may have grown since it opened, and keeps nothing new until
+    /// [`PointCache::resize`] has the count.
+    fn put(&mut self, key: &PointKey, value: &PointValue, generation: i64) -> Put {
         if generation < self.generation {
-            return None;
+            return Put::Done(None);
+        }
+        let full = self.rows.len() + self.grants.len() >= self.limit;
+        if full && generation == self.generation && self.sized_from_file {
+            if self.counting {
+                return Put::Done(None);
+            }
+            self.counting = true;
+            return Put::Recount;
         }
         let mut dropped = None;
-        if generation > self.generation || self.rows.len() + self.grants.len() >= self.limit {
+        if generation > self.generation || full {
             dropped = Some((
                 std::mem::take(&mut self.rows),
                 std::mem::take(&mut self.grants),
@@ -120,7 +150,23 @@ impl PointCache {
             (_, PointValue::Credential(found)) => self.put_row(key, found.as_deref()),
             _ => {}
         }
-        dropped
+        Put::Done(dropped)
+    }
+
+    /// Sizes a cache sized from the file for `credentials`; if it is still full, it starts
+    /// over (what it held is returned, to be freed outside the lock).
+    fn resize(&mut self, credentials: Option<u64>) -> Dropped {
+        self.counting = false;
+        if let Some(credentials) = credentials {
+            self.limit = self.limit.max(default_entries(credentials));
+        }
+        if self.rows.len() + self.grants.len() < self.limit {
+            return None;
+        }
+        Some((
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.grants),
+        ))
     }
 
     fn put_row(&mut self, key: &PointKey, found: Option<&CredentialRecord>) {
@@ -184,13 +230,7 @@ impl SqliteStore {
             // is committed), so the stamp is never newer than the data: if the data is
             // newer, the checked commit fails as stale and the caller reads again.
             let value = self.read_point(f)?;
-            let dropped = self
-                .inner
-                .cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .put(key, &value, seen);
-            drop(dropped);
+            self.remember(key, &value, seen, None);
             return Ok((value, seen));
         }
         self.read_point(|conn| {
@@ -210,13 +250,7 @@ impl SqliteStore {
                 }
                 let value = f(conn)?;
                 // Only the newest generation's entries are kept.
-                let dropped = self
-                    .inner
-                    .cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .put(key, &value, generation);
-                drop(dropped);
+                self.remember(key, &value, generation, Some(conn));
                 Ok((value, generation))
             })();
             // A read-only transaction: ending it cannot lose anything.
@@ -227,6 +261,48 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Keeps a point read in the cache. A full cache sized from the file has the file's
+    /// credentials counted again first, on `conn` or a pooled reader, outside the lock (a
+    /// count that fails only means the cache starts over).
+    fn remember(
+        &self,
+        key: &PointKey,
+        value: &PointValue,
+        generation: i64,
+        conn: Option<&Connection>,
+    ) {
+        let cache = || self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let put = cache().put(key, value, generation);
+        match put {
+            Put::Done(dropped) => drop(dropped),
+            Put::Recount => {
+                let count = |c: &Connection| {
+                    count_credentials(c).map_err(|e| sql_error("cannot count credentials", e))
+                };
+                let counted = match conn {
+                    Some(conn) => count(conn),
+                    None => self.read_point(count),
+                };
+                let mut dropped = Vec::new();
+                {
+                    let mut cache = cache();
+                    dropped.push(cache.resize(counted.ok()));
+                    match cache.put(key, value, generation) {
+                        Put::Done(d) => dropped.push(d),
+                        // Filled up again meanwhile: start over.
+                        Put::Recount => {
+                            dropped.push(cache.resize(None));
+                            if let Put::Done(d) = cache.put(key, value, generation) {
+                                dropped.push(d);
+                            }
+                        }
+                    }
+                }
+                drop(dropped);
+            }
+        }
+    }
+
     /// The credential named `name` in exactly `scope` (zero or one), through the point
     /// cache, with the data generation of the read.
     pub(super) fn named(
@@ -302,5 +378,96 @@ impl SqliteStore {
                 "point cache kind mismatch",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LifecycleState, Timestamp};
+
+    fn named(i: usize) -> (PointKey, PointValue) {
+        let record = CredentialRecord {
+            id: CredentialId::generate(),
+            name: "openai_main".into(),
+            scope: Scope::per_app_per_user("crm", format!("user{i}")).expect("scope"),
+            provider: "openai".into(),
+            handler_type: "api_key".into(),
+            state: LifecycleState::Valid,
+            metadata: Default::default(),
+            agent_accessible: false,
+            version: 1,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(1),
+            expires_at: None,
+            key_id: "local".into(),
+            sealed: vec![7; 150],
+        };
+        let key = PointKey::Name(record.scope.kind(), record.scope.owner(), record.name.clone());
+        (key, PointValue::Named(Some(Arc::new(record))))
+    }
+
+    fn hit(cache: &PointCache, key: &PointKey) -> bool {
+        matches!(cache.get(key), Some(PointValue::Named(Some(_))))
+    }
+
+    #[test]
+    fn a_full_cache_sized_from_the_file_asks_for_a_count_once_and_then_grows() {
+        let mut cache = PointCache::new(2, true);
+        let entries: Vec<_> = (0..4).map(named).collect();
+        for (key, value) in &entries[..2] {
+            assert!(matches!(cache.put(key, value, 0), Put::Done(None)));
+        }
+        let (key, value) = &entries[2];
+        assert!(matches!(cache.put(key, value, 0), Put::Recount));
+        // While one caller counts, the others keep nothing new and drop nothing.
+        let (other, other_value) = &entries[3];
+        assert!(matches!(cache.put(other, other_value, 0), Put::Done(None)));
+        assert!(!hit(&cache, other));
+        assert!(cache.resize(Some(1_000_000)).is_none());
+        assert_eq!(cache.limit, 4_000_000);
+        assert!(matches!(cache.put(key, value, 0), Put::Done(None)));
+        for (key, _) in &entries[..3] {
+            assert!(hit(&cache, key));
+        }
+    }
+
+    #[test]
+    fn a_full_cache_of_a_set_size_starts_over_and_a_new_generation_empties_it() {
+        let mut cache = PointCache::new(2, false);
+        let entries: Vec<_> = (0..3).map(named).collect();
+        for (key, value) in &entries[..2] {
+            assert!(matches!(cache.put(key, value, 0), Put::Done(None)));
+        }
+        assert!(matches!(
+            cache.put(&entries[2].0, &entries[2].1, 0),
+            Put::Done(Some(_))
+        ));
+        assert!(hit(&cache, &entries[2].0) && !hit(&cache, &entries[0].0));
+        // An older read is not kept; a newer one empties what is there first.
+        assert!(matches!(
+            cache.put(&entries[0].0, &entries[0].1, -1),
+            Put::Done(None)
+        ));
+        assert!(!hit(&cache, &entries[0].0));
+        assert!(matches!(
+            cache.put(&entries[0].0, &entries[0].1, 1),
+            Put::Done(Some(_))
+        ));
+        assert!(hit(&cache, &entries[0].0) && !hit(&cache, &entries[2].0));
+    }
+
+    #[test]
+    fn a_still_full_cache_after_a_count_starts_over() {
+        let mut cache = PointCache::new(2, true);
+        for (key, value) in (0..2).map(named) {
+            assert!(matches!(cache.put(&key, &value, 0), Put::Done(None)));
+        }
+        let (key, value) = named(2);
+        assert!(matches!(cache.put(&key, &value, 0), Put::Recount));
+        // A failed count, or a file that did not grow: the cache starts over.
+        assert!(cache.resize(None).is_some());
+        assert!(matches!(cache.put(&key, &value, 0), Put::Done(None)));
+        assert!(hit(&cache, &key));
     }
 }

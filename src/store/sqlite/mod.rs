@@ -146,6 +146,7 @@ impl SqliteStore {
                 sql_error(&format!("cannot count the credentials of {shown}"), e)
             })?),
         };
+        let cache_sized_from_file = options.point_cache_entries.is_none();
         // With `Full`, the syncer makes each group durable before its callers hear back;
         // SQLite itself then need not sync inside the commit (see `sync`).
         let syncer = if options.synchronous == Synchronous::Full && !options.read_only {
@@ -171,7 +172,7 @@ impl SqliteStore {
                 writer: Mutex::new(Some(tx)),
                 closed: AtomicBool::new(false),
                 readers: Mutex::new(Vec::new()),
-                cache: Mutex::new(PointCache::new(cache_entries)),
+                cache: Mutex::new(PointCache::new(cache_entries, cache_sized_from_file)),
             }),
         })
     }
