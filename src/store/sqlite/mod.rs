@@ -1,10 +1,13 @@
 //! `SqliteStore`: the embedded default. One file, WAL, `synchronous=FULL` by default, schema
 //! migrations with a version table, and group commit — one writer thread folds every batch
-//! waiting at the moment into one transaction and one sync.
+//! waiting at the moment into one transaction, and one sync covers every transaction
+//! committed while the previous sync ran.
 //!
-//! The parts: `schema` (migrations, connection settings), `cache` (the point cache),
-//! `writer` (group commit and the closing checkpoint), `codec` (rows into records) and
-//! `error` (SQLite's result codes into [`StoreErrorKind`]s).
+//! The parts: `options` (settings and counters), `files` (the file before SQLite opens it),
+//! `schema` (migrations, connection settings), `cache` and `packed` (the point cache and
+//! its packed rows), `reads` (listings), `writer` (group commit and the closing
+//! checkpoint), `sync` (the WAL syncs that make commits durable), `codec` (rows into
+//! records) and `error` (SQLite's result codes into [`StoreErrorKind`]s).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
