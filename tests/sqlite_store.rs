@@ -6,8 +6,8 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use strongroom::conformance::sample_record;
 use strongroom::{
-    Batch, CredentialRecord, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, Mutation, Precondition,
-    Scope, SqliteStore, Store, StoreErrorKind,
+    Batch, CredentialRecord, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, Mutation,
+    Precondition, Scope, SqliteStore, Store, StoreErrorKind,
 };
 
 fn canary(i: usize) -> String {

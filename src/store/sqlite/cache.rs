@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::codec::{decode_credential, CREDENTIAL_COLUMNS};
 use super::error::sql_error;
-use super::writer::exec_cached;
 use super::packed::{pack_absent, pack_row, unpack};
 use super::schema::count_credentials;
-use super::codec::{decode_credential, CREDENTIAL_COLUMNS};
+use super::writer::exec_cached;
 use super::SqliteStore;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Scope, ScopeKind, Timestamp};
@@ -73,7 +73,10 @@ enum Put {
 }
 
 /// What a reset took out of the cache, to be dropped after the lock is released.
-pub(super) type Dropped = Option<(HashMap<u64, Box<[u8]>, BuildHasherDefault<PassThrough>>, HashMap<CredentialId, Vec<Grant>>)>;
+pub(super) type Dropped = Option<(
+    HashMap<u64, Box<[u8]>, BuildHasherDefault<PassThrough>>,
+    HashMap<CredentialId, Vec<Grant>>,
+)>;
 
 /// The least [`SqliteOptions::point_cache_entries`] sized from the file chooses.
 pub(super) const POINT_CACHE_ENTRIES: usize = 100_000;
@@ -403,7 +406,11 @@ mod tests {
             key_id: "local".into(),
             sealed: vec![7; 150],
         };
-        let key = PointKey::Name(record.scope.kind(), record.scope.owner(), record.name.clone());
+        let key = PointKey::Name(
+            record.scope.kind(),
+            record.scope.owner(),
+            record.name.clone(),
+        );
         (key, PointValue::Named(Some(Arc::new(record))))
     }
 

@@ -34,7 +34,9 @@ use files::prepare_file;
 pub use options::{SqliteOptions, Synchronous, WriterStats};
 use reads::{list_sync, records_sync, sql_value, MappedScan};
 pub use schema::SQLITE_APPLICATION_ID;
-use schema::{check_application, configure, count_credentials, load_head, migrate, read_generation};
+use schema::{
+    check_application, configure, count_credentials, load_head, migrate, read_generation,
+};
 use sync::Syncer;
 use writer::{writer_loop, Message};
 
@@ -143,12 +145,13 @@ impl SqliteStore {
         let generation = read_generation(&conn)
             .map_err(|e| sql_error(&format!("cannot read the data generation of {shown}"), e))?;
         counters.generation.store(generation, Ordering::Release);
-        let cache_entries = match options.point_cache_entries {
-            Some(entries) => entries,
-            None => default_entries(count_credentials(&conn).map_err(|e| {
-                sql_error(&format!("cannot count the credentials of {shown}"), e)
-            })?),
-        };
+        let cache_entries =
+            match options.point_cache_entries {
+                Some(entries) => entries,
+                None => default_entries(count_credentials(&conn).map_err(|e| {
+                    sql_error(&format!("cannot count the credentials of {shown}"), e)
+                })?),
+            };
         let cache_sized_from_file = options.point_cache_entries.is_none();
         // With `Full`, the syncer makes each group durable before its callers hear back;
         // SQLite itself then need not sync inside the commit (see `sync`).
@@ -164,7 +167,15 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("strongroom-sqlite-writer".into())
             .spawn(move || {
-                writer_loop(conn, head, rx, max_group, &writer_counters, read_only, syncer)
+                writer_loop(
+                    conn,
+                    head,
+                    rx,
+                    max_group,
+                    &writer_counters,
+                    read_only,
+                    syncer,
+                )
             })
             .map_err(|e| Error::io(&shown, e))?;
         Ok(SqliteStore {

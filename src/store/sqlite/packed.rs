@@ -42,7 +42,13 @@ pub(super) fn pack_row(record: &CredentialRecord) -> Option<Box<[u8]>> {
         record.key_id.as_str(),
         metadata_text,
     ];
-    let size = 1 + 1 + 8 + 8 + 8 + 8 + 2
+    let size = 1
+        + 1
+        + 8
+        + 8
+        + 8
+        + 8
+        + 2
         + strings.iter().map(|s| 2 + s.len()).sum::<usize>()
         + record.sealed.len();
     let mut out = Vec::with_capacity(size);
@@ -56,7 +62,11 @@ pub(super) fn pack_row(record: &CredentialRecord) -> Option<Box<[u8]>> {
     }
     let kind = record.scope.kind();
     out.push(ScopeKind::ALL.iter().position(|k| *k == kind)? as u8);
-    out.push(LifecycleState::ALL.iter().position(|s| *s == record.state)? as u8);
+    out.push(
+        LifecycleState::ALL
+            .iter()
+            .position(|s| *s == record.state)? as u8,
+    );
     for text in strings {
         put_text(&mut out, text)?;
     }
@@ -99,7 +109,8 @@ pub(super) fn unpack(bytes: &[u8], key: &PointKey) -> Option<Option<CredentialRe
         ABSENT_NAME => {
             let kind = *ScopeKind::ALL.get(usize::from(r.byte()?))?;
             let (owner, name) = (r.text()?, r.text()?);
-            let same = matches!(key, PointKey::Name(k, o, n) if *k == kind && o == owner && n == name);
+            let same =
+                matches!(key, PointKey::Name(k, o, n) if *k == kind && o == owner && n == name);
             return same.then_some(None);
         }
         ABSENT_ID => {
@@ -219,7 +230,11 @@ mod tests {
                 None,
             ),
             record(Scope::SystemWide, &[("label", "a \"quoted\" é")], Some(-1)),
-            record(Scope::per_user("bob").expect("scope"), &[("x", "")], Some(9)),
+            record(
+                Scope::per_user("bob").expect("scope"),
+                &[("x", "")],
+                Some(9),
+            ),
         ] {
             let packed = pack_row(&r).expect("packs");
             assert_eq!(unpack(&packed, &name_key(&r)), Some(Some(r.clone())));
@@ -232,7 +247,11 @@ mod tests {
 
     #[test]
     fn an_entry_never_answers_another_lookup() {
-        let r = record(Scope::per_app_per_user("crm", "u1").expect("scope"), &[], None);
+        let r = record(
+            Scope::per_app_per_user("crm", "u1").expect("scope"),
+            &[],
+            None,
+        );
         let packed = pack_row(&r).expect("packs");
         let others = [
             PointKey::Name(r.scope.kind(), "crm/u2".into(), r.name.clone()),

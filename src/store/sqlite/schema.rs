@@ -303,6 +303,8 @@ pub(super) fn read_generation(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// How many credentials the file holds (to size the point cache at open).
 pub(super) fn count_credentials(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT count(*) FROM credentials", [], |r| r.get::<_, i64>(0))
-        .map(|n| u64::try_from(n).unwrap_or(0))
+    conn.query_row("SELECT count(*) FROM credentials", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| u64::try_from(n).unwrap_or(0))
 }
