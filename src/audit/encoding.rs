@@ -214,11 +214,19 @@ impl<'a> Iterator for PlainDetails<'a> {
         self.remaining -= 1;
         // Checked by `parse`: `"key":"value"` then `,` or `}`, no escapes, so every quote
         // found ends a string and every cut falls on an ASCII byte.
+        // A byte loop: the strings are short, and a `str::find` costs more to set up.
         let rest = self.rest;
-        let key_end = rest[1..].find('"')? + 1;
+        let quote = |from: usize| {
+            rest.as_bytes()
+                .get(from..)?
+                .iter()
+                .position(|&b| b == b'"')
+                .map(|at| from + at)
+        };
+        let key_end = quote(1)?;
         let key = &rest[1..key_end];
         let value_start = key_end + 3;
-        let value_end = value_start + rest[value_start..].find('"')?;
+        let value_end = quote(value_start)?;
         let value = &rest[value_start..value_end];
         self.rest = &rest[value_end + 2..];
         Some((key, value))
