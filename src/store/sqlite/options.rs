@@ -33,10 +33,12 @@ pub struct SqliteOptions {
     /// Credentials are kept packed, one allocation each of about the size of the row (≈ 0.35
     /// KB for an API key, see BENCHMARKS.md), and only what was looked up is kept.
     ///
-    /// `None` (the default) sizes it when the store opens: four entries for every credential
-    /// in the file (by name and by id, with room for as many again to be created), at least
-    /// 100,000. So resolves stay as fast at a million credentials as at a thousand; the
-    /// memory this takes grows with the credentials looked up, not with the limit.
+    /// `None` (the default) sizes it from the file: four entries for every credential in it
+    /// (by name and by id, with room for as many again to be created), at least 100,000,
+    /// counted when the store opens and again whenever the cache fills, so it follows a
+    /// vault that grows. A large vault then resolves from memory once its credentials have
+    /// been looked up; the memory this takes grows with the credentials looked up (≈ 0.41 KB
+    /// each), not with the limit.
     pub point_cache_entries: Option<usize>,
     /// The size, in bytes, the WAL is cut back to once a checkpoint has copied it into the
     /// database (SQLite's `journal_size_limit`; default 4 MiB, about what one automatic
