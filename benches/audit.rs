@@ -103,6 +103,9 @@ async fn main() {
         return;
     }
 
+    // `STRONGROOM_BENCH_ONLY=verify`: chain verification alone.
+    let only_verify = std::env::var("STRONGROOM_BENCH_ONLY").as_deref() == Ok("verify");
+    let runs = if only_verify { 0 } else { runs };
     let mut sqlite = (Vec::new(), Vec::new(), Vec::new());
     let mut memory = (Vec::new(), Vec::new(), Vec::new());
     let mut baseline = Vec::new();
@@ -134,13 +137,20 @@ async fn main() {
         next = end;
     }
     let mut verify = Vec::new();
-    for _ in 0..runs.max(3) {
+    for _ in 0..runs.max(5) {
         let start = Instant::now();
         let report = verify_chain(&store).await.expect("verify");
         assert!(report.is_ok() && report.rows == verify_rows);
         verify.push(verify_rows as f64 / start.elapsed().as_secs_f64());
     }
 
+    if only_verify {
+        let json = serde_json::json!({
+            "verify_sqlite": { "rows": verify_rows, "rows_per_s": median(verify).round() },
+        });
+        println!("{json}");
+        return;
+    }
     let json = serde_json::json!({
         "writers": WRITERS,
         "runs": runs,

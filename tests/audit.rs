@@ -446,3 +446,49 @@ async fn memory_store_ranges_cross_its_internal_chunks() {
         Some(20_001)
     );
 }
+
+/// Verification reads a row's details text in place when it is exactly as the stores write
+/// it and decodes it otherwise: the same map written another way (spaces, keys out of order,
+/// an escape where none is needed) hashes the same here and in the outside tool, and any
+/// change to a key or a value is caught, in either form.
+#[tokio::test]
+async fn details_hash_as_their_map_however_the_json_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path().join("plain.db")).expect("open");
+    let events = (1..=40u64)
+        .map(|i| {
+            AuditEvent::new("app:crm", Action::Resolve, AuditTarget::none())
+                .detail("slot", format!("s{i}"))
+                .detail("a", "x")
+        })
+        .collect();
+    store.commit(Batch::events(events)).await.expect("commit");
+    assert_eq!(first_bad(&store).await, (None, None));
+    let conn = db(&store);
+    conn.execute(
+        r#"UPDATE audit SET details = '{ "slot" : "s5", "a":"\u0078" }' WHERE seq = 5"#,
+        [],
+    )
+    .expect("rewrite");
+    assert_eq!(first_bad(&store).await, (None, None));
+    let (ok, out) = python_verify(store.path());
+    assert!(ok, "{out}");
+    conn.execute(
+        r#"UPDATE audit SET details = '{"a":"x","slot":"s8!"}' WHERE seq = 8"#,
+        [],
+    )
+    .expect("tamper");
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(8), Some(ProblemKind::HashMismatch))
+    );
+    conn.execute(
+        r#"UPDATE audit SET details = '{"slot":"s7","a":"y"}' WHERE seq = 7"#,
+        [],
+    )
+    .expect("tamper");
+    assert_eq!(
+        first_bad(&store).await,
+        (Some(7), Some(ProblemKind::HashMismatch))
+    );
+}

@@ -102,7 +102,7 @@ async fn sqlite_store_conforms_with_a_one_entry_point_cache() {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir_path.join(format!("tiny{n}.db"));
         let mut options = strongroom::SqliteOptions::default();
-        options.point_cache_entries = 1;
+        options.point_cache_entries = Some(1);
         async move {
             let open = || {
                 Arc::new(SqliteStore::open_with(&path, options.clone()).expect("open"))
@@ -121,7 +121,7 @@ async fn sqlite_store_reads_fresh_across_handles_with_a_small_point_cache() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("small.db");
     let mut options = strongroom::SqliteOptions::default();
-    options.point_cache_entries = 2;
+    options.point_cache_entries = Some(2);
     let open = || {
         Arc::new(SqliteStore::open_with(&path, options.clone()).expect("open")) as Arc<dyn Store>
     };

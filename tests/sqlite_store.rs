@@ -6,8 +6,8 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use strongroom::conformance::sample_record;
 use strongroom::{
-    Batch, CredentialRecord, ErrorKind, ExposeSecret, KeyRing, LocalKey, Mutation, Precondition,
-    Scope, SqliteStore, Store, StoreErrorKind,
+    Batch, CredentialRecord, Error, ErrorKind, ExposeSecret, KeyRing, LocalKey, Mutation,
+    Precondition, Scope, SqliteStore, Store, StoreErrorKind,
 };
 
 fn canary(i: usize) -> String {
@@ -805,4 +805,88 @@ async fn a_vault_from_before_the_mark_is_opened_and_marked() {
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .expect("pragma");
     assert_eq!(id, strongroom::store::SQLITE_APPLICATION_ID);
+}
+
+/// With `Synchronous::Full` the store syncs the WAL itself before answering, once for every
+/// transaction committed while the previous sync ran; a `Normal` store never syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_durability_syncs_before_answering_and_shares_syncs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for synchronous in [
+        strongroom::store::Synchronous::Full,
+        strongroom::store::Synchronous::Normal,
+    ] {
+        let mut options = strongroom::SqliteOptions::default();
+        options.synchronous = synchronous;
+        let path = dir.path().join(format!("{synchronous:?}.db"));
+        let store = Arc::new(SqliteStore::open_with(&path, options).expect("open"));
+        let mut handles = Vec::new();
+        for t in 0..64 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    let ev = strongroom::AuditEvent::new(
+                        format!("w{t}"),
+                        strongroom::Action::Resolve,
+                        strongroom::AuditTarget::none(),
+                    )
+                    .detail("i", i.to_string());
+                    store.commit(Batch::events(vec![ev])).await.expect("commit");
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("writer");
+        }
+        let stats = store.writer_stats();
+        assert_eq!(stats.batches, 640);
+        match synchronous {
+            strongroom::store::Synchronous::Full => assert!(
+                stats.syncs >= 1 && stats.syncs <= stats.transactions,
+                "{stats:?}"
+            ),
+            _ => assert_eq!(stats.syncs, 0, "{stats:?}"),
+        }
+        let report = strongroom::audit::verify_chain(store.as_ref())
+            .await
+            .expect("verify");
+        assert!(report.is_ok() && report.rows == 640);
+    }
+}
+
+/// A commit that cannot be made durable is not acknowledged, and nothing is committed after
+/// it (fail closed): here the WAL's name is removed under the store, so the sync cannot even
+/// open the file.
+#[tokio::test]
+async fn a_commit_that_cannot_be_synced_fails_and_so_does_every_later_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    std::fs::remove_file(&wal).expect("the WAL exists after open");
+    let event = || {
+        strongroom::AuditEvent::new(
+            "w",
+            strongroom::Action::Resolve,
+            strongroom::AuditTarget::none(),
+        )
+    };
+    let first = store
+        .commit(Batch::events(vec![event()]))
+        .await
+        .expect_err("an unsynced commit is not acknowledged");
+    assert!(
+        matches!(&first, Error::Store { kind: StoreErrorKind::Io, message, .. } if message.contains("durable")),
+        "{first}"
+    );
+    let later = store
+        .commit(Batch::events(vec![event()]))
+        .await
+        .expect_err("nothing is acknowledged after a failed sync");
+    assert!(
+        matches!(&later, Error::Store { kind: StoreErrorKind::Io, message, .. } if message.contains("earlier sync")),
+        "{later}"
+    );
+    assert_eq!(store.writer_stats().syncs, 1);
 }

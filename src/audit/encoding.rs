@@ -134,12 +134,110 @@ where
 
     /// `SHA-256(prev_hash || canonical encoding)`.
     pub fn hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
+        // Straight into the hasher, which buffers whole blocks itself (gathering the pieces
+        // on the stack first measured slower).
         let mut hasher = Sha256::new();
         hasher.update(prev_hash);
         self.encode(&mut hasher);
         hasher.finalize().into()
     }
 }
+
+/// The `details` column as the stores write it (`serde_json` of a map of strings), read in
+/// place without allocating when it has exactly that form: a compact JSON object whose
+/// strings hold no escape and whose keys are strictly ascending in byte order. Any other
+/// text (escapes, white space, keys out of order or repeated, anything malformed) gives
+/// `None`, and the caller decodes it the general way; for any text this accepts, both give
+/// the same pairs in the same order.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainDetails<'a> {
+    /// The text from the next key's opening quote (or the closing brace).
+    rest: &'a str,
+    remaining: usize,
+}
+
+impl<'a> PlainDetails<'a> {
+    /// Checks `text` and counts its pairs; `None` when it is not in the plain form.
+    pub fn parse(text: &'a str) -> Option<PlainDetails<'a>> {
+        let bytes = text.as_bytes();
+        if bytes.len() < 2 || bytes[0] != b'{' || bytes[bytes.len() - 1] != b'}' {
+            return None;
+        }
+        let mut at = 1;
+        let mut count = 0usize;
+        let mut previous: Option<&[u8]> = None;
+        if bytes.len() > 2 {
+            loop {
+                let (key, after) = plain_string(bytes, at)?;
+                if previous.is_some_and(|p| p >= key) || bytes.get(after) != Some(&b':') {
+                    return None;
+                }
+                let (_, after) = plain_string(bytes, after + 1)?;
+                previous = Some(key);
+                count += 1;
+                match bytes.get(after) {
+                    Some(b',') => at = after + 1,
+                    Some(b'}') if after == bytes.len() - 1 => break,
+                    _ => return None,
+                }
+            }
+        }
+        Some(PlainDetails {
+            rest: &text[1..],
+            remaining: count,
+        })
+    }
+}
+
+/// The string starting with the quote at `at`: its contents and the index after its closing
+/// quote, or `None` for a missing quote, an escape or a control character.
+fn plain_string(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    if bytes.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let len = bytes
+        .get(start..)?
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let end = start + len;
+    (bytes[end] == b'"').then(|| (&bytes[start..end], end + 1))
+}
+
+impl<'a> Iterator for PlainDetails<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // Checked by `parse`: `"key":"value"` then `,` or `}`, no escapes, so every quote
+        // found ends a string and every cut falls on an ASCII byte.
+        // A byte loop: the strings are short, and a `str::find` costs more to set up.
+        let rest = self.rest;
+        let quote = |from: usize| {
+            rest.as_bytes()
+                .get(from..)?
+                .iter()
+                .position(|&b| b == b'"')
+                .map(|at| from + at)
+        };
+        let key_end = quote(1)?;
+        let key = &rest[1..key_end];
+        let value_start = key_end + 3;
+        let value_end = quote(value_start)?;
+        let value = &rest[value_start..value_end];
+        self.rest = &rest[value_end + 2..];
+        Some((key, value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for PlainDetails<'_> {}
 
 fn event_owner(event: &AuditEvent) -> String {
     event
@@ -289,5 +387,68 @@ mod tests {
             "hash {}",
             hex::encode(hash)
         );
+    }
+
+    /// What `PlainDetails` reads, against the general decoder: the same pairs whenever it
+    /// accepts a text, and `None` for every form it must leave to the general path.
+    #[test]
+    fn plain_details_agree_with_serde_or_step_aside() {
+        let general = |text: &str| -> Option<Vec<(String, String)>> {
+            serde_json::from_str::<BTreeMap<String, String>>(text)
+                .ok()
+                .map(|m| m.into_iter().collect())
+        };
+        let plain = |text: &str| -> Option<Vec<(String, String)>> {
+            PlainDetails::parse(text).map(|d| {
+                assert_eq!(d.len(), d.count());
+                d.map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            })
+        };
+        for accepted in [
+            "{}",
+            r#"{"slot":"brain.api_key"}"#,
+            r#"{"a":"","b":"x","provider":"openai"}"#,
+            r#"{"":"empty key"}"#,
+            "{\"k\u{e9}y\":\"v\u{e0}lue \u{1F511}\"}",
+        ] {
+            assert_eq!(plain(accepted), general(accepted), "{accepted}");
+            assert!(plain(accepted).is_some(), "{accepted}");
+        }
+        // Serializing a map gives the plain form, whatever its contents.
+        let map = BTreeMap::from([
+            ("b".to_string(), "x:y,z}".to_string()),
+            ("a".to_string(), "{\"}".to_string()),
+            ("c".to_string(), "line\nbreak".to_string()),
+        ]);
+        let text = serde_json::to_string(&map).expect("json");
+        let expected: Vec<(String, String)> = map.into_iter().collect();
+        match plain(&text) {
+            Some(pairs) => assert_eq!(pairs, expected),
+            None => assert_eq!(general(&text), Some(expected)),
+        }
+        for refused in [
+            "",
+            "{",
+            "}",
+            "[]",
+            "null",
+            r#"{"b":"1","a":"2"}"#, // out of order: the general path sorts
+            r#"{"a":"1","a":"2"}"#, // repeated: the general path keeps the last
+            r#"{ "a":"1"}"#,        // white space
+            r#"{"a": "1"}"#,
+            r#"{"a":"1",}"#,
+            r#"{"a":"1"}x"#,
+            r#"{"a":"1"}}"#,
+            r#"{"a":"\"q"}"#, // an escape
+            r#"{"a\u0041":"1"}"#,
+            "{\"a\":\"tab\there\"}", // a raw control character
+            r#"{"a":1}"#,            // not a string
+            r#"{"a":"1""b":"2"}"#,
+            r#"{"a"}"#,
+            r#"{"a":}"#,
+            r#"{"a":"1"#,
+        ] {
+            assert!(plain(refused).is_none(), "{refused}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::types::ValueRef;
 
-use crate::audit::encoding::{AuditDigest, AuditRecord, CanonicalRow};
+use crate::audit::encoding::{AuditDigest, AuditRecord, CanonicalRow, PlainDetails};
 use crate::audit::event::{Action, AuditEvent, AuditTarget, Outcome};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -194,35 +194,31 @@ pub(super) fn digest_row(row: &rusqlite::Row<'_>) -> AuditDigest {
         let outcome = c.str(7, "outcome")?;
         Outcome::parse(outcome).map_err(|e| e.to_string())?;
         let details_text = c.str(8, "details")?;
-        let not_object =
-            |e: serde_json::Error| format!("details are not a JSON object of strings: {e}");
-        // Borrow the strings when they need no unescaping; otherwise decode them owned.
-        let owned: BTreeMap<String, String>;
-        let pairs: Vec<(&str, &str)> =
-            match serde_json::from_str::<BTreeMap<&str, &str>>(details_text) {
-                Ok(map) => map.into_iter().collect(),
-                Err(_) => {
-                    owned = serde_json::from_str(details_text).map_err(not_object)?;
-                    owned
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect()
-                }
-            };
+        // As the stores write it, the text is read in place; anything else the general way.
+        let plain = PlainDetails::parse(details_text);
+        let owned: BTreeMap<String, String> = match plain {
+            Some(_) => BTreeMap::new(),
+            None => serde_json::from_str(details_text)
+                .map_err(|e| format!("details are not a JSON object of strings: {e}"))?,
+        };
         let prev = prev_hash.clone()?;
         hash.clone()?;
-        Ok(CanonicalRow {
+        let (time, actor) = (c.int(1, "time")?, c.str(2, "actor")?);
+        let row = |details| CanonicalRow {
             seq,
-            time: c.int(1, "time")?,
-            actor: c.str(2, "actor")?,
+            time,
+            actor,
             action,
             credential_id,
             scope_kind,
             owner,
             outcome,
-            details: pairs.iter().copied(),
-        }
-        .hash(&prev))
+            details,
+        };
+        Ok(match plain {
+            Some(details) => row(Details::Plain(details)).hash(&prev),
+            None => row(Details::Owned(owned.iter())).hash(&prev),
+        })
     })();
     AuditDigest {
         seq,
@@ -271,3 +267,30 @@ pub(super) fn decode_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<A
     };
     Ok(decode().map_err(|reason| Error::CorruptAuditRow { seq, reason }))
 }
+
+/// A row's details, read in place or decoded.
+#[derive(Clone)]
+enum Details<'a> {
+    Plain(PlainDetails<'a>),
+    Owned(std::collections::btree_map::Iter<'a, String, String>),
+}
+
+impl<'a> Iterator for Details<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        match self {
+            Details::Plain(plain) => plain.next(),
+            Details::Owned(owned) => owned.next().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Details::Plain(plain) => plain.size_hint(),
+            Details::Owned(owned) => owned.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Details<'_> {}

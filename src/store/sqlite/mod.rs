@@ -1,119 +1,64 @@
 //! `SqliteStore`: the embedded default. One file, WAL, `synchronous=FULL` by default, schema
 //! migrations with a version table, and group commit — one writer thread folds every batch
-//! waiting at the moment into one transaction and one sync.
+//! waiting at the moment into one transaction, and one sync covers every transaction
+//! committed while the previous sync ran.
 //!
-//! The parts: `schema` (migrations, connection settings), `cache` (the point cache),
-//! `writer` (group commit and the closing checkpoint), `codec` (rows into records) and
-//! `error` (SQLite's result codes into [`StoreErrorKind`]s).
+//! The parts: `options` (settings and counters), `files` (the file before SQLite opens it),
+//! `schema` (migrations, connection settings), `cache` and `packed` (the point cache and
+//! its packed rows), `reads` (listings), `writer` (group commit and the closing
+//! checkpoint), `sync` (the WAL syncs that make commits durable), `codec` (rows into
+//! records) and `error` (SQLite's result codes into [`StoreErrorKind`]s).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::group;
 
-use super::sql::{Dialect, SqlValue};
+use super::sql::Dialect;
 use super::{AuditQuery, Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilter, Store};
 use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
-use cache::{PointCache, PointKey, PointValue, POINT_CACHE_ENTRIES};
+use cache::{default_entries, PointCache, PointKey, PointValue};
 use codec::{
     decode_audit, decode_credential, decode_record, digest_row, AUDIT_SELECT, CREDENTIAL_COLUMNS,
     RECORD_COLUMNS,
 };
 use error::sql_error;
+use files::prepare_file;
+pub use options::{SqliteOptions, Synchronous, WriterStats};
+use reads::{list_sync, records_sync, sql_value, MappedScan};
 pub use schema::SQLITE_APPLICATION_ID;
-use schema::{check_application, configure, load_head, migrate, read_generation};
+use schema::{
+    check_application, configure, count_credentials, load_head, migrate, read_generation,
+};
+use sync::Syncer;
 use writer::{writer_loop, Message};
 
 mod backup;
 mod cache;
 mod codec;
 mod error;
+mod files;
+mod options;
+mod packed;
+mod reads;
 mod schema;
+mod sync;
 mod writer;
-
-/// SQLite's `synchronous` setting for the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Synchronous {
-    /// Every commit is on disk before it is acknowledged (the default).
-    Full,
-    /// WAL `NORMAL`: a power loss may drop the last commits (never corrupts).
-    Normal,
-}
-
-/// Settings for [`SqliteStore`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct SqliteOptions {
-    /// Durability (default [`Synchronous::Full`]).
-    pub synchronous: Synchronous,
-    /// Most batches folded into one transaction (default 1024).
-    pub max_group: usize,
-    /// Read connections kept open for reuse (default 64, one per concurrent reader).
-    pub readers: usize,
-    /// How long to wait on a lock held by another process (default 5 s).
-    pub busy_timeout: Duration,
-    /// Point reads (a credential by name or id, a credential's grants) kept in memory
-    /// (default 100,000). A hit costs no database access; when the cache is full it starts
-    /// over. Size it to the working set for flat resolve latency on a large store: each
-    /// entry holds one sealed record, about 0.5 KB.
-    pub point_cache_entries: usize,
-    /// The size, in bytes, the WAL is cut back to once a checkpoint has copied it into the
-    /// database (SQLite's `journal_size_limit`; default 4 MiB, about what one automatic
-    /// checkpoint's worth of pages takes). A reader that holds a snapshot for long lets the
-    /// WAL grow past it; this bounds what stays on disk afterwards.
-    /// [`SqliteStore::close`] empties it entirely.
-    pub wal_size_limit: u64,
-    /// Open the file for reading only (`SQLITE_OPEN_READ_ONLY`): nothing is created or
-    /// migrated, and every commit fails with
-    /// [`StoreErrorKind::ReadOnly`](crate::StoreErrorKind::ReadOnly). For inspecting a vault
-    /// on a read-only mount, or a copy (default off).
-    pub read_only: bool,
-    /// Create the database when the file is missing (default on). Off, a missing file is
-    /// [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) and an empty (0-byte) file is
-    /// refused rather than made a vault: for tools that must not create a vault by
-    /// reading one.
-    pub create_if_missing: bool,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        SqliteOptions {
-            synchronous: Synchronous::Full,
-            max_group: 1024,
-            readers: 64,
-            busy_timeout: Duration::from_secs(5),
-            point_cache_entries: POINT_CACHE_ENTRIES,
-            wal_size_limit: 4 * 1024 * 1024,
-            read_only: false,
-            create_if_missing: true,
-        }
-    }
-}
-
-/// Counters of the group-commit writer, for observability.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WriterStats {
-    /// Write transactions committed or attempted (one sync each).
-    pub transactions: u64,
-    /// Batches handled (each caller's `commit` is one batch).
-    pub batches: u64,
-}
 
 #[derive(Default)]
 struct Counters {
     transactions: AtomicU64,
     batches: AtomicU64,
+    syncs: AtomicU64,
+    /// Set when a sync of the WAL failed: nothing is committed or acknowledged afterwards.
+    sync_failed: AtomicBool,
     /// The newest data generation the writer has seen committed (its own commits and, read
     /// at the start of each transaction, other processes'). Cached point reads older than
     /// this are known stale.
@@ -200,11 +145,38 @@ impl SqliteStore {
         let generation = read_generation(&conn)
             .map_err(|e| sql_error(&format!("cannot read the data generation of {shown}"), e))?;
         counters.generation.store(generation, Ordering::Release);
+        let cache_entries =
+            match options.point_cache_entries {
+                Some(entries) => entries,
+                None => default_entries(count_credentials(&conn).map_err(|e| {
+                    sql_error(&format!("cannot count the credentials of {shown}"), e)
+                })?),
+            };
+        let cache_sized_from_file = options.point_cache_entries.is_none();
+        // With `Full`, the syncer makes each group durable before its callers hear back;
+        // SQLite itself then need not sync inside the commit (see `sync`).
+        let syncer = if options.synchronous == Synchronous::Full && !options.read_only {
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
+            Some(Syncer::start(path.clone(), counters.clone()).map_err(|e| Error::io(&shown, e))?)
+        } else {
+            None
+        };
         let writer_counters = counters.clone();
         let read_only = options.read_only;
         std::thread::Builder::new()
             .name("strongroom-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, head, rx, max_group, &writer_counters, read_only))
+            .spawn(move || {
+                writer_loop(
+                    conn,
+                    head,
+                    rx,
+                    max_group,
+                    &writer_counters,
+                    read_only,
+                    syncer,
+                )
+            })
             .map_err(|e| Error::io(&shown, e))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -214,7 +186,7 @@ impl SqliteStore {
                 writer: Mutex::new(Some(tx)),
                 closed: AtomicBool::new(false),
                 readers: Mutex::new(Vec::new()),
-                cache: Mutex::new(PointCache::default()),
+                cache: Mutex::new(PointCache::new(cache_entries, cache_sized_from_file)),
             }),
         })
     }
@@ -264,6 +236,7 @@ impl SqliteStore {
         WriterStats {
             transactions: self.inner.counters.transactions.load(Ordering::Relaxed),
             batches: self.inner.counters.batches.load(Ordering::Relaxed),
+            syncs: self.inner.counters.syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -292,58 +265,6 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| Error::store(StoreErrorKind::Other, format!("read task failed: {e}")))?
-    }
-}
-
-/// Makes sure the database file exists before SQLite opens it, so that a new one is made
-/// with mode 0600 (SQLite gives the `-wal` and `-shm` files the database's mode) in a
-/// folder made 0700; with `create` off, a missing or empty file is refused instead.
-fn prepare_file(path: &Path, create: bool) -> Result<()> {
-    let shown = path.display();
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.len() == 0 && !create => Err(Error::NotFound {
-            what: format!("vault {shown}"),
-            hint: Some(
-                "the file is empty (0 bytes), so it holds no vault; it was left as it is".into(),
-            ),
-        }),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !create {
-                return Err(Error::NotFound {
-                    what: format!("vault {shown}"),
-                    hint: Some("nothing was created".into()),
-                });
-            }
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if !dir.exists() {
-                    let mut builder = std::fs::DirBuilder::new();
-                    builder.recursive(true);
-                    #[cfg(unix)]
-                    {
-                        use std::os::unix::fs::DirBuilderExt;
-                        builder.mode(0o700);
-                    }
-                    builder
-                        .create(dir)
-                        .map_err(|e| Error::io(dir.display(), e))?;
-                }
-            }
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            match options.open(path) {
-                Ok(_) => Ok(()),
-                // Another process made it first; it checks and initialises it as we do.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(Error::io(shown, e)),
-            }
-        }
-        Err(e) => Err(Error::io(shown, e)),
     }
 }
 
@@ -387,82 +308,10 @@ impl Inner {
     }
 }
 
-/// Lists records matching `filter` on `conn`, in key order.
-fn records_sync(conn: &Connection, filter: &RecordFilter) -> Result<Vec<Record>> {
-    let (condition, values) = filter.sql_where(Dialect::Sqlite);
-    let mut sql =
-        format!("SELECT {RECORD_COLUMNS} FROM records WHERE {condition} ORDER BY kind, owner, key");
-    if let Some(limit) = filter.limit {
-        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
-    }
-    let mut stmt = conn
-        .prepare_cached(&sql)
-        .map_err(|e| sql_error("cannot prepare a record listing", e))?;
-    let rows = stmt
-        .query_map(
-            rusqlite::params_from_iter(values.into_iter().map(sql_value)),
-            decode_record,
-        )
-        .map_err(|e| sql_error("cannot list records", e))?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row.map_err(|e| sql_error("cannot list records", e))??);
-    }
-    Ok(out)
-}
-
-/// Turns on memory-mapped reads for one scan and off again afterwards.
-struct MappedScan<'c>(&'c Connection);
-
-impl<'c> MappedScan<'c> {
-    fn new(conn: &'c Connection) -> MappedScan<'c> {
-        // SQLite caps the size at its own compile-time maximum; failure only costs speed.
-        let _ = conn.pragma_update(None, "mmap_size", 2_000_000_000i64);
-        MappedScan(conn)
-    }
-}
-
-impl Drop for MappedScan<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.pragma_update(None, "mmap_size", 0i64);
-    }
-}
-
-fn sql_value(value: SqlValue) -> Value {
-    match value {
-        SqlValue::Text(text) => Value::Text(text),
-        SqlValue::Int(n) => Value::Integer(n),
-    }
-}
-
-/// Lists credentials matching `filter` on `conn`, in id order.
-fn list_sync(conn: &Connection, filter: &ListFilter) -> Result<Vec<CredentialRecord>> {
-    let (condition, values) = filter.sql_where(Dialect::Sqlite);
-    let mut sql =
-        format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE {condition} ORDER BY id");
-    if let Some(limit) = filter.limit {
-        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
-    }
-    let mut stmt = conn
-        .prepare_cached(&sql)
-        .map_err(|e| sql_error("cannot prepare a credential listing", e))?;
-    let rows = stmt
-        .query_map(
-            rusqlite::params_from_iter(values.into_iter().map(sql_value)),
-            decode_credential,
-        )
-        .map_err(|e| sql_error("cannot list credentials", e))?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row.map_err(|e| sql_error("cannot list credentials", e))??);
-    }
-    Ok(out)
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, id: &CredentialId) -> Result<Option<CredentialRecord>> {
-        let (value, _) = self.read_cached(PointKey::Id(id.clone()), false, |conn| {
+        let (value, _) = self.read_cached(&PointKey::Id(id.clone()), false, |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"

@@ -300,3 +300,11 @@ pub(super) fn read_generation(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached("SELECT value FROM strongroom_generation WHERE id = 1")?
         .query_row([], |r| r.get(0))
 }
+
+/// How many credentials the file holds (to size the point cache at open).
+pub(super) fn count_credentials(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM credentials", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| u64::try_from(n).unwrap_or(0))
+}

@@ -1,7 +1,7 @@
 //! The group-commit writer: one thread that folds every batch waiting at the moment into
 //! one transaction and one sync, and that checkpoints the WAL when the store closes.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use super::error::{is_unique_violation, sql_error};
 use super::schema::{load_head, read_generation};
+use super::sync::{earlier_failure, Syncer};
 use super::Counters;
 use crate::audit::encoding::ChainHead;
 use crate::error::{Error, Result};
@@ -45,6 +46,7 @@ pub(super) fn writer_loop(
     max_group: usize,
     counters: &Counters,
     read_only: bool,
+    mut syncer: Option<Syncer>,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(max_group);
     // How many callers the last group served: the concurrency to wait for.
@@ -92,10 +94,14 @@ pub(super) fn writer_loop(
         counters
             .batches
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        run_group(&mut conn, &mut head, &mut group, &counters.generation);
+        run_group(&mut conn, &mut head, &mut group, counters, syncer.as_ref());
         if closing.is_some() {
             break;
         }
+    }
+    // Everything committed is synced and answered before the closing checkpoint.
+    if let Some(syncer) = syncer.as_mut() {
+        syncer.finish();
     }
     let checkpointed = if read_only { Ok(()) } else { checkpoint(&conn) };
     // Closing the last connection to the file also deletes the (now empty) WAL.
@@ -131,15 +137,25 @@ pub(super) fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> 
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Runs one group in one transaction and answers every caller in it.
+/// Runs one group in one transaction and answers every caller in it: at once when nothing
+/// needs syncing (or the group failed), otherwise through the `syncer` once it is durable.
 fn run_group(
     conn: &mut Connection,
     head: &mut Option<ChainHead>,
     group: &mut Vec<Request>,
-    published: &AtomicI64,
+    counters: &Counters,
+    syncer: Option<&Syncer>,
 ) {
+    let published = &counters.generation;
     let start_head = *head;
     let mut results: Vec<(Reply, Outcome)> = Vec::with_capacity(group.len());
+    if counters.sync_failed.load(Ordering::Acquire) {
+        // Committing now would show rows that no sync can vouch for.
+        let failure = GroupFailure::from(earlier_failure());
+        let skipped = group.drain(..).map(|req| (req.reply, Outcome::Skipped));
+        answer(skipped.collect(), Some(&failure));
+        return;
+    }
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -237,6 +253,10 @@ fn run_group(
     match &failure {
         None => {
             published.fetch_max(generation, Ordering::Release);
+            if let Some(syncer) = syncer {
+                syncer.push(results);
+                return;
+            }
         }
         Some(_) => {
             // Nothing of the group is on disk; restore the head from the database.
