@@ -1,41 +1,43 @@
 //! AWS KMS: `Encrypt` / `Decrypt` (JSON protocol, `TrentService`), SigV4-signed with the
-//! `aws-sigv4` crate. The record's associated data travels as the encryption context
-//! (`{"strongroom-aad": base64}`), which KMS binds to the ciphertext. Audit checkpoints are
-//! authenticated with `GenerateMac` / `VerifyMac` under an HMAC key of the same account
-//! ([`AwsKmsKey::with_mac_key`]).
+//! `aws-sigv4` crate. The record is bound through the encryption context, which KMS
+//! authenticates with the ciphertext: `{"strongroom-aad-sha256": base64(SHA-256(aad))}` —
+//! a digest, because CloudTrail logs the context in plaintext (data keys wrapped before
+//! carried `{"strongroom-aad": base64(aad)}` and still unwrap; `docs/FORMAT.md`). Audit
+//! checkpoints are authenticated with `GenerateMac` / `VerifyMac` under an HMAC key of the
+//! same account ([`AwsKmsKey::with_mac_key`]).
+//!
+//! Credentials come from the host ([`AwsKmsKey::new`]) or from the standard AWS chain
+//! ([`AwsKmsKey::from_environment`]: environment, shared profiles, web identity, the
+//! container endpoint, EC2 instance metadata; see `credentials.rs`).
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
 use base64::Engine;
+use sha2::{Digest, Sha256};
 
-use super::{no_derive, parse_secret, secret_json, secret_to_dek, Hidden, SecretText, Wiped, B64};
+use super::{no_derive, parse_secret, secret_json, secret_to_dek, SecretText, B64};
 use crate::crypto::{BackendId, CheckpointSigner, DataKey, InternalUse, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::transport::{peer_of, HttpTransport};
+use crate::transport::HttpTransport;
 
-/// Where and as whom AWS KMS is called: shared by a key and its MAC key.
-#[derive(Clone)]
-struct AwsClient {
-    region: String,
-    endpoint: String,
-    access_key_id: String,
-    secret_access_key: Hidden,
-    session_token: Option<Hidden>,
-    http: Arc<dyn HttpTransport>,
-}
+mod client;
+mod credentials;
+mod mac;
 
-/// An error answer of AWS KMS: its status, the exception's short name
-/// (`InvalidCiphertextException`, …) and its message.
-struct Fault {
-    status: u16,
-    kind: String,
-    message: String,
-}
+use client::{unavailable, AwsClient};
+use credentials::{dns_suffix, CredentialProvider};
+
+/// The first bytes of a wrapped data key whose encryption context is the digest of the
+/// record (format 2). AWS KMS ciphertext blobs begin with a format byte that is not 0x00
+/// (0x01 today), so a blob without this marker is one wrapped before (format 1, the
+/// context holding the record's associated data itself).
+const CONTEXT_V2: [u8; 4] = [0x00, b'S', b'R', 0x02];
+
+/// The encryption-context key of format 2 (a digest) and of format 1 (read only).
+const CONTEXT_KEY_V2: &str = "strongroom-aad-sha256";
+const CONTEXT_KEY_V1: &str = "strongroom-aad";
 
 /// A master key in AWS KMS (a key id, ARN or alias).
 pub struct AwsKmsKey {
@@ -51,6 +53,7 @@ impl fmt::Debug for AwsKmsKey {
             .field("key", &self.key)
             .field("region", &self.client.region)
             .field("endpoint", &self.client.endpoint)
+            .field("credentials", self.client.credentials.source())
             .field("mac_key", &self.mac_key)
             .finish_non_exhaustive()
     }
@@ -63,8 +66,30 @@ fn check_key(key: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_region(region: &str) -> Result<()> {
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::invalid(
+            "AWS region",
+            "must be a region code such as eu-west-1",
+        ));
+    }
+    Ok(())
+}
+
+/// The KMS endpoint of a region: `https://kms.<region>.amazonaws.com/`, or
+/// `…amazonaws.com.cn/` in the China partition (`cn-north-1`, `cn-northwest-1`).
+fn default_endpoint(region: &str) -> String {
+    format!("https://kms.{region}.{}/", dns_suffix(region))
+}
+
 impl AwsKmsKey {
-    /// The KMS key `key` (id, ARN or `alias/...`) in `region`, with these credentials.
+    /// The KMS key `key` (id, ARN or `alias/...`) in `region`, with these credentials (used
+    /// as given: a host that hands temporary credentials here replaces the key when they
+    /// expire; [`AwsKmsKey::from_environment`] refreshes them itself).
     pub fn new(
         key: impl Into<String>,
         region: impl Into<String>,
@@ -76,41 +101,92 @@ impl AwsKmsKey {
         let key = key.into();
         let region = region.into();
         check_key(&key, "KMS key id")?;
-        if region.is_empty()
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(Error::invalid(
-                "AWS region",
-                "must be a region code such as eu-west-1",
-            ));
-        }
-        Ok(AwsKmsKey {
+        check_region(&region)?;
+        let credentials = CredentialProvider::fixed(
+            "given",
+            access_key_id.into(),
+            secret_access_key.into(),
+            session_token,
+            http.clone(),
+        );
+        Ok(AwsKmsKey::with_client(key, region, None, credentials, http))
+    }
+
+    /// The KMS key `key` (id, ARN or `alias/...`), with the region, endpoint and credentials
+    /// found the way the AWS SDKs find them, reading variables through `var` (the process
+    /// environment: `|n| std::env::var(n).ok()`):
+    ///
+    /// - region: `AWS_REGION`, `AWS_DEFAULT_REGION`, else the profile's `region`;
+    /// - endpoint: `AWS_ENDPOINT_URL_KMS`, `AWS_ENDPOINT_URL`, else the region's
+    ///   (`kms.<region>.amazonaws.com`, `.amazonaws.com.cn` in China);
+    /// - credentials: the environment, the shared profile, web identity, the container
+    ///   endpoint, EC2 instance metadata (IMDSv2), the first that is configured;
+    ///   temporary credentials are fetched again five minutes before they expire.
+    ///
+    /// Nothing is fetched here; the first KMS call fetches the credentials.
+    pub fn from_environment(
+        key: impl Into<String>,
+        var: &dyn Fn(&str) -> Option<String>,
+        http: Arc<dyn HttpTransport>,
+    ) -> Result<AwsKmsKey> {
+        let key = key.into();
+        check_key(&key, "KMS key id")?;
+        let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
+        let found = credentials::find(var, region.as_deref(), http.clone())?;
+        let region = region.or(found.region).ok_or_else(|| {
+            Error::config(
+                "AWS KMS needs a region: AWS_REGION (or AWS_DEFAULT_REGION, or `region` in the \
+                 AWS profile)",
+            )
+        })?;
+        check_region(&region)?;
+        let endpoint = get("AWS_ENDPOINT_URL_KMS").or_else(|| get("AWS_ENDPOINT_URL"));
+        Ok(AwsKmsKey::with_client(
+            key,
+            region,
+            endpoint,
+            found.provider,
+            http,
+        ))
+    }
+
+    fn with_client(
+        key: String,
+        region: String,
+        endpoint: Option<String>,
+        credentials: CredentialProvider,
+        http: Arc<dyn HttpTransport>,
+    ) -> AwsKmsKey {
+        let endpoint = match endpoint {
+            Some(e) if e.ends_with('/') => e,
+            Some(e) => format!("{e}/"),
+            None => default_endpoint(&region),
+        };
+        AwsKmsKey {
             id: format!("aws_kms:{key}"),
             key,
             client: Arc::new(AwsClient {
-                endpoint: format!("https://kms.{region}.amazonaws.com/"),
+                endpoint,
                 region,
-                access_key_id: access_key_id.into(),
-                secret_access_key: Hidden::new(secret_access_key),
-                session_token: session_token.filter(|t| !t.is_empty()).map(Hidden::new),
+                credentials,
                 http,
             }),
             mac_key: None,
-        })
+        }
     }
 
-    /// Sends requests to `endpoint` instead of `https://kms.<region>.amazonaws.com/` (a VPC
-    /// endpoint, or a local KMS-compatible server in tests).
+    /// Sends requests to `endpoint` instead of the region's (a VPC endpoint, or a local
+    /// KMS-compatible server in tests). Call it before the key is used.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> AwsKmsKey {
         let mut endpoint = endpoint.into();
         if !endpoint.ends_with('/') {
             endpoint.push('/');
         }
-        let mut client = (*self.client).clone();
-        client.endpoint = endpoint;
-        self.client = Arc::new(client);
+        match Arc::get_mut(&mut self.client) {
+            Some(client) => client.endpoint = endpoint,
+            None => tracing::warn!("AwsKmsKey::with_endpoint after the key was shared; ignored"),
+        }
         self
     }
 
@@ -124,171 +200,39 @@ impl AwsKmsKey {
         self.mac_key = Some(mac_key);
         Ok(self)
     }
+}
 
-    fn context(aad: &[u8]) -> Context {
-        Context {
-            aad: B64.encode(aad),
-        }
+/// The encryption context of format 2: the digest of the record's associated data, which
+/// KMS binds to the ciphertext and CloudTrail shows.
+fn context_v2(aad: &[u8]) -> Context {
+    Context {
+        key: CONTEXT_KEY_V2,
+        value: B64.encode(Sha256::digest(aad)),
     }
 }
 
-impl AwsClient {
-    /// Sends one signed call; returns the body of a 2xx answer (wiped when dropped), or the
-    /// service's error answer. The request body is wiped by the caller's [`Wiped`] once this
-    /// returns.
-    async fn send(
-        &self,
-        key_id: &str,
-        target: &str,
-        body: &Wiped,
-    ) -> Result<std::result::Result<Wiped, Fault>> {
-        let target = format!("TrentService.{target}");
-        let headers = [
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amz-target", target.as_str()),
-        ];
-        let credentials = aws_credential_types::Credentials::new(
-            self.access_key_id.clone(),
-            self.secret_access_key.expose().to_string(),
-            self.session_token.as_ref().map(|t| t.expose().to_string()),
-            None,
-            "strongroom",
-        );
-        let identity = credentials.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("kms")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| Error::config(format!("cannot sign the KMS request: {e}")))?
-            .into();
-        let signable = SignableRequest::new(
-            "POST",
-            &self.endpoint,
-            headers.iter().copied(),
-            SignableBody::Bytes(body),
-        )
-        .map_err(|e| Error::config(format!("cannot sign the KMS request: {e}")))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| Error::config(format!("cannot sign the KMS request: {e}")))?
-            .into_parts();
-        let mut builder = http::Request::builder().method("POST").uri(&self.endpoint);
-        for (k, v) in headers {
-            builder = builder.header(k, v);
-        }
-        let mut request = builder
-            .body(body.share())
-            .map_err(|_| Error::config(format!("`{}` is not a usable endpoint", self.endpoint)))?;
-        instructions.apply_to_request_http1x(&mut request);
-        for v in request.headers_mut().values_mut() {
-            v.set_sensitive(true);
-        }
-        let peer = peer_of(request.uri());
-        let response = self
-            .http
-            .send(request)
-            .await
-            .map_err(|e| Error::KeyUnavailable {
-                key_id: key_id.to_string(),
-                reason: format!("no answer from {peer}: {e}"),
-            })?;
-        let status = response.status().as_u16();
-        let answer_body = Wiped(response.into_body());
-        if (200..300).contains(&status) {
-            return Ok(Ok(answer_body));
-        }
-        // KMS names the error in `__type` (`...#InvalidCiphertextException`); the
-        // authentication layer in front of it may answer in XML (`<Code>`, `<Message>`).
-        let answer: serde_json::Value = serde_json::from_slice(&answer_body).unwrap_or_default();
-        let text = String::from_utf8_lossy(&answer_body);
-        let xml = |tag: &str| -> Option<String> {
-            let open = format!("<{tag}>");
-            let start = text.find(&open)? + open.len();
-            let end = text[start..].find(&format!("</{tag}>"))? + start;
-            Some(text[start..end].to_string())
-        };
-        let kind = answer
-            .get("__type")
-            .and_then(|t| t.as_str())
-            .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
-            .or_else(|| xml("Code"))
-            .unwrap_or_default();
-        let message = answer
-            .get("message")
-            .or_else(|| answer.get("Message"))
-            .and_then(|m| m.as_str())
-            .map(str::to_string)
-            .or_else(|| xml("Message"))
-            .unwrap_or_default()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(200)
-            .collect::<String>();
-        Ok(Err(Fault {
-            status,
-            kind,
-            message,
-        }))
-    }
-
-    /// [`AwsClient::send`], with an error answer turned into the vault's error: a ciphertext
-    /// that is not this key's (when `unwrapping`) is [`Error::DecryptFailed`], anything else
-    /// [`Error::KeyUnavailable`] naming the key and the reason.
-    async fn call(
-        &self,
-        key_id: &str,
-        target: &str,
-        body: &Wiped,
-        unwrapping: bool,
-    ) -> Result<Wiped> {
-        match self.send(key_id, target, body).await? {
-            Ok(answer) => Ok(answer),
-            Err(fault) => Err(fault.into_error(key_id, unwrapping)),
-        }
+/// The encryption context of format 1 (data keys wrapped before): the associated data
+/// itself, base64.
+fn context_v1(aad: &[u8]) -> Context {
+    Context {
+        key: CONTEXT_KEY_V1,
+        value: B64.encode(aad),
     }
 }
 
-impl Fault {
-    fn into_error(self, key_id: &str, unwrapping: bool) -> Error {
-        let Fault {
-            status,
-            kind,
-            message,
-        } = self;
-        match kind.as_str() {
-            "InvalidCiphertextException" | "IncorrectKeyException" if unwrapping => {
-                Error::DecryptFailed {
-                    what: format!("a data key wrapped by {key_id} ({kind})"),
-                }
-            }
-            _ => Error::KeyUnavailable {
-                key_id: key_id.to_string(),
-                reason: format!(
-                    "AWS KMS answered {status}{} {}{}",
-                    if status == 401 || status == 403 || kind.starts_with("AccessDenied") {
-                        " (access denied; check the credentials and the key policy)"
-                    } else {
-                        ""
-                    },
-                    if kind.is_empty() { "an error" } else { &kind },
-                    if message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {message}")
-                    }
-                ),
-            },
-        }
-    }
-}
-
-/// The encryption context: the record's associated data, which KMS binds to the ciphertext.
-#[derive(serde::Serialize)]
+/// An encryption context of one entry.
 struct Context {
-    #[serde(rename = "strongroom-aad")]
-    aad: String,
+    key: &'static str,
+    value: String,
+}
+
+impl serde::Serialize for Context {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.key, &self.value)?;
+        map.end()
+    }
 }
 
 /// `Encrypt`: the plaintext is the data key.
@@ -334,30 +278,43 @@ impl KeyWrapper for AwsKmsKey {
         let request = EncryptRequest {
             key_id: &self.key,
             plaintext: plaintext.as_str(),
-            context: Self::context(aad),
+            context: context_v2(aad),
         };
         let body = secret_json(
             &request,
-            self.key.len() + plaintext.len() + request.context.aad.len(),
+            self.key.len() + plaintext.len() + request.context.value.len(),
         )?;
         let answer = self.client.call(&self.id, "Encrypt", &body, false).await?;
-        let answer: serde_json::Value =
-            serde_json::from_slice(&answer).map_err(|_| Error::KeyUnavailable {
-                key_id: self.id.clone(),
-                reason: "AWS KMS answered with a body that is not JSON".into(),
-            })?;
-        super::b64_field(&answer, "/CiphertextBlob", &self.id)
+        let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
+            unavailable(&self.id, "AWS KMS answered with a body that is not JSON".into())
+        })?;
+        let blob = super::b64_field(&answer, "/CiphertextBlob", &self.id)?;
+        if blob.starts_with(&CONTEXT_V2[..1]) {
+            // A blob starting 0x00 could not be told from a marked one when read back.
+            return Err(unavailable(
+                &self.id,
+                "AWS KMS answered a ciphertext blob in a form strongroom does not know".into(),
+            ));
+        }
+        let mut wrapped = Vec::with_capacity(CONTEXT_V2.len() + blob.len());
+        wrapped.extend_from_slice(&CONTEXT_V2);
+        wrapped.extend_from_slice(&blob);
+        Ok(wrapped)
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
+        let (blob, context) = match wrapped.strip_prefix(&CONTEXT_V2[..]) {
+            Some(blob) => (blob, context_v2(aad)),
+            None => (wrapped, context_v1(aad)),
+        };
         let request = DecryptRequest {
             key_id: &self.key,
-            ciphertext: B64.encode(wrapped),
-            context: Self::context(aad),
+            ciphertext: B64.encode(blob),
+            context,
         };
         let body = secret_json(
             &request,
-            self.key.len() + request.ciphertext.len() + request.context.aad.len(),
+            self.key.len() + request.ciphertext.len() + request.context.value.len(),
         )?;
         let answer = self.client.call(&self.id, "Decrypt", &body, true).await?;
         let answer: DecryptAnswer<'_> = parse_secret(&answer, &self.id, "base64 `Plaintext`")?;
@@ -370,114 +327,68 @@ impl KeyWrapper for AwsKmsKey {
 
     async fn checkpoint_signer(&self, _proof: &InternalUse) -> Result<Arc<dyn CheckpointSigner>> {
         match &self.mac_key {
-            Some(key) => Ok(Arc::new(AwsKmsMacKey {
+            Some(key) => Ok(Arc::new(mac::AwsKmsMacKey {
                 id: format!("aws_kms_mac:{key}"),
                 key: key.clone(),
                 client: self.client.clone(),
             })),
-            None => Err(Error::KeyUnavailable {
-                key_id: self.id.clone(),
-                reason: "an AWS KMS encryption key makes no MACs, so it offers no audit \
-                         checkpoint key: give it an HMAC key (STRONGROOM_AWS_KMS_MAC_KEY_ID, \
-                         AwsKmsKey::with_mac_key) or give the vault an audit key of its own \
-                         (STRONGROOM_AUDIT_KEY, VaultBuilder::checkpoint_key)"
+            None => Err(unavailable(
+                &self.id,
+                "an AWS KMS encryption key makes no MACs, so it offers no audit \
+                 checkpoint key: give it an HMAC key (STRONGROOM_AWS_KMS_MAC_KEY_ID, \
+                 AwsKmsKey::with_mac_key) or give the vault an audit key of its own \
+                 (STRONGROOM_AUDIT_KEY, VaultBuilder::checkpoint_key)"
                     .into(),
-            }),
+            )),
         }
     }
 }
 
-/// The MAC algorithm of checkpoint tags: HMAC-SHA256 (an `HMAC_256` key).
-const MAC_ALGORITHM: &str = "HMAC_SHA_256";
-
-/// An HMAC key in AWS KMS that authenticates audit checkpoints: `GenerateMac` makes the
-/// tag, `VerifyMac` checks it (`docs/AUDIT.md`). Made by [`AwsKmsKey::with_mac_key`].
-struct AwsKmsMacKey {
-    key: String,
-    id: String,
-    client: Arc<AwsClient>,
-}
-
-impl fmt::Debug for AwsKmsMacKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsKmsMacKey")
-            .field("key", &self.key)
-            .finish_non_exhaustive()
+/// The `aws_kms` backend of [`super::from_vars`]: `STRONGROOM_AWS_KMS_KEY_ID`, the standard
+/// AWS variables ([`AwsKmsKey::from_environment`]), `STRONGROOM_AWS_KMS_ENDPOINT` (before
+/// `AWS_ENDPOINT_URL_KMS`) and `STRONGROOM_AWS_KMS_MAC_KEY_ID`.
+pub(crate) fn from_vars(
+    var: &dyn Fn(&str) -> Option<String>,
+    http: Arc<dyn HttpTransport>,
+) -> Result<AwsKmsKey> {
+    let key = var("STRONGROOM_AWS_KMS_KEY_ID")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Error::config("STRONGROOM_KMS=aws_kms needs STRONGROOM_AWS_KMS_KEY_ID (see docs/DEPLOYMENT.md)")
+        })?;
+    let mut key = AwsKmsKey::from_environment(key, var, http)?;
+    if let Some(endpoint) = var("STRONGROOM_AWS_KMS_ENDPOINT").filter(|v| !v.is_empty()) {
+        key = key.with_endpoint(endpoint);
     }
+    if let Some(mac) = var("STRONGROOM_AWS_KMS_MAC_KEY_ID").filter(|v| !v.is_empty()) {
+        key = key.with_mac_key(mac)?;
+    }
+    Ok(key)
 }
 
-/// `GenerateMac`.
-#[derive(serde::Serialize)]
-struct GenerateMacRequest<'a> {
-    #[serde(rename = "KeyId")]
-    key_id: &'a str,
-    #[serde(rename = "MacAlgorithm")]
-    algorithm: &'a str,
-    #[serde(rename = "Message")]
-    message: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `VerifyMac`.
-#[derive(serde::Serialize)]
-struct VerifyMacRequest<'a> {
-    #[serde(rename = "KeyId")]
-    key_id: &'a str,
-    #[serde(rename = "MacAlgorithm")]
-    algorithm: &'a str,
-    #[serde(rename = "Message")]
-    message: String,
-    #[serde(rename = "Mac")]
-    mac: String,
-}
-
-#[async_trait]
-impl CheckpointSigner for AwsKmsMacKey {
-    fn key_id(&self) -> &str {
-        &self.id
+    #[test]
+    fn the_context_holds_a_digest_not_the_record() {
+        let aad = b"strongroom/v2|cred-1|per_user|alice|1";
+        let json = serde_json::to_string(&context_v2(aad)).expect("json");
+        assert!(json.starts_with("{\"strongroom-aad-sha256\":\""), "{json}");
+        assert!(!json.contains(&B64.encode(aad)), "{json}");
+        let json = serde_json::to_string(&context_v1(aad)).expect("json");
+        assert_eq!(json, format!("{{\"strongroom-aad\":\"{}\"}}", B64.encode(aad)));
     }
 
-    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        let request = GenerateMacRequest {
-            key_id: &self.key,
-            algorithm: MAC_ALGORITHM,
-            message: B64.encode(message),
-        };
-        let body = secret_json(&request, self.key.len() + request.message.len())?;
-        let answer = self
-            .client
-            .call(&self.id, "GenerateMac", &body, false)
-            .await?;
-        let answer: serde_json::Value =
-            serde_json::from_slice(&answer).map_err(|_| Error::KeyUnavailable {
-                key_id: self.id.clone(),
-                reason: "AWS KMS answered with a body that is not JSON".into(),
-            })?;
-        super::b64_field(&answer, "/Mac", &self.id)
-    }
-
-    async fn verify(&self, message: &[u8], tag: &[u8]) -> Result<bool> {
-        // HMAC-SHA256 tags are 32 bytes; any other was not made with this algorithm.
-        if tag.len() != 32 {
-            return Ok(false);
-        }
-        let request = VerifyMacRequest {
-            key_id: &self.key,
-            algorithm: MAC_ALGORITHM,
-            message: B64.encode(message),
-            mac: B64.encode(tag),
-        };
-        let body = secret_json(
-            &request,
-            self.key.len() + request.message.len() + request.mac.len(),
-        )?;
-        match self.client.send(&self.id, "VerifyMac", &body).await? {
-            Ok(answer) => {
-                let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-                Ok(answer.get("MacValid").and_then(|v| v.as_bool()) == Some(true))
-            }
-            // KMS answers a tag that does not verify with this exception (400).
-            Err(fault) if fault.kind == "KMSInvalidMacException" => Ok(false),
-            Err(fault) => Err(fault.into_error(&self.id, false)),
-        }
+    #[test]
+    fn china_regions_get_the_cn_endpoint() {
+        assert_eq!(
+            default_endpoint("cn-north-1"),
+            "https://kms.cn-north-1.amazonaws.com.cn/"
+        );
+        assert_eq!(
+            default_endpoint("us-east-1"),
+            "https://kms.us-east-1.amazonaws.com/"
+        );
     }
 }
