@@ -397,24 +397,7 @@ pub fn from_vars(
     };
     Ok(match backend {
         "aws_kms" => Arc::new(aws::from_vars(var, http)?),
-        "gcp_kms" => {
-            let name = need("STRONGROOM_GCP_KMS_KEY")?;
-            let mut key = match var("STRONGROOM_GCP_ACCESS_TOKEN") {
-                Some(token) => GcpKmsKey::with_access_token(name, token, http)?,
-                None => {
-                    let path = need("GOOGLE_APPLICATION_CREDENTIALS")?;
-                    let json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-                    GcpKmsKey::with_service_account(name, &json, http)?
-                }
-            };
-            if let Some(endpoint) = var("STRONGROOM_GCP_KMS_ENDPOINT") {
-                key = key.with_endpoint(endpoint);
-            }
-            if let Some(mac) = var("STRONGROOM_GCP_KMS_MAC_KEY").filter(|v| !v.is_empty()) {
-                key = key.with_mac_key(mac)?;
-            }
-            Arc::new(key)
-        }
+        "gcp_kms" => Arc::new(gcp::from_vars(var, http)?),
         "azure_kv" => {
             let mut key = AzureKeyVaultKey::new(
                 &need("STRONGROOM_AZURE_KEY_ID")?,

@@ -1,38 +1,34 @@
 //! Google Cloud KMS: `cryptoKeys.encrypt` / `cryptoKeys.decrypt` with the record's
-//! associated data as `additionalAuthenticatedData`. Authenticated with a service
-//! account (a signed JWT exchanged for an access token at the account's `token_uri`, RFC
-//! 7523) or with an access token the host supplies. Audit checkpoints are authenticated with
-//! `cryptoKeyVersions.macSign` / `macVerify` under a MAC key version
+//! associated data as `additionalAuthenticatedData`. Authenticated with the sources of
+//! Application Default Credentials (`auth.rs`): a service account key file, user
+//! credentials, Workload Identity Federation (`external_account`), the metadata server of
+//! GCE / GKE / Cloud Run, or an access token the host supplies. Audit checkpoints are
+//! authenticated with `cryptoKeyVersions.macSign` / `macVerify` under a MAC key version
 //! ([`GcpKmsKey::with_mac_key`]).
+//!
+//! A data key that does not authenticate (`INVALID_ARGUMENT`: another record's associated
+//! data, a changed ciphertext) is [`Error::DecryptFailed`]; a key version that is disabled,
+//! scheduled for destruction or destroyed (`FAILED_PRECONDITION`) is
+//! [`Error::KeyUnavailable`] with Cloud KMS's reason.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine;
-use tokio::sync::Mutex;
 
 use super::{
-    call_json, call_raw, fetch_token, json_request, no_derive, parse_secret, secret_json_request,
-    secret_to_dek, Hidden, SecretText, B64,
+    answer_error, no_derive, parse_secret, secret_json_request, secret_to_dek,
+    Hidden, SecretText, Wiped, B64,
 };
 use crate::crypto::{BackendId, CheckpointSigner, DataKey, InternalUse, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::transport::HttpTransport;
+use crate::transport::{peer_of, Bytes, HttpTransport};
 
-const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
+mod auth;
+mod mac;
 
-enum Auth {
-    Static(Hidden),
-    ServiceAccount {
-        email: String,
-        key_id: String,
-        key: Box<jsonwebtoken::EncodingKey>,
-        token_uri: String,
-        cached: Mutex<Option<(Hidden, Instant)>>,
-    },
-}
+use auth::Auth;
 
 /// How Google Cloud KMS is called: shared by a key and its MAC key.
 struct GcpClient {
@@ -55,6 +51,7 @@ impl fmt::Debug for GcpKmsKey {
         f.debug_struct("GcpKmsKey")
             .field("name", &self.name)
             .field("endpoint", &self.client.endpoint)
+            .field("credentials", &self.client.auth.kind())
             .field("mac_key", &self.mac_key)
             .finish_non_exhaustive()
     }
@@ -79,7 +76,9 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 impl GcpKmsKey {
-    /// The key `name`, called with a bearer access token the host obtained.
+    /// The key `name`, called with a bearer access token the host obtained, used as given
+    /// (it is not refreshed: a host that passes a short-lived token replaces the key before
+    /// it expires; the other constructors refresh their tokens themselves).
     pub fn with_access_token(
         name: impl Into<String>,
         token: impl Into<String>,
@@ -102,33 +101,48 @@ impl GcpKmsKey {
     ) -> Result<GcpKmsKey> {
         let name = name.into();
         check_name(&name)?;
-        let sa: serde_json::Value = serde_json::from_str(key_file_json)
-            .map_err(|_| Error::invalid("service account", "the key file is not JSON"))?;
-        let field = |k: &str| -> Result<String> {
-            sa.get(k)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    Error::invalid("service account", format!("the key file has no `{k}`"))
-                })
-        };
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(field("private_key")?.as_bytes())
-            .map_err(|_| {
-                Error::invalid("service account", "`private_key` is not an RSA PEM key")
-            })?;
-        let token_uri = sa
-            .get("token_uri")
-            .and_then(|v| v.as_str())
-            .unwrap_or("https://oauth2.googleapis.com/token")
-            .to_string();
-        let auth = Auth::ServiceAccount {
-            email: field("client_email")?,
-            key_id: field("private_key_id")?,
-            key: Box::new(key),
-            token_uri,
-            cached: Mutex::new(None),
-        };
-        Ok(GcpKmsKey::with_client(name, auth, http))
+        let source = auth::from_file(key_file_json)?;
+        if !matches!(source, auth::Source::ServiceAccount { .. }) {
+            return Err(Error::invalid(
+                "service account",
+                "the key file is not a service account's (\"type\": \"service_account\"); \
+                 GcpKmsKey::with_credentials_file reads the other kinds",
+            ));
+        }
+        Ok(GcpKmsKey::with_client(name, Auth::fetched(source), http))
+    }
+
+    /// The key `name`, authenticated with a credentials file of any kind Application Default
+    /// Credentials read (`GOOGLE_APPLICATION_CREDENTIALS`): `service_account`,
+    /// `authorized_user` (refreshed with its refresh token) or `external_account`
+    /// (Workload Identity Federation: a subject token from a file or URL exchanged at
+    /// Google's STS, then optionally for a service account's token).
+    pub fn with_credentials_file(
+        name: impl Into<String>,
+        json: &str,
+        http: Arc<dyn HttpTransport>,
+    ) -> Result<GcpKmsKey> {
+        let name = name.into();
+        check_name(&name)?;
+        let source = auth::from_file(json)?;
+        Ok(GcpKmsKey::with_client(name, Auth::fetched(source), http))
+    }
+
+    /// The key `name`, authenticated as the service account attached to the instance, GKE
+    /// workload or Cloud Run service: tokens from the metadata server at `host`
+    /// (`GCE_METADATA_HOST`; `None`: `metadata.google.internal`).
+    pub fn with_metadata_server(
+        name: impl Into<String>,
+        host: Option<String>,
+        http: Arc<dyn HttpTransport>,
+    ) -> Result<GcpKmsKey> {
+        let name = name.into();
+        check_name(&name)?;
+        Ok(GcpKmsKey::with_client(
+            name,
+            Auth::fetched(auth::metadata_source(host)),
+            http,
+        ))
     }
 
     fn with_client(name: String, auth: Auth, http: Arc<dyn HttpTransport>) -> GcpKmsKey {
@@ -182,54 +196,87 @@ impl GcpKmsKey {
 }
 
 impl GcpClient {
-    async fn token(&self, id: &str) -> Result<Hidden> {
-        match &self.auth {
-            Auth::Static(t) => Ok(t.clone()),
-            Auth::ServiceAccount {
-                email,
-                key_id,
-                key,
-                token_uri,
-                cached,
-            } => {
-                let mut slot = cached.lock().await;
-                if let Some((token, until)) = slot.as_ref() {
-                    if Instant::now() < *until {
-                        return Ok(token.clone());
-                    }
-                }
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-                header.kid = Some(key_id.clone());
-                let claims = serde_json::json!({
-                    "iss": email, "scope": SCOPE, "aud": token_uri,
-                    "iat": now, "exp": now + 3600,
-                });
-                let assertion = jsonwebtoken::encode(&header, &claims, key)
-                    .map_err(|e| Error::config(format!("cannot sign the token request: {e}")))?;
-                let form = format!(
-                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
-                );
-                let (token, ttl) = fetch_token(self.http.as_ref(), id, token_uri, form).await?;
-                *slot = Some((token.clone(), Instant::now() + ttl));
-                Ok(token)
-            }
-        }
-    }
-
     fn url(&self, name: &str, verb: &str) -> String {
         format!("{}/v1/{name}:{verb}", self.endpoint)
     }
 
     async fn bearer(&self, id: &str) -> Result<zeroize::Zeroizing<String>> {
-        let token = self.token(id).await?;
+        let token = self.auth.token(self.http.as_ref(), id).await?;
         Ok(zeroize::Zeroizing::new(format!(
             "Bearer {}",
             token.expose()
         )))
+    }
+
+    /// Sends a Cloud KMS call; returns the body of a 2xx answer (wiped when dropped). An
+    /// error answer becomes the vault's error by its `error.status`: `INVALID_ARGUMENT` on
+    /// an unwrap is [`Error::DecryptFailed`] (the data key does not authenticate);
+    /// `FAILED_PRECONDITION` (a disabled or destroyed key version, a key of the wrong
+    /// purpose) and everything else is [`Error::KeyUnavailable`] with the service's reason.
+    async fn call(
+        &self,
+        id: &str,
+        request: http::Request<Bytes>,
+        unwrapping: bool,
+    ) -> Result<Wiped> {
+        let peer = peer_of(request.uri());
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|e| unavailable(id, format!("no answer from {peer}: {e}")))?;
+        let status = response.status().as_u16();
+        let body = Wiped(response.into_body());
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let code = answer
+            .pointer("/error/status")
+            .and_then(|s| s.as_str())
+            .unwrap_or("");
+        let message: String = answer
+            .pointer("/error/message")
+            .and_then(|s| s.as_str())
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect();
+        match code {
+            "INVALID_ARGUMENT" if unwrapping => Err(Error::DecryptFailed {
+                what: format!("a data key wrapped by {id} ({message})"),
+            }),
+            "FAILED_PRECONDITION" => Err(unavailable(
+                id,
+                format!(
+                    "Cloud KMS answered {status} FAILED_PRECONDITION: {message} (a disabled key \
+                     version can be enabled again, and one scheduled for destruction restored; \
+                     a destroyed one is gone)"
+                ),
+            )),
+            _ => Err(answer_error(id, status, &body, false)),
+        }
+    }
+
+    /// [`GcpClient::call`] for answers without key material, as JSON.
+    async fn call_json(
+        &self,
+        id: &str,
+        request: http::Request<Bytes>,
+    ) -> Result<serde_json::Value> {
+        let body = self.call(id, request, false).await?;
+        serde_json::from_slice(&body)
+            .map_err(|_| unavailable(id, "Cloud KMS answered with a body that is not JSON".into()))
+    }
+}
+
+/// [`Error::KeyUnavailable`] for `key_id` with the service's reason (folded into a shared
+/// constructor of `kms` later).
+fn unavailable(key_id: &str, reason: String) -> Error {
+    Error::KeyUnavailable {
+        key_id: key_id.to_string(),
+        reason,
     }
 }
 
@@ -273,13 +320,13 @@ impl KeyWrapper for GcpKmsKey {
             plaintext.len() + body.aad.len(),
             &[("authorization", &bearer)],
         )?;
-        let answer = call_json(self.client.http.as_ref(), &self.id, request, false).await?;
+        let answer = self.client.call_json(&self.id, request).await?;
         super::b64_field(&answer, "/ciphertext", &self.id)
     }
 
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
         let bearer = self.client.bearer(&self.id).await?;
-        let request = json_request(
+        let request = super::json_request(
             http::Method::POST,
             &self.client.url(&self.name, "decrypt"),
             &serde_json::json!({
@@ -288,7 +335,7 @@ impl KeyWrapper for GcpKmsKey {
             }),
             &[("authorization", &bearer)],
         )?;
-        let body = call_raw(self.client.http.as_ref(), &self.id, request, true).await?;
+        let body = self.client.call(&self.id, request, true).await?;
         let answer: DecryptAnswer<'_> = parse_secret(&body, &self.id, "base64 `plaintext`")?;
         secret_to_dek(&answer.plaintext, &B64, &self.id)
     }
@@ -299,73 +346,57 @@ impl KeyWrapper for GcpKmsKey {
 
     async fn checkpoint_signer(&self, _proof: &InternalUse) -> Result<Arc<dyn CheckpointSigner>> {
         match &self.mac_key {
-            Some(version) => Ok(Arc::new(GcpKmsMacKey {
+            Some(version) => Ok(Arc::new(mac::GcpKmsMacKey {
                 id: format!("gcp_kms_mac:{version}"),
                 version: version.clone(),
                 client: self.client.clone(),
             })),
-            None => Err(Error::KeyUnavailable {
-                key_id: self.id.clone(),
-                reason: "a Google Cloud KMS encryption key makes no MACs, so it offers no \
-                         audit checkpoint key: give it a MAC key version \
-                         (STRONGROOM_GCP_KMS_MAC_KEY, GcpKmsKey::with_mac_key) or give the \
-                         vault an audit key of its own (STRONGROOM_AUDIT_KEY, \
-                         VaultBuilder::checkpoint_key)"
+            None => Err(unavailable(
+                &self.id,
+                "a Google Cloud KMS encryption key makes no MACs, so it offers no \
+                 audit checkpoint key: give it a MAC key version \
+                 (STRONGROOM_GCP_KMS_MAC_KEY, GcpKmsKey::with_mac_key) or give the \
+                 vault an audit key of its own (STRONGROOM_AUDIT_KEY, \
+                 VaultBuilder::checkpoint_key)"
                     .into(),
-            }),
+            )),
         }
     }
 }
 
-/// A MAC key version in Google Cloud KMS that authenticates audit checkpoints: `macSign`
-/// makes the tag, `macVerify` checks it (`docs/AUDIT.md`). Made by
-/// [`GcpKmsKey::with_mac_key`].
-struct GcpKmsMacKey {
-    version: String,
-    id: String,
-    client: Arc<GcpClient>,
-}
-
-impl fmt::Debug for GcpKmsMacKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GcpKmsMacKey")
-            .field("version", &self.version)
-            .finish_non_exhaustive()
+/// The `gcp_kms` backend of [`super::from_vars`]: `STRONGROOM_GCP_KMS_KEY`, credentials as
+/// Application Default Credentials find them — `STRONGROOM_GCP_ACCESS_TOKEN` (used as
+/// given), else the file `GOOGLE_APPLICATION_CREDENTIALS`, else gcloud's
+/// `application_default_credentials.json` (in `CLOUDSDK_CONFIG`, else
+/// `~/.config/gcloud`), else the metadata server (`GCE_METADATA_HOST`) — then
+/// `STRONGROOM_GCP_KMS_ENDPOINT` and `STRONGROOM_GCP_KMS_MAC_KEY`.
+pub(crate) fn from_vars(
+    var: &dyn Fn(&str) -> Option<String>,
+    http: Arc<dyn HttpTransport>,
+) -> Result<GcpKmsKey> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let name = get("STRONGROOM_GCP_KMS_KEY").ok_or_else(|| {
+        Error::config("STRONGROOM_KMS=gcp_kms needs STRONGROOM_GCP_KMS_KEY (see docs/DEPLOYMENT.md)")
+    })?;
+    let read = |path: &str| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
+    let well_known = get("CLOUDSDK_CONFIG")
+        .or_else(|| get("HOME").map(|h| format!("{h}/.config/gcloud")))
+        .map(|dir| format!("{dir}/application_default_credentials.json"))
+        .filter(|p| std::path::Path::new(p).is_file());
+    let mut key = if let Some(token) = get("STRONGROOM_GCP_ACCESS_TOKEN") {
+        GcpKmsKey::with_access_token(name, token, http)?
+    } else if let Some(path) = get("GOOGLE_APPLICATION_CREDENTIALS") {
+        GcpKmsKey::with_credentials_file(name, &read(&path)?, http)?
+    } else if let Some(path) = well_known {
+        GcpKmsKey::with_credentials_file(name, &read(&path)?, http)?
+    } else {
+        GcpKmsKey::with_metadata_server(name, get("GCE_METADATA_HOST"), http)?
+    };
+    if let Some(endpoint) = get("STRONGROOM_GCP_KMS_ENDPOINT") {
+        key = key.with_endpoint(endpoint);
     }
-}
-
-#[async_trait]
-impl CheckpointSigner for GcpKmsMacKey {
-    fn key_id(&self) -> &str {
-        &self.id
+    if let Some(mac) = get("STRONGROOM_GCP_KMS_MAC_KEY") {
+        key = key.with_mac_key(mac)?;
     }
-
-    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
-        let bearer = self.client.bearer(&self.id).await?;
-        let request = json_request(
-            http::Method::POST,
-            &self.client.url(&self.version, "macSign"),
-            &serde_json::json!({ "data": B64.encode(message) }),
-            &[("authorization", &bearer)],
-        )?;
-        let answer = call_json(self.client.http.as_ref(), &self.id, request, false).await?;
-        super::b64_field(&answer, "/mac", &self.id)
-    }
-
-    async fn verify(&self, message: &[u8], tag: &[u8]) -> Result<bool> {
-        // The sizes of the MAC algorithms Cloud KMS offers (HMAC with SHA-1, SHA-224,
-        // SHA-256, SHA-384, SHA-512): any other tag was not made by it.
-        if ![20, 28, 32, 48, 64].contains(&tag.len()) {
-            return Ok(false);
-        }
-        let bearer = self.client.bearer(&self.id).await?;
-        let request = json_request(
-            http::Method::POST,
-            &self.client.url(&self.version, "macVerify"),
-            &serde_json::json!({ "data": B64.encode(message), "mac": B64.encode(tag) }),
-            &[("authorization", &bearer)],
-        )?;
-        let answer = call_json(self.client.http.as_ref(), &self.id, request, false).await?;
-        Ok(answer.get("success").and_then(|v| v.as_bool()) == Some(true))
-    }
+    Ok(key)
 }
