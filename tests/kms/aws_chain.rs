@@ -42,7 +42,10 @@ fn unavailable_with(result: strongroom::Result<impl std::fmt::Debug>, needle: &s
     match result {
         Err(Error::KeyUnavailable { reason, .. }) => {
             assert!(reason.contains(needle), "{reason}");
-            assert!(!reason.contains("CANARY"), "a secret in the reason: {reason}");
+            assert!(
+                !reason.contains("CANARY"),
+                "a secret in the reason: {reason}"
+            );
             reason
         }
         other => panic!("expected KeyUnavailable ({needle}), got {other:?}"),
@@ -57,7 +60,10 @@ async fn web_identity_from_the_environment_through_sts() {
     let token_file = home.path().join("token");
     std::fs::write(&token_file, s(a, "/web_identity_token")).expect("token");
     let mut vars = base_vars(a, home.path());
-    vars.insert("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.display().to_string());
+    vars.insert(
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        token_file.display().to_string(),
+    );
     vars.insert("AWS_ROLE_ARN", s(a, "/role_arn"));
     let key = key_from(&s(a, "/alias"), &vars).expect("key");
     assert!(format!("{key:?}").contains("WebIdentity"), "{key:?}");
@@ -111,7 +117,10 @@ async fn shared_profiles_with_static_keys_and_web_identity() {
     let mut vars = base_vars(a, home.path());
     // The region comes from the profile.
     vars.remove("AWS_REGION");
-    vars.insert("AWS_SHARED_CREDENTIALS_FILE", credentials.display().to_string());
+    vars.insert(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        credentials.display().to_string(),
+    );
     vars.insert("AWS_CONFIG_FILE", config.display().to_string());
     vars.insert("AWS_PROFILE", "ci".into());
     let key = key_from(&s(a, "/alias"), &vars).expect("key");
@@ -171,7 +180,11 @@ async fn the_container_credentials_endpoint_with_its_token() {
         "http://creds.example.com/v1/credentials".into(),
     );
     let err = key_from(&s(a, "/alias"), &vars).expect_err("plain http elsewhere");
-    assert!(err.to_string().contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +202,11 @@ async fn ec2_instance_metadata_v2() {
     // With instance metadata off and nothing else, the error says what was tried.
     vars.insert("AWS_EC2_METADATA_DISABLED", "true".into());
     let err = key_from(&s(a, "/alias"), &vars).expect_err("nothing configured");
-    for needle in ["AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"] {
+    for needle in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ] {
         assert!(err.to_string().contains(needle), "{err}");
     }
 }
@@ -247,7 +264,10 @@ async fn china_partition_hosts_and_the_kms_endpoint_variable() {
     let vars: Vars = BTreeMap::from([
         ("AWS_REGION", "cn-northwest-1".to_string()),
         ("HOME", home.path().display().to_string()),
-        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.display().to_string()),
+        (
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
         ("AWS_ROLE_ARN", "arn:aws-cn:iam::1:role/r".into()),
     ]);
     let recording = Recording::offline();

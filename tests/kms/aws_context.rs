@@ -19,7 +19,11 @@ use super::standins::{call_json, credential_servers, CredentialServers, Recordin
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn key(a: &serde_json::Value, id: &str, http: Arc<dyn strongroom::transport::HttpTransport>) -> AwsKmsKey {
+fn key(
+    a: &serde_json::Value,
+    id: &str,
+    http: Arc<dyn strongroom::transport::HttpTransport>,
+) -> AwsKmsKey {
     AwsKmsKey::new(
         id,
         s(a, "/region"),
@@ -100,7 +104,10 @@ async fn the_context_is_a_digest_and_records_of_the_old_form_open() {
     );
     assert_eq!(&wrapped[..4], b"\x00SR\x02", "the format-2 marker");
     assert_eq!(
-        aws.unwrap(&wrapped, aad).await.expect("unwrap").expose_secret(),
+        aws.unwrap(&wrapped, aad)
+            .await
+            .expect("unwrap")
+            .expose_secret(),
         dek.expose_secret()
     );
     // The digest still binds the record: another record's data does not unwrap, and the
@@ -134,9 +141,15 @@ async fn the_context_is_a_digest_and_records_of_the_old_form_open() {
         other => panic!("a moved old record must not open, got {other:?}"),
     }
     // Re-sealing writes the new form.
-    let resealed = ring.seal(b"{\"api_key\":\"sk-old\"}", &id).await.expect("seal");
+    let resealed = ring
+        .seal(b"{\"api_key\":\"sk-old\"}", &id)
+        .await
+        .expect("seal");
     assert_eq!(
-        ring.open(&resealed.bytes, &id).await.expect("open").expose_secret(),
+        ring.open(&resealed.bytes, &id)
+            .await
+            .expect("open")
+            .expose_secret(),
         b"{\"api_key\":\"sk-old\"}"
     );
 }
@@ -179,7 +192,9 @@ async fn operational_failures_are_key_unavailable_not_tampering() {
         serde_json::json!({"AliasName": s(a, "/alias"), "TargetKeyId": first}),
     )
     .await;
-    aws.unwrap(&wrapped, b"r").await.expect("the alias points back");
+    aws.unwrap(&wrapped, b"r")
+        .await
+        .expect("the alias points back");
 
     // A disabled key: DisabledException, for unwrap and wrap.
     admin(&srv, "DisableKey", serde_json::json!({"KeyId": first})).await;
@@ -200,6 +215,11 @@ async fn operational_failures_are_key_unavailable_not_tampering() {
     ));
 
     // Pending deletion: KMSInvalidStateException.
-    admin(&srv, "ScheduleKeyDeletion", serde_json::json!({"KeyId": first})).await;
+    admin(
+        &srv,
+        "ScheduleKeyDeletion",
+        serde_json::json!({"KeyId": first}),
+    )
+    .await;
     unavailable(aws.unwrap(&wrapped, b"r").await, "KMSInvalidStateException");
 }

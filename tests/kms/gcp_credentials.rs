@@ -30,12 +30,17 @@ async fn wraps_and_unwraps(key: &dyn KeyWrapper) {
 async fn tokens_from_the_metadata_server() {
     let srv = credential_servers();
     let g = &srv.info["gcp"];
-    let key = GcpKmsKey::with_metadata_server(s(g, "/key"), Some(s(&srv.info, "/metadata_host")), http())
-        .expect("key")
-        .with_endpoint(s(g, "/endpoint"));
+    let key =
+        GcpKmsKey::with_metadata_server(s(g, "/key"), Some(s(&srv.info, "/metadata_host")), http())
+            .expect("key")
+            .with_endpoint(s(g, "/endpoint"));
     assert!(format!("{key:?}").contains("metadata server"), "{key:?}");
     wraps_and_unwraps(&key).await;
-    assert_eq!(srv.count("gcp_metadata").await, 1, "one token for all calls");
+    assert_eq!(
+        srv.count("gcp_metadata").await,
+        1,
+        "one token for all calls"
+    );
 
     // With nothing else configured, the environment picks the metadata server
     // (GCE_METADATA_HOST), as Application Default Credentials do.
@@ -143,7 +148,11 @@ async fn workload_identity_federation_with_a_url_sourced_subject_token() {
         .with_endpoint(s(g, "/endpoint"));
     wraps_and_unwraps(&key).await;
     assert_eq!(srv.count("gcp_sts").await, 1);
-    assert_eq!(srv.count("gcp_impersonate").await, 0, "the federated token itself");
+    assert_eq!(
+        srv.count("gcp_impersonate").await,
+        0,
+        "the federated token itself"
+    );
 }
 
 fn authorized_user(g: &serde_json::Value) -> String {
@@ -174,7 +183,11 @@ async fn tokens_are_refreshed_before_they_expire() {
     assert_eq!(srv.count("gcp_refresh").await, 1, "kept while fresh");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     key.unwrap(&wrapped, b"r").await.expect("unwrap");
-    assert_eq!(srv.count("gcp_refresh").await, 2, "refreshed before it expired");
+    assert_eq!(
+        srv.count("gcp_refresh").await,
+        2,
+        "refreshed before it expired"
+    );
 }
 
 /// An access token for the Cloud KMS stand-in's administrative calls.
@@ -216,7 +229,13 @@ async fn disabled_and_destroyed_key_versions_are_key_unavailable() {
     let auth = [("authorization", bearer.as_str())];
     let base = format!("{}/v1/{}", s(g, "/endpoint"), s(g, "/key"));
     // Rotate: version 2 becomes primary; version 1 is disabled.
-    call_json("POST", &format!("{base}/cryptoKeyVersions"), &auth, Some(serde_json::json!({}))).await;
+    call_json(
+        "POST",
+        &format!("{base}/cryptoKeyVersions"),
+        &auth,
+        Some(serde_json::json!({})),
+    )
+    .await;
     call_json(
         "POST",
         &format!("{base}:updatePrimaryVersion"),
@@ -252,9 +271,21 @@ async fn disabled_and_destroyed_key_versions_are_key_unavailable() {
         Err(Error::DecryptFailed { .. })
     ));
     // Scheduled for destruction, then restored and enabled: it opens again.
-    call_json("POST", &format!("{base}/cryptoKeyVersions/1:destroy"), &auth, Some(serde_json::json!({}))).await;
+    call_json(
+        "POST",
+        &format!("{base}/cryptoKeyVersions/1:destroy"),
+        &auth,
+        Some(serde_json::json!({})),
+    )
+    .await;
     expect_unavailable(key.unwrap(&old, b"r").await, "DESTROY_SCHEDULED");
-    call_json("POST", &format!("{base}/cryptoKeyVersions/1:restore"), &auth, Some(serde_json::json!({}))).await;
+    call_json(
+        "POST",
+        &format!("{base}/cryptoKeyVersions/1:restore"),
+        &auth,
+        Some(serde_json::json!({})),
+    )
+    .await;
     call_json(
         "PATCH",
         &format!("{base}/cryptoKeyVersions/1?updateMask=state"),
@@ -262,5 +293,7 @@ async fn disabled_and_destroyed_key_versions_are_key_unavailable() {
         Some(serde_json::json!({"state": "ENABLED"})),
     )
     .await;
-    key.unwrap(&old, b"r").await.expect("version 1 enabled again");
+    key.unwrap(&old, b"r")
+        .await
+        .expect("version 1 enabled again");
 }

@@ -131,7 +131,10 @@ impl Recording {
 
 #[async_trait]
 impl HttpTransport for Recording {
-    async fn send(&self, request: http::Request<Bytes>) -> strongroom::Result<http::Response<Bytes>> {
+    async fn send(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> strongroom::Result<http::Response<Bytes>> {
         self.sent.lock().expect("lock").push(Sent {
             uri: request.uri().to_string(),
             body: request.body().to_vec(),

@@ -258,17 +258,24 @@ impl CredentialProvider {
         if !(200..300).contains(&status) {
             return Err(unavailable(
                 key_id,
-                format!("{what} refused a session token ({status}): {}", error_text(&body)),
+                format!(
+                    "{what} refused a session token ({status}): {}",
+                    error_text(&body)
+                ),
             ));
         }
         let session = Hidden::new(String::from_utf8_lossy(&body).trim().to_string());
         let get = |path: String| -> Result<http::Request<Bytes>> {
             let mut request = http::Request::builder()
                 .method("GET")
-                .uri(format!("{endpoint}/latest/meta-data/iam/security-credentials/{path}"))
+                .uri(format!(
+                    "{endpoint}/latest/meta-data/iam/security-credentials/{path}"
+                ))
                 .header("x-aws-ec2-metadata-token", session.expose())
                 .body(Bytes::new())
-                .map_err(|_| Error::config(format!("the IMDS endpoint `{endpoint}` is not a URL")))?;
+                .map_err(|_| {
+                    Error::config(format!("the IMDS endpoint `{endpoint}` is not a URL"))
+                })?;
             hide_headers(&mut request);
             Ok(request)
         };
@@ -359,7 +366,10 @@ fn read_token_file(path: &str, key_id: &str) -> Result<Hidden> {
         .map_err(|e| unavailable(key_id, format!("cannot read the token file {path}: {e}")))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(unavailable(key_id, format!("the token file {path} is empty")));
+        return Err(unavailable(
+            key_id,
+            format!("the token file {path} is empty"),
+        ));
     }
     Ok(Hidden::new(token))
 }
@@ -643,9 +653,9 @@ pub(crate) fn find(
 /// The SDKs send the container authorization token only to HTTPS, to the loopback
 /// interface, or to the ECS and EKS link-local endpoints: never over plain HTTP elsewhere.
 fn check_container_uri(full: &str) -> Result<()> {
-    let uri: http::Uri = full.parse().map_err(|_| {
-        Error::invalid("AWS_CONTAINER_CREDENTIALS_FULL_URI", "is not a URL")
-    })?;
+    let uri: http::Uri = full
+        .parse()
+        .map_err(|_| Error::invalid("AWS_CONTAINER_CREDENTIALS_FULL_URI", "is not a URL"))?;
     let host = uri
         .host()
         .unwrap_or("")
@@ -696,7 +706,10 @@ fn read_profile(
                 .is_some_and(|rest| rest.starts_with(char::is_whitespace) && rest.trim() == name)
         } else {
             header == name
-                || (config_file && header.strip_prefix("profile").is_some_and(|r| r.trim() == name))
+                || (config_file
+                    && header
+                        .strip_prefix("profile")
+                        .is_some_and(|r| r.trim() == name))
         }
     };
     let mut section: Option<BTreeMap<String, String>> = None;
@@ -761,7 +774,9 @@ mod tests {
         )
         .expect("write");
         let p = config.to_str().expect("utf-8");
-        let d = read_profile(p, "default", true).expect("read").expect("default");
+        let d = read_profile(p, "default", true)
+            .expect("read")
+            .expect("default");
         assert_eq!(d["region"], "eu-west-1");
         let ci = read_profile(p, "ci", true).expect("read").expect("ci");
         assert_eq!(ci["web_identity_token_file"], "/t");

@@ -286,7 +286,10 @@ impl KeyWrapper for AwsKmsKey {
         )?;
         let answer = self.client.call(&self.id, "Encrypt", &body, false).await?;
         let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
-            unavailable(&self.id, "AWS KMS answered with a body that is not JSON".into())
+            unavailable(
+                &self.id,
+                "AWS KMS answered with a body that is not JSON".into(),
+            )
         })?;
         let blob = super::b64_field(&answer, "/CiphertextBlob", &self.id)?;
         if blob.starts_with(&CONTEXT_V2[..1]) {
@@ -354,7 +357,9 @@ pub(crate) fn from_vars(
     let key = var("STRONGROOM_AWS_KMS_KEY_ID")
         .filter(|v| !v.is_empty())
         .ok_or_else(|| {
-            Error::config("STRONGROOM_KMS=aws_kms needs STRONGROOM_AWS_KMS_KEY_ID (see docs/DEPLOYMENT.md)")
+            Error::config(
+                "STRONGROOM_KMS=aws_kms needs STRONGROOM_AWS_KMS_KEY_ID (see docs/DEPLOYMENT.md)",
+            )
         })?;
     let mut key = AwsKmsKey::from_environment(key, var, http)?;
     if let Some(endpoint) = var("STRONGROOM_AWS_KMS_ENDPOINT").filter(|v| !v.is_empty()) {
@@ -377,7 +382,10 @@ mod tests {
         assert!(json.starts_with("{\"strongroom-aad-sha256\":\""), "{json}");
         assert!(!json.contains(&B64.encode(aad)), "{json}");
         let json = serde_json::to_string(&context_v1(aad)).expect("json");
-        assert_eq!(json, format!("{{\"strongroom-aad\":\"{}\"}}", B64.encode(aad)));
+        assert_eq!(
+            json,
+            format!("{{\"strongroom-aad\":\"{}\"}}", B64.encode(aad))
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(crate) enum Auth {
     Static(Hidden),
     /// A token fetched from `source`, kept until shortly before it expires.
     Fetched {
-        source: Source,
+        source: Box<Source>,
         cached: Mutex<Option<(Hidden, Instant)>>,
     },
 }
@@ -47,7 +47,7 @@ pub(crate) enum Auth {
 impl Auth {
     pub(crate) fn fetched(source: Source) -> Auth {
         Auth::Fetched {
-            source,
+            source: Box::new(source),
             cached: Mutex::new(None),
         }
     }
@@ -56,7 +56,7 @@ impl Auth {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Auth::Static(_) => "access token",
-            Auth::Fetched { source, .. } => match source {
+            Auth::Fetched { source, .. } => match **source {
                 Source::ServiceAccount { .. } => "service account",
                 Source::AuthorizedUser { .. } => "authorized user",
                 Source::Metadata { .. } => "metadata server",
@@ -97,7 +97,10 @@ pub(crate) struct ExternalAccount {
 
 /// Where the subject token (the workload's own OIDC or SAML token) is read.
 enum Subject {
-    File { path: String, format: Format },
+    File {
+        path: String,
+        format: Format,
+    },
     Url {
         url: String,
         headers: Vec<(String, String)>,
@@ -352,7 +355,11 @@ async fn metadata_token(
             format!(
                 "the metadata server ({peer}) gave no token ({status}{}): is a service account \
                  attached to the instance, or the Kubernetes service account bound to one?",
-                if genuine { "" } else { ", not a metadata server's answer" }
+                if genuine {
+                    ""
+                } else {
+                    ", not a metadata server's answer"
+                }
             ),
         ));
     }
@@ -370,7 +377,8 @@ fn token_answer(body: &[u8], id: &str, peer: &str) -> Result<(Hidden, Duration)>
         .map_err(|_| unavailable(id, format!("{peer} gave no access_token")))?;
     Ok((
         Hidden::new(answer.access_token),
-        Duration::from_secs(answer.expires_in.unwrap_or(3600)).saturating_sub(REFRESH_BEFORE_EXPIRY),
+        Duration::from_secs(answer.expires_in.unwrap_or(3600))
+            .saturating_sub(REFRESH_BEFORE_EXPIRY),
     ))
 }
 
@@ -381,7 +389,10 @@ impl ExternalAccount {
         // impersonate a service account, whose token is then asked for Cloud KMS only).
         let scope = CLOUD_PLATFORM;
         let form = form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
             ("audience", &self.audience),
             ("scope", scope),
             (
@@ -402,13 +413,15 @@ impl ExternalAccount {
             &serde_json::json!({ "scope": [SCOPE], "lifetime": "3600s" }),
             &[("authorization", &bearer)],
         )?;
-        let answer = call_json(http, id, request, false).await.map_err(|e| match e {
-            Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
-                key_id,
-                reason: format!("impersonating the service account: {reason}"),
-            },
-            other => other,
-        })?;
+        let answer = call_json(http, id, request, false)
+            .await
+            .map_err(|e| match e {
+                Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
+                    key_id,
+                    reason: format!("impersonating the service account: {reason}"),
+                },
+                other => other,
+            })?;
         let token = answer
             .get("accessToken")
             .and_then(|t| t.as_str())
@@ -417,8 +430,7 @@ impl ExternalAccount {
             .get("expireTime")
             .and_then(|t| t.as_str())
             .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .ok()
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             })
             .ok_or_else(|| unavailable(id, "generateAccessToken gave no expireTime".into()))?;
         let left = u64::try_from(expires.unix_timestamp())
@@ -435,7 +447,10 @@ impl ExternalAccount {
         let (text, format) = match &self.subject {
             Subject::File { path, format } => {
                 let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    unavailable(id, format!("cannot read the subject token file {path}: {e}"))
+                    unavailable(
+                        id,
+                        format!("cannot read the subject token file {path}: {e}"),
+                    )
                 })?);
                 (text, format)
             }
@@ -448,16 +463,19 @@ impl ExternalAccount {
                 for (k, v) in headers {
                     builder = builder.header(k.as_str(), v.as_str());
                 }
-                let mut request = builder
-                    .body(Bytes::new())
-                    .map_err(|_| invalid(format!("`credential_source.url` `{url}` is not a URL")))?;
+                let mut request = builder.body(Bytes::new()).map_err(|_| {
+                    invalid(format!("`credential_source.url` `{url}` is not a URL"))
+                })?;
                 request
                     .headers_mut()
                     .values_mut()
                     .for_each(|v| v.set_sensitive(true));
                 let peer = peer_of(request.uri());
                 let response = http.send(request).await.map_err(|e| {
-                    unavailable(id, format!("no answer from the subject token URL ({peer}): {e}"))
+                    unavailable(
+                        id,
+                        format!("no answer from the subject token URL ({peer}): {e}"),
+                    )
                 })?;
                 let status = response.status().as_u16();
                 let body = super::super::Wiped(response.into_body());
@@ -511,15 +529,27 @@ mod tests {
             Source::External(a) => {
                 assert_eq!(a.token_url, "https://sts.googleapis.com/v1/token");
                 assert!(a.impersonation_url.is_none());
-                assert!(matches!(a.subject, Subject::File { format: Format::Json(ref f), .. } if f == "id_token"));
+                assert!(
+                    matches!(a.subject, Subject::File { format: Format::Json(ref f), .. } if f == "id_token")
+                );
             }
             _ => panic!("not external"),
         }
-        let user = r#"{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}"#;
-        assert!(matches!(from_file(user).expect("user"), Source::AuthorizedUser { .. }));
+        let user =
+            r#"{"type":"authorized_user","client_id":"c","client_secret":"s","refresh_token":"r"}"#;
+        assert!(matches!(
+            from_file(user).expect("user"),
+            Source::AuthorizedUser { .. }
+        ));
         for (bad, needle) in [
-            (r#"{"type":"impersonated_service_account"}"#, "impersonated_service_account"),
-            (r#"{"type":"authorized_user","client_id":"c"}"#, "client_secret"),
+            (
+                r#"{"type":"impersonated_service_account"}"#,
+                "impersonated_service_account",
+            ),
+            (
+                r#"{"type":"authorized_user","client_id":"c"}"#,
+                "client_secret",
+            ),
             (
                 r#"{"type":"external_account","audience":"a","subject_token_type":"t","credential_source":{"executable":{"command":"x"}}}"#,
                 "executable",

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use base64::Engine;
 
 use super::{
-    answer_error, no_derive, parse_secret, secret_json_request, secret_to_dek,
-    Hidden, SecretText, Wiped, B64,
+    answer_error, no_derive, parse_secret, secret_json_request, secret_to_dek, Hidden, SecretText,
+    Wiped, B64,
 };
 use crate::crypto::{BackendId, CheckpointSigner, DataKey, InternalUse, KeyWrapper};
 use crate::error::{Error, Result};
@@ -376,7 +376,9 @@ pub(crate) fn from_vars(
 ) -> Result<GcpKmsKey> {
     let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
     let name = get("STRONGROOM_GCP_KMS_KEY").ok_or_else(|| {
-        Error::config("STRONGROOM_KMS=gcp_kms needs STRONGROOM_GCP_KMS_KEY (see docs/DEPLOYMENT.md)")
+        Error::config(
+            "STRONGROOM_KMS=gcp_kms needs STRONGROOM_GCP_KMS_KEY (see docs/DEPLOYMENT.md)",
+        )
     })?;
     let read = |path: &str| std::fs::read_to_string(path).map_err(|e| Error::io(path, e));
     let well_known = get("CLOUDSDK_CONFIG")
