@@ -216,26 +216,41 @@ async fn temporary_credentials_are_refreshed_before_they_expire() {
     let srv = credential_servers();
     let a = &srv.info["aws"];
     let home = temp_dir();
-    // Credentials that expire in 302 s: within the five-minute margin after 2 s.
-    srv.post("/_config", serde_json::json!({"aws_expires_in": 302}))
+    // Credentials that expire in 306 s: within the five-minute margin after 6 s (the
+    // stand-in writes whole seconds, so a little less).
+    srv.post("/_config", serde_json::json!({"aws_expires_in": 306}))
         .await;
+    let token_file = home.path().join("token");
+    std::fs::write(&token_file, s(a, "/container_token")).expect("token");
     let mut vars = base_vars(a, home.path());
     vars.insert(
         "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        format!("{}/ecs/v2/credentials/task-1", s(&srv.info, "/base")),
+        format!("{}/pod/v1/credentials", s(&srv.info, "/base")),
+    );
+    vars.insert(
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        token_file.display().to_string(),
     );
     let key = key_from(&s(a, "/alias"), &vars).expect("key");
     let dek = DataKey::generate().expect("dek");
     let wrapped = key.wrap(&dek, b"r").await.expect("wrap");
     key.unwrap(&wrapped, b"r").await.expect("unwrap");
     assert_eq!(srv.count("container").await, 1, "kept while fresh");
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(6500)).await;
     key.unwrap(&wrapped, b"r").await.expect("unwrap");
     assert_eq!(
         srv.count("container").await,
         2,
         "fetched again before they expired"
     );
+    // The endpoint now refuses (a stale token): the current credentials, still valid for
+    // about five minutes, keep serving.
+    std::fs::write(&token_file, "stale-CANARY").expect("token");
+    tokio::time::sleep(std::time::Duration::from_millis(6500)).await;
+    key.unwrap(&wrapped, b"r")
+        .await
+        .expect("unexpired credentials serve while a refresh fails");
+    assert_eq!(srv.count("container").await, 2);
 }
 
 #[tokio::test]

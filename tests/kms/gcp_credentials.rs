@@ -170,8 +170,8 @@ fn authorized_user(g: &serde_json::Value) -> String {
 async fn tokens_are_refreshed_before_they_expire() {
     let srv = credential_servers();
     let g = &srv.info["gcp"];
-    // Tokens that live 62 s: kept for 2 s (a minute's margin), then fetched again.
-    srv.post("/_config", serde_json::json!({"gcp_expires_in": 62}))
+    // Tokens that live 64 s: kept for 4 s (a minute's margin), then fetched again.
+    srv.post("/_config", serde_json::json!({"gcp_expires_in": 64}))
         .await;
     let key = GcpKmsKey::with_credentials_file(s(g, "/key"), &authorized_user(g), http())
         .expect("key")
@@ -181,7 +181,7 @@ async fn tokens_are_refreshed_before_they_expire() {
     let wrapped = key.wrap(&dek, b"r").await.expect("wrap");
     key.unwrap(&wrapped, b"r").await.expect("unwrap");
     assert_eq!(srv.count("gcp_refresh").await, 1, "kept while fresh");
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
     key.unwrap(&wrapped, b"r").await.expect("unwrap");
     assert_eq!(
         srv.count("gcp_refresh").await,
