@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 
 use super::super::Hidden;
+use super::client::unavailable;
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 
@@ -335,13 +336,6 @@ impl CredentialProvider {
 fn hide_headers(request: &mut http::Request<Bytes>) {
     for v in request.headers_mut().values_mut() {
         v.set_sensitive(true);
-    }
-}
-
-fn unavailable(key_id: &str, reason: String) -> Error {
-    Error::KeyUnavailable {
-        key_id: key_id.to_string(),
-        reason,
     }
 }
 

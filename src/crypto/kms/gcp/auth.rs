@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Mutex;
 
 use super::super::{call_json, fetch_token, json_request, Hidden};
+use super::unavailable;
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 
@@ -230,13 +231,6 @@ fn external(v: &serde_json::Value) -> Result<ExternalAccount> {
         impersonation_url,
         subject,
     })
-}
-
-fn unavailable(key_id: &str, reason: String) -> Error {
-    Error::KeyUnavailable {
-        key_id: key_id.to_string(),
-        reason,
-    }
 }
 
 impl Auth {
