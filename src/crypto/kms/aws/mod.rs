@@ -22,12 +22,14 @@ use crate::crypto::{BackendId, CheckpointSigner, DataKey, InternalUse, KeyWrappe
 use crate::error::{Error, Result};
 use crate::transport::HttpTransport;
 
+mod chain;
 mod client;
 mod credentials;
 mod mac;
 
+use chain::dns_suffix;
 use client::{unavailable, AwsClient};
-use credentials::{dns_suffix, CredentialProvider};
+use credentials::CredentialProvider;
 
 /// The first bytes of a wrapped data key whose encryption context is the digest of the
 /// record (format 2). AWS KMS ciphertext blobs begin with a format byte that is not 0x00
@@ -133,7 +135,7 @@ impl AwsKmsKey {
         check_key(&key, "KMS key id")?;
         let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
-        let found = credentials::find(var, region.as_deref(), http.clone())?;
+        let found = chain::find(var, region.as_deref(), http.clone())?;
         let region = region.or(found.region).ok_or_else(|| {
             Error::config(
                 "AWS KMS needs a region: AWS_REGION (or AWS_DEFAULT_REGION, or `region` in the \
