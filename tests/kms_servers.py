@@ -10,7 +10,9 @@ them.
   The HMAC key for audit checkpoints is an `HMAC_256` key (GenerateMac / VerifyMac).
 - Google Cloud KMS, Azure Key Vault and HashiCorp Vault transit: one small HTTP server that
   speaks the documented endpoints used by strongroom (cryptoKeys.encrypt/decrypt with
-  additionalAuthenticatedData, cryptoKeyVersions.macSign/macVerify and the JWT-bearer token
+  additionalAuthenticatedData over key versions that can be created, made primary, disabled
+  and scheduled for destruction — decrypt under a version that is not ENABLED answers
+  FAILED_PRECONDITION —, cryptoKeyVersions.macSign/macVerify and the JWT-bearer token
   grant; wrapkey/unwrapkey with RSA-OAEP-256, sign/verify with RS256 and ES256 over a
   SHA-256 digest, GET of a key's public part and the client-credentials token grant; transit
   encrypt/decrypt with a derived key and a context, hmac and verify with an HMAC). It checks
@@ -47,7 +49,12 @@ GCP_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/k"
 GCP_DENIED_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/denied"
 GCP_MAC_KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/audit-mac/cryptoKeyVersions/1"
 
-gcp_master = AESGCM.generate_key(bit_length=256)
+# Google Cloud KMS key versions of GCP_KEY (cryptoKeyVersions, reference:
+# https://cloud.google.com/kms/docs/reference/rest/v1/projects.locations.keyRings.cryptoKeys.cryptoKeyVersions):
+# number -> {"key", "state"}; encrypt uses the primary version, a ciphertext names its version
+# (first byte here), and decrypt with a version that is not ENABLED fails FAILED_PRECONDITION.
+gcp_versions = {1: {"key": AESGCM.generate_key(bit_length=256), "state": "ENABLED"}}
+gcp_primary = [1]
 gcp_mac = os.urandom(32)
 sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 issued_tokens = set()
@@ -116,9 +123,55 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             return auth.startswith("Bearer ") and auth[7:] in issued_tokens
 
+    def gcp_not_enabled(self, name, number, version):
+        # What Cloud KMS answers for a key version that is not enabled.
+        return self.answer(400, {"error": {"code": 400, "status": "FAILED_PRECONDITION", "message": f"{name}/cryptoKeyVersions/{number} is not enabled, current state is: {version['state']}."}})
+
+    def gcp_versions_admin(self, method, path, raw):
+        """cryptoKeyVersions.create (POST .../cryptoKeyVersions), .patch of `state`
+        (PATCH .../cryptoKeyVersions/N?updateMask=state), .destroy (POST ...:destroy: the
+        version becomes DESTROY_SCHEDULED), .restore, and cryptoKeys.updatePrimaryVersion."""
+        req = json.loads(raw) if raw else {}
+        with lock:
+            if method == "POST" and path == GCP_KEY + "/cryptoKeyVersions":
+                number = max(gcp_versions) + 1
+                gcp_versions[number] = {"key": AESGCM.generate_key(bit_length=256), "state": "ENABLED"}
+                return self.answer(200, {"name": f"{GCP_KEY}/cryptoKeyVersions/{number}", "state": "ENABLED"})
+            if method == "POST" and path == GCP_KEY + ":updatePrimaryVersion":
+                number = int(req["cryptoKeyVersionId"])
+                if gcp_versions.get(number, {}).get("state") != "ENABLED":
+                    return self.answer(400, {"error": {"code": 400, "status": "FAILED_PRECONDITION", "message": "The primary version must be enabled."}})
+                gcp_primary[0] = number
+                return self.answer(200, {"name": GCP_KEY, "primary": {"name": f"{GCP_KEY}/cryptoKeyVersions/{number}", "state": "ENABLED"}})
+            rest = path[len(GCP_KEY + "/cryptoKeyVersions/"):]
+            number_text, _, verb = rest.partition(":")
+            number = int(number_text)
+            if number not in gcp_versions:
+                return self.answer(404, {"error": {"code": 404, "status": "NOT_FOUND", "message": "CryptoKeyVersion not found."}})
+            version = gcp_versions[number]
+            if method == "PATCH" and verb == "" and req.get("state") in ("ENABLED", "DISABLED"):
+                if version["state"] not in ("ENABLED", "DISABLED"):
+                    return self.answer(400, {"error": {"code": 400, "status": "FAILED_PRECONDITION", "message": f"The request cannot be fulfilled: the version is {version['state']}."}})
+                version["state"] = req["state"]
+            elif method == "POST" and verb == "destroy":
+                version["state"] = "DESTROY_SCHEDULED"
+            elif method == "POST" and verb == "restore" and version["state"] == "DESTROY_SCHEDULED":
+                version["state"] = "DISABLED"
+            else:
+                return self.answer(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "unsupported request"}})
+            return self.answer(200, {"name": f"{GCP_KEY}/cryptoKeyVersions/{number}", "state": version["state"]})
+
     def do_PATCH(self):
         url = urllib.parse.urlparse(self.path)
-        if not kms_azure_server.handle(self, "PATCH", url, self.body()):
+        raw = self.body()
+        if url.path.startswith("/gcp/v1/" + GCP_KEY + "/cryptoKeyVersions/"):
+            if not self.bearer_ok():
+                return self.answer(401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})
+            try:
+                return self.gcp_versions_admin("PATCH", url.path[len("/gcp/v1/"):], raw)
+            except Exception as e:
+                return self.answer(400, {"error": {"message": "bad request: " + type(e).__name__}})
+        if not kms_azure_server.handle(self, "PATCH", url, raw):
             self.answer(404, {"error": "no such endpoint"})
 
     def do_DELETE(self):
@@ -161,6 +214,12 @@ class Handler(BaseHTTPRequestHandler):
                 with lock:
                     issued_tokens.add(token)
                 return self.answer(200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+            # --- Google: key versions (cryptoKeyVersions.create and .destroy,
+            # cryptoKeys.updatePrimaryVersion)
+            if path.startswith("/gcp/v1/" + GCP_KEY + "/cryptoKeyVersions") or path == "/gcp/v1/" + GCP_KEY + ":updatePrimaryVersion":
+                if not self.bearer_ok():
+                    return self.answer(401, {"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}})
+                return self.gcp_versions_admin("POST", path[len("/gcp/v1/"):], raw)
             # --- Google: cryptoKeys.encrypt / decrypt, cryptoKeyVersions.macSign / macVerify
             if path.startswith("/gcp/v1/"):
                 name, _, verb = path[len("/gcp/v1/"):].rpartition(":")
@@ -184,13 +243,24 @@ class Handler(BaseHTTPRequestHandler):
                 req = json.loads(raw)
                 aad = base64.b64decode(req.get("additionalAuthenticatedData", ""))
                 if verb == "encrypt":
+                    with lock:
+                        number = gcp_primary[0]
+                        version = gcp_versions[number]
+                    if version["state"] != "ENABLED":
+                        return self.gcp_not_enabled(name, number, version)
                     nonce = os.urandom(12)
-                    ct = AESGCM(gcp_master).encrypt(nonce, base64.b64decode(req["plaintext"]), aad)
-                    return self.answer(200, {"name": name + "/cryptoKeyVersions/1", "ciphertext": b64e(nonce + ct)})
+                    ct = AESGCM(version["key"]).encrypt(nonce, base64.b64decode(req["plaintext"]), aad)
+                    return self.answer(200, {"name": f"{name}/cryptoKeyVersions/{number}", "ciphertext": b64e(bytes([number]) + nonce + ct)})
                 if verb == "decrypt":
                     blob = base64.b64decode(req["ciphertext"])
+                    with lock:
+                        version = gcp_versions.get(blob[0]) if blob else None
+                    if version is None:
+                        return self.answer(400, {"error": {"code": 400, "message": "Decryption failed: the ciphertext is invalid.", "status": "INVALID_ARGUMENT"}})
+                    if version["state"] != "ENABLED":
+                        return self.gcp_not_enabled(name, blob[0], version)
                     try:
-                        pt = AESGCM(gcp_master).decrypt(blob[:12], blob[12:], aad)
+                        pt = AESGCM(version["key"]).decrypt(blob[1:13], blob[13:], aad)
                     except Exception:
                         return self.answer(400, {"error": {"code": 400, "message": "Decryption failed: the ciphertext is invalid.", "status": "INVALID_ARGUMENT"}})
                     return self.answer(200, {"plaintext": b64e(pt)})

@@ -5,9 +5,13 @@
 //! audit checkpoints made with each service's MAC or signature (`checkpoints.rs`); Azure Key
 //! Vault's signed data keys, and records forged with its public key alone (`azure.rs`).
 
+mod aws_chain;
+mod aws_context;
 mod azure;
 mod azure_identity;
 mod checkpoints;
+mod gcp_credentials;
+mod standins;
 mod tls;
 mod vault;
 

@@ -369,46 +369,8 @@ pub fn from_vars(
         })
     };
     Ok(match backend {
-        "aws_kms" => {
-            let region = var("AWS_REGION")
-                .or_else(|| var("AWS_DEFAULT_REGION"))
-                .ok_or_else(|| {
-                    Error::config("STRONGROOM_KMS=aws_kms needs AWS_REGION (or AWS_DEFAULT_REGION)")
-                })?;
-            let mut key = AwsKmsKey::new(
-                need("STRONGROOM_AWS_KMS_KEY_ID")?,
-                region,
-                need("AWS_ACCESS_KEY_ID")?,
-                need("AWS_SECRET_ACCESS_KEY")?,
-                var("AWS_SESSION_TOKEN"),
-                http,
-            )?;
-            if let Some(endpoint) = var("STRONGROOM_AWS_KMS_ENDPOINT") {
-                key = key.with_endpoint(endpoint);
-            }
-            if let Some(mac) = var("STRONGROOM_AWS_KMS_MAC_KEY_ID").filter(|v| !v.is_empty()) {
-                key = key.with_mac_key(mac)?;
-            }
-            Arc::new(key)
-        }
-        "gcp_kms" => {
-            let name = need("STRONGROOM_GCP_KMS_KEY")?;
-            let mut key = match var("STRONGROOM_GCP_ACCESS_TOKEN") {
-                Some(token) => GcpKmsKey::with_access_token(name, token, http)?,
-                None => {
-                    let path = need("GOOGLE_APPLICATION_CREDENTIALS")?;
-                    let json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-                    GcpKmsKey::with_service_account(name, &json, http)?
-                }
-            };
-            if let Some(endpoint) = var("STRONGROOM_GCP_KMS_ENDPOINT") {
-                key = key.with_endpoint(endpoint);
-            }
-            if let Some(mac) = var("STRONGROOM_GCP_KMS_MAC_KEY").filter(|v| !v.is_empty()) {
-                key = key.with_mac_key(mac)?;
-            }
-            Arc::new(key)
-        }
+        "aws_kms" => Arc::new(aws::from_vars(var, http)?),
+        "gcp_kms" => Arc::new(gcp::from_vars(var, http)?),
         "azure_kv" => {
             let credential = azure_credential(var)?;
             let mut key = AzureKeyVaultKey::with_credential(
