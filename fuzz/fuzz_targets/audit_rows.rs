@@ -46,7 +46,8 @@ fn fixture() -> &'static Fixture {
         let path = dir.join("vault.db");
         let store = Arc::new(SqliteStore::open(&path).expect("open the fuzz store"));
         let raw = rusqlite::Connection::open(&path).expect("raw connection");
-        raw.pragma_update(None, "synchronous", "OFF").expect("pragma");
+        raw.pragma_update(None, "synchronous", "OFF")
+            .expect("pragma");
         let key = Arc::new(LocalKey::from_bytes(&[7; 32], "fuzz"));
         let chain = AuditChain::new(store.clone(), KeyRing::new(key))
             .with_checkpoint_key(Arc::new(AcceptingSigner));
@@ -159,7 +160,10 @@ fuzz_target!(|data: &[u8]| {
         let report = verify_chain(f.store.as_ref()).await.expect("verify reads");
         let rows = f.store.audit_range(1, 100).await;
         if report.is_ok() {
-            assert_eq!(report.rows as usize, inserted, "an intact chain has every row");
+            assert_eq!(
+                report.rows as usize, inserted,
+                "an intact chain has every row"
+            );
             let rows = rows.expect("an intact chain decodes");
             assert_eq!(rows.len(), inserted);
             let mut prev = GENESIS_HASH;
@@ -217,9 +221,20 @@ fuzz_target!(|data: &[u8]| {
                 key_id: ACCEPTING_KEY_ID.to_string(),
                 mac: b"fuzz".to_vec(),
             };
-            let against = f.chain.verify_against(&[at(head.seq)]).await.expect("verify reads");
-            assert_eq!(against.problem, report.problem, "a checkpoint of the head holds");
-            let past = f.chain.verify_against(&[at(head.seq + 1)]).await.expect("verify reads");
+            let against = f
+                .chain
+                .verify_against(&[at(head.seq)])
+                .await
+                .expect("verify reads");
+            assert_eq!(
+                against.problem, report.problem,
+                "a checkpoint of the head holds"
+            );
+            let past = f
+                .chain
+                .verify_against(&[at(head.seq + 1)])
+                .await
+                .expect("verify reads");
             if report.is_ok() {
                 let kind = past.problem.as_ref().map(|p| p.kind);
                 assert_eq!(kind, Some(ProblemKind::Truncated), "{past:?}");

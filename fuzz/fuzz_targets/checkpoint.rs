@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use strongroom::audit::ProblemKind;
 use strongroom::{
-    Action, AuditChain, AuditEvent, AuditTarget, Batch, ChainHead, Checkpoint, KeyRing,
-    LocalKey, MemoryStore, Store, Timestamp,
+    Action, AuditChain, AuditEvent, AuditTarget, Batch, ChainHead, Checkpoint, KeyRing, LocalKey,
+    MemoryStore, Store, Timestamp,
 };
 use strongroom_fuzz::{block_on, AcceptingSigner, ACCEPTING_KEY_ID};
 
@@ -30,7 +30,10 @@ fn fixture() -> &'static Fixture {
                 let event = AuditEvent::new("fuzz", Action::Create, AuditTarget::none())
                     .detail("n", i.to_string())
                     .at(Timestamp(1_764_000_000_000 + i));
-                store.commit(Batch::events(vec![event])).await.expect("commit");
+                store
+                    .commit(Batch::events(vec![event]))
+                    .await
+                    .expect("commit");
             }
             let rows = store.audit_range(1, 100).await.expect("rows");
             let key = Arc::new(LocalKey::from_bytes(&[7; 32], "fuzz"));
@@ -73,8 +76,7 @@ fuzz_target!(|data: &[u8]| {
             };
             all_authentic &= authentic;
             let held = f.chain.still_holds(cp).await.expect("still_holds reads");
-            let matches = cp.seq >= 1
-                && f.hashes.get((cp.seq - 1) as usize) == Some(&cp.head_hash);
+            let matches = cp.seq >= 1 && f.hashes.get((cp.seq - 1) as usize) == Some(&cp.head_hash);
             all_match &= matches;
             if !authentic {
                 assert_eq!(held.map(|p| p.kind), Some(ProblemKind::ForgedCheckpoint));
@@ -106,6 +108,11 @@ fuzz_target!(|data: &[u8]| {
         mac: b"fuzz".to_vec(),
     };
     block_on(async {
-        assert!(f.chain.verify_against(&[good]).await.expect("verify").is_ok());
+        assert!(f
+            .chain
+            .verify_against(&[good])
+            .await
+            .expect("verify")
+            .is_ok());
     });
 });

@@ -74,7 +74,12 @@ fuzz_target!(|blob: &[u8]| {
                 }
             }
         }
-        let aad = RecordAad::new("lease", "refresh", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", 1);
+        let aad = RecordAad::new(
+            "lease",
+            "refresh",
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            1,
+        );
         let opened = rings.ring.open_record(blob, &aad).await;
         if parsed.is_err() {
             assert!(opened.is_err(), "a record body that does not parse opened");

@@ -10,8 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use strongroom::integrations::gitlab;
 use strongroom::integrations::gitlab_provider::{
     create_project_access_token, create_service_account, create_service_account_token,
-    delete_service_account, find_project_token, find_service_account, revoke_token,
-    rotate_token, GitlabProviderConfig, IssuedToken, Mode, Target, TokenRef,
+    delete_service_account, find_project_token, find_service_account, revoke_token, rotate_token,
+    GitlabProviderConfig, IssuedToken, Mode, Target, TokenRef,
 };
 use strongroom::{ExposeSecret, Result, SecretString};
 use strongroom_fuzz::{assert_no_secret, block_on, Scripted};

@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
         let (first, rest) = text.split_once('\n').unwrap_or(("", &text));
         let (type_id, rest) = match ids.iter().find(|id| **id == first) {
             Some(id) => (*id, rest),
-            None => (ids[data.first().copied().unwrap_or(0) as usize % ids.len()], &*text),
+            None => (
+                ids[data.first().copied().unwrap_or(0) as usize % ids.len()],
+                &*text,
+            ),
         };
         let handler = registry.get(type_id).expect("registered");
         let schema = handler.fields();
@@ -54,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
                     None => (format!("extra{}", i - schema.len()), value),
                 },
             };
-            let secret = schema.iter().find(|s| s.name == name).is_none_or(|s| s.secret);
+            let secret = schema
+                .iter()
+                .find(|s| s.name == name)
+                .is_none_or(|s| s.secret);
             if secret && distinctive(value) {
                 secrets.push(value.to_string());
             }

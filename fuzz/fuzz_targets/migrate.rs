@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let migration = match migrate_text("fuzz.yaml", text) {
         Ok(m) => m,
         Err(e) => {
-            assert!(yaml::parse("fuzz.yaml", text).is_err(), "refused a file that parses: {e}");
+            assert!(
+                yaml::parse("fuzz.yaml", text).is_err(),
+                "refused a file that parses: {e}"
+            );
             return;
         }
     };

@@ -6,7 +6,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strongroom::oauth::{poll_device, start_device, ClientAuth, DevicePoll, OAuthSpec, ResponseStyle};
+use strongroom::oauth::{
+    poll_device, start_device, ClientAuth, DevicePoll, OAuthSpec, ResponseStyle,
+};
 use strongroom::{ExposeSecret, SecretString};
 use strongroom_fuzz::{assert_no_secret, block_on, Scripted};
 
