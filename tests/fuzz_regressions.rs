@@ -40,7 +40,10 @@ async fn a_rewrapped_blob_with_an_altered_ciphertext_still_fails_to_open() {
     let scope = Scope::SystemWide;
     let id = RecordIdentity::new("cred-0001", &scope, 1);
     let old = KeyRing::new(vectors_key());
-    let before = old.open(&blob, &id).await.expect_err("an altered ciphertext");
+    let before = old
+        .open(&blob, &id)
+        .await
+        .expect_err("an altered ciphertext");
     assert!(matches!(before, Error::DecryptFailed { .. }), "{before:?}");
 
     let new = KeyRing::new(Arc::new(LocalKey::from_bytes(&[0x42; 32], "new")))
@@ -117,10 +120,47 @@ async fn an_audit_row_numbered_zero_or_less_is_not_shown_by_queries() {
     ] {
         let rows = store.audit_query(&query).await.expect("query");
         let scanned = audit_query_by_scan(&store, &query).await.expect("scan");
-        assert_eq!(rows, scanned, "the store's query agrees with the scan: {query:?}");
+        assert_eq!(
+            rows, scanned,
+            "the store's query agrees with the scan: {query:?}"
+        );
         assert!(
             rows.iter().all(|r| r.seq >= 1 && r.event.actor == "alice"),
             "no forged row is shown: {rows:?}"
         );
+    }
+}
+
+/// fuzz target `audit_rows`: a row without a scope (no scope kind) whose `owner` column was
+/// edited. Decoding dropped the owner, so the decoded row hashed to the stored hash: the
+/// decoding path of verification (the default `Store::audit_digests`, which PostgreSQL and
+/// memory stores use) found the chain intact while SQLite's column-hashing path found the
+/// edit. Both now refuse such a row as undecodable, naming it.
+#[tokio::test]
+async fn an_owner_written_into_a_row_without_a_scope_is_caught_by_both_paths() {
+    let (_dir, path, store) = two_row_chain().await;
+    let raw = rusqlite::Connection::open(&path).expect("raw connection");
+    let edited = raw
+        .execute("UPDATE audit SET owner = 'mallory' WHERE seq = 1", [])
+        .expect("edit the row");
+    assert_eq!(edited, 1);
+
+    let columns = verify_chain(&store).await.expect("verify");
+    assert_eq!(columns.first_bad_seq(), Some(1), "{columns:?}");
+
+    let decoded = strongroom::store::digests_from_records(&store, 1, 100)
+        .await
+        .expect("digests");
+    let first = decoded.first().expect("row 1");
+    assert_eq!(first.seq, 1);
+    let reason = first.computed.as_ref().expect_err("row 1 does not decode");
+    assert!(reason.contains("scope owner"), "{reason}");
+
+    match store.audit_range(1, 100).await {
+        Err(Error::CorruptAuditRow { seq, reason }) => {
+            assert_eq!(seq, 1);
+            assert!(reason.contains("no owner"), "{reason}");
+        }
+        other => panic!("an edited row decoded: {other:?}"),
     }
 }

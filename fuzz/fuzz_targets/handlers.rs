@@ -7,7 +7,9 @@
 //! of the type's schema, values past the schema go to fields `extra0`, `extra1`, ...; an
 //! empty value leaves the field out. A value `name=\x01value` names its field.
 //!
-//! Checks: no panic, and a refusal never quotes a secret field's value.
+//! Checks: no panic, and a refusal never quotes a secret field's value (one marked by a
+//! `~`, `^` or `|`, so that a value that happens to be part of the message's own text is
+//! not taken for a leak).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -23,11 +25,12 @@ thread_local! {
     static CATALOG: Catalog = Catalog::bundled(&HandlerRegistry::builtin());
 }
 
-/// Whether a value is distinctive enough that finding it in a message means it was quoted.
+/// Whether a value is distinctive enough that finding it in a message means the message
+/// quoted it: at least 8 characters, one of them a `~`, `^` or `|` (which no message's own
+/// text uses, while a plain value like `postgres://user:p` may be the start of an example
+/// the message gives).
 fn distinctive(value: &str) -> bool {
-    value.chars().count() >= 12
-        && value.chars().any(|c| !c.is_ascii_alphabetic() && c != ' ')
-        && value.chars().any(|c| c.is_ascii_alphanumeric())
+    value.chars().count() >= 8 && value.contains(['~', '^', '|'])
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(!started.user_code.is_empty());
         assert!(started.interval >= 1);
-        assert!(started.verification_uri.starts_with("http"));
+        assert!(started
+            .verification_uri
+            .to_ascii_lowercase()
+            .starts_with("http"));
         let code = started.device_code.expose_secret().to_string();
         assert!(!code.is_empty());
         assert!(!format!("{started:?}").contains(&code));

