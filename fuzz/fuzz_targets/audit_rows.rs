@@ -72,7 +72,7 @@ fn column(text: &str) -> Value {
 }
 
 fn hex_decode(text: &str) -> Result<Vec<u8>, ()> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(());
     }
     (0..text.len())
@@ -180,9 +180,8 @@ fuzz_target!(|data: &[u8]| {
         } else if let (Some(bad), Ok(rows)) = (report.first_bad_seq(), &rows) {
             // The decoding path must not find the chain clean through the bad row.
             let mut prev = GENESIS_HASH;
-            let mut expected = 1u64;
             let mut clean_through = 0u64;
-            for row in rows {
+            for (expected, row) in (1u64..).zip(rows.iter()) {
                 if row.seq != expected
                     || row.prev_hash != prev
                     || chain_hash(&row.prev_hash, row.seq, &row.event) != row.hash
@@ -191,7 +190,6 @@ fuzz_target!(|data: &[u8]| {
                 }
                 clean_through = row.seq;
                 prev = row.hash;
-                expected += 1;
             }
             assert!(
                 clean_through < bad,
