@@ -69,7 +69,13 @@ fuzz_target!(|data: &[u8]| {
             }
             fields.insert(name, SecretString::from(value.to_string()));
         }
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        // A refusal may quote a field's name (an unknown field): a value that is part of
+        // a name is not taken for a leak.
+        let secrets: Vec<&str> = secrets
+            .iter()
+            .map(String::as_str)
+            .filter(|v| !fields.keys().any(|name| name.contains(v)))
+            .collect();
         if let Err(e) = handler.validate(&fields) {
             assert_no_secret(&e.to_string(), &secrets);
             assert_no_secret(&format!("{e:?}"), &secrets);

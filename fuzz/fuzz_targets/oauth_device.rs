@@ -48,7 +48,14 @@ fuzz_target!(|data: &[u8]| {
             .starts_with("http"));
         let code = started.device_code.expose_secret().to_string();
         assert!(!code.is_empty());
-        assert!(!format!("{started:?}").contains(&code));
+        let shown = [
+            started.user_code.as_str(),
+            started.verification_uri.as_str(),
+            started.verification_uri_complete.as_deref().unwrap_or(""),
+        ];
+        if code.len() >= 8 && !shown.iter().any(|s| s.contains(&code)) {
+            assert!(!format!("{started:?}").contains(&code));
+        }
         for _ in 0..8 {
             match poll_device(&http, &spec, &client, &started.device_code).await {
                 Ok(DevicePoll::Pending | DevicePoll::SlowDown) => continue,
