@@ -8,6 +8,9 @@ pub mod config;
 pub mod conformance;
 pub mod crypto;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod integrations;

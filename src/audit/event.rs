@@ -284,7 +284,7 @@ impl AuditTarget {
             crate::model::validate_id("credential id", credential_id)?;
         }
         if scope_kind.is_empty() {
-            return Ok(());
+            return no_owner_without_scope(owner);
         }
         match crate::model::ScopeKind::parse(scope_kind)? {
             crate::model::ScopeKind::SystemWide if owner.is_empty() => Ok(()),
@@ -314,6 +314,7 @@ impl AuditTarget {
             Some(CredentialId::new(credential_id)?)
         };
         let scope = if scope_kind.is_empty() {
+            no_owner_without_scope(owner)?;
             None
         } else {
             Some(Scope::from_parts(
@@ -325,6 +326,20 @@ impl AuditTarget {
             credential_id,
             scope,
         })
+    }
+}
+
+/// A row without a scope kind is written with an empty owner ([`AuditTarget::columns`]); an
+/// owner there was put in by hand, and a decoded row would silently drop it (so the row
+/// would decode to an event whose hash is not the stored row's).
+fn no_owner_without_scope(owner: &str) -> Result<()> {
+    if owner.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "scope owner",
+            "a row without a scope kind has no owner",
+        ))
     }
 }
 

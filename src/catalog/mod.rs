@@ -44,6 +44,16 @@ pub use oauth::{ClientAuthMethod, OAuthSpec, ResponseStyle, TokenRequestFormat};
 pub(crate) use parse::line_col;
 use parse::parse_provider;
 
+/// One provider file's text, parsed on its own (the fuzz targets' door: `crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse_provider_text(
+    registry: &HandlerRegistry,
+    file: &str,
+    text: &str,
+) -> std::result::Result<Provider, CatalogProblem> {
+    parse_provider(registry, file, text).map(|(provider, _)| provider)
+}
+
 /// The bundled provider files, compiled into the crate.
 const BUNDLED: &[(&str, &str)] = &[
     (

@@ -273,8 +273,10 @@ impl KeyRing {
     /// Re-wraps one blob's data key under the active key without touching its payload (its
     /// format version stays: a version-1 blob stays version 1, under the active key's
     /// current id and wrap). Returns `None` when it is already wrapped by the active key.
-    /// The data key is checked against the blob's commitment first, so nothing that would
-    /// not open is re-wrapped.
+    /// The data key is checked against the blob's commitment first, so a data key that is
+    /// not the blob's (a tampered or swapped wrap) is never re-wrapped. The payload is not
+    /// decrypted: a blob whose ciphertext was altered is re-wrapped and still fails to open
+    /// (`Vault::check_blobs` finds those).
     pub async fn rewrap_blob(
         &self,
         blob: &[u8],

@@ -218,9 +218,11 @@ impl super::AuditQuery {
         use SqlValue::{Int, Text};
         let seq = |n: u64| Int(i64::try_from(n).unwrap_or(i64::MAX));
         let mut c = Conditions::new(dialect);
-        if let Some(after) = self.after {
-            c.compare("seq", ">", seq(after));
-        }
+        // Always bounded below: the chain starts at row 1, so a row stored with a sequence
+        // number of 0 or less (written behind the vault's back) is no row of the log. It is
+        // never verified, so no query may show it (the scan of `audit_query_by_scan` does
+        // not either).
+        c.compare("seq", ">", seq(self.after.unwrap_or(0)));
         if let Some(before) = self.before {
             c.compare("seq", "<", seq(before));
         }
