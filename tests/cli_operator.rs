@@ -1006,7 +1006,8 @@ fn exit_codes_follow_the_readme_table() {
         .output()
         .expect("runs");
     fails(&out, 3, "`nosuch`");
-    // 6: a blob that names a master key the vault does not hold.
+    // 10: a blob that names a master key the vault does not hold (the same as one whose key
+    // was never given: an operator adds the key; a tampered blob that names a held key is 6).
     let conn = db(&env);
     let (key_id, mut sealed): (String, Vec<u8>) = conn
         .query_row(
@@ -1030,8 +1031,31 @@ fn exit_codes_follow_the_readme_table() {
     drop(conn);
     fails(
         &env.run(ALICE, &["credentials", "show", &id, "--reveal"]),
-        6,
+        10,
         "does not hold",
+    );
+    // 6: a blob under a held key whose bytes were changed (its tag): tampering.
+    let tampered = env.create("tampered", "sk-tampered-value");
+    let conn = db(&env);
+    let mut sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed FROM credentials WHERE id = ?1",
+            [&tampered],
+            |r| r.get(0),
+        )
+        .expect("row");
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0x01;
+    conn.execute(
+        "UPDATE credentials SET sealed = ?1 WHERE id = ?2",
+        rusqlite::params![sealed, tampered],
+    )
+    .expect("tamper");
+    drop(conn);
+    fails(
+        &env.run(ALICE, &["credentials", "show", &tampered, "--reveal"]),
+        6,
+        "decryption failed",
     );
     // 9: a rotation stopped before it is complete.
     let env = Env::new();
