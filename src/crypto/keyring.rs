@@ -200,16 +200,12 @@ impl KeyRing {
         if let Some(reason) = self.conflict(self.active.key_id()) {
             return Err(reason);
         }
-        let Some(cache) = &self.cache else {
-            return envelope::seal_keeping_key(self.active.as_ref(), plaintext, id)
-                .await
-                .map(|(sealed, _)| sealed);
-        };
-        let (sealed, dek) = envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
-        // The record is usually read soon after it is written: keep its payload key.
-        if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
-            let aad = id.data_aad(parsed.version, parsed.flags);
-            if let Ok(prepared) = envelope::prepare(&dek, &parsed, id, &aad) {
+        let (sealed, prepared, aad) =
+            envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
+        // The record is usually read soon after it is written: keep its payload key, made
+        // ready by the seal itself.
+        if let Some(cache) = &self.cache {
+            if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
                 let section = envelope::key_section(&sealed.bytes, &parsed);
                 cache.put(section, &aad, Arc::new(prepared));
             }

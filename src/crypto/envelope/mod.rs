@@ -13,15 +13,18 @@
 //! same way (checked in constant time before decrypting). Version 1 used the data key
 //! itself and committed to the key and nonce only.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+// The known-answer tests (`known_answers.rs`, `use super::*`) check blobs against
+// RustCrypto's AES-GCM, an implementation independent of the one that seals them.
+#[cfg(test)]
+use aes_gcm::{Aes256Gcm, KeyInit};
 use secrecy::SecretBox;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::aead::AesGcmKey;
 use super::kdf::{self, HmacKey};
-use super::{fill_random, BackendId, DataKey, KeyWrapper};
+use super::{random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
 use crate::model::{BoundFields, RecordAad, RecordIdentity};
 
@@ -457,6 +460,7 @@ fn wrapped_section_len(key_id: &str, wrapped_key: &[u8]) -> Result<usize> {
 
 /// Assembles a blob of the format `header3[0]` names from its parts and encrypts
 /// `plaintext` into it. Deterministic given its inputs; [`seal`] supplies fresh randomness.
+#[cfg(test)]
 pub(crate) fn assemble(
     header3: [u8; 3],
     key_id: &str,
@@ -466,10 +470,25 @@ pub(crate) fn assemble(
     plaintext: &[u8],
     id: &dyn Binding,
 ) -> Result<Vec<u8>> {
+    let aad = id.data_aad(header3[0], header3[1]);
+    assemble_prepared(header3, key_id, wrapped_key, dek, nonce, plaintext, &aad).map(|(b, _)| b)
+}
+
+/// [`assemble`] with the payload's associated data given, also returning the payload key
+/// made ready (what the data-key cache holds, so a seal need not derive it twice).
+#[allow(clippy::too_many_arguments)]
+fn assemble_prepared(
+    header3: [u8; 3],
+    key_id: &str,
+    wrapped_key: &[u8],
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<(Vec<u8>, PreparedPayload)> {
     let section = wrapped_section_len(key_id, wrapped_key)?;
     let total = HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + plaintext.len() + TAG_LEN;
-    let aad = id.data_aad(header3[0], header3[1]);
-    let pk = payload_key(header3[0], dek, nonce, &aad);
+    let pk = payload_key(header3[0], dek, nonce, aad);
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&header3);
     out.extend_from_slice(&(section as u16).to_be_bytes());
@@ -480,15 +499,19 @@ pub(crate) fn assemble(
     out.extend_from_slice(&pk.commitment);
     let ct_start = out.len();
     out.extend_from_slice(plaintext);
-    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut out[ct_start..])
+    let prepared = PreparedPayload {
+        commitment: pk.commitment,
+        cipher: AesGcmKey::new(&pk.key),
+    };
+    let tag = prepared
+        .cipher
+        .seal_in_place(nonce, aad, &mut out[ct_start..])
         .map_err(|_| {
             out[ct_start..].zeroize();
             Error::invalid("plaintext", "too long for AES-GCM")
         })?;
     out.extend_from_slice(&tag);
-    Ok(out)
+    Ok((out, prepared))
 }
 
 /// Seals `plaintext` for the record `id` under `wrapper`: a fresh data key and nonce, the
@@ -500,7 +523,7 @@ pub async fn seal(
 ) -> Result<Sealed> {
     seal_keeping_key(wrapper, plaintext, id)
         .await
-        .map(|(s, _)| s)
+        .map(|(s, _, _)| s)
 }
 
 /// Seals a record body for the record version `aad` under `wrapper`, as [`seal`] seals a
@@ -513,19 +536,21 @@ pub async fn seal_record(
 ) -> Result<Sealed> {
     seal_keeping_key(wrapper, plaintext, aad)
         .await
-        .map(|(s, _)| s)
+        .map(|(s, _, _)| s)
 }
 
-/// [`seal`], also returning the data key (for the data-key cache).
+/// [`seal`], also returning the sealed payload's key made ready and the payload's
+/// associated data (for the data-key cache).
 pub(crate) async fn seal_keeping_key(
     wrapper: &dyn KeyWrapper,
     plaintext: &[u8],
     id: &dyn Binding,
-) -> Result<(Sealed, DataKey)> {
+) -> Result<(Sealed, PreparedPayload, Vec<u8>)> {
     id.check_sealable()?;
-    // One draw from the OS for both the data key and the nonce (each draw is a syscall).
+    // One draw for both the data key and the nonce, from this thread's generator (seeded
+    // from the OS, reseeded after a fork: `super::random`).
     let mut random = Zeroizing::new([0u8; 32 + NONCE_LEN]);
-    fill_random(random.as_mut())?;
+    random::fill(random.as_mut())?;
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&random[..32]);
     let dek = DataKey::from_bytes(*key);
@@ -538,13 +563,16 @@ pub(crate) async fn seal_keeping_key(
     ];
     let wrapped = wrapper.wrap(&dek, &id.wrap_aad(header3)).await?;
     let key_id = wrapper.key_id();
-    let bytes = assemble(header3, key_id, &wrapped, &dek, &nonce, plaintext, id)?;
+    let aad = id.data_aad(header3[0], header3[1]);
+    let (bytes, prepared) =
+        assemble_prepared(header3, key_id, &wrapped, &dek, &nonce, plaintext, &aad)?;
     Ok((
         Sealed {
             bytes,
             key_id: key_id.to_string(),
         },
-        dek,
+        prepared,
+        aad,
     ))
 }
 
@@ -605,11 +633,11 @@ pub(crate) fn open_with_key(
 
 /// A blob's payload key made ready for use: the AES key schedule built and the commitment
 /// it was checked against kept. What the data-key cache holds, so that opening the same
-/// blob again neither unwraps nor derives. The key schedule and GHASH state wipe
-/// themselves on drop (`aes`'s and `polyval`'s `zeroize` features).
+/// blob again neither unwraps nor derives. The key schedule is overwritten on drop, as far
+/// as safe code can ([`AesGcmKey`] says how far that is).
 pub(crate) struct PreparedPayload {
     commitment: [u8; COMMITMENT_LEN],
-    cipher: Aes256Gcm,
+    cipher: AesGcmKey,
 }
 
 /// The bytes of a parsed blob before its ciphertext: header, wrapped-key section, nonce and
@@ -629,7 +657,7 @@ pub(crate) fn prepare(
     let pk = checked_payload_key(dek, parsed, id, data_aad)?;
     Ok(PreparedPayload {
         commitment: pk.commitment,
-        cipher: Aes256Gcm::new(pk.key.as_ref().into()),
+        cipher: AesGcmKey::new(&pk.key),
     })
 }
 
@@ -649,12 +677,10 @@ pub(crate) fn open_prepared(
     let (ct, tag) = parsed.ciphertext.split_at(ct_len);
     let mut buf = vec![0u8; ct_len];
     buf.copy_from_slice(ct);
-    match prepared.cipher.decrypt_in_place_detached(
-        Nonce::from_slice(parsed.nonce),
-        data_aad,
-        &mut buf,
-        Tag::from_slice(tag),
-    ) {
+    match prepared
+        .cipher
+        .open_in_place(parsed.nonce, data_aad, &mut buf, tag)
+    {
         Ok(()) => Ok(SecretBox::new(buf.into_boxed_slice())),
         Err(_) => {
             buf.zeroize();
