@@ -326,6 +326,35 @@ impl<V: Clone> DekCache<V> {
         self.note_oldest(inner);
     }
 
+    /// Removes and returns the value for `key` when it was made for `context` (an entry
+    /// for another context stays).
+    pub(crate) fn take(&self, key: &[u8], context: &[u8]) -> Option<V> {
+        let mut inner = self.write();
+        if inner.map.get(key).is_some_and(|e| *e.context == *context) {
+            // Its `order` element is now stale and skipped when reached.
+            return inner.map.remove(key).map(|e| e.value);
+        }
+        None
+    }
+
+    /// Drops every entry whose cache key `doomed` picks; returns how many.
+    pub(crate) fn remove_where(&self, doomed: impl Fn(&[u8]) -> bool) -> usize {
+        let mut inner = self.write();
+        let before = inner.map.len();
+        inner.map.retain(|k, _| !doomed(k));
+        let removed = before - inner.map.len();
+        let map = &inner.map;
+        let kept: VecDeque<_> = inner
+            .order
+            .drain(..)
+            .filter(|(k, born)| map.get(&**k).is_some_and(|e| e.born == *born))
+            .collect();
+        inner.order = kept;
+        self.note_oldest(&inner);
+        self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
     pub(crate) fn clear(&self) {
         let mut inner = self.write();
         let n = inner.map.len() as u64;

@@ -16,7 +16,7 @@
 // The known-answer tests (`known_answers.rs`, `use super::*`) check blobs against
 // RustCrypto's AES-GCM, an implementation independent of the one that seals them.
 #[cfg(test)]
-use aes_gcm::{Aes256Gcm, KeyInit};
+use aes_gcm::{aead::AeadInPlace, Aes256Gcm, KeyInit, Nonce, Tag};
 use secrecy::SecretBox;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -645,6 +645,14 @@ pub(crate) struct PreparedPayload {
 /// what the data-key cache is keyed by.
 pub(crate) fn key_section<'a>(blob: &'a [u8], parsed: &ParsedBlob<'_>) -> &'a [u8] {
     &blob[..blob.len().saturating_sub(parsed.ciphertext.len())]
+}
+
+/// The master key id named by a blob's key section ([`key_section`]), when it is well
+/// formed.
+pub(crate) fn section_key_id(section: &[u8]) -> Option<&str> {
+    let id_len = *section.get(HEADER_LEN)? as usize;
+    let id = section.get(HEADER_LEN + 1..HEADER_LEN + 1 + id_len)?;
+    std::str::from_utf8(id).ok()
 }
 
 /// The payload key of a blob under data key `dek`, once the blob's commitment matched.
