@@ -339,18 +339,16 @@ impl<V: Clone> DekCache<V> {
 
     /// Drops every entry whose cache key `doomed` picks; returns how many.
     pub(crate) fn remove_where(&self, doomed: impl Fn(&[u8]) -> bool) -> usize {
-        let mut inner = self.write();
+        let mut guard = self.write();
+        let inner = &mut *guard;
         let before = inner.map.len();
         inner.map.retain(|k, _| !doomed(k));
         let removed = before - inner.map.len();
         let map = &inner.map;
-        let kept: VecDeque<_> = inner
+        inner
             .order
-            .drain(..)
-            .filter(|(k, born)| map.get(&**k).is_some_and(|e| e.born == *born))
-            .collect();
-        inner.order = kept;
-        self.note_oldest(&inner);
+            .retain(|(k, born)| map.get(&**k).is_some_and(|e| e.born == *born));
+        self.note_oldest(inner);
         self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
