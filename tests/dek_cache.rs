@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use strongroom::crypto::{BackendId, DekCacheConfig};
+use strongroom::crypto::{envelope, BackendId, DekCacheConfig};
 use strongroom::{
     CredentialRef, DataKey, ExposeSecret, KeyRing, KeyWrapper, LocalKey, NewCredential, Principal,
     RecordIdentity, ResolveContext, Scope, ScopeKind, SecretString, Vault,

@@ -1109,7 +1109,7 @@ fn a_forked_child_never_repeats_its_parents_data_keys_or_nonces() {
     let path = dir.path().join("child-nonces");
     match fork::fork().expect("fork") {
         fork::Fork::Child => {
-            let code = match std::panic::catch_unwind(|| sealed_nonces(&ring, 64)) {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sealed_nonces(&ring, 64))) {
                 Ok(nonces) => {
                     let text: String = nonces.iter().map(|n| hex::encode(n) + "\n").collect();
                     let written = std::fs::File::create(&path)
