@@ -221,10 +221,7 @@ fn seal_open(c: &mut Criterion<Clock>, size: usize, label: &str) {
         max_age: Duration::from_secs(3600),
         ..DekCacheConfig::default()
     });
-    let blob = rt
-        .block_on(ring.seal(&secret, &id))
-        .expect("seal")
-        .bytes;
+    let blob = rt.block_on(ring.seal(&secret, &id)).expect("seal").bytes;
     group.bench_function("envelope_cached", |b| {
         b.to_async(&rt).iter(|| async {
             let plain = ring.open(black_box(&blob), &id).await.expect("open");

@@ -207,7 +207,11 @@ async fn a_swapped_or_spliced_blob_never_opens_through_a_cached_key() {
     for (blob, id) in [(&blob_a, &a), (&blob_b, &b)] {
         ring.open(blob, id).await.expect("open");
     }
-    assert_eq!(unwraps(&key), 0, "both payload keys were cached by the seals");
+    assert_eq!(
+        unwraps(&key),
+        0,
+        "both payload keys were cached by the seals"
+    );
     assert!(ring.open(&blob_a, &b).await.is_err(), "a's blob in b's row");
     assert!(ring.open(&blob_b, &a).await.is_err(), "b's blob in a's row");
 
@@ -257,15 +261,29 @@ async fn rewrapping_moves_the_cached_key_off_the_retired_keys_blob() {
         .expect("rewrap")
         .expect("moved to the active key")
         .bytes;
-    assert_eq!(unwraps(&old), 2, "the re-wrap unwraps under the retired key");
+    assert_eq!(
+        unwraps(&old),
+        2,
+        "the re-wrap unwraps under the retired key"
+    );
     let hits = ring.dek_cache_stats().expect("cache").hits;
     let plain = ring.open(&new_blob, &id).await.expect("open");
     assert_eq!(plain.expose_secret(), b"secret");
-    assert_eq!(unwraps(&new), 0, "the re-wrapped blob opened from the cache");
+    assert_eq!(
+        unwraps(&new),
+        0,
+        "the re-wrapped blob opened from the cache"
+    );
     assert_eq!(ring.dek_cache_stats().expect("cache").hits, hits + 1);
 
-    ring.open(&old_blob, &id).await.expect("the ring still holds the old key");
-    assert_eq!(unwraps(&old), 3, "the old blob is no longer served from the cache");
+    ring.open(&old_blob, &id)
+        .await
+        .expect("the ring still holds the old key");
+    assert_eq!(
+        unwraps(&old),
+        3,
+        "the old blob is no longer served from the cache"
+    );
 }
 
 /// `clear_dek_cache_for` drops the cached keys of one master key's blobs only: those

@@ -1109,11 +1109,13 @@ fn a_forked_child_never_repeats_its_parents_data_keys_or_nonces() {
     let path = dir.path().join("child-nonces");
     match fork::fork().expect("fork") {
         fork::Fork::Child => {
-            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sealed_nonces(&ring, 64))) {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sealed_nonces(&ring, 64)
+            })) {
                 Ok(nonces) => {
                     let text: String = nonces.iter().map(|n| hex::encode(n) + "\n").collect();
-                    let written = std::fs::File::create(&path)
-                        .and_then(|mut f| f.write_all(text.as_bytes()));
+                    let written =
+                        std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes()));
                     i32::from(written.is_err())
                 }
                 Err(_) => 2,
@@ -1135,7 +1137,10 @@ fn a_forked_child_never_repeats_its_parents_data_keys_or_nonces() {
             let distinct: std::collections::HashSet<&String> = child.iter().collect();
             assert_eq!(distinct.len(), 64, "the child's own draws are distinct");
             for n in &child {
-                assert!(!parent.contains(n), "the child repeated the parent's nonce {n}");
+                assert!(
+                    !parent.contains(n),
+                    "the child repeated the parent's nonce {n}"
+                );
             }
         }
     }

@@ -17,11 +17,11 @@ mod legacy;
 mod select;
 mod wrap;
 
+use file::{check_private, create_key_file};
 pub(crate) use legacy::LegacyLocalKey;
 pub use select::{
     default_home_from_env, key_wrapper_from_env, key_wrapper_from_env_with, key_wrapper_from_vars,
 };
-use file::{check_private, create_key_file};
 use wrap::LocalWrap;
 
 /// Selects the master-key backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`, `vault`.
