@@ -98,7 +98,7 @@ fn ring_key() -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &black_box(KEY)).expect("key"))
 }
 
-fn ring_seal_open(seal: &LessSafeKey, open: &LessSafeKey, nonce: [u8; 12], buf: &mut Vec<u8>) {
+fn ring_seal_open(seal: &LessSafeKey, open: &LessSafeKey, nonce: [u8; 12], buf: &mut [u8]) {
     let tag = seal
         .seal_in_place_separate_tag(
             ring::aead::Nonce::assume_unique_for_key(nonce),
