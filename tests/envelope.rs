@@ -1074,3 +1074,74 @@ async fn format_1_blobs_open_and_re_wrap_onto_the_format_2_id() {
             .is_none());
     }
 }
+
+/// The nonces of `n` blobs sealed on this thread (each blob's data key and nonce come from
+/// one draw of this thread's generator, so distinct nonces mean distinct draws).
+fn sealed_nonces(ring: &KeyRing, n: usize) -> Vec<[u8; 12]> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let scope = Scope::SystemWide;
+    let id = ident("c-fork", &scope, 1);
+    rt.block_on(async {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let sealed = ring.seal(b"x", &id).await.expect("seal");
+            let parsed = envelope::parse(&sealed.bytes, &|| "blob".into()).expect("parse");
+            out.push(*parsed.nonce);
+        }
+        out
+    })
+}
+
+/// A forked child inherits a copy of its parent's memory, this thread's random generator
+/// included: its seals must still draw data keys and nonces its parent never drew (the
+/// generator reseeds from the OS in the child before its first draw there).
+#[cfg(unix)]
+#[test]
+fn a_forked_child_never_repeats_its_parents_data_keys_or_nonces() {
+    use std::io::Write;
+
+    let ring = ring();
+    // Seed this thread's generator before forking, so the child inherits a live state.
+    let before = sealed_nonces(&ring, 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("child-nonces");
+    match fork::fork().expect("fork") {
+        fork::Fork::Child => {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sealed_nonces(&ring, 64)
+            })) {
+                Ok(nonces) => {
+                    let text: String = nonces.iter().map(|n| hex::encode(n) + "\n").collect();
+                    let written =
+                        std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes()));
+                    i32::from(written.is_err())
+                }
+                Err(_) => 2,
+            };
+            std::process::exit(code);
+        }
+        fork::Fork::Parent(pid) => {
+            let mine = sealed_nonces(&ring, 64);
+            let status = fork::waitpid(pid).expect("waitpid");
+            assert_eq!(status, 0, "the child sealed and wrote its nonces");
+            let child: Vec<String> = std::fs::read_to_string(&path)
+                .expect("the child's nonces")
+                .lines()
+                .map(str::to_string)
+                .collect();
+            assert_eq!(child.len(), 64);
+            let parent: std::collections::HashSet<String> =
+                mine.iter().chain(&before).map(hex::encode).collect();
+            let distinct: std::collections::HashSet<&String> = child.iter().collect();
+            assert_eq!(distinct.len(), 64, "the child's own draws are distinct");
+            for n in &child {
+                assert!(
+                    !parent.contains(n),
+                    "the child repeated the parent's nonce {n}"
+                );
+            }
+        }
+    }
+}

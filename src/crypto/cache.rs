@@ -326,6 +326,33 @@ impl<V: Clone> DekCache<V> {
         self.note_oldest(inner);
     }
 
+    /// Removes and returns the value for `key` when it was made for `context` (an entry
+    /// for another context stays).
+    pub(crate) fn take(&self, key: &[u8], context: &[u8]) -> Option<V> {
+        let mut inner = self.write();
+        if inner.map.get(key).is_some_and(|e| *e.context == *context) {
+            // Its `order` element is now stale and skipped when reached.
+            return inner.map.remove(key).map(|e| e.value);
+        }
+        None
+    }
+
+    /// Drops every entry whose cache key `doomed` picks; returns how many.
+    pub(crate) fn remove_where(&self, doomed: impl Fn(&[u8]) -> bool) -> usize {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let before = inner.map.len();
+        inner.map.retain(|k, _| !doomed(k));
+        let removed = before - inner.map.len();
+        let map = &inner.map;
+        inner
+            .order
+            .retain(|(k, born)| map.get(&**k).is_some_and(|e| e.born == *born));
+        self.note_oldest(inner);
+        self.evictions.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
     pub(crate) fn clear(&self) {
         let mut inner = self.write();
         let n = inner.map.len() as u64;
@@ -450,5 +477,53 @@ mod tests {
         assert!(cache.get(b"blob", b"identity A").is_some());
         let s = cache.stats();
         assert_eq!((s.entries, s.hits, s.misses), (1, 1, 1));
+    }
+
+    /// Counts its drops: the cache's values are `Arc`s, and the key inside one is wiped
+    /// when the last `Arc` goes (`PreparedPayload` -> `AesGcmKey::drop`, tested in
+    /// `crypto::aead`).
+    struct Tracked(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Every way an entry leaves the cache drops its value at once (no copy stays behind
+    /// in the map or the age queue): eviction for room, for uses, for age, a take, a
+    /// removal by key id, and a clear.
+    #[test]
+    fn every_eviction_drops_the_value() {
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let value = || Arc::new(Tracked(dropped.clone()));
+        let count = || dropped.load(Ordering::SeqCst);
+        let cache = DekCache::<Arc<Tracked>>::new(DekCacheConfig {
+            max_age: Duration::from_millis(40),
+            max_uses: 2,
+            max_entries: 2,
+        });
+        cache.put(b"a", CTX, value());
+        cache.put(b"b", CTX, value());
+        cache.put(b"c", CTX, value());
+        assert_eq!(count(), 1, "the oldest went for room");
+        assert!(cache.with(b"b", CTX, |_| ()).is_some());
+        assert!(cache.with(b"b", CTX, |_| ()).is_some());
+        assert!(cache.with(b"b", CTX, |_| ()).is_none());
+        assert_eq!(count(), 2, "used up");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(cache.with(b"zz", CTX, |_| ()).is_none());
+        assert_eq!(count(), 3, "too old");
+        cache.put(b"d", CTX, value());
+        assert!(cache.take(b"d", b"another context").is_none());
+        drop(cache.take(b"d", CTX).expect("taken"));
+        assert_eq!(count(), 4, "taken and dropped");
+        cache.put(b"e", CTX, value());
+        cache.put(b"f", CTX, value());
+        assert_eq!(cache.remove_where(|k| k == b"e"), 1);
+        assert_eq!(count(), 5, "removed by key");
+        cache.clear();
+        assert_eq!(count(), 6, "cleared");
+        assert_eq!(cache.stats().entries, 0);
     }
 }

@@ -99,6 +99,18 @@ impl KeyRing {
         }
     }
 
+    /// Drops the cached data keys of every blob wrapped by the master key `key_id`
+    /// (zeroising them) and returns how many: call it when that one key is revoked or
+    /// retired, so its blobs stop opening from the cache at once while the other keys'
+    /// stay cached. The ring keeps the key itself: a blob it wraps still opens by
+    /// unwrapping, until the ring is rebuilt without it.
+    pub fn clear_dek_cache_for(&self, key_id: &str) -> usize {
+        let Some(cache) = &self.cache else {
+            return 0;
+        };
+        cache.remove_where(|section| envelope::section_key_id(section) == Some(key_id))
+    }
+
     /// Adds a retired key that can still open (and be re-wrapped away from) old blobs,
     /// under its id and its format-1 id. A second copy of a key the ring holds is dropped.
     /// A *different* key whose id the ring already holds (a forged or colliding id) is
@@ -200,16 +212,12 @@ impl KeyRing {
         if let Some(reason) = self.conflict(self.active.key_id()) {
             return Err(reason);
         }
-        let Some(cache) = &self.cache else {
-            return envelope::seal_keeping_key(self.active.as_ref(), plaintext, id)
-                .await
-                .map(|(sealed, _)| sealed);
-        };
-        let (sealed, dek) = envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
-        // The record is usually read soon after it is written: keep its payload key.
-        if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
-            let aad = id.data_aad(parsed.version, parsed.flags);
-            if let Ok(prepared) = envelope::prepare(&dek, &parsed, id, &aad) {
+        let (sealed, prepared, aad) =
+            envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
+        // The record is usually read soon after it is written: keep its payload key, made
+        // ready by the seal itself.
+        if let Some(cache) = &self.cache {
+            if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
                 let section = envelope::key_section(&sealed.bytes, &parsed);
                 cache.put(section, &aad, Arc::new(prepared));
             }
@@ -301,6 +309,21 @@ impl KeyRing {
             .await?;
         let key_id = self.active.key_id();
         let bytes = envelope::rebuild_with_wrapped(&parsed, backend, key_id, &wrapped)?;
+        // The payload key is the same (same data key, nonce and associated data): move a
+        // cached one to the re-wrapped blob, so the old blob, which names the retired key,
+        // no longer opens from the cache and the new one does not need an unwrap.
+        if let Some(cache) = &self.cache {
+            let old_section = envelope::key_section(blob, &parsed);
+            if let Some(prepared) = cache.take(old_section, &data_aad) {
+                if let Ok(new_parsed) = envelope::parse(&bytes, &|| id.describe()) {
+                    cache.put(
+                        envelope::key_section(&bytes, &new_parsed),
+                        &data_aad,
+                        prepared,
+                    );
+                }
+            }
+        }
         Ok(Some(Sealed {
             bytes,
             key_id: key_id.to_string(),

@@ -11,6 +11,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::{Error, Result};
 
+mod aead;
 mod cache;
 pub mod envelope;
 pub(crate) mod kdf;
@@ -18,6 +19,7 @@ mod keyring;
 #[cfg(feature = "kms")]
 pub mod kms;
 mod local;
+pub(crate) mod random;
 mod signer;
 
 pub use cache::{DekCacheConfig, DekCacheStats};

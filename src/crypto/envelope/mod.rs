@@ -13,17 +13,22 @@
 //! same way (checked in constant time before decrypting). Version 1 used the data key
 //! itself and committed to the key and nonce only.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+// The known-answer tests (`known_answers.rs`, `use super::*`) check blobs against
+// RustCrypto's AES-GCM, an implementation independent of the one that seals them.
+#[cfg(test)]
+use aes_gcm::{aead::AeadInPlace, Aes256Gcm, KeyInit, Nonce, Tag};
 use secrecy::SecretBox;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
+use super::aead::AesGcmKey;
 use super::kdf::{self, HmacKey};
-use super::{fill_random, BackendId, DataKey, KeyWrapper};
+use super::{random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
-use crate::model::{BoundFields, RecordAad, RecordIdentity};
+#[cfg(test)]
+use crate::model::BoundFields;
+use crate::model::{RecordAad, RecordIdentity};
 
 /// The format version this crate writes.
 pub const FORMAT_VERSION: u8 = 2;
@@ -170,231 +175,6 @@ pub fn parse<'a>(blob: &'a [u8], what: &dyn Fn() -> String) -> Result<ParsedBlob
     })
 }
 
-fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// The format-1 identity: `lp(credential id) || lp(scope kind) || lp(owner) || u64be(version)`.
-fn push_identity(out: &mut Vec<u8>, id: &RecordIdentity<'_>) {
-    push_lp(out, id.credential_id.as_bytes());
-    push_lp(out, id.scope.kind().as_str().as_bytes());
-    // The owner as `Scope::owner` spells it, written without building the string.
-    let (first, second) = id.scope.owner_parts();
-    match second {
-        None => push_lp(out, first.as_bytes()),
-        Some(second) => {
-            out.extend_from_slice(&((first.len() + 1 + second.len()) as u32).to_be_bytes());
-            out.extend_from_slice(first.as_bytes());
-            out.push(b'/');
-            out.extend_from_slice(second.as_bytes());
-        }
-    }
-    out.extend_from_slice(&id.version.to_be_bytes());
-}
-
-fn push_record(out: &mut Vec<u8>, aad: &RecordAad<'_>) {
-    push_lp(out, aad.kind.as_bytes());
-    push_lp(out, aad.owner.as_bytes());
-    push_lp(out, aad.key.as_bytes());
-    out.extend_from_slice(&aad.version.to_be_bytes());
-}
-
-/// The digest of a credential's bound fields (`docs/FORMAT.md`, "Bound fields"):
-/// `SHA-256(label || 0x00)` with none, else `SHA-256(label || 0x01 || lp(name) ||
-/// lp(provider) || lp(handler type) || lp(state) || u8(agent accessible) || expiry ||
-/// u32be(entries) || (lp(key) || lp(value)) in ascending key order)`, the expiry being
-/// `0x00` or `0x01 || i64be(milliseconds)`.
-pub fn bound_digest(bound: Option<&BoundFields<'_>>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(BOUND_FIELDS_LABEL);
-    let lp = |h: &mut Sha256, bytes: &[u8]| {
-        h.update((bytes.len() as u32).to_be_bytes());
-        h.update(bytes);
-    };
-    match bound {
-        None => h.update([0x00]),
-        Some(b) => {
-            h.update([0x01]);
-            lp(&mut h, b.name.as_bytes());
-            lp(&mut h, b.provider.as_bytes());
-            lp(&mut h, b.handler_type.as_bytes());
-            lp(&mut h, b.state.as_str().as_bytes());
-            h.update([u8::from(b.agent_accessible)]);
-            match b.expires_at {
-                None => h.update([0x00]),
-                Some(at) => {
-                    h.update([0x01]);
-                    h.update(at.as_millis().to_be_bytes());
-                }
-            }
-            h.update((b.metadata.len() as u32).to_be_bytes());
-            // A BTreeMap of Strings iterates in ascending byte order of the keys.
-            for (key, value) in b.metadata {
-                lp(&mut h, key.as_bytes());
-                lp(&mut h, value.as_bytes());
-            }
-        }
-    }
-    h.finalize().into()
-}
-
-/// Associated data for wrapping a record body's data key. Format 1: the record label, the
-/// three header bytes, then kind, owner and key (each `lp`) and the version (`u64be`);
-/// format 2 (any version byte but 1) puts `lp(namespace)` before the kind.
-pub fn record_wrap_aad(header3: [u8; 3], aad: &RecordAad<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        64 + aad.namespace.len() + aad.kind.len() + aad.owner.len() + aad.key.len(),
-    );
-    if header3[0] == FORMAT_V1 {
-        out.extend_from_slice(RECORD_WRAP_AAD_LABEL_V1);
-        out.extend_from_slice(&header3);
-    } else {
-        out.extend_from_slice(RECORD_WRAP_AAD_LABEL);
-        out.extend_from_slice(&header3);
-        push_lp(&mut out, aad.namespace.as_bytes());
-    }
-    push_record(&mut out, aad);
-    out
-}
-
-/// Associated data for a record body's payload: the record label, the version and flags
-/// bytes, then (format 2) `lp(namespace)`, then kind, owner, key and version as in
-/// [`record_wrap_aad`].
-pub fn record_data_aad(version: u8, flags: u8, aad: &RecordAad<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        64 + aad.namespace.len() + aad.kind.len() + aad.owner.len() + aad.key.len(),
-    );
-    if version == FORMAT_V1 {
-        out.extend_from_slice(RECORD_DATA_AAD_LABEL_V1);
-        out.push(version);
-        out.push(flags);
-    } else {
-        out.extend_from_slice(RECORD_DATA_AAD_LABEL);
-        out.push(version);
-        out.push(flags);
-        push_lp(&mut out, aad.namespace.as_bytes());
-    }
-    push_record(&mut out, aad);
-    out
-}
-
-/// What a blob is bound to: a credential version ([`RecordIdentity`]) or a record version
-/// ([`RecordAad`]), each with its own associated-data domain.
-pub(crate) trait Binding: Sync {
-    /// The associated data of the data-key wrap.
-    fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8>;
-    /// The associated data of the payload.
-    fn data_aad(&self, version: u8, flags: u8) -> Vec<u8>;
-    /// What to call it in errors (never its contents).
-    fn describe(&self) -> String;
-    /// What a format-2 blob whose data key unwrapped but whose commitment does not match
-    /// says: what else the commitment binds.
-    fn commitment_covers(&self) -> &'static str;
-    /// Refuses what must not be sealed (an empty namespace).
-    fn check_sealable(&self) -> Result<()>;
-}
-
-impl Binding for RecordIdentity<'_> {
-    fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8> {
-        wrap_aad(header3, self)
-    }
-
-    fn data_aad(&self, version: u8, flags: u8) -> Vec<u8> {
-        data_aad(version, flags, self)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "credential {} version {} ({}) in vault namespace `{}`",
-            self.credential_id,
-            self.version,
-            self.scope,
-            self.namespace.escape_debug()
-        )
-    }
-
-    fn commitment_covers(&self) -> &'static str {
-        "the columns bound to it (name, provider, handler type, state, agent_accessible, \
-         expires_at, metadata) or the blob's nonce or commitment"
-    }
-
-    fn check_sealable(&self) -> Result<()> {
-        crate::model::validate_namespace(self.namespace)
-    }
-}
-
-impl Binding for RecordAad<'_> {
-    fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8> {
-        record_wrap_aad(header3, self)
-    }
-
-    fn data_aad(&self, version: u8, flags: u8) -> Vec<u8> {
-        record_data_aad(version, flags, self)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "the sealed body of record `{}` of kind `{}`, owner `{}`, version {} in vault \
-             namespace `{}`",
-            self.key.escape_debug(),
-            self.kind,
-            self.owner.escape_debug(),
-            self.version,
-            self.namespace.escape_debug()
-        )
-    }
-
-    fn commitment_covers(&self) -> &'static str {
-        "the blob's nonce or commitment"
-    }
-
-    fn check_sealable(&self) -> Result<()> {
-        crate::model::validate_namespace(self.namespace)
-    }
-}
-
-/// Associated data for wrapping the data key: label, the three header bytes, the identity.
-/// Format 1 (version byte 1): `"strongroom/wrap/v1" || header || identity`; format 2:
-/// `"strongroom/v2/credential/wrap" || header || lp(namespace) || identity`. The bound
-/// fields are not in it (they are in the payload's associated data), so a remote KMS never
-/// sees them in its encryption context.
-pub fn wrap_aad(header3: [u8; 3], id: &RecordIdentity<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + id.namespace.len() + id.credential_id.len());
-    if header3[0] == FORMAT_V1 {
-        out.extend_from_slice(WRAP_AAD_LABEL_V1);
-        out.extend_from_slice(&header3);
-    } else {
-        out.extend_from_slice(WRAP_AAD_LABEL);
-        out.extend_from_slice(&header3);
-        push_lp(&mut out, id.namespace.as_bytes());
-    }
-    push_identity(&mut out, id);
-    out
-}
-
-/// Associated data for the payload: label, version and flags bytes, the identity, and
-/// (format 2) the namespace before it and the [`bound_digest`] after it. The backend id and
-/// wrapped key are left out on purpose so re-wrapping never touches payloads; they are
-/// bound by the wrap's own associated data instead.
-pub fn data_aad(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + id.namespace.len() + id.credential_id.len());
-    if version == FORMAT_V1 {
-        out.extend_from_slice(DATA_AAD_LABEL_V1);
-        out.push(version);
-        out.push(flags);
-        push_identity(&mut out, id);
-    } else {
-        out.extend_from_slice(DATA_AAD_LABEL);
-        out.push(version);
-        out.push(flags);
-        push_lp(&mut out, id.namespace.as_bytes());
-        push_identity(&mut out, id);
-        out.extend_from_slice(&bound_digest(id.bound.as_ref()));
-    }
-    out
-}
-
 /// The key that encrypts a blob's payload, and the blob's commitment.
 pub(crate) struct PayloadKey {
     key: Zeroizing<[u8; 32]>,
@@ -457,6 +237,7 @@ fn wrapped_section_len(key_id: &str, wrapped_key: &[u8]) -> Result<usize> {
 
 /// Assembles a blob of the format `header3[0]` names from its parts and encrypts
 /// `plaintext` into it. Deterministic given its inputs; [`seal`] supplies fresh randomness.
+#[cfg(test)]
 pub(crate) fn assemble(
     header3: [u8; 3],
     key_id: &str,
@@ -466,10 +247,25 @@ pub(crate) fn assemble(
     plaintext: &[u8],
     id: &dyn Binding,
 ) -> Result<Vec<u8>> {
+    let aad = id.data_aad(header3[0], header3[1]);
+    assemble_prepared(header3, key_id, wrapped_key, dek, nonce, plaintext, &aad).map(|(b, _)| b)
+}
+
+/// [`assemble`] with the payload's associated data given, also returning the payload key
+/// made ready (what the data-key cache holds, so a seal need not derive it twice).
+#[allow(clippy::too_many_arguments)]
+fn assemble_prepared(
+    header3: [u8; 3],
+    key_id: &str,
+    wrapped_key: &[u8],
+    dek: &DataKey,
+    nonce: &[u8; NONCE_LEN],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<(Vec<u8>, PreparedPayload)> {
     let section = wrapped_section_len(key_id, wrapped_key)?;
     let total = HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + plaintext.len() + TAG_LEN;
-    let aad = id.data_aad(header3[0], header3[1]);
-    let pk = payload_key(header3[0], dek, nonce, &aad);
+    let pk = payload_key(header3[0], dek, nonce, aad);
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&header3);
     out.extend_from_slice(&(section as u16).to_be_bytes());
@@ -480,15 +276,19 @@ pub(crate) fn assemble(
     out.extend_from_slice(&pk.commitment);
     let ct_start = out.len();
     out.extend_from_slice(plaintext);
-    let cipher = Aes256Gcm::new(pk.key.as_ref().into());
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(nonce), &aad, &mut out[ct_start..])
+    let prepared = PreparedPayload {
+        commitment: pk.commitment,
+        cipher: AesGcmKey::new(&pk.key),
+    };
+    let tag = prepared
+        .cipher
+        .seal_in_place(nonce, aad, &mut out[ct_start..])
         .map_err(|_| {
             out[ct_start..].zeroize();
             Error::invalid("plaintext", "too long for AES-GCM")
         })?;
     out.extend_from_slice(&tag);
-    Ok(out)
+    Ok((out, prepared))
 }
 
 /// Seals `plaintext` for the record `id` under `wrapper`: a fresh data key and nonce, the
@@ -500,7 +300,7 @@ pub async fn seal(
 ) -> Result<Sealed> {
     seal_keeping_key(wrapper, plaintext, id)
         .await
-        .map(|(s, _)| s)
+        .map(|(s, _, _)| s)
 }
 
 /// Seals a record body for the record version `aad` under `wrapper`, as [`seal`] seals a
@@ -513,19 +313,21 @@ pub async fn seal_record(
 ) -> Result<Sealed> {
     seal_keeping_key(wrapper, plaintext, aad)
         .await
-        .map(|(s, _)| s)
+        .map(|(s, _, _)| s)
 }
 
-/// [`seal`], also returning the data key (for the data-key cache).
+/// [`seal`], also returning the sealed payload's key made ready and the payload's
+/// associated data (for the data-key cache).
 pub(crate) async fn seal_keeping_key(
     wrapper: &dyn KeyWrapper,
     plaintext: &[u8],
     id: &dyn Binding,
-) -> Result<(Sealed, DataKey)> {
+) -> Result<(Sealed, PreparedPayload, Vec<u8>)> {
     id.check_sealable()?;
-    // One draw from the OS for both the data key and the nonce (each draw is a syscall).
+    // One draw for both the data key and the nonce, from this thread's generator (seeded
+    // from the OS, reseeded after a fork: `super::random`).
     let mut random = Zeroizing::new([0u8; 32 + NONCE_LEN]);
-    fill_random(random.as_mut())?;
+    random::fill(random.as_mut())?;
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&random[..32]);
     let dek = DataKey::from_bytes(*key);
@@ -538,13 +340,16 @@ pub(crate) async fn seal_keeping_key(
     ];
     let wrapped = wrapper.wrap(&dek, &id.wrap_aad(header3)).await?;
     let key_id = wrapper.key_id();
-    let bytes = assemble(header3, key_id, &wrapped, &dek, &nonce, plaintext, id)?;
+    let aad = id.data_aad(header3[0], header3[1]);
+    let (bytes, prepared) =
+        assemble_prepared(header3, key_id, &wrapped, &dek, &nonce, plaintext, &aad)?;
     Ok((
         Sealed {
             bytes,
             key_id: key_id.to_string(),
         },
-        dek,
+        prepared,
+        aad,
     ))
 }
 
@@ -605,11 +410,11 @@ pub(crate) fn open_with_key(
 
 /// A blob's payload key made ready for use: the AES key schedule built and the commitment
 /// it was checked against kept. What the data-key cache holds, so that opening the same
-/// blob again neither unwraps nor derives. The key schedule and GHASH state wipe
-/// themselves on drop (`aes`'s and `polyval`'s `zeroize` features).
+/// blob again neither unwraps nor derives. The key schedule is overwritten on drop, as far
+/// as safe code can ([`AesGcmKey`] says how far that is).
 pub(crate) struct PreparedPayload {
     commitment: [u8; COMMITMENT_LEN],
-    cipher: Aes256Gcm,
+    cipher: AesGcmKey,
 }
 
 /// The bytes of a parsed blob before its ciphertext: header, wrapped-key section, nonce and
@@ -617,6 +422,14 @@ pub(crate) struct PreparedPayload {
 /// what the data-key cache is keyed by.
 pub(crate) fn key_section<'a>(blob: &'a [u8], parsed: &ParsedBlob<'_>) -> &'a [u8] {
     &blob[..blob.len().saturating_sub(parsed.ciphertext.len())]
+}
+
+/// The master key id named by a blob's key section ([`key_section`]), when it is well
+/// formed.
+pub(crate) fn section_key_id(section: &[u8]) -> Option<&str> {
+    let id_len = *section.get(HEADER_LEN)? as usize;
+    let id = section.get(HEADER_LEN + 1..HEADER_LEN + 1 + id_len)?;
+    std::str::from_utf8(id).ok()
 }
 
 /// The payload key of a blob under data key `dek`, once the blob's commitment matched.
@@ -629,7 +442,7 @@ pub(crate) fn prepare(
     let pk = checked_payload_key(dek, parsed, id, data_aad)?;
     Ok(PreparedPayload {
         commitment: pk.commitment,
-        cipher: Aes256Gcm::new(pk.key.as_ref().into()),
+        cipher: AesGcmKey::new(&pk.key),
     })
 }
 
@@ -649,12 +462,10 @@ pub(crate) fn open_prepared(
     let (ct, tag) = parsed.ciphertext.split_at(ct_len);
     let mut buf = vec![0u8; ct_len];
     buf.copy_from_slice(ct);
-    match prepared.cipher.decrypt_in_place_detached(
-        Nonce::from_slice(parsed.nonce),
-        data_aad,
-        &mut buf,
-        Tag::from_slice(tag),
-    ) {
+    match prepared
+        .cipher
+        .open_in_place(parsed.nonce, data_aad, &mut buf, tag)
+    {
         Ok(()) => Ok(SecretBox::new(buf.into_boxed_slice())),
         Err(_) => {
             buf.zeroize();
@@ -685,5 +496,9 @@ pub(crate) fn rebuild_with_wrapped(
     Ok(out)
 }
 
+mod aad;
 #[cfg(test)]
 mod known_answers;
+
+pub(crate) use aad::Binding;
+pub use aad::{bound_digest, data_aad, record_data_aad, record_wrap_aad, wrap_aad};

@@ -1,12 +1,9 @@
 //! Local master keys (`env`, `file`, in memory) and the `STRONGROOM_KMS` selection rule.
 
 use std::fmt;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use async_trait::async_trait;
 use base64::Engine;
 use zeroize::Zeroizing;
@@ -14,6 +11,18 @@ use zeroize::Zeroizing;
 use super::kdf::{self, HmacKey};
 use super::{fill_random, BackendId, DataKey, InternalKey, InternalUse, KeyWrapper};
 use crate::error::{Error, Result};
+
+mod file;
+mod legacy;
+mod select;
+mod wrap;
+
+use file::{check_private, create_key_file};
+pub(crate) use legacy::LegacyLocalKey;
+pub use select::{
+    default_home_from_env, key_wrapper_from_env, key_wrapper_from_env_with, key_wrapper_from_vars,
+};
+use wrap::LocalWrap;
 
 /// Selects the master-key backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`, `vault`.
 pub const ENV_KMS: &str = "STRONGROOM_KMS";
@@ -36,71 +45,6 @@ const INFO_FINGERPRINT: &[u8] = b"strongroom/v2/internal/fingerprint";
 const PURPOSE_PREFIX: &[u8] = b"strongroom/v2/purpose/";
 /// Bytes of the format-2 key id (128 bits: a colliding key costs about 2^64 work).
 const KEY_ID_LEN: usize = 16;
-
-/// Format 1, kept to open what it sealed: a 64-bit id from SHA-256, the raw master key as
-/// the AES-GCM wrap key, and HKDF keys whose info was a plain string.
-const KEY_ID_LABEL_V1: &[u8] = b"strongroom/key-id/v1";
-const HKDF_SALT_V1: &[u8] = b"strongroom/derive/v1";
-const WRAP_NONCE_INFO_V1: &[u8] = b"strongroom local wrap nonce v1";
-const CHECKPOINT_INFO_V1: &[u8] = b"strongroom audit checkpoint v1";
-
-const WRAP_NONCE_LEN: usize = 12;
-const WRAPPED_LEN: usize = WRAP_NONCE_LEN + 32 + 16;
-
-/// The AES-256-GCM key wrap with a synthetic nonce, under one wrap key and one nonce key.
-struct LocalWrap {
-    /// The wrap key's schedule (wiped on drop: `aes` is built with `zeroize`).
-    cipher: Aes256Gcm,
-    /// HMAC keyed with the nonce key, cloned per wrap so the key pads are hashed once.
-    nonce_mac: HmacKey,
-}
-
-impl LocalWrap {
-    fn new(wrap_key: &[u8; 32], nonce_key: &[u8; 32]) -> LocalWrap {
-        LocalWrap {
-            cipher: Aes256Gcm::new(wrap_key.into()),
-            nonce_mac: HmacKey::new(nonce_key),
-        }
-    }
-
-    /// `nonce(12) || AES-256-GCM(wrap key, nonce, DEK, aad)`, the nonce being
-    /// `HMAC-SHA256(nonce key, aad || DEK)[..12]`.
-    fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
-        let digest = self.nonce_mac.mac(&[aad, dek.expose_secret()]);
-        // Holds the data key in the clear until it is encrypted in place: wiped if that fails.
-        let mut out = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN));
-        out.extend_from_slice(&digest[..WRAP_NONCE_LEN]);
-        out.extend_from_slice(dek.expose_secret());
-        let (nonce, key) = out.split_at_mut(WRAP_NONCE_LEN);
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, key)
-            .map_err(|_| Error::invalid("data key", "could not be wrapped"))?;
-        out.extend_from_slice(&tag);
-        // Ciphertext now: move it out (no copy), leaving an empty vector to wipe.
-        Ok(std::mem::take(&mut *out))
-    }
-
-    fn unwrap(&self, wrapped: &[u8], aad: &[u8], key_id: &str) -> Result<DataKey> {
-        let fail = || Error::decrypt(format!("data key wrapped by {key_id}"));
-        if wrapped.len() != WRAPPED_LEN {
-            return Err(fail());
-        }
-        let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
-        let (ct, tag) = rest.split_at(32);
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(ct);
-        self.cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(nonce),
-                aad,
-                key.as_mut(),
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| fail())?;
-        Ok(DataKey::from_bytes(*key))
-    }
-}
 
 /// A local 256-bit master key. Wraps data keys with AES-256-GCM under a wrap key derived
 /// from it (HKDF), authenticating the record's associated data, under a synthetic nonce
@@ -251,178 +195,6 @@ impl LocalKey {
     }
 }
 
-/// A local master key as format 1 knew it: its 64-bit id, the raw key as the AES-GCM wrap
-/// key, the format-1 nonce and checkpoint keys. Reached only through
-/// [`KeyWrapper::legacy_alias`]; it wraps and unwraps for format-1 associated data only
-/// (a version-2 blob that names a format-1 id does not open), and derives no caller keys.
-pub(crate) struct LegacyLocalKey {
-    key_id: String,
-    wrap: LocalWrap,
-    checkpoint_key: Zeroizing<[u8; 32]>,
-    fingerprint: [u8; 32],
-}
-
-impl fmt::Debug for LegacyLocalKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LegacyLocalKey")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LegacyLocalKey {
-    fn new(bytes: &[u8; 32], fingerprint: [u8; 32]) -> LegacyLocalKey {
-        let digest = kdf::sha256_wiping(&[KEY_ID_LABEL_V1, bytes]);
-        let prk = kdf::extract(HKDF_SALT_V1, bytes);
-        LegacyLocalKey {
-            key_id: format!("local:{}", hex::encode(&digest[..8])),
-            wrap: LocalWrap::new(bytes, &prk.expand32(&[WRAP_NONCE_INFO_V1])),
-            checkpoint_key: prk.expand32(&[CHECKPOINT_INFO_V1]),
-            fingerprint,
-        }
-    }
-
-    /// Wraps for format-1 associated data (the known-answer vectors of format 1).
-    pub(crate) fn wrap_sync(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
-        self.format1_only(aad)?;
-        self.wrap.wrap(dek, aad)
-    }
-
-    fn format1_only(&self, aad: &[u8]) -> Result<()> {
-        if super::envelope::is_format1_wrap_aad(aad) {
-            Ok(())
-        } else {
-            Err(Error::decrypt(format!(
-                "a blob naming {}, the format-1 id of a local key: only version-1 blobs may \
-                 (a version-2 blob names the key's 128-bit id)",
-                self.key_id
-            )))
-        }
-    }
-}
-
-#[async_trait]
-impl KeyWrapper for LegacyLocalKey {
-    fn backend_id(&self) -> BackendId {
-        BackendId::Local
-    }
-
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
-    async fn wrap(&self, dek: &DataKey, aad: &[u8]) -> Result<Vec<u8>> {
-        self.wrap_sync(dek, aad)
-    }
-
-    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey> {
-        self.format1_only(aad)?;
-        self.wrap.unwrap(wrapped, aad, &self.key_id)
-    }
-
-    async fn derive_key(&self, _purpose: &str) -> Result<DataKey> {
-        Err(Error::KeyUnavailable {
-            key_id: self.key_id.clone(),
-            reason: "the format-1 id of a local key opens old blobs and checks old checkpoints \
-                     only; derive keys with the key itself (its 128-bit id)"
-                .into(),
-        })
-    }
-
-    async fn derive_internal(&self, key: InternalKey, _proof: &InternalUse) -> Result<DataKey> {
-        match key {
-            // Checkpoints made before format 2 name this id and were made with this key.
-            InternalKey::AuditCheckpoint => Ok(DataKey::from_bytes(*self.checkpoint_key)),
-        }
-    }
-
-    fn fingerprint(&self) -> Option<[u8; 32]> {
-        Some(self.fingerprint)
-    }
-}
-
-#[cfg(unix)]
-fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        // A configuration problem (the CLI exits 2), not a key that is missing.
-        return Err(Error::config(format!(
-            "refusing master key file {} with mode {mode:04o}: group or others can access it; \
-             run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<()> {
-    Ok(())
-}
-
-fn create_key_file(path: &Path) -> Result<LocalKey> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if !dir.exists() {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            builder.mode(0o700);
-        }
-        builder
-            .create(dir)
-            .map_err(|e| Error::io(dir.display(), e))?;
-    }
-    let text = LocalKey::generate_base64()?;
-    // The key goes into a temporary file of its own first, complete and on disk, and is
-    // then linked in under its name only if that name is free: a process that loses the
-    // race never sees a half-written file, and reads the winner's key instead.
-    let mut nonce = [0u8; 8];
-    fill_random(&mut nonce)?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "master.key".into(), |n| n.to_string_lossy());
-    let temp = dir.join(format!(".{name}.{}.tmp", hex::encode(nonce)));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let written = options.open(&temp).and_then(|mut file| {
-        file.write_all(text.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temp);
-        return Err(Error::io(temp.display(), e));
-    }
-    let linked = std::fs::hard_link(&temp, path);
-    let _ = std::fs::remove_file(&temp);
-    match linked {
-        Ok(()) => {
-            // The new name is durable only once the folder is synced.
-            if let Ok(folder) = std::fs::File::open(dir) {
-                let _ = folder.sync_all();
-            }
-            tracing::info!(path = %path.display(), "created a new master key file");
-            LocalKey::from_base64(&text, &format!("master key file {}", path.display()))
-        }
-        // Another process created it first: use theirs (complete, since it was linked in
-        // only once written).
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => LocalKey::load_file(path),
-        Err(e) => Err(Error::io(path.display(), e)),
-    }
-}
-
 #[async_trait]
 impl KeyWrapper for LocalKey {
     fn backend_id(&self) -> BackendId {
@@ -462,132 +234,16 @@ impl KeyWrapper for LocalKey {
     }
 }
 
-/// Picks the master-key backend from the process environment (see [`key_wrapper_from_vars`]).
-pub fn key_wrapper_from_env() -> Result<Arc<dyn KeyWrapper>> {
-    key_wrapper_from_vars(|name| std::env::var(name).ok())
-}
-
-/// [`key_wrapper_from_env`], with the host's HTTP client for a cloud backend (the vault
-/// builder passes the one it was given, so its proxy, TLS roots and timeouts apply to KMS
-/// calls too).
-pub fn key_wrapper_from_env_with(
-    http: Option<Arc<dyn crate::transport::HttpTransport>>,
-) -> Result<Arc<dyn KeyWrapper>> {
-    select(&|name: &str| std::env::var(name).ok(), http)
-}
-
-/// Picks the master-key backend from variables looked up through `var`:
-///
-/// - `STRONGROOM_KMS` names the backend: `env`, `file`, `aws_kms`, `gcp_kms`, `azure_kv`,
-///   `vault`.
-/// - Unset, it is `env` when `STRONGROOM_MASTER_KEY` is set and `file` otherwise. A
-///   `STRONGROOM_MASTER_KEY` that is set but empty (or blank) is a configuration error,
-///   never taken as unset.
-/// - `file` reads `$STRONGROOM_HOME/master.key` (home `~/.strongroom` by default), creating
-///   it with mode 0600 on first use.
-/// - The cloud backends (features `kms` and `reqwest`) read the variables
-///   [`crate::crypto::kms::from_vars`] documents.
-/// - A cloud backend uses a `ReqwestTransport` (feature `reqwest`); pass your own client
-///   with [`key_wrapper_from_env_with`].
-pub fn key_wrapper_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn KeyWrapper>> {
-    select(&var, None)
-}
-
-fn select(
-    var: &dyn Fn(&str) -> Option<String>,
-    http: Option<Arc<dyn crate::transport::HttpTransport>>,
-) -> Result<Arc<dyn KeyWrapper>> {
-    let master = match var(ENV_MASTER_KEY) {
-        // Set but empty is a mistake (an unexpanded variable, a blank line in an env file),
-        // not a request for the key file: taking it as unset would seal with another key.
-        Some(v) if v.trim().is_empty() => {
-            return Err(Error::config(format!(
-                "{ENV_MASTER_KEY} is set but empty; set it to the vault's master key (32 random \
-                 bytes, base64url), or unset it to use the key file in {ENV_HOME}"
-            )))
-        }
-        other => other.map(Zeroizing::new),
-    };
-    let selected = var(ENV_KMS)
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty());
-    let backend = match (&selected, &master) {
-        (Some(name), _) => name.as_str(),
-        (None, Some(_)) => "env",
-        (None, None) => "file",
-    };
-    match backend {
-        "env" => {
-            let value = master.ok_or_else(|| {
-                Error::config(format!(
-                    "{ENV_KMS}=env but {ENV_MASTER_KEY} is not set; set it to 32 random bytes \
-                     encoded as base64url"
-                ))
-            })?;
-            Ok(Arc::new(LocalKey::from_env_value(&value)?))
-        }
-        "file" => {
-            let path = default_home(&var)?.join("master.key");
-            let _ = http;
-            Ok(Arc::new(LocalKey::load_or_create_file(&path)?))
-        }
-        #[cfg(feature = "kms")]
-        "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => {
-            let http = match http {
-                Some(http) => http,
-                None => default_transport(backend)?,
-            };
-            crate::crypto::kms::from_vars(backend, var, http)
-        }
-        #[cfg(not(feature = "kms"))]
-        "aws_kms" | "gcp_kms" | "azure_kv" | "vault" => Err(Error::config(format!(
-            "{ENV_KMS}={backend} needs strongroom built with the `kms` feature"
-        ))),
-        other => Err(Error::config(format!(
-            "{ENV_KMS}=`{other}` is not a known backend; use one of env, file, aws_kms, gcp_kms, \
-             azure_kv, vault"
-        ))),
-    }
-}
-
-/// The HTTP client a cloud key uses when the host gave none.
-#[cfg(all(feature = "kms", feature = "reqwest"))]
-fn default_transport(_backend: &str) -> Result<Arc<dyn crate::transport::HttpTransport>> {
-    Ok(Arc::new(crate::transport::ReqwestTransport::new()?))
-}
-
-#[cfg(all(feature = "kms", not(feature = "reqwest")))]
-fn default_transport(backend: &str) -> Result<Arc<dyn crate::transport::HttpTransport>> {
-    Err(Error::config(format!(
-        "{ENV_KMS}={backend} needs an HTTP client: give the vault one with VaultBuilder::http \
-         (or build strongroom with the `reqwest` feature)"
-    )))
-}
-
-/// `$STRONGROOM_HOME`, or `~/.strongroom`, from the process environment.
-pub fn default_home_from_env() -> Result<PathBuf> {
-    default_home(&|name: &str| std::env::var(name).ok())
-}
-
-/// `$STRONGROOM_HOME`, or `~/.strongroom`.
-pub(crate) fn default_home(var: &impl Fn(&str) -> Option<String>) -> Result<PathBuf> {
-    if let Some(home) = var(ENV_HOME).filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(home));
-    }
-    match var("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(".strongroom")),
-        None => Err(Error::config(format!(
-            "neither {ENV_HOME} nor HOME is set, so there is no place for master.key; set \
-             {ENV_HOME}"
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    // RustCrypto's AES-GCM: an implementation independent of the one that wraps.
     use aes_gcm::aead::AeadInPlace;
+    use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 
+    use super::legacy::{CHECKPOINT_INFO_V1, HKDF_SALT_V1, WRAP_NONCE_INFO_V1};
+    use super::wrap::WRAP_NONCE_LEN;
     use super::*;
+    use std::path::Path;
 
     /// Every key the library derives for itself, and format 1's keys.
     fn internal_keys(key: &LocalKey, master: &[u8; 32]) -> Vec<Zeroizing<[u8; 32]>> {
@@ -752,57 +408,5 @@ mod tests {
         // The format-2 key unwraps format-1 associated data too (a re-wrapped v1 blob).
         let rewrapped = key.wrap(&dek, v1_aad).await.expect("wrap");
         assert!(key.unwrap(&rewrapped, v1_aad).await.is_ok());
-    }
-}
-
-#[cfg(all(test, feature = "kms"))]
-mod transport_tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    use async_trait::async_trait;
-
-    use super::select;
-    use crate::crypto::DataKey;
-    use crate::transport::{Bytes, HttpTransport};
-
-    /// Counts requests and answers none (nothing leaves the process).
-    #[derive(Debug, Default)]
-    struct Counting(AtomicUsize);
-
-    #[async_trait]
-    impl HttpTransport for Counting {
-        async fn send(
-            &self,
-            _: http::Request<Bytes>,
-        ) -> crate::error::Result<http::Response<Bytes>> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Err(crate::error::Error::transport(
-                "127.0.0.1",
-                "refused by the test",
-            ))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_cloud_key_uses_the_transport_it_is_given() {
-        let http = Arc::new(Counting::default());
-        let var = |name: &str| -> Option<String> {
-            match name {
-                "STRONGROOM_KMS" => Some("vault".into()),
-                "VAULT_ADDR" => Some("http://127.0.0.1:9".into()),
-                "STRONGROOM_VAULT_TRANSIT_KEY" => Some("strongroom".into()),
-                "VAULT_TOKEN" => Some("t".into()),
-                _ => None,
-            }
-        };
-        let key = select(&var, Some(http.clone())).expect("a transit key");
-        let dek = DataKey::from_bytes([7u8; 32]);
-        let err = key.wrap(&dek, b"aad").await.expect_err("refused");
-        assert!(err.to_string().contains("refused by the test"), "{err}");
-        assert!(
-            http.0.load(Ordering::SeqCst) >= 1,
-            "the host's client was used"
-        );
     }
 }
