@@ -14,6 +14,7 @@ pub mod integrations;
 pub mod mcp;
 pub mod model;
 pub mod oauth;
+pub mod scrub;
 pub mod store;
 pub mod transport;
 pub mod vault;
@@ -29,6 +30,7 @@ pub use model::{
     BoundFields, CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity,
     RecordKey, Scope, ScopeKind, Timestamp, DEFAULT_NAMESPACE,
 };
+pub use scrub::{Scrubber, ScrubberConfig};
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::lease::{Lease, LeaseClaim};
 pub use store::{

@@ -105,7 +105,12 @@ impl Vault {
         agent: &str,
         token: SecretString,
     ) -> Result<Integration> {
-        self.link_token(actor, agent, IntegrationProvider::Github, token)
+        trace::op("link_github_token")
+            .actor(actor)
+            .run(async move {
+                self.link_token(actor, agent, IntegrationProvider::Github, token)
+                    .await
+            })
             .await
     }
 
@@ -119,7 +124,12 @@ impl Vault {
         agent: &str,
         token: SecretString,
     ) -> Result<Integration> {
-        self.link_token(actor, agent, IntegrationProvider::Gitlab, token)
+        trace::op("link_gitlab_token")
+            .actor(actor)
+            .run(async move {
+                self.link_token(actor, agent, IntegrationProvider::Gitlab, token)
+                    .await
+            })
             .await
     }
 
@@ -179,70 +189,80 @@ impl Vault {
         bot_token: SecretString,
         allowed_users: &str,
     ) -> Result<Integration> {
-        let provider = IntegrationProvider::Telegram;
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
-            .await?;
-        let users = telegram::parse_allowed_users(allowed_users)?;
-        let secrets = vec![
-            NewSecret {
-                name: TELEGRAM_BOT_TOKEN,
-                provider: "telegram",
-                handler_type: "",
-                fields: token_fields("token", bot_token.clone()),
-            },
-            // No bundled provider describes a list of user ids: kept under `telegram` as a
-            // `custom` credential with one field.
-            NewSecret {
-                name: TELEGRAM_ALLOWED_USERS,
-                provider: "telegram",
-                handler_type: "custom",
-                fields: token_fields(
-                    "allowed_users",
-                    SecretString::from(telegram::format_allowed_users(&users)),
-                ),
-            },
-        ];
-        self.precheck_link(actor, agent, &scope, provider, &secrets)
-            .await?;
-        let http = self.http_for("linking a Telegram bot")?;
-        let base = self.inner.integrations.base_url(provider);
-        let identity = telegram::get_me(http.as_ref(), base, &bot_token).await;
-        let identity = self.checked(actor, &scope, provider, identity).await?;
-        self.commit_link(
-            actor,
-            agent,
-            &scope,
-            provider,
-            AuthType::Token,
-            identity,
-            "bot_id",
-            secrets,
-        )
-        .await
+        trace::op("link_telegram")
+            .actor(actor)
+            .run(async move {
+                let provider = IntegrationProvider::Telegram;
+                let scope = self
+                    .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+                    .await?;
+                let users = telegram::parse_allowed_users(allowed_users)?;
+                let secrets = vec![
+                    NewSecret {
+                        name: TELEGRAM_BOT_TOKEN,
+                        provider: "telegram",
+                        handler_type: "",
+                        fields: token_fields("token", bot_token.clone()),
+                    },
+                    // No bundled provider describes a list of user ids: kept under `telegram` as a
+                    // `custom` credential with one field.
+                    NewSecret {
+                        name: TELEGRAM_ALLOWED_USERS,
+                        provider: "telegram",
+                        handler_type: "custom",
+                        fields: token_fields(
+                            "allowed_users",
+                            SecretString::from(telegram::format_allowed_users(&users)),
+                        ),
+                    },
+                ];
+                self.precheck_link(actor, agent, &scope, provider, &secrets)
+                    .await?;
+                let http = self.http_for("linking a Telegram bot")?;
+                let base = self.inner.integrations.base_url(provider);
+                let identity = telegram::get_me(http.as_ref(), base, &bot_token).await;
+                let identity = self.checked(actor, &scope, provider, identity).await?;
+                self.commit_link(
+                    actor,
+                    agent,
+                    &scope,
+                    provider,
+                    AuthType::Token,
+                    identity,
+                    "bot_id",
+                    secrets,
+                )
+                .await
+            })
+            .await
     }
 
     /// `agent`'s integrations, in provider order (system admins; metadata only, no secret).
     pub async fn integrations(&self, actor: &Principal, agent: &str) -> Result<Vec<Integration>> {
-        actor.validate()?;
-        let raw = Scope::PerAgent {
-            agent: agent.to_string(),
-        };
-        let valid = raw.validate();
-        let target = match valid {
-            Ok(()) => AuditTarget::scope(&raw),
-            Err(_) => AuditTarget::none(),
-        };
-        let what = format!("the integrations of agent `{}`", printable(agent));
-        self.authorize(actor, Action::IntegrationList, Some(&raw), target, &what)
-            .await?;
-        valid?;
-        let records = self
-            .inner
-            .store
-            .records(&RecordFilter::kind(INTEGRATION_KIND).owner(owner_of(agent)))
-            .await?;
-        records.iter().map(Integration::from_record).collect()
+        trace::op("integrations")
+            .actor(actor)
+            .run(async move {
+                actor.validate()?;
+                let raw = Scope::PerAgent {
+                    agent: agent.to_string(),
+                };
+                let valid = raw.validate();
+                let target = match valid {
+                    Ok(()) => AuditTarget::scope(&raw),
+                    Err(_) => AuditTarget::none(),
+                };
+                let what = format!("the integrations of agent `{}`", printable(agent));
+                self.authorize(actor, Action::IntegrationList, Some(&raw), target, &what)
+                    .await?;
+                valid?;
+                let records = self
+                    .inner
+                    .store
+                    .records(&RecordFilter::kind(INTEGRATION_KIND).owner(owner_of(agent)))
+                    .await?;
+                records.iter().map(Integration::from_record).collect()
+            })
+            .await
     }
 
     /// Unlinks `agent`'s integration with `provider` (system admins): the integration
@@ -256,7 +276,10 @@ impl Vault {
         agent: &str,
         provider: IntegrationProvider,
     ) -> Result<Integration> {
-        Ok(self.unlink_reported(actor, agent, provider).await?.0)
+        trace::op("unlink")
+            .actor(actor)
+            .run(async move { Ok(self.unlink_reported(actor, agent, provider).await?.0) })
+            .await
     }
 
     /// [`Vault::unlink`] with the remote deprovisioning's report (provisioned GitLab only).
@@ -341,16 +364,21 @@ impl Vault {
         agent: &str,
         provider: IntegrationProvider,
     ) -> Result<AgentCredentials> {
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationCredentials, agent, provider)
-            .await?;
-        let mut attempts = 0;
-        loop {
-            match self.credentials_once(actor, agent, &scope, provider).await {
-                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
-                other => return other,
-            }
-        }
+        trace::op("credentials_for")
+            .actor(actor)
+            .run(async move {
+                let scope = self
+                    .authorize_integration(actor, Action::IntegrationCredentials, agent, provider)
+                    .await?;
+                let mut attempts = 0;
+                loop {
+                    match self.credentials_once(actor, agent, &scope, provider).await {
+                        Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
+                        other => return other,
+                    }
+                }
+            })
+            .await
     }
 
     async fn credentials_once(
