@@ -322,6 +322,7 @@ impl Vault {
         detail: Option<(&str, String)>,
         stamp: ReadStamp,
     ) -> Result<RevealedCredential> {
+        trace::found(record);
         let mut event = Vault::event(
             actor,
             action,

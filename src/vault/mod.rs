@@ -559,6 +559,7 @@ impl Vault {
                 &record.describe(),
             )
             .await;
+        trace::found(&record);
         match denied {
             Ok(()) => Ok(record),
             Err(Error::PermissionDenied { .. })

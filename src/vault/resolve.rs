@@ -75,6 +75,7 @@ impl Vault {
         scope: &Scope,
         detail: Option<(&str, String)>,
     ) -> Result<RevealedCredential> {
+        trace::in_scope(scope);
         let relation = Relation::of(actor, Some(scope));
         if !policy::allows(actor.role(), Action::Resolve, relation) {
             let what = format!("credential `{}` ({scope})", reference.name);

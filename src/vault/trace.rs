@@ -46,6 +46,11 @@ pub(crate) fn found(record: &CredentialRecord) {
     span.record("scope", display(&record.scope));
 }
 
+/// Records the scope the operation running now works in, once it is known.
+pub(crate) fn in_scope(scope: &Scope) {
+    Span::current().record("scope", display(scope));
+}
+
 impl Op {
     /// Records the acting principal.
     pub(crate) fn actor(self, actor: &Principal) -> Op {

@@ -139,6 +139,7 @@ impl Vault {
     /// window is refreshed (at most `config.concurrency` at once), each under its lease.
     pub async fn refresh_due_now(&self, config: &RefresherConfig) -> Result<RefreshPass> {
         trace::op("refresh_due_now")
+            .actor(&Vault::oauth_service())
             .run(async move {
                 let window = self.inner.oauth.window;
                 let before = Timestamp::now().saturating_add(window);

@@ -9,6 +9,7 @@ impl Vault {
     /// releases the lease, with a `credential.refresh` row (by service `gitlab-rotation`).
     pub async fn rotate_provisioned_tokens(&self, now: Timestamp) -> Result<RotationReport> {
         trace::op("rotate_provisioned_tokens")
+            .actor(&rotation_service())
             .run(async move {
                 let mut report = RotationReport::default();
                 let horizon = now.saturating_add(ROTATE_WINDOW);
