@@ -41,12 +41,20 @@ const MIN_WORDS: usize = 1024;
 /// The first [`STEP`] windows of a form (the forms are never shorter than
 /// `WINDOW + STEP - 1`).
 pub(crate) fn windows(form: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    (0..STEP).filter_map(move |o| load(form, o))
+    (0..STEP).filter_map(move |o| load_checked(form, o))
 }
 
-fn load(bytes: &[u8], at: usize) -> Option<u64> {
+fn load_checked(bytes: &[u8], at: usize) -> Option<u64> {
     let chunk: [u8; WINDOW] = bytes.get(at..at + WINDOW)?.try_into().ok()?;
     Some(u64::from_le_bytes(chunk))
+}
+
+/// The window at `at` (the caller has checked that it lies within `bytes`).
+#[inline(always)]
+fn load(bytes: &[u8], at: usize) -> u64 {
+    let mut chunk = [0u8; WINDOW];
+    chunk.copy_from_slice(&bytes[at..at + WINDOW]);
+    u64::from_le_bytes(chunk)
 }
 
 /// A blocked Bloom filter of 8-byte windows. Bits are only ever set (registration sets the
@@ -108,36 +116,115 @@ impl WindowFilter {
     }
 }
 
+/// An exact set of windows (open addressing), what a sample the filter passes is checked
+/// against before any search.
+pub(crate) struct WindowSet {
+    slots: Box<[u64]>,
+    /// The window of eight zero bytes (the empty-slot marker) is in the set.
+    zero: bool,
+}
+
+impl WindowSet {
+    pub(crate) fn new<'a>(forms: impl Iterator<Item = &'a Form> + Clone) -> WindowSet {
+        let n = forms.clone().count() * STEP;
+        let mut set = WindowSet {
+            slots: vec![0u64; (2 * n).max(8).next_power_of_two()].into_boxed_slice(),
+            zero: false,
+        };
+        for form in forms {
+            for w in windows(form) {
+                set.insert(w);
+            }
+        }
+        set
+    }
+
+    #[inline(always)]
+    fn home(&self, window: u64) -> usize {
+        (window.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as usize & (self.slots.len() - 1)
+    }
+
+    fn insert(&mut self, window: u64) {
+        if window == 0 {
+            self.zero = true;
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(window);
+        while self.slots[i] != 0 && self.slots[i] != window {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = window;
+    }
+
+    pub(crate) fn contains(&self, window: u64) -> bool {
+        if window == 0 {
+            return self.zero;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(window);
+        loop {
+            match self.slots[i] {
+                0 => return false,
+                w if w == window => return true,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+}
+
 /// The automaton of every form known when it was built, and the filter of those forms
 /// (and, from registration, of the forms registered since).
+///
+/// The automaton holds each form's first [`PREFIX`] bytes; a match is confirmed by
+/// comparing the whole form, so the automaton stays small (and quick to build) however
+/// long the values are.
 pub(crate) struct Built {
     automaton: Option<AhoCorasick>,
+    /// Pattern id -> (index in `forms`, index of the form).
+    owners: Vec<(u32, u16)>,
+    forms: Vec<Arc<Forms>>,
+    exact: WindowSet,
     pub(crate) filter: Arc<WindowFilter>,
 }
 
+/// Bytes of each form the automaton holds.
+const PREFIX: usize = 24;
+
 impl Built {
-    /// An automaton and a filter of `forms`, the filter with room for `headroom` more
-    /// windows.
-    pub(crate) fn new(forms: &[&[u8]], headroom: usize) -> Built {
-        let filter = WindowFilter::with_capacity(forms.len() * STEP + headroom);
-        for form in forms {
-            for w in windows(form) {
-                filter.insert(w);
+    /// An automaton, exact window set and filter of the forms of `values`, the filter with
+    /// room for `headroom` more windows.
+    pub(crate) fn new(values: Vec<Arc<Forms>>, headroom: usize) -> Built {
+        let all = || values.iter().flat_map(|f| f.list.iter());
+        let filter = WindowFilter::with_capacity(all().count() * STEP + headroom);
+        filter.insert_forms(all());
+        let exact = WindowSet::new(all());
+        let mut owners = Vec::new();
+        let mut prefixes: Vec<&[u8]> = Vec::new();
+        for (i, forms) in values.iter().enumerate() {
+            for (k, form) in forms.list.iter().enumerate() {
+                owners.push((i as u32, k as u16));
+                prefixes.push(&form[..form.len().min(PREFIX)]);
             }
         }
-        let automaton = if forms.is_empty() {
+        let automaton = if prefixes.is_empty() {
             None
         } else {
-            // Standard semantics: the only kind that reports overlapping matches. A build
-            // fails only past the automaton's size limits, far above the scrubber's bounds;
-            // should it fail, every sample the filter passes is checked linearly instead.
+            // Standard semantics: the only kind that reports overlapping matches (and
+            // every pattern of a shared prefix). A build fails only past the automaton's
+            // size limits, far above the scrubber's bounds; should it fail, the scrubber
+            // searches these forms linearly instead.
             AhoCorasick::builder()
                 .match_kind(MatchKind::Standard)
-                .build(forms)
+                .build(&prefixes)
                 .ok()
         };
+        drop(prefixes);
         Built {
             automaton,
+            owners,
+            forms: values,
+            exact,
             filter: Arc::new(filter),
         }
     }
@@ -151,6 +238,18 @@ impl Built {
     pub(crate) fn has_automaton(&self) -> bool {
         self.automaton.is_some()
     }
+
+    /// Every form occurrence in `text` whose first [`PREFIX`] bytes lie in `stretch`.
+    fn search(&self, text: &[u8], stretch: Range<usize>, found: &mut Vec<Range<usize>>) {
+        let Some(ac) = &self.automaton else { return };
+        for m in ac.find_overlapping_iter(Input::new(text).range(stretch)) {
+            let (i, k) = self.owners[m.pattern().as_usize()];
+            let form = &self.forms[i as usize].list[k as usize];
+            if text[m.start()..].starts_with(form) {
+                found.push(m.start()..m.start() + form.len());
+            }
+        }
+    }
 }
 
 /// What a text is searched against: a built automaton and the forms registered since.
@@ -159,11 +258,37 @@ pub(crate) struct Matcher {
     /// Forms registered since `built` (searched linearly), and — should the automaton have
     /// failed to build — the forms it was meant to hold.
     pub(crate) pending: Vec<Arc<Forms>>,
-    /// The longest form in either.
-    pub(crate) longest: usize,
+    pending_windows: WindowSet,
+    /// The longest pending form.
+    longest_pending: usize,
+}
+
+/// Merges `start..end` into the last stretch when they touch, or adds it.
+#[inline]
+fn add_stretch(stretches: &mut Vec<Range<usize>>, start: usize, end: usize) {
+    match stretches.last_mut() {
+        Some(prev) if prev.end >= start => prev.end = prev.end.max(end),
+        _ => stretches.push(start..end),
+    }
 }
 
 impl Matcher {
+    /// A matcher of `built` and the `pending` forms.
+    pub(crate) fn new(built: Arc<Built>, pending: Vec<Arc<Forms>>) -> Matcher {
+        let pending_windows = WindowSet::new(pending.iter().flat_map(|f| f.list.iter()));
+        let longest_pending = pending
+            .iter()
+            .flat_map(|f| f.list.iter().map(|form| form.len()))
+            .max()
+            .unwrap_or(0);
+        Matcher {
+            built,
+            pending,
+            pending_windows,
+            longest_pending,
+        }
+    }
+
     /// The byte ranges of `text` to redact: every occurrence of every form, overlapping
     /// ones merged, in order.
     pub(crate) fn find(&self, text: &[u8]) -> Vec<Range<usize>> {
@@ -172,33 +297,56 @@ impl Matcher {
             return found;
         }
         let filter = &*self.built.filter;
-        // Stretches of text to search: a sample at q that passes the filter can start an
-        // occurrence anywhere in q - STEP + 1 ..= q, which ends by q + longest.
-        let mut stretches: Vec<Range<usize>> = Vec::new();
-        let last = text.len() - WINDOW;
+        // Stretches of text to search: a sample at q whose window is a form's window can
+        // start an occurrence anywhere in q - STEP + 1 ..= q.
+        let mut built_stretches: Vec<Range<usize>> = Vec::new();
+        let mut pending_stretches: Vec<Range<usize>> = Vec::new();
+        let mut candidate = |q: usize, w: u64| {
+            let start = q.saturating_sub(STEP - 1);
+            if self.built.exact.contains(w) {
+                add_stretch(&mut built_stretches, start, (q + PREFIX).min(text.len()));
+            }
+            if self.pending_windows.contains(w) {
+                let end = (q + self.longest_pending).min(text.len());
+                add_stretch(&mut pending_stretches, start, end);
+            }
+        };
+        let n = text.len();
         let mut q = 0;
-        while q <= last {
-            let chunk: [u8; WINDOW] = match text[q..q + WINDOW].try_into() {
-                Ok(chunk) => chunk,
-                Err(_) => break,
-            };
-            if filter.may_contain(u64::from_le_bytes(chunk)) {
-                let start = q.saturating_sub(STEP - 1);
-                let end = (q + self.longest).min(text.len());
-                match stretches.last_mut() {
-                    Some(prev) if prev.end >= start => prev.end = prev.end.max(end),
-                    _ => stretches.push(start..end),
+        // Four samples a round: independent loads, one branch.
+        while q + 3 * STEP + WINDOW <= n {
+            let w = [
+                load(text, q),
+                load(text, q + STEP),
+                load(text, q + 2 * STEP),
+                load(text, q + 3 * STEP),
+            ];
+            let hits = [
+                filter.may_contain(w[0]),
+                filter.may_contain(w[1]),
+                filter.may_contain(w[2]),
+                filter.may_contain(w[3]),
+            ];
+            if hits[0] | hits[1] | hits[2] | hits[3] {
+                for i in 0..4 {
+                    if hits[i] {
+                        candidate(q + i * STEP, w[i]);
+                    }
                 }
+            }
+            q += 4 * STEP;
+        }
+        while q + WINDOW <= n {
+            let w = load(text, q);
+            if filter.may_contain(w) {
+                candidate(q, w);
             }
             q += STEP;
         }
-        for stretch in stretches {
-            if let Some(ac) = &self.built.automaton {
-                let input = Input::new(text).range(stretch.clone());
-                for m in ac.find_overlapping_iter(input) {
-                    found.push(m.start()..m.end());
-                }
-            }
+        for stretch in built_stretches {
+            self.built.search(text, stretch, &mut found);
+        }
+        for stretch in pending_stretches {
             for forms in &self.pending {
                 for form in &forms.list {
                     find_linear(text, &stretch, form, &mut found);
@@ -243,33 +391,27 @@ mod tests {
     use super::*;
     use zeroize::Zeroizing;
 
+    #[test]
+    fn the_window_set_is_exact() {
+        let forms: Vec<Form> = [&b"abcdefghijkl"[..], &[0u8; 12][..]]
+            .iter()
+            .map(|f| Zeroizing::new(f.to_vec()))
+            .collect();
+        let set = WindowSet::new(forms.iter());
+        assert!(set.contains(load(b"abcdefgh", 0)) && set.contains(load(b"cdefghij", 0)));
+        assert!(set.contains(0));
+        assert!(!set.contains(load(b"defghijk", 0)) && !set.contains(load(b"abcdefgX", 0)));
+    }
+
     fn matcher(values: &[&str], pending: &[&str]) -> Matcher {
-        let built_forms: Vec<Form> = values
-            .iter()
-            .flat_map(|v| super::super::encodings::forms(v.as_bytes()))
-            .collect();
-        let refs: Vec<&[u8]> = built_forms.iter().map(|f| f.as_slice()).collect();
-        let built = Arc::new(Built::new(&refs, 0));
         let wiped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let pending: Vec<Arc<Forms>> = pending
-            .iter()
-            .map(|v| {
-                let forms = Arc::new(Forms::new(v.as_bytes(), wiped.clone()));
-                built.filter.insert_forms(forms.list.iter());
-                forms
-            })
-            .collect();
-        let longest = built_forms
-            .iter()
-            .chain(pending.iter().flat_map(|p| p.list.iter()))
-            .map(|f| f.len())
-            .max()
-            .unwrap_or(0);
-        Matcher {
-            built,
-            pending,
-            longest,
+        let held = |v: &&str| Arc::new(Forms::new(v.as_bytes(), wiped.clone()));
+        let built = Arc::new(Built::new(values.iter().map(held).collect(), 0));
+        let pending: Vec<Arc<Forms>> = pending.iter().map(held).collect();
+        for forms in &pending {
+            built.filter.insert_forms(forms.list.iter());
         }
+        Matcher::new(built, pending)
     }
 
     #[test]

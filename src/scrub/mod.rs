@@ -181,11 +181,7 @@ impl Scrubber {
         // A fixed key only weakens the digests (kept in memory, never written) to plain
         // SHA-256; the scrubber works the same.
         let _ = getrandom::fill(&mut digest_key);
-        let empty = Matcher {
-            built: Arc::new(Built::new(&[], 0)),
-            pending: Vec::new(),
-            longest: 0,
-        };
+        let empty = Matcher::new(Arc::new(Built::new(Vec::new(), 0)), Vec::new());
         Scrubber {
             shared: Arc::new(Shared {
                 config,
@@ -257,13 +253,8 @@ impl Scrubber {
         let current = self.current();
         current.built.filter.insert_forms(forms.list.iter());
         let mut pending = current.pending.clone();
-        let longest = forms.list.iter().map(|f| f.len()).max().unwrap_or(0);
         pending.push(forms);
-        self.install(Matcher {
-            built: current.built.clone(),
-            pending,
-            longest: current.longest.max(longest),
-        });
+        self.install(Matcher::new(current.built.clone(), pending));
         drop(reg);
         self.wake_worker();
         true
@@ -343,15 +334,10 @@ impl Scrubber {
             let all: Vec<Arc<Forms>> = reg.live.values().map(|l| l.forms.clone()).collect();
             (all, reg.pending.len())
         };
-        let refs: Vec<&[u8]> = all
-            .iter()
-            .flat_map(|f| f.list.iter().map(|form| form.as_slice()))
-            .collect();
         // Room in the filter for about a quarter more values before the next build.
-        let headroom = refs.len() / 4 * STEP + 1024;
-        let built = Arc::new(Built::new(&refs, headroom));
-        let longest = refs.iter().map(|f| f.len()).max().unwrap_or(0);
-        drop(refs);
+        let forms: usize = all.iter().map(|f| f.list.len()).sum();
+        let headroom = forms / 4 * STEP + 1024;
+        let built = Arc::new(Built::new(all.clone(), headroom));
         let mut reg = lock(&self.shared.registry);
         reg.pending.drain(..taken);
         let mut pending = reg.pending.clone();
@@ -361,15 +347,7 @@ impl Scrubber {
         for forms in &pending {
             built.filter.insert_forms(forms.list.iter());
         }
-        let longest = pending
-            .iter()
-            .flat_map(|f| f.list.iter().map(|form| form.len()))
-            .fold(longest, usize::max);
-        self.install(Matcher {
-            built,
-            pending,
-            longest,
-        });
+        self.install(Matcher::new(built, pending));
         self.shared.builds.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -383,11 +361,7 @@ impl Scrubber {
         reg.pending.clear();
         reg.forgot = false;
         self.shared.forgotten.fetch_add(n, Ordering::Relaxed);
-        self.install(Matcher {
-            built: Arc::new(Built::new(&[], 0)),
-            pending: Vec::new(),
-            longest: 0,
-        });
+        self.install(Matcher::new(Arc::new(Built::new(Vec::new(), 0)), Vec::new()));
     }
 
     fn current(&self) -> Arc<Matcher> {
