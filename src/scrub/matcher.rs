@@ -252,15 +252,66 @@ impl Built {
     }
 }
 
+/// Up to [`CHUNK`] values registered since the automaton was built, with the set of their
+/// forms' windows. Pending values are kept in chunks so that a registration copies only
+/// the last chunk, whatever the number pending.
+pub(crate) struct PendingChunk {
+    pub(crate) forms: Vec<Arc<Forms>>,
+    windows: WindowSet,
+    /// The longest form in the chunk.
+    longest: usize,
+}
+
+/// Values per [`PendingChunk`].
+const CHUNK: usize = 64;
+
+impl PendingChunk {
+    fn new(forms: Vec<Arc<Forms>>) -> PendingChunk {
+        let windows = WindowSet::new(forms.iter().flat_map(|f| f.list.iter()));
+        let longest = forms
+            .iter()
+            .flat_map(|f| f.list.iter().map(|form| form.len()))
+            .max()
+            .unwrap_or(0);
+        PendingChunk {
+            forms,
+            windows,
+            longest,
+        }
+    }
+
+    /// `forms` in chunks.
+    pub(crate) fn chunks(forms: &[Arc<Forms>]) -> Vec<Arc<PendingChunk>> {
+        forms
+            .chunks(CHUNK)
+            .map(|c| Arc::new(PendingChunk::new(c.to_vec())))
+            .collect()
+    }
+
+    /// `pending` with `forms` added (the last chunk copied, or a new one).
+    pub(crate) fn push(
+        pending: &[Arc<PendingChunk>],
+        forms: Arc<Forms>,
+    ) -> Vec<Arc<PendingChunk>> {
+        let mut out = pending.to_vec();
+        match out.last() {
+            Some(last) if last.forms.len() < CHUNK => {
+                let mut list = last.forms.clone();
+                list.push(forms);
+                *out.last_mut().expect("a last chunk") = Arc::new(PendingChunk::new(list));
+            }
+            _ => out.push(Arc::new(PendingChunk::new(vec![forms]))),
+        }
+        out
+    }
+}
+
 /// What a text is searched against: a built automaton and the forms registered since.
 pub(crate) struct Matcher {
     pub(crate) built: Arc<Built>,
-    /// Forms registered since `built` (searched linearly), and — should the automaton have
-    /// failed to build — the forms it was meant to hold.
-    pub(crate) pending: Vec<Arc<Forms>>,
-    pending_windows: WindowSet,
-    /// The longest pending form.
-    longest_pending: usize,
+    /// Values registered since `built` (searched linearly), and — should the automaton
+    /// have failed to build — the values it was meant to hold.
+    pub(crate) pending: Vec<Arc<PendingChunk>>,
 }
 
 /// Merges `start..end` into the last stretch when they touch, or adds it.
@@ -273,20 +324,9 @@ fn add_stretch(stretches: &mut Vec<Range<usize>>, start: usize, end: usize) {
 }
 
 impl Matcher {
-    /// A matcher of `built` and the `pending` forms.
-    pub(crate) fn new(built: Arc<Built>, pending: Vec<Arc<Forms>>) -> Matcher {
-        let pending_windows = WindowSet::new(pending.iter().flat_map(|f| f.list.iter()));
-        let longest_pending = pending
-            .iter()
-            .flat_map(|f| f.list.iter().map(|form| form.len()))
-            .max()
-            .unwrap_or(0);
-        Matcher {
-            built,
-            pending,
-            pending_windows,
-            longest_pending,
-        }
+    /// A matcher of `built` and the `pending` values.
+    pub(crate) fn new(built: Arc<Built>, pending: Vec<Arc<PendingChunk>>) -> Matcher {
+        Matcher { built, pending }
     }
 
     /// The byte ranges of `text` to redact: every occurrence of every form, overlapping
@@ -300,15 +340,17 @@ impl Matcher {
         // Stretches of text to search: a sample at q whose window is a form's window can
         // start an occurrence anywhere in q - STEP + 1 ..= q.
         let mut built_stretches: Vec<Range<usize>> = Vec::new();
-        let mut pending_stretches: Vec<Range<usize>> = Vec::new();
+        let mut pending_stretches: Vec<(usize, Range<usize>)> = Vec::new();
         let mut candidate = |q: usize, w: u64| {
             let start = q.saturating_sub(STEP - 1);
             if self.built.exact.contains(w) {
                 add_stretch(&mut built_stretches, start, (q + PREFIX).min(text.len()));
             }
-            if self.pending_windows.contains(w) {
-                let end = (q + self.longest_pending).min(text.len());
-                add_stretch(&mut pending_stretches, start, end);
+            for (c, chunk) in self.pending.iter().enumerate() {
+                if chunk.windows.contains(w) {
+                    let end = (q + chunk.longest).min(text.len());
+                    pending_stretches.push((c, start..end));
+                }
             }
         };
         let n = text.len();
@@ -346,8 +388,8 @@ impl Matcher {
         for stretch in built_stretches {
             self.built.search(text, stretch, &mut found);
         }
-        for stretch in pending_stretches {
-            for forms in &self.pending {
+        for (c, stretch) in pending_stretches {
+            for forms in &self.pending[c].forms {
                 for form in &forms.list {
                     find_linear(text, &stretch, form, &mut found);
                 }
@@ -411,7 +453,7 @@ mod tests {
         for forms in &pending {
             built.filter.insert_forms(forms.list.iter());
         }
-        Matcher::new(built, pending)
+        Matcher::new(built, PendingChunk::chunks(&pending))
     }
 
     #[test]

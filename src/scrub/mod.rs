@@ -40,7 +40,7 @@ mod matcher;
 mod writer;
 
 use encodings::Forms;
-use matcher::{Built, Matcher, STEP};
+use matcher::{Built, Matcher, PendingChunk, STEP};
 #[cfg(feature = "subscriber")]
 pub use writer::ScrubbingMakeWriter;
 pub use writer::ScrubbingWriter;
@@ -252,8 +252,7 @@ impl Scrubber {
         // rebuild finishing meanwhile cannot drop it).
         let current = self.current();
         current.built.filter.insert_forms(forms.list.iter());
-        let mut pending = current.pending.clone();
-        pending.push(forms);
+        let pending = PendingChunk::push(&current.pending, forms);
         self.install(Matcher::new(current.built.clone(), pending));
         drop(reg);
         self.wake_worker();
@@ -347,7 +346,7 @@ impl Scrubber {
         for forms in &pending {
             built.filter.insert_forms(forms.list.iter());
         }
-        self.install(Matcher::new(built, pending));
+        self.install(Matcher::new(built, PendingChunk::chunks(&pending)));
         self.shared.builds.fetch_add(1, Ordering::Relaxed);
     }
 
