@@ -50,6 +50,21 @@ pub(crate) fn windows(form: &[u8]) -> impl Iterator<Item = u64> + '_ {
     (0..STEP).filter_map(move |o| load_checked(form, o))
 }
 
+/// The exact-set keys of a form: at each of its first [`STEP`] offsets, the 8 bytes there
+/// when the form is that long, else the [`WINDOW`] bytes. Six bytes of hex are common in
+/// logs (digests, ids) and a hex form's six-byte windows would send many samples to a
+/// search: the longer key keeps those to a real occurrence.
+pub(crate) fn keys(form: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    (0..STEP).filter_map(move |o| long_key(form, o).or_else(|| load_checked(form, o)))
+}
+
+/// The 8 bytes at `at`, when there are 8.
+#[inline(always)]
+fn long_key(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
 fn load_checked(bytes: &[u8], at: usize) -> Option<u64> {
     let mut chunk = [0u8; 8];
     chunk[..WINDOW].copy_from_slice(bytes.get(at..at + WINDOW)?);
@@ -139,8 +154,8 @@ impl WindowSet {
             zero: false,
         };
         for form in forms {
-            for w in windows(form) {
-                set.insert(w);
+            for key in keys(form) {
+                set.insert(key);
             }
         }
         set
@@ -162,6 +177,12 @@ impl WindowSet {
             i = (i + 1) & mask;
         }
         self.slots[i] = window;
+    }
+
+    /// Whether a sample of `text` at `q` whose window is `window` is a key of the set.
+    #[inline]
+    fn hit(&self, text: &[u8], q: usize, window: u64) -> bool {
+        self.contains(window) || long_key(text, q).is_some_and(|k| self.contains(k))
     }
 
     pub(crate) fn contains(&self, window: u64) -> bool {
@@ -350,11 +371,11 @@ impl Matcher {
         let mut pending_stretches: Vec<(usize, Range<usize>)> = Vec::new();
         let mut candidate = |q: usize, w: u64| {
             let start = q.saturating_sub(STEP - 1);
-            if self.built.exact.contains(w) {
+            if self.built.exact.hit(text, q, w) {
                 add_stretch(&mut built_stretches, start, (q + PREFIX).min(text.len()));
             }
             for (c, chunk) in self.pending.iter().enumerate() {
-                if chunk.windows.contains(w) {
+                if chunk.windows.hit(text, q, w) {
                     let end = (q + chunk.longest).min(text.len());
                     pending_stretches.push((c, start..end));
                 }
@@ -442,15 +463,23 @@ mod tests {
 
     #[test]
     fn the_window_set_is_exact() {
-        let forms: Vec<Form> = [&b"abcdefghijkl"[..], &[0u8; 12][..]]
+        let forms: Vec<Form> = [&b"abcdefghij"[..], &[0u8; 12][..]]
             .iter()
             .map(|f| Zeroizing::new(f.to_vec()))
             .collect();
         let set = WindowSet::new(forms.iter());
-        assert!(set.contains(load(b"abcdefgh", 0)) && set.contains(load(b"cdefghij", 0)));
+        // 8-byte keys where the form is long enough, the 6-byte window after that.
+        let text = b"abcdefghij";
+        for q in 0..STEP {
+            assert!(set.hit(text, q, load(text, q)), "{q}");
+        }
+        assert!(set.contains(long_key(b"abcdefgh", 0).expect("8")));
+        assert!(!set.contains(load(b"abcdef", 0)), "keyed by 8 bytes");
+        assert!(set.contains(load(b"efghij", 0)), "offset 4: 6 bytes left of 8");
         assert!(set.contains(0));
-        // A window past the first STEP, and a window no form has.
-        assert!(!set.contains(load(b"fghijk", 0)) && !set.contains(load(b"abcdeX", 0)));
+        // A window past the first STEP, and windows no form has.
+        assert!(!set.hit(b"fghijkl", 0, load(b"fghijk", 0)));
+        assert!(!set.hit(b"abcdefgX", 0, load(b"abcdef", 0)));
     }
 
     fn matcher(values: &[&str], pending: &[&str]) -> Matcher {
