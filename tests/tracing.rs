@@ -12,8 +12,8 @@ use base64::Engine;
 use strongroom::scrub::{Scrubber, ScrubberConfig, REDACTED};
 use strongroom::vault::ResolveItem;
 use strongroom::{
-    CredentialRef, ExposeSecret, LocalKey, MemoryStore, NewCredential, Principal,
-    ResolveContext, Scope, SecretString, Vault,
+    CredentialRef, ExposeSecret, LocalKey, MemoryStore, NewCredential, Principal, ResolveContext,
+    Scope, SecretString, Vault,
 };
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -45,7 +45,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
-fn subscriber(writer: impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static) -> impl tracing::Subscriber + Send + Sync {
+fn subscriber(
+    writer: impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+) -> impl tracing::Subscriber + Send + Sync {
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
@@ -131,7 +133,10 @@ async fn spans_carry_the_fields_and_never_the_secret() {
         assert!(line.contains(&format!("principal={principal}")), "{line}");
         assert!(line.contains("outcome=\"ok\""), "{line}");
         assert!(line.contains("duration_us="), "{line}");
-        assert!(line.contains(&format!("scope={scope_text}")), "{line}");
+        // A batch names many credentials: its span has no single id or scope.
+        if op != "resolve_many" {
+            assert!(line.contains(&format!("scope={scope_text}")), "{line}");
+        }
         if op != "resolve_many" && op != "create" {
             assert!(line.contains(&format!("credential_id={id}")), "{line}");
         }
@@ -140,9 +145,15 @@ async fn spans_carry_the_fields_and_never_the_secret() {
         .lines()
         .find(|l| l.contains("principal=viewer:v") && l.contains("close"))
         .expect("the denied reveal's span");
-    assert!(denied.contains("op=\"reveal\"") && denied.contains("outcome=NotFound"), "{denied}");
+    assert!(
+        denied.contains("op=\"reveal\"") && denied.contains("outcome=PermissionDenied"),
+        "{denied}"
+    );
     let missing = close_line(&out, "get");
-    assert!(missing.contains("outcome=NotFound") && missing.contains(&format!("credential_id={other}")), "{missing}");
+    assert!(
+        missing.contains("outcome=NotFound") && missing.contains(&format!("credential_id={other}")),
+        "{missing}"
+    );
 
     // The vault registered the canary when it unsealed it: a host's own careless log line
     // written through the scrubber comes out redacted.
@@ -152,7 +163,10 @@ async fn spans_carry_the_fields_and_never_the_secret() {
         tracing::error!(token = %CANARY, basic = %base64::engine::general_purpose::STANDARD.encode(format!("u:{CANARY}")), "oops");
     }
     let text = scrubbed.text();
-    assert!(!text.contains("CANARY-trace") && text.contains(REDACTED), "{text}");
+    assert!(
+        !text.contains("CANARY-trace") && text.contains(REDACTED),
+        "{text}"
+    );
     assert!(scrubber.stats().values >= 1);
 }
 

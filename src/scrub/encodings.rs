@@ -60,8 +60,8 @@ const BASE64_URL: GeneralPurpose = GeneralPurpose::new(&URL_SAFE, NO_PAD);
 /// characters that encode the value alone when it sits at any of the three byte alignments
 /// inside a longer encoded text (an `Authorization: Basic` header, `user:password`); the
 /// value percent-encoded (upper- and lower-case hex, and with `+` for a space as in a
-/// form body); JSON-escaped; Rust-`Debug`-escaped (what `?field` in a log macro writes); and
-/// hex in lower and upper case.
+/// form body); JSON-escaped; Rust-`Debug`-escaped (what `?field` in a log macro writes), once
+/// and twice (an escaped text logged with `?`); and hex in lower and upper case.
 pub(crate) fn forms(value: &[u8]) -> Vec<Form> {
     let mut out: Vec<Form> = Vec::with_capacity(16);
     let mut push = |form: Form| {
@@ -90,6 +90,9 @@ pub(crate) fn forms(value: &[u8]) -> Vec<Form> {
         push(json_ascii(text));
         let debug: Zeroizing<String> = Zeroizing::new(text.escape_debug().collect());
         push(Zeroizing::new(debug.as_bytes().to_vec()));
+        // Escaped twice: a JSON body or an escaped string logged with `?` (`Debug`).
+        let twice: Zeroizing<String> = Zeroizing::new(debug.escape_debug().collect());
+        push(Zeroizing::new(twice.as_bytes().to_vec()));
     }
     push(Zeroizing::new(hex::encode(value).into_bytes()));
     push(Zeroizing::new(hex::encode_upper(value).into_bytes()));

@@ -317,10 +317,7 @@ impl PendingChunk {
     }
 
     /// `pending` with `forms` added (the last chunk copied, or a new one).
-    pub(crate) fn push(
-        pending: &[Arc<PendingChunk>],
-        forms: Arc<Forms>,
-    ) -> Vec<Arc<PendingChunk>> {
+    pub(crate) fn push(pending: &[Arc<PendingChunk>], forms: Arc<Forms>) -> Vec<Arc<PendingChunk>> {
         let mut out = pending.to_vec();
         match out.last() {
             Some(last) if last.forms.len() < CHUNK => {
@@ -475,7 +472,10 @@ mod tests {
         }
         assert!(set.contains(long_key(b"abcdefgh", 0).expect("8")));
         assert!(!set.contains(load(b"abcdef", 0)), "keyed by 8 bytes");
-        assert!(set.contains(load(b"efghij", 0)), "offset 4: 6 bytes left of 8");
+        assert!(
+            set.contains(load(b"efghij", 0)),
+            "offset 4: 6 bytes left of 8"
+        );
         assert!(set.contains(0));
         // A window past the first STEP, and windows no form has.
         assert!(!set.hit(b"fghijkl", 0, load(b"fghijk", 0)));

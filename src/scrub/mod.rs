@@ -62,6 +62,11 @@ pub struct ScrubberConfig {
     pub max_values: usize,
     /// A value not registered again for this long is forgotten. Default 24 hours.
     pub max_age: Duration,
+    /// Whether a background thread rebuilds the automaton after registrations and forgets
+    /// aged values (default `true`). Without it, both happen only when the host calls
+    /// [`Scrubber::rebuild`] (registered values are redacted either way; the linear list
+    /// of values registered since the last build just grows until then).
+    pub background: bool,
 }
 
 impl Default for ScrubberConfig {
@@ -69,6 +74,7 @@ impl Default for ScrubberConfig {
         ScrubberConfig {
             max_values: 16_384,
             max_age: Duration::from_secs(24 * 3600),
+            background: true,
         }
     }
 }
@@ -77,6 +83,12 @@ impl ScrubberConfig {
     /// Sets [`ScrubberConfig::max_values`] (at least 1).
     pub fn max_values(mut self, n: usize) -> Self {
         self.max_values = n.max(1);
+        self
+    }
+
+    /// Sets [`ScrubberConfig::background`].
+    pub fn background(mut self, on: bool) -> Self {
+        self.background = on;
         self
     }
 
@@ -360,7 +372,10 @@ impl Scrubber {
         reg.pending.clear();
         reg.forgot = false;
         self.shared.forgotten.fetch_add(n, Ordering::Relaxed);
-        self.install(Matcher::new(Arc::new(Built::new(Vec::new(), 0)), Vec::new()));
+        self.install(Matcher::new(
+            Arc::new(Built::new(Vec::new(), 0)),
+            Vec::new(),
+        ));
     }
 
     fn current(&self) -> Arc<Matcher> {
@@ -406,6 +421,9 @@ impl Scrubber {
 
     /// Starts the background thread on first use, and wakes it.
     fn wake_worker(&self) {
+        if !self.shared.config.background {
+            return;
+        }
         let mut worker = lock(&self.shared.worker);
         if let Some(tx) = worker.as_ref() {
             if tx.send(()).is_ok() {

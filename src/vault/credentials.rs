@@ -322,7 +322,10 @@ impl Vault {
         detail: Option<(&str, String)>,
         stamp: ReadStamp,
     ) -> Result<RevealedCredential> {
-        trace::found(record);
+        // A reveal's span has the id from its call and the scope from its load.
+        if action != Action::Reveal {
+            trace::found(record);
+        }
         let mut event = Vault::event(
             actor,
             action,

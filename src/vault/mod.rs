@@ -559,7 +559,7 @@ impl Vault {
                 &record.describe(),
             )
             .await;
-        trace::found(&record);
+        trace::in_scope(&record.scope);
         match denied {
             Ok(()) => Ok(record),
             Err(Error::PermissionDenied { .. })
