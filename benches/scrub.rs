@@ -100,7 +100,15 @@ fn log_text(rng: &mut Rng, bytes: usize, secrets: &[String]) -> Vec<String> {
                 500 => secret.clone(),
                 1000 => base64::engine::general_purpose::STANDARD.encode(format!("u:{secret}")),
                 1500 => serde_json::to_string(secret).expect("json"),
-                _ => secret.replace('@', "%40").replace('#', "%23"),
+                _ => secret
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect(),
             };
             line.push_str(" token=");
             line.push_str(&carried);
