@@ -94,7 +94,7 @@ fn log_text(rng: &mut Rng, bytes: usize, secrets: &[String]) -> Vec<String> {
             rng.next() % 100_000,
             rng.token(HEX, 40),
         );
-        if i % 500 == 0 {
+        if i.is_multiple_of(500) {
             let secret = &secrets[(rng.next() % secrets.len() as u64) as usize];
             let carried = match i % 2000 {
                 500 => secret.clone(),
