@@ -17,6 +17,7 @@ pub mod integrations;
 pub mod mcp;
 pub mod model;
 pub mod oauth;
+pub mod scrub;
 pub mod store;
 pub mod transport;
 pub mod vault;
@@ -32,6 +33,7 @@ pub use model::{
     BoundFields, CredentialId, CredentialRecord, LifecycleState, Record, RecordAad, RecordIdentity,
     RecordKey, Scope, ScopeKind, Timestamp, DEFAULT_NAMESPACE,
 };
+pub use scrub::{Scrubber, ScrubberConfig};
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use store::lease::{Lease, LeaseClaim};
 pub use store::{

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::handlers::Fields;
 use crate::model::CredentialId;
 use crate::store::ReadStamp;
+use crate::vault::trace;
 use crate::vault::{CredentialInfo, CredentialRef, ResolveContext};
 
 /// One reference of a [`Vault::resolve_many`], with the details its audit row carries (a
@@ -110,9 +111,14 @@ impl Vault {
         ctx: &ResolveContext,
         items: &[ResolveItem<'_>],
     ) -> std::result::Result<Vec<Resolved>, ResolveManyError> {
-        self.resolve_many_inner(actor, ctx, items)
+        trace::op("resolve_many")
+            .actor(actor)
+            .run_many(async move {
+                self.resolve_many_inner(actor, ctx, items)
+                    .await
+                    .map_err(|(index, error)| ResolveManyError { index, error })
+            })
             .await
-            .map_err(|(index, error)| ResolveManyError { index, error })
     }
 
     async fn resolve_many_inner(

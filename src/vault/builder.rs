@@ -21,6 +21,7 @@ pub struct VaultBuilder {
     oauth_clients_file: Option<PathBuf>,
     refresh_window: Option<std::time::Duration>,
     integration_base_urls: Vec<(crate::integrations::IntegrationProvider, String)>,
+    scrubber: Option<crate::scrub::Scrubber>,
 }
 
 impl fmt::Debug for VaultBuilder {
@@ -34,6 +35,14 @@ impl fmt::Debug for VaultBuilder {
 }
 
 impl VaultBuilder {
+    /// The log scrubber the vault registers every value it unseals, mints or refreshes
+    /// with (a shared one, for several vaults or for a writer set up before the vault).
+    /// Default: [`crate::scrub::Scrubber::global`].
+    pub fn scrubber(mut self, scrubber: crate::scrub::Scrubber) -> Self {
+        self.scrubber = Some(scrubber);
+        self
+    }
+
     /// Caches the payload keys of opened blobs (data keys unwrapped, payload keys derived)
     /// within `config`'s limits. The default, for every master key, is a cache with
     /// [`crate::crypto::DekCacheConfig::default`] (see docs/DEPLOYMENT.md, "The data-key
@@ -259,6 +268,9 @@ impl VaultBuilder {
                 namespace,
                 integrations,
                 app_tokens: Default::default(),
+                scrubber: self
+                    .scrubber
+                    .unwrap_or_else(|| crate::scrub::Scrubber::global().clone()),
             }),
         })
     }

@@ -5,8 +5,14 @@ use super::*;
 impl Vault {
     /// The grant rows of a per-user credential (active and revoked).
     pub async fn grants(&self, actor: &Principal, id: &CredentialId) -> Result<Vec<Grant>> {
-        let record = self.load_for(actor, Action::GrantList, id).await?;
-        self.inner.store.grants(&record.id).await
+        trace::op("grants")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::GrantList, id).await?;
+                self.inner.store.grants(&record.id).await
+            })
+            .await
     }
 
     pub(super) fn per_user_only(record: &CredentialRecord) -> Result<()> {
@@ -29,31 +35,37 @@ impl Vault {
         id: &CredentialId,
         app: &str,
     ) -> Result<Grant> {
-        let record = self.load_for(actor, Action::GrantAdd, id).await?;
-        validate_owner_id("app id", app)?;
-        Vault::per_user_only(&record)?;
-        let grant = Grant {
-            credential_id: record.id.clone(),
-            app: app.to_string(),
-            granted_by: actor.to_string(),
-            granted_at: Timestamp::now(),
-            revoked_at: None,
-            revoked_by: None,
-        };
-        let event = Vault::event(
-            actor,
-            Action::GrantAdd,
-            AuditTarget::credential(&record.id, &record.scope),
-        )
-        .detail("app", app);
-        self.commit_one(
-            Mutation::PutGrant {
-                grant: grant.clone(),
-            },
-            event,
-        )
-        .await?;
-        Ok(grant)
+        trace::op("grant_add")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::GrantAdd, id).await?;
+                validate_owner_id("app id", app)?;
+                Vault::per_user_only(&record)?;
+                let grant = Grant {
+                    credential_id: record.id.clone(),
+                    app: app.to_string(),
+                    granted_by: actor.to_string(),
+                    granted_at: Timestamp::now(),
+                    revoked_at: None,
+                    revoked_by: None,
+                };
+                let event = Vault::event(
+                    actor,
+                    Action::GrantAdd,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .detail("app", app);
+                self.commit_one(
+                    Mutation::PutGrant {
+                        grant: grant.clone(),
+                    },
+                    event,
+                )
+                .await?;
+                Ok(grant)
+            })
+            .await
     }
 
     /// Revokes `app`'s grant: kept as history, or deleted with `hard`. Audited.
@@ -64,43 +76,49 @@ impl Vault {
         app: &str,
         hard: bool,
     ) -> Result<()> {
-        let record = self.load_for(actor, Action::GrantRevoke, id).await?;
-        Vault::per_user_only(&record)?;
-        let grants = self.inner.store.grants(&record.id).await?;
-        let Some(mut grant) = grants.into_iter().find(|g| g.app == app) else {
-            return Err(Error::NotFound {
-                what: format!("grant of {} to app `{app}`", record.describe()),
-                hint: None,
-            });
-        };
-        let event = Vault::event(
-            actor,
-            Action::GrantRevoke,
-            AuditTarget::credential(&record.id, &record.scope),
-        )
-        .detail("app", app)
-        .detail("hard", hard.to_string());
-        let mutation = if hard {
-            Mutation::DeleteGrant {
-                credential_id: record.id.clone(),
-                app: app.to_string(),
-            }
-        } else if !grant.is_active() {
-            // Already revoked: the first revocation's who and when stand; the repeat is
-            // recorded and changes nothing.
-            let event = event.detail(
-                "already_revoked_by",
-                grant.revoked_by.clone().unwrap_or_default(),
-            );
-            self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
-                .await?;
-            return Ok(());
-        } else {
-            grant.revoked_at = Some(Timestamp::now());
-            grant.revoked_by = Some(actor.to_string());
-            Mutation::PutGrant { grant }
-        };
-        self.commit_one(mutation, event).await?;
-        Ok(())
+        trace::op("grant_revoke")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::GrantRevoke, id).await?;
+                Vault::per_user_only(&record)?;
+                let grants = self.inner.store.grants(&record.id).await?;
+                let Some(mut grant) = grants.into_iter().find(|g| g.app == app) else {
+                    return Err(Error::NotFound {
+                        what: format!("grant of {} to app `{app}`", record.describe()),
+                        hint: None,
+                    });
+                };
+                let event = Vault::event(
+                    actor,
+                    Action::GrantRevoke,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .detail("app", app)
+                .detail("hard", hard.to_string());
+                let mutation = if hard {
+                    Mutation::DeleteGrant {
+                        credential_id: record.id.clone(),
+                        app: app.to_string(),
+                    }
+                } else if !grant.is_active() {
+                    // Already revoked: the first revocation's who and when stand; the repeat is
+                    // recorded and changes nothing.
+                    let event = event.detail(
+                        "already_revoked_by",
+                        grant.revoked_by.clone().unwrap_or_default(),
+                    );
+                    self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                        .await?;
+                    return Ok(());
+                } else {
+                    grant.revoked_at = Some(Timestamp::now());
+                    grant.revoked_by = Some(actor.to_string());
+                    Mutation::PutGrant { grant }
+                };
+                self.commit_one(mutation, event).await?;
+                Ok(())
+            })
+            .await
     }
 }

@@ -75,46 +75,52 @@ impl Vault {
         expected_version: u64,
         new_name: &str,
     ) -> Result<CredentialInfo> {
-        let mut record = self.load_for(actor, Action::Update, id).await?;
-        if record.version != expected_version {
-            return Err(Error::VersionConflict {
-                what: record.describe(),
-                expected: expected_version,
-                found: Some(record.version),
-            });
-        }
-        validate_id("credential name", new_name)?;
-        if record.name == new_name {
-            return Err(Error::invalid(
-                "name",
-                format!("{} already has that name", record.describe()),
-            ));
-        }
-        let previous = record.clone();
-        record.name = new_name.to_string();
-        record.version += 1;
-        record.updated_at = Timestamp::now();
-        // The blob is bound to the version: the same fields, sealed for the new one.
-        self.reseal(&previous, &mut record).await?;
-        let event = Vault::event(
-            actor,
-            Action::Update,
-            AuditTarget::credential(&record.id, &record.scope),
-        )
-        .detail("version", record.version.to_string())
-        .detail("state", record.state.as_str())
-        .detail("fields", "kept")
-        .detail("renamed_from", previous.name.clone())
-        .detail("name", record.name.clone());
-        self.commit_one(
-            Mutation::Put {
-                record: record.clone(),
-                precondition: Precondition::IfVersion(expected_version),
-            },
-            event,
-        )
-        .await?;
-        Ok(info(&record, Vec::new()))
+        trace::op("rename")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let mut record = self.load_for(actor, Action::Update, id).await?;
+                if record.version != expected_version {
+                    return Err(Error::VersionConflict {
+                        what: record.describe(),
+                        expected: expected_version,
+                        found: Some(record.version),
+                    });
+                }
+                validate_id("credential name", new_name)?;
+                if record.name == new_name {
+                    return Err(Error::invalid(
+                        "name",
+                        format!("{} already has that name", record.describe()),
+                    ));
+                }
+                let previous = record.clone();
+                record.name = new_name.to_string();
+                record.version += 1;
+                record.updated_at = Timestamp::now();
+                // The blob is bound to the version: the same fields, sealed for the new one.
+                self.reseal(&previous, &mut record).await?;
+                let event = Vault::event(
+                    actor,
+                    Action::Update,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .detail("version", record.version.to_string())
+                .detail("state", record.state.as_str())
+                .detail("fields", "kept")
+                .detail("renamed_from", previous.name.clone())
+                .detail("name", record.name.clone());
+                self.commit_one(
+                    Mutation::Put {
+                        record: record.clone(),
+                        precondition: Precondition::IfVersion(expected_version),
+                    },
+                    event,
+                )
+                .await?;
+                Ok(info(&record, Vec::new()))
+            })
+            .await
     }
 
     /// A credential's versions, oldest first, derived from the audit rows that made them
@@ -126,30 +132,36 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<Vec<CredentialVersion>> {
-        let record = self.load_for(actor, Action::ReadMetadata, id).await?;
-        let mut query = AuditQuery {
-            credential_id: Some(record.id.clone()),
-            limit: HISTORY_PAGE,
-            ..AuditQuery::default()
-        };
-        let mut versions: Vec<CredentialVersion> = Vec::new();
-        loop {
-            let page = self.inner.store.audit_query(&query).await?;
-            let Some(last) = page.last().map(|r| r.seq) else {
-                break;
-            };
-            for row in &page {
-                let before = versions.last();
-                if let Some(version) = version_of(row, before) {
-                    versions.push(version);
+        trace::op("history")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::ReadMetadata, id).await?;
+                let mut query = AuditQuery {
+                    credential_id: Some(record.id.clone()),
+                    limit: HISTORY_PAGE,
+                    ..AuditQuery::default()
+                };
+                let mut versions: Vec<CredentialVersion> = Vec::new();
+                loop {
+                    let page = self.inner.store.audit_query(&query).await?;
+                    let Some(last) = page.last().map(|r| r.seq) else {
+                        break;
+                    };
+                    for row in &page {
+                        let before = versions.last();
+                        if let Some(version) = version_of(row, before) {
+                            versions.push(version);
+                        }
+                    }
+                    if page.len() < HISTORY_PAGE {
+                        break;
+                    }
+                    query.after = Some(last);
                 }
-            }
-            if page.len() < HISTORY_PAGE {
-                break;
-            }
-            query.after = Some(last);
-        }
-        Ok(versions)
+                Ok(versions)
+            })
+            .await
     }
 
     /// The audit rows matching `query` (see [`AuditQuery`]), for those who may verify the
@@ -160,8 +172,13 @@ impl Vault {
         actor: &Principal,
         query: &AuditQuery,
     ) -> Result<Vec<AuditRecord>> {
-        self.authorize_unscoped(actor, Action::AuditVerify).await?;
-        self.inner.store.audit_query(query).await
+        trace::op("audit_log")
+            .actor(actor)
+            .run(async move {
+                self.authorize_unscoped(actor, Action::AuditVerify).await?;
+                self.inner.store.audit_query(query).await
+            })
+            .await
     }
 }
 

@@ -43,86 +43,89 @@ impl Vault {
         ring: &KeyRing,
         options: RewrapOptions,
     ) -> Result<RewrapReport> {
-        self.authorize_unscoped(actor, Action::Rewrap).await?;
-        let store = self.store();
-        let batch_size = options.batch_size.max(1);
-        let active = ring.active().key_id().to_string();
-        let mut report = RewrapReport::default();
-        let mut conflicts_in_a_row = 0;
-        loop {
-            if options.max_batches.is_some_and(|max| report.batches >= max) {
-                break;
-            }
-            let filter = ListFilter {
-                key_id_not: Some(active.clone()),
-                limit: Some(batch_size),
-                ..ListFilter::default()
-            };
-            let records = store.list(&filter).await?;
-            if records.is_empty() {
-                report.complete = true;
-                break;
-            }
-            let mut mutations = Vec::with_capacity(records.len());
-            let mut from_keys: Vec<String> = Vec::new();
-            for mut record in records {
-                let Some(sealed) = ring
-                    .rewrap_blob(&record.sealed, &self.identity_of(&record))
-                    .await?
-                else {
-                    continue;
+        trace::op("rewrap_keys").actor(actor).run(async move {
+            self.authorize_unscoped(actor, Action::Rewrap).await?;
+            let store = self.store();
+            let batch_size = options.batch_size.max(1);
+            let active = ring.active().key_id().to_string();
+            let mut report = RewrapReport::default();
+            let mut conflicts_in_a_row = 0;
+            loop {
+                if options.max_batches.is_some_and(|max| report.batches >= max) {
+                    break;
+                }
+                let filter = ListFilter {
+                    key_id_not: Some(active.clone()),
+                    limit: Some(batch_size),
+                    ..ListFilter::default()
                 };
-                if !from_keys.contains(&record.key_id) {
-                    from_keys.push(record.key_id.clone());
+                let records = store.list(&filter).await?;
+                if records.is_empty() {
+                    report.complete = true;
+                    break;
                 }
-                let expected = record.version;
-                record.sealed = sealed.bytes;
-                record.key_id = sealed.key_id;
-                mutations.push(Mutation::Put {
-                    record,
-                    precondition: Precondition::IfVersion(expected),
-                });
-            }
-            let count = mutations.len();
-            from_keys.sort();
-            let event = AuditEvent::new(actor.to_string(), Action::Rewrap, AuditTarget::none())
-                .outcome(Outcome::Success)
-                .detail("records", count.to_string())
-                .detail("from_keys", from_keys.join(","))
-                .detail("to_key", active.clone());
-            let batch = Batch {
-                mutations,
-                events: vec![event],
-            };
-            match self.commit(batch, ReadStamp::UNCHECKED).await {
-                Ok(_) => {
-                    report.rewrapped += count as u64;
-                    report.batches += 1;
-                    conflicts_in_a_row = 0;
-                }
-                // Someone updated one of these records meanwhile; its new version is sealed
-                // with the vault's key, so the next listing no longer returns it.
-                Err(Error::VersionConflict { .. }) | Err(Error::NotFound { .. }) => {
-                    report.conflicts += 1;
-                    conflicts_in_a_row += 1;
-                    if conflicts_in_a_row >= MAX_CONFLICTS_IN_A_ROW {
-                        return Err(Error::store(
-                            crate::StoreErrorKind::Busy,
-                            format!(
-                                "re-wrapping gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a row \
-                                 conflicted with concurrent updates; run it again (it resumes), \
-                                 or with a smaller batch size"
-                            ),
-                        ));
+                let mut mutations = Vec::with_capacity(records.len());
+                let mut from_keys: Vec<String> = Vec::new();
+                for mut record in records {
+                    let Some(sealed) = ring
+                        .rewrap_blob(&record.sealed, &self.identity_of(&record))
+                        .await?
+                    else {
+                        continue;
+                    };
+                    if !from_keys.contains(&record.key_id) {
+                        from_keys.push(record.key_id.clone());
                     }
+                    let expected = record.version;
+                    record.sealed = sealed.bytes;
+                    record.key_id = sealed.key_id;
+                    mutations.push(Mutation::Put {
+                        record,
+                        precondition: Precondition::IfVersion(expected),
+                    });
                 }
-                Err(e) => return Err(e),
+                let count = mutations.len();
+                from_keys.sort();
+                let event = AuditEvent::new(actor.to_string(), Action::Rewrap, AuditTarget::none())
+                    .outcome(Outcome::Success)
+                    .detail("records", count.to_string())
+                    .detail("from_keys", from_keys.join(","))
+                    .detail("to_key", active.clone());
+                let batch = Batch {
+                    mutations,
+                    events: vec![event],
+                };
+                match self.commit(batch, ReadStamp::UNCHECKED).await {
+                    Ok(_) => {
+                        report.rewrapped += count as u64;
+                        report.batches += 1;
+                        conflicts_in_a_row = 0;
+                    }
+                    // Someone updated one of these records meanwhile; its new version is sealed
+                    // with the vault's key, so the next listing no longer returns it.
+                    Err(Error::VersionConflict { .. }) | Err(Error::NotFound { .. }) => {
+                        report.conflicts += 1;
+                        conflicts_in_a_row += 1;
+                        if conflicts_in_a_row >= MAX_CONFLICTS_IN_A_ROW {
+                            return Err(Error::store(
+                                crate::StoreErrorKind::Busy,
+                                format!(
+                                    "re-wrapping gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a row \
+                                     conflicted with concurrent updates; run it again (it resumes), \
+                                     or with a smaller batch size"
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+                if let Some(progress) = &options.progress {
+                    progress(&report);
+                }
             }
-            if let Some(progress) = &options.progress {
-                progress(&report);
-            }
-        }
-        Ok(report)
+            Ok(report)
+        })
+        .await
     }
 }
 
@@ -156,110 +159,113 @@ impl Vault {
         actor: &Principal,
         options: ResealOptions,
     ) -> Result<ResealReport> {
-        self.authorize_unscoped(actor, Action::Reseal).await?;
-        let store = self.store();
-        let batch_size = options.batch_size.max(1);
-        let to_key = self.keys().active().key_id().to_string();
-        let mut report = ResealReport {
-            next_after: options.after.clone(),
-            ..ResealReport::default()
-        };
-        let mut conflicts_in_a_row = 0;
-        loop {
-            if options.max_batches.is_some_and(|max| report.batches >= max) {
-                break;
-            }
-            let mut mutations = Vec::with_capacity(batch_size);
-            let mut cursor = report.next_after.clone();
-            let mut exhausted = false;
-            let mut unopenable = Vec::new();
-            'fill: while mutations.len() < batch_size {
-                let page = store
-                    .list(&ListFilter {
-                        after_id: cursor.clone(),
-                        limit: Some(batch_size),
-                        ..ListFilter::default()
-                    })
-                    .await?;
-                if page.is_empty() {
-                    exhausted = true;
+        trace::op("reseal_credentials").actor(actor).run(async move {
+            self.authorize_unscoped(actor, Action::Reseal).await?;
+            let store = self.store();
+            let batch_size = options.batch_size.max(1);
+            let to_key = self.keys().active().key_id().to_string();
+            let mut report = ResealReport {
+                next_after: options.after.clone(),
+                ..ResealReport::default()
+            };
+            let mut conflicts_in_a_row = 0;
+            loop {
+                if options.max_batches.is_some_and(|max| report.batches >= max) {
                     break;
                 }
-                for record in page {
-                    cursor = Some(record.id.clone());
-                    if !options.selection.wants(&record) {
-                        continue;
-                    }
-                    let mut fresh = record.clone();
-                    match self.reseal(&record, &mut fresh).await {
-                        Ok(()) => {}
-                        Err(Error::DecryptFailed { .. } | Error::Corrupt { .. }) => {
-                            unopenable.push(record.id.clone());
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    mutations.push(Mutation::Put {
-                        record: fresh,
-                        precondition: Precondition::IfVersion(record.version),
-                    });
-                    if mutations.len() == batch_size {
-                        break 'fill;
-                    }
-                }
-            }
-            if mutations.is_empty() {
-                // The filling loop ends with a full batch or at the end of the store.
-                report.next_after = cursor;
-                merge_unopenable(&mut report, unopenable);
-                report.complete = exhausted;
-                break;
-            }
-            let count = mutations.len();
-            let event = AuditEvent::new(actor.to_string(), Action::Reseal, AuditTarget::none())
-                .outcome(Outcome::Success)
-                .detail("records", count.to_string())
-                .detail("selection", options.selection.as_str())
-                .detail("to_key", to_key.clone());
-            let batch = Batch {
-                mutations,
-                events: vec![event],
-            };
-            match self.commit(batch, ReadStamp::UNCHECKED).await {
-                Ok(_) => {
-                    report.resealed += count as u64;
-                    report.batches += 1;
-                    report.next_after = cursor;
-                    merge_unopenable(&mut report, unopenable);
-                    conflicts_in_a_row = 0;
-                    if exhausted {
-                        report.complete = true;
+                let mut mutations = Vec::with_capacity(batch_size);
+                let mut cursor = report.next_after.clone();
+                let mut exhausted = false;
+                let mut unopenable = Vec::new();
+                'fill: while mutations.len() < batch_size {
+                    let page = store
+                        .list(&ListFilter {
+                            after_id: cursor.clone(),
+                            limit: Some(batch_size),
+                            ..ListFilter::default()
+                        })
+                        .await?;
+                    if page.is_empty() {
+                        exhausted = true;
                         break;
                     }
-                }
-                // Someone changed one of these records meanwhile: its update sealed it
-                // afresh; the same range is tried again from the same cursor.
-                Err(Error::VersionConflict { .. }) | Err(Error::NotFound { .. }) => {
-                    report.conflicts += 1;
-                    conflicts_in_a_row += 1;
-                    if conflicts_in_a_row >= MAX_CONFLICTS_IN_A_ROW {
-                        return Err(Error::store(
-                            crate::StoreErrorKind::Busy,
-                            format!(
-                                "re-sealing gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a \
-                                 row conflicted with concurrent updates; run it again (it \
-                                 resumes), or with a smaller batch size"
-                            ),
-                        ));
+                    for record in page {
+                        cursor = Some(record.id.clone());
+                        if !options.selection.wants(&record) {
+                            continue;
+                        }
+                        let mut fresh = record.clone();
+                        match self.reseal(&record, &mut fresh).await {
+                            Ok(()) => {}
+                            Err(Error::DecryptFailed { .. } | Error::Corrupt { .. }) => {
+                                unopenable.push(record.id.clone());
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                        mutations.push(Mutation::Put {
+                            record: fresh,
+                            precondition: Precondition::IfVersion(record.version),
+                        });
+                        if mutations.len() == batch_size {
+                            break 'fill;
+                        }
                     }
                 }
-                Err(e) => return Err(e),
+                if mutations.is_empty() {
+                    // The filling loop ends with a full batch or at the end of the store.
+                    report.next_after = cursor;
+                    merge_unopenable(&mut report, unopenable);
+                    report.complete = exhausted;
+                    break;
+                }
+                let count = mutations.len();
+                let event = AuditEvent::new(actor.to_string(), Action::Reseal, AuditTarget::none())
+                    .outcome(Outcome::Success)
+                    .detail("records", count.to_string())
+                    .detail("selection", options.selection.as_str())
+                    .detail("to_key", to_key.clone());
+                let batch = Batch {
+                    mutations,
+                    events: vec![event],
+                };
+                match self.commit(batch, ReadStamp::UNCHECKED).await {
+                    Ok(_) => {
+                        report.resealed += count as u64;
+                        report.batches += 1;
+                        report.next_after = cursor;
+                        merge_unopenable(&mut report, unopenable);
+                        conflicts_in_a_row = 0;
+                        if exhausted {
+                            report.complete = true;
+                            break;
+                        }
+                    }
+                    // Someone changed one of these records meanwhile: its update sealed it
+                    // afresh; the same range is tried again from the same cursor.
+                    Err(Error::VersionConflict { .. }) | Err(Error::NotFound { .. }) => {
+                        report.conflicts += 1;
+                        conflicts_in_a_row += 1;
+                        if conflicts_in_a_row >= MAX_CONFLICTS_IN_A_ROW {
+                            return Err(Error::store(
+                                crate::StoreErrorKind::Busy,
+                                format!(
+                                    "re-sealing gave up after {MAX_CONFLICTS_IN_A_ROW} batches in a \
+                                     row conflicted with concurrent updates; run it again (it \
+                                     resumes), or with a smaller batch size"
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+                if let Some(progress) = &options.progress {
+                    progress(&report);
+                }
             }
-            if let Some(progress) = &options.progress {
-                progress(&report);
-            }
-        }
-        Ok(report)
+            Ok(report)
+        })
+        .await
     }
 }
 
@@ -423,24 +429,34 @@ impl Vault {
         actor: &Principal,
         checkpoint: &Checkpoint,
     ) -> Result<VerifyReport> {
-        self.authorize_unscoped(actor, Action::AuditVerify).await?;
-        self.inner
-            .audit
-            .verify_against(std::slice::from_ref(checkpoint))
+        trace::op("verify_audit_with")
+            .actor(actor)
+            .run(async move {
+                self.authorize_unscoped(actor, Action::AuditVerify).await?;
+                self.inner
+                    .audit
+                    .verify_against(std::slice::from_ref(checkpoint))
+                    .await
+            })
             .await
     }
 
     /// Verifies the audit chain (system admins and viewers). The chain alone cannot show a
     /// cut tail or a rewrite with recomputed hashes: [`Vault::verify_audit_with`] can.
     pub async fn verify_audit(&self, actor: &Principal) -> Result<VerifyReport> {
-        self.authorize(
-            actor,
-            Action::AuditVerify,
-            None,
-            AuditTarget::none(),
-            "the audit chain",
-        )
-        .await?;
-        self.inner.audit.verify().await
+        trace::op("verify_audit")
+            .actor(actor)
+            .run(async move {
+                self.authorize(
+                    actor,
+                    Action::AuditVerify,
+                    None,
+                    AuditTarget::none(),
+                    "the audit chain",
+                )
+                .await?;
+                self.inner.audit.verify().await
+            })
+            .await
     }
 }

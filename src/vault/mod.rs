@@ -37,6 +37,7 @@ mod keys;
 mod named;
 pub mod oauth;
 mod resolve;
+mod trace;
 mod types;
 pub use keys::{
     ResealOptions, ResealProgress, ResealReport, ResealSelection, RewrapOptions, RewrapProgress,
@@ -111,6 +112,8 @@ struct Inner {
     integrations: crate::integrations::IntegrationsConfig,
     /// GitHub App installation tokens minted for agents (`Vault::credentials_for`).
     app_tokens: integrations::AppTokenCache,
+    /// Every value unsealed, minted or refreshed is registered here.
+    scrubber: crate::scrub::Scrubber,
 }
 
 /// The credential vault. Cheap to clone.
@@ -415,6 +418,13 @@ impl Vault {
         &self.inner.store
     }
 
+    /// The log scrubber this vault registers every plaintext value with (when it is
+    /// unsealed, minted or refreshed): install [`crate::scrub::Scrubber::wrap`] as the log
+    /// writer, or call [`crate::scrub::Scrubber::scrub`] before writing elsewhere.
+    pub fn scrubber(&self) -> &crate::scrub::Scrubber {
+        &self.inner.scrubber
+    }
+
     /// The audit chain (checkpoints, verification).
     pub fn audit(&self) -> &AuditChain {
         &self.inner.audit
@@ -549,6 +559,7 @@ impl Vault {
                 &record.describe(),
             )
             .await;
+        trace::in_scope(&record.scope);
         match denied {
             Ok(()) => Ok(record),
             Err(Error::PermissionDenied { .. })

@@ -84,64 +84,72 @@ impl Vault {
         agent: &str,
         name: &str,
     ) -> Result<NamedSecret> {
-        actor.validate()?;
-        let raw = Scope::PerAgent {
-            agent: agent.to_string(),
-        };
-        let valid = raw.validate();
-        let target = match valid {
-            Ok(()) => AuditTarget::scope(&raw),
-            Err(_) => AuditTarget::none(),
-        };
-        // A system admin reads it as it reads any credential it manages; the agent resolves
-        // its own. The table decides both (another agent: `Agent`, no resolve).
-        let action = if actor.role() == Role::SystemAdmin {
-            Action::Reveal
-        } else {
-            Action::Resolve
-        };
-        let what = format!(
-            "named secret `{}` of agent `{}`",
-            printable(name),
-            printable(agent)
-        );
-        self.authorize(actor, action, Some(&raw), target, &what)
-            .await?;
-        valid?;
-        let override_name = match agent_override_name(name) {
-            Some(o) if NAMED_SECRETS.contains(&name) => o,
-            _ => {
-                return Err(Error::invalid(
-                    "name",
-                    format!(
-                        "`{}` is not a named secret (these are: {}); other names have no \
-                         org-level fallback and are looked up in one scope only \
-                         (Vault::agent_secret, Vault::resolve)",
-                        printable(name),
-                        NAMED_SECRETS.join(", ")
-                    ),
-                ))
-            }
-        };
-        let mut attempts = 0;
-        loop {
-            match self
-                .named_once(actor, action, &raw, name, &override_name, attempts > 0)
-                .await
-            {
-                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
-                Err(Error::NotFound { .. }) => {
-                    return Err(Error::NotFound {
-                        what: format!("named secret `{name}` for agent `{}`", printable(agent)),
-                        hint: Some(format!(
-                            "neither the agent's override `{override_name}` (per-agent) nor \
-                             the org-level `{name}` (system-wide) exists; create one"
-                        )),
-                    })
+        trace::op("named_secret")
+            .actor(actor)
+            .run(async move {
+                actor.validate()?;
+                let raw = Scope::PerAgent {
+                    agent: agent.to_string(),
+                };
+                let valid = raw.validate();
+                let target = match valid {
+                    Ok(()) => AuditTarget::scope(&raw),
+                    Err(_) => AuditTarget::none(),
+                };
+                // A system admin reads it as it reads any credential it manages; the agent resolves
+                // its own. The table decides both (another agent: `Agent`, no resolve).
+                let action = if actor.role() == Role::SystemAdmin {
+                    Action::Reveal
+                } else {
+                    Action::Resolve
+                };
+                let what = format!(
+                    "named secret `{}` of agent `{}`",
+                    printable(name),
+                    printable(agent)
+                );
+                self.authorize(actor, action, Some(&raw), target, &what)
+                    .await?;
+                valid?;
+                let override_name = match agent_override_name(name) {
+                    Some(o) if NAMED_SECRETS.contains(&name) => o,
+                    _ => {
+                        return Err(Error::invalid(
+                            "name",
+                            format!(
+                                "`{}` is not a named secret (these are: {}); other names have no \
+                             org-level fallback and are looked up in one scope only \
+                             (Vault::agent_secret, Vault::resolve)",
+                                printable(name),
+                                NAMED_SECRETS.join(", ")
+                            ),
+                        ))
+                    }
+                };
+                let mut attempts = 0;
+                loop {
+                    match self
+                        .named_once(actor, action, &raw, name, &override_name, attempts > 0)
+                        .await
+                    {
+                        Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
+                        Err(Error::NotFound { .. }) => {
+                            return Err(Error::NotFound {
+                                what: format!(
+                                    "named secret `{name}` for agent `{}`",
+                                    printable(agent)
+                                ),
+                                hint: Some(format!(
+                                "neither the agent's override `{override_name}` (per-agent) nor \
+                                 the org-level `{name}` (system-wide) exists; create one"
+                            )),
+                            })
+                        }
+                        other => return other,
+                    }
                 }
-                other => return other,
-            }
-        }
+            })
+            .await
     }
 
     /// One attempt of [`Vault::named_secret`]: is there an override (its absence is part of

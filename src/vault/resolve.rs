@@ -22,9 +22,14 @@ impl Vault {
         reference: &CredentialRef,
         ctx: &ResolveContext,
     ) -> Result<RevealedCredential> {
-        self.check_context(actor, ctx).await?;
-        let scope = ctx.scope_for(reference.scope)?;
-        self.resolve_in(actor, reference, &scope, Some(("app", ctx.app.clone())))
+        trace::op("resolve")
+            .actor(actor)
+            .run(async move {
+                self.check_context(actor, ctx).await?;
+                let scope = ctx.scope_for(reference.scope)?;
+                self.resolve_in(actor, reference, &scope, Some(("app", ctx.app.clone())))
+                    .await
+            })
             .await
     }
 
@@ -32,27 +37,32 @@ impl Vault {
     /// a credential marked agent-accessible (anything else reaches an agent through the
     /// audited credentials path). The same checks and audit as [`Vault::resolve`].
     pub async fn agent_secret(&self, actor: &Principal, name: &str) -> Result<RevealedCredential> {
-        actor.validate()?;
-        let Some(agent) = actor.agent() else {
-            self.authorize(
-                actor,
-                Action::Resolve,
-                None,
-                AuditTarget::none(),
-                "agent secrets (for agent principals only)",
-            )
-            .await?;
-            // No role may resolve outside a scope, so the line above has returned the
-            // audited denial; should the table ever change, agents only all the same.
-            return Err(Error::PermissionDenied {
-                actor: actor.to_string(),
-                action: Action::Resolve.as_str().into(),
-                target: "agent secrets (for agent principals only)".into(),
-            });
-        };
-        let scope = Scope::per_agent(agent)?;
-        let reference = CredentialRef::explicit(name, ScopeKind::PerAgent, None);
-        self.resolve_in(actor, &reference, &scope, None).await
+        trace::op("agent_secret")
+            .actor(actor)
+            .run(async move {
+                actor.validate()?;
+                let Some(agent) = actor.agent() else {
+                    self.authorize(
+                        actor,
+                        Action::Resolve,
+                        None,
+                        AuditTarget::none(),
+                        "agent secrets (for agent principals only)",
+                    )
+                    .await?;
+                    // No role may resolve outside a scope, so the line above has returned the
+                    // audited denial; should the table ever change, agents only all the same.
+                    return Err(Error::PermissionDenied {
+                        actor: actor.to_string(),
+                        action: Action::Resolve.as_str().into(),
+                        target: "agent secrets (for agent principals only)".into(),
+                    });
+                };
+                let scope = Scope::per_agent(agent)?;
+                let reference = CredentialRef::explicit(name, ScopeKind::PerAgent, None);
+                self.resolve_in(actor, &reference, &scope, None).await
+            })
+            .await
     }
 
     /// A resolve of `reference` in `scope`, once the context is settled: the policy (a
@@ -65,6 +75,7 @@ impl Vault {
         scope: &Scope,
         detail: Option<(&str, String)>,
     ) -> Result<RevealedCredential> {
+        trace::in_scope(scope);
         let relation = Relation::of(actor, Some(scope));
         if !policy::allows(actor.role(), Action::Resolve, relation) {
             let what = format!("credential `{}` ({scope})", reference.name);

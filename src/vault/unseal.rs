@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::handlers::Fields;
 use crate::model::CredentialRecord;
 use crate::store::{Batch, ReadStamp};
+use crate::vault::trace;
 
 /// One record to release and the audit event that records its release.
 pub(crate) struct Release<'a> {
@@ -67,7 +68,21 @@ impl Vault {
     /// Sees every value decrypted for a caller, before anyone else does: where the log
     /// scrubber learns the values it must mask.
     fn unsealed(&self, fields: &Fields) {
-        let _ = fields;
+        for value in fields.values() {
+            self.inner.scrubber.register_secret(value);
+        }
+    }
+
+    /// Registers a value the vault has obtained in plaintext other than by unsealing (a
+    /// token minted or refreshed by a provider) with the log scrubber, before it is used.
+    pub(crate) fn minted(&self, value: &secrecy::SecretString) {
+        self.inner.scrubber.register_secret(value);
+    }
+
+    /// [`Vault::minted`] of every value of a field set (the fields an OAuth token response
+    /// became).
+    pub(crate) fn minted_fields(&self, fields: &Fields) {
+        self.unsealed(fields);
     }
 
     /// Releases `items`: opens each record's fields (or takes the ones held), then commits
@@ -162,37 +177,42 @@ impl Vault {
     /// refusal; for whoever may reseal (a check that a master key opens a backup before it
     /// is restored, or before a key is retired).
     pub async fn check_blobs(&self, actor: &Principal, limit: usize) -> Result<BlobCheck> {
-        self.authorize_unscoped(actor, Action::Reseal).await?;
-        let mut after = None;
-        let mut check = BlobCheck::default();
-        loop {
-            let page = self
-                .inner
-                .store
-                .list(&crate::store::ListFilter {
-                    after_id: after.clone(),
-                    limit: Some(500),
-                    ..crate::store::ListFilter::default()
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for record in &page {
-                check.checked += 1;
-                let opened = self
-                    .inner
-                    .keys
-                    .open(&record.sealed, &self.identity_of(record))
-                    .await;
-                if let Err(e) = opened {
-                    check.unopenable += 1;
-                    if check.first.len() < limit {
-                        check.first.push((record.id.clone(), e));
+        trace::op("check_blobs")
+            .actor(actor)
+            .run(async move {
+                self.authorize_unscoped(actor, Action::Reseal).await?;
+                let mut after = None;
+                let mut check = BlobCheck::default();
+                loop {
+                    let page = self
+                        .inner
+                        .store
+                        .list(&crate::store::ListFilter {
+                            after_id: after.clone(),
+                            limit: Some(500),
+                            ..crate::store::ListFilter::default()
+                        })
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id.clone());
+                    for record in &page {
+                        check.checked += 1;
+                        let opened = self
+                            .inner
+                            .keys
+                            .open(&record.sealed, &self.identity_of(record))
+                            .await;
+                        if let Err(e) = opened {
+                            check.unopenable += 1;
+                            if check.first.len() < limit {
+                                check.first.push((record.id.clone(), e));
+                            }
+                        }
                     }
                 }
-            }
-        }
-        Ok(check)
+                Ok(check)
+            })
+            .await
     }
 
     /// Opens a credential's fields for a change the vault makes itself (a refresh, a
@@ -276,6 +296,7 @@ impl Vault {
                 format!("its sealed body is not a {what}"),
             )
         })?;
+        self.unsealed(&opened);
         opened.remove(field).ok_or_else(|| {
             Error::corrupt(record.describe(), format!("its sealed body has no {what}"))
         })

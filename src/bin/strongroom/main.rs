@@ -103,6 +103,12 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Log to stderr: `-v` info (with one line per vault operation as it ends), `-vv`
+    /// debug, `-vvv` trace. `RUST_LOG` (tracing-subscriber's env-filter syntax, for example
+    /// `RUST_LOG=strongroom=debug`) refines it. Logs are scrubbed of every secret value the
+    /// command has seen.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// A folder of provider TOML files that add to or override the bundled catalog
     /// (default: `$STRONGROOM_HOME/providers` when it exists). Refused when group or others
     /// may write it; a file they may write is skipped; an override is reported.
@@ -159,8 +165,35 @@ enum Command {
 /// key's checkpoint key.
 const ENV_AUDIT_KEY: &str = "STRONGROOM_AUDIT_KEY";
 
+/// Logs to stderr through the process-wide scrubber (the vaults this tool builds register
+/// with it): the level from `-v`, refined by `RUST_LOG`. Without either, warnings only.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    use tracing_subscriber::fmt::format::FmtSpan;
+    let level = match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env_lossy();
+    let spans = if verbose > 0 || std::env::var_os("RUST_LOG").is_some() {
+        FmtSpan::CLOSE
+    } else {
+        FmtSpan::NONE
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(spans)
+        .with_writer(strongroom::Scrubber::global().wrap(std::io::stderr))
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = parse_cli();
+    init_logging(cli.verbose);
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

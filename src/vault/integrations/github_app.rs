@@ -254,76 +254,83 @@ impl Vault {
         agent: &str,
         link: GithubAppLink,
     ) -> Result<Integration> {
-        let provider = IntegrationProvider::Github;
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
-            .await?;
-        let mut fields = BTreeMap::new();
-        fields.insert(
-            "app_id".to_string(),
-            SecretString::from(link.app_id.trim().to_string()),
-        );
-        fields.insert(
-            "installation_id".to_string(),
-            SecretString::from(link.installation_id.to_string()),
-        );
-        fields.insert("private_key".to_string(), link.private_key_pem.clone());
-        let secrets = vec![NewSecret {
-            name: GITHUB_PRIVATE_KEY,
-            provider: APP_PROVIDER,
-            handler_type: "",
-            fields,
-        }];
-        self.precheck_link(actor, agent, &scope, provider, &secrets)
-            .await?;
-        let app = GithubApp::new(
-            link.app_id,
-            link.client_id,
-            link.installation_id,
-            link.private_key_pem,
-        );
-        let app = match app {
-            Ok(app) => app,
-            Err(e) => {
-                self.link_failed(actor, &scope, provider, &e).await;
-                return Err(e);
-            }
-        };
-        let http = self.http_for("linking a GitHub App")?;
-        let base = self.inner.integrations.base_url(provider);
-        let checked = async {
-            let info = check_app(http.as_ref(), base, &app).await?;
-            installation_token(http.as_ref(), base, &app, &link.narrowing).await?;
-            Ok(info)
-        }
-        .await;
-        let info = match checked {
-            Ok(info) => info,
-            Err(e) => {
-                self.link_failed(actor, &scope, provider, &e).await;
-                return Err(e);
-            }
-        };
-        let mut external_ids = BTreeMap::new();
-        external_ids.insert("app_id".to_string(), app.app_id().to_string());
-        external_ids.insert(
-            "installation_id".to_string(),
-            app.installation_id().to_string(),
-        );
-        if let Some(client_id) = app.client_id() {
-            external_ids.insert("client_id".to_string(), client_id.to_string());
-        }
-        narrowing_ids(&link.narrowing, &mut external_ids);
-        let integration = Integration {
-            agent: agent.to_string(),
-            provider,
-            auth_type: AuthType::App,
-            username: info.slug,
-            external_ids,
-            linked_at: Timestamp::now(),
-            linked_by: actor.to_string(),
-        };
-        self.commit_integration(actor, agent, &scope, integration, secrets)
+        trace::op("link_github_app")
+            .actor(actor)
+            .run(async move {
+                let provider = IntegrationProvider::Github;
+                let scope = self
+                    .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+                    .await?;
+                let mut fields = BTreeMap::new();
+                fields.insert(
+                    "app_id".to_string(),
+                    SecretString::from(link.app_id.trim().to_string()),
+                );
+                fields.insert(
+                    "installation_id".to_string(),
+                    SecretString::from(link.installation_id.to_string()),
+                );
+                fields.insert("private_key".to_string(), link.private_key_pem.clone());
+                let secrets = vec![NewSecret {
+                    name: GITHUB_PRIVATE_KEY,
+                    provider: APP_PROVIDER,
+                    handler_type: "",
+                    fields,
+                }];
+                self.precheck_link(actor, agent, &scope, provider, &secrets)
+                    .await?;
+                let app = GithubApp::new(
+                    link.app_id,
+                    link.client_id,
+                    link.installation_id,
+                    link.private_key_pem,
+                );
+                let app = match app {
+                    Ok(app) => app,
+                    Err(e) => {
+                        self.link_failed(actor, &scope, provider, &e).await;
+                        return Err(e);
+                    }
+                };
+                let http = self.http_for("linking a GitHub App")?;
+                let base = self.inner.integrations.base_url(provider);
+                let checked = async {
+                    let info = check_app(http.as_ref(), base, &app).await?;
+                    let minted =
+                        installation_token(http.as_ref(), base, &app, &link.narrowing).await?;
+                    self.minted(&minted.token);
+                    Ok(info)
+                }
+                .await;
+                let info = match checked {
+                    Ok(info) => info,
+                    Err(e) => {
+                        self.link_failed(actor, &scope, provider, &e).await;
+                        return Err(e);
+                    }
+                };
+                let mut external_ids = BTreeMap::new();
+                external_ids.insert("app_id".to_string(), app.app_id().to_string());
+                external_ids.insert(
+                    "installation_id".to_string(),
+                    app.installation_id().to_string(),
+                );
+                if let Some(client_id) = app.client_id() {
+                    external_ids.insert("client_id".to_string(), client_id.to_string());
+                }
+                narrowing_ids(&link.narrowing, &mut external_ids);
+                let integration = Integration {
+                    agent: agent.to_string(),
+                    provider,
+                    auth_type: AuthType::App,
+                    username: info.slug,
+                    external_ids,
+                    linked_at: Timestamp::now(),
+                    linked_by: actor.to_string(),
+                };
+                self.commit_integration(actor, agent, &scope, integration, secrets)
+                    .await
+            })
             .await
     }
 
@@ -541,7 +548,10 @@ impl Vault {
                 }
                 .await;
                 let minted = match minted {
-                    Ok(minted) => minted,
+                    Ok(minted) => {
+                        self.minted(&minted.token);
+                        minted
+                    }
                     Err(e) => {
                         self.commit(
                             Batch::events(vec![failed(reason_of(&e))]),

@@ -20,6 +20,7 @@ pub use gitlab_provider::{
     RecoveredIntent, RotationOutcome, RotationReport, UnlinkReport,
 };
 mod github_app;
+mod release;
 pub(crate) use github_app::AppTokenCache;
 pub use github_app::GithubAppLink;
 
@@ -105,7 +106,12 @@ impl Vault {
         agent: &str,
         token: SecretString,
     ) -> Result<Integration> {
-        self.link_token(actor, agent, IntegrationProvider::Github, token)
+        trace::op("link_github_token")
+            .actor(actor)
+            .run(async move {
+                self.link_token(actor, agent, IntegrationProvider::Github, token)
+                    .await
+            })
             .await
     }
 
@@ -119,7 +125,12 @@ impl Vault {
         agent: &str,
         token: SecretString,
     ) -> Result<Integration> {
-        self.link_token(actor, agent, IntegrationProvider::Gitlab, token)
+        trace::op("link_gitlab_token")
+            .actor(actor)
+            .run(async move {
+                self.link_token(actor, agent, IntegrationProvider::Gitlab, token)
+                    .await
+            })
             .await
     }
 
@@ -179,70 +190,80 @@ impl Vault {
         bot_token: SecretString,
         allowed_users: &str,
     ) -> Result<Integration> {
-        let provider = IntegrationProvider::Telegram;
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
-            .await?;
-        let users = telegram::parse_allowed_users(allowed_users)?;
-        let secrets = vec![
-            NewSecret {
-                name: TELEGRAM_BOT_TOKEN,
-                provider: "telegram",
-                handler_type: "",
-                fields: token_fields("token", bot_token.clone()),
-            },
-            // No bundled provider describes a list of user ids: kept under `telegram` as a
-            // `custom` credential with one field.
-            NewSecret {
-                name: TELEGRAM_ALLOWED_USERS,
-                provider: "telegram",
-                handler_type: "custom",
-                fields: token_fields(
-                    "allowed_users",
-                    SecretString::from(telegram::format_allowed_users(&users)),
-                ),
-            },
-        ];
-        self.precheck_link(actor, agent, &scope, provider, &secrets)
-            .await?;
-        let http = self.http_for("linking a Telegram bot")?;
-        let base = self.inner.integrations.base_url(provider);
-        let identity = telegram::get_me(http.as_ref(), base, &bot_token).await;
-        let identity = self.checked(actor, &scope, provider, identity).await?;
-        self.commit_link(
-            actor,
-            agent,
-            &scope,
-            provider,
-            AuthType::Token,
-            identity,
-            "bot_id",
-            secrets,
-        )
-        .await
+        trace::op("link_telegram")
+            .actor(actor)
+            .run(async move {
+                let provider = IntegrationProvider::Telegram;
+                let scope = self
+                    .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+                    .await?;
+                let users = telegram::parse_allowed_users(allowed_users)?;
+                let secrets = vec![
+                    NewSecret {
+                        name: TELEGRAM_BOT_TOKEN,
+                        provider: "telegram",
+                        handler_type: "",
+                        fields: token_fields("token", bot_token.clone()),
+                    },
+                    // No bundled provider describes a list of user ids: kept under `telegram` as a
+                    // `custom` credential with one field.
+                    NewSecret {
+                        name: TELEGRAM_ALLOWED_USERS,
+                        provider: "telegram",
+                        handler_type: "custom",
+                        fields: token_fields(
+                            "allowed_users",
+                            SecretString::from(telegram::format_allowed_users(&users)),
+                        ),
+                    },
+                ];
+                self.precheck_link(actor, agent, &scope, provider, &secrets)
+                    .await?;
+                let http = self.http_for("linking a Telegram bot")?;
+                let base = self.inner.integrations.base_url(provider);
+                let identity = telegram::get_me(http.as_ref(), base, &bot_token).await;
+                let identity = self.checked(actor, &scope, provider, identity).await?;
+                self.commit_link(
+                    actor,
+                    agent,
+                    &scope,
+                    provider,
+                    AuthType::Token,
+                    identity,
+                    "bot_id",
+                    secrets,
+                )
+                .await
+            })
+            .await
     }
 
     /// `agent`'s integrations, in provider order (system admins; metadata only, no secret).
     pub async fn integrations(&self, actor: &Principal, agent: &str) -> Result<Vec<Integration>> {
-        actor.validate()?;
-        let raw = Scope::PerAgent {
-            agent: agent.to_string(),
-        };
-        let valid = raw.validate();
-        let target = match valid {
-            Ok(()) => AuditTarget::scope(&raw),
-            Err(_) => AuditTarget::none(),
-        };
-        let what = format!("the integrations of agent `{}`", printable(agent));
-        self.authorize(actor, Action::IntegrationList, Some(&raw), target, &what)
-            .await?;
-        valid?;
-        let records = self
-            .inner
-            .store
-            .records(&RecordFilter::kind(INTEGRATION_KIND).owner(owner_of(agent)))
-            .await?;
-        records.iter().map(Integration::from_record).collect()
+        trace::op("integrations")
+            .actor(actor)
+            .run(async move {
+                actor.validate()?;
+                let raw = Scope::PerAgent {
+                    agent: agent.to_string(),
+                };
+                let valid = raw.validate();
+                let target = match valid {
+                    Ok(()) => AuditTarget::scope(&raw),
+                    Err(_) => AuditTarget::none(),
+                };
+                let what = format!("the integrations of agent `{}`", printable(agent));
+                self.authorize(actor, Action::IntegrationList, Some(&raw), target, &what)
+                    .await?;
+                valid?;
+                let records = self
+                    .inner
+                    .store
+                    .records(&RecordFilter::kind(INTEGRATION_KIND).owner(owner_of(agent)))
+                    .await?;
+                records.iter().map(Integration::from_record).collect()
+            })
+            .await
     }
 
     /// Unlinks `agent`'s integration with `provider` (system admins): the integration
@@ -256,7 +277,10 @@ impl Vault {
         agent: &str,
         provider: IntegrationProvider,
     ) -> Result<Integration> {
-        Ok(self.unlink_reported(actor, agent, provider).await?.0)
+        trace::op("unlink")
+            .actor(actor)
+            .run(async move { Ok(self.unlink_reported(actor, agent, provider).await?.0) })
+            .await
     }
 
     /// [`Vault::unlink`] with the remote deprovisioning's report (provisioned GitLab only).
@@ -326,154 +350,6 @@ impl Vault {
             self.inner.app_tokens.invalidate(agent);
         }
         Ok((integration, deprovision))
-    }
-
-    /// The credentials path: `agent`'s credential for its `provider` integration — for a
-    /// token integration the stored token (for Telegram the bot token and the allowed
-    /// users). Callable by the agent itself (`Principal::Agent` with that id) and by system
-    /// admins; refused (and audited) for anyone else, another agent included. Every call is
-    /// audited (`integration.credentials`), and the token is handed back only once its row
-    /// is durable. Reads the integration afresh each time, so an unlink takes effect at the
-    /// next call (`NotFound`).
-    pub async fn credentials_for(
-        &self,
-        actor: &Principal,
-        agent: &str,
-        provider: IntegrationProvider,
-    ) -> Result<AgentCredentials> {
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationCredentials, agent, provider)
-            .await?;
-        let mut attempts = 0;
-        loop {
-            match self.credentials_once(actor, agent, &scope, provider).await {
-                Err(e) if is_stale(&e) && attempts < STALE_RETRIES => attempts += 1,
-                other => return other,
-            }
-        }
-    }
-
-    async fn credentials_once(
-        &self,
-        actor: &Principal,
-        agent: &str,
-        scope: &Scope,
-        provider: IntegrationProvider,
-    ) -> Result<AgentCredentials> {
-        let failed = |reason: &'static str| {
-            Vault::event(
-                actor,
-                Action::IntegrationCredentials,
-                AuditTarget::scope(scope),
-            )
-            .outcome(Outcome::Failure)
-            .detail("provider", provider.as_str())
-            .detail("reason", reason)
-        };
-        // A GitHub App token this instance holds is handed out without reading the
-        // integration record: the key it was minted for still being there (same id and
-        // version) is the proof the integration is (unlink deletes both in one batch).
-        if provider == IntegrationProvider::Github {
-            if let Some(done) = self.app_credentials_cached(actor, agent, scope).await? {
-                return Ok(done);
-            }
-        }
-        let key = integration_key(agent, provider)?;
-        let Some(record) = self.inner.store.record(&key).await? else {
-            self.commit(
-                Batch::events(vec![failed("not_linked")]),
-                ReadStamp::UNCHECKED,
-            )
-            .await?;
-            return Err(Error::NotFound {
-                what: describe(provider, agent),
-                hint: Some("a system admin links one (Vault::link_*)".into()),
-            });
-        };
-        let integration = Integration::from_record(&record)?;
-        let names: &[&str] = match (provider, integration.auth_type) {
-            (_, AuthType::App) => {
-                return self.app_credentials(actor, agent, scope, integration).await;
-            }
-            (IntegrationProvider::Github, _) => &[GITHUB_TOKEN],
-            (IntegrationProvider::Gitlab, _) => &[GITLAB_TOKEN],
-            (IntegrationProvider::Telegram, _) => &[TELEGRAM_BOT_TOKEN, TELEGRAM_ALLOWED_USERS],
-        };
-        let mut stamp = ReadStamp::UNCHECKED;
-        let mut records = Vec::with_capacity(names.len());
-        let now = Timestamp::now();
-        for name in names {
-            let (found, read) = self.named(scope, name).await?;
-            stamp = if records.is_empty() {
-                read
-            } else {
-                stamp.and(read)
-            };
-            let Some(secret) = found else {
-                self.commit(Batch::events(vec![failed("secret_missing")]), stamp)
-                    .await?;
-                return Err(Error::NotFound {
-                    what: format!("secret `{name}` of agent `{}`", printable(agent)),
-                    hint: Some(format!(
-                        "{} is linked but its secret is gone; unlink it and link it again",
-                        describe(provider, agent)
-                    )),
-                });
-            };
-            let state = effective_state(&secret, now);
-            if !matches!(state, LifecycleState::Filled | LifecycleState::Valid) {
-                self.commit(Batch::events(vec![failed("unusable")]), stamp)
-                    .await?;
-                return Err(Error::Unusable {
-                    what: secret.describe(),
-                    state: state.as_str().into(),
-                });
-            }
-            records.push(secret);
-        }
-        let items = records
-            .iter()
-            .map(|secret| {
-                let event = Vault::event(
-                    actor,
-                    Action::IntegrationCredentials,
-                    AuditTarget::credential(&secret.id, &secret.scope),
-                )
-                .detail("provider", provider.as_str())
-                .detail("auth_type", integration.auth_type.as_str())
-                .detail("name", secret.name.clone());
-                (secret, event)
-            })
-            .collect();
-        let mut opened = self.release_integration(items, stamp).await?.into_iter();
-        let missing = |what: &str| {
-            Error::corrupt(
-                describe(provider, agent),
-                format!("its secret has no `{what}` field"),
-            )
-        };
-        let token = opened
-            .next()
-            .and_then(|mut f| f.remove("token"))
-            .ok_or_else(|| missing("token"))?;
-        let allowed_users = match opened.next() {
-            Some(mut fields) => {
-                let text = fields
-                    .remove("allowed_users")
-                    .ok_or_else(|| missing("allowed_users"))?;
-                telegram::parse_allowed_users(text.expose_secret())?
-            }
-            None => Vec::new(),
-        };
-        Ok(AgentCredentials {
-            agent: agent.to_string(),
-            provider,
-            auth_type: integration.auth_type,
-            username: integration.username,
-            token,
-            expires_at: records.first().and_then(|r| r.expires_at),
-            allowed_users,
-        })
     }
 
     /// Decides `action` on `agent`'s integrations (a denial audited); an agent id the vault

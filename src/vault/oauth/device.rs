@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{CredentialId, CredentialRecord, Grant, LifecycleState, Timestamp};
 use crate::oauth::{ClientAuth, DevicePoll};
 use crate::store::{Mutation, Precondition, ReadStamp};
+use crate::vault::trace;
 
 /// Metadata keys of a device flow in progress (non-secret).
 const DEVICE_INTERVAL: &str = "device_interval";
@@ -95,95 +96,101 @@ impl Vault {
         actor: &Principal,
         start: DeviceStart,
     ) -> Result<DeviceFlow> {
-        let (_, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
-        let (provider, spec, client) = self
-            .authorize_login(actor, &scope, &start.provider, &start.name)
-            .await?;
-        let secret = self.client_secret(&client, &provider.handler_type).await?;
-        let scopes = start.scopes.clone().unwrap_or_else(|| spec.scopes.clone());
-        let http = self.http_for("a device login")?;
-        let device = crate::oauth::start_device(
-            http.as_ref(),
-            &spec,
-            &ClientAuth {
-                client_id: &client.client_id,
-                client_secret: secret.as_ref(),
-            },
-            &scopes,
-        )
-        .await;
-        let device = match device {
-            Ok(device) => device,
-            Err(e) => {
-                let event = Vault::event(actor, Action::OAuthStart, AuditTarget::scope(&scope))
-                    .outcome(Outcome::Failure)
-                    .detail("flow", "device")
-                    .detail("provider", provider.name.clone())
-                    .detail("reason", super::reason_of(&e));
-                self.commit(
-                    crate::store::Batch::events(vec![event]),
-                    ReadStamp::UNCHECKED,
+        trace::op("oauth_device_start")
+            .actor(actor)
+            .run(async move {
+                let (_, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
+                let (provider, spec, client) = self
+                    .authorize_login(actor, &scope, &start.provider, &start.name)
+                    .await?;
+                let secret = self.client_secret(&client, &provider.handler_type).await?;
+                let scopes = start.scopes.clone().unwrap_or_else(|| spec.scopes.clone());
+                let http = self.http_for("a device login")?;
+                let device = crate::oauth::start_device(
+                    http.as_ref(),
+                    &spec,
+                    &ClientAuth {
+                        client_id: &client.client_id,
+                        client_secret: secret.as_ref(),
+                    },
+                    &scopes,
+                )
+                .await;
+                let device = match device {
+                    Ok(device) => device,
+                    Err(e) => {
+                        let event =
+                            Vault::event(actor, Action::OAuthStart, AuditTarget::scope(&scope))
+                                .outcome(Outcome::Failure)
+                                .detail("flow", "device")
+                                .detail("provider", provider.name.clone())
+                                .detail("reason", super::reason_of(&e));
+                        self.commit(
+                            crate::store::Batch::events(vec![event]),
+                            ReadStamp::UNCHECKED,
+                        )
+                        .await?;
+                        return Err(e.into());
+                    }
+                };
+                let now = Timestamp::now();
+                let expires_at = now.saturating_add(Duration::from_secs(device.expires_in));
+                // A provider's interval is bounded (1 s to 5 min), so a bad answer can neither make
+                // the vault hammer it nor wait for ever.
+                let interval = device.interval.clamp(1, MAX_INTERVAL);
+                let mut fields = BTreeMap::new();
+                fields.insert("device_code".to_string(), device.device_code.clone());
+                let mut metadata = BTreeMap::new();
+                metadata.insert(FIELD_NAMES.to_string(), field_names_text(&fields));
+                metadata.insert(DEVICE_INTERVAL.to_string(), interval.to_string());
+                metadata.insert(DEVICE_EXPIRES_AT.to_string(), expires_at.0.to_string());
+                if let Some(app) = actor.app() {
+                    metadata.insert(DEVICE_APP.to_string(), app.to_string());
+                }
+                let mut record = CredentialRecord {
+                    id: CredentialId::generate(),
+                    name: start.name.clone(),
+                    scope: scope.clone(),
+                    provider: provider.name.clone(),
+                    handler_type: provider.handler_type.clone(),
+                    state: LifecycleState::Pending,
+                    metadata,
+                    agent_accessible: false,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: None,
+                    key_id: String::new(),
+                    sealed: Vec::new(),
+                };
+                let plain = super::super::encode_fields(&fields)?;
+                self.seal_into(&mut record, &plain).await?;
+                let event = Vault::event(
+                    actor,
+                    Action::OAuthStart,
+                    AuditTarget::credential(&record.id, &record.scope),
+                )
+                .detail("flow", "device")
+                .detail("provider", provider.name.clone())
+                .detail("name", record.name.clone());
+                self.commit_one(
+                    Mutation::Put {
+                        record: record.clone(),
+                        precondition: Precondition::CreateOnly,
+                    },
+                    event,
                 )
                 .await?;
-                return Err(e.into());
-            }
-        };
-        let now = Timestamp::now();
-        let expires_at = now.saturating_add(Duration::from_secs(device.expires_in));
-        // A provider's interval is bounded (1 s to 5 min), so a bad answer can neither make
-        // the vault hammer it nor wait for ever.
-        let interval = device.interval.clamp(1, MAX_INTERVAL);
-        let mut fields = BTreeMap::new();
-        fields.insert("device_code".to_string(), device.device_code.clone());
-        let mut metadata = BTreeMap::new();
-        metadata.insert(FIELD_NAMES.to_string(), field_names_text(&fields));
-        metadata.insert(DEVICE_INTERVAL.to_string(), interval.to_string());
-        metadata.insert(DEVICE_EXPIRES_AT.to_string(), expires_at.0.to_string());
-        if let Some(app) = actor.app() {
-            metadata.insert(DEVICE_APP.to_string(), app.to_string());
-        }
-        let mut record = CredentialRecord {
-            id: CredentialId::generate(),
-            name: start.name.clone(),
-            scope: scope.clone(),
-            provider: provider.name.clone(),
-            handler_type: provider.handler_type.clone(),
-            state: LifecycleState::Pending,
-            metadata,
-            agent_accessible: false,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            key_id: String::new(),
-            sealed: Vec::new(),
-        };
-        let plain = super::super::encode_fields(&fields)?;
-        self.seal_into(&mut record, &plain).await?;
-        let event = Vault::event(
-            actor,
-            Action::OAuthStart,
-            AuditTarget::credential(&record.id, &record.scope),
-        )
-        .detail("flow", "device")
-        .detail("provider", provider.name.clone())
-        .detail("name", record.name.clone());
-        self.commit_one(
-            Mutation::Put {
-                record: record.clone(),
-                precondition: Precondition::CreateOnly,
-            },
-            event,
-        )
-        .await?;
-        Ok(DeviceFlow {
-            credential: info(&record, vec!["device_code".into()]),
-            user_code: device.user_code,
-            verification_uri: device.verification_uri,
-            verification_uri_complete: device.verification_uri_complete,
-            expires_at,
-            interval,
-        })
+                Ok(DeviceFlow {
+                    credential: info(&record, vec!["device_code".into()]),
+                    user_code: device.user_code,
+                    verification_uri: device.verification_uri,
+                    verification_uri_complete: device.verification_uri_complete,
+                    expires_at,
+                    interval,
+                })
+            })
+            .await
     }
 
     /// Polls a device flow once (the caller waits the interval between polls; see
@@ -195,145 +202,154 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<DeviceStatus> {
-        let record = self.load_for(actor, Action::OAuthComplete, id).await?;
-        if record.state != LifecycleState::Pending || !super::has_field(&record, "device_code") {
-            return Err(Error::invalid(
-                "credential",
-                format!("{} is not a device login in progress", record.describe()),
-            ));
-        }
-        let interval: u64 = record
-            .metadata
-            .get(DEVICE_INTERVAL)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(5);
-        let now = Timestamp::now();
-        let lapsed = record
-            .metadata
-            .get(DEVICE_EXPIRES_AT)
-            .and_then(|v| v.parse::<i64>().ok())
-            .is_some_and(|at| at <= now.0);
-        if lapsed {
-            self.end_device(actor, &record, "expired_token").await?;
-            return Ok(DeviceStatus::Expired);
-        }
-        let (provider, spec) = self.oauth_provider(&record.provider)?;
-        let client = self.oauth_client(&provider.name)?;
-        let secret = self.client_secret(&client, &record.handler_type).await?;
-        let fields = self.open_for_change(&record).await?;
-        let device_code = fields
-            .get("device_code")
-            .ok_or_else(|| Error::corrupt(record.describe(), "its device code is missing"))?;
-        let http = self.http_for("polling a device login")?;
-        let polled = crate::oauth::poll_device(
-            http.as_ref(),
-            &spec,
-            &ClientAuth {
-                client_id: &client.client_id,
-                client_secret: secret.as_ref(),
-            },
-            device_code,
-        )
-        .await;
-        let polled = match polled {
-            Ok(polled) => polled,
-            Err(e) => {
-                let event = Vault::event(
-                    actor,
-                    Action::OAuthComplete,
-                    AuditTarget::credential(&record.id, &record.scope),
+        trace::op("oauth_device_poll")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::OAuthComplete, id).await?;
+                if record.state != LifecycleState::Pending
+                    || !super::has_field(&record, "device_code")
+                {
+                    return Err(Error::invalid(
+                        "credential",
+                        format!("{} is not a device login in progress", record.describe()),
+                    ));
+                }
+                let interval: u64 = record
+                    .metadata
+                    .get(DEVICE_INTERVAL)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(5);
+                let now = Timestamp::now();
+                let lapsed = record
+                    .metadata
+                    .get(DEVICE_EXPIRES_AT)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|at| at <= now.0);
+                if lapsed {
+                    self.end_device(actor, &record, "expired_token").await?;
+                    return Ok(DeviceStatus::Expired);
+                }
+                let (provider, spec) = self.oauth_provider(&record.provider)?;
+                let client = self.oauth_client(&provider.name)?;
+                let secret = self.client_secret(&client, &record.handler_type).await?;
+                let fields = self.open_for_change(&record).await?;
+                let device_code = fields.get("device_code").ok_or_else(|| {
+                    Error::corrupt(record.describe(), "its device code is missing")
+                })?;
+                let http = self.http_for("polling a device login")?;
+                let polled = crate::oauth::poll_device(
+                    http.as_ref(),
+                    &spec,
+                    &ClientAuth {
+                        client_id: &client.client_id,
+                        client_secret: secret.as_ref(),
+                    },
+                    device_code,
                 )
-                .outcome(Outcome::Failure)
-                .detail("flow", "device")
-                .detail("reason", super::reason_of(&e));
-                self.commit(
-                    crate::store::Batch::events(vec![event]),
-                    ReadStamp::UNCHECKED,
-                )
-                .await?;
-                return Err(e.into());
-            }
-        };
-        match polled {
-            DevicePoll::Pending => Ok(DeviceStatus::Pending { interval }),
-            DevicePoll::SlowDown => {
-                // RFC 8628 section 3.5: every slow_down adds five seconds, for good.
-                let interval = interval.saturating_add(5).min(MAX_INTERVAL + 60);
-                self.set_device_interval(&record, interval).await?;
-                Ok(DeviceStatus::SlowDown { interval })
-            }
-            DevicePoll::Denied => {
-                self.end_device(actor, &record, "access_denied").await?;
-                Ok(DeviceStatus::Denied)
-            }
-            DevicePoll::Expired => {
-                self.end_device(actor, &record, "expired_token").await?;
-                Ok(DeviceStatus::Expired)
-            }
-            DevicePoll::Done(tokens) => {
-                let no_expiry = tokens.expires_in.is_none();
-                let stored = token_fields(None, tokens, &client.client_id, now);
-                let (fields, expires_at) = (stored.fields, stored.expires_at);
-                let app = record.metadata.get(DEVICE_APP).cloned();
-                let mut next = record.clone();
-                next.metadata.remove(DEVICE_INTERVAL);
-                next.metadata.remove(DEVICE_EXPIRES_AT);
-                next.metadata.remove(DEVICE_APP);
-                next.metadata
-                    .insert(FIELD_NAMES.to_string(), field_names_text(&fields));
-                for (key, value) in stored.metadata {
-                    next.metadata.insert(key.to_string(), value);
+                .await;
+                let polled = match polled {
+                    Ok(polled) => polled,
+                    Err(e) => {
+                        let event = Vault::event(
+                            actor,
+                            Action::OAuthComplete,
+                            AuditTarget::credential(&record.id, &record.scope),
+                        )
+                        .outcome(Outcome::Failure)
+                        .detail("flow", "device")
+                        .detail("reason", super::reason_of(&e));
+                        self.commit(
+                            crate::store::Batch::events(vec![event]),
+                            ReadStamp::UNCHECKED,
+                        )
+                        .await?;
+                        return Err(e.into());
+                    }
+                };
+                match polled {
+                    DevicePoll::Pending => Ok(DeviceStatus::Pending { interval }),
+                    DevicePoll::SlowDown => {
+                        // RFC 8628 section 3.5: every slow_down adds five seconds, for good.
+                        let interval = interval.saturating_add(5).min(MAX_INTERVAL + 60);
+                        self.set_device_interval(&record, interval).await?;
+                        Ok(DeviceStatus::SlowDown { interval })
+                    }
+                    DevicePoll::Denied => {
+                        self.end_device(actor, &record, "access_denied").await?;
+                        Ok(DeviceStatus::Denied)
+                    }
+                    DevicePoll::Expired => {
+                        self.end_device(actor, &record, "expired_token").await?;
+                        Ok(DeviceStatus::Expired)
+                    }
+                    DevicePoll::Done(tokens) => {
+                        let no_expiry = tokens.expires_in.is_none();
+                        let stored = token_fields(None, tokens, &client.client_id, now);
+                        self.minted_fields(&stored.fields);
+                        let (fields, expires_at) = (stored.fields, stored.expires_at);
+                        let app = record.metadata.get(DEVICE_APP).cloned();
+                        let mut next = record.clone();
+                        next.metadata.remove(DEVICE_INTERVAL);
+                        next.metadata.remove(DEVICE_EXPIRES_AT);
+                        next.metadata.remove(DEVICE_APP);
+                        next.metadata
+                            .insert(FIELD_NAMES.to_string(), field_names_text(&fields));
+                        for (key, value) in stored.metadata {
+                            next.metadata.insert(key.to_string(), value);
+                        }
+                        next.state = LifecycleState::Valid;
+                        next.expires_at = expires_at;
+                        next.version += 1;
+                        next.updated_at = now;
+                        let plain = super::super::encode_fields(&fields)?;
+                        self.seal_into(&mut next, &plain).await?;
+                        let target = AuditTarget::credential(&next.id, &next.scope);
+                        let mut event = Vault::event(actor, Action::OAuthComplete, target.clone())
+                            .detail("flow", "device")
+                            .detail("provider", next.provider.clone())
+                            .detail("version", next.version.to_string());
+                        if no_expiry {
+                            event = event.detail("expiry", "not reported");
+                        }
+                        let mut mutations = vec![Mutation::Put {
+                            record: next.clone(),
+                            precondition: Precondition::IfVersion(record.version),
+                        }];
+                        let mut events = vec![event];
+                        if let Some(app) = app {
+                            mutations.push(Mutation::PutGrant {
+                                grant: Grant {
+                                    credential_id: next.id.clone(),
+                                    app: app.clone(),
+                                    granted_by: actor.to_string(),
+                                    granted_at: now,
+                                    revoked_at: None,
+                                    revoked_by: None,
+                                },
+                            });
+                            events.push(
+                                Vault::event(actor, Action::GrantAdd, target)
+                                    .detail("app", app)
+                                    .detail("via", "oauth"),
+                            );
+                        }
+                        self.commit(
+                            crate::store::Batch { mutations, events },
+                            ReadStamp::UNCHECKED,
+                        )
+                        .await?;
+                        if no_expiry {
+                            self.emit(OAuthEvent::NoExpiry {
+                                id: next.id.clone(),
+                            });
+                        }
+                        let names = fields.keys().cloned().collect();
+                        Ok(DeviceStatus::Done(Box::new(info(&next, names))))
+                    }
                 }
-                next.state = LifecycleState::Valid;
-                next.expires_at = expires_at;
-                next.version += 1;
-                next.updated_at = now;
-                let plain = super::super::encode_fields(&fields)?;
-                self.seal_into(&mut next, &plain).await?;
-                let target = AuditTarget::credential(&next.id, &next.scope);
-                let mut event = Vault::event(actor, Action::OAuthComplete, target.clone())
-                    .detail("flow", "device")
-                    .detail("provider", next.provider.clone())
-                    .detail("version", next.version.to_string());
-                if no_expiry {
-                    event = event.detail("expiry", "not reported");
-                }
-                let mut mutations = vec![Mutation::Put {
-                    record: next.clone(),
-                    precondition: Precondition::IfVersion(record.version),
-                }];
-                let mut events = vec![event];
-                if let Some(app) = app {
-                    mutations.push(Mutation::PutGrant {
-                        grant: Grant {
-                            credential_id: next.id.clone(),
-                            app: app.clone(),
-                            granted_by: actor.to_string(),
-                            granted_at: now,
-                            revoked_at: None,
-                            revoked_by: None,
-                        },
-                    });
-                    events.push(
-                        Vault::event(actor, Action::GrantAdd, target)
-                            .detail("app", app)
-                            .detail("via", "oauth"),
-                    );
-                }
-                self.commit(
-                    crate::store::Batch { mutations, events },
-                    ReadStamp::UNCHECKED,
-                )
-                .await?;
-                if no_expiry {
-                    self.emit(OAuthEvent::NoExpiry {
-                        id: next.id.clone(),
-                    });
-                }
-                let names = fields.keys().cloned().collect();
-                Ok(DeviceStatus::Done(Box::new(info(&next, names))))
-            }
-        }
+            })
+            .await
     }
 
     /// Polls until the device flow ends: waits the interval between polls (growing it on
@@ -343,14 +359,21 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<DeviceStatus> {
-        loop {
-            match self.oauth_device_poll(actor, id).await? {
-                DeviceStatus::Pending { interval } | DeviceStatus::SlowDown { interval } => {
-                    tokio::time::sleep(Duration::from_secs(interval)).await;
+        trace::op("oauth_device_wait")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                loop {
+                    match self.oauth_device_poll(actor, id).await? {
+                        DeviceStatus::Pending { interval }
+                        | DeviceStatus::SlowDown { interval } => {
+                            tokio::time::sleep(Duration::from_secs(interval)).await;
+                        }
+                        done => return Ok(done),
+                    }
                 }
-                done => return Ok(done),
-            }
-        }
+            })
+            .await
     }
 
     /// Keeps a grown polling interval (a new version; the sealed device code is sealed

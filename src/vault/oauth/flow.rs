@@ -17,6 +17,7 @@ use crate::model::{
 };
 use crate::oauth::{ClientAuth, Pkce, TokenGrant};
 use crate::store::{Batch, Mutation, Precondition, ReadStamp};
+use crate::vault::trace;
 
 /// What [`Vault::oauth_start`] needs.
 #[derive(Debug, Clone)]
@@ -147,119 +148,127 @@ impl Vault {
     /// provider turns it off; always for a public client). The pending flow is stored —
     /// its verifier sealed — and audited (`oauth.start`).
     pub async fn oauth_start(&self, actor: &Principal, start: OAuthStart) -> Result<OAuthStarted> {
-        let (user, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
-        let (provider, spec, client) = self
-            .authorize_login(actor, &scope, &start.provider, &start.name)
-            .await?;
-        self.login_target(&scope, &provider.name, &start.name)
-            .await?;
-        if spec.authorize_url.is_none() {
-            return Err(Error::config(format!(
-                "provider `{}` has no authorize_url in its [oauth] table; use the device flow",
-                provider.name
-            )));
-        }
-        let redirect_uri = match (&start.redirect_uri, &client.redirect_uri) {
-            (Some(asked), Some(registered)) if asked != registered => {
-                return Err(Error::invalid(
-                    "redirect_uri",
-                    format!(
-                        "`{}` is not the redirect URI registered for `{}` (redirect URIs must \
-                         match exactly); use the registered one or change the registration",
-                        printable(asked),
-                        provider.name
-                    ),
-                ))
-            }
-            (Some(uri), None) => {
-                // Nothing registered to match: the URI must at least be one a browser may
-                // be sent to with a code (https, or http to this machine), with no fragment.
-                let ok = url::Url::parse(uri).is_ok_and(|u| {
-                    crate::handlers::formats::secure_endpoint(&u) && u.fragment().is_none()
-                });
-                if !ok {
-                    return Err(Error::invalid(
-                        "redirect_uri",
-                        "must be an https URL (or http to 127.0.0.1 or localhost) without a \
-                         fragment; register the client's redirect_uri in oauth_providers.toml",
-                    ));
+        trace::op("oauth_start")
+            .actor(actor)
+            .run(async move {
+                let (user, scope) = self.oauth_user(actor, Action::OAuthStart).await?;
+                let (provider, spec, client) = self
+                    .authorize_login(actor, &scope, &start.provider, &start.name)
+                    .await?;
+                self.login_target(&scope, &provider.name, &start.name)
+                    .await?;
+                if spec.authorize_url.is_none() {
+                    return Err(Error::config(format!(
+                    "provider `{}` has no authorize_url in its [oauth] table; use the device flow",
+                    provider.name
+                )));
                 }
-                uri.clone()
-            }
-            (Some(uri), Some(_)) | (None, Some(uri)) => uri.clone(),
-            (None, None) => {
-                return Err(Error::invalid(
-                    "redirect_uri",
-                    format!(
-                        "no redirect URI: pass one, or register `redirect_uri` for `{}` in \
-                         oauth_providers.toml",
-                        provider.name
-                    ),
-                ))
-            }
-        };
-        let scopes = start.scopes.clone().unwrap_or_else(|| spec.scopes.clone());
-        let public = client.client_secret.is_none() || provider.handler_type == "oauth2_pkce";
-        let pkce = if spec.pkce || public {
-            Some(Pkce::generate()?)
-        } else {
-            None
-        };
-        let state = crate::oauth::random_state()?;
-        let url = crate::oauth::authorize_url(
-            &spec,
-            &client.client_id,
-            &redirect_uri,
-            &scopes,
-            &state,
-            pkce.as_ref().map(Pkce::challenge),
-        )?;
-        let now = Timestamp::now();
-        let expires_at = now.saturating_add(PENDING_TTL);
-        let key = RecordKey::new(PENDING_KIND, user.clone(), state_key(&state))?;
-        let mut record = Record::new(
-            key,
-            serde_json::json!({
-                "flow": "code",
-                "provider": provider.name,
-                "name": start.name,
-                "app": actor.app(),
-                "redirect_uri": redirect_uri,
-                "scopes": scopes,
-            }),
-            now,
-        );
-        record.expires_at = Some(expires_at);
-        if let Some(pkce) = &pkce {
-            let secret = serde_json::json!({ "code_verifier": pkce.verifier().expose_secret() });
-            let plain = zeroize::Zeroizing::new(
-                serde_json::to_vec(&secret).map_err(|e| Error::invalid("pkce", e.to_string()))?,
-            );
-            let sealed = self
-                .inner
-                .keys
-                .seal_record(&plain, &record.aad_in(&self.inner.namespace))
+                let redirect_uri = match (&start.redirect_uri, &client.redirect_uri) {
+                    (Some(asked), Some(registered)) if asked != registered => {
+                        return Err(Error::invalid(
+                            "redirect_uri",
+                            format!(
+                            "`{}` is not the redirect URI registered for `{}` (redirect URIs must \
+                             match exactly); use the registered one or change the registration",
+                            printable(asked),
+                            provider.name
+                        ),
+                        ))
+                    }
+                    (Some(uri), None) => {
+                        // Nothing registered to match: the URI must at least be one a browser may
+                        // be sent to with a code (https, or http to this machine), with no fragment.
+                        let ok = url::Url::parse(uri).is_ok_and(|u| {
+                            crate::handlers::formats::secure_endpoint(&u) && u.fragment().is_none()
+                        });
+                        if !ok {
+                            return Err(Error::invalid(
+                            "redirect_uri",
+                            "must be an https URL (or http to 127.0.0.1 or localhost) without a \
+                             fragment; register the client's redirect_uri in oauth_providers.toml",
+                        ));
+                        }
+                        uri.clone()
+                    }
+                    (Some(uri), Some(_)) | (None, Some(uri)) => uri.clone(),
+                    (None, None) => {
+                        return Err(Error::invalid(
+                            "redirect_uri",
+                            format!(
+                            "no redirect URI: pass one, or register `redirect_uri` for `{}` in \
+                             oauth_providers.toml",
+                            provider.name
+                        ),
+                        ))
+                    }
+                };
+                let scopes = start.scopes.clone().unwrap_or_else(|| spec.scopes.clone());
+                let public =
+                    client.client_secret.is_none() || provider.handler_type == "oauth2_pkce";
+                let pkce = if spec.pkce || public {
+                    Some(Pkce::generate()?)
+                } else {
+                    None
+                };
+                let state = crate::oauth::random_state()?;
+                let url = crate::oauth::authorize_url(
+                    &spec,
+                    &client.client_id,
+                    &redirect_uri,
+                    &scopes,
+                    &state,
+                    pkce.as_ref().map(Pkce::challenge),
+                )?;
+                let now = Timestamp::now();
+                let expires_at = now.saturating_add(PENDING_TTL);
+                let key = RecordKey::new(PENDING_KIND, user.clone(), state_key(&state))?;
+                let mut record = Record::new(
+                    key,
+                    serde_json::json!({
+                        "flow": "code",
+                        "provider": provider.name,
+                        "name": start.name,
+                        "app": actor.app(),
+                        "redirect_uri": redirect_uri,
+                        "scopes": scopes,
+                    }),
+                    now,
+                );
+                record.expires_at = Some(expires_at);
+                if let Some(pkce) = &pkce {
+                    let secret =
+                        serde_json::json!({ "code_verifier": pkce.verifier().expose_secret() });
+                    let plain = zeroize::Zeroizing::new(
+                        serde_json::to_vec(&secret)
+                            .map_err(|e| Error::invalid("pkce", e.to_string()))?,
+                    );
+                    let sealed = self
+                        .inner
+                        .keys
+                        .seal_record(&plain, &record.aad_in(&self.inner.namespace))
+                        .await?;
+                    record.sealed = Some(sealed.bytes);
+                }
+                let event = Vault::event(actor, Action::OAuthStart, AuditTarget::scope(&scope))
+                    .detail("flow", "code")
+                    .detail("provider", provider.name.clone())
+                    .detail("name", start.name.clone())
+                    .detail("pkce", if pkce.is_some() { "s256" } else { "off" });
+                self.commit(
+                    Batch {
+                        mutations: vec![Mutation::create_record(record)],
+                        events: vec![event],
+                    },
+                    ReadStamp::UNCHECKED,
+                )
                 .await?;
-            record.sealed = Some(sealed.bytes);
-        }
-        let event = Vault::event(actor, Action::OAuthStart, AuditTarget::scope(&scope))
-            .detail("flow", "code")
-            .detail("provider", provider.name.clone())
-            .detail("name", start.name.clone())
-            .detail("pkce", if pkce.is_some() { "s256" } else { "off" });
-        self.commit(
-            Batch {
-                mutations: vec![Mutation::create_record(record)],
-                events: vec![event],
-            },
-            ReadStamp::UNCHECKED,
-        )
-        .await?;
-        Ok(OAuthStarted {
-            authorize_url: url.to_string(),
-            state: SecretString::from(state),
-            expires_at,
-        })
+                Ok(OAuthStarted {
+                    authorize_url: url.to_string(),
+                    state: SecretString::from(state),
+                    expires_at,
+                })
+            })
+            .await
     }
 
     /// Completes a flow: the provider's `code` for the `state` [`Vault::oauth_start`] gave.
@@ -273,76 +282,61 @@ impl Vault {
         state: &SecretString,
         code: &SecretString,
     ) -> Result<CredentialInfo> {
-        let (user, scope) = self.oauth_user(actor, Action::OAuthComplete).await?;
-        self.authorize(
-            actor,
-            Action::OAuthComplete,
-            Some(&scope),
-            AuditTarget::scope(&scope),
-            "an OAuth login",
-        )
-        .await?;
-        let refuse = |reason: &'static str| {
-            Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
-                .outcome(Outcome::Denied)
-                .detail("reason", reason)
-        };
-        let key = RecordKey::new(PENDING_KIND, user.clone(), state_key(state.expose_secret()))?;
-        let pending = self.inner.store.record(&key).await?;
-        let Some(pending) = pending else {
-            self.commit(
-                Batch::events(vec![refuse("unknown state")]),
-                ReadStamp::UNCHECKED,
+        trace::op("oauth_complete").actor(actor).run(async move {
+            let (user, scope) = self.oauth_user(actor, Action::OAuthComplete).await?;
+            self.authorize(
+                actor,
+                Action::OAuthComplete,
+                Some(&scope),
+                AuditTarget::scope(&scope),
+                "an OAuth login",
             )
             .await?;
-            return Err(bad_state());
-        };
-        let now = Timestamp::now();
-        if pending.is_expired_at(now) {
-            // A lapsed flow is consumed with its refusal.
-            self.commit(
-                Batch {
-                    mutations: vec![Mutation::delete_record(&pending)],
-                    events: vec![refuse("lapsed state")],
-                },
-                ReadStamp::UNCHECKED,
-            )
-            .await?;
-            return Err(bad_state());
-        }
-        let body = PendingFlow::read(&pending)?;
-        let (provider, spec) = self.oauth_provider(&body.provider)?;
-        let client = self.oauth_client(&provider.name)?;
-        let verifier = match &pending.sealed {
-            Some(_) => Some(self.open_pending_verifier(&pending).await?),
-            None => None,
-        };
-        let secret = self.client_secret(&client, &provider.handler_type).await?;
-        let http = self.http_for("completing an OAuth login")?;
-        // A name taken meanwhile by something a login may not replace is refused before the
-        // code is spent (the flow stays; another name can be tried after deleting).
-        self.login_target(&scope, &provider.name, &body.name)
-            .await?;
-        // Claim the flow before its code goes to the provider: of two completions racing on
-        // one state, exactly one sends the code (a code presented twice makes a provider
-        // revoke what it issued for it). A claimed flow is not completed again.
-        if pending.body.get("completing").is_some() {
-            self.commit(
-                Batch::events(vec![refuse("state in use")]),
-                ReadStamp::UNCHECKED,
-            )
-            .await?;
-            return Err(bad_state());
-        }
-        let mut claimed = pending.next_version(now);
-        claimed.body["completing"] = serde_json::Value::Bool(true);
-        let claim = Batch {
-            mutations: vec![Mutation::update_record(claimed.clone())],
-            events: vec![],
-        };
-        match self.commit(claim, ReadStamp::UNCHECKED).await {
-            Ok(_) => {}
-            Err(e) if crate::store::lease::Lease::lost_race(&e) => {
+            let refuse = |reason: &'static str| {
+                Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
+                    .outcome(Outcome::Denied)
+                    .detail("reason", reason)
+            };
+            let key = RecordKey::new(PENDING_KIND, user.clone(), state_key(state.expose_secret()))?;
+            let pending = self.inner.store.record(&key).await?;
+            let Some(pending) = pending else {
+                self.commit(
+                    Batch::events(vec![refuse("unknown state")]),
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                return Err(bad_state());
+            };
+            let now = Timestamp::now();
+            if pending.is_expired_at(now) {
+                // A lapsed flow is consumed with its refusal.
+                self.commit(
+                    Batch {
+                        mutations: vec![Mutation::delete_record(&pending)],
+                        events: vec![refuse("lapsed state")],
+                    },
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                return Err(bad_state());
+            }
+            let body = PendingFlow::read(&pending)?;
+            let (provider, spec) = self.oauth_provider(&body.provider)?;
+            let client = self.oauth_client(&provider.name)?;
+            let verifier = match &pending.sealed {
+                Some(_) => Some(self.open_pending_verifier(&pending).await?),
+                None => None,
+            };
+            let secret = self.client_secret(&client, &provider.handler_type).await?;
+            let http = self.http_for("completing an OAuth login")?;
+            // A name taken meanwhile by something a login may not replace is refused before the
+            // code is spent (the flow stays; another name can be tried after deleting).
+            self.login_target(&scope, &provider.name, &body.name)
+                .await?;
+            // Claim the flow before its code goes to the provider: of two completions racing on
+            // one state, exactly one sends the code (a code presented twice makes a provider
+            // revoke what it issued for it). A claimed flow is not completed again.
+            if pending.body.get("completing").is_some() {
                 self.commit(
                     Batch::events(vec![refuse("state in use")]),
                     ReadStamp::UNCHECKED,
@@ -350,99 +344,118 @@ impl Vault {
                 .await?;
                 return Err(bad_state());
             }
-            Err(e) => return Err(e),
-        }
-        let pending = claimed;
-        let exchanged = crate::oauth::request_token(
-            http.as_ref(),
-            &spec,
-            &ClientAuth {
-                client_id: &client.client_id,
-                client_secret: secret.as_ref(),
-            },
-            &TokenGrant::AuthorizationCode {
-                code,
-                redirect_uri: &body.redirect_uri,
-                code_verifier: verifier.as_ref(),
-            },
-        )
-        .await;
-        let tokens = match exchanged {
-            Ok(tokens) => tokens,
-            Err(e) => {
-                // The code is spent either way: the flow is consumed with its failure.
-                let event = Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
-                    .outcome(Outcome::Failure)
-                    .detail("provider", provider.name.clone())
-                    .detail("reason", super::reason_of(&e));
-                self.commit(
-                    Batch {
-                        mutations: vec![Mutation::delete_record(&pending)],
-                        events: vec![event],
-                    },
-                    ReadStamp::UNCHECKED,
-                )
-                .await?;
-                return Err(e.into());
+            let mut claimed = pending.next_version(now);
+            claimed.body["completing"] = serde_json::Value::Bool(true);
+            let claim = Batch {
+                mutations: vec![Mutation::update_record(claimed.clone())],
+                events: vec![],
+            };
+            match self.commit(claim, ReadStamp::UNCHECKED).await {
+                Ok(_) => {}
+                Err(e) if crate::store::lease::Lease::lost_race(&e) => {
+                    self.commit(
+                        Batch::events(vec![refuse("state in use")]),
+                        ReadStamp::UNCHECKED,
+                    )
+                    .await?;
+                    return Err(bad_state());
+                }
+                Err(e) => return Err(e),
             }
-        };
-        let no_expiry = tokens.expires_in.is_none();
-        let stored = token_fields(None, tokens, &client.client_id, now);
-        let (fields, expires_at) = (stored.fields.clone(), stored.expires_at);
-        let stored_at = self
-            .store_login(
-                actor, &scope, &provider, &body, &pending, &stored, now, no_expiry,
+            let pending = claimed;
+            let exchanged = crate::oauth::request_token(
+                http.as_ref(),
+                &spec,
+                &ClientAuth {
+                    client_id: &client.client_id,
+                    client_secret: secret.as_ref(),
+                },
+                &TokenGrant::AuthorizationCode {
+                    code,
+                    redirect_uri: &body.redirect_uri,
+                    code_verifier: verifier.as_ref(),
+                },
             )
             .await;
-        let record = match stored_at {
-            Ok(record) => record,
-            Err(e) => {
-                // The provider issued tokens that will not be kept: revoke them (best
-                // effort) and say so in the audit log.
-                let event = Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
-                    .outcome(Outcome::Failure)
-                    .detail("provider", provider.name.clone())
-                    .detail("reason", "not stored")
-                    .detail("error", format!("{:?}", e.kind()));
-                if let Err(audit) = self
-                    .commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
-                    .await
-                {
-                    tracing::warn!(error = %audit, "failed login not audited");
+            let tokens = match exchanged {
+                Ok(tokens) => tokens,
+                Err(e) => {
+                    // The code is spent either way: the flow is consumed with its failure.
+                    let event = Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
+                        .outcome(Outcome::Failure)
+                        .detail("provider", provider.name.clone())
+                        .detail("reason", super::reason_of(&e));
+                    self.commit(
+                        Batch {
+                            mutations: vec![Mutation::delete_record(&pending)],
+                            events: vec![event],
+                        },
+                        ReadStamp::UNCHECKED,
+                    )
+                    .await?;
+                    return Err(e.into());
                 }
-                let unkept = CredentialRecord {
-                    id: CredentialId::generate(),
-                    name: body.name.clone(),
-                    scope: scope.clone(),
-                    provider: provider.name.clone(),
-                    handler_type: provider.handler_type.clone(),
-                    state: LifecycleState::Invalid,
-                    metadata: BTreeMap::new(),
-                    agent_accessible: false,
-                    version: 1,
-                    created_at: now,
-                    updated_at: now,
-                    expires_at,
-                    key_id: String::new(),
-                    sealed: Vec::new(),
-                };
-                self.revoke_at_provider(actor, &unkept, &fields).await;
-                return Err(e);
+            };
+            let no_expiry = tokens.expires_in.is_none();
+            let stored = token_fields(None, tokens, &client.client_id, now);
+            self.minted_fields(&stored.fields);
+            let (fields, expires_at) = (stored.fields.clone(), stored.expires_at);
+            let stored_at = self
+                .store_login(
+                    actor, &scope, &provider, &body, &pending, &stored, now, no_expiry,
+                )
+                .await;
+            let record = match stored_at {
+                Ok(record) => record,
+                Err(e) => {
+                    // The provider issued tokens that will not be kept: revoke them (best
+                    // effort) and say so in the audit log.
+                    let event = Vault::event(actor, Action::OAuthComplete, AuditTarget::scope(&scope))
+                        .outcome(Outcome::Failure)
+                        .detail("provider", provider.name.clone())
+                        .detail("reason", "not stored")
+                        .detail("error", format!("{:?}", e.kind()));
+                    if let Err(audit) = self
+                        .commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
+                        .await
+                    {
+                        tracing::warn!(error = %audit, "failed login not audited");
+                    }
+                    let unkept = CredentialRecord {
+                        id: CredentialId::generate(),
+                        name: body.name.clone(),
+                        scope: scope.clone(),
+                        provider: provider.name.clone(),
+                        handler_type: provider.handler_type.clone(),
+                        state: LifecycleState::Invalid,
+                        metadata: BTreeMap::new(),
+                        agent_accessible: false,
+                        version: 1,
+                        created_at: now,
+                        updated_at: now,
+                        expires_at,
+                        key_id: String::new(),
+                        sealed: Vec::new(),
+                    };
+                    self.revoke_at_provider(actor, &unkept, &fields).await;
+                    return Err(e);
+                }
+            };
+            if no_expiry {
+                tracing::warn!(
+                    credential = %record.id,
+                    provider = %provider.name,
+                    "the provider gave an access token without expires_in; it cannot be refreshed \
+                     ahead of time"
+                );
+                self.emit(OAuthEvent::NoExpiry {
+                    id: record.id.clone(),
+                });
             }
-        };
-        if no_expiry {
-            tracing::warn!(
-                credential = %record.id,
-                provider = %provider.name,
-                "the provider gave an access token without expires_in; it cannot be refreshed \
-                 ahead of time"
-            );
-            self.emit(OAuthEvent::NoExpiry {
-                id: record.id.clone(),
-            });
-        }
-        let names = fields.keys().cloned().collect();
-        Ok(info(&record, names))
+            let names = fields.keys().cloned().collect();
+            Ok(info(&record, names))
+        })
+        .await
     }
 }
 

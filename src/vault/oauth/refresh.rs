@@ -12,6 +12,7 @@ use crate::model::{CredentialId, CredentialRecord, LifecycleState, Timestamp};
 use crate::oauth::{ClientAuth, OAuthError, TokenGrant};
 use crate::store::lease::Lease;
 use crate::store::{Batch, Mutation, Precondition, ReadStamp};
+use crate::vault::trace;
 
 /// How long a refresh lease lasts: longer than any token request should take (the HTTP
 /// client's timeout), short enough that a crashed holder does not block refreshes for long.
@@ -78,28 +79,34 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<RefreshOutcome> {
-        let record = self.load_for(actor, Action::Refresh, id).await?;
-        if !is_oauth_type(&record.handler_type) {
-            return Err(Error::invalid(
-                "credential",
-                format!(
-                    "{} is a `{}` credential, not an OAuth token; only oauth2, oauth2_pkce \
-                     and device_code credentials are refreshed",
-                    record.describe(),
-                    record.handler_type
-                ),
-            ));
-        }
-        if !has_field(&record, "refresh_token") {
-            return Err(Error::invalid(
-                "credential",
-                format!(
-                    "{} has no refresh token (the provider gave none); log in again",
-                    record.describe()
-                ),
-            ));
-        }
-        self.refresh_record(actor, &record.id, Trigger::Request, true)
+        trace::op("oauth_refresh")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::Refresh, id).await?;
+                if !is_oauth_type(&record.handler_type) {
+                    return Err(Error::invalid(
+                        "credential",
+                        format!(
+                        "{} is a `{}` credential, not an OAuth token; only oauth2, oauth2_pkce \
+                         and device_code credentials are refreshed",
+                        record.describe(),
+                        record.handler_type
+                    ),
+                    ));
+                }
+                if !has_field(&record, "refresh_token") {
+                    return Err(Error::invalid(
+                        "credential",
+                        format!(
+                            "{} has no refresh token (the provider gave none); log in again",
+                            record.describe()
+                        ),
+                    ));
+                }
+                self.refresh_record(actor, &record.id, Trigger::Request, true)
+                    .await
+            })
             .await
     }
 
@@ -109,7 +116,11 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<CredentialInfo> {
-        self.get(actor, id).await
+        trace::op("oauth_status")
+            .actor(actor)
+            .id(id)
+            .run(async move { self.get(actor, id).await })
+            .await
     }
 
     /// Refreshes credential `id` under its lease. `force` refreshes even when it is no longer
@@ -256,6 +267,7 @@ impl Vault {
             Ok(tokens) => {
                 let no_expiry = tokens.expires_in.is_none();
                 let stored = token_fields(Some(&old), tokens, &client.client_id, now);
+                self.minted_fields(&stored.fields);
                 let expires_at = stored.expires_at;
                 let audit = |version: u64| {
                     let audit = event(Outcome::Success).detail("version", version.to_string());

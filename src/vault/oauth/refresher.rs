@@ -14,6 +14,7 @@ use super::refresh::{RefreshOutcome, Trigger};
 use crate::error::Result;
 use crate::model::{CredentialId, Timestamp};
 use crate::store::{Batch, ListFilter, Mutation, ReadStamp, RecordFilter};
+use crate::vault::trace;
 
 /// How the refresher runs.
 #[derive(Debug, Clone)]
@@ -137,66 +138,70 @@ impl Vault {
     /// One refresher pass, now: every OAuth credential whose token expires inside the
     /// window is refreshed (at most `config.concurrency` at once), each under its lease.
     pub async fn refresh_due_now(&self, config: &RefresherConfig) -> Result<RefreshPass> {
-        let window = self.inner.oauth.window;
-        let before = Timestamp::now().saturating_add(window);
-        let mut pass = RefreshPass::default();
-        let mut after: Option<CredentialId> = None;
-        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        // Each refresh is a task of its own, so stopping the refresher (which drops this
-        // pass) never cancels a refresh the provider may have answered already.
-        let mut running = Vec::new();
-        loop {
-            let page = self
-                .inner
-                .store
-                .list(&ListFilter {
-                    expires_before: Some(before),
-                    after_id: after.clone(),
-                    limit: Some(config.page_size.max(1)),
-                    ..ListFilter::default()
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            let now = Timestamp::now();
-            for record in page {
-                if !is_oauth_type(&record.handler_type) || !self.refresh_due(&record, now) {
-                    continue;
+        trace::op("refresh_due_now")
+            .actor(&Vault::oauth_service())
+            .run(async move {
+                let window = self.inner.oauth.window;
+                let before = Timestamp::now().saturating_add(window);
+                let mut pass = RefreshPass::default();
+                let mut after: Option<CredentialId> = None;
+                let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+                // Each refresh is a task of its own, so stopping the refresher (which drops this
+                // pass) never cancels a refresh the provider may have answered already.
+                let mut running = Vec::new();
+                loop {
+                    let page = self
+                        .inner
+                        .store
+                        .list(&ListFilter {
+                            expires_before: Some(before),
+                            after_id: after.clone(),
+                            limit: Some(config.page_size.max(1)),
+                            ..ListFilter::default()
+                        })
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id.clone());
+                    let now = Timestamp::now();
+                    for record in page {
+                        if !is_oauth_type(&record.handler_type) || !self.refresh_due(&record, now) {
+                            continue;
+                        }
+                        pass.due += 1;
+                        let permit =
+                            permits.clone().acquire_owned().await.map_err(|_| {
+                                crate::Error::config("the refresher's limiter closed")
+                            })?;
+                        let vault = self.clone();
+                        running.push(tokio::spawn(async move {
+                            let _permit = permit;
+                            vault
+                                .refresh_record(
+                                    &Vault::oauth_service(),
+                                    &record.id,
+                                    Trigger::Schedule,
+                                    false,
+                                )
+                                .await
+                        }));
+                    }
                 }
-                pass.due += 1;
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| crate::Error::config("the refresher's limiter closed"))?;
-                let vault = self.clone();
-                running.push(tokio::spawn(async move {
-                    let _permit = permit;
-                    vault
-                        .refresh_record(
-                            &Vault::oauth_service(),
-                            &record.id,
-                            Trigger::Schedule,
-                            false,
-                        )
-                        .await
-                }));
-            }
-        }
-        for task in running {
-            tally(&mut pass, task.await);
-        }
-        pass.swept = self.sweep_lapsed_flows(config.page_size.max(1)).await?;
-        // The vault's other tokens with a life: provisioned GitLab tokens nearing their
-        // expiry are rotated in the same pass (each under its own lease).
-        match self.rotate_provisioned_tokens(Timestamp::now()).await {
-            Ok(report) => pass.rotated = report.tokens.len() as u64,
-            Err(e) => {
-                tracing::warn!(error = %e, "GitLab token rotation pass failed");
-                pass.errors += 1;
-            }
-        }
-        Ok(pass)
+                for task in running {
+                    tally(&mut pass, task.await);
+                }
+                pass.swept = self.sweep_lapsed_flows(config.page_size.max(1)).await?;
+                // The vault's other tokens with a life: provisioned GitLab tokens nearing their
+                // expiry are rotated in the same pass (each under its own lease).
+                match self.rotate_provisioned_tokens(Timestamp::now()).await {
+                    Ok(report) => pass.rotated = report.tokens.len() as u64,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "GitLab token rotation pass failed");
+                        pass.errors += 1;
+                    }
+                }
+                Ok(pass)
+            })
+            .await
     }
 
     /// Deletes pending authorization-code flows that lapsed (nobody can complete them any

@@ -10,6 +10,7 @@ use crate::handlers::Fields;
 use crate::model::{CredentialId, CredentialRecord, LifecycleState};
 use crate::oauth::{ClientAuth, TokenKind};
 use crate::store::{Batch, ReadStamp};
+use crate::vault::trace;
 
 impl Vault {
     /// Revokes an OAuth credential: it becomes `invalid` at once (audited), then its tokens
@@ -20,35 +21,41 @@ impl Vault {
         actor: &Principal,
         id: &CredentialId,
     ) -> Result<CredentialInfo> {
-        let record = self.load_for(actor, Action::Revoke, id).await?;
-        if !is_oauth_type(&record.handler_type) {
-            return Err(Error::invalid(
-                "credential",
-                format!(
-                    "{} is a `{}` credential, not an OAuth token; there is nothing to revoke \
-                     at a provider (delete it or set it invalid)",
-                    record.describe(),
-                    record.handler_type
-                ),
-            ));
-        }
-        let fields = self.open_for_change(&record).await?;
-        let mut next = record.clone();
-        next.state = LifecycleState::Invalid;
-        let event = Vault::event(
-            actor,
-            Action::SetState,
-            AuditTarget::credential(&next.id, &next.scope),
-        )
-        .detail("from", record.state.as_str())
-        .detail("to", "invalid")
-        .detail("reason", "revoked");
-        let next = self.put_next_version(&record, next, event).await?;
-        self.revoke_at_provider(actor, &record, &fields).await;
-        self.emit(OAuthEvent::Revoked {
-            id: record.id.clone(),
-        });
-        Ok(super::super::info(&next, Vec::new()))
+        trace::op("oauth_revoke")
+            .actor(actor)
+            .id(id)
+            .run(async move {
+                let record = self.load_for(actor, Action::Revoke, id).await?;
+                if !is_oauth_type(&record.handler_type) {
+                    return Err(Error::invalid(
+                        "credential",
+                        format!(
+                        "{} is a `{}` credential, not an OAuth token; there is nothing to revoke \
+                         at a provider (delete it or set it invalid)",
+                        record.describe(),
+                        record.handler_type
+                    ),
+                    ));
+                }
+                let fields = self.open_for_change(&record).await?;
+                let mut next = record.clone();
+                next.state = LifecycleState::Invalid;
+                let event = Vault::event(
+                    actor,
+                    Action::SetState,
+                    AuditTarget::credential(&next.id, &next.scope),
+                )
+                .detail("from", record.state.as_str())
+                .detail("to", "invalid")
+                .detail("reason", "revoked");
+                let next = self.put_next_version(&record, next, event).await?;
+                self.revoke_at_provider(actor, &record, &fields).await;
+                self.emit(OAuthEvent::Revoked {
+                    id: record.id.clone(),
+                });
+                Ok(super::super::info(&next, Vec::new()))
+            })
+            .await
     }
 
     /// Opens an OAuth credential's tokens before it is deleted, so that they can be revoked

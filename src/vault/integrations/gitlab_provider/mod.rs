@@ -253,90 +253,97 @@ impl Vault {
         config: GitlabProviderConfig,
         admin_token: SecretString,
     ) -> Result<CredentialProviderInfo> {
-        let what = format!("credential provider `{}`", printable(name));
-        self.authorize(actor, Action::ProviderAdd, None, AuditTarget::none(), &what)
-            .await?;
-        let failed = |reason: &'static str| {
-            Vault::event(actor, Action::ProviderAdd, AuditTarget::none())
-                .outcome(Outcome::Failure)
-                .detail("name", printable(name))
-                .detail("reason", reason)
-        };
-        let checked = async {
-            check_provider_name(name)?;
-            config.validate()?;
-            if self
-                .inner
-                .store
-                .record(&provider_key(name)?)
-                .await?
-                .is_some()
-            {
-                return Err(Error::AlreadyExists { what: what.clone() });
-            }
-            let http = self.http_for("registering a GitLab credential provider")?;
-            gitlab::user(http.as_ref(), config.base_url.trim(), &admin_token)
-                .await
-                .map_err(|e| match e {
-                    Error::InvalidInput { .. } => Error::invalid(
-                        "gitlab provider admin token",
-                        format!(
-                            "GitLab at {} refused it (GET /user); use a token with the `api` \
-                             scope of a group Owner or an administrator",
-                            printable(config.base_url.trim())
-                        ),
-                    ),
-                    other => other,
-                })?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = checked {
-            self.commit_quietly(failed(reason_of(&e))).await;
-            return Err(e);
-        }
-        let now = Timestamp::now();
-        let body = serde_json::to_value(&config)
-            .map_err(|e| Error::invalid("gitlab provider", e.to_string()))?;
-        let mut record = Record::new(provider_key(name)?, body, now);
-        let plain = zeroize::Zeroizing::new(
-            serde_json::to_vec(&serde_json::json!({ "admin_token": admin_token.expose_secret() }))
-                .map_err(|e| Error::invalid("gitlab provider", e.to_string()))?,
-        );
-        let sealed = self
-            .inner
-            .keys
-            .seal_record(&plain, &record.aad_in(&self.inner.namespace))
-            .await?;
-        record.sealed = Some(sealed.bytes);
-        let event = Vault::event(actor, Action::ProviderAdd, AuditTarget::none())
-            .detail("name", name.to_string())
-            .detail("kind", "gitlab")
-            .detail("mode", mode_name(&config))
-            .detail("target", target_text(&config));
-        match self
-            .commit(
-                Batch {
-                    mutations: vec![Mutation::create_record(record)],
-                    events: vec![event],
-                },
-                ReadStamp::UNCHECKED,
-            )
-            .await
-        {
-            Ok(_) => Ok(CredentialProviderInfo {
-                name: name.to_string(),
-                config,
-                created_at: now,
-            }),
-            Err(e) => {
-                if matches!(e, Error::AlreadyExists { .. }) {
-                    self.commit_quietly(failed("already_exists")).await;
-                    return Err(Error::AlreadyExists { what });
+        trace::op("add_credential_provider")
+            .actor(actor)
+            .run(async move {
+                let what = format!("credential provider `{}`", printable(name));
+                self.authorize(actor, Action::ProviderAdd, None, AuditTarget::none(), &what)
+                    .await?;
+                let failed = |reason: &'static str| {
+                    Vault::event(actor, Action::ProviderAdd, AuditTarget::none())
+                        .outcome(Outcome::Failure)
+                        .detail("name", printable(name))
+                        .detail("reason", reason)
+                };
+                let checked = async {
+                    check_provider_name(name)?;
+                    config.validate()?;
+                    if self
+                        .inner
+                        .store
+                        .record(&provider_key(name)?)
+                        .await?
+                        .is_some()
+                    {
+                        return Err(Error::AlreadyExists { what: what.clone() });
+                    }
+                    let http = self.http_for("registering a GitLab credential provider")?;
+                    gitlab::user(http.as_ref(), config.base_url.trim(), &admin_token)
+                        .await
+                        .map_err(|e| match e {
+                            Error::InvalidInput { .. } => Error::invalid(
+                                "gitlab provider admin token",
+                                format!(
+                                "GitLab at {} refused it (GET /user); use a token with the `api` \
+                                 scope of a group Owner or an administrator",
+                                printable(config.base_url.trim())
+                            ),
+                            ),
+                            other => other,
+                        })?;
+                    Ok(())
                 }
-                Err(e)
-            }
-        }
+                .await;
+                if let Err(e) = checked {
+                    self.commit_quietly(failed(reason_of(&e))).await;
+                    return Err(e);
+                }
+                let now = Timestamp::now();
+                let body = serde_json::to_value(&config)
+                    .map_err(|e| Error::invalid("gitlab provider", e.to_string()))?;
+                let mut record = Record::new(provider_key(name)?, body, now);
+                let plain = zeroize::Zeroizing::new(
+                    serde_json::to_vec(
+                        &serde_json::json!({ "admin_token": admin_token.expose_secret() }),
+                    )
+                    .map_err(|e| Error::invalid("gitlab provider", e.to_string()))?,
+                );
+                let sealed = self
+                    .inner
+                    .keys
+                    .seal_record(&plain, &record.aad_in(&self.inner.namespace))
+                    .await?;
+                record.sealed = Some(sealed.bytes);
+                let event = Vault::event(actor, Action::ProviderAdd, AuditTarget::none())
+                    .detail("name", name.to_string())
+                    .detail("kind", "gitlab")
+                    .detail("mode", mode_name(&config))
+                    .detail("target", target_text(&config));
+                match self
+                    .commit(
+                        Batch {
+                            mutations: vec![Mutation::create_record(record)],
+                            events: vec![event],
+                        },
+                        ReadStamp::UNCHECKED,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(CredentialProviderInfo {
+                        name: name.to_string(),
+                        config,
+                        created_at: now,
+                    }),
+                    Err(e) => {
+                        if matches!(e, Error::AlreadyExists { .. }) {
+                            self.commit_quietly(failed("already_exists")).await;
+                            return Err(Error::AlreadyExists { what });
+                        }
+                        Err(e)
+                    }
+                }
+            })
+            .await
     }
 
     /// The registered credential providers, by name (system admins; no secret).
@@ -344,20 +351,25 @@ impl Vault {
         &self,
         actor: &Principal,
     ) -> Result<Vec<CredentialProviderInfo>> {
-        self.authorize(
-            actor,
-            Action::ProviderList,
-            None,
-            AuditTarget::none(),
-            "the credential providers",
-        )
-        .await?;
-        let records = self
-            .inner
-            .store
-            .records(&RecordFilter::kind(CREDENTIAL_PROVIDER_KIND).owner(PROVIDER_OWNER))
-            .await?;
-        records.iter().map(provider_info).collect()
+        trace::op("list_credential_providers")
+            .actor(actor)
+            .run(async move {
+                self.authorize(
+                    actor,
+                    Action::ProviderList,
+                    None,
+                    AuditTarget::none(),
+                    "the credential providers",
+                )
+                .await?;
+                let records = self
+                    .inner
+                    .store
+                    .records(&RecordFilter::kind(CREDENTIAL_PROVIDER_KIND).owner(PROVIDER_OWNER))
+                    .await?;
+                records.iter().map(provider_info).collect()
+            })
+            .await
     }
 
     /// Removes credential provider `name` (system admins). Refused (`InvalidInput`, audited)
@@ -369,53 +381,58 @@ impl Vault {
         actor: &Principal,
         name: &str,
     ) -> Result<CredentialProviderInfo> {
-        let what = format!("credential provider `{}`", printable(name));
-        self.authorize(
-            actor,
-            Action::ProviderRemove,
-            None,
-            AuditTarget::none(),
-            &what,
-        )
-        .await?;
-        let key = provider_key(name)?;
-        let Some(record) = self.inner.store.record(&key).await? else {
-            return Err(Error::NotFound {
-                what,
-                hint: Some("list them with Vault::list_credential_providers".into()),
-            });
-        };
-        let info = provider_info(&record)?;
-        let users = self.provider_users(name).await?;
-        if !users.is_empty() {
-            self.commit_quietly(
-                Vault::event(actor, Action::ProviderRemove, AuditTarget::none())
-                    .outcome(Outcome::Failure)
+        trace::op("remove_credential_provider")
+            .actor(actor)
+            .run(async move {
+                let what = format!("credential provider `{}`", printable(name));
+                self.authorize(
+                    actor,
+                    Action::ProviderRemove,
+                    None,
+                    AuditTarget::none(),
+                    &what,
+                )
+                .await?;
+                let key = provider_key(name)?;
+                let Some(record) = self.inner.store.record(&key).await? else {
+                    return Err(Error::NotFound {
+                        what,
+                        hint: Some("list them with Vault::list_credential_providers".into()),
+                    });
+                };
+                let info = provider_info(&record)?;
+                let users = self.provider_users(name).await?;
+                if !users.is_empty() {
+                    self.commit_quietly(
+                        Vault::event(actor, Action::ProviderRemove, AuditTarget::none())
+                            .outcome(Outcome::Failure)
+                            .detail("name", name.to_string())
+                            .detail("reason", "in_use"),
+                    )
+                    .await;
+                    return Err(Error::invalid(
+                        "credential provider",
+                        format!(
+                        "{what} is in use by agent(s) {}; unlink their GitLab integrations first \
+                         (Vault::unlink deprovisions them), or run Vault::finish_provisioning",
+                        users.join(", ")
+                    ),
+                    ));
+                }
+                let event = Vault::event(actor, Action::ProviderRemove, AuditTarget::none())
                     .detail("name", name.to_string())
-                    .detail("reason", "in_use"),
-            )
-            .await;
-            return Err(Error::invalid(
-                "credential provider",
-                format!(
-                    "{what} is in use by agent(s) {}; unlink their GitLab integrations first \
-                     (Vault::unlink deprovisions them), or run Vault::finish_provisioning",
-                    users.join(", ")
-                ),
-            ));
-        }
-        let event = Vault::event(actor, Action::ProviderRemove, AuditTarget::none())
-            .detail("name", name.to_string())
-            .detail("kind", "gitlab");
-        self.commit(
-            Batch {
-                mutations: vec![Mutation::delete_record(&record)],
-                events: vec![event],
-            },
-            ReadStamp::UNCHECKED,
-        )
-        .await?;
-        Ok(info)
+                    .detail("kind", "gitlab");
+                self.commit(
+                    Batch {
+                        mutations: vec![Mutation::delete_record(&record)],
+                        events: vec![event],
+                    },
+                    ReadStamp::UNCHECKED,
+                )
+                .await?;
+                Ok(info)
+            })
+            .await
     }
 
     /// The agents whose provisioned integration or intent names provider `name`.

@@ -19,194 +19,205 @@ impl Vault {
         agent: &str,
         provider_name: &str,
     ) -> Result<Integration> {
-        let provider = IntegrationProvider::Gitlab;
-        let scope = self
-            .authorize_integration(actor, Action::IntegrationLink, agent, provider)
-            .await?;
-        let scope_ref = &scope;
-        let refuse = |e: Error| async move {
-            self.link_failed(actor, scope_ref, provider, &e).await;
-            Err(e)
-        };
-        if self
-            .inner
-            .store
-            .record(&integration_key(agent, provider)?)
-            .await?
-            .is_some()
-        {
-            return refuse(already_linked(provider, agent)).await;
-        }
-        // A crashed run's leftovers for this agent first.
-        if let Some(record) = self.inner.store.record(&intent_key(agent)?).await? {
-            if !record.is_expired_at(Timestamp::now()) {
-                return refuse(Error::AlreadyExists {
-                    what: format!(
-                        "a GitLab provisioning of agent `{}` (under way; or run \
-                         Vault::finish_provisioning once it is {}s old)",
-                        printable(agent),
-                        PROVISIONING_TTL.as_secs()
-                    ),
-                })
-                .await;
-            }
-            let recovered = self.recover_intent(actor, &scope, agent, record).await?;
-            if !recovered.resolved {
-                return Err(Error::transport(
-                    "gitlab",
-                    format!(
-                        "what a crashed provisioning of agent `{}` created could not be \
-                         cleaned up yet; try again later",
-                        printable(agent)
-                    ),
-                ));
-            }
-        }
-        let (cfg, admin) = match self.credential_provider_of(provider_name).await {
-            Ok(found) => found,
-            Err(e) => return refuse(e).await,
-        };
-        let http = self.http_for("provisioning a GitLab identity")?;
-        let token_name = glp::token_name(agent)?;
-        let username = match cfg.mode {
-            Mode::ServiceAccount { .. } => Some(cfg.service_account_username(agent)?),
-            Mode::ProjectAccessToken { .. } => None,
-        };
-        let now = Timestamp::now();
-        let intent = Intent {
-            provider: provider_name.to_string(),
-            mode: mode_name(&cfg).to_string(),
-            username: username.clone(),
-            token_name: token_name.clone(),
-            step: "started".into(),
-        };
-        let mut intent_record = Record::new(
-            intent_key(agent)?,
-            serde_json::to_value(&intent).map_err(|e| Error::invalid("intent", e.to_string()))?,
-            now,
-        );
-        intent_record.expires_at = Some(now.saturating_add(PROVISIONING_TTL));
-        if let Err(e) = self
-            .commit(
-                Batch {
-                    mutations: vec![Mutation::create_record(intent_record.clone())],
-                    events: vec![],
-                },
-                ReadStamp::UNCHECKED,
-            )
-            .await
-        {
-            return match e {
-                Error::AlreadyExists { .. } => {
-                    refuse(Error::AlreadyExists {
-                        what: format!(
-                            "a GitLab provisioning of agent `{}` (under way)",
-                            printable(agent)
-                        ),
-                    })
-                    .await
+        trace::op("link_gitlab_provisioned")
+            .actor(actor)
+            .run(async move {
+                let provider = IntegrationProvider::Gitlab;
+                let scope = self
+                    .authorize_integration(actor, Action::IntegrationLink, agent, provider)
+                    .await?;
+                let scope_ref = &scope;
+                let refuse = |e: Error| async move {
+                    self.link_failed(actor, scope_ref, provider, &e).await;
+                    Err(e)
+                };
+                if self
+                    .inner
+                    .store
+                    .record(&integration_key(agent, provider)?)
+                    .await?
+                    .is_some()
+                {
+                    return refuse(already_linked(provider, agent)).await;
                 }
-                e => Err(e),
-            };
-        }
-        // The remote calls.
-        let expires = cfg.expiry_date(date_of(now)?)?;
-        let minted: Result<IssuedToken> = match &cfg.mode {
-            Mode::ServiceAccount { scopes, .. } => {
-                match glp::create_service_account(http.as_ref(), &cfg, &admin, agent).await {
-                    Ok(account) => glp::create_service_account_token(
-                        http.as_ref(),
-                        &cfg,
-                        &admin,
-                        account.id,
-                        &token_name,
-                        scopes,
-                        expires,
+                // A crashed run's leftovers for this agent first.
+                if let Some(record) = self.inner.store.record(&intent_key(agent)?).await? {
+                    if !record.is_expired_at(Timestamp::now()) {
+                        return refuse(Error::AlreadyExists {
+                            what: format!(
+                                "a GitLab provisioning of agent `{}` (under way; or run \
+                             Vault::finish_provisioning once it is {}s old)",
+                                printable(agent),
+                                PROVISIONING_TTL.as_secs()
+                            ),
+                        })
+                        .await;
+                    }
+                    let recovered = self.recover_intent(actor, &scope, agent, record).await?;
+                    if !recovered.resolved {
+                        return Err(Error::transport(
+                            "gitlab",
+                            format!(
+                                "what a crashed provisioning of agent `{}` created could not be \
+                             cleaned up yet; try again later",
+                                printable(agent)
+                            ),
+                        ));
+                    }
+                }
+                let (cfg, admin) = match self.credential_provider_of(provider_name).await {
+                    Ok(found) => found,
+                    Err(e) => return refuse(e).await,
+                };
+                let http = self.http_for("provisioning a GitLab identity")?;
+                let token_name = glp::token_name(agent)?;
+                let username = match cfg.mode {
+                    Mode::ServiceAccount { .. } => Some(cfg.service_account_username(agent)?),
+                    Mode::ProjectAccessToken { .. } => None,
+                };
+                let now = Timestamp::now();
+                let intent = Intent {
+                    provider: provider_name.to_string(),
+                    mode: mode_name(&cfg).to_string(),
+                    username: username.clone(),
+                    token_name: token_name.clone(),
+                    step: "started".into(),
+                };
+                let mut intent_record = Record::new(
+                    intent_key(agent)?,
+                    serde_json::to_value(&intent)
+                        .map_err(|e| Error::invalid("intent", e.to_string()))?,
+                    now,
+                );
+                intent_record.expires_at = Some(now.saturating_add(PROVISIONING_TTL));
+                if let Err(e) = self
+                    .commit(
+                        Batch {
+                            mutations: vec![Mutation::create_record(intent_record.clone())],
+                            events: vec![],
+                        },
+                        ReadStamp::UNCHECKED,
                     )
                     .await
-                    .map(|mut t| {
-                        t.user_id = Some(account.id);
-                        t
-                    }),
-                    Err(e) => Err(e),
+                {
+                    return match e {
+                        Error::AlreadyExists { .. } => {
+                            refuse(Error::AlreadyExists {
+                                what: format!(
+                                    "a GitLab provisioning of agent `{}` (under way)",
+                                    printable(agent)
+                                ),
+                            })
+                            .await
+                        }
+                        e => Err(e),
+                    };
                 }
-            }
-            Mode::ProjectAccessToken {
-                scopes,
-                access_level,
-                ..
-            } => {
-                glp::create_project_access_token(
-                    http.as_ref(),
-                    &cfg,
-                    &admin,
-                    &token_name,
-                    scopes,
-                    *access_level,
-                    expires,
-                )
-                .await
-            }
-        };
-        let outcome = match minted {
-            Ok(token) => {
-                self.commit_provisioned(
-                    actor,
-                    agent,
-                    &scope,
-                    provider_name,
-                    &cfg,
-                    username.as_deref(),
-                    token,
-                    &intent_record,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(integration) => Ok(integration),
-            Err(e) => {
-                // Undo whatever the remote calls created (found by the deterministic names),
-                // then drop the intent unless the cleanup failed.
-                let cleanup = self.cleanup_remote(&cfg, &admin, &intent).await;
-                let done = cleanup.complete();
-                if done {
-                    let _ = self
-                        .commit(
-                            Batch {
-                                mutations: vec![Mutation::delete_record(&intent_record)],
-                                events: vec![],
-                            },
-                            ReadStamp::UNCHECKED,
-                        )
-                        .await;
-                }
-                let e = match e {
-                    Error::AlreadyExists { .. }
-                        if self
-                            .inner
-                            .store
-                            .record(&integration_key(agent, provider)?)
-                            .await?
-                            .is_some() =>
-                    {
-                        already_linked(provider, agent)
+                // The remote calls.
+                let expires = cfg.expiry_date(date_of(now)?)?;
+                let minted: Result<IssuedToken> = match &cfg.mode {
+                    Mode::ServiceAccount { scopes, .. } => {
+                        match glp::create_service_account(http.as_ref(), &cfg, &admin, agent).await
+                        {
+                            Ok(account) => glp::create_service_account_token(
+                                http.as_ref(),
+                                &cfg,
+                                &admin,
+                                account.id,
+                                &token_name,
+                                scopes,
+                                expires,
+                            )
+                            .await
+                            .map(|mut t| {
+                                t.user_id = Some(account.id);
+                                t
+                            }),
+                            Err(e) => Err(e),
+                        }
                     }
-                    e => e,
+                    Mode::ProjectAccessToken {
+                        scopes,
+                        access_level,
+                        ..
+                    } => {
+                        glp::create_project_access_token(
+                            http.as_ref(),
+                            &cfg,
+                            &admin,
+                            &token_name,
+                            scopes,
+                            *access_level,
+                            expires,
+                        )
+                        .await
+                    }
                 };
-                let event =
-                    Vault::event(actor, Action::IntegrationLink, AuditTarget::scope(&scope))
+                let outcome = match minted {
+                    Ok(token) => {
+                        self.minted(&token.token);
+                        self.commit_provisioned(
+                            actor,
+                            agent,
+                            &scope,
+                            provider_name,
+                            &cfg,
+                            username.as_deref(),
+                            token,
+                            &intent_record,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(integration) => Ok(integration),
+                    Err(e) => {
+                        // Undo whatever the remote calls created (found by the deterministic names),
+                        // then drop the intent unless the cleanup failed.
+                        let cleanup = self.cleanup_remote(&cfg, &admin, &intent).await;
+                        let done = cleanup.complete();
+                        if done {
+                            let _ = self
+                                .commit(
+                                    Batch {
+                                        mutations: vec![Mutation::delete_record(&intent_record)],
+                                        events: vec![],
+                                    },
+                                    ReadStamp::UNCHECKED,
+                                )
+                                .await;
+                        }
+                        let e = match e {
+                            Error::AlreadyExists { .. }
+                                if self
+                                    .inner
+                                    .store
+                                    .record(&integration_key(agent, provider)?)
+                                    .await?
+                                    .is_some() =>
+                            {
+                                already_linked(provider, agent)
+                            }
+                            e => e,
+                        };
+                        let event = Vault::event(
+                            actor,
+                            Action::IntegrationLink,
+                            AuditTarget::scope(&scope),
+                        )
                         .outcome(Outcome::Failure)
                         .detail("provider", provider.as_str())
                         .detail("auth_type", AuthType::Provisioned.as_str())
                         .detail("credential_provider", provider_name.to_string())
                         .detail("reason", reason_of(&e))
                         .detail("cleanup", if done { "done" } else { "failed" });
-                self.commit_quietly(event).await;
-                Err(e)
-            }
-        }
+                        self.commit_quietly(event).await;
+                        Err(e)
+                    }
+                }
+            })
+            .await
     }
 
     /// The batch of a provisioned link: the secret, the integration, the intent's delete,
@@ -429,39 +440,45 @@ impl Vault {
     /// links under way, left alone. Also run by [`Vault::link_gitlab_provisioned`] for its
     /// agent.
     pub async fn finish_provisioning(&self, actor: &Principal) -> Result<ProvisioningReport> {
-        self.authorize(
-            actor,
-            Action::ProviderList,
-            None,
-            AuditTarget::none(),
-            "the leftover GitLab provisionings",
-        )
-        .await?;
-        let mut report = ProvisioningReport::default();
-        let now = Timestamp::now();
-        for record in self
-            .inner
-            .store
-            .records(&RecordFilter::kind(PROVISIONING_KIND))
-            .await?
-        {
-            let Some(agent) = record.owner.strip_prefix("agent:").map(str::to_string) else {
-                continue;
-            };
-            if !record.is_expired_at(now) {
-                report.in_progress.push(agent);
-                continue;
-            }
-            let scope = Scope::PerAgent {
-                agent: agent.clone(),
-            };
-            if scope.validate().is_err() {
-                continue;
-            }
-            report
-                .recovered
-                .push(self.recover_intent(actor, &scope, &agent, record).await?);
-        }
-        Ok(report)
+        trace::op("finish_provisioning")
+            .actor(actor)
+            .run(async move {
+                self.authorize(
+                    actor,
+                    Action::ProviderList,
+                    None,
+                    AuditTarget::none(),
+                    "the leftover GitLab provisionings",
+                )
+                .await?;
+                let mut report = ProvisioningReport::default();
+                let now = Timestamp::now();
+                for record in self
+                    .inner
+                    .store
+                    .records(&RecordFilter::kind(PROVISIONING_KIND))
+                    .await?
+                {
+                    let Some(agent) = record.owner.strip_prefix("agent:").map(str::to_string)
+                    else {
+                        continue;
+                    };
+                    if !record.is_expired_at(now) {
+                        report.in_progress.push(agent);
+                        continue;
+                    }
+                    let scope = Scope::PerAgent {
+                        agent: agent.clone(),
+                    };
+                    if scope.validate().is_err() {
+                        continue;
+                    }
+                    report
+                        .recovered
+                        .push(self.recover_intent(actor, &scope, &agent, record).await?);
+                }
+                Ok(report)
+            })
+            .await
     }
 }

@@ -8,41 +8,46 @@ impl Vault {
     /// racing rotations exactly one calls GitLab; the new token is stored in the batch that
     /// releases the lease, with a `credential.refresh` row (by service `gitlab-rotation`).
     pub async fn rotate_provisioned_tokens(&self, now: Timestamp) -> Result<RotationReport> {
-        let mut report = RotationReport::default();
-        let horizon = now.saturating_add(ROTATE_WINDOW);
-        let mut after = None;
-        loop {
-            let page = self
-                .inner
-                .store
-                .list(&ListFilter {
-                    name: Some(GITLAB_TOKEN.to_string()),
-                    after_id: after.clone(),
-                    limit: Some(200),
-                    ..ListFilter::default()
-                })
-                .await?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = Some(last.id.clone());
-            for record in &page {
-                if !record.metadata.contains_key(META_PROVIDER)
-                    || record.expires_at.is_none_or(|at| at > horizon)
-                {
-                    continue;
+        trace::op("rotate_provisioned_tokens")
+            .actor(&rotation_service())
+            .run(async move {
+                let mut report = RotationReport::default();
+                let horizon = now.saturating_add(ROTATE_WINDOW);
+                let mut after = None;
+                loop {
+                    let page = self
+                        .inner
+                        .store
+                        .list(&ListFilter {
+                            name: Some(GITLAB_TOKEN.to_string()),
+                            after_id: after.clone(),
+                            limit: Some(200),
+                            ..ListFilter::default()
+                        })
+                        .await?;
+                    let Some(last) = page.last() else {
+                        break;
+                    };
+                    after = Some(last.id.clone());
+                    for record in &page {
+                        if !record.metadata.contains_key(META_PROVIDER)
+                            || record.expires_at.is_none_or(|at| at > horizon)
+                        {
+                            continue;
+                        }
+                        let outcome = match self.rotate_one(&record.id, now).await {
+                            Ok(o) => o,
+                            Err(e) => RotationOutcome::Failed(e.to_string()),
+                        };
+                        report.tokens.push((record.id.clone(), outcome));
+                    }
+                    if page.len() < 200 {
+                        break;
+                    }
                 }
-                let outcome = match self.rotate_one(&record.id, now).await {
-                    Ok(o) => o,
-                    Err(e) => RotationOutcome::Failed(e.to_string()),
-                };
-                report.tokens.push((record.id.clone(), outcome));
-            }
-            if page.len() < 200 {
-                break;
-            }
-        }
-        Ok(report)
+                Ok(report)
+            })
+            .await
     }
 
     pub(super) async fn rotate_one(
@@ -149,6 +154,7 @@ impl Vault {
         let http = self.http_for("rotating a GitLab token")?;
         let expires = cfg.expiry_date(date_of(now)?)?;
         let issued = glp::rotate_token(http.as_ref(), &cfg, &admin, &token, expires).await?;
+        self.minted(&issued.token);
         let at = Timestamp::now();
         let fields = token_fields("token", issued.token.clone());
         let mut next = record.clone();

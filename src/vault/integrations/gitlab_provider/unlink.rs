@@ -14,11 +14,17 @@ impl Vault {
         agent: &str,
         provider: IntegrationProvider,
     ) -> Result<UnlinkReport> {
-        let (integration, deprovision) = self.unlink_reported(actor, agent, provider).await?;
-        Ok(UnlinkReport {
-            integration,
-            deprovision,
-        })
+        trace::op("unlink_provisioned")
+            .actor(actor)
+            .run(async move {
+                let (integration, deprovision) =
+                    self.unlink_reported(actor, agent, provider).await?;
+                Ok(UnlinkReport {
+                    integration,
+                    deprovision,
+                })
+            })
+            .await
     }
 
     /// The unlink hook: deprovisions a provisioned GitLab integration (best effort) and
