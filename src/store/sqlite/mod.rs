@@ -37,7 +37,7 @@ pub use schema::SQLITE_APPLICATION_ID;
 use schema::{
     check_application, configure, count_credentials, load_head, migrate, read_generation,
 };
-use sync::Syncer;
+use sync::{wal_path, Syncer};
 use writer::{writer_loop, Message};
 
 mod backup;
@@ -158,7 +158,8 @@ impl SqliteStore {
         let syncer = if options.synchronous == Synchronous::Full && !options.read_only {
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
-            Some(Syncer::start(path.clone(), counters.clone()).map_err(|e| Error::io(&shown, e))?)
+            let wal = wal_path(&conn, &path).map_err(|e| Error::io(&shown, e))?;
+            Some(Syncer::start(wal, counters.clone()).map_err(|e| Error::io(&shown, e))?)
         } else {
             None
         };
@@ -404,9 +405,18 @@ impl Store for SqliteStore {
     }
 
     async fn chain_head(&self) -> Result<Option<ChainHead>> {
-        self.read_point(|conn| {
+        let head = self.read_point(|conn| {
             load_head(conn).map_err(|e| sql_error("cannot read the audit head", e))
-        })
+        })?;
+        // The head read may be a group's that is committed but not yet synced (its callers
+        // are not answered yet). A head is what a checkpoint vouches for, so it is returned
+        // only once durable: the barrier is queued after that group and answered after the
+        // sync covering it. `Normal` opted out of durability; read-only writes nothing.
+        if self.inner.options.synchronous == Synchronous::Full && !self.inner.options.read_only
+        {
+            self.synced().await?;
+        }
+        Ok(head)
     }
 
     async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<Grant>> {
@@ -489,6 +499,31 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Waits until every group the writer committed so far is durable.
+    async fn synced(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        let queued = {
+            let writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            writer
+                .as_ref()
+                .is_some_and(|w| w.send(Message::Barrier(reply)).is_ok())
+        };
+        let stopped = || {
+            Error::store(
+                StoreErrorKind::Closed,
+                format!(
+                    "the SQLite store {} was closed before the audit head could be made \
+                     durable; open it again",
+                    self.inner.path.display()
+                ),
+            )
+        };
+        if !queued {
+            return Err(stopped());
+        }
+        done.await.map_err(|_| stopped())?
+    }
+
     /// Queues a batch with the writer thread and waits for its answer.
     async fn send(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
         group::send("SQLite", batch, stamp, |request| {

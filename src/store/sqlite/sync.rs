@@ -13,10 +13,12 @@
 //! database already.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
 
 use super::Counters;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -25,22 +27,40 @@ use crate::store::group::{answer, GroupFailure, Outcome, Reply};
 /// A committed group whose callers wait for the sync.
 pub(super) type Unsynced = Vec<(Reply, Outcome)>;
 
+/// What the syncer is handed, in the order the writer committed.
+enum Job {
+    /// A committed group: answered once a sync covers it.
+    Group(Unsynced),
+    /// A barrier: answered once everything handed over before it is durable.
+    Barrier(oneshot::Sender<Result<()>>),
+}
+
+/// Makes the WAL durable; `groups` is false when only barriers wait (nothing of this
+/// process's was committed since the last sync).
+type SyncFn = Box<dyn FnMut(bool) -> Result<()> + Send>;
+
 /// The writer's end of the syncer.
 pub(super) struct Syncer {
-    queue: Option<mpsc::Sender<Unsynced>>,
+    queue: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Syncer {
-    /// Starts the syncer thread for the database at `database` (its WAL is `<database>-wal`).
-    pub(super) fn start(database: PathBuf, counters: Arc<Counters>) -> std::io::Result<Syncer> {
-        let mut wal = database.into_os_string();
-        wal.push("-wal");
-        let wal = PathBuf::from(wal);
-        let (queue, rx) = mpsc::channel::<Unsynced>();
+    /// Starts the syncer thread for the WAL at `wal`: the `-wal` file of the database file
+    /// as SQLite itself names it (see [`wal_path`]).
+    pub(super) fn start(wal: PathBuf, counters: Arc<Counters>) -> std::io::Result<Syncer> {
+        let mut file: Option<File> = None;
+        Syncer::start_with(
+            Box::new(move |groups| sync_wal(&mut file, &wal, groups)),
+            counters,
+        )
+    }
+
+    fn start_with(sync: SyncFn, counters: Arc<Counters>) -> std::io::Result<Syncer> {
+        let (queue, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("strongroom-sqlite-sync".into())
-            .spawn(move || sync_loop(&wal, &rx, &counters))?;
+            .spawn(move || sync_loop(&rx, &counters, sync))?;
         Ok(Syncer {
             queue: Some(queue),
             thread: Some(thread),
@@ -50,14 +70,24 @@ impl Syncer {
     /// Hands a committed group over; its callers are answered once it is durable.
     pub(super) fn push(&self, group: Unsynced) {
         if let Some(queue) = &self.queue {
-            if let Err(mpsc::SendError(group)) = queue.send(group) {
+            if let Err(mpsc::SendError(Job::Group(group))) = queue.send(Job::Group(group)) {
                 // The thread is gone (it panicked): nobody can vouch for these rows.
-                let failure = GroupFailure::from(Error::store(
-                    StoreErrorKind::Io,
-                    "the SQLite store's sync thread stopped, so the commit was not made durable; \
-                     close and reopen the store",
-                ));
-                answer(group, Some(&failure));
+                answer(group, Some(&GroupFailure::from(stopped())));
+            }
+        }
+    }
+
+    /// Answers `reply` once every group handed over before is durable.
+    pub(super) fn barrier(&self, reply: oneshot::Sender<Result<()>>) {
+        match &self.queue {
+            Some(queue) => {
+                if let Err(mpsc::SendError(Job::Barrier(reply))) = queue.send(Job::Barrier(reply))
+                {
+                    let _ = reply.send(Err(stopped()));
+                }
+            }
+            None => {
+                let _ = reply.send(Err(stopped()));
             }
         }
     }
@@ -77,19 +107,45 @@ impl Drop for Syncer {
     }
 }
 
-fn sync_loop(wal: &std::path::Path, rx: &mpsc::Receiver<Unsynced>, counters: &Counters) {
-    let mut file: Option<File> = None;
+fn stopped() -> Error {
+    Error::store(
+        StoreErrorKind::Io,
+        "the SQLite store's sync thread stopped, so the commit was not made durable; \
+         close and reopen the store",
+    )
+}
+
+/// The WAL of the database `conn` has open. SQLite names it after the database file as it
+/// resolved it at open (symbolic links followed, a relative path made absolute), not after
+/// the path the caller gave: `<that>-wal`. Asked of SQLite itself (`sqlite3_db_filename`);
+/// where it cannot say (a name that is not UTF-8), the caller's path resolved the same way.
+pub(super) fn wal_path(conn: &rusqlite::Connection, given: &Path) -> std::io::Result<PathBuf> {
+    let database = match conn.path() {
+        Some(name) if !name.is_empty() => PathBuf::from(name),
+        _ => std::fs::canonicalize(given)?,
+    };
+    let mut wal = database.into_os_string();
+    wal.push("-wal");
+    Ok(PathBuf::from(wal))
+}
+
+fn sync_loop(rx: &mpsc::Receiver<Job>, counters: &Counters, mut sync: SyncFn) {
     let mut groups: Vec<Unsynced> = Vec::new();
+    let mut barriers: Vec<oneshot::Sender<Result<()>>> = Vec::new();
+    let take = |job: Job, groups: &mut Vec<Unsynced>, barriers: &mut Vec<_>| match job {
+        Job::Group(group) => groups.push(group),
+        Job::Barrier(reply) => barriers.push(reply),
+    };
     while let Ok(first) = rx.recv() {
-        groups.push(first);
+        take(first, &mut groups, &mut barriers);
         // Every group committed while the last sync ran rides on this one.
         while let Ok(more) = rx.try_recv() {
-            groups.push(more);
+            take(more, &mut groups, &mut barriers);
         }
         let synced = if counters.sync_failed.load(Ordering::Acquire) {
             Err(earlier_failure())
         } else {
-            sync_wal(&mut file, wal)
+            sync(!groups.is_empty())
         };
         counters.syncs.fetch_add(1, Ordering::Relaxed);
         let failure = match synced {
@@ -104,10 +160,19 @@ fn sync_loop(wal: &std::path::Path, rx: &mpsc::Receiver<Unsynced>, counters: &Co
         for group in groups.drain(..) {
             answer(group, failure.as_ref());
         }
+        for reply in barriers.drain(..) {
+            let _ = reply.send(match &failure {
+                None => Ok(()),
+                Some(failure) => Err(failure.error()),
+            });
+        }
     }
 }
 
-fn sync_wal(file: &mut Option<File>, wal: &std::path::Path) -> Result<()> {
+/// Syncs the WAL, opening it first if this thread has not yet. A barrier alone (`groups`
+/// false) still syncs, since the head it vouches for may hold another process's commit,
+/// but a WAL that does not exist yet holds nothing to sync then.
+fn sync_wal(file: &mut Option<File>, wal: &Path, groups: bool) -> Result<()> {
     let shown = wal.display();
     let fail = |what: &str, e: std::io::Error| {
         Error::store_with_source(
@@ -120,7 +185,20 @@ fn sync_wal(file: &mut Option<File>, wal: &std::path::Path) -> Result<()> {
         )
     };
     if file.is_none() {
-        *file = Some(File::open(wal).map_err(|e| fail("open", e))?);
+        let opened = match File::open(wal) {
+            Ok(opened) => opened,
+            Err(e) if !groups && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fail("open", e)),
+        };
+        // A new WAL's name is durable only once its folder is synced (SQLite's `FULL` does
+        // this on its first WAL sync; with `NORMAL` it is ours to do). Once per handle.
+        opened.sync_data().map_err(|e| fail("sync", e))?;
+        let folder = wal.parent().unwrap_or(Path::new("/"));
+        File::open(folder)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| fail("sync the folder of", e))?;
+        *file = Some(opened);
+        return Ok(());
     }
     match file {
         Some(f) => f.sync_data().map_err(|e| fail("sync", e)),
@@ -135,4 +213,92 @@ pub(super) fn earlier_failure() -> Error {
         "an earlier sync of the SQLite WAL failed, so commits since may not be durable; \
          nothing more is acknowledged: close and reopen the store",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::CommitReceipt;
+
+    /// A sync that blocks until released, and says when it has started.
+    fn blocking_sync() -> (SyncFn, mpsc::Receiver<bool>, mpsc::Sender<Result<()>>) {
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<Result<()>>();
+        let release_rx = Mutex::new(release_rx);
+        let sync: SyncFn = Box::new(move |groups| {
+            let _ = started_tx.send(groups);
+            release_rx
+                .lock()
+                .expect("release")
+                .recv()
+                .unwrap_or_else(|_| Err(stopped()))
+        });
+        (sync, started, release)
+    }
+
+    fn applied() -> (Unsynced, oneshot::Receiver<Result<CommitReceipt>>) {
+        let (reply, answer) = oneshot::channel();
+        let receipt = CommitReceipt {
+            seqs: Some((1, 1)),
+            head: None,
+        };
+        (vec![(reply, Outcome::Applied(receipt))], answer)
+    }
+
+    #[test]
+    fn a_caller_is_answered_only_after_the_sync_covering_its_group() {
+        let counters = Arc::new(Counters::default());
+        let (sync, started, release) = blocking_sync();
+        let mut syncer = Syncer::start_with(sync, counters.clone()).expect("start");
+        let (group, mut answer) = applied();
+        syncer.push(group);
+        assert!(started.recv_timeout(Duration::from_secs(10)).expect("sync"));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "answered while the sync was still blocked"
+        );
+        // A barrier queued behind it waits for a sync too.
+        let (reply, mut barrier) = oneshot::channel();
+        syncer.barrier(reply);
+        release.send(Ok(())).expect("release");
+        let receipt = answer.blocking_recv().expect("answered").expect("durable");
+        assert_eq!(receipt.seqs, Some((1, 1)));
+        // The barrier arrived during the first sync: it takes a second one (alone).
+        assert!(!started.recv_timeout(Duration::from_secs(10)).expect("sync"));
+        assert!(matches!(
+            barrier.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        release.send(Ok(())).expect("release");
+        barrier.blocking_recv().expect("answered").expect("durable");
+        syncer.finish();
+        assert_eq!(counters.syncs.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_callers_and_every_later_barrier() {
+        let counters = Arc::new(Counters::default());
+        let (sync, started, release) = blocking_sync();
+        let mut syncer = Syncer::start_with(sync, counters.clone()).expect("start");
+        let (group, answer) = applied();
+        syncer.push(group);
+        started.recv_timeout(Duration::from_secs(10)).expect("sync");
+        release
+            .send(Err(Error::store(StoreErrorKind::Io, "disk gone")))
+            .expect("release");
+        let failed = answer.blocking_recv().expect("answered");
+        assert!(failed.is_err(), "a failed sync was acknowledged");
+        let (reply, barrier) = oneshot::channel();
+        syncer.barrier(reply);
+        let later = barrier.blocking_recv().expect("answered");
+        assert!(
+            matches!(&later, Err(e) if e.to_string().contains("earlier sync")),
+            "{later:?}"
+        );
+        syncer.finish();
+    }
 }

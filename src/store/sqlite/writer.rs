@@ -29,6 +29,19 @@ pub(super) enum Message {
     /// Commit what was queued before, checkpoint the WAL into the database, close the
     /// connection and stop; the answer says whether the checkpoint could run.
     Close(oneshot::Sender<Result<()>>),
+    /// Answer once every group committed before is durable (at once without a syncer).
+    Barrier(oneshot::Sender<Result<()>>),
+}
+
+/// Passes a barrier on: every group this writer committed was handed to the syncer before
+/// it reads the next message, so the syncer answers it after the sync covering them.
+fn barrier(syncer: Option<&Syncer>, reply: oneshot::Sender<Result<()>>) {
+    match syncer {
+        Some(syncer) => syncer.barrier(reply),
+        None => {
+            let _ = reply.send(Ok(()));
+        }
+    }
 }
 
 /// The single writer: waits for one batch, takes every other batch already waiting (up to
@@ -59,6 +72,10 @@ pub(super) fn writer_loop(
                 closing = Some(reply);
                 break;
             }
+            Message::Barrier(reply) => {
+                barrier(syncer.as_ref(), reply);
+                continue;
+            }
         }
         let started = std::time::Instant::now();
         loop {
@@ -69,6 +86,7 @@ pub(super) fn writer_loop(
                         closing = Some(reply);
                         break;
                     }
+                    Ok(Message::Barrier(reply)) => barrier(syncer.as_ref(), reply),
                     Err(_) => break,
                 }
             }
@@ -84,6 +102,7 @@ pub(super) fn writer_loop(
             match rx.recv_timeout(LINGER_GAP) {
                 Ok(Message::Commit(req)) => group.push(req),
                 Ok(Message::Close(reply)) => closing = Some(reply),
+                Ok(Message::Barrier(reply)) => barrier(syncer.as_ref(), reply),
                 Err(_) => break,
             }
         }
