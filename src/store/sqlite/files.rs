@@ -1,6 +1,6 @@
 //! The database file before SQLite opens it: created 0600 in a folder made 0700, or refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -54,4 +54,23 @@ pub(super) fn prepare_file(path: &Path, create: bool) -> Result<()> {
         }
         Err(e) => Err(Error::io(shown, e)),
     }
+}
+
+/// The database file `conn` has open, as SQLite resolved it at open (symbolic links
+/// followed, a relative path made absolute): SQLite names the WAL after it, and later
+/// connections must open it rather than the caller's path, which a change of the working
+/// directory may point elsewhere. Asked of SQLite itself (`sqlite3_db_filename`); where it
+/// cannot say (a name that is not UTF-8), the caller's path resolved the same way.
+pub(super) fn resolved(conn: &rusqlite::Connection, given: &Path) -> std::io::Result<PathBuf> {
+    match conn.path() {
+        Some(name) if !name.is_empty() => Ok(PathBuf::from(name)),
+        _ => std::fs::canonicalize(given),
+    }
+}
+
+/// The WAL SQLite keeps beside the database file `database` (as [`resolved`]).
+pub(super) fn wal_of(database: &Path) -> PathBuf {
+    let mut wal = database.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }

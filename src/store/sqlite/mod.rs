@@ -30,14 +30,14 @@ use codec::{
     RECORD_COLUMNS,
 };
 use error::sql_error;
-use files::prepare_file;
+use files::{prepare_file, resolved, wal_of};
 pub use options::{SqliteOptions, Synchronous, WriterStats};
 use reads::{list_sync, records_sync, sql_value, MappedScan};
 pub use schema::SQLITE_APPLICATION_ID;
 use schema::{
     check_application, configure, count_credentials, load_head, migrate, read_generation,
 };
-use sync::{wal_path, Syncer};
+use sync::Syncer;
 use writer::{writer_loop, Message};
 
 mod backup;
@@ -66,7 +66,10 @@ struct Counters {
 }
 
 struct Inner {
+    /// The path the caller gave (shown, and returned by [`SqliteStore::path`]).
     path: PathBuf,
+    /// The database file as SQLite resolved it at open: what readers open.
+    database: PathBuf,
     counters: Arc<Counters>,
     options: SqliteOptions,
     /// The way to the writer thread; taken out by [`SqliteStore::close`], so nothing can be
@@ -139,6 +142,7 @@ impl SqliteStore {
             .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
         migrate(&mut conn, &shown, options.read_only)?;
         let head = load_head(&conn).map_err(|e| sql_error("cannot read the audit head", e))?;
+        let database = resolved(&conn, &path).map_err(|e| Error::io(&shown, e))?;
         let (tx, rx) = mpsc::channel::<Message>();
         let max_group = options.max_group.max(1);
         let counters = Arc::new(Counters::default());
@@ -158,8 +162,10 @@ impl SqliteStore {
         let syncer = if options.synchronous == Synchronous::Full && !options.read_only {
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(|e| sql_error(&format!("cannot configure {shown}"), e))?;
-            let wal = wal_path(&conn, &path).map_err(|e| Error::io(&shown, e))?;
-            Some(Syncer::start(wal, counters.clone()).map_err(|e| Error::io(&shown, e))?)
+            Some(
+                Syncer::start(wal_of(&database), counters.clone())
+                    .map_err(|e| Error::io(&shown, e))?,
+            )
         } else {
             None
         };
@@ -182,6 +188,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
+                database,
                 counters,
                 options,
                 writer: Mutex::new(Some(tx)),
@@ -278,7 +285,7 @@ impl Inner {
         }
         let shown = self.path.display().to_string();
         let conn = Connection::open_with_flags(
-            &self.path,
+            &self.database,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sql_error(&format!("cannot open {shown} for reading"), e))?;
@@ -412,8 +419,7 @@ impl Store for SqliteStore {
         // are not answered yet). A head is what a checkpoint vouches for, so it is returned
         // only once durable: the barrier is queued after that group and answered after the
         // sync covering it. `Normal` opted out of durability; read-only writes nothing.
-        if self.inner.options.synchronous == Synchronous::Full && !self.inner.options.read_only
-        {
+        if self.inner.options.synchronous == Synchronous::Full && !self.inner.options.read_only {
             self.synced().await?;
         }
         Ok(head)

@@ -47,7 +47,7 @@ pub(super) struct Syncer {
 
 impl Syncer {
     /// Starts the syncer thread for the WAL at `wal`: the `-wal` file of the database file
-    /// as SQLite itself names it (see [`wal_path`]).
+    /// as SQLite itself resolved it (see [`super::files::wal_of`]).
     pub(super) fn start(wal: PathBuf, counters: Arc<Counters>) -> std::io::Result<Syncer> {
         let mut file: Option<File> = None;
         Syncer::start_with(
@@ -81,8 +81,7 @@ impl Syncer {
     pub(super) fn barrier(&self, reply: oneshot::Sender<Result<()>>) {
         match &self.queue {
             Some(queue) => {
-                if let Err(mpsc::SendError(Job::Barrier(reply))) = queue.send(Job::Barrier(reply))
-                {
+                if let Err(mpsc::SendError(Job::Barrier(reply))) = queue.send(Job::Barrier(reply)) {
                     let _ = reply.send(Err(stopped()));
                 }
             }
@@ -113,20 +112,6 @@ fn stopped() -> Error {
         "the SQLite store's sync thread stopped, so the commit was not made durable; \
          close and reopen the store",
     )
-}
-
-/// The WAL of the database `conn` has open. SQLite names it after the database file as it
-/// resolved it at open (symbolic links followed, a relative path made absolute), not after
-/// the path the caller gave: `<that>-wal`. Asked of SQLite itself (`sqlite3_db_filename`);
-/// where it cannot say (a name that is not UTF-8), the caller's path resolved the same way.
-pub(super) fn wal_path(conn: &rusqlite::Connection, given: &Path) -> std::io::Result<PathBuf> {
-    let database = match conn.path() {
-        Some(name) if !name.is_empty() => PathBuf::from(name),
-        _ => std::fs::canonicalize(given)?,
-    };
-    let mut wal = database.into_os_string();
-    wal.push("-wal");
-    Ok(PathBuf::from(wal))
 }
 
 fn sync_loop(rx: &mpsc::Receiver<Job>, counters: &Counters, mut sync: SyncFn) {
