@@ -11,6 +11,12 @@
 //! appended to between checkpoints, and a checkpoint syncs it first, so one sync covers every
 //! group written before it, and a group that a checkpoint copied away is durable in the
 //! database already.
+//!
+//! The WAL is the one SQLite names after the database file it resolved at open (not the
+//! caller's path, which may be a symbolic link or relative); the thread opens it once and
+//! keeps it, syncing its folder then so that a new WAL's name is durable too. A barrier
+//! ([`Syncer::barrier`]) is answered after the sync covering every group handed over
+//! before it: the store's chain head waits for one, so no head is vouched for early.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
