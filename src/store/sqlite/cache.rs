@@ -11,12 +11,12 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::codec::{decode_credential, CREDENTIAL_COLUMNS};
 use super::error::sql_error;
-use super::packed::{pack_absent, pack_row, unpack};
+use super::packed::{pack_absent, pack_row, unpack, PointKey};
 use super::schema::count_credentials;
 use super::writer::exec_cached;
 use super::SqliteStore;
 use crate::error::{Error, Result, StoreErrorKind};
-use crate::model::{CredentialId, CredentialRecord, Grant, Scope, ScopeKind, Timestamp};
+use crate::model::{CredentialId, CredentialRecord, Grant, Scope, Timestamp};
 
 /// The lookup of a credential by scope and name.
 static NAMED_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -25,17 +25,6 @@ static NAMED_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          WHERE scope_kind = ?1 AND owner = ?2 AND name = ?3"
     )
 });
-
-/// What a point read asked for.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(super) enum PointKey {
-    /// A credential by scope kind, owner and name.
-    Name(ScopeKind, String, String),
-    /// A credential by id.
-    Id(CredentialId),
-    /// The grants of a credential.
-    Grants(CredentialId),
-}
 
 #[derive(Clone)]
 pub(super) enum PointValue {

@@ -24,7 +24,7 @@ use super::{AuditQuery, Batch, CommitReceipt, ListFilter, ReadStamp, RecordFilte
 use crate::audit::encoding::{AuditDigest, AuditRecord, ChainHead};
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::model::{CredentialId, CredentialRecord, Grant, Record, RecordKey, Scope};
-use cache::{default_entries, PointCache, PointKey, PointValue};
+use cache::{default_entries, PointCache, PointValue};
 use codec::{
     decode_audit, decode_credential, decode_record, digest_row, AUDIT_SELECT, CREDENTIAL_COLUMNS,
     RECORD_COLUMNS,
@@ -32,6 +32,7 @@ use codec::{
 use error::sql_error;
 use files::{prepare_file, resolved, wal_of};
 pub use options::{SqliteOptions, Synchronous, WriterStats};
+use packed::PointKey;
 use reads::{list_sync, records_sync, sql_value, MappedScan};
 pub use schema::SQLITE_APPLICATION_ID;
 use schema::{

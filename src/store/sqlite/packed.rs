@@ -16,8 +16,18 @@
 
 use std::collections::BTreeMap;
 
-use super::cache::PointKey;
 use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind, Timestamp};
+
+/// What a point read asked for.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) enum PointKey {
+    /// A credential by scope kind, owner and name.
+    Name(ScopeKind, String, String),
+    /// A credential by id.
+    Id(CredentialId),
+    /// The grants of a credential.
+    Grants(CredentialId),
+}
 
 const ROW: u8 = 1;
 const ABSENT_NAME: u8 = 2;
