@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 
 use super::super::Hidden;
-use super::client::unavailable;
+use super::super::unavailable;
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 

@@ -28,7 +28,8 @@ mod credentials;
 mod mac;
 
 use chain::dns_suffix;
-use client::{unavailable, AwsClient};
+use super::unavailable;
+use client::AwsClient;
 use credentials::CredentialProvider;
 
 /// The first bytes of a wrapped data key whose encryption context is the digest of the
@@ -290,7 +291,7 @@ impl KeyWrapper for AwsKmsKey {
         let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
             unavailable(
                 &self.id,
-                "AWS KMS answered with a body that is not JSON".into(),
+                "AWS KMS answered with a body that is not JSON",
             )
         })?;
         let blob = super::b64_field(&answer, "/CiphertextBlob", &self.id)?;
@@ -298,7 +299,7 @@ impl KeyWrapper for AwsKmsKey {
             // A blob starting 0x00 could not be told from a marked one when read back.
             return Err(unavailable(
                 &self.id,
-                "AWS KMS answered a ciphertext blob in a form strongroom does not know".into(),
+                "AWS KMS answered a ciphertext blob in a form strongroom does not know",
             ));
         }
         let mut wrapped = Vec::with_capacity(CONTEXT_V2.len() + blob.len());
@@ -343,7 +344,7 @@ impl KeyWrapper for AwsKmsKey {
                  checkpoint key: give it an HMAC key (STRONGROOM_AWS_KMS_MAC_KEY_ID, \
                  AwsKmsKey::with_mac_key) or give the vault an audit key of its own \
                  (STRONGROOM_AUDIT_KEY, VaultBuilder::checkpoint_key)"
-                    .into(),
+                    ,
             )),
         }
     }
