@@ -143,9 +143,13 @@ mod tests {
 
     #[test]
     fn a_secret_and_its_pieces_and_encodings_are_cut_key_ids_stay() {
-        let key = [7u8, 200, 13, 99, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 250, 251, 252, 253, 254, 255, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let key = [
+            7u8, 200, 13, 99, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 250, 251, 252, 253, 254, 255,
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+        ];
         let b64 = STANDARD.encode(key);
-        let keep = "key arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab v2";
+        let keep =
+            "key arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab v2";
         for echoed in [
             b64.clone(),
             b64[5..30].to_string(),

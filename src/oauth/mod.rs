@@ -117,7 +117,10 @@ impl OAuthError {
             for s in &secrets {
                 d = d.replace(s, "[REDACTED]");
             }
-            if secrets.iter().any(|s| crate::redact::repeats_encoded(&d, s)) {
+            if secrets
+                .iter()
+                .any(|s| crate::redact::repeats_encoded(&d, s))
+            {
                 return "[REDACTED: the description repeated a secret of the request]".into();
             }
             untrusted(&d, MAX_DESCRIPTION_CHARS)

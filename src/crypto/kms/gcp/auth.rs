@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
 
-use super::super::{call_json, fetch_token, json_request, Hidden};
 use super::super::unavailable;
+use super::super::{call_json, fetch_token, json_request, Hidden};
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 

@@ -246,7 +246,10 @@ impl GcpClient {
             .collect();
         let error = match code {
             "INVALID_ARGUMENT" if unwrapping => Error::DecryptFailed {
-                what: format!("a data key wrapped by {id} ({})", service_reason(message.as_bytes())),
+                what: format!(
+                    "a data key wrapped by {id} ({})",
+                    service_reason(message.as_bytes())
+                ),
             },
             "FAILED_PRECONDITION" => unavailable(
                 id,
@@ -352,8 +355,7 @@ impl KeyWrapper for GcpKmsKey {
                  audit checkpoint key: give it a MAC key version \
                  (STRONGROOM_GCP_KMS_MAC_KEY, GcpKmsKey::with_mac_key) or give the \
                  vault an audit key of its own (STRONGROOM_AUDIT_KEY, \
-                 VaultBuilder::checkpoint_key)"
-                    ,
+                 VaultBuilder::checkpoint_key)",
             )),
         }
     }
