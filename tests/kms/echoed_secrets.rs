@@ -173,7 +173,6 @@ async fn aws_kms_errors_echoing_encrypt_and_decrypt_hold_no_secret() {
 #[tokio::test]
 async fn gcp_kms_errors_echoing_encrypt_hold_no_secret() {
     let token = "ya29.a0AfH6SMBexampleACCESStokenVALUE-0123456789_abcdef".to_string();
-    // A 500 is retried, then given up on: that error is clean too.
     for (status, text) in [(400, false), (400, true), (500, false)] {
         let echo = echo_server(status, text, Box::new(|_, _| None));
         let key = GcpKmsKey::with_access_token(
@@ -195,10 +194,11 @@ async fn vault_errors_echoing_transit_and_approle_hold_no_secret() {
     let token = "hvs.CAESIJexampleVAULTtokenVALUE0123456789abcdefGHIJ".to_string();
     let role_id = "6f1c0a4e-9d8b-4f6e-a2c1-5b7d3e9f0a12".to_string();
     let secret_id = "a9b8c7d6-e5f4-4321-9fed-cba987654321".to_string();
-    for text in [false, true] {
+    // A 500 is retried, then given up on: that error is clean too.
+    for (status, text) in [(400, false), (400, true), (500, false)] {
         // Transit encrypt with a token.
         let echo = echo_server(
-            400,
+            status,
             text,
             Box::new(|m, p| {
                 (m == "GET" && p.contains("/keys/")).then(|| {
@@ -222,7 +222,7 @@ async fn vault_errors_echoing_transit_and_approle_hold_no_secret() {
         );
 
         // An AppRole login the server refuses, echoing role_id and secret_id.
-        let echo = echo_server(400, text, Box::new(|_, _| None));
+        let echo = echo_server(status, text, Box::new(|_, _| None));
         let key = VaultTransitKey::new(echo.url.clone(), "strongroom", "", http())
             .expect("key")
             .with_auth(VaultAuth::AppRole {
