@@ -16,7 +16,7 @@ use base64::Engine;
 use strongroom::crypto::kms::{
     AwsKmsKey, AzureKeyVaultKey, GcpKmsKey, SecretSource, VaultAuth, VaultTransitKey,
 };
-use strongroom::{DataKey, Error, ExposeSecret, KeyWrapper};
+use strongroom::{DataKey, Error, KeyWrapper};
 
 use super::http;
 
@@ -164,9 +164,16 @@ async fn aws_kms_errors_echoing_encrypt_and_decrypt_hold_no_secret() {
         let blob = vec![1u8; 200];
         let before = echo.echoed.load(Ordering::SeqCst);
         let unwrapped = key.unwrap(&blob, b"aad").await;
-        if echo.echoed.load(Ordering::SeqCst) > before {
-            clean("AWS Decrypt", unwrapped, &[session.clone()], &echo);
-        }
+        assert!(
+            echo.echoed.load(Ordering::SeqCst) > before,
+            "Decrypt was not sent"
+        );
+        clean(
+            "AWS Decrypt",
+            unwrapped,
+            std::slice::from_ref(&session),
+            &echo,
+        );
     }
 }
 

@@ -240,16 +240,24 @@ pub(crate) fn redact_error(error: Error, secrets: &[zeroize::Zeroizing<String>])
 /// most 300) and the backend's advice around it.
 pub(crate) const UNAVAILABLE_CHARS: usize = 600;
 
-/// The reason a service gave in an error body (`error.message`, `message`, `Message`,
-/// `errors[0]`, `error_description`, `__type`, or the text), sanitised: one line of at most
-/// 300 characters, without control characters, and with any run of 48 or more token-like
-/// characters (letters, digits, `+=_-.`: a bearer token or ciphertext a service might
-/// echo) replaced by `[…]`; key ids, versions and URLs (cut at `/` and `:`) stay.
+/// The reason a service gave in an error body (an OAuth `error: error_description`,
+/// `error.message`, `message`, `Message`, `errors[0]`, `error_description`, `__type`, or the
+/// text), sanitised: one line of at most 300 characters, without control characters, and
+/// with any run of 48 or more token-like characters (letters, digits, `+=_-.`: a bearer
+/// token or ciphertext a service might echo) replaced by `[…]`; key ids, versions and URLs
+/// (cut at `/` and `:`) stay. The request's own secrets are cut by [`redact_error`].
 pub(crate) fn service_reason(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let reason: String = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
+            // An OAuth token endpoint's refusal (RFC 6749 5.2): its code and description.
+            if let (Some(code), Some(description)) = (
+                v.pointer("/error").and_then(|c| c.as_str()),
+                v.pointer("/error_description").and_then(|d| d.as_str()),
+            ) {
+                return Some(format!("{code}: {description}"));
+            }
             [
                 "/error/message",
                 "/message",
@@ -509,6 +517,10 @@ mod tests {
             "encryption key not found"
         );
         assert!(service_reason(&[b'x'; 1000]).len() <= 300);
+        assert_eq!(
+            service_reason(br#"{"error":"invalid_grant","error_description":"expired"}"#),
+            "invalid_grant: expired"
+        );
     }
 
     #[test]
