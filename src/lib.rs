@@ -17,6 +17,7 @@ pub mod integrations;
 pub mod mcp;
 pub mod model;
 pub mod oauth;
+mod redact;
 pub mod scrub;
 pub mod store;
 pub mod transport;

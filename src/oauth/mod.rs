@@ -117,14 +117,17 @@ impl OAuthError {
             for s in &secrets {
                 d = d.replace(s, "[REDACTED]");
             }
-            if secrets.iter().any(|s| repeats_encoded(&d, s)) {
+            if secrets
+                .iter()
+                .any(|s| crate::redact::repeats_encoded(&d, s))
+            {
                 return "[REDACTED: the description repeated a secret of the request]".into();
             }
             untrusted(&d, MAX_DESCRIPTION_CHARS)
         });
         let mut code = untrusted(code, MAX_CODE_CHARS);
         for s in &secrets {
-            if code.contains(s) || repeats_encoded(&code, s) {
+            if code.contains(s) || crate::redact::repeats_encoded(&code, s) {
                 code = "[REDACTED]".to_string();
             }
         }
@@ -134,43 +137,6 @@ impl OAuthError {
             status,
         }
     }
-}
-
-/// Does `text` hold `secret` in one of the encodings a server may echo it in: base64 or
-/// base64url at any byte alignment (of the secret, or of its form encoding, as in an
-/// `Authorization: Basic` header), URL- or form-encoded, JSON-escaped, hex?
-fn repeats_encoded(text: &str, secret: &str) -> bool {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-    use base64::Engine;
-    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    let mut forms = vec![
-        form.replace('+', "%20"),
-        form.clone(),
-        serde_json::to_string(secret)
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_string(),
-        hex::encode(secret),
-        hex::encode_upper(secret),
-    ];
-    for raw in [secret, form.as_str()] {
-        for engine in [&STANDARD, &URL_SAFE] {
-            for offset in 0..3 {
-                // The characters that depend on `raw` alone, wherever it sits.
-                let mut input = vec![0u8; offset];
-                input.extend_from_slice(raw.as_bytes());
-                let encoded = engine.encode(&input);
-                let first = (8 * offset).div_ceil(6);
-                let last = (8 * (offset + raw.len()) / 6).min(encoded.len());
-                if last > first {
-                    forms.push(encoded[first..last].to_string());
-                }
-            }
-        }
-    }
-    forms
-        .iter()
-        .any(|f| f.len() >= 4 && f != secret && text.contains(f.as_str()))
 }
 
 /// At most `max` characters of `text`, with control characters escaped.

@@ -118,25 +118,146 @@ pub(crate) type Classify<'c> = &'c (dyn Fn(&Failure<'_>) -> Option<Error> + Send
 /// A key the service cannot use now, though nothing was tampered with: a disabled or
 /// destroyed key version, a key that is gone, a ciphertext older than the key's minimum
 /// decryption version, an alias that names another key. [`Error::KeyUnavailable`] naming
-/// the key, with `reason` (the service's words, sanitised by the caller or here: one line,
-/// at most 300 characters, long opaque tokens cut out).
-pub(crate) fn unavailable(key_id: &str, reason: &str) -> Error {
+/// the key, with `reason` (the service's words with the backend's advice, sanitised here:
+/// one line, at most [`UNAVAILABLE_CHARS`] characters, long opaque tokens cut out).
+pub(crate) fn unavailable(key_id: &str, reason: impl AsRef<str>) -> Error {
     Error::KeyUnavailable {
         key_id: key_id.to_string(),
-        reason: sanitise(reason),
+        reason: sanitise(reason.as_ref(), UNAVAILABLE_CHARS),
     }
 }
 
-/// The reason a service gave in an error body (`error.message`, `message`, `Message`,
-/// `errors[0]`, `error_description`, `__type`, or the text), sanitised: one line of at most
-/// 300 characters, without control characters, and with any run of 48 or more token-like
-/// characters (letters, digits, `+=_-.`: a bearer token or ciphertext a service might
-/// echo) replaced by `[…]`; key ids, versions and URLs (cut at `/` and `:`) stay.
+/// Request headers whose values are secret (for `Authorization`, the part after the
+/// scheme; an AWS Signature V4 one carries no secret).
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "x-vault-token",
+    "x-amz-security-token",
+    "x-goog-api-key",
+    "cookie",
+];
+
+/// Fields of a request body (JSON or form) whose values are secret: a data key
+/// (`Plaintext`, `plaintext`, Azure's `value`), login and token-exchange secrets.
+const SECRET_FIELDS: &[&str] = &[
+    "Plaintext",
+    "plaintext",
+    "value",
+    "secret_id",
+    "role_id",
+    "jwt",
+    "password",
+    "token",
+    "client_secret",
+    "client_assertion",
+    "assertion",
+    "subject_token",
+    "refresh_token",
+    "WebIdentityToken",
+];
+
+/// The secret values a request carries ([`SECRET_HEADERS`], [`SECRET_FIELDS`] of a JSON
+/// or form body), wiped when dropped: what an error must not repeat if the peer echoes the
+/// request ([`redact_error`]).
+pub(crate) fn request_secrets(request: &http::Request<Bytes>) -> Vec<zeroize::Zeroizing<String>> {
+    let mut secrets = Vec::new();
+    for name in SECRET_HEADERS {
+        for value in request.headers().get_all(*name) {
+            let Ok(v) = value.to_str() else { continue };
+            if *name == "authorization" || *name == "proxy-authorization" {
+                if v.starts_with("AWS4-") {
+                    continue;
+                }
+                let credential = v.split_once(' ').map_or(v, |(_, c)| c).trim();
+                secrets.push(zeroize::Zeroizing::new(credential.to_string()));
+            } else {
+                secrets.push(zeroize::Zeroizing::new(v.trim().to_string()));
+            }
+        }
+    }
+    let body: &[u8] = request.body();
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) {
+        let mut json = json;
+        collect_json(&json, &mut secrets);
+        wipe_json(&mut json);
+    } else {
+        for (k, v) in url::form_urlencoded::parse(body) {
+            if SECRET_FIELDS.contains(&k.as_ref()) && !v.is_empty() {
+                secrets.push(zeroize::Zeroizing::new(v.into_owned()));
+            }
+        }
+    }
+    secrets
+}
+
+fn collect_json(v: &serde_json::Value, out: &mut Vec<zeroize::Zeroizing<String>>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v.as_str() {
+                    Some(s) if SECRET_FIELDS.contains(&k.as_str()) && !s.is_empty() => {
+                        out.push(zeroize::Zeroizing::new(s.to_string()));
+                    }
+                    _ => collect_json(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_json(v, out)),
+        _ => {}
+    }
+}
+
+/// Wipes the strings of a parsed request body before it is dropped.
+fn wipe_json(v: &mut serde_json::Value) {
+    use zeroize::Zeroize;
+    match v {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Object(map) => map.values_mut().for_each(wipe_json),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        _ => {}
+    }
+}
+
+/// `error` with every piece of `secrets` (in any of the encodings a peer may echo it in)
+/// cut out of its reason ([`crate::redact::redact`]): a service or proxy that echoes the
+/// request in its error must not carry a data key, a login secret or a token into the
+/// vault's errors and logs.
+pub(crate) fn redact_error(error: Error, secrets: &[zeroize::Zeroizing<String>]) -> Error {
+    let secrets: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
+    let clean = |text: String| crate::redact::redact(&text, &secrets);
+    match error {
+        Error::KeyUnavailable { key_id, reason } => Error::KeyUnavailable {
+            key_id,
+            reason: clean(reason),
+        },
+        Error::DecryptFailed { what } => Error::DecryptFailed { what: clean(what) },
+        other => other,
+    }
+}
+
+/// The longest reason [`unavailable`] keeps: a service's reason ([`service_reason`], at
+/// most 300) and the backend's advice around it.
+pub(crate) const UNAVAILABLE_CHARS: usize = 600;
+
+/// The reason a service gave in an error body (an OAuth `error: error_description`,
+/// `error.message`, `message`, `Message`, `errors[0]`, `error_description`, `__type`, or the
+/// text), sanitised: one line of at most 300 characters, without control characters, and
+/// with any run of 48 or more token-like characters (letters, digits, `+=_-.`: a bearer
+/// token or ciphertext a service might echo) replaced by `[…]`; key ids, versions and URLs
+/// (cut at `/` and `:`) stay. The request's own secrets are cut by [`redact_error`].
 pub(crate) fn service_reason(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let reason: String = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
+            // An OAuth token endpoint's refusal (RFC 6749 5.2): its code and description.
+            if let (Some(code), Some(description)) = (
+                v.pointer("/error").and_then(|c| c.as_str()),
+                v.pointer("/error_description").and_then(|d| d.as_str()),
+            ) {
+                return Some(format!("{code}: {description}"));
+            }
             [
                 "/error/message",
                 "/message",
@@ -150,10 +271,10 @@ pub(crate) fn service_reason(body: &[u8]) -> String {
             .find_map(|p| v.pointer(p).and_then(|m| m.as_str()).map(str::to_string))
         })
         .unwrap_or_else(|| text.chars().take(300).collect());
-    sanitise(&reason)
+    sanitise(&reason, 300)
 }
 
-fn sanitise(reason: &str) -> String {
+fn sanitise(reason: &str, max: usize) -> String {
     let mut out = String::new();
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
@@ -173,7 +294,7 @@ fn sanitise(reason: &str) -> String {
         }
     }
     flush(&mut run, &mut out);
-    out.chars().take(300).collect::<String>().trim().to_string()
+    out.chars().take(max).collect::<String>().trim().to_string()
 }
 
 /// Why a KMS call failed, turned into the vault's errors: a 400/422 on an unwrap (the
@@ -308,9 +429,11 @@ pub(crate) async fn call_raw_with(
             }
             let error = failure_error(key_id, status, &body, unwrapping, classify);
             tracing::warn!(key = %key_id, status, attempts = attempt, "KMS call gave up");
-            return Err(gave_up(error, attempt, started.elapsed()));
+            let error = gave_up(error, attempt, started.elapsed());
+            return Err(redact_error(error, &request_secrets(&request)));
         }
-        return Err(failure_error(key_id, status, &body, unwrapping, classify));
+        let error = failure_error(key_id, status, &body, unwrapping, classify);
+        return Err(redact_error(error, &request_secrets(&request)));
     }
 }
 
@@ -394,6 +517,10 @@ mod tests {
             "encryption key not found"
         );
         assert!(service_reason(&[b'x'; 1000]).len() <= 300);
+        assert_eq!(
+            service_reason(br#"{"error":"invalid_grant","error_description":"expired"}"#),
+            "invalid_grant: expired"
+        );
     }
 
     #[test]

@@ -35,8 +35,8 @@ mod vault;
 // Some are for the backends' own readings of their services' failures.
 #[allow(unused_imports)]
 pub(crate) use call::{
-    answer_error, call_json, call_json_with, call_raw, call_raw_with, service_reason, unavailable,
-    Classify, Failure,
+    answer_error, call_json, call_json_with, call_raw, call_raw_with, redact_error,
+    request_secrets, service_reason, unavailable, Classify, Failure,
 };
 pub use call::{RetryPolicy, ENV_KMS_RETRY_ATTEMPTS, ENV_KMS_RETRY_SECONDS};
 

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 
-use super::super::Wiped;
+use super::super::{request_secrets, unavailable, Wiped};
 use super::credentials::CredentialProvider;
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, HttpTransport};
@@ -83,6 +83,7 @@ impl AwsClient {
             v.set_sensitive(true);
         }
         let peer = peer_of(request.uri());
+        let secrets = request_secrets(&request);
         let response = self
             .http
             .send(request)
@@ -123,6 +124,11 @@ impl AwsClient {
             .filter(|c| !c.is_control())
             .take(200)
             .collect::<String>();
+        // An endpoint or proxy that echoes the request must not carry its secrets (the
+        // data key of an Encrypt, the session token) into the error.
+        let exposed: Vec<&[u8]> = secrets.iter().map(|s| s.as_bytes()).collect();
+        let message = crate::redact::redact(&message, &exposed);
+        let kind = crate::redact::redact(&kind, &exposed);
         Ok(Err(Fault {
             status,
             kind,
@@ -194,14 +200,5 @@ impl Fault {
                 }
             ),
         )
-    }
-}
-
-/// [`Error::KeyUnavailable`] for `key_id` with the service's reason (folded into a shared
-/// constructor of `kms` later).
-pub(crate) fn unavailable(key_id: &str, reason: String) -> Error {
-    Error::KeyUnavailable {
-        key_id: key_id.to_string(),
-        reason,
     }
 }

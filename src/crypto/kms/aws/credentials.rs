@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 
+use super::super::unavailable;
 use super::super::Hidden;
-use super::client::unavailable;
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 

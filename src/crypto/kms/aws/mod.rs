@@ -27,8 +27,9 @@ mod client;
 mod credentials;
 mod mac;
 
+use super::unavailable;
 use chain::dns_suffix;
-use client::{unavailable, AwsClient};
+use client::AwsClient;
 use credentials::CredentialProvider;
 
 /// The first bytes of a wrapped data key whose encryption context is the digest of the
@@ -287,18 +288,14 @@ impl KeyWrapper for AwsKmsKey {
             self.key.len() + plaintext.len() + request.context.value.len(),
         )?;
         let answer = self.client.call(&self.id, "Encrypt", &body, false).await?;
-        let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| {
-            unavailable(
-                &self.id,
-                "AWS KMS answered with a body that is not JSON".into(),
-            )
-        })?;
+        let answer: serde_json::Value = serde_json::from_slice(&answer)
+            .map_err(|_| unavailable(&self.id, "AWS KMS answered with a body that is not JSON"))?;
         let blob = super::b64_field(&answer, "/CiphertextBlob", &self.id)?;
         if blob.starts_with(&CONTEXT_V2[..1]) {
             // A blob starting 0x00 could not be told from a marked one when read back.
             return Err(unavailable(
                 &self.id,
-                "AWS KMS answered a ciphertext blob in a form strongroom does not know".into(),
+                "AWS KMS answered a ciphertext blob in a form strongroom does not know",
             ));
         }
         let mut wrapped = Vec::with_capacity(CONTEXT_V2.len() + blob.len());
@@ -342,8 +339,7 @@ impl KeyWrapper for AwsKmsKey {
                 "an AWS KMS encryption key makes no MACs, so it offers no audit \
                  checkpoint key: give it an HMAC key (STRONGROOM_AWS_KMS_MAC_KEY_ID, \
                  AwsKmsKey::with_mac_key) or give the vault an audit key of its own \
-                 (STRONGROOM_AUDIT_KEY, VaultBuilder::checkpoint_key)"
-                    .into(),
+                 (STRONGROOM_AUDIT_KEY, VaultBuilder::checkpoint_key)",
             )),
         }
     }

@@ -65,7 +65,7 @@ fn key_vault_failure(key_id: &str, failure: &Failure<'_>) -> Option<Error> {
     if lower.contains("disabled") || lower.contains("expired") || lower.contains("not yet valid") {
         return Some(unavailable(
             key_id,
-            &format!(
+            format!(
                 "Key Vault ({}): {reason} (enable the key version, or re-seal its records \
                  onto another)",
                 failure.status

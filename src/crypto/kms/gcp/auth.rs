@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
 
+use super::super::unavailable;
 use super::super::{call_json, fetch_token, json_request, Hidden};
-use super::unavailable;
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 
@@ -419,14 +419,14 @@ impl ExternalAccount {
         let token = answer
             .get("accessToken")
             .and_then(|t| t.as_str())
-            .ok_or_else(|| unavailable(id, "generateAccessToken gave no accessToken".into()))?;
+            .ok_or_else(|| unavailable(id, "generateAccessToken gave no accessToken"))?;
         let expires = answer
             .get("expireTime")
             .and_then(|t| t.as_str())
             .and_then(|t| {
                 time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             })
-            .ok_or_else(|| unavailable(id, "generateAccessToken gave no expireTime".into()))?;
+            .ok_or_else(|| unavailable(id, "generateAccessToken gave no expireTime"))?;
         let left = u64::try_from(expires.unix_timestamp())
             .unwrap_or(0)
             .saturating_sub(unix_now());
@@ -495,7 +495,7 @@ impl ExternalAccount {
                 })?,
         };
         if token.is_empty() {
-            return Err(unavailable(id, "the subject token is empty".into()));
+            return Err(unavailable(id, "the subject token is empty"));
         }
         Ok(Hidden::new(token))
     }

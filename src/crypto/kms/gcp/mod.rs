@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use base64::Engine;
 
 use super::{
-    answer_error, no_derive, parse_secret, secret_json_request, secret_to_dek, Hidden, SecretText,
-    Wiped, B64,
+    answer_error, no_derive, parse_secret, redact_error, request_secrets, secret_json_request,
+    secret_to_dek, service_reason, unavailable, Hidden, SecretText, Wiped, B64,
 };
 use crate::crypto::{BackendId, CheckpointSigner, DataKey, InternalUse, KeyWrapper};
 use crate::error::{Error, Result};
@@ -220,6 +220,7 @@ impl GcpClient {
         unwrapping: bool,
     ) -> Result<Wiped> {
         let peer = peer_of(request.uri());
+        let secrets = request_secrets(&request);
         let response = self
             .http
             .send(request)
@@ -243,20 +244,26 @@ impl GcpClient {
             .filter(|c| !c.is_control())
             .take(300)
             .collect();
-        match code {
-            "INVALID_ARGUMENT" if unwrapping => Err(Error::DecryptFailed {
-                what: format!("a data key wrapped by {id} ({message})"),
-            }),
-            "FAILED_PRECONDITION" => Err(unavailable(
+        let error = match code {
+            "INVALID_ARGUMENT" if unwrapping => Error::DecryptFailed {
+                what: format!(
+                    "a data key wrapped by {id} ({})",
+                    service_reason(message.as_bytes())
+                ),
+            },
+            "FAILED_PRECONDITION" => unavailable(
                 id,
                 format!(
                     "Cloud KMS answered {status} FAILED_PRECONDITION: {message} (a disabled key \
                      version can be enabled again, and one scheduled for destruction restored; \
                      a destroyed one is gone)"
                 ),
-            )),
-            _ => Err(answer_error(id, status, &body, false)),
-        }
+            ),
+            _ => answer_error(id, status, &body, false),
+        };
+        // A service or proxy that echoes the request must not carry the data key or the
+        // access token into the error.
+        Err(redact_error(error, &secrets))
     }
 
     /// [`GcpClient::call`] for answers without key material, as JSON.
@@ -267,16 +274,7 @@ impl GcpClient {
     ) -> Result<serde_json::Value> {
         let body = self.call(id, request, false).await?;
         serde_json::from_slice(&body)
-            .map_err(|_| unavailable(id, "Cloud KMS answered with a body that is not JSON".into()))
-    }
-}
-
-/// [`Error::KeyUnavailable`] for `key_id` with the service's reason (folded into a shared
-/// constructor of `kms` later).
-fn unavailable(key_id: &str, reason: String) -> Error {
-    Error::KeyUnavailable {
-        key_id: key_id.to_string(),
-        reason,
+            .map_err(|_| unavailable(id, "Cloud KMS answered with a body that is not JSON"))
     }
 }
 
@@ -357,8 +355,7 @@ impl KeyWrapper for GcpKmsKey {
                  audit checkpoint key: give it a MAC key version \
                  (STRONGROOM_GCP_KMS_MAC_KEY, GcpKmsKey::with_mac_key) or give the \
                  vault an audit key of its own (STRONGROOM_AUDIT_KEY, \
-                 VaultBuilder::checkpoint_key)"
-                    .into(),
+                 VaultBuilder::checkpoint_key)",
             )),
         }
     }

@@ -79,7 +79,7 @@ fn transit_failure(key_id: &str, failure: &Failure<'_>) -> Option<Error> {
     if reason.contains("encryption key not found") {
         return Some(unavailable(
             key_id,
-            &format!(
+            format!(
                 "Vault: {reason} (the transit key does not exist on this mount, or was \
                  deleted; check STRONGROOM_VAULT_TRANSIT_KEY, the mount and the namespace)"
             ),
@@ -88,7 +88,7 @@ fn transit_failure(key_id: &str, failure: &Failure<'_>) -> Option<Error> {
     if reason.contains("too old") || reason.contains("disallowed by policy") {
         return Some(unavailable(
             key_id,
-            &format!(
+            format!(
                 "Vault: {reason} (the data key was wrapped by a key version below the \
                  key's min_decryption_version; lower it, or re-seal the records before \
                  raising it)"
