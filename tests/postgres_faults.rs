@@ -265,3 +265,87 @@ async fn an_unreachable_server_is_a_connection_error() {
     assert_eq!(kind(&err), StoreErrorKind::Connection, "{err}");
     assert!(err.source().is_some(), "the driver's error is kept");
 }
+
+/// `url()` with another database.
+fn url_of_database(db: &str) -> String {
+    let url = url();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base.to_string(), format!("?{query}")),
+        None => (url.clone(), String::new()),
+    };
+    let (server, _) = base.rsplit_once('/').expect("a database in the URL");
+    format!("{server}/{db}{query}")
+}
+
+/// A primary whose sessions default to read-only transactions (`default_transaction_read_only`
+/// set after the store opened) still makes the chain head durable before reporting it: the
+/// flushing write is made in a transaction that asks to be read-write, rather than taken
+/// for a standby's refusal and skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_head_is_flushed_on_a_primary_that_defaults_to_read_only() {
+    let schema = fresh_schema();
+    let db = format!("sr_ro_{schema}");
+    let admin = admin().await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .expect("create database");
+    let app = format!("sr_ro_{schema}");
+    let url = url_of_database(&db);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = PostgresStore::connect_with(
+        &format!("{url}{sep}application_name={app}"),
+        PostgresOptions::default().schema(&schema).pool_size(1),
+    )
+    .await
+    .expect("open");
+    store.commit(audit_only()).await.expect("commit");
+    let (inside, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let flushes = || async {
+        inside
+            .query_one(
+                &format!("SELECT coalesce(sum(n), 0)::bigint FROM {schema}.flushes"),
+                &[],
+            )
+            .await
+            .expect("flushes")
+            .get::<_, i64>(0)
+    };
+    let before = flushes().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET default_transaction_read_only = on"
+        ))
+        .await
+        .expect("read-only default");
+    // The store's connection started before the change: end it so the pool opens one that
+    // has the read-only default.
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("terminate");
+    let mut head = None;
+    for _ in 0..5 {
+        match store.chain_head().await {
+            Ok(h) => {
+                head = h;
+                break;
+            }
+            Err(e) => assert_eq!(kind(&e), StoreErrorKind::Connection, "{e}"),
+        }
+    }
+    assert_eq!(head.map(|h| h.seq), Some(1));
+    assert!(flushes().await > before, "the head was flushed by a write");
+    drop(store);
+    drop(inside);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .expect("drop database");
+}

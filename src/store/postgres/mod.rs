@@ -258,6 +258,34 @@ impl PostgresStore {
             .map_err(|e| db_error(&format!("cannot read {what}"), e))
     }
 
+    /// The flushing write of [`Store::chain_head`] was refused as read-only. On a standby
+    /// that is expected: what it shows came from the primary's WAL, durable there. A
+    /// primary whose sessions default to read-only transactions
+    /// (`default_transaction_read_only`) still has to flush, so there the write is made in
+    /// a transaction that asks to be read-write.
+    async fn flush_read_only(&self, what: &str) -> Result<()> {
+        let client = self.client().await?;
+        let standby: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| db_error(&format!("cannot read {what}"), e))?;
+        if standby {
+            return Ok(());
+        }
+        let flushed = client
+            .batch_execute(&format!(
+                "START TRANSACTION READ WRITE; {}; COMMIT",
+                self.sql.flush
+            ))
+            .await;
+        if let Err(e) = flushed {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(db_error(&format!("cannot read {what}"), e));
+        }
+        Ok(())
+    }
+
     /// Queues a batch with the writer task and waits for its answer.
     async fn send(&self, batch: Batch, stamp: ReadStamp) -> Result<CommitReceipt> {
         group::send("PostgreSQL", batch, stamp, |request| {
@@ -368,21 +396,13 @@ impl Store for PostgresStore {
         // The head read may be a group's whose WAL flush is still under way (its callers are
         // not answered yet). A head is what a checkpoint vouches for, so it is returned only
         // once durable: this synchronous write's commit record comes after the head's.
-        // On a read-only server (a standby) the write is refused; what a standby shows came
-        // from the primary's WAL, durable there.
-        match self
-            .read(
-                &self.sql.flush,
-                &[],
-                "the chain head (waiting for its flush)",
-            )
-            .await
-        {
+        let what = "the chain head (waiting for its flush)";
+        match self.read(&self.sql.flush, &[], what).await {
+            Ok(_) => Ok(head),
             Err(Error::Store {
                 kind: StoreErrorKind::ReadOnly,
                 ..
-            })
-            | Ok(_) => Ok(head),
+            }) => self.flush_read_only(what).await.map(|()| head),
             Err(e) => Err(e),
         }
     }

@@ -366,7 +366,7 @@ async fn run_group(
         // Leaves the connection out of any transaction (a no-op after COMMIT/ROLLBACK).
         let _ = tx.batch_execute("ROLLBACK").await;
     } else {
-        shared.cache.set_generation(generation);
+        shared.cache.raise_generation(generation);
         let stats = &shared.stats;
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats.batches.fetch_add(batches, Ordering::Relaxed);
