@@ -7,19 +7,20 @@
 //! refused. Running it twice changes nothing the second time.
 
 use std::collections::HashSet;
-use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use super::yaml::{self, Node, Pos, Value, YamlError};
-use super::{odd_key_message, template_blocks, templates, BlockPath, Diagnostic, Severity};
+use super::yaml::{self, Node, Pos, YamlError};
+use super::{odd_key_message, template_blocks, Diagnostic, Severity};
 
 mod diff;
 mod files;
+mod place;
+mod rewrite;
 
 pub use files::{yaml_files, yaml_files_excluding, yaml_walk, YamlWalk, IGNORE_FILE};
-
-/// The comment added after a template the migration keeps as the development fallback.
-pub const FALLBACK_COMMENT: &str = "# dev-only fallback";
+use place::{comment_point, derive_ref, indent_step, insertion_point};
+pub use rewrite::FALLBACK_COMMENT;
+use rewrite::{rewrite, Plan, Rewrite};
 
 /// The result of migrating one file's text.
 #[derive(Debug, Clone)]
@@ -70,19 +71,6 @@ fn diff_headers(file: &str) -> (String, String) {
         .collect();
     let shown = clean.to_string_lossy().replace('\\', "/");
     (format!("a/{shown}"), format!("b/{shown}"))
-}
-
-/// One block's planned change: the `credential:` lines and the fallback comments.
-struct Plan {
-    path: BlockPath,
-    /// The mapping's identity: start and end offsets (an alias's copy has its anchor's).
-    block: (usize, usize),
-    at: Pos,
-    /// Where the `credential:` lines go, and the lines.
-    insert: (usize, String),
-    comments: Vec<usize>,
-    reference: String,
-    provider: Option<String>,
 }
 
 /// Migrates one file's text. A file that does not parse is an error (file, line, column)
@@ -239,307 +227,6 @@ fn keepers(file: &str, text: &str, docs: &[Node], plans: &[Plan], set: &[usize])
     good
 }
 
-/// A text with some plans applied.
-struct Rewrite {
-    text: String,
-    /// The insertions: (offset in the original, text), sorted.
-    edits: Vec<(usize, String)>,
-    /// Where each `credential:` insertion is in `text`, with its plan; sorted.
-    inserted: Vec<(Range<usize>, usize)>,
-}
-
-impl Rewrite {
-    /// `text` with the plans `set` applied, in one pass.
-    fn of(text: &str, plans: &[Plan], set: &[usize]) -> Rewrite {
-        let mut edits: Vec<(usize, String, Option<usize>)> = Vec::new();
-        for &p in set {
-            let plan = &plans[p];
-            edits.push((plan.insert.0, plan.insert.1.clone(), Some(p)));
-            for &c in &plan.comments {
-                edits.push((c, format!("  {FALLBACK_COMMENT}"), None));
-            }
-        }
-        // At one offset, the `credential:` lines go before a comment.
-        edits.sort_by_key(|(at, _, plan)| (*at, plan.is_none()));
-        let grown: usize = edits.iter().map(|e| e.1.len()).sum();
-        let mut out = String::with_capacity(text.len() + grown);
-        let mut inserted = Vec::new();
-        let mut from = 0;
-        for (at, piece, plan) in &edits {
-            out.push_str(&text[from..*at]);
-            if let Some(p) = plan {
-                inserted.push((out.len()..out.len() + piece.len(), *p));
-            }
-            out.push_str(piece);
-            from = *at;
-        }
-        out.push_str(&text[from..]);
-        Rewrite {
-            text: out,
-            edits: edits
-                .into_iter()
-                .map(|(at, piece, _)| (at, piece))
-                .collect(),
-            inserted,
-        }
-    }
-}
-
-/// `text` with the plans `set` applied, when its data is the original's plus exactly the
-/// planned `credential:` entries, each in its block; else why not.
-fn rewrite(
-    file: &str,
-    text: &str,
-    docs: &[Node],
-    plans: &[Plan],
-    set: &[usize],
-) -> Result<Rewrite, String> {
-    let rewritten = Rewrite::of(text, plans, set);
-    if set.is_empty() {
-        return Ok(rewritten);
-    }
-    let after = yaml::parse(file, &rewritten.text)
-        .map_err(|e| format!("the rewritten file would not parse ({e})"))?;
-    if docs.len() != after.len() {
-        return Err("the rewritten file would have another number of documents".into());
-    }
-    let mut check = Check {
-        plans,
-        inserted: &rewritten.inserted,
-        used: vec![false; plans.len()],
-    };
-    for (o, m) in docs.iter().zip(&after) {
-        check.same(o, m).map_err(|at| {
-            format!(
-                "the rewritten file would not keep the data at line {}, column {}",
-                at.line, at.column
-            )
-        })?;
-    }
-    if let Some(&p) = set.iter().find(|&&p| !check.used[p]) {
-        return Err(format!(
-            "the `credential:` lines would not land in block {}",
-            plans[p].path
-        ));
-    }
-    Ok(rewritten)
-}
-
-/// The data check of a rewrite: the original tree against the rewritten one, where the
-/// rewritten one may have, in a planned block, the planned `credential:` entry.
-struct Check<'p> {
-    plans: &'p [Plan],
-    /// Inserted ranges in the rewritten text, sorted, with their plan.
-    inserted: &'p [(Range<usize>, usize)],
-    used: Vec<bool>,
-}
-
-impl Check<'_> {
-    /// The plan whose insertion holds offset `at` of the rewritten text.
-    fn inserted_at(&self, at: usize) -> Option<usize> {
-        let i = self.inserted.partition_point(|(r, _)| r.end <= at);
-        self.inserted
-            .get(i)
-            .filter(|(r, _)| r.contains(&at))
-            .map(|&(_, p)| p)
-    }
-
-    /// Whether `m` (rewritten) holds `o`'s data; else where (in the original) it differs.
-    fn same(&mut self, o: &Node, m: &Node) -> Result<(), Pos> {
-        if o.tag != m.tag {
-            return Err(o.start);
-        }
-        match (&o.value, &m.value) {
-            (Value::Scalar(a, sa), Value::Scalar(b, sb)) if a == b && sa == sb => Ok(()),
-            (Value::Seq(a), Value::Seq(b)) if a.len() == b.len() => {
-                a.iter().zip(b).try_for_each(|(x, y)| self.same(x, y))
-            }
-            (Value::Map(a), Value::Map(b)) => {
-                let mut kept = Vec::with_capacity(a.len());
-                for (k, v) in b {
-                    let Some(p) = self.inserted_at(k.start.offset) else {
-                        kept.push((k, v));
-                        continue;
-                    };
-                    let plan = &self.plans[p];
-                    if k.as_str() != Some("credential")
-                        || (o.start.offset, o.end.offset) != plan.block
-                        || !is_planned_ref(v, plan)
-                    {
-                        return Err(o.start);
-                    }
-                    self.used[p] = true;
-                }
-                if kept.len() != a.len() {
-                    return Err(o.start);
-                }
-                for ((ka, va), (kb, vb)) in a.iter().zip(kept) {
-                    self.same(ka, kb)?;
-                    self.same(va, vb)?;
-                }
-                Ok(())
-            }
-            _ => Err(o.start),
-        }
-    }
-}
-
-/// Whether `value` is the `credential:` mapping `plan` writes.
-fn is_planned_ref(value: &Node, plan: &Plan) -> bool {
-    let Value::Map(entries) = &value.value else {
-        return false;
-    };
-    let mut want = vec![("ref", plan.reference.as_str()), ("scope", "per_user")];
-    if let Some(p) = &plan.provider {
-        want.push(("provider", p));
-    }
-    entries.len() == want.len()
-        && entries.iter().zip(&want).all(|((k, v), (wk, wv))| {
-            k.as_str() == Some(wk) && v.as_str() == Some(wv) && v.tag.is_none()
-        })
-}
-
-/// Byte offset of the start of the line holding `offset` (after a byte order mark).
-fn line_start(text: &str, offset: usize) -> usize {
-    let bom = if text.starts_with('\u{feff}') { 3 } else { 0 };
-    text[..offset]
-        .rfind('\n')
-        .map_or(0, |i| i + 1)
-        .max(bom.min(offset))
-}
-
-/// Where to insert the `credential:` lines, and their indentation: before the line of the
-/// key that holds the first template (moving above comment lines that belong to it); else
-/// before another key of the block that starts its line (`? key` counts: the lines go at
-/// the `?`'s column); else after the block's last entry.
-fn insertion_point(text: &str, block: &Node, first_key: &Node) -> Option<(usize, String)> {
-    let Value::Map(entries) = &block.value else {
-        return None;
-    };
-    let from = entries
-        .iter()
-        .position(|(k, _)| k.start.offset == first_key.start.offset)
-        .unwrap_or(0);
-    let bom = if text.starts_with('\u{feff}') { 3 } else { 0 };
-    let order = entries[from..].iter().chain(&entries[..from]);
-    for (key, _) in order {
-        let start = line_start(text, key.start.offset);
-        let prefix = &text[start..key.start.offset];
-        let indent = if prefix.bytes().all(|b| b == b' ') {
-            prefix
-        } else {
-            let spaces = prefix.len() - prefix.trim_start_matches(' ').len();
-            let rest = &prefix[spaces..];
-            match rest.strip_prefix('?') {
-                Some(gap) if !gap.is_empty() && gap.bytes().all(|b| b == b' ') => &prefix[..spaces],
-                _ => continue,
-            }
-        };
-        // Keep comment lines directly above the key with it.
-        let mut at = start;
-        while at > bom {
-            let prev = line_start(text, at - 1);
-            let line = text[prev..at].trim_end_matches(['\n', '\r']);
-            let trimmed = line.trim_start();
-            if trimmed.starts_with('#') && line.len() - trimmed.len() == indent.len() {
-                at = prev;
-            } else {
-                break;
-            }
-        }
-        return Some((at, indent.to_string()));
-    }
-    // After the last entry, at the column of the keys.
-    let (first, _) = entries.first()?;
-    let (_, last) = entries.last()?;
-    let end = last.end.offset;
-    if last.alias.is_some() || end <= first.start.offset {
-        return None;
-    }
-    let indent = " ".repeat(first.start.column.checked_sub(1)?);
-    if text.as_bytes()[end - 1] == b'\n' {
-        return Some((end, indent));
-    }
-    let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
-    let rest = text[end..line_end].trim_end_matches(['\n', '\r']);
-    let after = rest.trim_start_matches(' ');
-    (after.is_empty() || (after.starts_with('#') && rest.starts_with(' ')))
-        .then_some((line_end, indent))
-}
-
-/// The file's indentation step, read from the block's first key whose value is an indented
-/// block mapping of its own (the first template's key first), else 2.
-fn indent_step(block: &Node, first_key: &Node) -> usize {
-    let Value::Map(entries) = &block.value else {
-        return 2;
-    };
-    let first = entries
-        .iter()
-        .filter(|(k, _)| k.start.offset == first_key.start.offset);
-    first
-        .chain(entries.iter())
-        .find_map(|(k, v)| {
-            (v.is_map()
-                && !v.flow
-                && v.alias.is_none()
-                && v.start.line > k.start.line
-                && v.start.column > k.start.column)
-                .then(|| v.start.column - k.start.column)
-        })
-        .unwrap_or(2)
-}
-
-/// The ref name and provider for a block: `<provider>_main` when the block names a
-/// provider, else the first template's name in lower case.
-fn derive_ref(block: &Node, scalars: &[&Node]) -> (String, Option<String>) {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-            && s.as_bytes()[0].is_ascii_lowercase()
-    };
-    if let Some(p) = block.get("provider").and_then(Node::as_str) {
-        if plain(p) {
-            return (format!("{p}_main"), Some(p.to_string()));
-        }
-    }
-    let name = scalars
-        .iter()
-        .find_map(|s| {
-            templates(s.as_str().unwrap_or(""))
-                .first()
-                .map(|(_, n)| n.to_string())
-        })
-        .unwrap_or_else(|| "credential".into());
-    let mut r: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if !r.as_bytes().first().is_some_and(u8::is_ascii_lowercase) {
-        r = format!("c_{r}");
-    }
-    (r, None)
-}
-
-/// Where to add the fallback comment after a template: the end of the scalar, when it is on
-/// one line and nothing but spaces follows it on that line.
-fn comment_point(text: &str, scalar: &Node) -> Option<usize> {
-    if scalar.start.line != scalar.end.line || scalar.end.offset <= scalar.start.offset {
-        return None;
-    }
-    let end = scalar.end.offset;
-    let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i);
-    let rest = text[end..line_end].trim_end_matches('\r');
-    rest.chars().all(|c| c == ' ').then_some(end)
-}
-
 /// What happened to one file.
 #[derive(Debug)]
 pub enum FileOutcome {
@@ -608,6 +295,7 @@ fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BlockPath;
 
     /// A rewrite that would not keep the data (here: block lines inside a flow mapping, as
     /// the migrator once wrote for `brain: &b {`) is refused, and the other blocks are

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 mod builtin;
 pub(crate) mod formats;
 mod keys;
+mod rules;
 
 pub use formats::FieldFormat;
 

@@ -5,12 +5,12 @@
 //! secret (form-encoded), the bearer and Vault tokens, the AWS session token. A small HTTP
 //! server on 127.0.0.1 answers every call the test does not route with a 400 (or 500)
 //! whose JSON `message`, `errors[0]` and `error.message` (or XML `<Message>`, read as text by
-//! all but AWS) are the request.
+//! all but AWS) are the request. The server serves `echoed_credentials.rs` too.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use strongroom::crypto::kms::{
@@ -21,19 +21,38 @@ use strongroom::{DataKey, Error, KeyWrapper};
 use super::http;
 
 /// A canned answer for `(method, path)`, or `None` to echo the request in an error.
-type Route = dyn Fn(&str, &str) -> Option<(u16, String)> + Send + Sync;
+pub(super) type Route = dyn Fn(&str, &str) -> Option<(u16, String)> + Send + Sync;
 
-struct Echo {
-    url: String,
-    echoed: Arc<AtomicUsize>,
+/// How the echoing server writes the request it echoes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Shape {
+    /// A JSON error: `message`, `errors[0]`, `error.message`.
+    Json,
+    /// An XML error's `<Message>` (AWS's authentication layer and STS answer so), read as
+    /// text by all but AWS.
+    Xml,
+    /// A JSON error whose `message` is the request folded into lines of 40 characters, as
+    /// a proxy or a log line may fold it: no run is long enough to be cut by its length.
+    Folded,
+    /// The JSON `Code` of an EC2 instance metadata credentials answer.
+    Code,
 }
 
-/// Starts the echoing server: `status` for the echoes, `text` for a plain-text body.
-fn echo_server(status: u16, text: bool, route: Box<Route>) -> Echo {
+pub(super) struct Echo {
+    pub(super) url: String,
+    pub(super) echoed: Arc<AtomicUsize>,
+    /// The bodies of the requests echoed, in order.
+    pub(super) bodies: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts the echoing server: `status` for the echoes, written as `shape` says.
+pub(super) fn echo_server(status: u16, shape: Shape, route: Box<Route>) -> Echo {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let echoed = Arc::new(AtomicUsize::new(0));
     let count = echoed.clone();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -65,18 +84,27 @@ fn echo_server(status: u16, text: bool, route: Box<Route>) -> Echo {
             );
             let (code, answer) = route(&method, &path).unwrap_or_else(|| {
                 count.fetch_add(1, Ordering::SeqCst);
+                seen.lock().expect("bodies").push(body.clone());
                 let dump = format!("{body}\n{head}");
-                if text {
-                    // As an XML error (AWS's authentication layer answers so) and text.
-                    (status, format!("<Error><Message>{dump}</Message></Error>"))
-                } else {
-                    let error = serde_json::json!({
+                let json = |dump: &str| {
+                    serde_json::json!({
                         "__type": "ValidationException",
                         "message": dump,
                         "errors": [dump],
                         "error": {"message": dump, "status": "INVALID_ARGUMENT", "code": "BadParameter"},
-                    });
-                    (status, error.to_string())
+                    })
+                    .to_string()
+                };
+                match shape {
+                    Shape::Json => (status, json(&dump)),
+                    Shape::Xml => (status, format!("<Error><Message>{dump}</Message></Error>")),
+                    Shape::Folded => {
+                        let chars: Vec<char> = dump.chars().collect();
+                        let lines: Vec<String> =
+                            chars.chunks(40).map(|c| c.iter().collect()).collect();
+                        (status, json(&lines.join("\n")))
+                    }
+                    Shape::Code => (status, serde_json::json!({ "Code": dump }).to_string()),
                 }
             });
             let _ = write!(
@@ -87,7 +115,11 @@ fn echo_server(status: u16, text: bool, route: Box<Route>) -> Echo {
             );
         }
     });
-    Echo { url, echoed }
+    Echo {
+        url,
+        echoed,
+        bodies,
+    }
 }
 
 /// The forms of the data key a request carries or a peer may re-encode.
@@ -102,7 +134,7 @@ fn key_forms(dek: &DataKey) -> Vec<String> {
 
 /// The error (Display and Debug) holds no 12-character piece of any of `secrets`, and the
 /// server did echo a request.
-fn clean<T: std::fmt::Debug>(
+pub(super) fn clean<T: std::fmt::Debug>(
     what: &str,
     result: strongroom::Result<T>,
     secrets: &[String],
@@ -144,8 +176,8 @@ fn clean<T: std::fmt::Debug>(
 #[tokio::test]
 async fn aws_kms_errors_echoing_encrypt_and_decrypt_hold_no_secret() {
     let session = "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKENvalue0123456789".to_string();
-    for (status, text) in [(400, false), (400, true)] {
-        let echo = echo_server(status, text, Box::new(|_, _| None));
+    for (status, shape) in [(400, Shape::Json), (400, Shape::Xml)] {
+        let echo = echo_server(status, shape, Box::new(|_, _| None));
         let key = AwsKmsKey::new(
             "alias/strongroom",
             "eu-west-1",
@@ -180,8 +212,8 @@ async fn aws_kms_errors_echoing_encrypt_and_decrypt_hold_no_secret() {
 #[tokio::test]
 async fn gcp_kms_errors_echoing_encrypt_hold_no_secret() {
     let token = "ya29.a0AfH6SMBexampleACCESStokenVALUE-0123456789_abcdef".to_string();
-    for (status, text) in [(400, false), (400, true), (500, false)] {
-        let echo = echo_server(status, text, Box::new(|_, _| None));
+    for (status, shape) in [(400, Shape::Json), (400, Shape::Xml), (500, Shape::Json)] {
+        let echo = echo_server(status, shape, Box::new(|_, _| None));
         let key = GcpKmsKey::with_access_token(
             "projects/p/locations/global/keyRings/r/cryptoKeys/k",
             token.clone(),
@@ -202,11 +234,11 @@ async fn vault_errors_echoing_transit_and_approle_hold_no_secret() {
     let role_id = "6f1c0a4e-9d8b-4f6e-a2c1-5b7d3e9f0a12".to_string();
     let secret_id = "a9b8c7d6-e5f4-4321-9fed-cba987654321".to_string();
     // A 500 is retried, then given up on: that error is clean too.
-    for (status, text) in [(400, false), (400, true), (500, false)] {
+    for (status, shape) in [(400, Shape::Json), (400, Shape::Xml), (500, Shape::Json)] {
         // Transit encrypt with a token.
         let echo = echo_server(
             status,
-            text,
+            shape,
             Box::new(|m, p| {
                 (m == "GET" && p.contains("/keys/")).then(|| {
                     (
@@ -229,7 +261,7 @@ async fn vault_errors_echoing_transit_and_approle_hold_no_secret() {
         );
 
         // An AppRole login the server refuses, echoing role_id and secret_id.
-        let echo = echo_server(status, text, Box::new(|_, _| None));
+        let echo = echo_server(status, shape, Box::new(|_, _| None));
         let key = VaultTransitKey::new(echo.url.clone(), "strongroom", "", http())
             .expect("key")
             .with_auth(VaultAuth::AppRole {
@@ -255,9 +287,9 @@ async fn azure_errors_echoing_the_token_request_and_wrapkey_hold_no_secret() {
     let client_secret = "Az~Q8.sEcReT_v4l+ue/with=odd~chars-0123456789".to_string();
     let access = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.exampleAZUREaccess".to_string();
     let form: String = url::form_urlencoded::byte_serialize(client_secret.as_bytes()).collect();
-    for text in [false, true] {
+    for shape in [Shape::Json, Shape::Xml] {
         // The token endpoint refuses, echoing the form with the client secret.
-        let echo = echo_server(400, text, Box::new(|_, _| None));
+        let echo = echo_server(400, shape, Box::new(|_, _| None));
         let key = AzureKeyVaultKey::new(
             &format!("{}/keys/k/0123456789abcdef", echo.url),
             "tenant-1",
@@ -285,7 +317,7 @@ async fn azure_errors_echoing_the_token_request_and_wrapkey_hold_no_secret() {
         .to_string();
         let echo = echo_server(
             400,
-            text,
+            shape,
             Box::new(move |_, p| p.contains("/oauth2/").then(|| (200, answer.clone()))),
         );
         let key = AzureKeyVaultKey::new(

@@ -10,6 +10,7 @@ mod aws_context;
 mod azure;
 mod azure_identity;
 mod checkpoints;
+mod echoed_credentials;
 mod echoed_secrets;
 mod gcp_credentials;
 mod standins;

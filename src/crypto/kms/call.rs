@@ -134,6 +134,7 @@ const SECRET_HEADERS: &[&str] = &[
     "proxy-authorization",
     "x-vault-token",
     "x-amz-security-token",
+    "x-aws-ec2-metadata-token",
     "x-goog-api-key",
     "cookie",
 ];

@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 
-use super::super::unavailable;
-use super::super::Hidden;
+use super::super::{redact_error, request_secrets, unavailable, Hidden, Wiped};
 use crate::error::{Error, Result};
 use crate::transport::{peer_of, Bytes, HttpTransport};
 
@@ -177,33 +176,35 @@ impl CredentialProvider {
                     .map_err(|_| {
                         Error::config(format!("the STS endpoint `{sts_endpoint}` is not a URL"))
                     })?;
-                let (status, body) = self.send(key_id, request, "STS").await?;
-                let text = String::from_utf8_lossy(&body);
-                if !(200..300).contains(&status) {
-                    let code = xml_tag(&text, "Code").unwrap_or_default();
-                    let message = xml_tag(&text, "Message").unwrap_or_default();
-                    return Err(unavailable(
-                        key_id,
-                        format!(
-                            "STS AssumeRoleWithWebIdentity for {role_arn} answered {status} \
-                             {code}: {}",
-                            clean(&message)
-                        ),
-                    ));
-                }
-                let field = |tag: &str| {
-                    xml_tag(&text, tag).ok_or_else(|| {
-                        unavailable(
+                let answer = self.send(key_id, request, "STS").await?;
+                answer.read(|status, body| {
+                    let text = String::from_utf8_lossy(body);
+                    if !(200..300).contains(&status) {
+                        let code = xml_tag(&text, "Code").unwrap_or_default();
+                        let message = xml_tag(&text, "Message").unwrap_or_default();
+                        return Err(unavailable(
                             key_id,
-                            format!("STS AssumeRoleWithWebIdentity gave no {tag}"),
-                        )
+                            format!(
+                                "STS AssumeRoleWithWebIdentity for {role_arn} answered {status} \
+                                 {code}: {}",
+                                clean(&message)
+                            ),
+                        ));
+                    }
+                    let field = |tag: &str| {
+                        xml_tag(&text, tag).ok_or_else(|| {
+                            unavailable(
+                                key_id,
+                                format!("STS AssumeRoleWithWebIdentity gave no {tag}"),
+                            )
+                        })
+                    };
+                    Ok(Creds {
+                        access_key_id: field("AccessKeyId")?,
+                        secret_access_key: Hidden::new(field("SecretAccessKey")?),
+                        session_token: Some(Hidden::new(field("SessionToken")?)),
+                        expires: Some(parse_time(&field("Expiration")?, key_id)?),
                     })
-                };
-                Ok(Creds {
-                    access_key_id: field("AccessKeyId")?,
-                    secret_access_key: Hidden::new(field("SecretAccessKey")?),
-                    session_token: Some(Hidden::new(field("SessionToken")?)),
-                    expires: Some(parse_time(&field("Expiration")?, key_id)?),
                 })
             }
             Source::Container {
@@ -226,19 +227,17 @@ impl CredentialProvider {
                     ))
                 })?;
                 hide_headers(&mut request);
-                let (status, body) = self
-                    .send(key_id, request, "the container credentials endpoint")
-                    .await?;
-                if !(200..300).contains(&status) {
-                    return Err(unavailable(
-                        key_id,
-                        format!(
-                            "the container credentials endpoint answered {status}: {}",
-                            error_text(&body)
-                        ),
-                    ));
-                }
-                json_creds(&body, key_id, "the container credentials endpoint")
+                let what = "the container credentials endpoint";
+                let answer = self.send(key_id, request, what).await?;
+                answer.read(|status, body| {
+                    if !(200..300).contains(&status) {
+                        return Err(unavailable(
+                            key_id,
+                            format!("{what} answered {status}: {}", error_text(body)),
+                        ));
+                    }
+                    json_creds(body, key_id, what)
+                })
             }
             Source::Imds { endpoint } => self.imds(endpoint, key_id).await,
         }
@@ -253,17 +252,21 @@ impl CredentialProvider {
             .header("x-aws-ec2-metadata-token-ttl-seconds", "21600")
             .body(Bytes::new())
             .map_err(|_| Error::config(format!("the IMDS endpoint `{endpoint}` is not a URL")))?;
-        let (status, body) = self.send(key_id, request, what).await?;
-        if !(200..300).contains(&status) {
-            return Err(unavailable(
-                key_id,
-                format!(
-                    "{what} refused a session token ({status}): {}",
-                    error_text(&body)
-                ),
-            ));
-        }
-        let session = Hidden::new(String::from_utf8_lossy(&body).trim().to_string());
+        let answer = self.send(key_id, request, what).await?;
+        let session = answer.read(|status, body| {
+            if !(200..300).contains(&status) {
+                return Err(unavailable(
+                    key_id,
+                    format!(
+                        "{what} refused a session token ({status}): {}",
+                        error_text(body)
+                    ),
+                ));
+            }
+            Ok(Hidden::new(
+                String::from_utf8_lossy(body).trim().to_string(),
+            ))
+        })?;
         let get = |path: String| -> Result<http::Request<Bytes>> {
             let mut request = http::Request::builder()
                 .method("GET")
@@ -278,56 +281,86 @@ impl CredentialProvider {
             hide_headers(&mut request);
             Ok(request)
         };
-        let (status, body) = self.send(key_id, get(String::new())?, what).await?;
-        let listing = String::from_utf8_lossy(&body);
-        let role = listing.lines().next().unwrap_or("").trim().to_string();
-        if !(200..300).contains(&status) || role.is_empty() {
-            return Err(unavailable(
-                key_id,
-                format!(
-                    "{what} names no IAM role ({status}): attach an instance profile to the instance"
-                ),
-            ));
-        }
-        if !role
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-        {
-            return Err(unavailable(key_id, format!("{what} named an odd role")));
-        }
-        let (status, body) = self.send(key_id, get(role.clone())?, what).await?;
-        if !(200..300).contains(&status) {
-            return Err(unavailable(
-                key_id,
-                format!("{what} gave no credentials for role {role} ({status})"),
-            ));
-        }
-        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        if let Some(code) = answer.get("Code").and_then(|c| c.as_str()) {
-            if code != "Success" {
+        let answer = self.send(key_id, get(String::new())?, what).await?;
+        let role = answer.read(|status, body| {
+            let listing = String::from_utf8_lossy(body);
+            let role = listing.lines().next().unwrap_or("").trim().to_string();
+            if !(200..300).contains(&status) || role.is_empty() {
                 return Err(unavailable(
                     key_id,
-                    format!("{what} answered Code {}", clean(code)),
+                    format!(
+                        "{what} names no IAM role ({status}): attach an instance profile to the instance"
+                    ),
                 ));
             }
-        }
-        json_creds(&body, key_id, what)
+            if !role
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+            {
+                return Err(unavailable(key_id, format!("{what} named an odd role")));
+            }
+            Ok(role)
+        })?;
+        let answer = self.send(key_id, get(role.clone())?, what).await?;
+        answer.read(|status, body| {
+            if !(200..300).contains(&status) {
+                return Err(unavailable(
+                    key_id,
+                    format!("{what} gave no credentials for role {role} ({status})"),
+                ));
+            }
+            let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            if let Some(code) = answer.get("Code").and_then(|c| c.as_str()) {
+                if code != "Success" {
+                    return Err(unavailable(
+                        key_id,
+                        format!("{what} answered Code {}", clean(code)),
+                    ));
+                }
+            }
+            json_creds(body, key_id, what)
+        })
     }
 
+    /// Sends `request` to `what`; the answer keeps the request's secrets, to cut out of the
+    /// errors made from it ([`Answer::read`]).
     async fn send(
         &self,
         key_id: &str,
         request: http::Request<Bytes>,
         what: &str,
-    ) -> Result<(u16, super::super::Wiped)> {
+    ) -> Result<Answer> {
         let peer = peer_of(request.uri());
+        let sent = request_secrets(&request);
         let response = self
             .http
             .send(request)
             .await
             .map_err(|e| unavailable(key_id, format!("no answer from {what} ({peer}): {e}")))?;
         let status = response.status().as_u16();
-        Ok((status, super::super::Wiped(response.into_body())))
+        Ok(Answer {
+            status,
+            body: Wiped(response.into_body()),
+            sent,
+        })
+    }
+}
+
+/// A credential endpoint's answer, with the secrets its request carried (the web identity
+/// token, the container authorization token, the IMDS session token: [`request_secrets`]).
+struct Answer {
+    status: u16,
+    body: Wiped,
+    sent: Vec<zeroize::Zeroizing<String>>,
+}
+
+impl Answer {
+    /// What `read` makes of the status and body; its error with every piece of the
+    /// request's secrets cut out of the reason ([`redact_error`]), as the KMS calls' errors
+    /// are: an endpoint or proxy that echoes the request in its error must not carry a
+    /// token into the vault's errors and logs.
+    fn read<T>(&self, read: impl FnOnce(u16, &[u8]) -> Result<T>) -> Result<T> {
+        read(self.status, &self.body).map_err(|e| redact_error(e, &self.sent))
     }
 }
 
