@@ -302,6 +302,17 @@ impl Scope {
         }
     }
 
+    /// [`Scope::owner`], borrowed from the scope where it holds the owner as one string.
+    pub(crate) fn owner_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Scope::SystemWide => std::borrow::Cow::Borrowed(""),
+            Scope::PerAppShared { app } => std::borrow::Cow::Borrowed(app),
+            Scope::PerUser { user } => std::borrow::Cow::Borrowed(user),
+            Scope::PerAppPerUser { .. } => std::borrow::Cow::Owned(self.owner()),
+            Scope::PerAgent { agent } => std::borrow::Cow::Borrowed(agent),
+        }
+    }
+
     /// The owner in its stored text form: empty for system-wide, the app, user or agent id,
     /// or `app/user` for per-app-per-user (ids never contain `/`).
     pub fn owner(&self) -> String {

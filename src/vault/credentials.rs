@@ -319,7 +319,7 @@ impl Vault {
         actor: &Principal,
         action: Action,
         record: &CredentialRecord,
-        detail: Option<(&str, String)>,
+        detail: Option<(&str, &str)>,
         stamp: ReadStamp,
     ) -> Result<RevealedCredential> {
         // A reveal's span has the id from its call and the scope from its load.

@@ -206,7 +206,7 @@ impl Vault {
                 actor,
                 action,
                 &record,
-                Some(("source", source.as_str().to_string())),
+                Some(("source", source.as_str())),
                 stamp,
             )
             .await?;
