@@ -78,7 +78,9 @@ pub(super) fn writer_loop(
             }
         }
         let started = std::time::Instant::now();
+        let mut slept = false;
         loop {
+            let before = group.len();
             while group.len() < max_group {
                 match rx.try_recv() {
                     Ok(Message::Commit(req)) => group.push(req),
@@ -92,19 +94,20 @@ pub(super) fn writer_loop(
             }
             // A lone caller never waits. With concurrent callers, the ones just answered
             // are still on their way back; waiting briefly for them (while they keep
-            // arriving) folds them into this sync instead of the next one.
+            // arriving) folds them into this sync instead of the next one. A gap that
+            // brought nobody ends the wait.
             if closing.is_some()
                 || group.len() >= expected.min(max_group)
                 || started.elapsed() >= LINGER_MAX
+                || (slept && group.len() == before)
             {
                 break;
             }
-            match rx.recv_timeout(LINGER_GAP) {
-                Ok(Message::Commit(req)) => group.push(req),
-                Ok(Message::Close(reply)) => closing = Some(reply),
-                Ok(Message::Barrier(reply)) => barrier(syncer.as_ref(), reply),
-                Err(_) => break,
-            }
+            // Asleep rather than waiting on the channel: a caller that queues meanwhile
+            // does not wake this thread (a wake per arrival cost every caller a system
+            // call and this thread a context switch); whoever came is taken after the gap.
+            std::thread::sleep(LINGER_GAP);
+            slept = true;
         }
         // Remember the concurrency seen lately: jump up at once, decay slowly, so one
         // short group (a straggler cut off by the time limit) does not shrink the next.
