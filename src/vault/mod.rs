@@ -159,7 +159,32 @@ fn expires_at(record: &CredentialRecord) -> Option<Timestamp> {
 }
 
 fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
-    let mut metadata = record.metadata.clone();
+    info_owned(
+        CredentialRecord {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            scope: record.scope.clone(),
+            provider: record.provider.clone(),
+            handler_type: record.handler_type.clone(),
+            state: record.state,
+            metadata: record.metadata.clone(),
+            agent_accessible: record.agent_accessible,
+            version: record.version,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            expires_at: record.expires_at,
+            key_id: String::new(),
+            sealed: Vec::new(),
+        },
+        field_names,
+    )
+}
+
+/// [`info`] of a record no longer needed: its strings move rather than being copied.
+fn info_owned(record: CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
+    let state = effective_state(&record, Timestamp::now());
+    let expires_at = expires_at(&record);
+    let mut metadata = record.metadata;
     let stored = metadata.remove(FIELD_NAMES);
     let field_names = if field_names.is_empty() {
         stored
@@ -175,18 +200,18 @@ fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
         field_names
     };
     CredentialInfo {
-        id: record.id.clone(),
-        name: record.name.clone(),
-        scope: record.scope.clone(),
-        provider: record.provider.clone(),
-        handler_type: record.handler_type.clone(),
-        state: effective_state(record, Timestamp::now()),
+        id: record.id,
+        name: record.name,
+        scope: record.scope,
+        provider: record.provider,
+        handler_type: record.handler_type,
+        state,
         metadata,
         agent_accessible: record.agent_accessible,
         version: record.version,
         created_at: record.created_at,
         updated_at: record.updated_at,
-        expires_at: expires_at(record),
+        expires_at,
         field_names,
     }
 }
@@ -431,7 +456,7 @@ impl Vault {
     }
 
     fn event(actor: &Principal, action: Action, target: AuditTarget) -> AuditEvent {
-        AuditEvent::new(actor.to_string(), action, target)
+        AuditEvent::new(actor.name(), action, target)
     }
 
     /// Commits `batch` — checked against `stamp` (see [`Store::commit_checked`]) unless it

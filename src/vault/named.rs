@@ -205,7 +205,7 @@ impl Vault {
             .release_revealed(
                 actor,
                 action,
-                &record,
+                record,
                 Some(("source", source.as_str())),
                 stamp,
             )

@@ -98,7 +98,7 @@ impl Vault {
                 let (record, stamp) = self
                     .lookup(actor, Action::Resolve, reference, scope, fresh)
                     .await?;
-                self.release_revealed(actor, Action::Resolve, &record, detail, stamp)
+                self.release_revealed(actor, Action::Resolve, record, detail, stamp)
                     .await
             };
             match attempt.await {
