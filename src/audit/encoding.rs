@@ -372,7 +372,7 @@ mod tests {
 
     use super::*;
     use crate::audit::{Action, AuditTarget, Outcome};
-    use crate::model::{CredentialId, Timestamp};
+    use crate::model::{CredentialId, Scope, Timestamp};
 
     /// The worked example of `docs/AUDIT.md`; the doc quotes these exact bytes.
     pub(crate) fn worked_example() -> AuditEvent {
