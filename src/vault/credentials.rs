@@ -359,7 +359,7 @@ impl Vault {
                     None,
                     ReadStamp::UNCHECKED,
                 )
-                    .await
+                .await
             })
             .await
     }

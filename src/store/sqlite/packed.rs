@@ -138,8 +138,7 @@ pub(super) fn unpack(bytes: &[u8], key: &PointKey) -> Option<Option<CredentialRe
         ABSENT_NAME => {
             let kind = *ScopeKind::ALL.get(usize::from(r.byte()?))?;
             let (owner, name) = (r.text()?, r.text()?);
-            let same =
-                matches!(key, PointKey::Name(s, n) if n == name && is_scope(s, kind, owner));
+            let same = matches!(key, PointKey::Name(s, n) if n == name && is_scope(s, kind, owner));
             return same.then_some(None);
         }
         ABSENT_ID => {
@@ -292,7 +291,10 @@ mod tests {
         );
         let packed = pack_row(&r).expect("packs");
         let others = [
-            owned_name(Scope::per_app_per_user("crm", "u2").expect("scope"), &r.name),
+            owned_name(
+                Scope::per_app_per_user("crm", "u2").expect("scope"),
+                &r.name,
+            ),
             owned_name(Scope::per_app_per_user("crm", "u").expect("scope"), &r.name),
             owned_name(Scope::per_app_per_user("cr", "u1").expect("scope"), &r.name),
             owned_name(Scope::per_app_shared("crm").expect("scope"), &r.name),

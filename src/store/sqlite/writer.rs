@@ -342,8 +342,16 @@ fn apply_batch<'c>(
                     event.time.0,
                     event.actor,
                     event.action.as_str(),
-                    event.target.credential_id.as_ref().map_or("", |c| c.as_str()),
-                    event.target.scope.as_ref().map_or("", |s| s.kind().as_str()),
+                    event
+                        .target
+                        .credential_id
+                        .as_ref()
+                        .map_or("", |c| c.as_str()),
+                    event
+                        .target
+                        .scope
+                        .as_ref()
+                        .map_or("", |s| s.kind().as_str()),
                     &*owner,
                     event.outcome.as_str(),
                     details,
