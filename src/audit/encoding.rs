@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::event::AuditEvent;
-use crate::model::Scope;
 
 /// The `prev_hash` of the first row.
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
@@ -40,19 +39,43 @@ pub struct ChainHead {
 impl ChainHead {
     /// Numbers and chains `event` after `head` (or as row 1), advancing `head`.
     pub fn append(head: &mut Option<ChainHead>, event: AuditEvent) -> AuditRecord {
+        let owner = event_owner(&event);
+        let link = ChainHead::link(head, &event, &owner);
+        AuditRecord {
+            seq: link.seq,
+            event,
+            prev_hash: link.prev_hash,
+            hash: link.hash,
+        }
+    }
+
+    /// [`ChainHead::append`] without building the record: the row's number and links, for
+    /// a store that writes the event's columns straight from it. `owner` is the target's
+    /// owner as stored ([`crate::audit::AuditTarget::columns`]).
+    pub(crate) fn link(head: &mut Option<ChainHead>, event: &AuditEvent, owner: &str) -> Link {
         let (seq, prev_hash) = match head {
             Some(h) => (h.seq + 1, h.hash),
             None => (1, GENESIS_HASH),
         };
-        let hash = chain_hash(&prev_hash, seq, &event);
+        let hash = canonical_row(seq, event, owner).hash(&prev_hash);
         *head = Some(ChainHead { seq, hash });
-        AuditRecord {
+        Link {
             seq,
-            event,
             prev_hash,
             hash,
         }
     }
+}
+
+/// A row's number and its links in the chain ([`ChainHead::link`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Link {
+    /// Sequence number.
+    pub seq: u64,
+    /// The previous row's hash.
+    pub prev_hash: [u8; 32],
+    /// This row's hash.
+    pub hash: [u8; 32],
 }
 
 /// Where canonical bytes go: a buffer (to show them) or a hasher (to hash them in place).
@@ -239,13 +262,8 @@ impl<'a> Iterator for PlainDetails<'a> {
 
 impl ExactSizeIterator for PlainDetails<'_> {}
 
-fn event_owner(event: &AuditEvent) -> String {
-    event
-        .target
-        .scope
-        .as_ref()
-        .map(Scope::owner)
-        .unwrap_or_default()
+fn event_owner(event: &AuditEvent) -> std::borrow::Cow<'_, str> {
+    event.target.owner()
 }
 
 fn canonical_row<'a>(
@@ -354,7 +372,7 @@ mod tests {
 
     use super::*;
     use crate::audit::{Action, AuditTarget, Outcome};
-    use crate::model::{CredentialId, Timestamp};
+    use crate::model::{CredentialId, Scope, Timestamp};
 
     /// The worked example of `docs/AUDIT.md`; the doc quotes these exact bytes.
     pub(crate) fn worked_example() -> AuditEvent {

@@ -262,6 +262,14 @@ impl AuditTarget {
         }
     }
 
+    /// The owner column as stored (empty without a scope), borrowed where the scope holds
+    /// it as one string.
+    pub(crate) fn owner(&self) -> std::borrow::Cow<'_, str> {
+        self.scope
+            .as_ref()
+            .map_or(std::borrow::Cow::Borrowed(""), Scope::owner_text)
+    }
+
     /// `(credential id, scope kind, owner)` as stored, empty strings for absent parts.
     pub fn columns(&self) -> (String, String, String) {
         (

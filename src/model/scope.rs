@@ -30,9 +30,17 @@ pub(super) fn check_id(field: &str, value: &str, slash_allowed: bool) -> Result<
             ),
         ));
     }
+    let bytes = value.as_bytes();
+    // Printable ASCII throughout (the usual id): only a `/` can be wrong. A branch-free
+    // pass the compiler vectorises; anything else takes the byte loop below.
+    let printable = bytes.iter().fold(true, |ok, &b| {
+        ok & (0x20..0x7f).contains(&b) & (slash_allowed | (b != b'/'))
+    });
+    if printable {
+        return Ok(());
+    }
     // One pass over the bytes: `/`, C0 controls and DEL are single bytes; C1 controls
     // (U+0080..=U+009F) are encoded as 0xC2 0x80..=0x9F.
-    let bytes = value.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'/' && !slash_allowed {
             return Err(Error::invalid(field, "must not contain `/`"));
@@ -299,6 +307,17 @@ impl Scope {
             Scope::PerUser { .. } => ScopeKind::PerUser,
             Scope::PerAppPerUser { .. } => ScopeKind::PerAppPerUser,
             Scope::PerAgent { .. } => ScopeKind::PerAgent,
+        }
+    }
+
+    /// [`Scope::owner`], borrowed from the scope where it holds the owner as one string.
+    pub(crate) fn owner_text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Scope::SystemWide => std::borrow::Cow::Borrowed(""),
+            Scope::PerAppShared { app } => std::borrow::Cow::Borrowed(app),
+            Scope::PerUser { user } => std::borrow::Cow::Borrowed(user),
+            Scope::PerAppPerUser { .. } => std::borrow::Cow::Owned(self.owner()),
+            Scope::PerAgent { agent } => std::borrow::Cow::Borrowed(agent),
         }
     }
 

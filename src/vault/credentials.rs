@@ -318,13 +318,13 @@ impl Vault {
         &self,
         actor: &Principal,
         action: Action,
-        record: &CredentialRecord,
-        detail: Option<(&str, String)>,
+        record: Arc<CredentialRecord>,
+        detail: Option<(&str, &str)>,
         stamp: ReadStamp,
     ) -> Result<RevealedCredential> {
         // A reveal's span has the id from its call and the scope from its load.
         if action != Action::Reveal {
-            trace::found(record);
+            trace::found(&record);
         }
         let mut event = Vault::event(
             actor,
@@ -334,12 +334,15 @@ impl Vault {
         if let Some((k, v)) = detail {
             event = event.detail(k, v);
         }
-        let fields = self.release_one(actor, record, event, stamp).await?;
+        let fields = self.release_one(actor, &record, event, stamp).await?;
         let names = fields.keys().cloned().collect();
-        Ok(RevealedCredential {
-            info: info(record, names),
-            fields,
-        })
+        // The record read for this call alone (the usual case): its strings move into
+        // the info instead of being copied.
+        let info = match Arc::try_unwrap(record) {
+            Ok(record) => info_owned(record, names),
+            Err(shared) => info(&shared, names),
+        };
+        Ok(RevealedCredential { info, fields })
     }
 
     /// A credential's secret values, for a person allowed to read them. Audited.
@@ -349,8 +352,14 @@ impl Vault {
             .id(id)
             .run(async move {
                 let record = self.load_for(actor, Action::Reveal, id).await?;
-                self.release_revealed(actor, Action::Reveal, &record, None, ReadStamp::UNCHECKED)
-                    .await
+                self.release_revealed(
+                    actor,
+                    Action::Reveal,
+                    Arc::new(record),
+                    None,
+                    ReadStamp::UNCHECKED,
+                )
+                .await
             })
             .await
     }

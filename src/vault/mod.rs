@@ -64,6 +64,7 @@ pub use verify::{Verification, VerifyResult};
 pub use builder::VaultBuilder;
 pub use credentials::transition_allowed;
 pub use policy::{Action, Principal, Relation, Role};
+use types::{info, info_owned};
 pub use types::{
     CredentialFilter, CredentialInfo, CredentialRef, CredentialUpdate, NewCredential,
     ResolveContext, RevealedCredential,
@@ -156,39 +157,6 @@ fn effective_state(record: &CredentialRecord, now: Timestamp) -> LifecycleState 
 
 fn expires_at(record: &CredentialRecord) -> Option<Timestamp> {
     record.expires_at
-}
-
-fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
-    let mut metadata = record.metadata.clone();
-    let stored = metadata.remove(FIELD_NAMES);
-    let field_names = if field_names.is_empty() {
-        stored
-            .map(|names| {
-                names
-                    .split(',')
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    } else {
-        field_names
-    };
-    CredentialInfo {
-        id: record.id.clone(),
-        name: record.name.clone(),
-        scope: record.scope.clone(),
-        provider: record.provider.clone(),
-        handler_type: record.handler_type.clone(),
-        state: effective_state(record, Timestamp::now()),
-        metadata,
-        agent_accessible: record.agent_accessible,
-        version: record.version,
-        created_at: record.created_at,
-        updated_at: record.updated_at,
-        expires_at: expires_at(record),
-        field_names,
-    }
 }
 
 /// Serialises secret fields as a JSON object into a buffer sized up front (so no copy is
@@ -431,7 +399,7 @@ impl Vault {
     }
 
     fn event(actor: &Principal, action: Action, target: AuditTarget) -> AuditEvent {
-        AuditEvent::new(actor.to_string(), action, target)
+        AuditEvent::new(actor.name(), action, target)
     }
 
     /// Commits `batch` — checked against `stamp` (see [`Store::commit_checked`]) unless it

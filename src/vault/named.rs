@@ -205,8 +205,8 @@ impl Vault {
             .release_revealed(
                 actor,
                 action,
-                &record,
-                Some(("source", source.as_str().to_string())),
+                record,
+                Some(("source", source.as_str())),
                 stamp,
             )
             .await?;

@@ -27,7 +27,7 @@ impl Vault {
             .run(async move {
                 self.check_context(actor, ctx).await?;
                 let scope = ctx.scope_for(reference.scope)?;
-                self.resolve_in(actor, reference, &scope, Some(("app", ctx.app.clone())))
+                self.resolve_in(actor, reference, &scope, Some(("app", &ctx.app)))
                     .await
             })
             .await
@@ -73,7 +73,7 @@ impl Vault {
         actor: &Principal,
         reference: &CredentialRef,
         scope: &Scope,
-        detail: Option<(&str, String)>,
+        detail: Option<(&str, &str)>,
     ) -> Result<RevealedCredential> {
         trace::in_scope(scope);
         let relation = Relation::of(actor, Some(scope));
@@ -98,7 +98,7 @@ impl Vault {
                 let (record, stamp) = self
                     .lookup(actor, Action::Resolve, reference, scope, fresh)
                     .await?;
-                self.release_revealed(actor, Action::Resolve, &record, detail.clone(), stamp)
+                self.release_revealed(actor, Action::Resolve, record, detail, stamp)
                     .await
             };
             match attempt.await {

@@ -72,6 +72,10 @@ impl Op {
 
     /// Runs the operation inside the span, then records its outcome and duration.
     pub(crate) async fn run<T>(self, op: impl Future<Output = Result<T>>) -> Result<T> {
+        // No subscriber wants the span: nothing to enter, time or record.
+        if self.span.is_disabled() {
+            return op.await;
+        }
         let started = Instant::now();
         let result = op.instrument(self.span.clone()).await;
         self.end(started, result.as_ref().err());
@@ -83,6 +87,9 @@ impl Op {
         self,
         op: impl Future<Output = std::result::Result<T, ResolveManyError>>,
     ) -> std::result::Result<T, ResolveManyError> {
+        if self.span.is_disabled() {
+            return op.await;
+        }
         let started = Instant::now();
         let result = op.instrument(self.span.clone()).await;
         self.end(started, result.as_ref().err().map(|e| &e.error));

@@ -199,3 +199,62 @@ pub struct CredentialFilter {
     /// This state (as of now).
     pub state: Option<LifecycleState>,
 }
+
+/// The metadata half of what a release returns, copied from `record`.
+pub(super) fn info(record: &CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
+    info_owned(
+        CredentialRecord {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            scope: record.scope.clone(),
+            provider: record.provider.clone(),
+            handler_type: record.handler_type.clone(),
+            state: record.state,
+            metadata: record.metadata.clone(),
+            agent_accessible: record.agent_accessible,
+            version: record.version,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            expires_at: record.expires_at,
+            key_id: String::new(),
+            sealed: Vec::new(),
+        },
+        field_names,
+    )
+}
+
+/// [`info`] of a record no longer needed: its strings move rather than being copied.
+pub(super) fn info_owned(record: CredentialRecord, field_names: Vec<String>) -> CredentialInfo {
+    let state = effective_state(&record, Timestamp::now());
+    let expires_at = expires_at(&record);
+    let mut metadata = record.metadata;
+    let stored = metadata.remove(FIELD_NAMES);
+    let field_names = if field_names.is_empty() {
+        stored
+            .map(|names| {
+                names
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        field_names
+    };
+    CredentialInfo {
+        id: record.id,
+        name: record.name,
+        scope: record.scope,
+        provider: record.provider,
+        handler_type: record.handler_type,
+        state,
+        metadata,
+        agent_accessible: record.agent_accessible,
+        version: record.version,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        expires_at,
+        field_names,
+    }
+}

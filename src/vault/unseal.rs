@@ -103,39 +103,14 @@ impl Vault {
         let mut events = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
             if actor.role() == Role::Agent && !item.record.agent_accessible {
-                let event = item
-                    .event
-                    .outcome(Outcome::Denied)
-                    .detail("reason", "not agent-accessible");
-                self.commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
-                    .await
-                    .map_err(|e| (i, e))?;
-                return Err((
-                    i,
-                    Error::PermissionDenied {
-                        actor: actor.to_string(),
-                        action: Action::Resolve.as_str().into(),
-                        target: format!(
-                            "{}: it is not marked agent-accessible, so an agent reaches it \
-                             only through the credentials path",
-                            item.record.describe()
-                        ),
-                    },
-                ));
+                return Err((i, self.refuse_agent(actor, item.record, item.event).await));
             }
             let fields = match item.held {
                 Some(fields) => fields,
                 None => match self.open_fields(item.record).await {
                     Ok(fields) => Arc::new(fields),
                     Err(e) => {
-                        let event = item
-                            .event
-                            .outcome(Outcome::Failure)
-                            .detail("error", format!("{:?}", e.kind()));
-                        self.commit(Batch::events(vec![event]), stamp)
-                            .await
-                            .map_err(|e| (i, e))?;
-                        return Err((i, e));
+                        return Err((i, self.unopened(item.event, e, stamp).await));
                     }
                 },
             };
@@ -148,7 +123,7 @@ impl Vault {
         Ok(out)
     }
 
-    /// [`Vault::release`] of one record.
+    /// [`Vault::release`] of one record, without the lists and shared fields a batch needs.
     pub(crate) async fn release_one(
         &self,
         actor: &Principal,
@@ -156,19 +131,55 @@ impl Vault {
         event: AuditEvent,
         stamp: ReadStamp,
     ) -> Result<Fields> {
-        let item = Release {
-            record,
-            event,
-            held: None,
+        if actor.role() == Role::Agent && !record.agent_accessible {
+            return Err(self.refuse_agent(actor, record, event).await);
+        }
+        let fields = match self.open_fields(record).await {
+            Ok(fields) => fields,
+            Err(e) => return Err(self.unopened(event, e, stamp).await),
         };
-        let mut fields = self
-            .release(actor, vec![item], stamp)
+        self.commit(Batch::events(vec![event]), stamp).await?;
+        Ok(fields)
+    }
+
+    /// Audits the refusal of a credential not marked agent-accessible to an agent: the
+    /// error to return (the commit's, if the refusal could not be audited).
+    async fn refuse_agent(
+        &self,
+        actor: &Principal,
+        record: &CredentialRecord,
+        event: AuditEvent,
+    ) -> Error {
+        let event = event
+            .outcome(Outcome::Denied)
+            .detail("reason", "not agent-accessible");
+        if let Err(e) = self
+            .commit(Batch::events(vec![event]), ReadStamp::UNCHECKED)
             .await
-            .map_err(|(_, e)| e)?;
-        let fields = fields
-            .pop()
-            .ok_or_else(|| Error::config("nothing was released"))?;
-        Ok(Arc::try_unwrap(fields).unwrap_or_else(|shared| (*shared).clone()))
+        {
+            return e;
+        }
+        Error::PermissionDenied {
+            actor: actor.to_string(),
+            action: Action::Resolve.as_str().into(),
+            target: format!(
+                "{}: it is not marked agent-accessible, so an agent reaches it only through \
+                 the credentials path",
+                record.describe()
+            ),
+        }
+    }
+
+    /// Audits a blob that did not open as a failure (checked against `stamp`): the error
+    /// to return (the commit's, if the failure could not be audited).
+    async fn unopened(&self, event: AuditEvent, error: Error, stamp: ReadStamp) -> Error {
+        let event = event
+            .outcome(Outcome::Failure)
+            .detail("error", format!("{:?}", error.kind()));
+        match self.commit(Batch::events(vec![event]), stamp).await {
+            Ok(_) => error,
+            Err(e) => e,
+        }
     }
 
     /// Opens every credential's blob with the vault's keys and drops each plaintext at

@@ -1,6 +1,7 @@
 //! The point cache: results of point reads (a credential by name or id, a credential's
 //! grants), valid for one data generation.
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -303,12 +304,9 @@ impl SqliteStore {
         name: &str,
         stamped: bool,
     ) -> Result<(Option<Arc<CredentialRecord>>, i64)> {
-        let key = PointKey::Name(scope.kind(), scope.owner(), name.to_string());
-        let owner = match &key {
-            PointKey::Name(_, owner, _) => owner.as_str(),
-            _ => "",
-        };
+        let key = PointKey::Name(Cow::Borrowed(scope), Cow::Borrowed(name));
         let lookup = |conn: &Connection| {
+            let owner = scope.owner_text();
             // One statement, prepared once per connection: (scope_kind, owner, name) is
             // unique, so this is one probe of its index and one of the table.
             let mut stmt = conn
@@ -316,7 +314,7 @@ impl SqliteStore {
                 .map_err(|e| sql_error("cannot prepare a credential lookup", e))?;
             let found = stmt
                 .query_row(
-                    rusqlite::params![scope.kind().as_str(), owner, name],
+                    rusqlite::params![scope.kind().as_str(), &*owner, name],
                     decode_credential,
                 )
                 .optional()
@@ -378,7 +376,7 @@ mod tests {
     use super::*;
     use crate::model::{LifecycleState, Timestamp};
 
-    fn named(i: usize) -> (PointKey, PointValue) {
+    fn named(i: usize) -> (PointKey<'static>, PointValue) {
         let record = CredentialRecord {
             id: CredentialId::generate(),
             name: "openai_main".into(),
@@ -396,9 +394,8 @@ mod tests {
             sealed: vec![7; 150],
         };
         let key = PointKey::Name(
-            record.scope.kind(),
-            record.scope.owner(),
-            record.name.clone(),
+            Cow::Owned(record.scope.clone()),
+            Cow::Owned(record.name.clone()),
         );
         (key, PointValue::Named(Some(Arc::new(record))))
     }

@@ -14,15 +14,16 @@
 //! and its bytes, and the sealed blob as the rest. An absent entry (a lookup that found
 //! nothing) keeps what was looked up, to be checked the same way.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::model::{CredentialId, CredentialRecord, LifecycleState, Scope, ScopeKind, Timestamp};
 
-/// What a point read asked for.
+/// What a point read asked for. A lookup by name borrows the caller's scope and name.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub(super) enum PointKey {
-    /// A credential by scope kind, owner and name.
-    Name(ScopeKind, String, String),
+pub(super) enum PointKey<'a> {
+    /// A credential by scope and name.
+    Name(Cow<'a, Scope>, Cow<'a, str>),
     /// A credential by id.
     Id(CredentialId),
     /// The grants of a credential.
@@ -88,10 +89,11 @@ pub(super) fn pack_row(record: &CredentialRecord) -> Option<Box<[u8]>> {
 pub(super) fn pack_absent(key: &PointKey) -> Option<Box<[u8]>> {
     let mut out = Vec::new();
     match key {
-        PointKey::Name(kind, owner, name) => {
+        PointKey::Name(scope, name) => {
+            let kind = scope.kind();
             out.push(ABSENT_NAME);
-            out.push(ScopeKind::ALL.iter().position(|k| k == kind)? as u8);
-            put_text(&mut out, owner)?;
+            out.push(ScopeKind::ALL.iter().position(|k| *k == kind)? as u8);
+            put_text(&mut out, &scope.owner_text())?;
             put_text(&mut out, name)?;
         }
         PointKey::Id(id) => {
@@ -101,6 +103,23 @@ pub(super) fn pack_absent(key: &PointKey) -> Option<Box<[u8]>> {
         PointKey::Grants(_) => return None,
     }
     Some(out.into_boxed_slice())
+}
+
+/// Whether `scope` is the one of kind `kind` whose owner is stored as `owner`, without
+/// building the owner text.
+fn is_scope(scope: &Scope, kind: ScopeKind, owner: &str) -> bool {
+    if scope.kind() != kind {
+        return false;
+    }
+    match scope {
+        Scope::PerAppPerUser { app, user } => {
+            owner.len() == app.len() + 1 + user.len()
+                && owner.starts_with(app.as_str())
+                && owner.as_bytes()[app.len()] == b'/'
+                && owner.ends_with(user.as_str())
+        }
+        other => other.owner_text() == owner,
+    }
 }
 
 fn put_text(out: &mut Vec<u8>, text: &str) -> Option<()> {
@@ -119,8 +138,7 @@ pub(super) fn unpack(bytes: &[u8], key: &PointKey) -> Option<Option<CredentialRe
         ABSENT_NAME => {
             let kind = *ScopeKind::ALL.get(usize::from(r.byte()?))?;
             let (owner, name) = (r.text()?, r.text()?);
-            let same =
-                matches!(key, PointKey::Name(k, o, n) if *k == kind && o == owner && n == name);
+            let same = matches!(key, PointKey::Name(s, n) if n == name && is_scope(s, kind, owner));
             return same.then_some(None);
         }
         ABSENT_ID => {
@@ -144,7 +162,7 @@ pub(super) fn unpack(bytes: &[u8], key: &PointKey) -> Option<Option<CredentialRe
     let name = r.text()?;
     let id = r.text()?;
     let answers = match key {
-        PointKey::Name(k, o, n) => *k == kind && o == owner && n == name,
+        PointKey::Name(s, n) => n == name && is_scope(s, kind, owner),
         PointKey::Id(k) => k.as_str() == id,
         PointKey::Grants(_) => false,
     };
@@ -157,10 +175,15 @@ pub(super) fn unpack(bytes: &[u8], key: &PointKey) -> Option<Option<CredentialRe
     } else {
         serde_json::from_str(metadata).ok()?
     };
+    let scope = match key {
+        // The lookup's own scope, checked equal above: no parse of the stored form.
+        PointKey::Name(scope, _) => scope.clone().into_owned(),
+        _ => Scope::from_parts(kind, owner).ok()?,
+    };
     Some(Some(CredentialRecord {
         id: CredentialId::new(id).ok()?,
         name: name.to_string(),
-        scope: Scope::from_parts(kind, owner).ok()?,
+        scope,
         provider: provider.to_string(),
         handler_type: handler_type.to_string(),
         state,
@@ -227,8 +250,12 @@ mod tests {
         }
     }
 
-    fn name_key(r: &CredentialRecord) -> PointKey {
-        PointKey::Name(r.scope.kind(), r.scope.owner(), r.name.clone())
+    fn name_key(r: &CredentialRecord) -> PointKey<'_> {
+        PointKey::Name(Cow::Borrowed(&r.scope), Cow::Borrowed(&r.name))
+    }
+
+    fn owned_name(scope: Scope, name: &str) -> PointKey<'static> {
+        PointKey::Name(Cow::Owned(scope), Cow::Owned(name.to_string()))
     }
 
     #[test]
@@ -264,9 +291,15 @@ mod tests {
         );
         let packed = pack_row(&r).expect("packs");
         let others = [
-            PointKey::Name(r.scope.kind(), "crm/u2".into(), r.name.clone()),
-            PointKey::Name(ScopeKind::PerUser, "crm/u1".into(), r.name.clone()),
-            PointKey::Name(r.scope.kind(), "crm/u1".into(), "other".into()),
+            owned_name(
+                Scope::per_app_per_user("crm", "u2").expect("scope"),
+                &r.name,
+            ),
+            owned_name(Scope::per_app_per_user("crm", "u").expect("scope"), &r.name),
+            owned_name(Scope::per_app_per_user("cr", "u1").expect("scope"), &r.name),
+            owned_name(Scope::per_app_shared("crm").expect("scope"), &r.name),
+            owned_name(Scope::per_user("u1").expect("scope"), &r.name),
+            owned_name(r.scope.clone(), "other"),
             PointKey::Id(CredentialId::generate()),
             PointKey::Grants(r.id.clone()),
         ];
@@ -301,7 +334,7 @@ mod tests {
 
     fn other_name(key: &PointKey) -> String {
         match key {
-            PointKey::Name(k, o, n) => format!("name {k:?} {o} {n}"),
+            PointKey::Name(s, n) => format!("name {s} {n}"),
             PointKey::Id(id) => format!("id {id}"),
             PointKey::Grants(id) => format!("grants {id}"),
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::error::{is_unique_violation, sql_error};
@@ -78,7 +78,9 @@ pub(super) fn writer_loop(
             }
         }
         let started = std::time::Instant::now();
+        let mut slept = false;
         loop {
+            let before = group.len();
             while group.len() < max_group {
                 match rx.try_recv() {
                     Ok(Message::Commit(req)) => group.push(req),
@@ -92,19 +94,20 @@ pub(super) fn writer_loop(
             }
             // A lone caller never waits. With concurrent callers, the ones just answered
             // are still on their way back; waiting briefly for them (while they keep
-            // arriving) folds them into this sync instead of the next one.
+            // arriving) folds them into this sync instead of the next one. A gap that
+            // brought nobody ends the wait.
             if closing.is_some()
                 || group.len() >= expected.min(max_group)
                 || started.elapsed() >= LINGER_MAX
+                || (slept && group.len() == before)
             {
                 break;
             }
-            match rx.recv_timeout(LINGER_GAP) {
-                Ok(Message::Commit(req)) => group.push(req),
-                Ok(Message::Close(reply)) => closing = Some(reply),
-                Ok(Message::Barrier(reply)) => barrier(syncer.as_ref(), reply),
-                Err(_) => break,
-            }
+            // Asleep rather than waiting on the channel: a caller that queues meanwhile
+            // does not wake this thread (a wake per arrival cost every caller a system
+            // call and this thread a context switch); whoever came is taken after the gap.
+            std::thread::sleep(LINGER_GAP);
+            slept = true;
         }
         // Remember the concurrency seen lately: jump up at once, decay slowly, so one
         // short group (a straggler cut off by the time limit) does not shrink the next.
@@ -204,6 +207,10 @@ fn run_group(
         Ok(on_disk) => *head = on_disk,
         Err(e) => poisoned = Some(sql_error("cannot read the audit head", e).into()),
     }
+    // The audit insert, prepared once for the whole group (on its first event).
+    let mut insert = None;
+    // The `details` column of one event, the buffer reused across the group.
+    let mut details = Vec::new();
     for req in group.drain(..) {
         if poisoned.is_some() {
             results.push((req.reply, Outcome::Skipped));
@@ -219,7 +226,7 @@ fn run_group(
             // Appending events cannot fail a precondition; an error here is an I/O-level
             // failure (or a trigger) that dooms the transaction anyway, so no savepoint is
             // needed: the group fails with this batch's error as its cause.
-            match apply_batch(&tx, req.batch, head) {
+            match apply_batch(&tx, req.batch, head, &mut insert, &mut details) {
                 Ok(receipt) => Outcome::Applied(receipt),
                 Err(e) => {
                     poisoned = Some(e.into());
@@ -232,7 +239,7 @@ fn run_group(
                     poisoned = Some(sql_error("cannot open a savepoint", e).into());
                     Outcome::Skipped
                 }
-                Ok(()) => match apply_batch(&tx, req.batch, head) {
+                Ok(()) => match apply_batch(&tx, req.batch, head, &mut insert, &mut details) {
                     Ok(receipt) => match exec_cached(&tx, "RELEASE batch") {
                         Ok(()) => Outcome::Applied(receipt),
                         Err(e) => {
@@ -259,6 +266,8 @@ fn run_group(
         }
         results.push((req.reply, outcome));
     }
+    // The statement borrows the transaction.
+    drop(insert);
     let failure = match poisoned {
         Some(failure) => {
             drop(tx); // rolls back
@@ -285,10 +294,17 @@ fn run_group(
     answer(results, failure.as_ref());
 }
 
-fn apply_batch(
-    conn: &Connection,
+/// The audit insert; prepared once per group by [`apply_batch`].
+const AUDIT_INSERT: &str = "INSERT INTO audit (seq, time, actor, action, credential_id, scope_kind,
+        owner, outcome, details, prev_hash, hash)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+fn apply_batch<'c>(
+    conn: &'c Connection,
     batch: Batch,
     head: &mut Option<ChainHead>,
+    insert: &mut Option<CachedStatement<'c>>,
+    details: &mut Vec<u8>,
 ) -> Result<CommitReceipt> {
     if batch.changes_credentials() {
         exec_cached(
@@ -304,34 +320,46 @@ fn apply_batch(
     }
     let mut seqs = None;
     if !batch.events.is_empty() {
-        let mut insert = conn
-            .prepare_cached(
-                "INSERT INTO audit (seq, time, actor, action, credential_id, scope_kind, owner,
-                    outcome, details, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .map_err(|e| sql_error("cannot prepare the audit insert", e))?;
-        for event in batch.events {
-            let record = ChainHead::append(head, event);
-            let (credential_id, scope_kind, owner) = record.event.target.columns();
-            let details = serde_json::to_string(&record.event.details)
+        let insert = match insert {
+            Some(insert) => insert,
+            None => insert.insert(
+                conn.prepare_cached(AUDIT_INSERT)
+                    .map_err(|e| sql_error("cannot prepare the audit insert", e))?,
+            ),
+        };
+        for event in &batch.events {
+            // The columns borrowed from the event: one owner string is all that is built.
+            let owner = event.target.owner();
+            let link = ChainHead::link(head, event, &owner);
+            details.clear();
+            serde_json::to_writer(&mut *details, &event.details)
+                .map_err(|e| Error::invalid("audit details", e.to_string()))?;
+            let details = std::str::from_utf8(details)
                 .map_err(|e| Error::invalid("audit details", e.to_string()))?;
             insert
                 .execute(params![
-                    record.seq as i64,
-                    record.event.time.0,
-                    record.event.actor,
-                    record.event.action.as_str(),
-                    credential_id,
-                    scope_kind,
-                    owner,
-                    record.event.outcome.as_str(),
+                    link.seq as i64,
+                    event.time.0,
+                    event.actor,
+                    event.action.as_str(),
+                    event
+                        .target
+                        .credential_id
+                        .as_ref()
+                        .map_or("", |c| c.as_str()),
+                    event
+                        .target
+                        .scope
+                        .as_ref()
+                        .map_or("", |s| s.kind().as_str()),
+                    &*owner,
+                    event.outcome.as_str(),
                     details,
-                    &record.prev_hash[..],
-                    &record.hash[..],
+                    &link.prev_hash[..],
+                    &link.hash[..],
                 ])
                 .map_err(|e| sql_error("cannot append an audit row", e))?;
-            seqs = Some((seqs.map_or(record.seq, |(first, _)| first), record.seq));
+            seqs = Some((seqs.map_or(link.seq, |(first, _)| first), link.seq));
         }
     }
     Ok(CommitReceipt { seqs, head: *head })
