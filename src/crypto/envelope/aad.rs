@@ -41,6 +41,57 @@ fn push_record(out: &mut Vec<u8>, aad: &RecordAad<'_>) {
     out.extend_from_slice(&aad.version.to_be_bytes());
 }
 
+/// Where the bytes of the bound fields go: a hash (the digest in the associated data) or a
+/// buffer (the data-key cache's exact-match context).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, bytes: &[u8]) {
+        self.update(bytes);
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// The bytes [`bound_digest`] hashes (its doc comment spells them out).
+fn write_bound(out: &mut impl Sink, bound: Option<&BoundFields<'_>>) {
+    out.put(BOUND_FIELDS_LABEL);
+    let lp = |out: &mut _, bytes: &[u8]| {
+        Sink::put(out, &(bytes.len() as u32).to_be_bytes());
+        Sink::put(out, bytes);
+    };
+    match bound {
+        None => out.put(&[0x00]),
+        Some(b) => {
+            out.put(&[0x01]);
+            lp(out, b.name.as_bytes());
+            lp(out, b.provider.as_bytes());
+            lp(out, b.handler_type.as_bytes());
+            lp(out, b.state.as_str().as_bytes());
+            out.put(&[u8::from(b.agent_accessible)]);
+            match b.expires_at {
+                None => out.put(&[0x00]),
+                Some(at) => {
+                    out.put(&[0x01]);
+                    out.put(&at.as_millis().to_be_bytes());
+                }
+            }
+            out.put(&(b.metadata.len() as u32).to_be_bytes());
+            // A BTreeMap of Strings iterates in ascending byte order of the keys.
+            for (key, value) in b.metadata {
+                lp(out, key.as_bytes());
+                lp(out, value.as_bytes());
+            }
+        }
+    }
+}
+
 /// The digest of a credential's bound fields (`docs/FORMAT.md`, "Bound fields"):
 /// `SHA-256(label || 0x00)` with none, else `SHA-256(label || 0x01 || lp(name) ||
 /// lp(provider) || lp(handler type) || lp(state) || u8(agent accessible) || expiry ||
@@ -48,35 +99,7 @@ fn push_record(out: &mut Vec<u8>, aad: &RecordAad<'_>) {
 /// `0x00` or `0x01 || i64be(milliseconds)`.
 pub fn bound_digest(bound: Option<&BoundFields<'_>>) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(BOUND_FIELDS_LABEL);
-    let lp = |h: &mut Sha256, bytes: &[u8]| {
-        h.update((bytes.len() as u32).to_be_bytes());
-        h.update(bytes);
-    };
-    match bound {
-        None => h.update([0x00]),
-        Some(b) => {
-            h.update([0x01]);
-            lp(&mut h, b.name.as_bytes());
-            lp(&mut h, b.provider.as_bytes());
-            lp(&mut h, b.handler_type.as_bytes());
-            lp(&mut h, b.state.as_str().as_bytes());
-            h.update([u8::from(b.agent_accessible)]);
-            match b.expires_at {
-                None => h.update([0x00]),
-                Some(at) => {
-                    h.update([0x01]);
-                    h.update(at.as_millis().to_be_bytes());
-                }
-            }
-            h.update((b.metadata.len() as u32).to_be_bytes());
-            // A BTreeMap of Strings iterates in ascending byte order of the keys.
-            for (key, value) in b.metadata {
-                lp(&mut h, key.as_bytes());
-                lp(&mut h, value.as_bytes());
-            }
-        }
-    }
+    write_bound(&mut h, bound);
     h.finalize().into()
 }
 
@@ -127,6 +150,14 @@ pub(crate) trait Binding: Sync {
     fn wrap_aad(&self, header3: [u8; 3]) -> Vec<u8>;
     /// The associated data of the payload.
     fn data_aad(&self, version: u8, flags: u8) -> Vec<u8>;
+    /// What the data-key cache matches by exact bytes before it hands out a payload key
+    /// made for [`Binding::data_aad`]: bytes that determine that associated data, and are
+    /// cheaper to make. The payload's associated data itself, except that a format-2
+    /// credential's ends with the bound fields as [`bound_digest`] hashes them instead of
+    /// their digest (so a cached open hashes nothing). Equal contexts give equal associated
+    /// data: every field before the bound fields is length-prefixed or of fixed length, and
+    /// the bound fields' encoding is the digest's input.
+    fn cache_context(&self, version: u8, flags: u8) -> Vec<u8>;
     /// What to call it in errors (never its contents).
     fn describe(&self) -> String;
     /// What a format-2 blob whose data key unwrapped but whose commitment does not match
@@ -143,6 +174,15 @@ impl Binding for RecordIdentity<'_> {
 
     fn data_aad(&self, version: u8, flags: u8) -> Vec<u8> {
         data_aad(version, flags, self)
+    }
+
+    fn cache_context(&self, version: u8, flags: u8) -> Vec<u8> {
+        if version == FORMAT_V1 {
+            return data_aad(version, flags, self);
+        }
+        let mut out = data_aad_v2_prefix(version, flags, self);
+        write_bound(&mut out, self.bound.as_ref());
+        out
     }
 
     fn describe(&self) -> String {
@@ -171,6 +211,10 @@ impl Binding for RecordAad<'_> {
     }
 
     fn data_aad(&self, version: u8, flags: u8) -> Vec<u8> {
+        record_data_aad(version, flags, self)
+    }
+
+    fn cache_context(&self, version: u8, flags: u8) -> Vec<u8> {
         record_data_aad(version, flags, self)
     }
 
@@ -219,19 +263,26 @@ pub fn wrap_aad(header3: [u8; 3], id: &RecordIdentity<'_>) -> Vec<u8> {
 /// wrapped key are left out on purpose so re-wrapping never touches payloads; they are
 /// bound by the wrap's own associated data instead.
 pub fn data_aad(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + id.namespace.len() + id.credential_id.len());
     if version == FORMAT_V1 {
+        let mut out = Vec::with_capacity(160 + id.namespace.len() + id.credential_id.len());
         out.extend_from_slice(DATA_AAD_LABEL_V1);
         out.push(version);
         out.push(flags);
         push_identity(&mut out, id);
-    } else {
-        out.extend_from_slice(DATA_AAD_LABEL);
-        out.push(version);
-        out.push(flags);
-        push_lp(&mut out, id.namespace.as_bytes());
-        push_identity(&mut out, id);
-        out.extend_from_slice(&bound_digest(id.bound.as_ref()));
+        return out;
     }
+    let mut out = data_aad_v2_prefix(version, flags, id);
+    out.extend_from_slice(&bound_digest(id.bound.as_ref()));
+    out
+}
+
+/// A format-2 payload's associated data up to the bound-fields digest.
+fn data_aad_v2_prefix(version: u8, flags: u8, id: &RecordIdentity<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + id.namespace.len() + id.credential_id.len());
+    out.extend_from_slice(DATA_AAD_LABEL);
+    out.push(version);
+    out.push(flags);
+    push_lp(&mut out, id.namespace.as_bytes());
+    push_identity(&mut out, id);
     out
 }
