@@ -33,8 +33,10 @@ struct Sha256State {
 
 impl Drop for Sha256State {
     fn drop(&mut self) {
-        self.state.zeroize();
-        self.buf.zeroize();
+        // As slices: `zeroize` clears a slice in one fill behind an optimisation barrier,
+        // where it would write an array one volatile element at a time.
+        self.state.as_mut_slice().zeroize();
+        self.buf.as_mut_slice().zeroize();
     }
 }
 
@@ -101,23 +103,20 @@ pub(crate) struct HmacKey {
 impl HmacKey {
     /// A key of any length (HMAC hashes a longer one, pads a shorter one).
     pub(crate) fn new(key: &[u8]) -> HmacKey {
-        let mut block = Zeroizing::new([0u8; BLOCK]);
+        let mut block = [0u8; BLOCK];
         if key.len() > BLOCK {
-            block[..32].copy_from_slice(sha256_wiping(&[key]).as_ref());
+            block[..32].copy_from_slice(sha256(&[key]).as_ref());
         } else {
             block[..key.len()].copy_from_slice(key);
         }
-        let pad = |byte: u8| {
-            let mut padded = Zeroizing::new(*block);
-            padded.iter_mut().for_each(|b| *b ^= byte);
-            let mut state = Zeroizing::new(IV);
-            compress256(&mut state, std::slice::from_ref(&*padded));
-            state
-        };
-        HmacKey {
-            inner: pad(0x36),
-            outer: pad(0x5c),
-        }
+        let mut inner = Zeroizing::new(IV);
+        let mut outer = Zeroizing::new(IV);
+        block.iter_mut().for_each(|b| *b ^= 0x36);
+        compress256(&mut inner, std::slice::from_ref(&block));
+        block.iter_mut().for_each(|b| *b ^= 0x36 ^ 0x5c);
+        compress256(&mut outer, std::slice::from_ref(&block));
+        block.as_mut_slice().zeroize();
+        HmacKey { inner, outer }
     }
 
     /// `HMAC-SHA256(key, parts[0] || parts[1] || ...)`.
