@@ -185,13 +185,17 @@ mod tests {
         let boxed = AesGcmKey::new(&secret);
         let mut once = OneShotKey::new(&secret);
         let mut buf = b"sixteen byte msg".to_vec();
-        let tag = once.seal_in_place(&[1; 12], b"aad", &mut buf).expect("seal");
+        let tag = once
+            .seal_in_place(&[1; 12], b"aad", &mut buf)
+            .expect("seal");
         assert_eq!([buf.clone(), tag.to_vec()].concat(), seal(&boxed));
         boxed
             .open_in_place(&[1; 12], b"aad", &mut buf.clone(), &tag)
             .expect("open");
         wipe(&mut once.0);
-        assert!(once.open_in_place(&[1; 12], b"aad", &mut buf, &tag).is_err());
+        assert!(once
+            .open_in_place(&[1; 12], b"aad", &mut buf, &tag)
+            .is_err());
     }
 
     /// Known answer: test case 14 of McGrew and Viega's GCM specification (AES-256, key,

@@ -239,12 +239,13 @@ impl KeyRing {
         // data (`Binding::cache_context`): a hit is the key an earlier open of this very
         // blob, under this very identity, unwrapped and checked, with the associated data it
         // was made for.
-        let context = id.cache_context(parsed.version, parsed.flags);
         let section = envelope::key_section(blob, &parsed);
         // The commitment and the payload's tag are still checked.
-        let hit = cache.with(section, &context, |prepared| {
-            envelope::open_prepared(prepared, &parsed, id)
-        });
+        let hit = cache.with_matching(
+            section,
+            |held| id.cache_context_is(parsed.version, parsed.flags, held),
+            |prepared| envelope::open_prepared(prepared, &parsed, id),
+        );
         if let Some(Ok(plain)) = hit {
             return Ok(plain);
         }
@@ -252,6 +253,7 @@ impl KeyRing {
         let aad = id.data_aad(parsed.version, parsed.flags);
         let prepared = envelope::prepare(&dek, &parsed, id, aad)?;
         let plain = envelope::open_prepared(&prepared, &parsed, id)?;
+        let context = id.cache_context(parsed.version, parsed.flags);
         cache.put(section, &context, Arc::new(prepared));
         Ok(plain)
     }

@@ -248,8 +248,17 @@ pub(crate) fn assemble(
     id: &dyn Binding,
 ) -> Result<Vec<u8>> {
     let aad = id.data_aad(header3[0], header3[1]);
-    assemble_prepared(header3, key_id, wrapped_key, dek, nonce, plaintext, aad, false)
-        .map(|(b, _)| b)
+    assemble_prepared(
+        header3,
+        key_id,
+        wrapped_key,
+        dek,
+        nonce,
+        plaintext,
+        aad,
+        false,
+    )
+    .map(|(b, _)| b)
 }
 
 /// [`assemble`] with the payload's associated data given. With `keep`, also returns the
@@ -291,7 +300,10 @@ fn assemble_prepared(
         (tag, Some(prepared))
     } else {
         let cipher = OneShotKey::new(&pk.key);
-        (cipher.seal_in_place(nonce, &aad, &mut out[ct_start..]), None)
+        (
+            cipher.seal_in_place(nonce, &aad, &mut out[ct_start..]),
+            None,
+        )
     };
     let tag = sealed.map_err(|_| {
         out[ct_start..].zeroize();
@@ -352,8 +364,9 @@ pub(crate) async fn seal_keeping_key(
     let wrapped = wrapper.wrap(&dek, &id.wrap_aad(header3)).await?;
     let key_id = wrapper.key_id();
     let aad = id.data_aad(header3[0], header3[1]);
-    let (bytes, prepared) =
-        assemble_prepared(header3, key_id, &wrapped, &dek, &nonce, plaintext, aad, keep)?;
+    let (bytes, prepared) = assemble_prepared(
+        header3, key_id, &wrapped, &dek, &nonce, plaintext, aad, keep,
+    )?;
     Ok((
         Sealed {
             bytes,
