@@ -1,5 +1,5 @@
 //! HMAC-SHA256, HKDF-SHA256 and SHA-256 over key material, with every state that holds key
-//! material wiped when dropped, and every output key held in [`Zeroizing`].
+//! material wiped when dropped, and every output key held in a [`Secret32`].
 //!
 //! The hashing is SHA-256's compression function (RustCrypto `sha2` 0.11's
 //! `compress256`: SHA-NI here) driven by [`Sha256State`] below, which pads and buffers
@@ -19,6 +19,48 @@ const IV: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
 const BLOCK: usize = 64;
+
+/// 32 secret bytes (a MAC, a derived key), wiped on drop. Unlike `Secret32`,
+/// which has `zeroize` write an array one volatile byte at a time, it clears them as a
+/// slice: one fill behind `zeroize`'s optimisation barrier.
+pub(crate) struct Secret32([u8; 32]);
+
+impl Secret32 {
+    pub(crate) fn new(bytes: [u8; 32]) -> Secret32 {
+        Secret32(bytes)
+    }
+}
+
+impl std::ops::Deref for Secret32 {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Secret32 {
+    fn deref_mut(&mut self) -> &mut [u8; 32] {
+        &mut self.0
+    }
+}
+
+impl AsRef<[u8]> for Secret32 {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for Secret32 {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for Secret32 {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
 
 /// A SHA-256 computation in progress: chaining value, partial block and length. Wiped on drop
 /// (the chaining value of a message that starts with key material is as secret as the key).
@@ -73,7 +115,7 @@ impl Sha256State {
     }
 
     /// Pads (`0x80`, zeros, the bit length) and returns the digest.
-    fn finish(mut self) -> Zeroizing<[u8; 32]> {
+    fn finish(mut self) -> Secret32 {
         let bits = self.len.wrapping_mul(8);
         let at = self.buffered;
         self.buf[at] = 0x80;
@@ -84,7 +126,7 @@ impl Sha256State {
         }
         self.buf[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
         compress256(&mut self.state, std::slice::from_ref(&self.buf));
-        let mut out = Zeroizing::new([0u8; 32]);
+        let mut out = Secret32([0u8; 32]);
         for (chunk, word) in out.chunks_exact_mut(4).zip(self.state) {
             chunk.copy_from_slice(&word.to_be_bytes());
         }
@@ -120,12 +162,12 @@ impl HmacKey {
     }
 
     /// `HMAC-SHA256(key, parts[0] || parts[1] || ...)`.
-    pub(crate) fn mac(&self, parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> Secret32 {
         self.mac_then(parts, &[])
     }
 
     /// `HMAC-SHA256(key, parts[0] || ... || last)`.
-    fn mac_then(&self, parts: &[&[u8]], last: &[u8]) -> Zeroizing<[u8; 32]> {
+    fn mac_then(&self, parts: &[&[u8]], last: &[u8]) -> Secret32 {
         let mut h = Sha256State::resume(&self.inner, BLOCK as u64);
         for part in parts {
             h.update(part);
@@ -147,10 +189,8 @@ impl HmacKey {
     }
 
     /// [`HmacKey::expand_into`] of a 32-byte key.
-    pub(crate) fn expand32(&self, info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
-        let mut out = Zeroizing::new([0u8; 32]);
-        self.expand_into(info, out.as_mut());
-        out
+    pub(crate) fn expand32(&self, info: &[&[u8]]) -> Secret32 {
+        self.mac_then(info, &[0x01])
     }
 }
 
@@ -168,8 +208,8 @@ pub(crate) fn sha256_wiping(parts: &[&[u8]]) -> [u8; 32] {
 }
 
 /// SHA-256 of `parts` concatenated (the state wipes itself on drop; the digest is returned
-/// in a [`Zeroizing`] buffer for callers that hash key material).
-pub(crate) fn sha256(parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+/// in a [`Secret32`] for callers that hash key material).
+pub(crate) fn sha256(parts: &[&[u8]]) -> Secret32 {
     let mut h = Sha256State::resume(&IV, 0);
     for part in parts {
         h.update(part);

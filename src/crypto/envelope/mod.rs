@@ -20,10 +20,10 @@ use aes_gcm::{aead::AeadInPlace, Aes256Gcm, KeyInit, Nonce, Tag};
 use secrecy::SecretBox;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 use super::aead::{AeadFailed, AesGcmKey, OneShotKey};
-use super::kdf::{self, HmacKey};
+use super::kdf::{self, HmacKey, Secret32};
 use super::{random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
 #[cfg(test)]
@@ -177,7 +177,7 @@ pub fn parse<'a>(blob: &'a [u8], what: &dyn Fn() -> String) -> Result<ParsedBlob
 
 /// The key that encrypts a blob's payload, and the blob's commitment.
 pub(crate) struct PayloadKey {
-    key: Zeroizing<[u8; 32]>,
+    key: Secret32,
     commitment: [u8; COMMITMENT_LEN],
 }
 
@@ -196,7 +196,7 @@ pub(crate) fn payload_key(
 ) -> PayloadKey {
     if version == FORMAT_V1 {
         return PayloadKey {
-            key: Zeroizing::new(*dek.expose_secret()),
+            key: Secret32::new(*dek.expose_secret()),
             commitment: kdf::sha256_wiping(&[COMMIT_LABEL_V1, dek.expose_secret(), nonce]),
         };
     }
@@ -349,13 +349,15 @@ pub(crate) async fn seal_keeping_key(
     id.check_sealable()?;
     // One draw for both the data key and the nonce, from this thread's generator (seeded
     // from the OS, reseeded after a fork: `super::random`).
-    let mut random = Zeroizing::new([0u8; 32 + NONCE_LEN]);
-    random::fill(random.as_mut())?;
-    let mut key = Zeroizing::new([0u8; 32]);
+    let mut random = [0u8; 32 + NONCE_LEN];
+    let drawn = random::fill(&mut random);
+    let mut key = Secret32::new([0u8; 32]);
     key.copy_from_slice(&random[..32]);
-    let dek = DataKey::from_bytes(*key);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&random[32..]);
+    random.as_mut_slice().zeroize();
+    drawn?;
+    let dek = DataKey::from_bytes(*key);
     let header3 = [
         FORMAT_VERSION,
         FLAG_KEY_COMMITTED,
