@@ -1,17 +1,20 @@
 //! AES-256-GCM for payloads and data-key wraps: ring's implementation (AES-NI, VAES and
-//! CLMUL here, constant time), behind a type that overwrites its key schedule on drop.
+//! CLMUL here, constant time), behind types that overwrite their key schedule on drop.
 //!
 //! **What is wiped, and how far that goes.** ring's keys (`LessSafeKey`) implement neither
 //! `Zeroize` nor `Drop`: dropped, their AES round keys and GHASH table stay in freed memory.
-//! [`AesGcmKey`] keeps the ring key in a box of its own (so it is built and used in one
-//! place), and its `Drop` assigns over it a copy of a key schedule made from 32 zero bytes,
-//! then passes the overwritten memory to [`std::hint::black_box`] so the compiler keeps that
-//! store although the memory is freed right after. That is a best effort, not what
-//! `zeroize`'s volatile writes guarantee (`black_box` is documented as a hint, and safe code
-//! cannot do better here, `unsafe` being forbidden): the schedule's bytes in the box are
-//! replaced, but copies ring makes on the stack while expanding the key, or the compiler
-//! makes while moving the key into its box, are not wiped. The raw key bytes themselves are
-//! only ever held in [`zeroize::Zeroizing`] buffers or a [`super::DataKey`].
+//! [`AesGcmKey`], the key that is kept (a local key's wrap key, a cached payload key), holds
+//! the ring key in a box of its own (so it is built and used in one place); [`OneShotKey`],
+//! the payload key of one seal or one open that nothing keeps, holds it inline in the stack
+//! frame that builds and uses it (no allocation). On drop both assign over the key a copy of
+//! a key schedule made from 32 zero bytes, then pass the overwritten memory to
+//! [`std::hint::black_box`] so the compiler keeps that store although the memory is freed (or
+//! the frame popped) right after. That is a best effort, not what `zeroize`'s volatile writes
+//! guarantee (`black_box` is documented as a hint, and safe code cannot do better here,
+//! `unsafe` being forbidden): the schedule's bytes where the key lives are replaced, but
+//! copies ring makes on the stack while expanding the key, or the compiler makes while
+//! moving the key into its box or its caller's frame, are not wiped. The raw key bytes
+//! themselves are only ever held in [`zeroize::Zeroizing`] buffers or a [`super::DataKey`].
 
 use std::sync::LazyLock;
 
@@ -26,8 +29,14 @@ fn expand(key: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte AES-256 key"))
 }
 
-/// An AES-256-GCM key with its schedule built, overwritten on drop (module comment).
+/// An AES-256-GCM key with its schedule built, kept in a box of its own and overwritten on
+/// drop (module comment).
 pub(crate) struct AesGcmKey(Box<LessSafeKey>);
+
+/// An AES-256-GCM key with its schedule built, for one seal or open where it is made: held
+/// inline (no allocation) and overwritten on drop (module comment). Bind it to a local and
+/// use it by reference; it is not meant to be moved or kept.
+pub(crate) struct OneShotKey(LessSafeKey);
 
 /// AES-GCM refused to seal (the plaintext is longer than GCM allows) or to open (the tag
 /// did not match).
@@ -46,13 +55,7 @@ impl AesGcmKey {
         aad: &[u8],
         buf: &mut [u8],
     ) -> Result<[u8; 16], AeadFailed> {
-        let tag = self
-            .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
-            .map_err(|_| AeadFailed)?;
-        let mut out = [0u8; 16];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
+        seal_in_place(&self.0, nonce, aad, buf)
     }
 
     /// Decrypts `buf` in place when `tag` matches `nonce`, `aad` and `buf`. On a mismatch
@@ -64,29 +67,90 @@ impl AesGcmKey {
         buf: &mut [u8],
         tag: &[u8],
     ) -> Result<(), AeadFailed> {
-        let tag: [u8; 16] = tag.try_into().map_err(|_| AeadFailed)?;
-        self.0
-            .open_in_place_separate_tag(
-                Nonce::assume_unique_for_key(*nonce),
-                Aad::from(aad),
-                tag.into(),
-                buf,
-                0..,
-            )
-            .map(|_| ())
-            .map_err(|_| AeadFailed)
+        open_in_place(&self.0, nonce, aad, buf, tag)
     }
 
     /// Overwrites the key schedule with the one of the all-zero key (module comment).
     fn wipe(&mut self) {
-        *self.0 = WIPED.clone();
-        std::hint::black_box(&*self.0);
+        wipe(&mut self.0);
     }
+}
+
+impl OneShotKey {
+    pub(crate) fn new(key: &[u8; 32]) -> OneShotKey {
+        OneShotKey(expand(key))
+    }
+
+    /// [`AesGcmKey::seal_in_place`].
+    pub(crate) fn seal_in_place(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; 16], AeadFailed> {
+        seal_in_place(&self.0, nonce, aad, buf)
+    }
+
+    /// [`AesGcmKey::open_in_place`].
+    pub(crate) fn open_in_place(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), AeadFailed> {
+        open_in_place(&self.0, nonce, aad, buf, tag)
+    }
+}
+
+fn seal_in_place(
+    key: &LessSafeKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; 16], AeadFailed> {
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
+        .map_err(|_| AeadFailed)?;
+    let mut out = [0u8; 16];
+    out.copy_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+fn open_in_place(
+    key: &LessSafeKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8],
+) -> Result<(), AeadFailed> {
+    let tag: [u8; 16] = tag.try_into().map_err(|_| AeadFailed)?;
+    key.open_in_place_separate_tag(
+        Nonce::assume_unique_for_key(*nonce),
+        Aad::from(aad),
+        tag.into(),
+        buf,
+        0..,
+    )
+    .map(|_| ())
+    .map_err(|_| AeadFailed)
+}
+
+/// Overwrites a key schedule with the one of the all-zero key (module comment).
+fn wipe(key: &mut LessSafeKey) {
+    key.clone_from(&WIPED);
+    std::hint::black_box(&*key);
 }
 
 impl Drop for AesGcmKey {
     fn drop(&mut self) {
         self.wipe();
+    }
+}
+
+impl Drop for OneShotKey {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
     }
 }
 
@@ -112,6 +176,26 @@ mod tests {
         key.wipe();
         assert_ne!(seal(&key), before);
         assert_eq!(seal(&key), seal(&AesGcmKey::new(&[0u8; 32])));
+    }
+
+    /// The inline key seals as the boxed one does, and its wipe replaces its schedule too.
+    #[test]
+    fn the_one_shot_key_matches_and_wipes() {
+        let secret = [0x42u8; 32];
+        let boxed = AesGcmKey::new(&secret);
+        let mut once = OneShotKey::new(&secret);
+        let mut buf = b"sixteen byte msg".to_vec();
+        let tag = once
+            .seal_in_place(&[1; 12], b"aad", &mut buf)
+            .expect("seal");
+        assert_eq!([buf.clone(), tag.to_vec()].concat(), seal(&boxed));
+        boxed
+            .open_in_place(&[1; 12], b"aad", &mut buf.clone(), &tag)
+            .expect("open");
+        wipe(&mut once.0);
+        assert!(once
+            .open_in_place(&[1; 12], b"aad", &mut buf, &tag)
+            .is_err());
     }
 
     /// Known answer: test case 14 of McGrew and Viega's GCM specification (AES-256, key,

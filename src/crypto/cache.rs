@@ -247,7 +247,20 @@ impl<V: Clone> DekCache<V> {
 
     /// `f` of the value for `key` made for `context` (see [`DekCache::get`]), called under
     /// the shared lock so the value is neither cloned nor counted twice.
+    #[cfg(test)]
     pub(crate) fn with<R>(&self, key: &[u8], context: &[u8], f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.with_matching(key, |held| held == context, f)
+    }
+
+    /// [`DekCache::with`], the entry's context checked by `matches` (given the context the
+    /// entry was made for) instead of compared with bytes the caller built: an entry whose
+    /// context it refuses is a miss and stays.
+    pub(crate) fn with_matching<R>(
+        &self,
+        key: &[u8],
+        matches: impl FnOnce(&[u8]) -> bool,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R> {
         let now = Instant::now();
         if self.expiry_due(now) {
             let mut inner = self.write();
@@ -256,7 +269,7 @@ impl<V: Clone> DekCache<V> {
         let (fresh, used_up) = {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             match inner.map.get(key) {
-                Some(e) if *e.context != *context => (None, false),
+                Some(e) if !matches(&e.context) => (None, false),
                 Some(e) => {
                     if e.uses.fetch_add(1, Ordering::Relaxed) < self.config.max_uses {
                         (Some(f(&e.value)), false)

@@ -212,14 +212,16 @@ impl KeyRing {
         if let Some(reason) = self.conflict(self.active.key_id()) {
             return Err(reason);
         }
-        let (sealed, prepared, aad) =
-            envelope::seal_keeping_key(self.active.as_ref(), plaintext, id).await?;
+        let (sealed, prepared) =
+            envelope::seal_keeping_key(self.active.as_ref(), plaintext, id, self.cache.is_some())
+                .await?;
         // The record is usually read soon after it is written: keep its payload key, made
         // ready by the seal itself.
-        if let Some(cache) = &self.cache {
+        if let (Some(cache), Some(prepared)) = (&self.cache, prepared) {
             if let Ok(parsed) = envelope::parse(&sealed.bytes, &|| id.describe()) {
                 let section = envelope::key_section(&sealed.bytes, &parsed);
-                cache.put(section, &aad, Arc::new(prepared));
+                let context = id.cache_context(parsed.version, parsed.flags);
+                cache.put(section, &context, Arc::new(prepared));
             }
         }
         Ok(sealed)
@@ -233,21 +235,26 @@ impl KeyRing {
             return envelope::open_with_key(&dek, &parsed, id);
         };
         // The cache is keyed by the blob's bytes before its ciphertext and checked against
-        // this open's associated data: a hit is the key an earlier open of this very blob,
-        // under this very identity, unwrapped and checked.
-        let aad = id.data_aad(parsed.version, parsed.flags);
+        // this open's identity, by the exact bytes that determine the payload's associated
+        // data (`Binding::cache_context`): a hit is the key an earlier open of this very
+        // blob, under this very identity, unwrapped and checked, with the associated data it
+        // was made for.
         let section = envelope::key_section(blob, &parsed);
         // The commitment and the payload's tag are still checked.
-        let hit = cache.with(section, &aad, |prepared| {
-            envelope::open_prepared(prepared, &parsed, id, &aad)
-        });
+        let hit = cache.with_matching(
+            section,
+            |held| id.cache_context_is(parsed.version, parsed.flags, held),
+            |prepared| envelope::open_prepared(prepared, &parsed, id),
+        );
         if let Some(Ok(plain)) = hit {
             return Ok(plain);
         }
         let dek = envelope::unwrap_key(wrapper.as_ref(), &parsed, id).await?;
-        let prepared = envelope::prepare(&dek, &parsed, id, &aad)?;
-        let plain = envelope::open_prepared(&prepared, &parsed, id, &aad)?;
-        cache.put(section, &aad, Arc::new(prepared));
+        let aad = id.data_aad(parsed.version, parsed.flags);
+        let prepared = envelope::prepare(&dek, &parsed, id, aad)?;
+        let plain = envelope::open_prepared(&prepared, &parsed, id)?;
+        let context = id.cache_context(parsed.version, parsed.flags);
+        cache.put(section, &context, Arc::new(prepared));
         Ok(plain)
     }
 
@@ -266,6 +273,11 @@ impl KeyRing {
     fn lookup(&self, key_id: &str, id: &dyn Binding) -> Result<&Arc<dyn KeyWrapper>> {
         if let Some(reason) = self.conflict(key_id) {
             return Err(reason);
+        }
+        // Most blobs name the active key, which the ring always holds under its id (unless
+        // two keys claimed it: a conflict, refused above). Skips hashing the id.
+        if key_id == self.active.key_id() {
+            return Ok(&self.active);
         }
         self.keys.get(key_id).ok_or_else(|| Error::KeyUnavailable {
             key_id: key_id.to_string(),
@@ -314,11 +326,12 @@ impl KeyRing {
         // no longer opens from the cache and the new one does not need an unwrap.
         if let Some(cache) = &self.cache {
             let old_section = envelope::key_section(blob, &parsed);
-            if let Some(prepared) = cache.take(old_section, &data_aad) {
+            let context = id.cache_context(parsed.version, parsed.flags);
+            if let Some(prepared) = cache.take(old_section, &context) {
                 if let Ok(new_parsed) = envelope::parse(&bytes, &|| id.describe()) {
                     cache.put(
                         envelope::key_section(&bytes, &new_parsed),
-                        &data_aad,
+                        &context,
                         prepared,
                     );
                 }

@@ -34,8 +34,24 @@ pub use signer::{AuditKey, CheckpointSigner};
 /// A 256-bit symmetric key (a data key, or a key derived from the master key). Wiped on drop;
 /// `Debug` never shows the bytes. It has no `PartialEq`: compare two keys with
 /// [`ConstantTimeEq::ct_eq`], which takes the same time whatever the bytes.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone)]
 pub struct DataKey([u8; 32]);
+
+impl Zeroize for DataKey {
+    /// Clears the bytes as a slice: one fill behind `zeroize`'s optimisation barrier (an
+    /// array is written one volatile byte at a time).
+    fn zeroize(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for DataKey {}
 
 impl ConstantTimeEq for DataKey {
     fn ct_eq(&self, other: &DataKey) -> subtle::Choice {

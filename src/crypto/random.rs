@@ -74,7 +74,7 @@ impl Generator {
     /// A new key from the OS; the buffer (made under the old key) is dropped.
     fn reseed(&mut self) -> Result<()> {
         os_fill(self.key.as_mut())?;
-        self.buf.zeroize();
+        self.buf.as_mut_slice().zeroize();
         self.pos = BUFFER;
         self.since_seed = 0;
         self.pid = std::process::id();
@@ -85,7 +85,7 @@ impl Generator {
 
     /// The next buffer under the current key, whose first 32 bytes replace the key.
     fn refill(&mut self) {
-        self.buf.zeroize();
+        self.buf.as_mut_slice().zeroize();
         let mut stream = ChaCha20::new(self.key.as_ref().into(), &[0u8; 12].into());
         stream.apply_keystream(self.buf.as_mut());
         self.key.copy_from_slice(&self.buf[..32]);

@@ -55,7 +55,7 @@ impl HmacCheckpointKey {
         }
     }
 
-    fn tag(&self, message: &[u8]) -> Zeroizing<[u8; 32]> {
+    fn tag(&self, message: &[u8]) -> kdf::Secret32 {
         self.mac.mac(&[message])
     }
 }

@@ -20,10 +20,10 @@ use aes_gcm::{aead::AeadInPlace, Aes256Gcm, KeyInit, Nonce, Tag};
 use secrecy::SecretBox;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
-use super::aead::AesGcmKey;
-use super::kdf::{self, HmacKey};
+use super::aead::{AeadFailed, AesGcmKey, OneShotKey};
+use super::kdf::{self, HmacKey, Secret32};
 use super::{random, BackendId, DataKey, KeyWrapper};
 use crate::error::{Error, Result};
 #[cfg(test)]
@@ -177,7 +177,7 @@ pub fn parse<'a>(blob: &'a [u8], what: &dyn Fn() -> String) -> Result<ParsedBlob
 
 /// The key that encrypts a blob's payload, and the blob's commitment.
 pub(crate) struct PayloadKey {
-    key: Zeroizing<[u8; 32]>,
+    key: Secret32,
     commitment: [u8; COMMITMENT_LEN],
 }
 
@@ -196,7 +196,7 @@ pub(crate) fn payload_key(
 ) -> PayloadKey {
     if version == FORMAT_V1 {
         return PayloadKey {
-            key: Zeroizing::new(*dek.expose_secret()),
+            key: Secret32::new(*dek.expose_secret()),
             commitment: kdf::sha256_wiping(&[COMMIT_LABEL_V1, dek.expose_secret(), nonce]),
         };
     }
@@ -248,11 +248,22 @@ pub(crate) fn assemble(
     id: &dyn Binding,
 ) -> Result<Vec<u8>> {
     let aad = id.data_aad(header3[0], header3[1]);
-    assemble_prepared(header3, key_id, wrapped_key, dek, nonce, plaintext, &aad).map(|(b, _)| b)
+    assemble_prepared(
+        header3,
+        key_id,
+        wrapped_key,
+        dek,
+        nonce,
+        plaintext,
+        aad,
+        false,
+    )
+    .map(|(b, _)| b)
 }
 
-/// [`assemble`] with the payload's associated data given, also returning the payload key
-/// made ready (what the data-key cache holds, so a seal need not derive it twice).
+/// [`assemble`] with the payload's associated data given. With `keep`, also returns the
+/// payload key made ready (what the data-key cache holds, so a seal need not derive it
+/// twice); without, the key schedule is built on the stack and wiped there.
 #[allow(clippy::too_many_arguments)]
 fn assemble_prepared(
     header3: [u8; 3],
@@ -261,11 +272,12 @@ fn assemble_prepared(
     dek: &DataKey,
     nonce: &[u8; NONCE_LEN],
     plaintext: &[u8],
-    aad: &[u8],
-) -> Result<(Vec<u8>, PreparedPayload)> {
+    aad: Vec<u8>,
+    keep: bool,
+) -> Result<(Vec<u8>, Option<PreparedPayload>)> {
     let section = wrapped_section_len(key_id, wrapped_key)?;
     let total = HEADER_LEN + section + NONCE_LEN + COMMITMENT_LEN + plaintext.len() + TAG_LEN;
-    let pk = payload_key(header3[0], dek, nonce, aad);
+    let pk = payload_key(header3[0], dek, nonce, &aad);
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&header3);
     out.extend_from_slice(&(section as u16).to_be_bytes());
@@ -276,17 +288,27 @@ fn assemble_prepared(
     out.extend_from_slice(&pk.commitment);
     let ct_start = out.len();
     out.extend_from_slice(plaintext);
-    let prepared = PreparedPayload {
-        commitment: pk.commitment,
-        cipher: AesGcmKey::new(&pk.key),
+    let (sealed, prepared) = if keep {
+        let prepared = PreparedPayload {
+            commitment: pk.commitment,
+            cipher: AesGcmKey::new(&pk.key),
+            data_aad: aad,
+        };
+        let tag = prepared
+            .cipher
+            .seal_in_place(nonce, &prepared.data_aad, &mut out[ct_start..]);
+        (tag, Some(prepared))
+    } else {
+        let cipher = OneShotKey::new(&pk.key);
+        (
+            cipher.seal_in_place(nonce, &aad, &mut out[ct_start..]),
+            None,
+        )
     };
-    let tag = prepared
-        .cipher
-        .seal_in_place(nonce, aad, &mut out[ct_start..])
-        .map_err(|_| {
-            out[ct_start..].zeroize();
-            Error::invalid("plaintext", "too long for AES-GCM")
-        })?;
+    let tag = sealed.map_err(|_| {
+        out[ct_start..].zeroize();
+        Error::invalid("plaintext", "too long for AES-GCM")
+    })?;
     out.extend_from_slice(&tag);
     Ok((out, prepared))
 }
@@ -298,9 +320,9 @@ pub async fn seal(
     plaintext: &[u8],
     id: &RecordIdentity<'_>,
 ) -> Result<Sealed> {
-    seal_keeping_key(wrapper, plaintext, id)
+    seal_keeping_key(wrapper, plaintext, id, false)
         .await
-        .map(|(s, _, _)| s)
+        .map(|(s, _)| s)
 }
 
 /// Seals a record body for the record version `aad` under `wrapper`, as [`seal`] seals a
@@ -311,28 +333,31 @@ pub async fn seal_record(
     plaintext: &[u8],
     aad: &RecordAad<'_>,
 ) -> Result<Sealed> {
-    seal_keeping_key(wrapper, plaintext, aad)
+    seal_keeping_key(wrapper, plaintext, aad, false)
         .await
-        .map(|(s, _, _)| s)
+        .map(|(s, _)| s)
 }
 
-/// [`seal`], also returning the sealed payload's key made ready and the payload's
-/// associated data (for the data-key cache).
+/// [`seal`]; with `keep`, also returning the sealed payload's key made ready (for the
+/// data-key cache).
 pub(crate) async fn seal_keeping_key(
     wrapper: &dyn KeyWrapper,
     plaintext: &[u8],
     id: &dyn Binding,
-) -> Result<(Sealed, PreparedPayload, Vec<u8>)> {
+    keep: bool,
+) -> Result<(Sealed, Option<PreparedPayload>)> {
     id.check_sealable()?;
     // One draw for both the data key and the nonce, from this thread's generator (seeded
     // from the OS, reseeded after a fork: `super::random`).
-    let mut random = Zeroizing::new([0u8; 32 + NONCE_LEN]);
-    random::fill(random.as_mut())?;
-    let mut key = Zeroizing::new([0u8; 32]);
+    let mut random = [0u8; 32 + NONCE_LEN];
+    let drawn = random::fill(&mut random);
+    let mut key = Secret32::new([0u8; 32]);
     key.copy_from_slice(&random[..32]);
-    let dek = DataKey::from_bytes(*key);
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&random[32..]);
+    random.as_mut_slice().zeroize();
+    drawn?;
+    let dek = DataKey::from_bytes(*key);
     let header3 = [
         FORMAT_VERSION,
         FLAG_KEY_COMMITTED,
@@ -341,15 +366,15 @@ pub(crate) async fn seal_keeping_key(
     let wrapped = wrapper.wrap(&dek, &id.wrap_aad(header3)).await?;
     let key_id = wrapper.key_id();
     let aad = id.data_aad(header3[0], header3[1]);
-    let (bytes, prepared) =
-        assemble_prepared(header3, key_id, &wrapped, &dek, &nonce, plaintext, &aad)?;
+    let (bytes, prepared) = assemble_prepared(
+        header3, key_id, &wrapped, &dek, &nonce, plaintext, aad, keep,
+    )?;
     Ok((
         Sealed {
             bytes,
             key_id: key_id.to_string(),
         },
         prepared,
-        aad,
     ))
 }
 
@@ -381,7 +406,7 @@ pub(crate) fn checked_payload_key(
     data_aad: &[u8],
 ) -> Result<PayloadKey> {
     let pk = payload_key(parsed.version, dek, parsed.nonce, data_aad);
-    if bool::from(pk.commitment.ct_eq(parsed.commitment)) {
+    if commitments_equal(&pk.commitment, parsed.commitment) {
         return Ok(pk);
     }
     Err(Error::decrypt(if parsed.version == FORMAT_V1 {
@@ -396,25 +421,46 @@ pub(crate) fn checked_payload_key(
     }))
 }
 
-/// Checks a data key (unwrapped or cached) against the blob's commitment, then decrypts the
-/// payload.
+/// Compares two commitments in constant time: the XORs of their 8-byte words are ORed into
+/// one word, which is then compared with zero through `subtle` (one optimisation barrier
+/// where `[u8]::ct_eq` puts one on every byte). No branch depends on the bytes.
+fn commitments_equal(a: &[u8; COMMITMENT_LEN], b: &[u8; COMMITMENT_LEN]) -> bool {
+    let diff = a
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .zip(b.as_chunks::<8>().0)
+        .fold(0u64, |acc, (x, y)| {
+            acc | (u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y))
+        });
+    bool::from(diff.ct_eq(&0))
+}
+
+/// Checks a data key (unwrapped) against the blob's commitment, then decrypts the payload
+/// with a key schedule built on the stack and wiped there.
 pub(crate) fn open_with_key(
     dek: &DataKey,
     parsed: &ParsedBlob<'_>,
     id: &dyn Binding,
 ) -> Result<SecretBox<[u8]>> {
     let aad = id.data_aad(parsed.version, parsed.flags);
-    let prepared = prepare(dek, parsed, id, &aad)?;
-    open_prepared(&prepared, parsed, id, &aad)
+    let pk = checked_payload_key(dek, parsed, id, &aad)?;
+    let cipher = OneShotKey::new(&pk.key);
+    decrypt(parsed, id, |buf, tag| {
+        cipher.open_in_place(parsed.nonce, &aad, buf, tag)
+    })
 }
 
-/// A blob's payload key made ready for use: the AES key schedule built and the commitment
-/// it was checked against kept. What the data-key cache holds, so that opening the same
-/// blob again neither unwraps nor derives. The key schedule is overwritten on drop, as far
-/// as safe code can ([`AesGcmKey`] says how far that is).
+/// A blob's payload key made ready for use: the AES key schedule built, the commitment it
+/// was checked against and the payload's associated data it was made for kept. What the
+/// data-key cache holds, so that opening the same blob again neither unwraps nor derives
+/// (nor hashes the bound fields again: the cache matches the identity by exact bytes,
+/// [`Binding::cache_context`]). The key schedule is overwritten on drop, as far as safe code
+/// can ([`AesGcmKey`] says how far that is).
 pub(crate) struct PreparedPayload {
     commitment: [u8; COMMITMENT_LEN],
     cipher: AesGcmKey,
+    data_aad: Vec<u8>,
 }
 
 /// The bytes of a parsed blob before its ciphertext: header, wrapped-key section, nonce and
@@ -432,40 +478,51 @@ pub(crate) fn section_key_id(section: &[u8]) -> Option<&str> {
     std::str::from_utf8(id).ok()
 }
 
-/// The payload key of a blob under data key `dek`, once the blob's commitment matched.
+/// The payload key of a blob under data key `dek`, once the blob's commitment matched, for
+/// the payload's associated data `data_aad`.
 pub(crate) fn prepare(
     dek: &DataKey,
     parsed: &ParsedBlob<'_>,
     id: &dyn Binding,
-    data_aad: &[u8],
+    data_aad: Vec<u8>,
 ) -> Result<PreparedPayload> {
-    let pk = checked_payload_key(dek, parsed, id, data_aad)?;
+    let pk = checked_payload_key(dek, parsed, id, &data_aad)?;
     Ok(PreparedPayload {
         commitment: pk.commitment,
         cipher: AesGcmKey::new(&pk.key),
+        data_aad,
     })
 }
 
-/// Decrypts a blob's payload with a prepared payload key. The blob's commitment is compared
-/// again (in constant time) with the one the key was checked against, and the tag checks the
-/// ciphertext and `data_aad`.
+/// Decrypts a blob's payload with a prepared payload key and the associated data it was
+/// made for. The blob's commitment is compared (in constant time) with the one the key was
+/// checked against, and the tag checks the ciphertext and the associated data.
 pub(crate) fn open_prepared(
     prepared: &PreparedPayload,
     parsed: &ParsedBlob<'_>,
     id: &dyn Binding,
-    data_aad: &[u8],
 ) -> Result<SecretBox<[u8]>> {
-    if !bool::from(prepared.commitment.ct_eq(parsed.commitment)) {
+    if !commitments_equal(&prepared.commitment, parsed.commitment) {
         return Err(Error::decrypt(id.describe()));
     }
+    decrypt(parsed, id, |buf, tag| {
+        prepared
+            .cipher
+            .open_in_place(parsed.nonce, &prepared.data_aad, buf, tag)
+    })
+}
+
+/// Copies the ciphertext out and decrypts it in place with `open` (given the buffer and the
+/// tag); on a failure the buffer is wiped and nothing is returned.
+fn decrypt(
+    parsed: &ParsedBlob<'_>,
+    id: &dyn Binding,
+    open: impl FnOnce(&mut [u8], &[u8]) -> std::result::Result<(), AeadFailed>,
+) -> Result<SecretBox<[u8]>> {
     let ct_len = parsed.ciphertext.len() - TAG_LEN;
     let (ct, tag) = parsed.ciphertext.split_at(ct_len);
-    let mut buf = vec![0u8; ct_len];
-    buf.copy_from_slice(ct);
-    match prepared
-        .cipher
-        .open_in_place(parsed.nonce, data_aad, &mut buf, tag)
-    {
+    let mut buf = ct.to_vec();
+    match open(&mut buf, tag) {
         Ok(()) => Ok(SecretBox::new(buf.into_boxed_slice())),
         Err(_) => {
             buf.zeroize();

@@ -4,9 +4,8 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use zeroize::Zeroizing;
 
-use super::super::kdf;
+use super::super::kdf::{self, Secret32};
 use super::super::{BackendId, DataKey, InternalKey, InternalUse, KeyWrapper};
 use super::wrap::LocalWrap;
 use crate::error::{Error, Result};
@@ -25,7 +24,7 @@ pub(super) const CHECKPOINT_INFO_V1: &[u8] = b"strongroom audit checkpoint v1";
 pub(crate) struct LegacyLocalKey {
     pub(super) key_id: String,
     wrap: LocalWrap,
-    checkpoint_key: Zeroizing<[u8; 32]>,
+    checkpoint_key: Secret32,
     fingerprint: [u8; 32],
 }
 

@@ -246,9 +246,9 @@ mod tests {
     use std::path::Path;
 
     /// Every key the library derives for itself, and format 1's keys.
-    fn internal_keys(key: &LocalKey, master: &[u8; 32]) -> Vec<Zeroizing<[u8; 32]>> {
+    fn internal_keys(key: &LocalKey, master: &[u8; 32]) -> Vec<kdf::Secret32> {
         let prk_v1 = kdf::extract(HKDF_SALT_V1, master);
-        let mut keys: Vec<Zeroizing<[u8; 32]>> = [
+        let mut keys: Vec<kdf::Secret32> = [
             INFO_KEY_ID,
             INFO_WRAP_KEY,
             INFO_WRAP_NONCE_KEY,
@@ -260,7 +260,7 @@ mod tests {
         .collect();
         keys.push(prk_v1.expand32(&[WRAP_NONCE_INFO_V1]));
         keys.push(prk_v1.expand32(&[CHECKPOINT_INFO_V1]));
-        keys.push(Zeroizing::new(*master));
+        keys.push(kdf::Secret32::new(*master));
         keys
     }
 

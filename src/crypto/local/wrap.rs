@@ -3,7 +3,7 @@
 use zeroize::Zeroizing;
 
 use super::super::aead::AesGcmKey;
-use super::super::kdf::HmacKey;
+use super::super::kdf::{HmacKey, Secret32};
 use super::super::DataKey;
 use crate::error::{Error, Result};
 
@@ -54,7 +54,7 @@ impl LocalWrap {
         let (nonce, rest) = wrapped.split_at(WRAP_NONCE_LEN);
         let nonce: &[u8; WRAP_NONCE_LEN] = nonce.try_into().map_err(|_| fail())?;
         let (ct, tag) = rest.split_at(32);
-        let mut key = Zeroizing::new([0u8; 32]);
+        let mut key = Secret32::new([0u8; 32]);
         key.copy_from_slice(ct);
         self.cipher
             .open_in_place(nonce, aad, key.as_mut(), tag)
