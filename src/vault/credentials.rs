@@ -198,14 +198,7 @@ impl Vault {
                         "kept"
                     },
                 );
-                self.commit_one(
-                    Mutation::Put {
-                        record: record.clone(),
-                        precondition: Precondition::IfVersion(expected_version),
-                    },
-                    event,
-                )
-                .await?;
+                self.put_over(&record, expected_version, event).await?;
                 let names = new_fields
                     .map(|f| f.keys().cloned().collect())
                     .unwrap_or_default();
@@ -442,13 +435,7 @@ impl Vault {
             .detail("to", to.as_str())
             .detail("reason", reason)
             .detail("version", record.version.to_string());
-            self.commit_one(
-                Mutation::Put {
-                    record: record.clone(),
-                    precondition: Precondition::IfVersion(expected_version),
-                },
-                event,
-            )
+            self.put_over(&record, expected_version, event)
             .await?;
             Ok(info(&record, Vec::new()))
         })

@@ -110,14 +110,7 @@ impl Vault {
                 .detail("fields", "kept")
                 .detail("renamed_from", previous.name.clone())
                 .detail("name", record.name.clone());
-                self.commit_one(
-                    Mutation::Put {
-                        record: record.clone(),
-                        precondition: Precondition::IfVersion(expected_version),
-                    },
-                    event,
-                )
-                .await?;
+                self.put_over(&record, expected_version, event).await?;
                 Ok(info(&record, Vec::new()))
             })
             .await

@@ -459,6 +459,21 @@ impl Vault {
         self.commit(batch, ReadStamp::UNCHECKED).await.map(drop)
     }
 
+    /// Writes `record` over the stored version `expected` with its audit `event`; refused
+    /// (nothing written) when the stored version has moved on.
+    async fn put_over(
+        &self,
+        record: &CredentialRecord,
+        expected: u64,
+        event: AuditEvent,
+    ) -> Result<()> {
+        let put = Mutation::Put {
+            record: record.clone(),
+            precondition: Precondition::IfVersion(expected),
+        };
+        self.commit_one(put, event).await
+    }
+
     /// Seals `plain` into `record` for its current identity (version), with a fresh data key.
     async fn seal_into(&self, record: &mut CredentialRecord, plain: &[u8]) -> Result<()> {
         let sealed = self
