@@ -20,8 +20,8 @@ const IV: [u32; 8] = [
 ];
 const BLOCK: usize = 64;
 
-/// 32 secret bytes (a MAC, a derived key), wiped on drop. Unlike `Secret32`,
-/// which has `zeroize` write an array one volatile byte at a time, it clears them as a
+/// 32 secret bytes (a MAC, a derived key), wiped on drop. Unlike `Zeroizing<[u8; 32]>`,
+/// for which `zeroize` writes the array one volatile byte at a time, it clears them as a
 /// slice: one fill behind `zeroize`'s optimisation barrier.
 pub(crate) struct Secret32([u8; 32]);
 
@@ -127,7 +127,9 @@ impl Sha256State {
         self.buf[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
         compress256(&mut self.state, std::slice::from_ref(&self.buf));
         let mut out = Secret32([0u8; 32]);
-        for (chunk, word) in out.chunks_exact_mut(4).zip(self.state) {
+        // By reference: iterating the state by value would leave a copy of it (the digest)
+        // on the stack.
+        for (chunk, word) in out.chunks_exact_mut(4).zip(self.state.iter()) {
             chunk.copy_from_slice(&word.to_be_bytes());
         }
         out

@@ -425,6 +425,8 @@ pub(crate) fn checked_payload_key(
 /// one word, which is then compared with zero through `subtle` (one optimisation barrier
 /// where `[u8]::ct_eq` puts one on every byte). No branch depends on the bytes.
 fn commitments_equal(a: &[u8; COMMITMENT_LEN], b: &[u8; COMMITMENT_LEN]) -> bool {
+    // Whole words only: a length that is not a multiple of 8 would leave bytes unchecked.
+    const _: () = assert!(COMMITMENT_LEN.is_multiple_of(8));
     let diff = a
         .as_chunks::<8>()
         .0
