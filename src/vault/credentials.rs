@@ -119,14 +119,9 @@ impl Vault {
             .actor(actor)
             .id(id)
             .run(async move {
-                let mut record = self.load_for(actor, Action::Update, id).await?;
-                if record.version != expected_version {
-                    return Err(Error::VersionConflict {
-                        what: record.describe(),
-                        expected: expected_version,
-                        found: Some(record.version),
-                    });
-                }
+                let mut record = self
+                    .load_at(actor, Action::Update, id, expected_version)
+                    .await?;
                 if let Some(metadata) = &update.metadata {
                     check_metadata(metadata)?;
                 }
@@ -367,14 +362,9 @@ impl Vault {
         reason: &str,
     ) -> Result<CredentialInfo> {
         trace::op("set_state").actor(actor).id(id).run(async move {
-            let mut record = self.load_for(actor, Action::SetState, id).await?;
-            if record.version != expected_version {
-                return Err(Error::VersionConflict {
-                    what: record.describe(),
-                    expected: expected_version,
-                    found: Some(record.version),
-                });
-            }
+            let mut record = self
+                .load_at(actor, Action::SetState, id, expected_version)
+                .await?;
             let from = effective_state(&record, Timestamp::now());
             let owner = is_owner(actor, &record.scope);
             let disabled_by = record.metadata.get(DISABLED_BY).cloned();

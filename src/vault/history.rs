@@ -79,14 +79,9 @@ impl Vault {
             .actor(actor)
             .id(id)
             .run(async move {
-                let mut record = self.load_for(actor, Action::Update, id).await?;
-                if record.version != expected_version {
-                    return Err(Error::VersionConflict {
-                        what: record.describe(),
-                        expected: expected_version,
-                        found: Some(record.version),
-                    });
-                }
+                let mut record = self
+                    .load_at(actor, Action::Update, id, expected_version)
+                    .await?;
                 validate_id("credential name", new_name)?;
                 if record.name == new_name {
                     return Err(Error::invalid(

@@ -522,6 +522,26 @@ impl Vault {
     /// Loads a credential and authorises `action` on it. A denial is audited with the full
     /// target; a principal who may not see the credential's metadata is told what it would
     /// be told of an id that does not exist, so ids cannot be probed.
+    /// [`Vault::load_for`] a change made against version `expected`: a credential that has
+    /// moved on since is a version conflict (nothing is changed).
+    async fn load_at(
+        &self,
+        actor: &Principal,
+        action: Action,
+        id: &CredentialId,
+        expected: u64,
+    ) -> Result<CredentialRecord> {
+        let record = self.load_for(actor, action, id).await?;
+        if record.version != expected {
+            return Err(Error::VersionConflict {
+                what: record.describe(),
+                expected,
+                found: Some(record.version),
+            });
+        }
+        Ok(record)
+    }
+
     async fn load_for(
         &self,
         actor: &Principal,
